@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * flowexporter: layouts shared by the BPF program (bpf/flowexporter.bpf.c),
+ * the C shim (ffi/flowexporter.c) and, through its documented copy in
+ * lib/decode.ts and identity/, the TypeScript side.
+ *
+ * Two contracts live here and change only on purpose:
+ *   - struct fe_flow: one closed TCP socket, as the kernel side emits it.
+ *     Bump FE_FLOW_VERSION when it changes.
+ *   - the pinned identity maps' keys and values (struct fe_ip_key,
+ *     struct fe_port_key, struct fe_workload). Bump FE_MAPS_VERSION when
+ *     they change; the pin directory carries the version in its name.
+ *
+ * Byte order: integers are host order (little endian on x86_64 and
+ * aarch64) unless a field says "network order".
+ */
+#ifndef __FLOWEXPORTER_H
+#define __FLOWEXPORTER_H
+
+#define FE_FLOW_VERSION 1
+#define FE_MAPS_VERSION 1
+
+/* Workload IDs: UTF-8, at most 127 bytes, NUL-padded to 128 bytes. */
+#define FE_WORKLOAD_ID_LEN 128
+
+/* Address families as carried in records (not AF_* numbers). */
+#define FE_FAMILY_IPV4 4
+#define FE_FAMILY_IPV6 6
+
+enum fe_direction {
+	FE_DIR_UNKNOWN = 0,  /* socket already open when the agent started */
+	FE_DIR_OUTBOUND = 1, /* this host connected */
+	FE_DIR_INBOUND = 2,  /* this host accepted */
+};
+
+/* Where local_workload_id came from (resolution order: port map, IP map, host). */
+enum fe_identity_source {
+	FE_ID_UNKNOWN = 0,
+	FE_ID_HOST = 1,
+	FE_ID_IP_MAP = 2,
+	FE_ID_PORT_MAP = 3,
+};
+
+/* fe_flow.flags */
+#define FE_FLAG_SEEDED (1 << 0) /* t_start is when the agent first saw the socket: the flow began earlier */
+
+/* Per-CPU counters in the `drops` map. */
+enum fe_drop_reason {
+	FE_DROP_OUTPUT = 0, /* ring/perf buffer full: record lost */
+	FE_DROP_MAX = 1,
+};
+
+struct fe_flow {
+	__u64 t_start_ns;     /* CLOCK_BOOTTIME ns: first state seen (SYN_SENT / SYN_RECV) */
+	__u64 t_end_ns;       /* CLOCK_BOOTTIME ns: transition to TCP_CLOSE */
+	__u64 bytes_sent;     /* payload bytes sent, retransmissions included */
+	__u64 bytes_acked;    /* payload bytes the peer acknowledged (SYN/FIN excluded) */
+	__u64 bytes_received; /* payload bytes received in order (FIN excluded) */
+	__u32 segs_out;       /* segments sent, retransmissions and pure ACKs included */
+	__u32 segs_in;        /* segments received */
+	__u32 total_retrans;  /* segments retransmitted */
+	__u32 srtt_us;        /* smoothed RTT, microseconds */
+	__u32 min_rtt_us;     /* minimum RTT seen, microseconds (0: none) */
+	__u32 delivered;      /* data segments delivered to the peer */
+	__u32 lost;           /* data segments marked lost */
+	__u32 _pad0;
+	__u8 local_ip[16];    /* network order; IPv4 as ::ffff:a.b.c.d */
+	__u8 remote_ip[16];   /* network order; IPv4 as ::ffff:a.b.c.d */
+	__u16 local_port;     /* host order */
+	__u16 remote_port;    /* host order */
+	__u8 family;          /* FE_FAMILY_IPV4 or FE_FAMILY_IPV6 (v4-mapped IPv6 reported as IPv4) */
+	__u8 direction;       /* enum fe_direction */
+	__u8 close_state;     /* kernel TCP state the socket closed from (TCP_ESTABLISHED = 1, ...) */
+	__u8 identity_source; /* enum fe_identity_source */
+	__u8 flags;           /* FE_FLAG_* */
+	__u8 error;           /* sk_err at close: ECONNREFUSED, ECONNRESET, ETIMEDOUT, or 0 */
+	__u8 _pad1[6];
+	char workload_id[FE_WORKLOAD_ID_LEN]; /* NUL-padded; empty when identity_source is unknown */
+};
+
+/* Key of the pinned `ip_workload` map: the socket's local address. */
+struct fe_ip_key {
+	__u8 addr[16]; /* network order; IPv4 as ::ffff:a.b.c.d */
+};
+
+/* Key of the pinned `port_workload` map: (local IPv4, local port). */
+struct fe_port_key {
+	__u8 addr[4]; /* IPv4, network order */
+	__u16 port;   /* network order (big endian): 8080 is bytes 1f 90 */
+	__u16 _pad;   /* must be zero */
+};
+
+/* Value of `ip_workload`, `port_workload` and the agent's `host_workload`. */
+struct fe_workload {
+	char id[FE_WORKLOAD_ID_LEN];
+};
+
+#endif /* __FLOWEXPORTER_H */
