@@ -1,0 +1,120 @@
+# flowexporter build. `make run` and `make test` install what is missing
+# (Debian packages, Deno from npm, PIC static libbpf/libelf/zlib) and build first.
+# Quiet by default; V=1 shows the commands.
+
+DENO_VERSION := 2.9.6
+ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+BUILD := build
+DEPS := $(BUILD)/deps/$(ARCH)
+DENO := $(BUILD)/tools/node_modules/.bin/deno
+DENO_RUN_FLAGS := --allow-ffi --allow-read --allow-write --allow-env --allow-sys --allow-run --allow-net
+APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
+	openssl iproute2 util-linux
+
+BPF_TARGET_ARCH_amd64 := x86
+BPF_TARGET_ARCH_arm64 := arm64
+CC_amd64 := gcc
+CC_arm64 := aarch64-linux-gnu-gcc
+SHIM_CC := $(CC_$(ARCH))
+
+# The shared object the agent loads: shim + skeleton (BPF object embedded) + static libbpf/libelf/zlib.
+LIB := $(BUILD)/$(ARCH)/libflowexporter.so
+ifeq ($(ARCH),$(shell dpkg --print-architecture 2>/dev/null || echo amd64))
+LIB_LINK := $(BUILD)/libflowexporter.so
+endif
+
+ifeq ($(V),1)
+Q :=
+msg := @true
+else
+Q := @
+msg := @printf '  %-8s %s\n'
+endif
+
+.PHONY: all build run dev test bench tools deps check fmt clean
+all: build
+
+## Host set-up -------------------------------------------------------------
+
+$(BUILD)/.apt-stamp:
+	$(msg) APT "$(APT_PACKAGES)"
+	$(Q)missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done; \
+		command -v npm >/dev/null || echo npm); \
+	if [ -n "$$missing" ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+			|| { echo "make: cannot install $$missing with apt-get (run as root on Debian/Ubuntu)" >&2; exit 1; }; \
+	fi
+	$(Q)mkdir -p $(BUILD) && touch $@
+
+$(DENO): | $(BUILD)/.apt-stamp
+	$(msg) NPM deno@$(DENO_VERSION)
+	$(Q)mkdir -p $(BUILD)/tools && echo '{"private":true}' > $(BUILD)/tools/package.json
+	$(Q)cd $(BUILD)/tools && npm install --no-audit --no-fund --silent deno@$(DENO_VERSION) >/dev/null
+	$(Q)test -x $@ || { echo "make: npm did not install the deno binary at $@" >&2; exit 1; }
+
+node_modules/.deno-stamp: package.json deno.lock $(DENO)
+	$(msg) DENO install
+	$(Q)$(DENO) install --frozen --quiet 2>/dev/null || $(DENO) install --frozen
+	$(Q)touch $@
+
+tools: $(BUILD)/.apt-stamp $(DENO) node_modules/.deno-stamp
+
+$(DEPS)/.stamp: scripts/build_deps.sh | $(BUILD)/.apt-stamp
+	$(msg) DEPS "libbpf libelf zlib (PIC, $(ARCH))"
+	$(Q)scripts/build_deps.sh --arch $(ARCH) --out $(DEPS)
+	$(Q)test -f $@ || touch $@
+
+deps: $(DEPS)/.stamp
+
+## BPF object, skeleton, shared object --------------------------------------
+
+# CO-RE: the types come from the build host's BTF; relocations adapt them to the target kernel.
+$(BUILD)/vmlinux.h: | $(BUILD)/.apt-stamp
+	$(msg) BTF $@
+	$(Q)test -r /sys/kernel/btf/vmlinux || { echo "make: no kernel BTF at /sys/kernel/btf/vmlinux to generate vmlinux.h" >&2; exit 1; }
+	$(Q)bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/flowexporter.bpf.o: bpf/flowexporter.bpf.c bpf/flowexporter.h $(BUILD)/vmlinux.h $(DEPS)/.stamp
+	$(msg) BPF $@
+	$(Q)clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_$(BPF_TARGET_ARCH_$(ARCH)) \
+		-I$(BUILD) -Ibpf -I$(DEPS)/include -c $< -o $@
+	$(Q)llvm-strip -g $@
+
+$(BUILD)/flowexporter.skel.h: $(BUILD)/flowexporter.bpf.o
+	$(msg) SKEL $@
+	$(Q)bpftool gen skeleton $< name flowexporter_bpf > $@.tmp && mv $@.tmp $@
+
+$(LIB): ffi/flowexporter.c bpf/flowexporter.h $(BUILD)/flowexporter.skel.h $(DEPS)/.stamp
+	$(msg) SHIM $@
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(SHIM_CC) -O2 -g -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden \
+		-I$(BUILD) -Ibpf -I$(DEPS)/include $< -o $@ \
+		$(DEPS)/lib/libbpf.a $(DEPS)/lib/libelf.a $(DEPS)/lib/libz.a \
+		-Wl,--exclude-libs,ALL -Wl,-z,defs -Wl,-z,now -Wl,-z,relro
+
+$(BUILD)/libflowexporter.so: $(LIB)
+	$(Q)cp $< $@
+
+build: tools $(LIB) $(LIB_LINK)
+
+## Running, testing, benchmarking ------------------------------------------
+
+run: build
+	$(Q)$(DENO) run $(DENO_RUN_FLAGS) main.ts run $(ARGS)
+
+dev: build
+	$(Q)$(DENO) task dev
+
+# The README's test command. Deno prints its own summary; CI reads it.
+test: build
+	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
+
+bench: build
+	$(Q)$(DENO) run $(DENO_RUN_FLAGS) bench/churn_bench.ts $(ARGS)
+
+check: tools
+	$(Q)$(DENO) task check
+
+clean:
+	rm -rf $(BUILD)/*.o $(BUILD)/*.so $(BUILD)/*.skel.h $(BUILD)/vmlinux.h $(BUILD)/amd64 $(BUILD)/arm64

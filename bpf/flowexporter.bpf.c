@@ -1,0 +1,434 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * flowexporter: one record per closed TCP socket, attributed to a workload
+ * when the socket's local address and port become known.
+ *
+ * Programs: the sock:inet_sock_set_state tracepoint (BTF-typed, or classic
+ * as a fallback), tcp:tcp_destroy_sock for cleanup, and a TCP socket
+ * iterator that seeds sockets already open when the agent starts.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "flowexporter.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* Pre-5.6 kernels: the tracepoint's protocol field was a u8 (CO-RE flavor). */
+struct trace_event_raw_inet_sock_set_state___u8 {
+	__u8 protocol;
+} __attribute__((preserve_access_index));
+
+/* Set by the shim between open and load. */
+const volatile bool use_ringbuf = true;
+const volatile bool use_boot_clock = true;
+/* Force a ring buffer wakeup once this much data waits; below it the reader drains on a timer. */
+const volatile __u64 wakeup_bytes = 1 << 20;
+
+/* Sockets the iterator seeded; read by the shim. */
+__u64 seeded = 0;
+
+/* What the kernel side remembers about an open socket (key: struct sock address). */
+struct sock_state {
+	__u64 t_start_ns;
+	__u8 direction;
+	__u8 flags;
+	__u8 identity_source;
+	__u8 resolved;
+	__u8 _pad[4];
+	struct fe_workload workload;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072); /* resized by the shim */
+	__type(key, __u64);
+	__type(value, struct sock_state);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fe_ip_key);
+	__type(value, struct fe_workload);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ip_workload SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct fe_port_key);
+	__type(value, struct fe_workload);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_workload SEC(".maps");
+
+/* One entry: the host identity from the certificate, written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fe_workload);
+} host_workload SEC(".maps");
+
+/* Ring buffer; the shim turns it into a perf event array when asked to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20); /* resized by the shim */
+} events SEC(".maps");
+
+/* Scratch record for the perf buffer path (perf output copies from memory). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fe_flow);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FE_DROP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+static __always_inline __u64 now_ns(void)
+{
+	if (use_boot_clock)
+		return bpf_ktime_get_boot_ns();
+	return bpf_ktime_get_ns();
+}
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline bool is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/* Local and remote endpoint of a socket; IPv4 stored as ::ffff:a.b.c.d. */
+struct endpoints {
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 family;
+};
+
+static __always_inline void map_v4(__u8 *dst, __be32 addr)
+{
+	__u32 *w = (__u32 *)dst;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0xffff);
+	w[3] = addr;
+}
+
+static __always_inline void read_endpoints(const struct sock *sk, struct endpoints *ep)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		map_v4(ep->local, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		map_v4(ep->remote, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+		ep->family = FE_FAMILY_IPV4;
+	} else {
+		BPF_CORE_READ_INTO(&ep->local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&ep->remote, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		/* A dual-stack socket talking IPv4 is an IPv4 flow. */
+		ep->family = is_v4_mapped(ep->remote) ? FE_FAMILY_IPV4 : FE_FAMILY_IPV6;
+	}
+	/* Not skc_num: the kernel releases the port (zeroing it) before the CLOSE tracepoint. */
+	ep->local_port = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	ep->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+/* Resolution order: (IPv4, port) map, IP map, host identity, unknown. */
+static __always_inline __u8 resolve_workload(const struct endpoints *ep, struct fe_workload *out)
+{
+	struct fe_workload *w = NULL;
+	__u8 source = FE_ID_UNKNOWN;
+	__u32 zero = 0;
+
+	if (ep->family == FE_FAMILY_IPV4) {
+		struct fe_port_key pk = { .port = bpf_htons(ep->local_port) };
+
+		__builtin_memcpy(pk.addr, &ep->local[12], 4);
+		w = bpf_map_lookup_elem(&port_workload, &pk);
+		if (w)
+			source = FE_ID_PORT_MAP;
+	}
+	if (!w) {
+		w = bpf_map_lookup_elem(&ip_workload, ep->local);
+		if (w)
+			source = FE_ID_IP_MAP;
+	}
+	if (!w) {
+		w = bpf_map_lookup_elem(&host_workload, &zero);
+		if (w && w->id[0])
+			source = FE_ID_HOST;
+		else
+			w = NULL;
+	}
+	if (w)
+		__builtin_memcpy(out, w, sizeof(*out));
+	else
+		out->id[0] = 0;
+	return source;
+}
+
+static __always_inline void start_flow(const struct sock *sk, __u8 direction, __u8 flags)
+{
+	__u64 key = (__u64)sk;
+	struct sock_state st = {
+		.t_start_ns = now_ns(),
+		.direction = direction,
+		.flags = flags,
+	};
+
+	/* BPF_ANY: a reused struct sock starts a new flow. */
+	bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
+}
+
+/* Local port and address are final at ESTABLISHED: attribute the flow once, here. */
+static __always_inline void establish_flow(const struct sock *sk, int oldstate)
+{
+	__u64 key = (__u64)sk;
+	struct sock_state *st = bpf_map_lookup_elem(&flows, &key);
+	struct endpoints ep = {};
+
+	if (!st) {
+		/* The handshake began before the agent attached. */
+		start_flow(sk, oldstate == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_INBOUND,
+			   FE_FLAG_SEEDED);
+		st = bpf_map_lookup_elem(&flows, &key);
+		if (!st)
+			return;
+	}
+	if (st->resolved)
+		return;
+	read_endpoints(sk, &ep);
+	st->identity_source = resolve_workload(&ep, &st->workload);
+	st->resolved = 1;
+}
+
+static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *sk)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u32 min_rtt = BPF_CORE_READ(tp, rtt_min.s[0].v);
+	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+	__u64 received = BPF_CORE_READ(tp, bytes_received);
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	__u8 st = rec->close_state;
+
+	/*
+	 * bytes_acked and bytes_received count sequence space: take the SYN and
+	 * FIN out so users get payload bytes. The active opener's SYN is acked
+	 * within its count; a FIN counts once acked (sent) or once received in
+	 * order (the kernel then sets SOCK_DONE).
+	 */
+	if (rec->direction == FE_DIR_OUTBOUND && st != TCP_SYN_SENT && acked > 0)
+		acked--;
+	if ((st == TCP_FIN_WAIT1 || st == TCP_FIN_WAIT2 || st == TCP_CLOSING || st == TCP_LAST_ACK) &&
+	    BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq) && acked > 0)
+		acked--;
+	if ((sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && received > 0)
+		received--;
+
+	rec->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
+	rec->bytes_acked = acked;
+	rec->bytes_received = received;
+	rec->segs_out = BPF_CORE_READ(tp, segs_out);
+	rec->segs_in = BPF_CORE_READ(tp, segs_in);
+	rec->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	rec->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3; /* stored as 8 * µs */
+	rec->min_rtt_us = min_rtt == ~0U ? 0 : min_rtt;
+	rec->delivered = BPF_CORE_READ(tp, delivered);
+	if (bpf_core_field_exists(tp->lost))
+		rec->lost = BPF_CORE_READ(tp, lost);
+	rec->error = BPF_CORE_READ(sk, sk_err);
+}
+
+static __always_inline void emit_flow(void *ctx, const struct sock *sk, int oldstate)
+{
+	__u64 key = (__u64)sk;
+	struct sock_state *st = bpf_map_lookup_elem(&flows, &key);
+	struct endpoints ep = {};
+	struct fe_flow *rec;
+	__u32 zero = 0;
+
+	if (use_ringbuf)
+		rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	else
+		rec = bpf_map_lookup_elem(&scratch, &zero);
+	if (!rec) {
+		count_drop(FE_DROP_OUTPUT);
+		goto cleanup;
+	}
+
+	read_endpoints(sk, &ep);
+	rec->t_end_ns = now_ns();
+	rec->close_state = oldstate;
+	rec->family = ep.family;
+	rec->local_port = ep.local_port;
+	rec->remote_port = ep.remote_port;
+	__builtin_memcpy(rec->local_ip, ep.local, 16);
+	__builtin_memcpy(rec->remote_ip, ep.remote, 16);
+	rec->_pad0 = 0;
+	__builtin_memset(rec->_pad1, 0, sizeof(rec->_pad1));
+	rec->lost = 0;
+
+	if (st) {
+		rec->t_start_ns = st->t_start_ns;
+		rec->direction = st->direction;
+		rec->flags = st->flags;
+	} else {
+		/* Open before the agent and not seeded (another netns, or evicted). */
+		rec->t_start_ns = rec->t_end_ns;
+		rec->direction = oldstate == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
+		rec->flags = FE_FLAG_SEEDED;
+	}
+	if (st && st->resolved) {
+		rec->identity_source = st->identity_source;
+		__builtin_memcpy(rec->workload_id, st->workload.id, FE_WORKLOAD_ID_LEN);
+	} else {
+		/* Never established (failed connect): attribute at close. */
+		rec->identity_source = resolve_workload(&ep, (struct fe_workload *)rec->workload_id);
+	}
+	fill_stats(rec, sk);
+
+	if (use_ringbuf) {
+		__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+
+		bpf_ringbuf_submit(rec, waiting >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	} else if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, sizeof(*rec))) {
+		count_drop(FE_DROP_OUTPUT);
+	}
+cleanup:
+	bpf_map_delete_elem(&flows, &key);
+}
+
+static __always_inline int handle_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+{
+	switch (newstate) {
+	case TCP_SYN_SENT:
+		start_flow(sk, FE_DIR_OUTBOUND, 0);
+		break;
+	case TCP_SYN_RECV:
+		start_flow(sk, FE_DIR_INBOUND, 0);
+		break;
+	case TCP_ESTABLISHED:
+		establish_flow(sk, oldstate);
+		break;
+	case TCP_CLOSE:
+		/* Listening sockets are not flows. */
+		if (oldstate != TCP_LISTEN)
+			emit_flow(ctx, sk, oldstate);
+		break;
+	}
+	return 0;
+}
+
+static __always_inline bool wanted_state(int newstate)
+{
+	return newstate == TCP_SYN_SENT || newstate == TCP_SYN_RECV ||
+	       newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_state_btf, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (!wanted_state(newstate))
+		return 0;
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return handle_state(ctx, sk, oldstate, newstate);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int on_state_tp(struct trace_event_raw_inet_sock_set_state *args)
+{
+	int newstate = BPF_CORE_READ(args, newstate);
+	__u16 protocol;
+
+	if (!wanted_state(newstate))
+		return 0;
+	/* The field widened from u8 to u16 in Linux 5.6. */
+	if (bpf_core_field_size(args->protocol) == 1)
+		protocol = BPF_CORE_READ((struct trace_event_raw_inet_sock_set_state___u8 *)args,
+					 protocol);
+	else
+		protocol = BPF_CORE_READ(args, protocol);
+	if (protocol != IPPROTO_TCP)
+		return 0;
+	return handle_state(args, BPF_CORE_READ(args, skaddr), BPF_CORE_READ(args, oldstate),
+			    newstate);
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_destroy_btf, const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	bpf_map_delete_elem(&flows, &key);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int on_destroy_tp(struct trace_event_raw_tcp_event_sk *args)
+{
+	__u64 key = (__u64)BPF_CORE_READ(args, skaddr);
+
+	bpf_map_delete_elem(&flows, &key);
+	return 0;
+}
+
+/* Seeds sockets that were open before the agent attached (agent's netns). */
+SEC("iter/tcp")
+int seed_flows(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct endpoints ep = {};
+	struct sock_state st = {};
+	struct tcp_sock *tp;
+	__u64 key;
+	__u8 state;
+
+	if (!skc)
+		return 0;
+	state = skc->skc_state;
+	if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV ||
+	    state == TCP_CLOSE)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+
+	key = (__u64)tp;
+	st.t_start_ns = now_ns();
+	st.flags = FE_FLAG_SEEDED;
+	st.direction = state == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
+	if (state != TCP_SYN_SENT && state != TCP_SYN_RECV) {
+		read_endpoints((const struct sock *)tp, &ep);
+		st.identity_source = resolve_workload(&ep, &st.workload);
+		st.resolved = 1;
+	}
+	/* BPF_NOEXIST: the tracepoint may already have seen this socket. */
+	if (!bpf_map_update_elem(&flows, &key, &st, BPF_NOEXIST))
+		__sync_fetch_and_add(&seeded, 1);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

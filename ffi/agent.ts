@@ -1,0 +1,170 @@
+/**
+ * The loaded and attached BPF side: open it, read its counters, close it.
+ * Records are read by the poll worker (ffi/flow_source.ts), never here.
+ *
+ * @module
+ */
+import type { ClockReading } from "../lib/clock.ts";
+import { BPFFS_PATH, prepareKernel } from "./kernel_prereqs.ts";
+import { cString, type Native, nativeLog, OpenOption, openNative, Stat } from "./symbols.ts";
+
+/** Options of {@linkcode Agent.open}. */
+export interface AgentOptions {
+  /** bpffs directory for the pinned identity maps. */
+  pinDir?: string;
+  /** Use the perf buffer even where the kernel has a ring buffer. */
+  perfBuffer?: boolean;
+  /** Use the classic tracepoint even where a BTF-typed one works. */
+  classicTracepoint?: boolean;
+  /** Skip seeding sockets that are already open. */
+  noSeed?: boolean;
+  /** Ring buffer bytes (power of two); the perf buffer splits the same budget across CPUs. */
+  ringBytes?: number;
+  /** Capacity of the per-socket state map (open sockets tracked at once). */
+  flowsMax?: number;
+  /** Data waiting in the ring before the kernel wakes the reader, bytes. */
+  wakeupBytes?: number;
+  /** Keep libbpf debug output in the log. */
+  verbose?: boolean;
+}
+
+/** Counters and facts the BPF side reports. */
+export interface AgentStats {
+  /** Records the kernel side could not hand over (buffer full), cumulative. */
+  kernelDrops: bigint;
+  /** Tracepoint runs the kernel skipped because the program would nest on a CPU, cumulative. */
+  recursionMisses: bigint;
+  flowsMax: number;
+  transport: "ringbuf" | "perfbuf";
+  attach: "tp_btf" | "tracepoint";
+  /** Kernel clock of record timestamps: 0 CLOCK_BOOTTIME, 1 CLOCK_MONOTONIC. */
+  clock: 0 | 1;
+  /** Sockets seeded at start; -1 when the kernel has no TCP iterator. */
+  seeded: number;
+}
+
+/** Raised when the BPF side cannot be loaded or attached. */
+export class AgentLoadError extends Error {
+  override name = "AgentLoadError";
+}
+
+/** Default pin directory; the version tracks FE_MAPS_VERSION in bpf/flowexporter.h. */
+export const DEFAULT_PIN_DIR = `${BPFFS_PATH}/flowexporter/v1`;
+
+const ERRNO: Record<number, string> = {
+  1: "operation not permitted",
+  2: "no such file or directory",
+  7: "argument list too long",
+  12: "out of memory",
+  13: "permission denied",
+  16: "device or resource busy",
+  22: "invalid argument",
+  95: "operation not supported",
+  524: "not supported by this kernel",
+};
+
+function explainLoadFailure(err: number, log: string): string {
+  const lines = log.trim().split("\n").filter((l) => l.trim() !== "");
+  const tail = lines.slice(-6).join(" | ");
+  const what = ERRNO[-err] ?? `errno ${-err}`;
+  const hint = -err === 1 || -err === 13
+    ? " (run as root or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)"
+    : "";
+  return `Cannot load the BPF program: ${what}${hint}${tail ? `; libbpf: ${tail}` : ""}`;
+}
+
+/** The attached BPF side. Close it after the poll worker stopped. */
+export class Agent implements Disposable {
+  readonly #native: Native;
+  #handle: Deno.PointerObject | null;
+
+  private constructor(native: Native, handle: Deno.PointerObject) {
+    this.#native = native;
+    this.#handle = handle;
+  }
+
+  /**
+   * Checks the host, loads, attaches and seeds the BPF side.
+   *
+   * @throws {PrereqError} when the host lacks something (privileges, BTF, mounts)
+   * @throws {AgentLoadError} when libbpf or the verifier refuses
+   */
+  static open(options: AgentOptions = {}): Agent {
+    const native = openNative();
+    prepareKernel(native);
+    const pinDir = options.pinDir ?? DEFAULT_PIN_DIR;
+    Deno.mkdirSync(pinDir, { recursive: true, mode: 0o700 });
+    // mkdir's mode is masked by umask and leaves existing directories alone.
+    Deno.chmodSync(pinDir, 0o700);
+
+    const flags = (options.perfBuffer ? OpenOption.perfBuffer : 0) |
+      (options.classicTracepoint ? OpenOption.classicTracepoint : 0) |
+      (options.noSeed ? OpenOption.noSeed : 0) |
+      (options.verbose ? OpenOption.verbose : 0);
+    const out = new BigUint64Array(1);
+    const err = native.fe_open(
+      cString(pinDir),
+      flags,
+      options.ringBytes ?? 8 << 20,
+      options.flowsMax ?? 131072,
+      options.wakeupBytes ?? 1 << 20,
+      out,
+    );
+    const handle = Deno.UnsafePointer.create(out[0]);
+    if (err !== 0 || handle === null) {
+      throw new AgentLoadError(explainLoadFailure(err, nativeLog(native)));
+    }
+    return new Agent(native, handle);
+  }
+
+  /** The native handle, for the poll worker (a pointer value: it stays inside ffi/). */
+  get handleValue(): bigint {
+    return Deno.UnsafePointer.value(this.#live());
+  }
+
+  /** The BPF side's counters. */
+  stats(): AgentStats {
+    const out = new BigUint64Array(Stat.count);
+    this.#native.fe_stats(this.#live(), out, Stat.count);
+    return {
+      kernelDrops: out[Stat.kernelDrops] + out[Stat.perfLost],
+      recursionMisses: out[Stat.recursionMisses],
+      flowsMax: Number(out[Stat.flowsMax]),
+      transport: out[Stat.transport] === 0n ? "ringbuf" : "perfbuf",
+      attach: out[Stat.attach] === 0n ? "tp_btf" : "tracepoint",
+      clock: out[Stat.clock] === 0n ? 0 : 1,
+      seeded: Number(BigInt.asIntN(64, out[Stat.seeded])),
+    };
+  }
+
+  /** Wall clock minus the kernel clock the records are stamped with, measured now. */
+  clockReading(): ClockReading {
+    const offset = new BigInt64Array(1);
+    const clock = this.stats().clock;
+    const uncertaintyNs = this.#native.fe_clock_offset(clock, offset);
+    return { offsetNs: offset[0], uncertaintyNs };
+  }
+
+  /** A file descriptor of one of the program's maps; the caller closes it. */
+  mapFd(name: string): number {
+    const fd = this.#native.fe_map_fd(this.#live(), cString(name));
+    if (fd < 0) throw new AgentLoadError(`Cannot find BPF map ${name}: errno ${-fd}`);
+    return fd;
+  }
+
+  /** Detaches and frees the BPF side; safe to call twice. */
+  close(): void {
+    if (this.#handle === null) return;
+    this.#native.fe_close(this.#handle);
+    this.#handle = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #live(): Deno.PointerObject {
+    if (this.#handle === null) throw new AgentLoadError("The BPF agent is closed");
+    return this.#handle;
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * The C ABI of `libflowexporter.so` (ffi/flowexporter.c) and how to find it.
+ *
+ * Load order: `FLOWEXPORTER_LIB` from the environment, then the local build
+ * output (`build/libflowexporter.so`), then the copy embedded in a compiled
+ * binary (extracted by ffi/_embedded.ts).
+ *
+ * @module
+ */
+
+/** ABI version this binding speaks; the library must report the same. */
+export const ABI_VERSION = 1;
+
+/** The library's symbol table, with each function's C prototype. */
+export const SYMBOLS = {
+  // uint32_t fe_abi_version(void)
+  fe_abi_version: { parameters: [], result: "u32" },
+  // uint32_t fe_record_size(void)
+  fe_record_size: { parameters: [], result: "u32" },
+  // int fe_log_read(char *buf, uint32_t cap)
+  fe_log_read: { parameters: ["buffer", "u32"], result: "i32" },
+  // int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, uint32_t flows_max,
+  //             uint32_t wakeup_bytes, struct fe_agent **out)
+  fe_open: { parameters: ["buffer", "u32", "u32", "u32", "u32", "buffer"], result: "i32" },
+  // int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t cap)  [blocks]
+  fe_poll: { parameters: ["pointer", "i32", "buffer", "u32"], result: "i32", nonblocking: true },
+  // int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
+  fe_stats: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
+  // int fe_map_fd(struct fe_agent *a, const char *name)
+  fe_map_fd: { parameters: ["pointer", "buffer"], result: "i32" },
+  // void fe_close(struct fe_agent *a)
+  fe_close: { parameters: ["pointer"], result: "void" },
+  // int64_t fe_clock_offset(uint32_t clock, int64_t *offset_ns)
+  fe_clock_offset: { parameters: ["u32", "buffer"], result: "i64" },
+  // int fe_map_open_pinned(const char *path)
+  fe_map_open_pinned: { parameters: ["buffer"], result: "i32" },
+  // int fe_map_info(int fd, uint32_t *out /* type, key size, value size, max entries */)
+  fe_map_info: { parameters: ["i32", "buffer"], result: "i32" },
+  // int fe_map_lookup(int fd, const void *key, void *value)
+  fe_map_lookup: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // int fe_map_update(int fd, const void *key, const void *value, uint64_t flags)
+  fe_map_update: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
+  // int fe_map_delete(int fd, const void *key)
+  fe_map_delete: { parameters: ["i32", "buffer"], result: "i32" },
+  // int fe_map_next_key(int fd, const void *key /* NULL: first */, void *next)
+  fe_map_next_key: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // int fe_map_count(int fd, uint32_t key_size)
+  fe_map_count: { parameters: ["i32", "u32"], result: "i32" },
+  // int fe_mount(const char *fstype, const char *target)
+  fe_mount: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int fe_fd_close(int fd)
+  fe_fd_close: { parameters: ["i32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded library's functions. */
+export type Native = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** fe_open() option bits. */
+export const OpenOption = {
+  perfBuffer: 1 << 0,
+  classicTracepoint: 1 << 1,
+  noSeed: 1 << 2,
+  verbose: 1 << 3,
+} as const;
+
+/** fe_stats() indices. */
+export const Stat = {
+  kernelDrops: 0,
+  recursionMisses: 1,
+  perfLost: 2,
+  flowsMax: 3,
+  transport: 4,
+  attach: 5,
+  clock: 6,
+  seeded: 7,
+  count: 8,
+} as const;
+
+/** Raised when the shared object cannot be found, loaded or is of another ABI. */
+export class NativeLoadError extends Error {
+  override name = "NativeLoadError";
+}
+
+const encoder = new TextEncoder();
+
+/** A NUL-terminated copy of `s` for `const char *` parameters. */
+export function cString(s: string): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(encoder.encode(s).length + 1);
+  encoder.encodeInto(s, bytes);
+  return bytes;
+}
+
+/** Candidate paths of the shared object, in load order. */
+export function libraryCandidates(): string[] {
+  const explicit = Deno.env.get("FLOWEXPORTER_LIB");
+  if (explicit) return [explicit];
+  return [new URL("../build/libflowexporter.so", import.meta.url).pathname];
+}
+
+let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | undefined;
+
+/**
+ * Opens the shared object once per isolate and checks its ABI version.
+ *
+ * @param paths where to look, in order (default: {@linkcode libraryCandidates})
+ * @returns the library's functions
+ */
+export function openNative(paths: string[] = libraryCandidates()): Native {
+  if (loaded) return loaded.lib.symbols;
+  const errors: string[] = [];
+  for (const path of paths) {
+    let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+    try {
+      lib = Deno.dlopen(path, SYMBOLS);
+    } catch (cause) {
+      errors.push(`${path}: ${(cause as Error).message}`);
+      continue;
+    }
+    const abi = lib.symbols.fe_abi_version();
+    if (abi !== ABI_VERSION) {
+      lib.close();
+      throw new NativeLoadError(
+        `Cannot use ${path}: ABI version ${abi}, this agent speaks ${ABI_VERSION} (rebuild with make)`,
+      );
+    }
+    loaded = { lib, path };
+    return lib.symbols;
+  }
+  throw new NativeLoadError(
+    `Cannot load libflowexporter.so (run make build, or set FLOWEXPORTER_LIB): ${errors.join("; ")}`,
+  );
+}
+
+/** Path of the shared object {@linkcode openNative} loaded (for workers to load the same). */
+export function nativePath(): string | undefined {
+  return loaded?.path;
+}
+
+/** The libbpf log the shim collected (verifier output after a failed load). */
+export function nativeLog(native: Native): string {
+  const buf = new Uint8Array(16384);
+  const n = native.fe_log_read(buf, buf.length);
+  return new TextDecoder().decode(buf.subarray(0, n));
+}

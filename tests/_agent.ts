@@ -1,0 +1,135 @@
+/**
+ * Test helpers for kernel tests: run the real agent (`main.ts run`) as a
+ * subprocess against this machine's kernel and collect its records.
+ *
+ * @module
+ */
+import { type FlowJson, parseFlowJson } from "../lib/json_lines.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** True when this process may load BPF programs. */
+export const IS_ROOT = Deno.uid() === 0;
+
+/**
+ * A test that needs the kernel. Without root it is skipped on a developer's
+ * machine, but under CI it runs (and fails): a skipped kernel test proves nothing.
+ */
+export function kernelTest(name: string, fn: (t: Deno.TestContext) => Promise<void>): void {
+  Deno.test({ name, ignore: !IS_ROOT && !Deno.env.get("CI"), fn });
+}
+
+/** A running agent and the records it printed so far. */
+export class AgentProcess implements AsyncDisposable {
+  readonly records: FlowJson[] = [];
+  readonly stderrLines: string[] = [];
+  readonly pinDir: string;
+  readonly #child: Deno.ChildProcess;
+  readonly #done: Promise<void>;
+  readonly #status: Promise<Deno.CommandStatus>;
+  #exited = false;
+  #killed = false;
+
+  private constructor(child: Deno.ChildProcess, pinDir: string) {
+    this.#child = child;
+    this.pinDir = pinDir;
+    this.#status = child.status;
+    this.#status.then(() => this.#exited = true);
+    this.#done = Promise.all([
+      this.#readLines(child.stdout, (line) => this.records.push(parseFlowJson(line))),
+      this.#readLines(child.stderr, (line) => this.stderrLines.push(line)),
+    ]).then(() => {});
+  }
+
+  /**
+   * Starts `flowexporter run` with extra flags and waits until it captures.
+   * Each agent gets its own pin directory so tests never share identity maps.
+   */
+  static async start(flags: string[] = [], env: Record<string, string> = {}): Promise<AgentProcess> {
+    const pinDir = flags.includes("--pin-dir")
+      ? flags[flags.indexOf("--pin-dir") + 1]
+      : `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+    const args = flags.includes("--pin-dir") ? flags : [...flags, "--pin-dir", pinDir];
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", MAIN, "run", ...args],
+      stdout: "piped",
+      stderr: "piped",
+      stdin: "null",
+      env,
+    }).spawn();
+    const agent = new AgentProcess(child, pinDir);
+    await agent.waitForLog(/capturing TCP flows/, 30_000);
+    return agent;
+  }
+
+  /** Waits until a stderr line matches; throws with the log when the agent exits or time runs out. */
+  async waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const line = this.stderrLines.find((l) => pattern.test(l));
+      if (line) return line;
+      if (Date.now() > deadline || this.#exited) {
+        throw new Error(`Agent did not log ${pattern}; its log:\n${this.stderrLines.join("\n")}`);
+      }
+      await delay(20);
+    }
+  }
+
+  /** Waits until `count` records satisfy `match`, returning them. */
+  async waitForRecords(
+    match: (r: FlowJson) => boolean,
+    count: number,
+    timeoutMs = 10_000,
+  ): Promise<FlowJson[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.records.filter(match);
+      if (found.length >= count) {
+        // Give a duplicate, if there were one, the chance to show up.
+        await delay(300);
+        return this.records.filter(match);
+      }
+      if (Date.now() > deadline) {
+        throw new Error(
+          `Expected ${count} matching records, got ${found.length}; log:\n${this.stderrLines.join("\n")}`,
+        );
+      }
+      await delay(20);
+    }
+  }
+
+  /** Sends SIGTERM and waits for the exit; returns the exit code. */
+  async stop(): Promise<number> {
+    if (!this.#exited && !this.#killed) {
+      this.#killed = true;
+      this.#child.kill("SIGTERM");
+    }
+    const status = await this.#status;
+    await this.#done;
+    await Deno.remove(this.pinDir, { recursive: true }).catch(() => {});
+    return status.code;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  async #readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {
+    let rest = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop() ?? "";
+      for (const line of lines) if (line) onLine(line);
+    }
+  }
+}
+
+/** Resolves after `ms` milliseconds. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Matches the record of the local socket with this local and remote port. */
+export function socketRecord(localPort: number, remotePort: number): (r: FlowJson) => boolean {
+  return (r) => r.local_port === localPort && r.remote_port === remotePort;
+}
