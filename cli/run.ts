@@ -123,6 +123,7 @@ export async function run(options: RunOptions, sinks: FlowSink[] = []): Promise<
   using agent = Agent.open(options);
   const clock = new ClockAnchor(() => agent.clockReading());
   let failure: Error | undefined;
+  let captured = 0;
   const stats = agent.stats();
   console.error(
     `flowexporter: capturing TCP flows (${stats.attach}, ${stats.transport}, ${
@@ -135,6 +136,7 @@ export async function run(options: RunOptions, sinks: FlowSink[] = []): Promise<
       timeoutMs: options.pollMs,
       onRecords: (bytes) => {
         const records = decodeFlows(bytes, clock.offsetNs());
+        captured += records.length;
         for (const sink of sinks) sink(records);
       },
       onError: (err) => {
@@ -146,7 +148,7 @@ export async function run(options: RunOptions, sinks: FlowSink[] = []): Promise<
   }
   const end = agent.stats();
   console.error(
-    `flowexporter: stopped (kernel drops ${end.kernelDrops}, recursion misses ${end.recursionMisses})`,
+    `flowexporter: stopped (records ${captured}, kernel drops ${end.kernelDrops}, recursion misses ${end.recursionMisses})`,
   );
   return failure ? 1 : 0;
 }
