@@ -74,11 +74,15 @@ export function parseRunArgs(args: string[]): RunOptions | "help" {
   });
   if (values.help) return "help";
   if (values.output !== "json" && values.output !== "none") {
-    throw new UsageError(`Invalid --output ${JSON.stringify(values.output)}: expected json or none`);
+    throw new UsageError(
+      `Invalid --output ${JSON.stringify(values.output)}: expected json or none`,
+    );
   }
   const ringBytes = positiveInt("ring-bytes", values["ring-bytes"], 8 << 20);
   if ((ringBytes & (ringBytes - 1)) !== 0 || ringBytes < 4096) {
-    throw new UsageError(`Invalid --ring-bytes ${ringBytes}: expected a power of two of at least 4096`);
+    throw new UsageError(
+      `Invalid --ring-bytes ${ringBytes}: expected a power of two of at least 4096`,
+    );
   }
   return {
     output: values.output,
@@ -132,7 +136,7 @@ export async function run(options: RunOptions, sinks: FlowSink[] = []): Promise<
   );
   const stopped = terminationSignal();
   {
-    await using source = new FlowSource(agent, {
+    await using _source = new FlowSource(agent, {
       timeoutMs: options.pollMs,
       onRecords: (bytes) => {
         const records = decodeFlows(bytes, clock.offsetNs());

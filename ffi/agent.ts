@@ -6,7 +6,7 @@
  */
 import type { ClockReading } from "../lib/clock.ts";
 import { BPFFS_PATH, prepareKernel } from "./kernel_prereqs.ts";
-import { cString, type Native, nativeLog, OpenOption, openNative, Stat } from "./symbols.ts";
+import { cString, type Native, nativeLog, openNative, OpenOption, Stat } from "./symbols.ts";
 
 /** Options of {@linkcode Agent.open}. */
 export interface AgentOptions {

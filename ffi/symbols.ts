@@ -127,7 +127,9 @@ export function openNative(paths: string[] = libraryCandidates()): Native {
     return lib.symbols;
   }
   throw new NativeLoadError(
-    `Cannot load libflowexporter.so (run make build, or set FLOWEXPORTER_LIB): ${errors.join("; ")}`,
+    `Cannot load libflowexporter.so (run make build, or set FLOWEXPORTER_LIB): ${
+      errors.join("; ")
+    }`,
   );
 }
 

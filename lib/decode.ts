@@ -117,47 +117,60 @@ function ip(bytes: Uint8Array, offset: number, family: 4 | 6): Uint8Array {
 export function decodeFlow(bytes: Uint8Array, at: number, clockOffsetNs: bigint): FlowRecord {
   if (at < 0 || at + RECORD_SIZE > bytes.length) {
     throw new DecodeError(
-      `Cannot decode flow record at byte ${at}: ${bytes.length - at} bytes left, a record is ${RECORD_SIZE}`,
+      `Cannot decode flow record at byte ${at}: ${
+        bytes.length - at
+      } bytes left, a record is ${RECORD_SIZE}`,
     );
   }
-  const view = new DataView(bytes.buffer, bytes.byteOffset + at, RECORD_SIZE);
-  const rawFamily = view.getUint8(OFFSET.family);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  return decodeAt(bytes, view, at, clockOffsetNs);
+}
+
+function workloadText(bytes: Uint8Array, start: number): string {
+  if (bytes[start] === 0) return "";
+  const nul = bytes.indexOf(0, start);
+  const end = nul < 0 || nul > start + WORKLOAD_ID_LEN ? start + WORKLOAD_ID_LEN : nul;
+  return decoder.decode(bytes.subarray(start, end));
+}
+
+function decodeAt(
+  bytes: Uint8Array,
+  view: DataView,
+  at: number,
+  clockOffsetNs: bigint,
+): FlowRecord {
+  const rawFamily = bytes[at + OFFSET.family];
   if (rawFamily !== 4 && rawFamily !== 6) {
     throw new DecodeError(`Cannot decode flow record at byte ${at}: family ${rawFamily}`);
   }
   const family = rawFamily as 4 | 6;
-  const idStart = at + OFFSET.workloadId;
-  const idEnd = bytes.indexOf(0, idStart);
-  const workloadId = decoder.decode(
-    bytes.subarray(idStart, idEnd < 0 || idEnd > idStart + WORKLOAD_ID_LEN ? idStart + WORKLOAD_ID_LEN : idEnd),
-  );
-  const closeState = TCP_STATES[view.getUint8(OFFSET.closeState)] ?? "UNKNOWN";
-  const error = view.getUint8(OFFSET.error);
+  const closeState = TCP_STATES[bytes[at + OFFSET.closeState]] ?? "UNKNOWN";
+  const error = bytes[at + OFFSET.error];
   return {
     family,
     localIp: ip(bytes, at + OFFSET.localIp, family),
-    localPort: view.getUint16(OFFSET.localPort, true),
+    localPort: view.getUint16(at + OFFSET.localPort, true),
     remoteIp: ip(bytes, at + OFFSET.remoteIp, family),
-    remotePort: view.getUint16(OFFSET.remotePort, true),
-    localWorkloadId: workloadId,
-    identitySource: IDENTITY_SOURCES[view.getUint8(OFFSET.identitySource)] ?? "unknown",
-    tStartNs: toWallNs(view.getBigUint64(OFFSET.tStart, true), clockOffsetNs),
-    tEndNs: toWallNs(view.getBigUint64(OFFSET.tEnd, true), clockOffsetNs),
-    seeded: (view.getUint8(OFFSET.flags) & FLAG_SEEDED) !== 0,
-    direction: DIRECTIONS[view.getUint8(OFFSET.direction)] ?? "unknown",
+    remotePort: view.getUint16(at + OFFSET.remotePort, true),
+    localWorkloadId: workloadText(bytes, at + OFFSET.workloadId),
+    identitySource: IDENTITY_SOURCES[bytes[at + OFFSET.identitySource]] ?? "unknown",
+    tStartNs: toWallNs(view.getBigUint64(at + OFFSET.tStart, true), clockOffsetNs),
+    tEndNs: toWallNs(view.getBigUint64(at + OFFSET.tEnd, true), clockOffsetNs),
+    seeded: (bytes[at + OFFSET.flags] & FLAG_SEEDED) !== 0,
+    direction: DIRECTIONS[bytes[at + OFFSET.direction]] ?? "unknown",
     closeState,
     end: flowEnd(closeState, error),
     error,
-    bytesSent: u64(view, OFFSET.bytesSent),
-    bytesAcked: u64(view, OFFSET.bytesAcked),
-    bytesReceived: u64(view, OFFSET.bytesReceived),
-    segsOut: view.getUint32(OFFSET.segsOut, true),
-    segsIn: view.getUint32(OFFSET.segsIn, true),
-    totalRetrans: view.getUint32(OFFSET.totalRetrans, true),
-    srttUs: view.getUint32(OFFSET.srttUs, true),
-    minRttUs: view.getUint32(OFFSET.minRttUs, true),
-    delivered: view.getUint32(OFFSET.delivered, true),
-    lost: view.getUint32(OFFSET.lost, true),
+    bytesSent: u64(view, at + OFFSET.bytesSent),
+    bytesAcked: u64(view, at + OFFSET.bytesAcked),
+    bytesReceived: u64(view, at + OFFSET.bytesReceived),
+    segsOut: view.getUint32(at + OFFSET.segsOut, true),
+    segsIn: view.getUint32(at + OFFSET.segsIn, true),
+    totalRetrans: view.getUint32(at + OFFSET.totalRetrans, true),
+    srttUs: view.getUint32(at + OFFSET.srttUs, true),
+    minRttUs: view.getUint32(at + OFFSET.minRttUs, true),
+    delivered: view.getUint32(at + OFFSET.delivered, true),
+    lost: view.getUint32(at + OFFSET.lost, true),
   };
 }
 
@@ -173,7 +186,10 @@ export function decodeFlows(bytes: Uint8Array, clockOffsetNs: bigint): FlowRecor
       `Cannot decode ${bytes.length} bytes of flow records: not a multiple of ${RECORD_SIZE}`,
     );
   }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   const out = new Array<FlowRecord>(bytes.length / RECORD_SIZE);
-  for (let i = 0; i < out.length; i++) out[i] = decodeFlow(bytes, i * RECORD_SIZE, clockOffsetNs);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = decodeAt(bytes, view, i * RECORD_SIZE, clockOffsetNs);
+  }
   return out;
 }

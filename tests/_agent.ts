@@ -45,7 +45,10 @@ export class AgentProcess implements AsyncDisposable {
    * Starts `flowexporter run` with extra flags and waits until it captures.
    * Each agent gets its own pin directory so tests never share identity maps.
    */
-  static async start(flags: string[] = [], env: Record<string, string> = {}): Promise<AgentProcess> {
+  static async start(
+    flags: string[] = [],
+    env: Record<string, string> = {},
+  ): Promise<AgentProcess> {
     const pinDir = flags.includes("--pin-dir")
       ? flags[flags.indexOf("--pin-dir") + 1]
       : `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
@@ -91,7 +94,9 @@ export class AgentProcess implements AsyncDisposable {
       }
       if (Date.now() > deadline) {
         throw new Error(
-          `Expected ${count} matching records, got ${found.length}; log:\n${this.stderrLines.join("\n")}`,
+          `Expected ${count} matching records, got ${found.length}; log:\n${
+            this.stderrLines.join("\n")
+          }`,
         );
       }
       await delay(20);

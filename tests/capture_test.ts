@@ -9,8 +9,8 @@ import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
 import {
   closedPort,
   connectRefused,
-  exchange,
   type Exchange,
+  exchange,
   resetByClient,
   wallNs,
 } from "./_traffic.ts";
@@ -74,62 +74,70 @@ async function assertCleanExchange(
 
 /** The scenarios every transport and attach mode must pass. */
 async function coreScenarios(t: Deno.TestContext, agent: AgentProcess): Promise<void> {
-  await t.step("IPv4, client closes first: payload bytes each way, one record per socket", () =>
-    assertCleanExchange(agent, "127.0.0.1", "client"));
-  await t.step("IPv4, server closes first", () => assertCleanExchange(agent, "127.0.0.1", "server"));
+  await t.step(
+    "IPv4, client closes first: payload bytes each way, one record per socket",
+    () => assertCleanExchange(agent, "127.0.0.1", "client"),
+  );
+  await t.step(
+    "IPv4, server closes first",
+    () => assertCleanExchange(agent, "127.0.0.1", "server"),
+  );
   await t.step("IPv6, client closes first", () => assertCleanExchange(agent, "::1", "client"));
   await t.step("IPv6, server closes first", () => assertCleanExchange(agent, "::1", "server"));
 }
 
-kernelTest("agent records every closed TCP socket on the real kernel (ring buffer, tp_btf)", async (t) => {
-  await using agent = await AgentProcess.start();
-  assert.match(agent.stderrLines.join("\n"), /tp_btf, ringbuf/);
-  await coreScenarios(t, agent);
+kernelTest(
+  "agent records every closed TCP socket on the real kernel (ring buffer, tp_btf)",
+  async (t) => {
+    await using agent = await AgentProcess.start();
+    assert.match(agent.stderrLines.join("\n"), /tp_btf, ringbuf/);
+    await coreScenarios(t, agent);
 
-  await t.step("a reset (SO_LINGER 0) is recorded on both sides", async () => {
-    const x = await resetByClient("127.0.0.1", 5000);
-    const [client, server] = await pair(agent, x);
-    assert.equal(client.close_state, "ESTABLISHED");
-    assert.equal(client.end, "aborted");
-    assert.equal(client.bytes_sent, 5000);
-    assert.equal(server.end, "reset");
-    assert.equal(server.error, 104); // ECONNRESET
-    assert.equal(server.bytes_received, 5000);
-    assertWithin(client, x);
-    assertWithin(server, x);
-  });
+    await t.step("a reset (SO_LINGER 0) is recorded on both sides", async () => {
+      const x = await resetByClient("127.0.0.1", 5000);
+      const [client, server] = await pair(agent, x);
+      assert.equal(client.close_state, "ESTABLISHED");
+      assert.equal(client.end, "aborted");
+      assert.equal(client.bytes_sent, 5000);
+      assert.equal(server.end, "reset");
+      assert.equal(server.error, 104); // ECONNRESET
+      assert.equal(server.bytes_received, 5000);
+      assertWithin(client, x);
+      assertWithin(server, x);
+    });
 
-  await t.step("a failed connect to a closed port is one outbound record", async () => {
-    const port = closedPort("127.0.0.1");
-    const beforeNs = wallNs() - 1_000_000n;
-    await connectRefused("127.0.0.1", port);
-    const afterNs = wallNs() + 1_000_000n;
-    const match = (r: FlowJson) => r.remote_port === port && r.close_state === "SYN_SENT";
-    const [rec, ...more] = await agent.waitForRecords(match, 1);
-    assert.equal(more.length, 0);
-    assert.equal(rec.direction, "outbound");
-    assert.equal(rec.end, "refused");
-    assert.equal(rec.error, 111); // ECONNREFUSED
-    assert.equal(rec.bytes_sent, 0);
-    assert.equal(rec.bytes_received, 0);
-    assert.ok((rec.local_port as number) > 0, "the ephemeral port is known at close");
-    assertWithin(rec, { clientPort: 0, serverPort: port, beforeNs, afterNs });
-    // The listener that never was has no record; no socket listens on `port`.
-    assert.equal(agent.records.filter((r) => r.local_port === port).length, 0);
-  });
+    await t.step("a failed connect to a closed port is one outbound record", async () => {
+      const port = closedPort("127.0.0.1");
+      const beforeNs = wallNs() - 1_000_000n;
+      await connectRefused("127.0.0.1", port);
+      const afterNs = wallNs() + 1_000_000n;
+      const match = (r: FlowJson) => r.remote_port === port && r.close_state === "SYN_SENT";
+      const [rec, ...more] = await agent.waitForRecords(match, 1);
+      assert.equal(more.length, 0);
+      assert.equal(rec.direction, "outbound");
+      assert.equal(rec.end, "refused");
+      assert.equal(rec.error, 111); // ECONNREFUSED
+      assert.equal(rec.bytes_sent, 0);
+      assert.equal(rec.bytes_received, 0);
+      assert.ok((rec.local_port as number) > 0, "the ephemeral port is known at close");
+      assertWithin(rec, { clientPort: 0, serverPort: port, beforeNs, afterNs });
+      // The listener that never was has no record; no socket listens on `port`.
+      assert.equal(agent.records.filter((r) => r.local_port === port).length, 0);
+    });
 
-  await t.step("a reused 4-tuple is two flows, each with its own start", async () => {
-    const a = await exchange("127.0.0.1", 10, 10, "server");
-    const b = await exchange("127.0.0.1", 20, 20, "server");
-    const [, serverA] = await pair(agent, a);
-    const [, serverB] = await pair(agent, b);
-    assert.notEqual(serverA.t_start_ns, serverB.t_start_ns);
-    assert.equal(serverB.bytes_received, 20);
-  });
+    await t.step("a reused 4-tuple is two flows, each with its own start", async () => {
+      const a = await exchange("127.0.0.1", 10, 10, "server");
+      const b = await exchange("127.0.0.1", 20, 20, "server");
+      const [, serverA] = await pair(agent, a);
+      const [, serverB] = await pair(agent, b);
+      assert.notEqual(serverA.t_start_ns, serverB.t_start_ns);
+      assert.equal(serverB.bytes_received, 20);
+    });
 
-  assert.equal(await agent.stop(), 0, "SIGTERM exits 0");
-  assert.match(agent.stderrLines.join("\n"), /records \d+, kernel drops 0, recursion misses 0/);
-});
+    assert.equal(await agent.stop(), 0, "SIGTERM exits 0");
+    assert.match(agent.stderrLines.join("\n"), /records \d+, kernel drops 0, recursion misses 0/);
+  },
+);
 
 kernelTest("the perf buffer fallback passes the core scenarios", async (t) => {
   await using agent = await AgentProcess.start(["--perf-buffer"]);
