@@ -7,7 +7,8 @@ ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 BUILD := build
 DEPS := $(BUILD)/deps/$(ARCH)
 DENO := $(BUILD)/tools/node_modules/.bin/deno
-DENO_RUN_FLAGS := --allow-ffi --allow-read --allow-write --allow-env --allow-sys --allow-run --allow-net
+# FFI grants everything anyway, and Deno opens /proc, /sys and bpffs only with --allow-all.
+DENO_RUN_FLAGS := --allow-all
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
 	openssl iproute2 util-linux
 
@@ -117,4 +118,7 @@ check: tools
 	$(Q)$(DENO) task check
 
 clean:
-	rm -rf $(BUILD)/*.o $(BUILD)/*.so $(BUILD)/*.skel.h $(BUILD)/vmlinux.h $(BUILD)/amd64 $(BUILD)/arm64
+	rm -rf $(BUILD)/*.o $(BUILD)/*.so $(BUILD)/*.skel.h $(BUILD)/vmlinux.h $(BUILD)/amd64 $(BUILD)/arm64 \
+		dist $(BUILD)/dist-check $(BUILD)/image
+
+include mk/dist.mk

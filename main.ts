@@ -4,32 +4,55 @@
  *
  * @module
  */
-import { parseRunArgs, run, RUN_HELP } from "./cli/run.ts";
 import { UsageError } from "./cli/_io.ts";
-
-/** Version of the agent, carried in every batch. */
-export const VERSION = "0.1.0";
+import { loadConfig, runConfigCheck } from "./cli/config.ts";
+import { runDoctor } from "./cli/doctor.ts";
+import { run, RUN_HELP } from "./cli/run.ts";
+import { runCollector } from "./collector/cli.ts";
+import { runQuery } from "./collector/query.ts";
+import { openPinnedMaps, runIdentityCommand } from "./identity/mod.ts";
+import { VERSION } from "./lib/version.ts";
 
 const HELP = `flowexporter ${VERSION}: per-host TCP flow records from eBPF
 
 Usage: flowexporter <command> [options]
 
 Commands:
-  run        capture flows on this host (default output: JSON lines on stdout)
-  help       show this help; "flowexporter <command> --help" shows a command's options
+  run           capture flows on this host (JSON lines on stdout, CBOR batches to the spool/collector)
+  identity      set, delete and list workload identities in the pinned maps
+  collector     run the reference collector (HTTP ingest, SQLite, remote-side attribution)
+  query         list attributed flows from a collector's database
+  config check  validate a configuration and print the effective one
+  doctor        check this host's readiness and explain what to fix
+  help          this help; "flowexporter <command> --help" shows a command's options
 `;
 
 async function main(args: string[]): Promise<number> {
   const [command = "help", ...rest] = args;
   switch (command) {
     case "run": {
-      const options = parseRunArgs(rest);
-      if (options === "help") {
+      const config = loadConfig(rest, Deno.env.toObject());
+      if (config.help) {
         console.log(RUN_HELP);
         return 0;
       }
-      return await run(options);
+      return await run(config.values);
     }
+    case "identity":
+      return await runIdentityCommand(rest, openPinnedMaps);
+    case "collector":
+      return await runCollector(rest);
+    case "query":
+      return await runQuery(rest);
+    case "config":
+      if (rest[0] !== "check") {
+        throw new UsageError(
+          `Unknown config command ${JSON.stringify(rest[0] ?? "")} (use flowexporter config check)`,
+        );
+      }
+      return await runConfigCheck(rest.slice(1));
+    case "doctor":
+      return await runDoctor(rest);
     case "help":
     case "--help":
     case "-h":

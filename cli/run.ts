@@ -1,119 +1,63 @@
 /**
- * `flowexporter run`: capture every closed TCP socket on this host and
- * write one record per flow.
+ * `flowexporter run`: capture every closed TCP socket on this host, attribute
+ * it at capture time, and write it to stdout (JSON lines) and to the shipper
+ * (CBOR batches, durable spool, optional collector).
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { Agent, DEFAULT_PIN_DIR } from "../ffi/agent.ts";
+import { Agent } from "../ffi/agent.ts";
+import type { FdMap } from "../ffi/bpf_map.ts";
 import { FlowSource } from "../ffi/flow_source.ts";
+import {
+  type HostIdentity as HostCertIdentity,
+  HostIdentityWatcher,
+} from "../identity/host_identity.ts";
+import { encodeWorkload, IP_WORKLOAD_MAP, PORT_WORKLOAD_MAP } from "../identity/map_layout.ts";
 import { ClockAnchor } from "../lib/clock.ts";
 import { decodeFlows } from "../lib/decode.ts";
-import type { FlowRecord } from "../lib/flow.ts";
+import type { FlowRecord, IdentitySource } from "../lib/flow.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
-import { UsageError, writeAllSync } from "./_io.ts";
+import { Log } from "../lib/log.ts";
+import { agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
+import { Shipper } from "../lib/shipper.ts";
+import { VERSION } from "../lib/version.ts";
+import type { HostIdentity } from "../lib/wire.ts";
+import { writeAllSync } from "./_io.ts";
+import { type Config, OPTIONS_HELP } from "./config.ts";
+import { acquireInstanceLock } from "./instance_lock.ts";
+import { Liveness, registerProcessMetrics, startMetricsServer } from "./metrics_server.ts";
 
+/** `flowexporter run --help`. */
 export const RUN_HELP = `Usage: flowexporter run [options]
 
-Captures every closed TCP socket (IPv4 and IPv6) and writes one JSON object
-per flow to stdout. Needs root (or CAP_BPF + CAP_PERFMON) and kernel BTF.
+Captures every closed TCP socket (IPv4 and IPv6), attributes its local side to
+a workload, writes one JSON object per flow to stdout and ships CBOR batches
+through a durable spool (to the collector when one is configured). Needs root
+(or CAP_BPF + CAP_PERFMON) and kernel BTF.
 
-Options:
-  --output json|none        stdout format (default json)
-  --pin-dir DIR             bpffs directory of the identity maps (default ${DEFAULT_PIN_DIR})
-  --perf-buffer             use the perf buffer instead of the ring buffer
-  --classic-tracepoint      attach the classic tracepoint instead of the BTF-typed one
-  --no-seed                 do not seed sockets that are already open
-  --ring-bytes N            kernel buffer size in bytes, a power of two (default 8388608)
-  --flows-max N             open sockets tracked at once (default 131072)
-  --poll-ms N               longest delay before records are drained, ms (default 100)
-  --verbose                 keep libbpf's debug output for load errors
-  -h, --help                show this help
-`;
+Precedence: flags > FLOWEXPORTER_* environment > config file > defaults.
 
-/** Parsed `run` options. */
-export interface RunOptions {
-  output: "json" | "none";
-  pinDir: string;
-  perfBuffer: boolean;
-  classicTracepoint: boolean;
-  noSeed: boolean;
-  ringBytes: number;
-  flowsMax: number;
-  pollMs: number;
-  verbose: boolean;
-}
-
-function positiveInt(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n <= 0) {
-    throw new UsageError(`Invalid --${name} ${JSON.stringify(value)}: expected a positive integer`);
-  }
-  return n;
-}
-
-/** Parses `run` arguments; throws {@linkcode UsageError} naming the bad flag. */
-export function parseRunArgs(args: string[]): RunOptions | "help" {
-  const { values } = parseArgs({
-    args,
-    options: {
-      output: { type: "string", default: "json" },
-      "pin-dir": { type: "string", default: DEFAULT_PIN_DIR },
-      "perf-buffer": { type: "boolean", default: false },
-      "classic-tracepoint": { type: "boolean", default: false },
-      "no-seed": { type: "boolean", default: false },
-      "ring-bytes": { type: "string" },
-      "flows-max": { type: "string" },
-      "poll-ms": { type: "string" },
-      verbose: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (values.help) return "help";
-  if (values.output !== "json" && values.output !== "none") {
-    throw new UsageError(
-      `Invalid --output ${JSON.stringify(values.output)}: expected json or none`,
-    );
-  }
-  const ringBytes = positiveInt("ring-bytes", values["ring-bytes"], 8 << 20);
-  if ((ringBytes & (ringBytes - 1)) !== 0 || ringBytes < 4096) {
-    throw new UsageError(
-      `Invalid --ring-bytes ${ringBytes}: expected a power of two of at least 4096`,
-    );
-  }
-  return {
-    output: values.output,
-    pinDir: values["pin-dir"],
-    perfBuffer: values["perf-buffer"],
-    classicTracepoint: values["classic-tracepoint"],
-    noSeed: values["no-seed"],
-    ringBytes,
-    flowsMax: positiveInt("flows-max", values["flows-max"], 131072),
-    pollMs: positiveInt("poll-ms", values["poll-ms"], 100),
-    verbose: values.verbose,
-  };
-}
-
-/** Where decoded flows go. */
-export type FlowSink = (records: FlowRecord[]) => void;
+${OPTIONS_HELP}`;
 
 const encoder = new TextEncoder();
 
-/** A sink writing JSON lines to stdout, one write per batch. */
-export function stdoutJsonSink(): FlowSink {
-  return (records) => {
-    if (records.length === 0) return;
-    let text = "";
-    for (const r of records) text += formatFlowJson(r) + "\n";
-    writeAllSync(Deno.stdout, encoder.encode(text));
-  };
+/** Bytes of the host_workload value the BPF side copies into flows without a map entry. */
+function hostWorkloadValue(identity: HostCertIdentity): Uint8Array {
+  return identity.workloadId === "" ? new Uint8Array(128) : encodeWorkload(identity.workloadId);
+}
+
+/** The EC2 instance ID where the platform exposes it (Nitro: the DMI asset tag). */
+function instanceId(): string | undefined {
+  try {
+    const tag = Deno.readTextFileSync("/sys/devices/virtual/dmi/id/board_asset_tag").trim();
+    return /^i-[0-9a-f]+$/.test(tag) ? tag : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Resolves when SIGINT or SIGTERM arrives. */
-export function terminationSignal(): Promise<string> {
+function terminationSignal(): Promise<string> {
   return new Promise((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM"] as const) {
       Deno.addSignalListener(sig, () => resolve(sig));
@@ -121,38 +65,153 @@ export function terminationSignal(): Promise<string> {
   });
 }
 
+/** Per-batch bookkeeping of identity sources and worker lag, for the metrics. */
+function countSources(records: FlowRecord[]): Record<IdentitySource, number> {
+  const counts = { "port-map": 0, "ip-map": 0, host: 0, unknown: 0 };
+  for (const r of records) counts[r.identitySource]++;
+  return counts;
+}
+
 /** Runs the capture until SIGINT/SIGTERM; returns the exit code. */
-export async function run(options: RunOptions, sinks: FlowSink[] = []): Promise<number> {
-  if (options.output === "json") sinks = [stdoutJsonSink(), ...sinks];
-  using agent = Agent.open(options);
+export async function run(v: Config): Promise<number> {
+  const log = new Log({
+    format: v.logFormat,
+    level: v.logLevel,
+    write: (line) => writeAllSync(Deno.stderr, encoder.encode(line + "\n")),
+  });
+  // Before the agent opens anything: a second agent must not touch the pinned maps.
+  using _lock = acquireInstanceLock(v.lockFile);
+  using agent = Agent.open(v);
+  using hostMap = agent.openMap("host_workload");
+  using ipMap = agent.openMap(IP_WORKLOAD_MAP);
+  using portMap = agent.openMap(PORT_WORKLOAD_MAP);
+  const hostKey = new Uint8Array(4);
+  using watcher = await HostIdentityWatcher.start({
+    path: v.certPath,
+    rule: v.idRule,
+    log: (line) => log.info(line),
+    onChange: (identity) => hostMap.update(hostKey, hostWorkloadValue(identity)),
+  });
+  hostMap.update(hostKey, hostWorkloadValue(watcher.current()));
+
   const clock = new ClockAnchor(() => agent.clockReading());
+  const host: HostIdentity = {
+    hostname: Deno.hostname(),
+    workloadId: "",
+    instanceId: instanceId(),
+  };
+  const shipper = new Shipper({
+    spoolDir: v.spoolDir,
+    collectorUrl: v.collectorUrl,
+    exporterVersion: VERSION,
+    userAgent: `flowexporter/${VERSION}`,
+    host: () => ({ ...host, workloadId: watcher.current().workloadId }),
+    clockOffsetNs: () => clock.offsetNs(),
+    lossCounters: () => {
+      const s = agent.stats();
+      return { kernelDrops: s.kernelDrops, recursionMisses: s.recursionMisses };
+    },
+    intervalMs: v.batchInterval,
+    maxRecords: v.batchMaxRecords,
+    maxBytes: v.batchMaxBytes,
+    spoolMaxBytes: v.spoolMaxBytes,
+    tokenFile: v.tokenFile,
+    caFile: v.caFile,
+    certFile: v.clientCert,
+    keyFile: v.clientKey,
+    logger: log.logger,
+  });
+  await shipper.start();
+
+  const registry = new MetricsRegistry();
+  const metrics = agentMetrics(registry);
+  registerProcessMetrics(registry);
+  const mapFill = (map: FdMap) => {
+    metrics.identityMapEntries.labels(map.name).set(map.count());
+    metrics.identityMapCapacity.labels(map.name).set(map.maxEntries);
+  };
+  registry.onCollect(() => {
+    const s = agent.stats();
+    metrics.kernelDrops.setTotal(Number(s.kernelDrops));
+    metrics.recursionMisses.setTotal(Number(s.recursionMisses));
+    const ship = shipper.stats();
+    metrics.batchesSent.setTotal(ship.batchesSent);
+    metrics.batchesFailed.setTotal(ship.batchesFailed);
+    metrics.batchesRetried.setTotal(ship.batchesRetried);
+    metrics.spoolBytes.set(ship.spoolBytes);
+    metrics.spoolFiles.set(ship.spoolFiles);
+    metrics.spoolOldestBatchAgeSeconds.set(ship.oldestBatchAgeMs / 1000);
+    mapFill(ipMap);
+    mapFill(portMap);
+  });
+  const liveness = new Liveness({ pollMs: v.pollMs });
+  await using _server = v.metricsListen
+    ? startMetricsServer({
+      ...v.metricsListen,
+      registry,
+      health: () => liveness.status(),
+      onError: (message) => log.error(message),
+    })
+    : undefined;
+  // The writers (host agents, connect hooks) delete their entries; warn before a map fills up.
+  const fillCheck = setInterval(() => {
+    for (const map of [ipMap, portMap]) {
+      const entries = map.count();
+      if (entries >= 0.9 * map.maxEntries) {
+        log.warn(
+          `Identity map ${map.name} is ${entries}/${map.maxEntries} full (its writers must delete stale entries)`,
+        );
+      }
+    }
+  }, 60_000);
+
   let failure: Error | undefined;
   let captured = 0;
   const stats = agent.stats();
-  console.error(
-    `flowexporter: capturing TCP flows (${stats.attach}, ${stats.transport}, ${
+  log.info(
+    `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
       stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`
     })`,
   );
   const stopped = terminationSignal();
   {
     await using _source = new FlowSource(agent, {
-      timeoutMs: options.pollMs,
+      timeoutMs: v.pollMs,
+      onPoll: () => liveness.polled(),
       onRecords: (bytes) => {
         const records = decodeFlows(bytes, clock.offsetNs());
         captured += records.length;
-        for (const sink of sinks) sink(records);
+        if (v.output === "json") {
+          let text = "";
+          for (const r of records) text += formatFlowJson(r) + "\n";
+          writeAllSync(Deno.stdout, encoder.encode(text));
+        }
+        let oldestEnd = records[0].tEndNs;
+        for (const r of records) {
+          shipper.add(r);
+          if (r.tEndNs < oldestEnd) oldestEnd = r.tEndNs;
+        }
+        metrics.flowsCaptured.add(records.length);
+        const sources = countSources(records);
+        for (const source of Object.keys(sources) as IdentitySource[]) {
+          if (sources[source]) metrics.bySource[source].add(sources[source]);
+        }
+        metrics.workerLag.observe(Number(BigInt(Date.now()) * 1_000_000n - oldestEnd) / 1e9);
       },
       onError: (err) => {
         failure = err;
-        console.error(`flowexporter: ${err.message}`);
+        liveness.failed(err.message);
+        log.error(err.message);
       },
     });
     await stopped;
   }
+  clearInterval(fillCheck);
   const end = agent.stats();
-  console.error(
-    `flowexporter: stopped (records ${captured}, kernel drops ${end.kernelDrops}, recursion misses ${end.recursionMisses})`,
+  const shipped = await shipper.close(v.shutdownDeadline);
+  log.info(
+    `stopped (records ${captured}, kernel drops ${end.kernelDrops}, recursion misses ${end.recursionMisses}, ` +
+      `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles})`,
   );
   return failure ? 1 : 0;
 }

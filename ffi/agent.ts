@@ -5,7 +5,9 @@
  * @module
  */
 import type { ClockReading } from "../lib/clock.ts";
-import { BPFFS_PATH, prepareKernel } from "./kernel_prereqs.ts";
+import { MAPS_PIN_DIR } from "../identity/map_layout.ts";
+import { FdMap } from "./bpf_map.ts";
+import { prepareKernel } from "./kernel_prereqs.ts";
 import { cString, type Native, nativeLog, openNative, OpenOption, Stat } from "./symbols.ts";
 
 /** Options of {@linkcode Agent.open}. */
@@ -48,9 +50,6 @@ export class AgentLoadError extends Error {
   override name = "AgentLoadError";
 }
 
-/** Default pin directory; the version tracks FE_MAPS_VERSION in bpf/flowexporter.h. */
-export const DEFAULT_PIN_DIR = `${BPFFS_PATH}/flowexporter/v1`;
-
 const ERRNO: Record<number, string> = {
   1: "operation not permitted",
   2: "no such file or directory",
@@ -92,7 +91,7 @@ export class Agent implements Disposable {
   static open(options: AgentOptions = {}): Agent {
     const native = openNative();
     prepareKernel(native);
-    const pinDir = options.pinDir ?? DEFAULT_PIN_DIR;
+    const pinDir = options.pinDir ?? MAPS_PIN_DIR;
     Deno.mkdirSync(pinDir, { recursive: true, mode: 0o700 });
     // mkdir's mode is masked by umask and leaves existing directories alone.
     Deno.chmodSync(pinDir, 0o700);
@@ -145,11 +144,11 @@ export class Agent implements Disposable {
     return { offsetNs: offset[0], uncertaintyNs };
   }
 
-  /** A file descriptor of one of the program's maps; the caller closes it. */
-  mapFd(name: string): number {
+  /** One of the program's maps (its own descriptor: close it). */
+  openMap(name: string): FdMap {
     const fd = this.#native.fe_map_fd(this.#live(), cString(name));
     if (fd < 0) throw new AgentLoadError(`Cannot find BPF map ${name}: errno ${-fd}`);
-    return fd;
+    return new FdMap(this.#native, fd, name);
   }
 
   /** Detaches and frees the BPF side; safe to call twice. */

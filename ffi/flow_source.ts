@@ -16,6 +16,8 @@ export interface FlowSourceOptions {
   timeoutMs?: number;
   /** Called on the main thread with each batch of raw `struct fe_flow` records. */
   onRecords: (bytes: Uint8Array) => void;
+  /** Called on each message from the worker (records or an idle heartbeat, at least once a second). */
+  onPoll?: () => void;
   /** Called once if the worker fails. */
   onError?: (err: Error) => void;
 }
@@ -32,9 +34,10 @@ export class FlowSource implements AsyncDisposable {
     this.#stopped = new Promise((resolve) => {
       this.#worker.onmessage = (event: MessageEvent<PollMessage>) => {
         const msg = event.data;
+        if (msg.kind === "records" || msg.kind === "idle") options.onPoll?.();
         if (msg.kind === "records") options.onRecords(new Uint8Array(msg.bytes));
         else if (msg.kind === "stopped") resolve();
-        else {
+        else if (msg.kind === "error") {
           options.onError?.(new Error(msg.message));
           resolve();
         }

@@ -19,6 +19,7 @@ export interface PollStart {
 /** Messages to the main thread. */
 export type PollMessage =
   | { kind: "records"; bytes: ArrayBuffer }
+  | { kind: "idle" }
   | { kind: "error"; message: string }
   | { kind: "stopped" };
 
@@ -30,6 +31,7 @@ async function pollLoop(start: PollStart): Promise<void> {
   if (handle === null) throw new Error("Cannot poll: the agent handle is null");
   const buf = new Uint8Array(start.bufferBytes);
   const recordSize = native.fe_record_size();
+  let lastMessage = performance.now();
   for (;;) {
     const last = stopping;
     // The final pass drains without waiting.
@@ -38,6 +40,11 @@ async function pollLoop(start: PollStart): Promise<void> {
     if (n > 0) {
       const bytes = buf.slice(0, n).buffer;
       self.postMessage({ kind: "records", bytes } satisfies PollMessage, [bytes]);
+      lastMessage = performance.now();
+    } else if (performance.now() - lastMessage >= 1000) {
+      // A heartbeat on an idle host, so the main thread can tell a live worker from a stuck one.
+      self.postMessage({ kind: "idle" } satisfies PollMessage);
+      lastMessage = performance.now();
     }
     // After stop(), drain until a pass comes back with room to spare.
     if (last && n + recordSize <= buf.length) break;

@@ -8,6 +8,8 @@
  * @module
  */
 
+import { embeddedLibrary } from "./_embedded.ts";
+
 /** ABI version this binding speaks; the library must report the same. */
 export const ABI_VERSION = 1;
 
@@ -94,7 +96,20 @@ export function cString(s: string): Uint8Array<ArrayBuffer> {
 export function libraryCandidates(): string[] {
   const explicit = Deno.env.get("FLOWEXPORTER_LIB");
   if (explicit) return [explicit];
-  return [new URL("../build/libflowexporter.so", import.meta.url).pathname];
+  const local = new URL("../build/libflowexporter.so", import.meta.url).pathname;
+  // In a compiled binary that path lies in the virtual file system's root under /tmp: never
+  // load from there.
+  if (!Deno.build.standalone && isFile(local)) return [local];
+  const embedded = embeddedLibrary();
+  return embedded ? [embedded] : [local];
+}
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
 }
 
 let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | undefined;

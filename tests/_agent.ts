@@ -24,15 +24,18 @@ export class AgentProcess implements AsyncDisposable {
   readonly records: FlowJson[] = [];
   readonly stderrLines: string[] = [];
   readonly pinDir: string;
+  /** Temporary directory of this agent: lock file, spool. */
+  readonly workDir: string;
   readonly #child: Deno.ChildProcess;
   readonly #done: Promise<void>;
   readonly #status: Promise<Deno.CommandStatus>;
   #exited = false;
   #killed = false;
 
-  private constructor(child: Deno.ChildProcess, pinDir: string) {
+  private constructor(child: Deno.ChildProcess, pinDir: string, workDir: string) {
     this.#child = child;
     this.pinDir = pinDir;
+    this.workDir = workDir;
     this.#status = child.status;
     this.#status.then(() => this.#exited = true);
     this.#done = Promise.all([
@@ -49,18 +52,27 @@ export class AgentProcess implements AsyncDisposable {
     flags: string[] = [],
     env: Record<string, string> = {},
   ): Promise<AgentProcess> {
-    const pinDir = flags.includes("--pin-dir")
+    const has = (flag: string) => flags.includes(flag);
+    const pinDir = has("--pin-dir")
       ? flags[flags.indexOf("--pin-dir") + 1]
       : `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
-    const args = flags.includes("--pin-dir") ? flags : [...flags, "--pin-dir", pinDir];
+    const workDir = await Deno.makeTempDir({ prefix: "flowexporter-agent-" });
+    // Each agent has its own maps, lock, spool and certificate path: tests run side by side.
+    const args = [
+      ...flags,
+      ...(has("--pin-dir") ? [] : ["--pin-dir", pinDir]),
+      ...(has("--lock-file") ? [] : ["--lock-file", `${workDir}/lock`]),
+      ...(has("--spool-dir") ? [] : ["--spool-dir", `${workDir}/spool`]),
+      ...(has("--cert-path") ? [] : ["--cert-path", `${workDir}/no-identity.pem`]),
+    ];
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "--allow-all", MAIN, "run", ...args],
       stdout: "piped",
       stderr: "piped",
       stdin: "null",
-      env,
+      env: { FLOWEXPORTER_CONFIG: "", ...env },
     }).spawn();
-    const agent = new AgentProcess(child, pinDir);
+    const agent = new AgentProcess(child, pinDir, workDir);
     await agent.waitForLog(/capturing TCP flows/, 30_000);
     return agent;
   }
@@ -112,6 +124,7 @@ export class AgentProcess implements AsyncDisposable {
     const status = await this.#status;
     await this.#done;
     await Deno.remove(this.pinDir, { recursive: true }).catch(() => {});
+    await Deno.remove(this.workDir, { recursive: true }).catch(() => {});
     return status.code;
   }
 

@@ -1,0 +1,255 @@
+/**
+ * The tracers the benchmark compares, run as child processes whose stdout
+ * goes straight to a file on tmpfs (the benchmark spends no CPU reading it
+ * while the churn runs): the agent (`main.ts run`) and Debian's tcplife-bpfcc.
+ *
+ * @module
+ */
+import { countFds, delay, executable } from "./_proc.ts";
+import type { RecordFormat } from "./_records.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const TCPLIFE = "tcplife-bpfcc";
+
+/** What a tracer reported when it stopped. */
+export interface TracerStop {
+  exitCode: number;
+  /** Records the agent says it wrote (every TCP flow on the host). */
+  records?: number;
+  /** Agent: records the kernel could not hand over. tcplife: perf samples lost. */
+  drops?: number;
+  /** Agent: tracepoint runs the kernel skipped because the program would nest. */
+  recursionMisses?: number;
+}
+
+/** A running tracer. */
+export class Tracer implements AsyncDisposable {
+  readonly name: string;
+  readonly format: RecordFormat;
+  readonly outputPath: string;
+  readonly log: string[] = [];
+  readonly #child: Deno.ChildProcess;
+  readonly #stopSignal: Deno.Signal;
+  readonly #logDone: Promise<void>;
+  #exited = false;
+  #stopped: Promise<TracerStop> | undefined;
+
+  private constructor(
+    name: string,
+    format: RecordFormat,
+    command: string[],
+    outputPath: string,
+    stopSignal: Deno.Signal,
+  ) {
+    this.name = name;
+    this.format = format;
+    this.outputPath = outputPath;
+    this.#stopSignal = stopSignal;
+    // exec: the pid we measure is the tracer itself, not a shell.
+    this.#child = new Deno.Command("sh", {
+      args: ["-c", 'exec "$@" > "$BENCH_OUTPUT"', "sh", ...command],
+      env: { BENCH_OUTPUT: outputPath },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.#child.status.then(() => this.#exited = true);
+    this.#logDone = this.#readLog();
+  }
+
+  /** Process id of the tracer (after exec: the deno or python process itself). */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /**
+   * Starts the agent with `args` after `run`, its own pin directory, stdout to
+   * `outputPath`; resolves once it captures.
+   */
+  static async startAgent(
+    name: string,
+    args: string[],
+    outputPath: string,
+    pinDir: string,
+  ): Promise<Tracer> {
+    const command = [Deno.execPath(), "run", "--allow-all", MAIN, "run", ...args];
+    const t = new Tracer(name, "json", [...command, "--pin-dir", pinDir], outputPath, "SIGTERM");
+    await t.#waitFor(() => t.log.some((l) => l.includes("capturing TCP flows")), 60_000);
+    const exe = executable(t.pid);
+    const deno = Deno.realPathSync(Deno.execPath());
+    if (exe !== deno) {
+      await t.stop();
+      throw new Error(`Cannot measure the agent: pid ${t.pid} runs ${exe}, not ${deno}`);
+    }
+    return t;
+  }
+
+  /** Starts tcplife with stdout to `outputPath`; resolves once its probe and buffers are open. */
+  static async startTcplife(command: string, outputPath: string): Promise<Tracer> {
+    // SIGINT: tcplife exits through KeyboardInterrupt, which flushes its buffered stdout.
+    const t = new Tracer("tcplife-bpfcc", "tcplife", [command], outputPath, "SIGINT");
+    // The tracepoint's perf event, then one perf buffer per online CPU for IPv4 and for IPv6.
+    const fds = 1 + 2 * navigator.hardwareConcurrency;
+    await t.#waitFor(() => countFds(t.pid, "perf_event") >= fds, 120_000);
+    await delay(300); // from opening the buffers to polling them
+    return t;
+  }
+
+  /** Stops the tracer with its clean-exit signal (SIGKILL after 30 s); safe to call twice. */
+  stop(): Promise<TracerStop> {
+    this.#stopped ??= this.#stop();
+    return this.#stopped;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  async #stop(): Promise<TracerStop> {
+    if (!this.#exited) this.#child.kill(this.#stopSignal);
+    const timer = setTimeout(() => {
+      if (!this.#exited) this.#child.kill("SIGKILL");
+    }, 30_000);
+    const status = await this.#child.status;
+    clearTimeout(timer);
+    await this.#logDone;
+    const result: TracerStop = { exitCode: status.code };
+    // bcc reports lost perf samples only when there are some.
+    if (this.format === "tcplife") result.drops = 0;
+    for (const line of this.log) {
+      const m = /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+)\)/.exec(line);
+      if (m) {
+        result.records = Number(m[1]);
+        result.drops = Number(m[2]);
+        result.recursionMisses = Number(m[3]);
+      }
+      const lost = /^Possibly lost (\d+) samples/.exec(line);
+      if (lost) result.drops = (result.drops ?? 0) + Number(lost[1]);
+    }
+    return result;
+  }
+
+  async #waitFor(ready: () => boolean, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (this.#exited) {
+        await this.#logDone;
+        throw new Error(`${this.name} exited before it was ready; its log:\n${this.#tail()}`);
+      }
+      try {
+        if (ready()) return;
+      } catch {
+        // /proc entries appear with the exec; look again.
+      }
+      if (Date.now() > deadline) {
+        await this.stop();
+        throw new Error(
+          `${this.name} was not ready after ${timeoutMs} ms; its log:\n${this.#tail()}`,
+        );
+      }
+      await delay(50);
+    }
+  }
+
+  #tail(): string {
+    return this.log.slice(-15).join("\n");
+  }
+
+  async #readLog(): Promise<void> {
+    let rest = "";
+    for await (const chunk of this.#child.stderr.pipeThrough(new TextDecoderStream())) {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop() ?? "";
+      this.log.push(...lines.filter((l) => l !== ""));
+    }
+    if (rest) this.log.push(rest);
+  }
+}
+
+async function sh(script: string): Promise<{ ok: boolean; out: string }> {
+  const out = await new Deno.Command("sh", { args: ["-c", script], stdin: "null" }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  return { ok: out.success, out: text.trim() };
+}
+
+async function aptInstall(packages: string, log: (line: string) => void): Promise<boolean> {
+  log(`installing ${packages} with apt-get (for the tcplife comparison)`);
+  const install =
+    `DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages}`;
+  if ((await sh(`${install} >/dev/null`)).ok) return true;
+  // A fresh machine may have no package lists yet.
+  const r = await sh(`apt-get update -qq >/dev/null && ${install} >/dev/null`);
+  if (!r.ok) {
+    log(`apt-get could not install ${packages}: ${r.out.split("\n").slice(-3).join(" | ")}`);
+  }
+  return r.ok;
+}
+
+/**
+ * Makes tcplife-bpfcc runnable: installs bpfcc-tools and the distribution's
+ * kernel headers when missing, and links /lib/modules/$(uname -r)/build (and
+ * source) to them when the running kernel has none of its own. bcc compiles
+ * tcplife against those headers: with another kernel's headers its byte counts
+ * are wrong, but its costs (one probe, one perf event per flow) hold.
+ *
+ * @returns the command to run, or the reason tcplife cannot run
+ */
+export async function prepareTcplife(
+  install: boolean,
+  log: (line: string) => void,
+): Promise<{ command: string } | { reason: string }> {
+  const found = await sh(`command -v ${TCPLIFE} || PATH=$PATH:/usr/sbin command -v ${TCPLIFE}`);
+  let command = found.ok ? found.out.split("\n")[0] : "";
+  if (!command) {
+    if (!install) return { reason: `${TCPLIFE} is not installed (install bpfcc-tools)` };
+    if (!(await aptInstall("bpfcc-tools", log))) {
+      return { reason: "cannot install bpfcc-tools with apt-get" };
+    }
+    command = "/usr/sbin/" + TCPLIFE;
+  }
+
+  const release = Deno.osRelease();
+  const modules = `/lib/modules/${release}`;
+  try {
+    Deno.statSync(`${modules}/build/include`);
+    return { command };
+  } catch {
+    // No headers of the running kernel: fall back to the distribution's.
+  }
+  const arch = (await sh("dpkg --print-architecture")).out || "amd64";
+  const findHeaders = () =>
+    [...Deno.readDirSync("/usr/src")]
+      .map((e) => e.name)
+      .filter((n) => n.startsWith("linux-headers-") && n.endsWith(`-${arch}`))
+      .sort((a, b) => a.localeCompare(b, "en", { numeric: true }));
+  let headers = findHeaders();
+  if (headers.length === 0) {
+    if (!install) {
+      return { reason: `no kernel headers for ${release} (install linux-headers-${arch})` };
+    }
+    if (!(await aptInstall(`linux-headers-${arch}`, log))) {
+      return { reason: `cannot install linux-headers-${arch} with apt-get` };
+    }
+    headers = findHeaders();
+    if (headers.length === 0) {
+      return { reason: `linux-headers-${arch} left no headers in /usr/src` };
+    }
+  }
+  const build = `/usr/src/${headers.at(-1)}`;
+  const common = build.replace(new RegExp(`-${arch}$`), "-common");
+  Deno.mkdirSync(modules, { recursive: true });
+  await Deno.remove(`${modules}/build`).catch(() => {});
+  Deno.symlinkSync(build, `${modules}/build`);
+  log(
+    `linked ${modules}/build -> ${build} (headers of another kernel: tcplife's byte counts will be wrong, its costs hold)`,
+  );
+  try {
+    Deno.statSync(common);
+    await Deno.remove(`${modules}/source`).catch(() => {});
+    Deno.symlinkSync(common, `${modules}/source`);
+    log(`linked ${modules}/source -> ${common}`);
+  } catch {
+    // Single-directory header packages have no -common part.
+  }
+  return { command };
+}

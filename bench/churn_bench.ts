@@ -1,0 +1,511 @@
+/**
+ * Capture benchmark: how much connection churn survives tracing, and whether
+ * every closed TCP socket becomes a record. Each repetition runs, in rotating
+ * order, the churn generator (build/churn) untraced, under the agent (JSON
+ * output, and --output none), and under Debian's tcplife-bpfcc; the agent
+ * with --perf-buffer runs once. Prints a table of figures and ratios.
+ *
+ * Run as root: `make bench` (or `deno task bench`); `--help` lists the flags.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import {
+  clockTicksPerSecond,
+  cpuTicks,
+  delay,
+  peakRssKiB,
+  threadCount,
+  waitUntilIdle,
+} from "./_proc.ts";
+import { churnGrid, countGridRecords, type Grid } from "./_records.ts";
+import { prepareTcplife, Tracer } from "./_tracers.ts";
+
+const CHURN = new URL("../build/churn", import.meta.url).pathname;
+const FIRST_ADDR = "127.77.0.1";
+const ADDRS = 8;
+const PORTS = 4;
+
+const HELP = `Usage: deno run --allow-all bench/churn_bench.ts [options]
+
+Options:
+  --reps N           repetitions of each measurement (default 5)
+  --duration S       seconds of churn per measurement (default 5)
+  --warmup S         untimed churn first, to reach a steady TIME_WAIT table (default 2)
+  --rate R           churn target, connections/s; 0 = flat out (default 0)
+  --clients N        churn client threads (default 2)
+  --servers N        churn server threads (default 2)
+  --concurrency N    connections in flight per client thread (default 64)
+  --port-base P      first churn listening port (default 20000)
+  --tools LIST       comma list of agent,agent-none,agent-perf,tcplife (default all)
+  --agent-args ARGS  extra arguments for every agent run, e.g. "--ring-bytes 16777216"
+  --no-install       do not install bpfcc-tools or kernel headers for tcplife
+  --tmp-dir DIR      where tracer output goes, ideally tmpfs (default /dev/shm)
+  -h, --help         show this help
+`;
+
+/** The churn generator's summary line. */
+interface ChurnResult {
+  connections: number;
+  errors: number;
+  unsent: number;
+  abandoned: number;
+  accepted: number;
+  sockets_closed: number;
+  seconds: number;
+  rate: number;
+}
+
+interface TracerFigures {
+  cpuMs: number;
+  peakRssKiB: number;
+  threads: number;
+  /** Records for the churn's sockets: counted in the output, or the agent's own count with --output none. */
+  captured: number;
+  countedBy: "output" | "agent";
+  server: number;
+  client: number;
+  drops?: number;
+  recursionMisses?: number;
+}
+
+interface Measurement {
+  variant: string;
+  rep: number;
+  churn: ChurnResult;
+  tracer?: TracerFigures;
+}
+
+interface Variant {
+  label: string;
+  tracer: "none" | "agent" | "tcplife";
+  agentArgs?: string[];
+  /** Runs in the last repetition only. */
+  once?: boolean;
+}
+
+const VARIANTS: Record<string, Variant> = {
+  baseline: { label: "untraced", tracer: "none" },
+  agent: { label: "flowexporter --output json", tracer: "agent", agentArgs: ["--output", "json"] },
+  "agent-none": {
+    label: "flowexporter --output none",
+    tracer: "agent",
+    agentArgs: ["--output", "none"],
+  },
+  "agent-perf": {
+    label: "flowexporter --perf-buffer",
+    tracer: "agent",
+    agentArgs: ["--output", "json", "--perf-buffer"],
+    once: true,
+  },
+  tcplife: { label: "tcplife-bpfcc", tracer: "tcplife" },
+};
+
+/** Aims from the issue "Capture every closed TCP socket". */
+const AIM = { completeness: 1, ratio: 0.85, cpuMsPer1000: 3 };
+
+/** Things to undo if the run is interrupted. */
+const live = new Set<() => Promise<void>>();
+
+function parseOptions() {
+  const { values } = parseArgs({
+    options: {
+      reps: { type: "string", default: "5" },
+      duration: { type: "string", default: "5" },
+      warmup: { type: "string", default: "2" },
+      rate: { type: "string", default: "0" },
+      clients: { type: "string", default: "2" },
+      servers: { type: "string", default: "2" },
+      concurrency: { type: "string", default: "64" },
+      "port-base": { type: "string", default: "20000" },
+      tools: { type: "string", default: "agent,agent-none,agent-perf,tcplife" },
+      "agent-args": { type: "string", default: "" },
+      "no-install": { type: "boolean", default: false },
+      "tmp-dir": { type: "string", default: "/dev/shm" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) {
+    console.log(HELP);
+    Deno.exit(0);
+  }
+  const num = (name: keyof typeof values, min: number) => {
+    const n = Number(values[name]);
+    if (!Number.isFinite(n) || n < min) {
+      throw new Error(
+        `Invalid --${name} ${JSON.stringify(values[name])}: expected a number >= ${min}`,
+      );
+    }
+    return n;
+  };
+  const tools = (values.tools as string).split(",").filter((t) => t !== "");
+  for (const t of tools) {
+    if (!(t in VARIANTS) || t === "baseline") {
+      throw new Error(
+        `Invalid --tools entry ${
+          JSON.stringify(t)
+        }: expected agent, agent-none, agent-perf or tcplife`,
+      );
+    }
+  }
+  return {
+    reps: Math.floor(num("reps", 1)),
+    duration: num("duration", 0.5),
+    warmup: num("warmup", 0),
+    rate: num("rate", 0),
+    clients: Math.floor(num("clients", 1)),
+    servers: Math.floor(num("servers", 1)),
+    concurrency: Math.floor(num("concurrency", 1)),
+    portBase: Math.floor(num("port-base", 1)),
+    tools,
+    agentArgs: (values["agent-args"] as string).split(/\s+/).filter((a) => a !== ""),
+    install: !values["no-install"],
+    tmpDir: values["tmp-dir"] as string,
+  };
+}
+
+type Options = ReturnType<typeof parseOptions>;
+
+function log(line: string): void {
+  console.error(`bench: ${line}`);
+}
+
+async function runChurn(o: Options, seconds: number): Promise<ChurnResult> {
+  const child = new Deno.Command(CHURN, {
+    args: [
+      `--duration=${seconds}`,
+      `--rate=${o.rate}`,
+      `--clients=${o.clients}`,
+      `--servers=${o.servers}`,
+      `--concurrency=${o.concurrency}`,
+      `--first-addr=${FIRST_ADDR}`,
+      `--addrs=${ADDRS}`,
+      `--port-base=${o.portBase}`,
+      `--ports=${PORTS}`,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stop = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // Already gone.
+    }
+    await child.status;
+  };
+  live.add(stop);
+  const out = await child.output();
+  live.delete(stop);
+  const stderr = new TextDecoder().decode(out.stderr).trim();
+  if (!out.success) {
+    throw new Error(`Churn generator ${CHURN} failed (exit ${out.code}): ${stderr}`);
+  }
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+  return JSON.parse(lines[lines.length - 1]) as ChurnResult;
+}
+
+/** One measurement: start the tracer, churn, let the tracer catch up, stop it, count its records. */
+async function measure(
+  o: Options,
+  name: string,
+  rep: number,
+  ctx: { dir: string; grid: Grid; hz: number; tcplife?: string },
+): Promise<Measurement> {
+  const v = VARIANTS[name];
+  if (v.tracer === "none") return { variant: name, rep, churn: await runChurn(o, o.duration) };
+
+  const outputPath = `${ctx.dir}/${name}-${rep}.out`;
+  const pinDir = `/sys/fs/bpf/flowexporter-bench-${crypto.randomUUID().slice(0, 8)}`;
+  const agentArgs = [...v.agentArgs ?? [], ...o.agentArgs];
+  const silent = agentArgs[agentArgs.lastIndexOf("--output") + 1] === "none";
+  const tracer = v.tracer === "agent"
+    ? await Tracer.startAgent(name, agentArgs, outputPath, pinDir)
+    : await Tracer.startTcplife(ctx.tcplife!, outputPath);
+  const cleanup = async () => {
+    await tracer.stop();
+    await Deno.remove(pinDir, { recursive: true }).catch(() => {});
+    await Deno.remove(outputPath).catch(() => {});
+  };
+  live.add(cleanup);
+  try {
+    const cpu0 = cpuTicks(tracer.pid);
+    const churn = await runChurn(o, o.duration);
+    await waitUntilIdle(tracer.pid);
+    const cpuMs = (cpuTicks(tracer.pid) - cpu0) * 1000 / ctx.hz;
+    const rss = peakRssKiB(tracer.pid);
+    const threads = threadCount(tracer.pid);
+    const stop = await tracer.stop();
+    if (stop.exitCode !== 0) {
+      throw new Error(
+        `${v.label} exited with ${stop.exitCode}; its log:\n${tracer.log.slice(-10).join("\n")}`,
+      );
+    }
+    const sides = await countGridRecords(outputPath, tracer.format, ctx.grid);
+    // Without output, the agent's count of every flow it decoded (the churn's are nearly all).
+    const captured = silent ? stop.records ?? 0 : sides.server + sides.client;
+    return {
+      variant: name,
+      rep,
+      churn,
+      tracer: {
+        cpuMs,
+        peakRssKiB: rss,
+        threads,
+        captured,
+        countedBy: silent ? "agent" : "output",
+        ...sides,
+        drops: stop.drops,
+        recursionMisses: stop.recursionMisses,
+      },
+    };
+  } finally {
+    await cleanup();
+    live.delete(cleanup);
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+function completeness(m: Measurement): number {
+  return m.tracer!.captured / m.churn.sockets_closed;
+}
+
+function cpuPer1000(m: Measurement): number {
+  return m.tracer!.cpuMs / (m.churn.sockets_closed / 1000);
+}
+
+const int = (n: number) => Math.round(n).toLocaleString("en-US");
+const pct = (x: number) => `${(x * 100).toFixed(x === 1 ? 0 : 2)} %`;
+
+function describe(m: Measurement, baseline: number): string {
+  const c = m.churn;
+  const failed = c.errors + c.unsent + c.abandoned;
+  const head =
+    `rep ${m.rep} ${m.variant}: ${int(c.rate)} conn/s (${(c.rate / baseline).toFixed(2)})` +
+    (failed ? ` [churn: ${c.errors} failed, ${c.unsent} unsent, ${c.abandoned} abandoned]` : "");
+  if (!m.tracer) return head;
+  const t = m.tracer;
+  const misses = t.recursionMisses === undefined ? "" : `, recursion misses ${t.recursionMisses}`;
+  return `${head}, ${pct(completeness(m))} (${int(t.captured)}/${int(m.churn.sockets_closed)}` +
+    `${
+      t.countedBy === "agent"
+        ? " by the agent's count"
+        : `; server ${int(t.server)}, client ${int(t.client)}`
+    }), ` +
+    `${cpuPer1000(m).toFixed(2)} ms CPU/1000 flows, drops ${t.drops ?? 0}${misses}`;
+}
+
+function table(results: Measurement[], names: string[], skipped: Map<string, string>): string {
+  const baselineOf = new Map(
+    results.filter((m) => m.variant === "baseline").map((m) => [m.rep, m.churn.rate]),
+  );
+  const rows = [
+    [
+      "Tool",
+      "Reps",
+      "Conn/s (median)",
+      "Ratio to untraced (median)",
+      "Complete (median)",
+      "Complete (worst)",
+      "Missing records",
+      "Drops",
+      "Recursion misses",
+      "CPU ms/1000 flows (median)",
+      "Peak RSS MiB",
+      "Meets aims",
+    ],
+  ];
+  for (const name of names) {
+    const v = VARIANTS[name];
+    if (skipped.has(name)) {
+      rows.push([
+        v.label,
+        "0",
+        `skipped: ${skipped.get(name)}`,
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+      ]);
+      continue;
+    }
+    const ms = results.filter((m) => m.variant === name);
+    if (ms.length === 0) continue;
+    const ratio = median(ms.map((m) => m.churn.rate / baselineOf.get(m.rep)!));
+    const row = [
+      v.label,
+      String(ms.length),
+      int(median(ms.map((m) => m.churn.rate))),
+      ratio.toFixed(2),
+    ];
+    if (v.tracer === "none") {
+      rows.push([...row, "", "", "", "", "", "", "", ""]);
+      continue;
+    }
+    const worst = Math.min(...ms.map(completeness));
+    const missing = ms.reduce(
+      (n, m) => n + Math.max(0, m.churn.sockets_closed - m.tracer!.captured),
+      0,
+    );
+    const cpu = median(ms.map(cpuPer1000));
+    const sum = (f: (t: TracerFigures) => number | undefined) =>
+      ms.some((m) => f(m.tracer!) !== undefined)
+        ? int(ms.reduce((n, m) => n + (f(m.tracer!) ?? 0), 0))
+        : "n/a";
+    const star = ms.some((m) => m.tracer!.countedBy === "agent") ? " *" : "";
+    const meets = worst >= AIM.completeness && ratio >= AIM.ratio && cpu < AIM.cpuMsPer1000;
+    rows.push([
+      ...row,
+      pct(median(ms.map(completeness))) + star,
+      pct(worst) + star,
+      int(missing),
+      sum((t) => t.drops),
+      sum((t) => t.recursionMisses),
+      cpu.toFixed(2),
+      (Math.max(...ms.map((m) => m.tracer!.peakRssKiB)) / 1024).toFixed(0),
+      v.tracer === "agent" ? (meets ? "yes" : "no") : "",
+    ]);
+  }
+  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+  return [line(rows[0]), line(rows[0].map(() => "---")), ...rows.slice(1).map(line)].join("\n");
+}
+
+async function main(): Promise<number> {
+  const o = parseOptions();
+  if (Deno.uid() !== 0) {
+    throw new Error("Cannot trace: the benchmark loads BPF programs (run as root)");
+  }
+  try {
+    cpuTicks(Deno.pid);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotCapable)) throw err;
+    // Deno grants /proc/<pid> and /proc/sys only with every permission.
+    throw new Error(
+      "Cannot read /proc/<pid>/stat: Deno allows it only with --allow-all (run deno run --allow-all bench/churn_bench.ts)",
+    );
+  }
+  try {
+    Deno.statSync(CHURN);
+  } catch {
+    throw new Error(
+      `Cannot find the churn generator ${CHURN} (run make build/churn, or gcc -O2 -pthread bench/churn.c -o build/churn)`,
+    );
+  }
+  if (Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_timestamps").trim() === "0") {
+    log("warning: net.ipv4.tcp_timestamps is 0; SYNs that meet a TIME_WAIT 4-tuple may stall");
+  }
+
+  const skipped = new Map<string, string>();
+  let tcplife: string | undefined;
+  if (o.tools.includes("tcplife")) {
+    const prepared = await prepareTcplife(o.install, log);
+    if ("reason" in prepared) {
+      skipped.set("tcplife", prepared.reason);
+      log(`tcplife skipped: ${prepared.reason}`);
+    } else tcplife = prepared.command;
+  }
+  const names = ["baseline", ...Object.keys(VARIANTS).filter((n) => o.tools.includes(n))];
+  const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "flowexporter-bench-" });
+  live.add(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
+  const ctx = {
+    dir,
+    grid: churnGrid(FIRST_ADDR, ADDRS, o.portBase, PORTS),
+    hz: await clockTicksPerSecond(),
+    tcplife,
+  };
+
+  const kernel = Deno.osRelease();
+  const cpus = navigator.hardwareConcurrency;
+  log(
+    `${cpus} CPUs, kernel ${kernel}; ${o.reps} reps of ${o.duration} s, ` +
+      `${
+        o.rate > 0 ? `${o.rate} conn/s target` : "flat out"
+      }, ${o.clients} clients, ${o.servers} servers`,
+  );
+  if (o.warmup > 0) await runChurn(o, o.warmup);
+
+  const results: Measurement[] = [];
+  for (let rep = 1; rep <= o.reps; rep++) {
+    const todo = names.filter((n) => !skipped.has(n) && (!VARIANTS[n].once || rep === o.reps));
+    // Rotate the order each repetition: no tool always runs first or after another.
+    const order = todo.map((_, i) => todo[(i + rep - 1) % todo.length]);
+    const repResults: Measurement[] = [];
+    for (const name of order) {
+      try {
+        repResults.push(await measure(o, name, rep, ctx));
+      } catch (err) {
+        if (VARIANTS[name].tracer !== "tcplife") throw err;
+        skipped.set(name, (err as Error).message.split("\n")[0]);
+        log(`tcplife skipped from now on: ${(err as Error).message}`);
+      }
+      await delay(200);
+    }
+    const baseline = repResults.find((m) => m.variant === "baseline")!.churn.rate;
+    for (const m of repResults) log(describe(m, baseline));
+    results.push(...repResults);
+  }
+
+  console.log(table(results, names, skipped));
+  console.log(
+    `\n${cpus} CPUs (${cpuModel()}), kernel ${kernel}; churn ${o.clients} clients + ${o.servers} servers, ` +
+      `${o.concurrency} in flight per client, ${
+        o.rate > 0 ? `target ${o.rate} conn/s` : "flat out"
+      }, ` +
+      `${o.reps} x ${o.duration} s, order rotated per rep.`,
+  );
+  console.log(
+    "Flows = local TCP sockets closed by the churn (2 per connection). Complete = records for them / flows. " +
+      "Ratio = conn/s / untraced conn/s of the same rep. CPU = utime+stime of the tracer process over churn " +
+      "and catch-up. Drops: agent kernel drops, tcplife perf samples lost. " +
+      "* = the agent's own record count (--output none writes nothing to match). " +
+      `Aims: ${
+        pct(AIM.completeness)
+      } complete, ratio >= ${AIM.ratio}, < ${AIM.cpuMsPer1000} ms CPU/1000 flows.`,
+  );
+  if (o.agentArgs.length) console.log(`Agent runs had extra arguments: ${o.agentArgs.join(" ")}`);
+  return 0;
+}
+
+function cpuModel(): string {
+  const m = /^model name\s*:\s*(.+)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"));
+  return m ? m[1] : "unknown CPU";
+}
+
+async function cleanUp(): Promise<void> {
+  for (const undo of [...live].reverse()) await undo().catch(() => {});
+  live.clear();
+}
+
+if (import.meta.main) {
+  let interrupted = false;
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(sig, () => {
+      if (interrupted) return;
+      interrupted = true;
+      log(`${sig}: stopping the tracers and the churn`);
+      cleanUp().finally(() => Deno.exit(130));
+    });
+  }
+  let code = 1;
+  try {
+    code = await main();
+  } catch (err) {
+    console.error(`bench: ${(err as Error).message}`);
+  } finally {
+    await cleanUp();
+  }
+  Deno.exit(code);
+}

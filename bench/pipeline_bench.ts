@@ -1,0 +1,367 @@
+/**
+ * Exporter pipeline benchmark: kernel `struct fe_flow` bytes → decode (lib/decode.ts) →
+ * encode into windows (lib/batcher.ts) → gzip → spool (fsync), no collector.
+ *
+ * Part 1 times each stage on one thread. Part 2, in a child process so its peak RSS is its
+ * own, pushes a full 60-second window at 50 000 flows/s (3 000 000 flows) through the real
+ * Shipper as fast as it goes, on a simulated clock, and reports throughput, CPU, bytes per
+ * flow and peak RSS.
+ *
+ * Run: deno run -A bench/pipeline_bench.ts [--rate 50000] [--seconds 60]
+ *
+ * @module
+ */
+
+import { cpuUsage } from "node:process";
+import { parseArgs } from "node:util";
+import { gzip as zlibGzip } from "node:zlib";
+import { DEFAULT_GZIP_LEVEL, gunzip, gzip } from "../lib/_gzip.ts";
+import { syntheticFlow } from "../lib/_synthetic_flows.ts";
+import { Batcher, type ClosedWindow, DEFAULT_MAX_RECORDS } from "../lib/batcher.ts";
+import { decodeFlows, RECORD_SIZE, TCP_STATES } from "../lib/decode.ts";
+import type { FlowRecord } from "../lib/flow.ts";
+import { Shipper } from "../lib/shipper.ts";
+import { Spool } from "../lib/spool.ts";
+import { encodeBatchParts, MAX_BATCH_BYTES, SCHEMA_VERSION } from "../lib/wire.ts";
+
+const T0_MS = Date.UTC(2026, 0, 1, 12, 0, 0); // a minute boundary
+const BOOT_NS = 86_400_000_000_000n; // the kernel clock: one day since boot
+const OFFSET_NS = BigInt(T0_MS) * 1_000_000n - BOOT_NS;
+const POOL = 16_384; // distinct pre-built kernel records, patched per flow
+const MESSAGE = 256; // records per poll-worker message
+
+const { values: args } = parseArgs({
+  options: {
+    rate: { type: "string", default: "50000" },
+    seconds: { type: "string", default: "60" },
+    "max-records": { type: "string", default: String(DEFAULT_MAX_RECORDS) },
+    "gzip-level": { type: "string", default: String(DEFAULT_GZIP_LEVEL) },
+    child: { type: "boolean", default: false },
+  },
+});
+const RATE = Number(args.rate);
+const SECONDS = Number(args.seconds);
+const MAX_RECORDS = Number(args["max-records"]);
+const GZIP_LEVEL = Number(args["gzip-level"]);
+
+// ---------------------------------------------------------------- kernel records
+
+/** `struct fe_flow` (bpf/flowexporter.h), little endian, from a FlowRecord. */
+function packFeFlow(r: FlowRecord, out: Uint8Array, at: number): void {
+  const v = new DataView(out.buffer, out.byteOffset + at, RECORD_SIZE);
+  v.setBigUint64(0, r.tStartNs - OFFSET_NS, true);
+  v.setBigUint64(8, r.tEndNs - OFFSET_NS, true);
+  v.setBigUint64(16, BigInt(r.bytesSent), true);
+  v.setBigUint64(24, BigInt(r.bytesAcked), true);
+  v.setBigUint64(32, BigInt(r.bytesReceived), true);
+  [r.segsOut, r.segsIn, r.totalRetrans, r.srttUs, r.minRttUs, r.delivered, r.lost].forEach(
+    (n, i) => v.setUint32(40 + 4 * i, n, true),
+  );
+  const ip16 = (ip: Uint8Array) =>
+    ip.length === 16 ? ip : Uint8Array.of(...Array(10).fill(0), 0xff, 0xff, ...ip);
+  out.set(ip16(r.localIp), at + 72);
+  out.set(ip16(r.remoteIp), at + 88);
+  v.setUint16(104, r.localPort, true);
+  v.setUint16(106, r.remotePort, true);
+  v.setUint8(108, r.family);
+  v.setUint8(109, ["unknown", "outbound", "inbound"].indexOf(r.direction));
+  v.setUint8(110, (TCP_STATES as readonly string[]).indexOf(r.closeState));
+  v.setUint8(111, ["unknown", "host", "ip-map", "port-map"].indexOf(r.identitySource));
+  v.setUint8(112, r.seeded ? 1 : 0);
+  v.setUint8(113, r.error);
+  out.set(new TextEncoder().encode(r.localWorkloadId), at + 120);
+}
+
+/** A pool of kernel records; `message(n)` patches times and counters for flows n.. and returns 256. */
+function kernelSource() {
+  const pool = new Uint8Array(POOL * RECORD_SIZE);
+  for (let i = 0; i < POOL; i++) packFeFlow(syntheticFlow(i * 7919), pool, i * RECORD_SIZE);
+  const view = new DataView(pool.buffer);
+  return (n: number): Uint8Array => {
+    const first = (n % POOL) - ((n % POOL) % MESSAGE);
+    for (let k = 0; k < MESSAGE; k++) {
+      const at = (first + k) * RECORD_SIZE;
+      const endNs = BOOT_NS + BigInt(Math.floor(((n + k) / RATE) * 1e9));
+      view.setBigUint64(at, endNs - BigInt(1_000_000 + ((n + k) % 997) * 1000), true);
+      view.setBigUint64(at + 8, endNs, true);
+      view.setUint32(at + 16, (n + k) * 2_654_435_761 % 3_000_000, true);
+      view.setUint16(at + 106, 1024 + ((n + k) % 60_000), true);
+    }
+    return pool.subarray(first * RECORD_SIZE, (first + MESSAGE) * RECORD_SIZE);
+  };
+}
+
+// ---------------------------------------------------------------- part 1: stages
+
+function rate(count: number, ms: number): string {
+  return `${Math.round((count / ms) * 1000).toLocaleString("en-US")}/s`;
+}
+
+async function stages(): Promise<void> {
+  const source = kernelSource();
+  const N = 200_000;
+  const rows: string[][] = [];
+
+  decodeFlows(source(0), OFFSET_NS); // warm-up
+  let t = performance.now();
+  const records: FlowRecord[] = [];
+  for (let n = 0; n < N; n += MESSAGE) records.push(...decodeFlows(source(n), OFFSET_NS));
+  rows.push(["decode fe_flow → FlowRecord", rate(N, performance.now() - t), "", ""]);
+
+  let windows: ClosedWindow[] = [];
+  const batcher = new Batcher({
+    onWindow: (w) => windows.push(w),
+    now: () => T0_MS,
+    maxBytes: MAX_BATCH_BYTES - 1024 * 1024,
+  });
+  for (let i = 0; i < 20_000; i++) batcher.add(records[i]); // warm-up
+  batcher.flush();
+  windows = [];
+  t = performance.now();
+  for (const r of records) batcher.add(r);
+  batcher.flush();
+  const encodeMs = performance.now() - t;
+  const encodedBytes = windows.reduce((n, w) => n + w.byteLength, 0);
+  rows.push([
+    "encode (encodeFlow + append)",
+    rate(N, encodeMs),
+    `${(encodedBytes / N).toFixed(1)} B/flow`,
+    "",
+  ]);
+  const window = windows[0];
+  const flows = window.recordCount;
+
+  // One default-size batch (100 000 flows), compressed several ways.
+  const batch = encodeBatchParts({
+    schemaVersion: SCHEMA_VERSION,
+    exporterVersion: "bench",
+    host: { hostname: "bench-host", workloadId: "k8s://kube-system/flowexporter-abcde" },
+    sequence: 1,
+    windowStartNs: window.windowStartNs,
+    windowEndNs: window.windowEndNs,
+    recordCount: window.recordCount,
+    clockOffsetNs: OFFSET_NS,
+    loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
+  }, window.chunks);
+  const rawBytes = batch.reduce((n, p) => n + p.length, 0);
+  const body = new Uint8Array(rawBytes);
+  batch.reduce((offset, p) => (body.set(p, offset), offset + p.length), 0);
+  const perBatch = DEFAULT_MAX_RECORDS / flows;
+  const compress = async (name: string, run: () => Promise<number>) => {
+    await run(); // warm-up
+    const start = performance.now();
+    const size = await run();
+    const ms = performance.now() - start;
+    rows.push([
+      name,
+      rate(flows, ms),
+      `${(size / flows).toFixed(1)} B/flow`,
+      `${(ms * perBatch).toFixed(0)} ms/batch, ${(rawBytes / ms / 1000).toFixed(0)} MB/s`,
+    ]);
+  };
+  for (const level of [1, 3, 6]) {
+    await compress(
+      `gzip level ${level}, streamed parts (lib/_gzip.ts)`,
+      async () => (await gzip(batch, level)).length,
+    );
+  }
+  await compress(
+    "gzip level 3, one-shot on the whole body",
+    () =>
+      new Promise((resolve, reject) =>
+        zlibGzip(body, { level: 3 }, (e, r) => e ? reject(e) : resolve(r.length))
+      ),
+  );
+  await compress("CompressionStream gzip (no level)", async () => {
+    const stream = new Blob(batch as BlobPart[]).stream().pipeThrough(
+      new CompressionStream("gzip"),
+    );
+    return (await new Response(stream).arrayBuffer()).byteLength;
+  });
+
+  const dir = await Deno.makeTempDir({ prefix: "pipeline_bench_" });
+  try {
+    const spool = await Spool.open({ dir, maxBytes: 1 << 30 });
+    const gz = await gzip(batch);
+    const count = 20;
+    t = performance.now();
+    for (let i = 0; i < count; i++) {
+      await spool.write({
+        schemaVersion: SCHEMA_VERSION,
+        exporterVersion: "bench",
+        host: { hostname: "h", workloadId: "" },
+        sequence: spool.nextSequence,
+        windowStartNs: 0n,
+        windowEndNs: 0n,
+        recordCount: 0,
+        clockOffsetNs: 0n,
+        loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
+      }, gz);
+    }
+    const ms = performance.now() - t;
+    rows.push([
+      `spool write (${(gz.length / 1e6).toFixed(1)} MB batch, 3 fsyncs)`,
+      rate(count * DEFAULT_MAX_RECORDS, ms),
+      "",
+      `${(ms / count).toFixed(1)} ms/batch`,
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  table(`Part 1: stages, one thread, ${N.toLocaleString("en-US")} flows`, [
+    ["stage", "flows/s", "size", "notes"],
+    ...rows,
+  ]);
+}
+
+// ---------------------------------------------------------------- part 2: one window, end to end
+
+interface EndToEnd {
+  flows: number;
+  wallMs: number;
+  cpuMs: number;
+  batches: number;
+  rawBytes: number;
+  gzipBytes: number;
+  rssStartMb: number;
+  peakRssMb: number;
+  /** Largest V8 heap and off-heap (ArrayBuffer) sizes seen once per simulated second. */
+  heapMb: number;
+  externalMb: number;
+}
+
+async function endToEnd(): Promise<EndToEnd> {
+  const source = kernelSource();
+  const total = RATE * SECONDS;
+  const clock = { ms: T0_MS };
+  const dir = await Deno.makeTempDir({ prefix: "pipeline_bench_" });
+  try {
+    const shipper = new Shipper({
+      spoolDir: dir,
+      spoolMaxBytes: 8 * 1024 ** 3,
+      exporterVersion: "bench",
+      host: () => ({ hostname: "bench-host", workloadId: "k8s://kube-system/flowexporter-abcde" }),
+      clockOffsetNs: () => OFFSET_NS,
+      lossCounters: () => ({ kernelDrops: 0n, recursionMisses: 0n }),
+      now: () => clock.ms,
+      maxRecords: MAX_RECORDS,
+      gzipLevel: GZIP_LEVEL,
+    });
+    await shipper.start();
+    const rssStartMb = Deno.memoryUsage().rss / 2 ** 20;
+    let heapMb = 0;
+    let externalMb = 0;
+    const cpu0 = cpuUsage();
+    const t0 = performance.now();
+    for (let n = 0; n < total; n += MESSAGE) {
+      clock.ms = T0_MS + (n / RATE) * 1000;
+      const records = decodeFlows(source(n), OFFSET_NS);
+      for (let k = 0; k < records.length && n + k < total; k++) shipper.add(records[k]);
+      if (n % RATE < MESSAGE) {
+        // Once per simulated second: let compression and the spool catch up, as the
+        // idle part of each real second would.
+        await yieldToEventLoop();
+        while (shipper.stats().windowsPending > 1) await yieldToEventLoop();
+        const memory = Deno.memoryUsage();
+        heapMb = Math.max(heapMb, memory.heapTotal / 2 ** 20);
+        externalMb = Math.max(externalMb, memory.external / 2 ** 20);
+      }
+    }
+    clock.ms = T0_MS + SECONDS * 1000;
+    const stats = await shipper.close(10_000);
+    const wallMs = performance.now() - t0;
+    const cpu = cpuUsage(cpu0);
+    const peakRssMb =
+      Number(/VmHWM:\s+(\d+) kB/.exec(await Deno.readTextFile("/proc/self/status"))?.[1]) / 1024;
+    let rawBytes = 0;
+    let gzipBytes = 0;
+    const spool = await Spool.open({ dir, maxBytes: 8 * 1024 ** 3 });
+    for (const entry of spool.pending()) {
+      const gz = await Deno.readFile(entry.path);
+      gzipBytes += gz.length;
+      rawBytes += (await gunzip(gz, MAX_BATCH_BYTES)).length;
+    }
+    if (stats.recordsAdded !== total) {
+      throw new Error(`Added ${stats.recordsAdded} of ${total} flows`);
+    }
+    return {
+      flows: total,
+      wallMs,
+      cpuMs: (cpu.user + cpu.system) / 1000,
+      batches: stats.batchesSpooled,
+      rawBytes,
+      gzipBytes,
+      rssStartMb,
+      peakRssMb,
+      heapMb,
+      externalMb,
+    };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+function table(title: string, rows: string[][]): void {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
+  console.log(`\n${title}`);
+  rows.forEach((row, i) => {
+    console.log(
+      row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join(
+        "  ",
+      ),
+    );
+    if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  });
+}
+
+if (args.child) {
+  console.log(JSON.stringify(await endToEnd()));
+} else {
+  await stages();
+  const child = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      import.meta.filename!,
+      "--child",
+      `--rate=${RATE}`,
+      `--seconds=${SECONDS}`,
+      `--max-records=${MAX_RECORDS}`,
+      `--gzip-level=${GZIP_LEVEL}`,
+    ],
+    stderr: "inherit",
+  }).output();
+  if (!child.success) throw new Error("The end-to-end run failed");
+  const r: EndToEnd = JSON.parse(new TextDecoder().decode(child.stdout));
+  const perFlow = (bytes: number) => `${(bytes / r.flows).toFixed(1)} B`;
+  table(
+    `Part 2: ${SECONDS} s window at ${RATE.toLocaleString("en-US")} flows/s = ${
+      r.flows.toLocaleString("en-US")
+    } flows, decode → batch (cap ${
+      MAX_RECORDS.toLocaleString("en-US")
+    } flows) → gzip ${GZIP_LEVEL} → spool, as fast as possible`,
+    [
+      ["figure", "value"],
+      ["wall time", `${(r.wallMs / 1000).toFixed(2)} s`],
+      ["flows/s sustained", rate(r.flows, r.wallMs)],
+      ["times the target rate", `${((r.flows / r.wallMs) * 1000 / RATE).toFixed(1)}x`],
+      [
+        "CPU time (user + system)",
+        `${(r.cpuMs / 1000).toFixed(2)} s (${(r.cpuMs / r.wallMs).toFixed(2)} cores)`,
+      ],
+      ["CPU per second of traffic", `${(r.cpuMs / SECONDS / 10).toFixed(1)} % of a core`],
+      ["batches", String(r.batches)],
+      ["bytes/flow, CBOR", perFlow(r.rawBytes)],
+      ["bytes/flow, gzip (on the wire)", perFlow(r.gzipBytes)],
+      ["compression ratio", `${(r.rawBytes / r.gzipBytes).toFixed(2)}`],
+      ["RSS before the window", `${r.rssStartMb.toFixed(0)} MiB`],
+      ["peak RSS (VmHWM)", `${r.peakRssMb.toFixed(0)} MiB`],
+      ["  largest V8 heap seen", `${r.heapMb.toFixed(0)} MiB`],
+      ["  largest ArrayBuffer memory seen", `${r.externalMb.toFixed(0)} MiB`],
+    ],
+  );
+}

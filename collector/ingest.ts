@@ -1,0 +1,202 @@
+/**
+ * The collector's ingest path without HTTP: validate a batch, learn its heartbeats, attribute
+ * its flows, settle held flows, and store it all in one transaction. Used by the HTTP server
+ * and by the benchmark; synchronous, so batches never interleave.
+ *
+ * @example
+ * ```ts
+ * import { FlowStore } from "./store.ts";
+ * import { Ingestor } from "./ingest.ts";
+ * declare const cborBytes: Uint8Array;
+ * using store = FlowStore.open("flows.db");
+ * const ingestor = Ingestor.open(store, { holdNs: 120_000_000_000n });
+ * const result = ingestor.ingestBody(cborBytes); // throws WireFormatError when invalid
+ * ```
+ *
+ * @module
+ */
+
+import { decodeBatch, type DecodedBatch } from "../lib/wire.ts";
+import { Attributor, type AttributorOptions, remoteEndpoint, type Verdict } from "./attributor.ts";
+import type { OwnershipRange } from "./ownership.ts";
+import type { FlowStore } from "./store.ts";
+
+/** Tuning of {@linkcode Ingestor}. */
+export interface IngestOptions extends AttributorOptions {
+  /** How long ownership ranges are kept, counted back from now. Default 1 h. */
+  retentionNs?: bigint;
+  /** Wall clock in ns since the epoch; injectable for tests. */
+  now?: () => bigint;
+}
+
+/** What one batch did. */
+export interface IngestResult {
+  /** The batch was stored before (same hostname and sequence): nothing was written. */
+  readonly duplicate: boolean;
+  readonly hostname: string;
+  readonly sequence: number;
+  /** Flows in the batch. */
+  readonly flows: number;
+  /** Flows of this batch attributed at once. */
+  readonly attributed: number;
+  /** Flows of this batch held for a later heartbeat (stored as `pending`). */
+  readonly pending: number;
+  /** Flows of this batch in a contested or unreachable (too old) stretch. */
+  readonly unattributed: number;
+  /** Held flows of earlier batches that this batch settled. */
+  readonly settled: number;
+}
+
+const PRUNE_EVERY_NS = 60_000_000_000n;
+
+/** Validates, attributes and stores batches; see the module documentation. */
+export class Ingestor {
+  readonly #store: FlowStore;
+  readonly #attributor: Attributor;
+  readonly #retentionNs: bigint;
+  readonly #now: () => bigint;
+  #lastPruneNs = 0n;
+
+  private constructor(store: FlowStore, options: IngestOptions) {
+    this.#store = store;
+    this.#attributor = new Attributor(options);
+    this.#retentionNs = options.retentionNs ?? 3_600_000_000_000n;
+    this.#now = options.now ?? wallClockNs;
+  }
+
+  /**
+   * Creates an ingestor on `store`, replaying its persisted ownership ranges and held flows.
+   */
+  static open(store: FlowStore, options: IngestOptions = {}): Ingestor {
+    const ingestor = new Ingestor(store, options);
+    const attributor = ingestor.#attributor;
+    for (const range of store.loadRanges()) attributor.restoreRange(range);
+    for (const [ipKey, endNs] of store.loadShared()) attributor.restoreShared(ipKey, endNs);
+    ingestor.#reloadHeld();
+    ingestor.#prune(ingestor.#now());
+    return ingestor;
+  }
+
+  /** The attributor (ownership map and held flows), for inspection. */
+  get attributor(): Attributor {
+    return this.#attributor;
+  }
+
+  /**
+   * Decodes and validates an uncompressed CBOR batch body, then ingests it.
+   *
+   * @throws {WireFormatError} when the body does not match the schema (nothing is stored).
+   */
+  ingestBody(body: Uint8Array): IngestResult {
+    return this.ingest(decodeBatch(body));
+  }
+
+  /** Ingests a decoded batch: a repeat of a stored batch is reported and not stored again. */
+  ingest(batch: DecodedBatch): IngestResult {
+    const { header, flows } = batch;
+    const hostname = header.host.hostname;
+    const base = { hostname, sequence: header.sequence, flows: flows.length };
+    if (this.#store.hasBatch(hostname, header.sequence)) {
+      return { ...base, duplicate: true, attributed: 0, pending: 0, unattributed: 0, settled: 0 };
+    }
+    const now = this.#now();
+    const attributor = this.#attributor;
+    const observation = attributor.observe(hostname, flows);
+    const remoteKeys: string[] = new Array(flows.length);
+    const verdicts: Verdict[] = new Array(flows.length);
+    const pendingAt: number[] = [];
+    let attributed = 0;
+    for (let i = 0; i < flows.length; i++) {
+      const remote = attributor.endpoint(hostname, flows[i]);
+      remoteKeys[i] = remote.ipKey;
+      const verdict = attributor.attribute(remote);
+      verdicts[i] = verdict;
+      if (verdict.status === "attributed") attributed++;
+      else if (verdict.status === "pending") pendingAt.push(i);
+    }
+    const resolutions = attributor.retry();
+    const ranges = new Map<string, Map<string, OwnershipRange[]>>();
+    for (const [key, workloads] of observation.changed) {
+      const byWorkload = new Map<string, OwnershipRange[]>();
+      for (const workload of workloads) {
+        byWorkload.set(workload, attributor.ownership.ranges(key, workload));
+      }
+      ranges.set(key, byWorkload);
+    }
+    const shared = new Map<string, bigint>();
+    const allShared = attributor.shared();
+    for (const ipKey of observation.sharedChanged) shared.set(ipKey, allShared.get(ipKey)!);
+    let ids: number[];
+    try {
+      ids = this.#store.writeBatch({
+        header,
+        flows,
+        remoteKeys,
+        verdicts,
+        receivedNs: now,
+        resolutions,
+        revocations: observation.revocations,
+        ranges,
+        shared,
+      });
+    } catch (error) {
+      // The settled flows are still pending in the database: hold them again.
+      this.#reloadHeld();
+      throw error;
+    }
+    for (const i of pendingAt) {
+      const f = flows[i];
+      attributor.hold(
+        ids[i],
+        remoteEndpoint(remoteKeys[i], f.remotePort, f.direction, f.tStartNs),
+        now,
+      );
+    }
+    this.#store.resolve(attributor.expire(now));
+    return {
+      ...base,
+      duplicate: false,
+      attributed,
+      pending: pendingAt.length,
+      unattributed: flows.length - attributed - pendingAt.length,
+      settled: resolutions.length,
+    };
+  }
+
+  /**
+   * Periodic work: gives up on held flows past the hold delay (stored as `unattributed`) and,
+   * once a minute, forgets ownership older than the retention.
+   *
+   * @returns the number of held flows given up on.
+   */
+  tick(): number {
+    const now = this.#now();
+    const expired = this.#attributor.expire(now);
+    this.#store.resolve(expired);
+    if (now - this.#lastPruneNs >= PRUNE_EVERY_NS) this.#prune(now);
+    return expired.length;
+  }
+
+  #prune(now: bigint): void {
+    this.#lastPruneNs = now;
+    const horizon = now - this.#retentionNs;
+    this.#attributor.prune(horizon);
+    this.#store.pruneOwnership(horizon);
+  }
+
+  #reloadHeld(): void {
+    const attributor = this.#attributor;
+    attributor.clearHeld();
+    for (const p of this.#store.loadPending()) {
+      attributor.hold(
+        p.id,
+        remoteEndpoint(p.remoteKey, p.remotePort, p.direction, p.tStartNs),
+        p.receivedNs,
+      );
+    }
+  }
+}
+
+function wallClockNs(): bigint {
+  return BigInt(Date.now()) * 1_000_000n;
+}

@@ -1,0 +1,294 @@
+/**
+ * Which workload owned an address (or an address and port) at a given time, learned from
+ * heartbeats: every flow an exporter reports says "workload W held this local address from
+ * `tStartNs` to `tEndNs`". Pure: no I/O, no clock; the caller supplies every time.
+ *
+ * Each key (an address, or address and port, as the caller spells it) keeps, per workload,
+ * sorted non-overlapping ranges: a heartbeat overlapping a range, or closer to it than
+ * `mergeGapNs`, extends it. Lookups widen every range by `slackNs` on both sides (clock skew
+ * between hosts, and a client's SYN_SENT preceding the server's SYN_RECV). A time that falls in
+ * the ranges of two workloads is contested: the lookup answers `ambiguous`, never a guess.
+ *
+ * @example
+ * ```ts
+ * import { OwnershipMap } from "./ownership.ts";
+ * const map = new OwnershipMap({ mergeGapNs: 30_000_000_000n, slackNs: 1_000_000_000n });
+ * map.add("10.0.0.7", "checkout", 100_000_000_000n, 160_000_000_000n);
+ * map.lookup("10.0.0.7", 120_000_000_000n); // { kind: "owned", workload: "checkout" }
+ * map.lookup("10.0.0.7", 500_000_000_000n); // { kind: "none" }
+ * ```
+ *
+ * @module
+ */
+
+/** The answer of {@linkcode OwnershipMap.lookup}. */
+export type Ownership =
+  | { readonly kind: "owned"; readonly workload: string }
+  | { readonly kind: "none" }
+  | { readonly kind: "ambiguous"; readonly workloads: readonly string[] };
+
+/** One merged range of one workload on one key; times are inclusive, ns since the epoch. */
+export interface OwnershipRange {
+  readonly key: string;
+  readonly workload: string;
+  readonly startNs: bigint;
+  readonly endNs: bigint;
+}
+
+/**
+ * A stretch of time two workloads both claim on one key, slack included: lookups in
+ * `[startNs, endNs]` answer `ambiguous`.
+ */
+export interface ContestedStretch {
+  readonly key: string;
+  readonly startNs: bigint;
+  readonly endNs: bigint;
+  readonly workloads: readonly [string, string];
+}
+
+/** One piece of {@linkcode OwnershipMap.timeline}: the workloads whose ranges cover it. */
+export interface TimelineSegment {
+  readonly startNs: bigint;
+  readonly endNs: bigint;
+  /** One workload, or several when the stretch is contested. */
+  readonly workloads: readonly string[];
+}
+
+/** Tuning of {@linkcode OwnershipMap}. */
+export interface OwnershipOptions {
+  /** Heartbeats of one workload at most this far apart merge into one range. Default 30 s. */
+  mergeGapNs?: bigint;
+  /** Tolerance around every range on lookup. Default 1 s. */
+  slackNs?: bigint;
+}
+
+interface Span {
+  start: bigint;
+  end: bigint;
+}
+
+const NONE: Ownership = Object.freeze({ kind: "none" });
+const MIN_TIME = -(1n << 63n);
+
+/** Ownership ranges per key, merged from heartbeats; see the module documentation. */
+export class OwnershipMap {
+  readonly #byKey = new Map<string, Map<string, Span[]>>();
+  readonly #gap: bigint;
+  readonly #slack: bigint;
+  #horizon = MIN_TIME;
+  #spans = 0;
+
+  /** Creates an empty map. */
+  constructor(options: OwnershipOptions = {}) {
+    this.#gap = options.mergeGapNs ?? 30_000_000_000n;
+    this.#slack = options.slackNs ?? 1_000_000_000n;
+    if (this.#gap < 0n || this.#slack < 0n) {
+      throw new RangeError("Cannot create ownership map: mergeGapNs and slackNs must be >= 0");
+    }
+  }
+
+  /** Number of ranges held, all keys and workloads. */
+  get size(): number {
+    return this.#spans;
+  }
+
+  /** Times before this were pruned: lookups there answer `none`. */
+  get horizonNs(): bigint {
+    return this.#horizon;
+  }
+
+  /**
+   * Records that `workload` held `key` from `startNs` to `endNs` (inclusive; swapped if
+   * reversed). Heartbeats that end before the pruning horizon are ignored.
+   *
+   * @param contested when given, receives the stretches in which the updated range now
+   *   competes with another workload's range on the same key.
+   * @returns whether the workload's ranges on `key` changed.
+   */
+  add(
+    key: string,
+    workload: string,
+    startNs: bigint,
+    endNs: bigint,
+    contested?: ContestedStretch[],
+  ): boolean {
+    if (endNs < startNs) [startNs, endNs] = [endNs, startNs];
+    if (endNs + this.#slack < this.#horizon) return false;
+    let workloads = this.#byKey.get(key);
+    if (workloads === undefined) {
+      workloads = new Map();
+      this.#byKey.set(key, workloads);
+    }
+    let spans = workloads.get(workload);
+    if (spans === undefined) {
+      spans = [];
+      workloads.set(workload, spans);
+    }
+    const merged = this.#merge(spans, startNs, endNs);
+    if (merged === undefined) return false;
+    if (contested !== undefined && workloads.size > 1) {
+      this.#collectContests(key, workload, merged, workloads, contested);
+    }
+    return true;
+  }
+
+  /** Who held `key` at `tNs`: one workload, none, or several (`ambiguous`). */
+  lookup(key: string, tNs: bigint): Ownership {
+    if (tNs < this.#horizon) return NONE;
+    const workloads = this.#byKey.get(key);
+    if (workloads === undefined) return NONE;
+    let found: string | undefined;
+    let more: string[] | undefined;
+    for (const [workload, spans] of workloads) {
+      if (!this.#covers(spans, tNs)) continue;
+      if (found === undefined) found = workload;
+      else (more ??= [found]).push(workload);
+    }
+    if (more !== undefined) return { kind: "ambiguous", workloads: more.sort() };
+    return found === undefined ? NONE : { kind: "owned", workload: found };
+  }
+
+  /** The ranges of one key (all workloads, or one), sorted by start then workload. */
+  ranges(key: string, workload?: string): OwnershipRange[] {
+    const out: OwnershipRange[] = [];
+    for (const [w, spans] of this.#byKey.get(key) ?? []) {
+      if (workload !== undefined && w !== workload) continue;
+      for (const s of spans) out.push({ key, workload: w, startNs: s.start, endNs: s.end });
+    }
+    return out.sort((a, b) =>
+      a.startNs < b.startNs ? -1 : a.startNs > b.startNs ? 1 : a.workload < b.workload ? -1 : 1
+    );
+  }
+
+  /**
+   * The ranges of `key` (without slack) as sorted, non-overlapping segments, each with the
+   * workloads covering it; a segment with several workloads is contested.
+   */
+  timeline(key: string): TimelineSegment[] {
+    const edges: { t: bigint; workload: string; delta: 1 | -1 }[] = [];
+    for (const [workload, spans] of this.#byKey.get(key) ?? []) {
+      for (const s of spans) {
+        edges.push({ t: s.start, workload, delta: 1 }, { t: s.end + 1n, workload, delta: -1 });
+      }
+    }
+    edges.sort((a, b) => (a.t < b.t ? -1 : a.t > b.t ? 1 : 0));
+    const active = new Map<string, number>();
+    const out: TimelineSegment[] = [];
+    for (let i = 0; i < edges.length;) {
+      const t = edges[i].t;
+      for (; i < edges.length && edges[i].t === t; i++) {
+        const { workload, delta } = edges[i];
+        const n = (active.get(workload) ?? 0) + delta;
+        if (n === 0) active.delete(workload);
+        else active.set(workload, n);
+      }
+      if (active.size === 0 || i === edges.length) continue;
+      const workloads = [...active.keys()].sort();
+      const last = out.at(-1);
+      if (last !== undefined && last.endNs === t - 1n && same(last.workloads, workloads)) {
+        out[out.length - 1] = { ...last, endNs: edges[i].t - 1n };
+      } else {
+        out.push({ startNs: t, endNs: edges[i].t - 1n, workloads });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Forgets ranges that no lookup at or after `horizonNs` can reach, and makes lookups before
+   * it answer `none` (a forgotten range could have contested them).
+   *
+   * @returns the number of ranges removed.
+   */
+  prune(horizonNs: bigint): number {
+    if (horizonNs <= this.#horizon) return 0;
+    this.#horizon = horizonNs;
+    let removed = 0;
+    for (const [key, workloads] of this.#byKey) {
+      for (const [workload, spans] of workloads) {
+        let n = 0;
+        while (n < spans.length && spans[n].end + this.#slack < horizonNs) n++;
+        if (n === 0) continue;
+        spans.splice(0, n);
+        removed += n;
+        if (spans.length === 0) workloads.delete(workload);
+      }
+      if (workloads.size === 0) this.#byKey.delete(key);
+    }
+    this.#spans -= removed;
+    return removed;
+  }
+
+  /** Inserts or merges [start, end]; returns the resulting span, or undefined if unchanged. */
+  #merge(spans: Span[], start: bigint, end: bigint): Span | undefined {
+    const gap = this.#gap;
+    // Fast path: heartbeats mostly arrive in time order and touch the latest range.
+    const last = spans.at(-1);
+    if (last !== undefined && start >= last.start && start <= last.end + gap) {
+      if (end <= last.end) return undefined;
+      last.end = end;
+      return last;
+    }
+    // First span that ends within `gap` of `start` (ends are increasing).
+    let lo = 0;
+    let hi = spans.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (spans[mid].end + gap < start) lo = mid + 1;
+      else hi = mid;
+    }
+    let j = lo;
+    while (j < spans.length && spans[j].start <= end + gap) j++;
+    if (j === lo) {
+      const span = { start, end };
+      spans.splice(lo, 0, span);
+      this.#spans++;
+      return span;
+    }
+    const first = spans[lo];
+    if (j - lo === 1 && first.start <= start && end <= first.end) return undefined;
+    first.start = first.start < start ? first.start : start;
+    const lastEnd = spans[j - 1].end;
+    first.end = lastEnd > end ? lastEnd : end;
+    spans.splice(lo + 1, j - lo - 1);
+    this.#spans -= j - lo - 1;
+    return first;
+  }
+
+  #covers(spans: Span[], t: bigint): boolean {
+    const slack = this.#slack;
+    let lo = 0;
+    let hi = spans.length;
+    // Last span whose widened start is <= t.
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (spans[mid].start - slack <= t) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo > 0 && t <= spans[lo - 1].end + slack;
+  }
+
+  #collectContests(
+    key: string,
+    workload: string,
+    span: Span,
+    workloads: Map<string, Span[]>,
+    out: ContestedStretch[],
+  ): void {
+    const reach = 2n * this.#slack;
+    for (const [other, spans] of workloads) {
+      if (other === workload) continue;
+      for (const o of spans) {
+        if (o.end + reach < span.start) continue;
+        if (o.start > span.end + reach) break;
+        const startNs = (o.start > span.start ? o.start : span.start) - this.#slack;
+        const endNs = (o.end < span.end ? o.end : span.end) + this.#slack;
+        out.push({ key, startNs, endNs, workloads: [workload, other] });
+      }
+    }
+  }
+}
+
+function same(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}

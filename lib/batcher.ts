@@ -1,0 +1,214 @@
+/**
+ * Groups flows into time windows, CBOR-encoding each flow as it arrives so a window holds
+ * bytes, never objects: memory stays bounded by the byte cap whatever the flow rate.
+ *
+ * @module
+ */
+
+import type { FlowRecord } from "./flow.ts";
+import { encodeFlow, MAX_BATCH_BYTES } from "./wire.ts";
+
+/** Why a window closed. */
+export type CloseReason = "interval" | "records" | "bytes" | "flush";
+
+/** A closed window: the flows of one batch, encoded, plus its time span. */
+export interface ClosedWindow {
+  /** Start of the window (inclusive), wall-clock ns. */
+  windowStartNs: bigint;
+  /** End of the window (exclusive), wall-clock ns: the aligned boundary unless closed early. */
+  windowEndNs: bigint;
+  /** Number of flows in `chunks`. */
+  recordCount: number;
+  /** Total length of `chunks`, bytes. */
+  byteLength: number;
+  /** Concatenated {@linkcode encodeFlow} outputs, ready for `encodeBatch`. */
+  chunks: Uint8Array[];
+  /** Why the window closed. */
+  reason: CloseReason;
+}
+
+/** Options of {@linkcode Batcher}. */
+export interface BatcherOptions {
+  /** Receives each window as it closes, synchronously, in order. */
+  onWindow: (window: ClosedWindow) => void;
+  /** Window length, ms, 1 s to 10 min; windows align to multiples of it since the epoch. */
+  intervalMs?: number;
+  /** A window closes early once it holds this many flows. */
+  maxRecords?: number;
+  /** A window closes early before its encoded flows would exceed this many bytes. */
+  maxBytes?: number;
+  /** Wall clock, ms since the epoch (injected for tests). */
+  now?: () => number;
+}
+
+/** Default window length: one minute, aligned to the wall-clock minute. */
+export const DEFAULT_INTERVAL_MS = 60_000;
+/** Default cap on flows per batch. */
+export const DEFAULT_MAX_RECORDS = 100_000;
+/** Default cap on encoded flow bytes per batch (uncompressed). */
+export const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
+
+const MIN_INTERVAL_MS = 1_000;
+const MAX_INTERVAL_MS = 600_000;
+const CHUNK_BYTES = 64 * 1024;
+const HEADER_ROOM = 64 * 1024; // batch header and hostnames, well above their real size
+
+/**
+ * Windows of flows, aligned to the interval (the wall-clock minute by default), closed early
+ * by a record or byte cap.
+ *
+ * @example
+ * ```ts
+ * import { Batcher } from "./batcher.ts";
+ * const batcher = new Batcher({ onWindow: (w) => console.log(w.recordCount, w.reason) });
+ * // batcher.add(record) per flow; batcher.tick() when msUntilClose() has elapsed
+ * ```
+ */
+export class Batcher {
+  readonly #onWindow: (window: ClosedWindow) => void;
+  readonly #intervalMs: number;
+  readonly #maxRecords: number;
+  readonly #maxBytes: number;
+  readonly #now: () => number;
+  #startMs: number;
+  #endMs: number;
+  #chunks: Uint8Array[] = [];
+  #chunk = new Uint8Array(CHUNK_BYTES);
+  #chunkUsed = 0;
+  #records = 0;
+  #bytes = 0;
+
+  /**
+   * @param options window length, caps, clock and the receiver of closed windows
+   * @throws {RangeError} when the interval or a cap is out of range
+   */
+  constructor(options: BatcherOptions) {
+    this.#onWindow = options.onWindow;
+    this.#intervalMs = options.intervalMs ?? DEFAULT_INTERVAL_MS;
+    this.#maxRecords = options.maxRecords ?? DEFAULT_MAX_RECORDS;
+    this.#maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
+    this.#now = options.now ?? Date.now;
+    const interval = this.#intervalMs;
+    if (!Number.isInteger(interval) || interval < MIN_INTERVAL_MS || interval > MAX_INTERVAL_MS) {
+      throw new RangeError(
+        `Invalid batch interval ${interval} ms: use a whole number of ms from ${MIN_INTERVAL_MS} (1 s) to ${MAX_INTERVAL_MS} (10 min)`,
+      );
+    }
+    if (!Number.isInteger(this.#maxRecords) || this.#maxRecords < 1) {
+      throw new RangeError(
+        `Invalid batch record cap ${this.#maxRecords}: use a whole number of at least 1`,
+      );
+    }
+    const byteLimit = MAX_BATCH_BYTES - HEADER_ROOM;
+    if (!Number.isInteger(this.#maxBytes) || this.#maxBytes < 1024 || this.#maxBytes > byteLimit) {
+      throw new RangeError(
+        `Invalid batch byte cap ${this.#maxBytes}: use a whole number of bytes from 1024 to ${byteLimit}`,
+      );
+    }
+    const now = this.#now();
+    this.#startMs = this.#alignedStart(now);
+    this.#endMs = this.#startMs + interval;
+  }
+
+  /** Flows in the open window. */
+  get pendingRecords(): number {
+    return this.#records;
+  }
+
+  /** Encoded bytes in the open window. */
+  get pendingBytes(): number {
+    return this.#bytes;
+  }
+
+  /**
+   * Milliseconds until the open window reaches its aligned end (0 when overdue): when to call
+   * {@linkcode tick}.
+   */
+  msUntilClose(): number {
+    return Math.max(0, this.#endMs - this.#now());
+  }
+
+  /**
+   * Encodes a flow into the open window. A window whose end has passed closes first, so the
+   * flow lands in the next one; a full window closes right after.
+   *
+   * @param record the flow
+   * @throws {import("./wire.ts").WireFormatError} when the record is invalid (nothing is added)
+   */
+  add(record: FlowRecord): void {
+    this.tick();
+    const encoded = encodeFlow(record);
+    if (this.#records > 0 && this.#bytes + encoded.length > this.#maxBytes) this.#close("bytes");
+    this.#append(encoded);
+    this.#records++;
+    if (this.#records >= this.#maxRecords) this.#close("records");
+    else if (this.#bytes >= this.#maxBytes) this.#close("bytes");
+  }
+
+  /**
+   * Closes the open window, even an empty one, if its aligned end has passed (or the wall
+   * clock stepped back before its start), and opens the next window at the current time.
+   *
+   * @returns whether a window closed
+   */
+  tick(): boolean {
+    const now = this.#now();
+    if (now < this.#endMs && now >= this.#startMs) return false;
+    this.#emit(this.#endMs, "interval");
+    this.#startMs = this.#alignedStart(now);
+    this.#endMs = this.#startMs + this.#intervalMs;
+    return true;
+  }
+
+  /**
+   * Closes the open window now, even an empty one (shutdown). An overdue window closes at its
+   * aligned end instead, and then no further, empty window is emitted.
+   */
+  flush(): void {
+    if (!this.tick()) this.#close("flush");
+  }
+
+  #alignedStart(ms: number): number {
+    return Math.floor(ms / this.#intervalMs) * this.#intervalMs;
+  }
+
+  /** Closes early: the window ends now, the next one starts now and keeps the aligned end. */
+  #close(reason: CloseReason): void {
+    const now = Math.min(Math.max(this.#now(), this.#startMs), this.#endMs);
+    this.#emit(now, reason);
+    this.#startMs = now;
+  }
+
+  #emit(endMs: number, reason: CloseReason): void {
+    if (this.#chunkUsed > 0) this.#chunks.push(this.#chunk.subarray(0, this.#chunkUsed));
+    const window: ClosedWindow = {
+      windowStartNs: msToNs(this.#startMs),
+      windowEndNs: msToNs(endMs),
+      recordCount: this.#records,
+      byteLength: this.#bytes,
+      chunks: this.#chunks,
+      reason,
+    };
+    this.#chunks = [];
+    this.#chunk = new Uint8Array(CHUNK_BYTES);
+    this.#chunkUsed = 0;
+    this.#records = 0;
+    this.#bytes = 0;
+    this.#onWindow(window);
+  }
+
+  #append(bytes: Uint8Array): void {
+    if (this.#chunkUsed + bytes.length > this.#chunk.length) {
+      if (this.#chunkUsed > 0) this.#chunks.push(this.#chunk.subarray(0, this.#chunkUsed));
+      this.#chunk = new Uint8Array(Math.max(CHUNK_BYTES, bytes.length));
+      this.#chunkUsed = 0;
+    }
+    this.#chunk.set(bytes, this.#chunkUsed);
+    this.#chunkUsed += bytes.length;
+    this.#bytes += bytes.length;
+  }
+}
+
+function msToNs(ms: number): bigint {
+  return BigInt(Math.round(ms * 1000)) * 1000n;
+}

@@ -1,0 +1,307 @@
+/**
+ * Delivers gzipped batches to the collector over HTTP(S), with retries.
+ *
+ * One `send` POSTs a batch with `Content-Type: application/cbor`, `Content-Encoding: gzip` and
+ * `Idempotency-Key: <host>:<sequence>`, and classifies the answer: 2xx is delivered; 4xx other
+ * than 408 and 429 is a permanent rejection; 408, 429, 5xx, timeouts and network errors are
+ * retried with exponential backoff and full jitter, a bounded number of times.
+ *
+ * @module
+ */
+
+import { type Logger, silentLogger } from "./_logger.ts";
+import { sleep } from "./_sleep.ts";
+import { CBOR_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER } from "./wire.ts";
+
+/** Options of {@linkcode Sender.create}. */
+export interface SenderOptions {
+  /** Collector endpoint, `http://` or `https://`. */
+  url: string;
+  /** File holding a bearer token; re-read when it changes (rotated secrets). */
+  tokenFile?: string;
+  /** PEM file of CA certificates trusted in addition to the system roots. */
+  caFile?: string;
+  /** PEM client certificate chain for mutual TLS (with `keyFile`). */
+  certFile?: string;
+  /** PEM private key of `certFile`. */
+  keyFile?: string;
+  /** Per-request timeout, ms (default 30 s). */
+  timeoutMs?: number;
+  /** Attempts per `send`, the first included (default 5). */
+  maxAttempts?: number;
+  /** Backoff before the first retry is drawn from [0, baseDelayMs) (default 500 ms). */
+  baseDelayMs?: number;
+  /** Upper bound of any backoff, Retry-After included (default 30 s). */
+  maxDelayMs?: number;
+  /** `User-Agent` header, e.g. `flowexporter/0.1.0`. */
+  userAgent?: string;
+  /** Where to report retries and failures. */
+  logger?: Logger;
+  /** Replaces the global `fetch` (tests). */
+  fetch?: typeof fetch;
+  /** Replaces `Math.random` for the jitter (tests). */
+  random?: () => number;
+}
+
+/** What became of one `send`. */
+export type SendResult =
+  | { outcome: "delivered"; status: number; attempts: number }
+  | { outcome: "rejected"; status: number; attempts: number; reason: string }
+  | { outcome: "failed"; attempts: number; reason: string }
+  | { outcome: "aborted"; attempts: number; reason: string };
+
+/** A problem in the sender's configuration: URL, TLS files. */
+export class SenderConfigError extends Error {
+  /**
+   * @param message what is wrong and how to fix it
+   * @param options standard error options (`cause`)
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SenderConfigError";
+  }
+}
+
+const RETRYABLE_4XX = new Set([408, 429]);
+const SNIPPET_CHARS = 200;
+
+/**
+ * POSTs batches to one collector.
+ *
+ * @example
+ * ```ts
+ * import { Sender } from "./sender.ts";
+ * using sender = await Sender.create({ url: "https://collector:8443/v1/batches" });
+ * declare const gzippedBody: Uint8Array;
+ * const result = await sender.send(gzippedBody, "node-1:42");
+ * ```
+ */
+export class Sender {
+  readonly #url: URL;
+  readonly #options: SenderOptions;
+  readonly #client: Deno.HttpClient | undefined;
+  readonly #fetch: typeof fetch;
+  readonly #random: () => number;
+  readonly #log: Logger;
+  #token: { mtimeMs: number; size: number; value: string } | undefined;
+
+  private constructor(url: URL, options: SenderOptions, client: Deno.HttpClient | undefined) {
+    this.#url = url;
+    this.#options = options;
+    this.#client = client;
+    this.#fetch = options.fetch ?? fetch;
+    this.#random = options.random ?? Math.random;
+    this.#log = options.logger ?? silentLogger;
+  }
+
+  /**
+   * Checks the URL and reads the TLS files.
+   *
+   * @param options collector URL, credentials, timeouts and retry bounds
+   * @returns a sender; close it when done
+   * @throws {SenderConfigError} for a bad URL, an unreadable TLS file, or a certificate
+   *   without its key
+   */
+  static async create(options: SenderOptions): Promise<Sender> {
+    let url: URL;
+    try {
+      url = new URL(options.url);
+    } catch (error) {
+      throw new SenderConfigError(
+        `Invalid collector URL ${
+          JSON.stringify(options.url)
+        } (use http://host:port/path or https://…)`,
+        { cause: error },
+      );
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      throw new SenderConfigError(
+        `Unsupported collector URL scheme ${url.protocol} in ${options.url} (use http:// or https://)`,
+      );
+    }
+    if ((options.certFile === undefined) !== (options.keyFile === undefined)) {
+      throw new SenderConfigError(
+        "Cannot use a client certificate without its key (give both the certificate and the key file)",
+      );
+    }
+    const clientOptions: Deno.CreateHttpClientOptions & { cert?: string; key?: string } = {};
+    if (options.caFile) clientOptions.caCerts = [await readPem(options.caFile, "CA certificate")];
+    if (options.certFile && options.keyFile) {
+      clientOptions.cert = await readPem(options.certFile, "client certificate");
+      clientOptions.key = await readPem(options.keyFile, "client key");
+    }
+    const client = Object.keys(clientOptions).length > 0
+      ? Deno.createHttpClient(clientOptions as Deno.CreateHttpClientOptions)
+      : undefined;
+    return new Sender(url, options, client);
+  }
+
+  /** The collector URL. */
+  get url(): string {
+    return this.#url.href;
+  }
+
+  /**
+   * Sends one batch, retrying transient failures up to `maxAttempts` times in all.
+   *
+   * @param body the gzipped batch body
+   * @param key the idempotency key, `<hostname>:<sequence>`
+   * @param signal aborts the request in flight and any backoff
+   * @returns delivered, rejected (do not retry), failed (retry later) or aborted
+   */
+  async send(body: Uint8Array, key: string, signal?: AbortSignal): Promise<SendResult> {
+    const maxAttempts = this.#options.maxAttempts ?? 5;
+    const timeoutMs = this.#options.timeoutMs ?? 30_000;
+    let reason = "aborted before the first attempt";
+    for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+      if (signal?.aborted) return { outcome: "aborted", attempts: attempt - 1, reason };
+      let retryAfterMs = 0;
+      try {
+        const headers = new Headers({
+          "Content-Type": CBOR_MEDIA_TYPE,
+          "Content-Encoding": "gzip",
+          [IDEMPOTENCY_KEY_HEADER]: key,
+        });
+        if (this.#options.userAgent) headers.set("User-Agent", this.#options.userAgent);
+        if (this.#options.tokenFile) {
+          headers.set("Authorization", `Bearer ${await this.#readToken()}`);
+        }
+        const timeout = AbortSignal.timeout(timeoutMs);
+        const response = await this.#fetch(this.#url, {
+          method: "POST",
+          headers,
+          body,
+          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+          client: this.#client,
+        } as RequestInit);
+        const snippet = await responseSnippet(response);
+        if (response.ok) {
+          return { outcome: "delivered", status: response.status, attempts: attempt };
+        }
+        reason = `HTTP ${response.status}${snippet ? `: ${snippet}` : ""}`;
+        if (response.status < 500 && !RETRYABLE_4XX.has(response.status)) {
+          return { outcome: "rejected", status: response.status, attempts: attempt, reason };
+        }
+        retryAfterMs = parseRetryAfter(response.headers.get("Retry-After"));
+      } catch (error) {
+        if (signal?.aborted) return { outcome: "aborted", attempts: attempt, reason: "aborted" };
+        reason = error instanceof DOMException && error.name === "TimeoutError"
+          ? `no answer within ${timeoutMs} ms`
+          : describeError(error);
+      }
+      if (attempt === maxAttempts) break;
+      const delay = this.#backoff(attempt, retryAfterMs);
+      this.#log(
+        "debug",
+        `Cannot deliver batch ${key} to ${this.#url.href} (attempt ${attempt} of ${maxAttempts}): ${reason}; retrying in ${delay} ms`,
+      );
+      if (!(await sleep(delay, signal))) return { outcome: "aborted", attempts: attempt, reason };
+    }
+    return { outcome: "failed", attempts: maxAttempts, reason };
+  }
+
+  /**
+   * Backoff after failed attempt `attempt` (1-based): full jitter, a uniform draw from
+   * [0, min(maxDelayMs, baseDelayMs * 2^(attempt - 1))), but no less than a bounded
+   * Retry-After.
+   *
+   * @param attempt the attempt that just failed, from 1
+   * @param retryAfterMs what the server asked for, 0 for nothing
+   * @returns the delay, ms
+   */
+  backoffMs(attempt: number, retryAfterMs = 0): number {
+    return this.#backoff(attempt, retryAfterMs);
+  }
+
+  /** Releases the TLS client, if any. Safe to call twice. */
+  close(): void {
+    try {
+      this.#client?.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Same as {@linkcode close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #backoff(attempt: number, retryAfterMs: number): number {
+    const max = this.#options.maxDelayMs ?? 30_000;
+    const ceiling = Math.min(max, (this.#options.baseDelayMs ?? 500) * 2 ** (attempt - 1));
+    return Math.round(Math.max(this.#random() * ceiling, Math.min(retryAfterMs, max)));
+  }
+
+  async #readToken(): Promise<string> {
+    const path = this.#options.tokenFile!;
+    try {
+      const info = await Deno.stat(path);
+      const mtimeMs = info.mtime?.getTime() ?? 0;
+      if (this.#token?.mtimeMs !== mtimeMs || this.#token.size !== info.size) {
+        const value = (await Deno.readTextFile(path)).trim();
+        if (value === "") throw new Error("the file is empty");
+        if (this.#token) {
+          this.#log("info", `Bearer token file ${path} changed: using the new token`);
+        }
+        this.#token = { mtimeMs, size: info.size, value };
+      }
+      return this.#token.value;
+    } catch (error) {
+      const why = error instanceof Deno.errors.NotFound
+        ? "no such file"
+        : error instanceof Error
+        ? error.message
+        : String(error);
+      throw new Error(`Cannot read bearer token file ${path}: ${why} (check the token file path)`, {
+        cause: error,
+      });
+    }
+  }
+}
+
+async function readPem(path: string, what: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (error) {
+    const why = error instanceof Deno.errors.NotFound
+      ? "no such file"
+      : error instanceof Error
+      ? error.message
+      : String(error);
+    throw new SenderConfigError(`Cannot read ${what} ${path}: ${why} (check the ${what} path)`, {
+      cause: error,
+    });
+  }
+}
+
+/** The start of a response body for log lines; consumes the body so the connection is reused. */
+async function responseSnippet(response: Response): Promise<string> {
+  try {
+    const text = await response.text();
+    const line = text.replace(/\s+/g, " ").trim();
+    return line.length > SNIPPET_CHARS ? `${line.slice(0, SNIPPET_CHARS)}…` : line;
+  } catch {
+    return "";
+  }
+}
+
+/** An error's message; fetch's generic TypeError is followed by its causes (TLS, socket). */
+function describeError(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const parts = [error.message];
+  for (let e = error; e instanceof TypeError && e.cause !== undefined && parts.length < 4;) {
+    e = e.cause as Error;
+    parts.push(e instanceof Error ? e.message : String(e));
+  }
+  return parts.join(": ");
+}
+
+/** Retry-After in ms: delta-seconds or an HTTP date; 0 when absent or unreadable. */
+function parseRetryAfter(value: string | null): number {
+  if (!value) return 0;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? 0 : Math.max(0, date - Date.now());
+}

@@ -1,0 +1,426 @@
+/**
+ * Ships flows to the collector: batcher → spool → sender.
+ *
+ * Flows are encoded into the open window as they arrive; each closed window becomes a batch
+ * (header, gzip) that is written durably to the spool, then sent in sequence order, oldest
+ * first (batches left by an earlier run go first). A batch leaves the spool only once the
+ * collector accepted it, or set aside when the collector refused it for good.
+ *
+ * Loss counters: `lossCounters()` returns cumulative counters of the current BPF program;
+ * each batch reports the increase since the previous batch of this run (a counter that went
+ * down counts from zero). The program, and its counters, start anew with the agent, so the
+ * first batch of a run counts from zero; `close()` ends a run with a last batch, so only the
+ * losses of a run that ends without `close()` (crash, SIGKILL) after its last batch go
+ * unreported. Spool evictions survive restarts in the spool's state file.
+ *
+ * @module
+ */
+
+import type { FlowRecord } from "./flow.ts";
+import { gzip } from "./_gzip.ts";
+import { type Logger, silentLogger } from "./_logger.ts";
+import { sleep } from "./_sleep.ts";
+import { Batcher, type ClosedWindow } from "./batcher.ts";
+import { Sender, type SenderOptions } from "./sender.ts";
+import { Spool } from "./spool.ts";
+import {
+  type BatchHeader,
+  encodeBatchParts,
+  type HostIdentity,
+  idempotencyKey,
+  SCHEMA_VERSION,
+  WireFormatError,
+} from "./wire.ts";
+
+export type { Logger, LogLevel } from "./_logger.ts";
+
+/** Cumulative loss counters of the running BPF program. */
+export interface KernelLossCounters {
+  /** Records the kernel could not hand over (ring buffer full). */
+  kernelDrops: bigint;
+  /** Program runs the kernel skipped (recursion). */
+  recursionMisses: bigint;
+}
+
+/**
+ * Options of {@linkcode Shipper}. The {@linkcode SenderOptions} fields (token, TLS files,
+ * timeouts, retry bounds, `fetch`) apply when `collectorUrl` is set.
+ */
+export interface ShipperOptions extends Omit<SenderOptions, "url"> {
+  /** Spool directory; created when missing. */
+  spoolDir: string;
+  /** Collector endpoint; without one, batches are only spooled (within the spool cap). */
+  collectorUrl?: string;
+  /** Version of the agent, carried in every batch. */
+  exporterVersion: string;
+  /** This host's identity, asked for at each batch. */
+  host: () => HostIdentity;
+  /** Wall clock minus CLOCK_BOOTTIME, ns, asked for at each batch. */
+  clockOffsetNs: () => bigint;
+  /** Cumulative loss counters, asked for at each batch. */
+  lossCounters: () => KernelLossCounters;
+  /** Window length, ms (default one minute, aligned to the wall-clock minute). */
+  intervalMs?: number;
+  /** Flows per batch before a window closes early. */
+  maxRecords?: number;
+  /** Encoded (uncompressed) flow bytes per batch before a window closes early. */
+  maxBytes?: number;
+  /** Cap on the spool's bytes on disk. */
+  spoolMaxBytes?: number;
+  /** Gzip level of batch bodies, 1 to 9. */
+  gzipLevel?: number;
+  /** Receives log lines. */
+  logger?: Logger;
+  /** Wall clock, ms since the epoch (tests). */
+  now?: () => number;
+}
+
+/** Counters for metrics, since the shipper was created. */
+export interface ShipperStats {
+  /** Flows accepted by `add`. */
+  recordsAdded: number;
+  /** Flows refused by `add` because a field was out of range. */
+  recordsInvalid: number;
+  /** Flows in batches the collector accepted. */
+  recordsSent: number;
+  /** Batches written to the spool. */
+  batchesSpooled: number;
+  /** Batches the collector accepted. */
+  batchesSent: number;
+  /** Send rounds that used up their attempts (the batch stays spooled and is tried again). */
+  batchesFailed: number;
+  /** Retry attempts, all batches together. */
+  batchesRetried: number;
+  /** Batches the collector refused for good (set aside in the spool's `rejected/`). */
+  batchesRejected: number;
+  /** Batches lost because they could not be written to the spool. */
+  batchesLost: number;
+  /**
+   * Closed windows still being compressed and spooled; each holds at most `maxBytes`, so a
+   * producer can use this as a backpressure signal.
+   */
+  windowsPending: number;
+  /** Bytes in the spool, set-aside files included. */
+  spoolBytes: number;
+  /** Unsent batches in the spool. */
+  spoolFiles: number;
+  /** Age of the oldest unsent batch, ms. */
+  oldestBatchAgeMs: number;
+  /** Unsent batches evicted to respect the spool cap. */
+  spoolEvictions: number;
+}
+
+/**
+ * Batches, spools and sends flows.
+ *
+ * @example
+ * ```ts
+ * import { Shipper } from "./shipper.ts";
+ * const shipper = new Shipper({
+ *   spoolDir: "/var/lib/flowexporter/spool",
+ *   collectorUrl: "https://collector.example:8443/v1/batches",
+ *   tokenFile: "/run/secrets/collector-token",
+ *   exporterVersion: "0.1.0",
+ *   host: () => ({ hostname: Deno.hostname(), workloadId: "" }),
+ *   clockOffsetNs: () => 0n,
+ *   lossCounters: () => ({ kernelDrops: 0n, recursionMisses: 0n }),
+ *   logger: (level, message) => console.error(`${level}: ${message}`),
+ * });
+ * await shipper.start();
+ * // shipper.add(record) for each flow; on SIGTERM:
+ * await shipper.close(10_000);
+ * ```
+ */
+export class Shipper {
+  readonly #options: ShipperOptions;
+  readonly #log: Logger;
+  readonly #batcher: Batcher;
+  readonly #abort = new AbortController();
+  readonly #stats = {
+    recordsAdded: 0,
+    recordsInvalid: 0,
+    recordsSent: 0,
+    batchesSpooled: 0,
+    batchesSent: 0,
+    batchesFailed: 0,
+    batchesRetried: 0,
+    batchesRejected: 0,
+    batchesLost: 0,
+    windowsPending: 0,
+  };
+  #spool: Spool | undefined;
+  #spoolOpening: Promise<Spool> | undefined;
+  #sender: Sender | undefined;
+  #sealing: Promise<void> = Promise.resolve();
+  #sendLoop: Promise<void> | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #wake: (() => void) | undefined;
+  #draining = false;
+  #started: Promise<void> | undefined;
+  #closing: Promise<ShipperStats> | undefined;
+  #lossBase: KernelLossCounters = { kernelDrops: 0n, recursionMisses: 0n };
+  #lastHost: HostIdentity | undefined;
+  #lastClockOffsetNs = 0n;
+
+  /**
+   * @param options spool, collector, identity and clock providers, caps
+   * @throws {RangeError} when the interval or a cap is out of range
+   */
+  constructor(options: ShipperOptions) {
+    this.#options = options;
+    this.#log = options.logger ?? silentLogger;
+    this.#batcher = new Batcher({
+      intervalMs: options.intervalMs,
+      maxRecords: options.maxRecords,
+      maxBytes: options.maxBytes,
+      now: options.now,
+      onWindow: (window) => {
+        this.#stats.windowsPending++;
+        this.#sealing = this.#sealing.then(() => this.#seal(window));
+      },
+    });
+    this.#abort.signal.addEventListener("abort", () => this.#wake?.());
+  }
+
+  /**
+   * Opens the spool, queues the batches an earlier run left (oldest first), and starts
+   * closing windows on time and sending. Safe to call twice.
+   *
+   * @throws when the spool directory cannot be opened, or the collector URL or TLS files are
+   *   invalid ({@linkcode import("./sender.ts").SenderConfigError})
+   */
+  start(): Promise<void> {
+    this.#started ??= (async () => {
+      if (this.#closing) throw new Error("Cannot start the shipper: it is closed");
+      await this.#openSpool();
+      if (this.#options.collectorUrl !== undefined) {
+        this.#sender = await Sender.create({
+          ...this.#options,
+          url: this.#options.collectorUrl,
+          logger: this.#log,
+        });
+        this.#sendLoop = this.#runSendLoop(this.#sender);
+      } else {
+        this.#log("info", `No collector URL: batches stay in the spool ${this.#options.spoolDir}`);
+      }
+      this.#schedule();
+    })();
+    return this.#started;
+  }
+
+  /**
+   * Adds a flow to the open window. Flows added after the window's end go to the next window.
+   * A flow with an out-of-range field is dropped, counted and logged.
+   *
+   * @param record the flow
+   * @throws {Error} after `close()` was called: stop the producers first
+   */
+  add(record: FlowRecord): void {
+    if (this.#closing) throw new Error("Cannot add a flow: the shipper is closed");
+    try {
+      this.#batcher.add(record);
+      this.#stats.recordsAdded++;
+    } catch (error) {
+      if (!(error instanceof WireFormatError)) throw error;
+      const n = ++this.#stats.recordsInvalid;
+      if (n === 1 || n % 1000 === 0) {
+        this.#log("warn", `Dropped an invalid flow (${n} so far): ${error.message}`);
+      }
+    }
+  }
+
+  /** Counters for metrics. */
+  stats(): ShipperStats {
+    const spool = this.#spool?.stats();
+    return {
+      ...this.#stats,
+      spoolBytes: spool?.bytes ?? 0,
+      spoolFiles: spool?.files ?? 0,
+      oldestBatchAgeMs: spool?.oldestAgeMs ?? 0,
+      spoolEvictions: spool?.evictions ?? 0,
+    };
+  }
+
+  /**
+   * Shuts down: closes the open window early, spools it, and tries to deliver every spooled
+   * batch until `deadlineMs` has passed; what is left stays in the spool for the next start.
+   * Safe to call twice (the second call returns the first call's promise).
+   *
+   * @param deadlineMs how long delivery may take, ms from now
+   * @returns the final counters
+   */
+  close(deadlineMs: number): Promise<ShipperStats> {
+    this.#closing ??= this.#shutdown(deadlineMs);
+    return this.#closing;
+  }
+
+  async #shutdown(deadlineMs: number): Promise<ShipperStats> {
+    const deadline = setTimeout(() => this.#abort.abort(), Math.max(0, deadlineMs));
+    try {
+      clearTimeout(this.#timer);
+      this.#batcher.flush();
+      await this.#started?.catch(() => {});
+      await this.#sealing;
+      this.#draining = true;
+      if (this.#sender && this.#sendLoop) {
+        this.#wake?.();
+        await this.#sendLoop;
+      }
+      const left = this.#spool?.stats().files ?? 0;
+      if (left > 0 && this.#sender) {
+        this.#log("warn", `Shutdown: ${left} batches stay in the spool for the next start`);
+      }
+      return this.stats();
+    } finally {
+      clearTimeout(deadline);
+      this.#abort.abort();
+      this.#sender?.close();
+    }
+  }
+
+  #openSpool(): Promise<Spool> {
+    this.#spoolOpening ??= Spool.open({
+      dir: this.#options.spoolDir,
+      maxBytes: this.#options.spoolMaxBytes,
+      logger: this.#log,
+      now: this.#options.now,
+    }).then((spool) => (this.#spool = spool));
+    return this.#spoolOpening;
+  }
+
+  /** Closes windows on time even when no flow arrives. */
+  #schedule(): void {
+    if (this.#closing) return;
+    this.#timer = setTimeout(() => {
+      this.#batcher.tick();
+      this.#schedule();
+    }, Math.max(10, this.#batcher.msUntilClose()));
+  }
+
+  async #seal(window: ClosedWindow): Promise<void> {
+    let sequence: number | undefined;
+    try {
+      const spool = await this.#openSpool();
+      sequence = spool.nextSequence;
+      const current = this.#provide("loss counters", this.#options.lossCounters, this.#lossBase);
+      const header: BatchHeader = {
+        schemaVersion: SCHEMA_VERSION,
+        exporterVersion: this.#options.exporterVersion,
+        host: this.#lastHost = this.#provide("host identity", this.#options.host, this.#lastHost),
+        sequence,
+        windowStartNs: window.windowStartNs,
+        windowEndNs: window.windowEndNs,
+        recordCount: window.recordCount,
+        clockOffsetNs: this.#lastClockOffsetNs = this.#provide(
+          "clock offset",
+          this.#options.clockOffsetNs,
+          this.#lastClockOffsetNs,
+        ),
+        loss: {
+          kernelDrops: increase(this.#lossBase.kernelDrops, current.kernelDrops),
+          recursionMisses: increase(this.#lossBase.recursionMisses, current.recursionMisses),
+          spoolEvictions: spool.unreportedEvictions,
+        },
+      };
+      const body = await gzip(encodeBatchParts(header, window.chunks), this.#options.gzipLevel);
+      await spool.write(header, body);
+      this.#lossBase = current;
+      this.#stats.batchesSpooled++;
+      this.#wake?.();
+    } catch (error) {
+      this.#stats.batchesLost++;
+      this.#log(
+        "error",
+        `Cannot spool batch ${sequence ?? "(no sequence)"} of ${window.recordCount} flows: ${
+          error instanceof Error ? error.message : String(error)
+        } (the flows are lost; check the spool directory ${this.#options.spoolDir})`,
+      );
+    } finally {
+      this.#stats.windowsPending--;
+    }
+  }
+
+  /** Calls a provider; when it throws, logs and falls back to its last good answer. */
+  #provide<T>(what: string, provider: () => T, fallback: T | undefined): T {
+    try {
+      return provider();
+    } catch (error) {
+      if (fallback === undefined) throw error;
+      this.#log(
+        "warn",
+        `Cannot get the ${what} for a batch: ${
+          error instanceof Error ? error.message : String(error)
+        } (using the previous one)`,
+      );
+      return fallback;
+    }
+  }
+
+  async #runSendLoop(sender: Sender): Promise<void> {
+    const spool = await this.#openSpool();
+    const signal = this.#abort.signal;
+    const maxAttempts = this.#options.maxAttempts ?? 5;
+    let rounds = 0;
+    while (!signal.aborted) {
+      const entry = spool.oldest();
+      if (!entry) {
+        if (this.#draining) return;
+        await new Promise<void>((resolve) => (this.#wake = resolve));
+        this.#wake = undefined;
+        continue;
+      }
+      try {
+        const body = await spool.read(entry);
+        if (!body || !entry.header) continue;
+        const key = idempotencyKey(entry.header.host.hostname, entry.sequence);
+        const result = await sender.send(body, key, signal);
+        this.#stats.batchesRetried += Math.max(0, result.attempts - 1);
+        switch (result.outcome) {
+          case "delivered":
+            await spool.remove(entry);
+            this.#stats.batchesSent++;
+            this.#stats.recordsSent += entry.header.recordCount;
+            rounds = 0;
+            break;
+          case "rejected": {
+            const kept = await spool.reject(entry);
+            this.#stats.batchesRejected++;
+            this.#log(
+              "error",
+              `Collector ${sender.url} refused batch ${key} for good (${result.reason}): kept in ${kept}, not retried (check the collector's log and the exporter's credentials and version)`,
+            );
+            break;
+          }
+          case "failed": {
+            spool.release(entry);
+            this.#stats.batchesFailed++;
+            const pause = sender.backoffMs(maxAttempts + ++rounds);
+            this.#log(
+              "warn",
+              `Cannot deliver batch ${key} after ${result.attempts} attempts (${result.reason}): it stays in the spool, next try in ${pause} ms`,
+            );
+            await sleep(pause, signal);
+            break;
+          }
+          case "aborted":
+            spool.release(entry);
+            return;
+        }
+      } catch (error) {
+        spool.release(entry);
+        this.#log(
+          "error",
+          `Cannot ship batch ${entry.sequence}: ${
+            error instanceof Error ? error.message : String(error)
+          } (retrying in 1 s)`,
+        );
+        await sleep(1000, signal);
+      }
+    }
+  }
+}
+
+/** The increase of a cumulative counter; one that went down was reset, so counts from 0. */
+function increase(previous: bigint, current: bigint): bigint {
+  return current >= previous ? current - previous : current;
+}

@@ -1,0 +1,631 @@
+/**
+ * The wire format between exporter and collector: one CBOR batch per HTTP POST, specified in
+ * `schema/flow_batch.cddl` (the contract) and explained in `docs/wire_format.md`.
+ *
+ * The exporter encodes each flow as it arrives ({@linkcode encodeFlow}) and assembles the batch
+ * when its window closes ({@linkcode encodeBatch}); the collector decodes and validates it
+ * ({@linkcode decodeBatch}).
+ *
+ * @example Round trip
+ * ```ts
+ * import { decodeBatch, encodeBatch, encodeFlow, SCHEMA_VERSION } from "./wire.ts";
+ * declare const records: import("./flow.ts").FlowRecord[];
+ * const body = encodeBatch({
+ *   schemaVersion: SCHEMA_VERSION,
+ *   exporterVersion: "0.1.0",
+ *   host: { hostname: "node-1", workloadId: "" },
+ *   sequence: 1,
+ *   windowStartNs: 1_700_000_000_000_000_000n,
+ *   windowEndNs: 1_700_000_060_000_000_000n,
+ *   recordCount: records.length,
+ *   clockOffsetNs: 1_699_990_000_000_000_000n,
+ *   loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
+ * }, records.map(encodeFlow));
+ * const { header, flows } = decodeBatch(body);
+ * ```
+ *
+ * @module
+ */
+
+import { Decoder, Encoder } from "cbor-x";
+import { TCP_STATES } from "./decode.ts";
+import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "./flow.ts";
+
+/** Version of the batch schema this module writes and the only one it reads. */
+export const SCHEMA_VERSION = 1;
+
+/** `Content-Type` of a batch body (before `Content-Encoding: gzip`). */
+export const CBOR_MEDIA_TYPE = "application/cbor";
+
+/** Request header that carries {@linkcode idempotencyKey}. */
+export const IDEMPOTENCY_KEY_HEADER = "Idempotency-Key";
+
+/**
+ * Largest uncompressed batch body an exporter sends (64 MiB). Collectors may refuse larger
+ * bodies, and should stop decompressing past it.
+ */
+export const MAX_BATCH_BYTES = 64 * 1024 * 1024;
+
+/** A batch or flow does not match the schema; the message names the offending field. */
+export class WireFormatError extends Error {
+  /**
+   * @param message one line naming the field, e.g. `Flow 12: local_ip must be 4 or 16 bytes, got 5`
+   * @param options standard error options (`cause`)
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "WireFormatError";
+  }
+}
+
+/** Who sent a batch. */
+export interface HostIdentity {
+  /** The host's name. */
+  hostname: string;
+  /** The host's own workload identity; "" when unknown. */
+  workloadId: string;
+  /** Cloud or VM instance ID; absent when unknown. */
+  instanceId?: string;
+}
+
+/** Losses since the previous batch of the same host. */
+export interface LossCounters {
+  /** Records the kernel could not hand to the agent (ring buffer full). */
+  kernelDrops: bigint;
+  /** BPF program runs the kernel skipped because of recursion. */
+  recursionMisses: bigint;
+  /** Batches deleted unsent because the spool was full. */
+  spoolEvictions: number;
+}
+
+/** Everything in a batch but its flows. */
+export interface BatchHeader {
+  /** Always {@linkcode SCHEMA_VERSION} for batches this module writes or accepts. */
+  schemaVersion: number;
+  /** Version of the exporter that wrote the batch. */
+  exporterVersion: string;
+  /** Who sent the batch. */
+  host: HostIdentity;
+  /** Per host, +1 per batch, keeps increasing across restarts. */
+  sequence: number;
+  /** Start of the window the batch covers (inclusive), ns since the epoch. */
+  windowStartNs: bigint;
+  /** End of the window (exclusive), ns since the epoch; early when the window closed early. */
+  windowEndNs: bigint;
+  /** Number of flows in the batch. */
+  recordCount: number;
+  /** Wall clock minus CLOCK_BOOTTIME when the batch closed, ns. */
+  clockOffsetNs: bigint;
+  /** Losses since the previous batch. */
+  loss: LossCounters;
+}
+
+/** A decoded, validated batch. */
+export interface DecodedBatch {
+  /** Everything but the flows. */
+  header: BatchHeader;
+  /** The flows, in the order the exporter received them. */
+  flows: FlowRecord[];
+}
+
+/**
+ * The idempotency key of a batch, `<hostname>:<sequence>`: a collector that sees the same key
+ * twice has received a retry of a batch it already has.
+ *
+ * @param hostname the sending host's name
+ * @param sequence the batch sequence number
+ * @returns the key, e.g. `node-1:42`
+ */
+export function idempotencyKey(hostname: string, sequence: number): string {
+  return `${hostname}:${sequence}`;
+}
+
+/**
+ * Encodes one flow as a CBOR map with the integer keys of `schema/flow_batch.cddl`. Call it
+ * as records arrive and concatenate the results; {@linkcode encodeBatch} wraps them.
+ *
+ * @param record the flow; validated first, so a bad record can never spoil a whole batch
+ * @returns the encoded flow (a view the caller may keep; it is never overwritten)
+ * @throws {WireFormatError} when a field is out of range, e.g. a 5-byte `localIp`
+ */
+export function encodeFlow(record: FlowRecord): Uint8Array {
+  checkFlow(record, "Flow");
+  // One reused map: building a fresh 24-entry Map per flow halves the encoding rate.
+  return encoder.encode(
+    flowMap
+      .set(0, record.localIp)
+      .set(1, record.localWorkloadId)
+      .set(2, compactInt(record.tStartNs))
+      .set(3, compactInt(record.tEndNs))
+      .set(4, record.family)
+      .set(5, record.localPort)
+      .set(6, record.remoteIp)
+      .set(7, record.remotePort)
+      .set(8, IDENTITY_SOURCE_CODES.get(record.identitySource))
+      .set(9, record.seeded)
+      .set(10, DIRECTION_CODES.get(record.direction))
+      .set(11, TCP_STATE_CODES.get(record.closeState) ?? record.closeState)
+      .set(12, FLOW_END_CODES.get(record.end))
+      .set(13, record.error)
+      .set(14, compactInt(record.bytesSent))
+      .set(15, compactInt(record.bytesAcked))
+      .set(16, compactInt(record.bytesReceived))
+      .set(17, record.segsOut)
+      .set(18, record.segsIn)
+      .set(19, record.totalRetrans)
+      .set(20, record.srttUs)
+      .set(21, record.minRttUs)
+      .set(22, record.delivered)
+      .set(23, record.lost),
+  );
+}
+
+/**
+ * Assembles a complete batch body (uncompressed CBOR) from its header and flows already
+ * encoded with {@linkcode encodeFlow}.
+ *
+ * @param header the batch header; `schemaVersion` must be {@linkcode SCHEMA_VERSION}
+ * @param flows concatenations of {@linkcode encodeFlow} outputs, in order, holding exactly
+ *   `header.recordCount` flows (chunk boundaries need not fall between flows)
+ * @returns the batch body, at most {@linkcode MAX_BATCH_BYTES} bytes
+ * @throws {WireFormatError} when a header field is out of range or the body would be too large
+ */
+export function encodeBatch(header: BatchHeader, flows: readonly Uint8Array[]): Uint8Array {
+  const parts = encodeBatchParts(header, flows);
+  const body = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    body.set(part, offset);
+    offset += part.length;
+  }
+  return body;
+}
+
+/**
+ * Like {@linkcode encodeBatch}, but returns the body as a list of parts whose concatenation is
+ * the body: the header, then `flows` as given (not copied). Lets a caller compress or write a
+ * large batch without building it in one piece.
+ *
+ * @param header the batch header; `schemaVersion` must be {@linkcode SCHEMA_VERSION}
+ * @param flows as for {@linkcode encodeBatch}
+ * @returns the parts of the body, at most {@linkcode MAX_BATCH_BYTES} bytes in total
+ * @throws {WireFormatError} when a header field is out of range or the body would be too large
+ */
+export function encodeBatchParts(header: BatchHeader, flows: readonly Uint8Array[]): Uint8Array[] {
+  checkHeader(header);
+  const host = new Map<number, unknown>([[0, header.host.hostname], [1, header.host.workloadId]]);
+  if (header.host.instanceId !== undefined) host.set(2, header.host.instanceId);
+  const encoded = encoder.encode(
+    new Map<number, unknown>([
+      [0, header.schemaVersion],
+      [1, header.exporterVersion],
+      [2, host],
+      [3, compactInt(header.sequence)],
+      [4, compactInt(header.windowStartNs)],
+      [5, compactInt(header.windowEndNs)],
+      [6, compactInt(header.recordCount)],
+      [7, compactInt(header.clockOffsetNs)],
+      [
+        8,
+        new Map<number, unknown>([
+          [0, compactInt(header.loss.kernelDrops)],
+          [1, compactInt(header.loss.recursionMisses)],
+          [2, compactInt(header.loss.spoolEvictions)],
+        ]),
+      ],
+    ]),
+  );
+  const arrayHead = cborHead(4, header.recordCount);
+  const head = new Uint8Array(encoded.length + 1 + arrayHead.length);
+  head.set(encoded);
+  head[0] = 0xa0 | 10; // the 9-entry header map gains key 9, the flows
+  head[encoded.length] = 9;
+  head.set(arrayHead, encoded.length + 1);
+  let size = head.length;
+  for (const chunk of flows) size += chunk.length;
+  if (size > MAX_BATCH_BYTES) {
+    throw new WireFormatError(
+      `Cannot encode batch ${header.sequence}: ${size} bytes exceeds the ${MAX_BATCH_BYTES}-byte limit (lower the batch byte cap)`,
+    );
+  }
+  return [head, ...flows];
+}
+
+/**
+ * Decodes a batch body (uncompressed CBOR) and validates it strictly against
+ * `schema/flow_batch.cddl`.
+ *
+ * @param bytes the body, after `Content-Encoding: gzip` was removed
+ * @returns the header and the flows as {@linkcode FlowRecord}s (byte strings are copied)
+ * @throws {WireFormatError} naming the first offending field, e.g.
+ *   `Unsupported schema version 7 (this collector reads 1)` or
+ *   `Flow 12: local_ip must be 4 or 16 bytes, got 5`
+ */
+export function decodeBatch(bytes: Uint8Array): DecodedBatch {
+  let root: unknown;
+  try {
+    root = decoder.decode(bytes);
+  } catch (error) {
+    const incomplete = (error as { incomplete?: boolean }).incomplete === true;
+    throw new WireFormatError(
+      incomplete
+        ? `Cannot decode batch: truncated CBOR (${bytes.length} bytes end inside a data item)`
+        : `Cannot decode batch: invalid CBOR (${(error as Error).message})`,
+      { cause: error },
+    );
+  }
+  const top = asMap(root, "Batch", "the batch");
+  const version = top.get(0);
+  if (version !== SCHEMA_VERSION) {
+    throw new WireFormatError(
+      typeof version === "number" || typeof version === "bigint"
+        ? `Unsupported schema version ${version} (this collector reads ${SCHEMA_VERSION})`
+        : `Batch: schema_version must be an unsigned integer, got ${describe(version)}`,
+    );
+  }
+  checkKeys(top, BATCH_KEYS, "Batch", "");
+  const hostMap = asMap(top.get(2), "Batch", "host");
+  checkKeys(hostMap, HOST_KEYS, "Batch", "host.");
+  const lossMap = asMap(top.get(8), "Batch", "loss");
+  checkKeys(lossMap, LOSS_KEYS, "Batch", "loss.");
+  const host: HostIdentity = {
+    hostname: text(hostMap.get(0), "Batch", "host.hostname"),
+    workloadId: text(hostMap.get(1), "Batch", "host.workload_id"),
+  };
+  if (hostMap.has(2)) host.instanceId = text(hostMap.get(2), "Batch", "host.instance_id");
+  const header: BatchHeader = {
+    schemaVersion: SCHEMA_VERSION,
+    exporterVersion: text(top.get(1), "Batch", "exporter_version"),
+    host,
+    sequence: uint53(top.get(3), "Batch", "sequence"),
+    windowStartNs: uint64(top.get(4), "Batch", "window_start_ns"),
+    windowEndNs: uint64(top.get(5), "Batch", "window_end_ns"),
+    recordCount: uint53(top.get(6), "Batch", "record_count"),
+    clockOffsetNs: int64(top.get(7), "Batch", "clock_offset_ns"),
+    loss: {
+      kernelDrops: uint64(lossMap.get(0), "Batch", "loss.kernel_drops"),
+      recursionMisses: uint64(lossMap.get(1), "Batch", "loss.recursion_misses"),
+      spoolEvictions: uint53(lossMap.get(2), "Batch", "loss.spool_evictions"),
+    },
+  };
+  const rawFlows = top.get(9);
+  if (!Array.isArray(rawFlows)) {
+    throw new WireFormatError(`Batch: flows must be an array, got ${describe(rawFlows)}`);
+  }
+  if (rawFlows.length !== header.recordCount) {
+    throw new WireFormatError(
+      `Batch: record_count is ${header.recordCount} but flows has ${rawFlows.length} entries`,
+    );
+  }
+  return { header, flows: rawFlows.map(decodeFlow) };
+}
+
+// Enumerations on the wire (schema/flow_batch.cddl); the array index is the code.
+const IDENTITY_SOURCES: readonly IdentitySource[] = ["unknown", "host", "ip-map", "port-map"];
+const DIRECTIONS: readonly Direction[] = ["unknown", "outbound", "inbound"];
+const FLOW_ENDS: readonly FlowEnd[] = [
+  "normal",
+  "reset",
+  "aborted",
+  "refused",
+  "timeout",
+  "failed",
+];
+const IDENTITY_SOURCE_CODES = codes(IDENTITY_SOURCES);
+const DIRECTION_CODES = codes(DIRECTIONS);
+const FLOW_END_CODES = codes(FLOW_ENDS);
+const TCP_STATE_CODES = codes<string>(TCP_STATES);
+
+// Wire names by key, for messages and for rejecting unknown keys.
+const BATCH_KEYS = [
+  "schema_version",
+  "exporter_version",
+  "host",
+  "sequence",
+  "window_start_ns",
+  "window_end_ns",
+  "record_count",
+  "clock_offset_ns",
+  "loss",
+  "flows",
+];
+const HOST_KEYS = ["hostname", "workload_id", "instance_id?"];
+const LOSS_KEYS = ["kernel_drops", "recursion_misses", "spool_evictions"];
+const FLOW_KEYS = [
+  "local_ip",
+  "local_workload_id",
+  "t_start_ns",
+  "t_end_ns",
+  "family",
+  "local_port",
+  "remote_ip",
+  "remote_port",
+  "identity_source",
+  "seeded",
+  "direction",
+  "close_state",
+  "end",
+  "error",
+  "bytes_sent",
+  "bytes_acked",
+  "bytes_received",
+  "segs_out",
+  "segs_in",
+  "total_retrans",
+  "srtt_us",
+  "min_rtt_us",
+  "delivered",
+  "lost",
+];
+
+const UINT32_MAX = 0xffff_ffff;
+const UINT64_MAX = (1n << 64n) - 1n;
+const INT64_MIN = -(1n << 63n);
+const INT64_MAX = (1n << 63n) - 1n;
+
+// Preferred serialization where cbor-x allows it: no tag 259 on maps, no tag 64 on byte strings.
+const encoder = new Encoder(
+  {
+    useRecords: false,
+    mapsAsObjects: false,
+    useTag259ForMaps: false,
+    tagUint8Array: false,
+  } as ConstructorParameters<typeof Encoder>[0],
+);
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: false });
+const flowMap = new Map<number, unknown>();
+
+function codes<T extends string>(names: readonly T[]): Map<T, number> {
+  return new Map(names.map((name, i) => [name, i]));
+}
+
+/**
+ * cbor-x writes integers above 2^32 - 1 given as numbers as floats: hand those over as
+ * bigints (8-byte integers), and small bigints as numbers (shortest form).
+ */
+function compactInt(value: number | bigint): number | bigint {
+  if (typeof value === "number") return value > UINT32_MAX ? BigInt(value) : value;
+  return value >= -0x8000_0000n && value <= BigInt(UINT32_MAX) ? Number(value) : value;
+}
+
+/** The head of a CBOR data item of major type `major` with argument `n`. */
+function cborHead(major: number, n: number): Uint8Array {
+  const m = major << 5;
+  if (n < 24) return Uint8Array.of(m | n);
+  if (n < 0x100) return Uint8Array.of(m | 24, n);
+  if (n < 0x10000) return Uint8Array.of(m | 25, n >> 8, n & 0xff);
+  const head = new Uint8Array(5);
+  head[0] = m | 26;
+  new DataView(head.buffer).setUint32(1, n);
+  return head;
+}
+
+function decodeFlow(raw: unknown, index: number): FlowRecord {
+  const where = `Flow ${index}`;
+  const m = asMap(raw, where, "the flow");
+  checkKeys(m, FLOW_KEYS, where, "");
+  const family = m.get(4);
+  if (family !== 4 && family !== 6) {
+    throw new WireFormatError(`${where}: family must be 4 or 6, got ${describe(family)}`);
+  }
+  const closeState = m.get(11);
+  const record: FlowRecord = {
+    family,
+    localIp: bytes(m.get(0), where, "local_ip"),
+    localPort: uint(m.get(5), 0xffff, where, "local_port"),
+    remoteIp: bytes(m.get(6), where, "remote_ip"),
+    remotePort: uint(m.get(7), 0xffff, where, "remote_port"),
+    localWorkloadId: text(m.get(1), where, "local_workload_id"),
+    identitySource: enumeration(m.get(8), IDENTITY_SOURCES, where, "identity_source"),
+    tStartNs: uint64(m.get(2), where, "t_start_ns"),
+    tEndNs: uint64(m.get(3), where, "t_end_ns"),
+    seeded: bool(m.get(9), where, "seeded"),
+    direction: enumeration(m.get(10), DIRECTIONS, where, "direction"),
+    closeState: typeof closeState === "string"
+      ? closeState
+      : enumeration(closeState, TCP_STATES, where, "close_state"),
+    end: enumeration(m.get(12), FLOW_ENDS, where, "end"),
+    error: uint(m.get(13), UINT32_MAX, where, "error"),
+    bytesSent: uint53(m.get(14), where, "bytes_sent"),
+    bytesAcked: uint53(m.get(15), where, "bytes_acked"),
+    bytesReceived: uint53(m.get(16), where, "bytes_received"),
+    segsOut: uint(m.get(17), UINT32_MAX, where, "segs_out"),
+    segsIn: uint(m.get(18), UINT32_MAX, where, "segs_in"),
+    totalRetrans: uint(m.get(19), UINT32_MAX, where, "total_retrans"),
+    srttUs: uint(m.get(20), UINT32_MAX, where, "srtt_us"),
+    minRttUs: uint(m.get(21), UINT32_MAX, where, "min_rtt_us"),
+    delivered: uint(m.get(22), UINT32_MAX, where, "delivered"),
+    lost: uint(m.get(23), UINT32_MAX, where, "lost"),
+  };
+  checkFlow(record, where);
+  return record;
+}
+
+/** Checks what the TypeScript types do not: ranges, lengths, enumerations. */
+function checkFlow(r: FlowRecord, where: string): void {
+  if (r.family !== 4 && r.family !== 6) {
+    throw new WireFormatError(`${where}: family must be 4 or 6, got ${describe(r.family)}`);
+  }
+  checkIp(r.localIp, r.family, where, "local_ip");
+  checkIp(r.remoteIp, r.family, where, "remote_ip");
+  uint(r.localPort, 0xffff, where, "local_port");
+  uint(r.remotePort, 0xffff, where, "remote_port");
+  text(r.localWorkloadId, where, "local_workload_id");
+  code(IDENTITY_SOURCE_CODES, r.identitySource, where, "identity_source");
+  uint64(r.tStartNs, where, "t_start_ns");
+  uint64(r.tEndNs, where, "t_end_ns");
+  bool(r.seeded, where, "seeded");
+  code(DIRECTION_CODES, r.direction, where, "direction");
+  if (typeof r.closeState !== "string" || r.closeState === "") {
+    throw new WireFormatError(
+      `${where}: close_state must be a TCP state name, got ${describe(r.closeState)}`,
+    );
+  }
+  code(FLOW_END_CODES, r.end, where, "end");
+  uint(r.error, UINT32_MAX, where, "error");
+  uint53(r.bytesSent, where, "bytes_sent");
+  uint53(r.bytesAcked, where, "bytes_acked");
+  uint53(r.bytesReceived, where, "bytes_received");
+  uint(r.segsOut, UINT32_MAX, where, "segs_out");
+  uint(r.segsIn, UINT32_MAX, where, "segs_in");
+  uint(r.totalRetrans, UINT32_MAX, where, "total_retrans");
+  uint(r.srttUs, UINT32_MAX, where, "srtt_us");
+  uint(r.minRttUs, UINT32_MAX, where, "min_rtt_us");
+  uint(r.delivered, UINT32_MAX, where, "delivered");
+  uint(r.lost, UINT32_MAX, where, "lost");
+}
+
+function checkHeader(h: BatchHeader): void {
+  const where = "Batch";
+  if (h.schemaVersion !== SCHEMA_VERSION) {
+    throw new WireFormatError(
+      `Cannot encode schema version ${h.schemaVersion} (this exporter writes ${SCHEMA_VERSION})`,
+    );
+  }
+  text(h.exporterVersion, where, "exporter_version");
+  text(h.host.hostname, where, "host.hostname");
+  text(h.host.workloadId, where, "host.workload_id");
+  if (h.host.instanceId !== undefined) text(h.host.instanceId, where, "host.instance_id");
+  uint53(h.sequence, where, "sequence");
+  uint64(h.windowStartNs, where, "window_start_ns");
+  uint64(h.windowEndNs, where, "window_end_ns");
+  uint53(h.recordCount, where, "record_count");
+  int64(h.clockOffsetNs, where, "clock_offset_ns");
+  uint64(h.loss.kernelDrops, where, "loss.kernel_drops");
+  uint64(h.loss.recursionMisses, where, "loss.recursion_misses");
+  uint53(h.loss.spoolEvictions, where, "loss.spool_evictions");
+}
+
+function checkIp(ip: unknown, family: 4 | 6, where: string, name: string): void {
+  if (!(ip instanceof Uint8Array)) {
+    throw new WireFormatError(`${where}: ${name} must be a byte string, got ${describe(ip)}`);
+  }
+  if (ip.length !== 4 && ip.length !== 16) {
+    throw new WireFormatError(`${where}: ${name} must be 4 or 16 bytes, got ${ip.length}`);
+  }
+  if (ip.length !== (family === 4 ? 4 : 16)) {
+    throw new WireFormatError(`${where}: ${name} has ${ip.length} bytes but family is ${family}`);
+  }
+}
+
+function checkKeys(
+  m: Map<unknown, unknown>,
+  names: readonly string[],
+  where: string,
+  prefix: string,
+) {
+  for (const key of m.keys()) {
+    if (typeof key !== "number" || !Number.isInteger(key) || key < 0 || key >= names.length) {
+      const inside = prefix ? ` in ${prefix.slice(0, -1)}` : "";
+      throw new WireFormatError(`${where}: unknown key ${describe(key)}${inside}`);
+    }
+  }
+  names.forEach((name, key) => {
+    if (!name.endsWith("?") && !m.has(key)) {
+      throw new WireFormatError(`${where}: missing ${prefix}${name} (key ${key})`);
+    }
+  });
+}
+
+function asMap(value: unknown, where: string, name: string): Map<unknown, unknown> {
+  if (!(value instanceof Map)) {
+    throw new WireFormatError(`${where}: ${name} must be a map, got ${describe(value)}`);
+  }
+  return value;
+}
+
+function text(value: unknown, where: string, name: string): string {
+  if (typeof value !== "string") {
+    throw new WireFormatError(`${where}: ${name} must be a text string, got ${describe(value)}`);
+  }
+  return value;
+}
+
+function bool(value: unknown, where: string, name: string): boolean {
+  if (typeof value !== "boolean") {
+    throw new WireFormatError(`${where}: ${name} must be a boolean, got ${describe(value)}`);
+  }
+  return value;
+}
+
+function bytes(value: unknown, where: string, name: string): Uint8Array {
+  if (!(value instanceof Uint8Array)) {
+    throw new WireFormatError(`${where}: ${name} must be a byte string, got ${describe(value)}`);
+  }
+  return new Uint8Array(value); // a plain copy, not a view into the whole batch
+}
+
+function uint(value: unknown, max: number, where: string, name: string): number {
+  const n = typeof value === "bigint" && value <= BigInt(max) ? Number(value) : value;
+  if (typeof n !== "number" || !Number.isInteger(n) || n < 0 || n > max) {
+    throw new WireFormatError(
+      `${where}: ${name} must be an unsigned integer up to ${max}, got ${describe(value)}`,
+    );
+  }
+  return n;
+}
+
+function uint53(value: unknown, where: string, name: string): number {
+  return uint(value, Number.MAX_SAFE_INTEGER, where, name);
+}
+
+function uint64(value: unknown, where: string, name: string): bigint {
+  return integer(value, 0n, UINT64_MAX, where, name, "an unsigned 64-bit integer");
+}
+
+function int64(value: unknown, where: string, name: string): bigint {
+  return integer(value, INT64_MIN, INT64_MAX, where, name, "a signed 64-bit integer");
+}
+
+function integer(
+  value: unknown,
+  min: bigint,
+  max: bigint,
+  where: string,
+  name: string,
+  what: string,
+): bigint {
+  const n = typeof value === "number" && Number.isInteger(value) ? BigInt(value) : value;
+  if (typeof n !== "bigint" || n < min || n > max) {
+    throw new WireFormatError(`${where}: ${name} must be ${what}, got ${describe(value)}`);
+  }
+  return n;
+}
+
+function enumeration<T>(
+  value: unknown,
+  names: readonly T[],
+  where: string,
+  name: string,
+  first = 0,
+): T {
+  if (
+    typeof value !== "number" || !Number.isInteger(value) || value < first || value >= names.length
+  ) {
+    throw new WireFormatError(
+      `${where}: ${name} must be an integer from ${first} to ${names.length - 1}, got ${
+        describe(value)
+      }`,
+    );
+  }
+  return names[value];
+}
+
+function code<T>(codes: Map<T, number>, value: T, where: string, name: string): void {
+  if (!codes.has(value)) {
+    throw new WireFormatError(
+      `${where}: ${name} must be one of ${[...codes.keys()].join(", ")}, got ${describe(value)}`,
+    );
+  }
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "string") {
+    return `text string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)}`;
+  }
+  if (value instanceof Uint8Array) return `byte string of ${value.length} bytes`;
+  if (value instanceof Map) return "map";
+  if (Array.isArray(value)) return "array";
+  if (value === undefined) return "nothing";
+  return String(value);
+}

@@ -1,0 +1,234 @@
+/**
+ * Workload attribution on the real kernel: the BPF program resolves the local
+ * side through the pinned maps (port map, IP map) or the host certificate,
+ * once, when the socket's local address and port become known.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import type { FlowJson } from "../lib/json_lines.ts";
+import { AgentProcess, delay, kernelTest } from "./_agent.ts";
+import { makeCertificate } from "./_certs.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** Runs `flowexporter identity ARGS --pin-dir DIR`; returns its exit code and output. */
+async function identity(pinDir: string, ...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", MAIN, "identity", ...args, "--pin-dir", pinDir],
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+async function mustIdentity(pinDir: string, ...args: string[]): Promise<void> {
+  const r = await identity(pinDir, ...args);
+  assert.equal(r.code, 0, `identity ${args.join(" ")} failed: ${r.stderr}`);
+}
+
+/** An open connection from `localAddress[:localPort]` to a listener on `serverHost`. */
+async function openConnection(
+  localAddress: string,
+  serverHost: string,
+  localPort?: number,
+): Promise<
+  {
+    client: net.Socket;
+    server: net.Socket;
+    clientPort: number;
+    serverPort: number;
+    close(): Promise<void>;
+  }
+> {
+  const listener = net.createServer();
+  const accepted = new Promise<net.Socket>((resolve) => listener.once("connection", resolve));
+  await new Promise<void>((resolve) => listener.listen(0, serverHost, resolve));
+  const serverPort = (listener.address() as net.AddressInfo).port;
+  const client = net.connect({ host: serverHost, port: serverPort, localAddress, localPort });
+  await new Promise<void>((resolve, reject) => {
+    client.once("connect", resolve);
+    client.once("error", reject);
+  });
+  const server = await accepted;
+  return {
+    client,
+    server,
+    clientPort: client.localPort!,
+    serverPort,
+    async close() {
+      const closed = Promise.all([
+        new Promise((r) => client.once("close", r)),
+        new Promise((r) => server.once("close", r)),
+      ]);
+      client.end();
+      server.end();
+      await closed;
+      await new Promise<void>((resolve) => listener.close(() => resolve()));
+    },
+  };
+}
+
+function byPorts(local: number, remote: number): (r: FlowJson) => boolean {
+  return (r) => r.local_port === local && r.remote_port === remote;
+}
+
+kernelTest("flows are attributed to workloads in the kernel at capture time", async (t) => {
+  const certs = await Deno.makeTempDir();
+  const certPath = `${certs}/identity.pem`;
+  await makeCertificate(certPath, { uri: "spiffe://test.example/host/node-1", cn: "node-1" });
+  await using agent = await AgentProcess.start(["--cert-path", certPath]);
+  const pin = agent.pinDir;
+
+  await t.step(
+    "two containers on loopback addresses get their workloads from the IP map",
+    async () => {
+      await mustIdentity(pin, "set-ip", "127.0.1.1", "workload-a");
+      await mustIdentity(pin, "set-ip", "127.0.1.2", "workload-b");
+      // Client "container" A (127.0.1.1) talks to server "container" B (127.0.1.2).
+      const c = await openConnection("127.0.1.1", "127.0.1.2");
+      await c.close();
+      const [client] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
+      const [server] = await agent.waitForRecords(byPorts(c.serverPort, c.clientPort), 1);
+      assert.equal(client.local_ip, "127.0.1.1");
+      assert.equal(client.local_workload_id, "workload-a");
+      assert.equal(client.identity_source, "ip-map");
+      assert.equal(server.local_ip, "127.0.1.2");
+      assert.equal(server.local_workload_id, "workload-b");
+      assert.equal(server.identity_source, "ip-map");
+    },
+  );
+
+  await t.step(
+    "a flow on an unmapped host address carries the certificate's identity",
+    async () => {
+      const c = await openConnection("127.0.0.1", "127.0.0.1");
+      await c.close();
+      const [client] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
+      assert.equal(client.local_workload_id, "spiffe://test.example/host/node-1");
+      assert.equal(client.identity_source, "host");
+    },
+  );
+
+  await t.step(
+    "the port map tells apart workloads sharing one IPv4 and wins over the IP map",
+    async () => {
+      await mustIdentity(pin, "set-ip", "127.0.1.3", "shared-ip-owner");
+      const ports = [
+        41001 + Math.floor(Math.random() * 1000),
+        43001 + Math.floor(Math.random() * 1000),
+      ];
+      await mustIdentity(pin, "set-port", "127.0.1.3", String(ports[0]), "workload-c");
+      await mustIdentity(pin, "set-port", "127.0.1.3", String(ports[1]), "workload-d");
+      const first = await openConnection("127.0.1.3", "127.0.0.1", ports[0]);
+      const second = await openConnection("127.0.1.3", "127.0.0.1", ports[1]);
+      await first.close();
+      await second.close();
+      const [c] = await agent.waitForRecords(byPorts(ports[0], first.serverPort), 1);
+      const [d] = await agent.waitForRecords(byPorts(ports[1], second.serverPort), 1);
+      assert.equal(c.local_workload_id, "workload-c");
+      assert.equal(c.identity_source, "port-map");
+      assert.equal(d.local_workload_id, "workload-d");
+      assert.equal(d.identity_source, "port-map");
+      await mustIdentity(pin, "delete-port", "127.0.1.3", String(ports[0]));
+      await mustIdentity(pin, "delete-port", "127.0.1.3", String(ports[1]));
+      // Without a port entry the IP map decides.
+      const third = await openConnection("127.0.1.3", "127.0.0.1");
+      await third.close();
+      const [e] = await agent.waitForRecords(byPorts(third.clientPort, third.serverPort), 1);
+      assert.equal(e.local_workload_id, "shared-ip-owner");
+      assert.equal(e.identity_source, "ip-map");
+    },
+  );
+
+  await t.step("attribution is fixed when the connection is established", async () => {
+    await mustIdentity(pin, "set-ip", "127.0.1.4", "owner-before");
+    const c = await openConnection("127.0.1.4", "127.0.0.1");
+    await mustIdentity(pin, "set-ip", "127.0.1.4", "owner-after");
+    await c.close();
+    const [rec] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
+    assert.equal(rec.local_workload_id, "owner-before");
+    const later = await openConnection("127.0.1.4", "127.0.0.1");
+    await later.close();
+    const [next] = await agent.waitForRecords(byPorts(later.clientPort, later.serverPort), 1);
+    assert.equal(next.local_workload_id, "owner-after");
+  });
+
+  await t.step("an entry written with bpftool map update pinned is honoured", async () => {
+    // key: ::ffff:127.0.1.5; value: "bpftool-workload" NUL-padded to 128 bytes.
+    const key = [...new Array(10).fill(0), 0xff, 0xff, 127, 0, 1, 5];
+    const id = new TextEncoder().encode("bpftool-workload");
+    const value = [...id, ...new Array(128 - id.length).fill(0)];
+    const hex = (bytes: number[]) => bytes.map((b) => b.toString(16).padStart(2, "0"));
+    const out = await new Deno.Command("bpftool", {
+      args: [
+        "map",
+        "update",
+        "pinned",
+        `${pin}/ip_workload`,
+        "key",
+        "hex",
+        ...hex(key),
+        "value",
+        "hex",
+        ...hex(value),
+      ],
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const c = await openConnection("127.0.1.5", "127.0.0.1");
+    await c.close();
+    const [rec] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
+    assert.equal(rec.local_workload_id, "bpftool-workload");
+    assert.equal(rec.identity_source, "ip-map");
+    const list = await identity(pin, "list", "--json");
+    assert.match(list.stdout, /bpftool-workload/);
+  });
+
+  await t.step("a rotated certificate changes the host identity without a restart", async () => {
+    await makeCertificate(`${certs}/next.pem`, { cn: "node-1-rotated" });
+    await Deno.rename(`${certs}/next.pem`, certPath);
+    await agent.waitForLog(/node-1-rotated/, 10_000);
+    const c = await openConnection("127.0.0.1", "127.0.0.1");
+    await c.close();
+    const [rec] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
+    assert.equal(rec.local_workload_id, "node-1-rotated");
+    assert.equal(rec.identity_source, "host");
+  });
+
+  await t.step("invalid input is refused and leaves the maps untouched", async () => {
+    const before = (await identity(pin, "list", "--json")).stdout;
+    const bad = await identity(pin, "set-ip", "300.1.1.1", "x");
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /300\.1\.1\.1/);
+    const long = await identity(pin, "set-ip", "127.0.1.9", "w".repeat(200));
+    assert.equal(long.code, 2);
+    assert.match(long.stderr, /200 bytes/);
+    assert.equal((await identity(pin, "list", "--json")).stdout, before);
+  });
+
+  await t.step("the pinned maps are root-only", async () => {
+    assert.equal((await Deno.stat(pin)).mode! & 0o777, 0o700);
+    assert.equal((await Deno.stat(`${pin}/ip_workload`)).mode! & 0o777, 0o600);
+    assert.equal((await Deno.stat(`${pin}/port_workload`)).mode! & 0o777, 0o600);
+    for (const map of ["ip_workload", "port_workload"]) {
+      const out = await new Deno.Command("setpriv", {
+        args: [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          "bpftool",
+          "map",
+          "dump",
+          "pinned",
+          `${pin}/${map}`,
+        ],
+      }).output();
+      assert.notEqual(out.code, 0, `nobody opened ${map}`);
+      assert.match(
+        new TextDecoder().decode(out.stderr),
+        /Permission denied|Operation not permitted/,
+      );
+    }
+  });
+
+  await delay(0);
+  await Deno.remove(certs, { recursive: true });
+});

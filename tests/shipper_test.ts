@@ -1,0 +1,287 @@
+import assert from "node:assert/strict";
+import { gunzip } from "../lib/_gzip.ts";
+import { syntheticFlow } from "../lib/_synthetic_flows.ts";
+import { Shipper, type ShipperOptions } from "../lib/shipper.ts";
+import { Spool } from "../lib/spool.ts";
+import { decodeBatch, type DecodedBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
+
+/** A collector on 127.0.0.1 that decodes and keeps every batch it accepts. */
+function collector(options: { port?: number; status?: () => number } = {}) {
+  const batches: DecodedBatch[] = [];
+  const keys: string[] = [];
+  let requests = 0;
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => {} },
+    async (request) => {
+      requests++;
+      const status = options.status?.() ?? 200;
+      const raw = new Uint8Array(await request.arrayBuffer());
+      if (status === 200) {
+        batches.push(decodeBatch(await gunzip(raw, MAX_BATCH_BYTES)));
+        keys.push(request.headers.get("idempotency-key") ?? "");
+      }
+      return new Response(status === 200 ? null : "refused", { status });
+    },
+  );
+  return {
+    server,
+    url: `http://127.0.0.1:${server.addr.port}/v1/batches`,
+    batches,
+    keys,
+    requests: () => requests,
+    /** How many times each flow (by its end time) arrived. */
+    counts() {
+      const counts = new Map<bigint, number>();
+      for (const b of batches) {
+        for (const f of b.flows) counts.set(f.tEndNs, (counts.get(f.tEndNs) ?? 0) + 1);
+      }
+      return counts;
+    },
+  };
+}
+
+/** A loopback URL where nothing listens (yet). */
+function unusedPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return port;
+}
+
+async function until(condition: () => boolean, what: string, timeoutMs = 5000) {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+async function withSpoolDir(fn: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "shipper_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function options(
+  spoolDir: string,
+  extra: Partial<ShipperOptions> = {},
+  logs: string[] = [],
+): ShipperOptions {
+  return {
+    spoolDir,
+    exporterVersion: "0.1.0-test",
+    host: () => ({ hostname: "node-1", workloadId: "k8s://kube-system/agent" }),
+    clockOffsetNs: () => 1_767_000_000_000_000_000n,
+    lossCounters: () => ({ kernelDrops: 0n, recursionMisses: 0n }),
+    baseDelayMs: 5,
+    maxDelayMs: 50,
+    maxAttempts: 2,
+    logger: (level, message) => logs.push(`${level}: ${message}`),
+    ...extra,
+  };
+}
+
+/** The batches in a spool directory, oldest first. */
+async function spooled(dir: string): Promise<DecodedBatch[]> {
+  const spool = await Spool.open({ dir });
+  const out: DecodedBatch[] = [];
+  for (const entry of spool.pending()) {
+    out.push(decodeBatch(await gunzip((await spool.read(entry))!, MAX_BATCH_BYTES)));
+    spool.release(entry);
+  }
+  return out;
+}
+
+Deno.test("with the collector down then up, every flow is delivered exactly once", async () => {
+  await withSpoolDir(async (dir) => {
+    const port = unusedPort();
+    const shipper = new Shipper(options(dir, {
+      collectorUrl: `http://127.0.0.1:${port}/v1/batches`,
+      maxRecords: 50,
+    }));
+    await shipper.start();
+    let up: ReturnType<typeof collector> | undefined;
+    try {
+      for (let i = 0; i < 500; i++) shipper.add(syntheticFlow(i));
+      await until(() => shipper.stats().batchesSpooled === 10, "ten batches spooled");
+      await until(() => shipper.stats().batchesFailed >= 2, "failed deliveries");
+      assert.equal(shipper.stats().batchesSent, 0);
+      assert.equal(shipper.stats().spoolFiles, 10);
+      up = collector({ port });
+      await until(() => shipper.stats().spoolFiles === 0, "the spool to drain");
+      const stats = await shipper.close(2000);
+      const counts = up.counts();
+      assert.equal(counts.size, 500);
+      assert.ok([...counts.values()].every((n) => n === 1), "no flow arrived twice");
+      assert.equal(stats.recordsSent, 500);
+      assert.equal(stats.batchesSent, 11, "ten full batches and the shutdown batch");
+      assert.ok(stats.batchesRetried >= 2);
+      const sequences = up.keys.map((k) => Number(k.split(":")[1]));
+      assert.deepEqual(sequences, [...sequences].sort((a, b) => a - b));
+      assert.equal(new Set(sequences).size, sequences.length);
+      assert.ok(up.keys.every((k) => k.startsWith("node-1:")));
+    } finally {
+      await shipper.close(0);
+      await up?.server.shutdown();
+    }
+  });
+});
+
+Deno.test("after a restart the batches left in the spool go first, in order", async () => {
+  await withSpoolDir(async (dir) => {
+    const offline = new Shipper(options(dir, { maxRecords: 50 }));
+    await offline.start();
+    for (let i = 0; i < 120; i++) offline.add(syntheticFlow(i));
+    assert.equal((await offline.close(0)).spoolFiles, 3);
+    const up = collector();
+    try {
+      const online = new Shipper(options(dir, { collectorUrl: up.url, maxRecords: 50 }));
+      await online.start();
+      for (let i = 120; i < 150; i++) online.add(syntheticFlow(i));
+      await online.close(2000);
+      const sequences = up.batches.map((b) => b.header.sequence);
+      assert.deepEqual(sequences, Array.from({ length: 4 }, (_, i) => sequences[0] + i));
+      assert.deepEqual(up.batches.map((b) => b.header.recordCount), [50, 50, 20, 30]);
+      assert.deepEqual(
+        up.batches.flatMap((b) => b.flows),
+        Array.from({ length: 150 }, (_, i) => syntheticFlow(i)),
+      );
+    } finally {
+      await up.server.shutdown();
+    }
+  });
+});
+
+Deno.test("close() flushes the open window within its deadline, once", async () => {
+  await withSpoolDir(async (dir) => {
+    const up = collector();
+    try {
+      const shipper = new Shipper(options(dir, { collectorUrl: up.url }));
+      await shipper.start();
+      for (let i = 0; i < 10; i++) shipper.add(syntheticFlow(i));
+      const started = performance.now();
+      const closing = shipper.close(2000);
+      assert.equal(shipper.close(5), closing, "a second close() is the first one");
+      const stats = await closing;
+      assert.ok(performance.now() - started < 1000);
+      assert.equal(up.counts().size, 10);
+      assert.equal(up.batches[0].header.host.workloadId, "k8s://kube-system/agent");
+      assert.equal(stats.spoolFiles, 0);
+      assert.throws(
+        () => shipper.add(syntheticFlow(11)),
+        /^Error: Cannot add a flow: the shipper is closed$/,
+      );
+    } finally {
+      await up.server.shutdown();
+    }
+  });
+});
+
+Deno.test("close() gives up at its deadline when the collector is down, keeping the batch", async () => {
+  await withSpoolDir(async (dir) => {
+    const logs: string[] = [];
+    const shipper = new Shipper(options(dir, {
+      collectorUrl: `http://127.0.0.1:${unusedPort()}/`,
+      maxDelayMs: 5000,
+    }, logs));
+    await shipper.start();
+    for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
+    const started = performance.now();
+    const stats = await shipper.close(300);
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed >= 250 && elapsed < 2000, `close() took ${elapsed} ms`);
+    assert.equal(stats.spoolFiles, 1);
+    assert.ok(logs.includes("warn: Shutdown: 1 batches stay in the spool for the next start"));
+    assert.deepEqual(
+      (await spooled(dir))[0].flows,
+      Array.from({ length: 5 }, (_, i) => syntheticFlow(i)),
+    );
+  });
+});
+
+Deno.test("without a collector the spool stays under its cap and reports evictions", async () => {
+  await withSpoolDir(async (dir) => {
+    const shipper = new Shipper(options(dir, { maxRecords: 20, spoolMaxBytes: 4000 }));
+    await shipper.start();
+    for (let i = 0; i < 200; i++) shipper.add(syntheticFlow(i));
+    const stats = await shipper.close(0);
+    assert.ok(stats.spoolBytes <= 4000, `${stats.spoolBytes} bytes spooled`);
+    assert.ok(stats.spoolEvictions > 0);
+    assert.equal(stats.batchesSpooled, 11);
+    assert.equal(stats.spoolFiles + stats.spoolEvictions, 11);
+    const left = await spooled(dir);
+    assert.equal(left.length, stats.spoolFiles);
+    assert.ok(
+      left.every((b) => b.header.loss.spoolEvictions === 1),
+      "each batch reports the eviction before it",
+    );
+  });
+});
+
+Deno.test("each batch reports the loss counters' increase since the previous batch", async () => {
+  await withSpoolDir(async (dir) => {
+    const counters = { kernelDrops: 5n, recursionMisses: 2n };
+    const shipper = new Shipper(
+      options(dir, { maxRecords: 1, lossCounters: () => ({ ...counters }) }),
+    );
+    await shipper.start();
+    const step = async (i: number, kernelDrops: bigint, recursionMisses: bigint) => {
+      Object.assign(counters, { kernelDrops, recursionMisses });
+      shipper.add(syntheticFlow(i));
+      await until(() => shipper.stats().batchesSpooled === i + 1, `batch ${i}`);
+    };
+    await step(0, 5n, 2n);
+    await step(1, 12n, 2n);
+    await step(2, 3n, 1n); // the counters were reset (program reloaded)
+    await shipper.close(0);
+    const loss = (await spooled(dir)).map((b) => b.header.loss);
+    assert.deepEqual(loss.slice(0, 3), [
+      { kernelDrops: 5n, recursionMisses: 2n, spoolEvictions: 0 },
+      { kernelDrops: 7n, recursionMisses: 0n, spoolEvictions: 0 },
+      { kernelDrops: 3n, recursionMisses: 1n, spoolEvictions: 0 },
+    ]);
+  });
+});
+
+Deno.test("a batch the collector refuses is set aside, not retried", async () => {
+  await withSpoolDir(async (dir) => {
+    const logs: string[] = [];
+    const up = collector({ status: () => 400 });
+    try {
+      const shipper = new Shipper(options(dir, { collectorUrl: up.url, maxRecords: 10 }, logs));
+      await shipper.start();
+      for (let i = 0; i < 10; i++) shipper.add(syntheticFlow(i));
+      const stats = await shipper.close(2000);
+      assert.equal(stats.batchesRejected, 2, "the full batch and the shutdown batch");
+      assert.equal(up.requests(), 2);
+      assert.equal(stats.spoolFiles, 0);
+      assert.equal((await Array.fromAsync(Deno.readDir(`${dir}/rejected`))).length, 2);
+      assert.ok(
+        logs.some((l) =>
+          /^error: Collector .* refused batch node-1:\d+ for good \(HTTP 400: refused\)/.test(l)
+        ),
+      );
+    } finally {
+      await up.server.shutdown();
+    }
+  });
+});
+
+Deno.test("an invalid flow is dropped, counted and logged, not thrown", async () => {
+  await withSpoolDir(async (dir) => {
+    const logs: string[] = [];
+    const shipper = new Shipper(options(dir, {}, logs));
+    await shipper.start();
+    shipper.add({ ...syntheticFlow(1), localPort: -1 });
+    shipper.add(syntheticFlow(2));
+    const stats = await shipper.close(0);
+    assert.equal(stats.recordsInvalid, 1);
+    assert.equal(stats.recordsAdded, 1);
+    assert.deepEqual(logs.filter((l) => l.startsWith("warn: Dropped")), [
+      "warn: Dropped an invalid flow (1 so far): Flow: local_port must be an unsigned integer up to 65535, got -1",
+    ]);
+  });
+});
