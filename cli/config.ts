@@ -134,7 +134,7 @@ export const OPTIONS = {
   }),
   spool_max_bytes: bytes({
     default: DEFAULT_SPOOL_BYTES,
-    min: 1 << 20,
+    min: 64 << 10,
     max: 2 ** 40,
     help: "cap on the spool's size; the oldest batches go first",
     group: "shipping",

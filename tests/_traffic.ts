@@ -109,3 +109,25 @@ export async function connectRefused(host: string, port: number): Promise<void> 
   }
   throw new Error(`Port ${port} on ${host} accepted a connection`);
 }
+
+/**
+ * `n` short connections to a listener on `host`, `concurrency` at a time: the
+ * server closes first, the client reads EOF and closes. Returns the server port.
+ */
+export async function churn(host: string, n: number, concurrency = 8): Promise<number> {
+  using listener = Deno.listen({ hostname: host, port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const serving = (async () => {
+    for (let i = 0; i < n; i++) (await listener.accept()).close();
+  })();
+  let next = 0;
+  const client = async () => {
+    while (next++ < n) {
+      const conn = await Deno.connect({ hostname: host, port });
+      await readEof(conn);
+      conn.close();
+    }
+  };
+  await Promise.all([serving, ...Array.from({ length: concurrency }, client)]);
+  return port;
+}
