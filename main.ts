@@ -6,6 +6,7 @@
  */
 import { UsageError } from "./cli/_io.ts";
 import { loadConfig, runConfigCheck } from "./cli/config.ts";
+import { runDev } from "./cli/dev.ts";
 import { runDoctor } from "./cli/doctor.ts";
 import { run, RUN_HELP } from "./cli/run.ts";
 import { runCollector } from "./collector/cli.ts";
@@ -24,6 +25,7 @@ Commands:
   query         list attributed flows from a collector's database
   config check  validate a configuration and print the effective one
   doctor        check this host's readiness and explain what to fix
+  dev           the agent and a local collector together (deno task dev)
   help          this help; "flowexporter <command> --help" shows a command's options
 `;
 
@@ -38,6 +40,8 @@ async function main(args: string[]): Promise<number> {
       }
       return await run(config.values);
     }
+    case "dev":
+      return await runDev(rest);
     case "identity":
       return await runIdentityCommand(rest, openPinnedMaps);
     case "collector":

@@ -1,0 +1,107 @@
+/**
+ * Operating the real agent: metrics after real flows, health, the
+ * single-instance guard, doctor on this machine.
+ */
+import assert from "node:assert/strict";
+import { AgentProcess, kernelTest } from "./_agent.ts";
+import { freePort } from "./_collector.ts";
+import { churn } from "./_traffic.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** The value of a Prometheus sample line `name{labels} value`. */
+function sample(text: string, series: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(series + " "));
+  assert.ok(line, `no sample ${series} in:\n${text}`);
+  return Number(line.slice(series.length + 1));
+}
+
+kernelTest(
+  "the metrics endpoint reports real flows, identity sources, maps and health",
+  async () => {
+    const port = freePort();
+    await using agent = await AgentProcess.start([
+      "--metrics-listen",
+      `127.0.0.1:${port}`,
+      "--output",
+      "none",
+    ]);
+    await churn("127.0.0.1", 50);
+    const url = `http://127.0.0.1:${port}`;
+    let text = "";
+    const deadline = Date.now() + 10_000;
+    do {
+      text = await (await fetch(`${url}/metrics`)).text();
+    } while (sample(text, "flowexporter_flows_captured_total") < 100 && Date.now() < deadline);
+    assert.ok(
+      sample(text, "flowexporter_flows_captured_total") >= 100,
+      "2 records × 50 connections",
+    );
+    // No certificate and no map entries: every flow is of unknown identity.
+    assert.ok(
+      sample(text, 'flowexporter_records_by_identity_source_total{source="unknown"}') >= 100,
+    );
+    assert.equal(sample(text, "flowexporter_kernel_drops_total"), 0);
+    assert.equal(sample(text, 'flowexporter_identity_map_capacity{map="ip_workload"}'), 65536);
+    assert.equal(sample(text, 'flowexporter_identity_map_capacity{map="port_workload"}'), 262144);
+    assert.equal(sample(text, 'flowexporter_identity_map_entries{map="ip_workload"}'), 0);
+    assert.ok(sample(text, "process_resident_memory_bytes") > 0);
+    assert.match(text, /flowexporter_worker_lag_seconds_bucket/);
+    const health = await fetch(`${url}/healthz`);
+    assert.equal(health.status, 200);
+    assert.equal((await health.text()).trim(), "ok");
+  },
+);
+
+kernelTest(
+  "a second agent on the same host refuses to start and leaves the first one running",
+  async () => {
+    await using first = await AgentProcess.start();
+    const second = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-all",
+        MAIN,
+        "run",
+        "--lock-file",
+        `${first.workDir}/lock`,
+        "--pin-dir",
+        first.pinDir,
+        "--spool-dir",
+        `${first.workDir}/spool2`,
+      ],
+      stdin: "null",
+    }).output();
+    assert.equal(second.code, 1);
+    assert.match(
+      new TextDecoder().decode(second.stderr),
+      /Another flowexporter \(pid \d+\) is running/,
+    );
+    // The first agent still captures: its maps were not taken over.
+    const port = await churn("127.0.0.1", 1);
+    await first.waitForRecords((r) => r.remote_port === port || r.local_port === port, 2);
+  },
+);
+
+kernelTest("doctor finds this machine ready and says so line by line", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", MAIN, "doctor"],
+    env: { FLOWEXPORTER_CONFIG: "" },
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, text + new TextDecoder().decode(out.stderr));
+  for (
+    const check of [
+      /kernel/i,
+      /BTF/,
+      /ring buffer/i,
+      /tracepoint/i,
+      /bpffs/i,
+      /tracefs/i,
+      /privilege/i,
+    ]
+  ) {
+    assert.match(text, check);
+  }
+  assert.match(text, /certificate/i);
+});
