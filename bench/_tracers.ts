@@ -40,6 +40,7 @@ export class Tracer implements AsyncDisposable {
     command: string[],
     outputPath: string,
     stopSignal: Deno.Signal,
+    env: Record<string, string> = {},
   ) {
     this.name = name;
     this.format = format;
@@ -48,7 +49,7 @@ export class Tracer implements AsyncDisposable {
     // exec: the pid we measure is the tracer itself, not a shell.
     this.#child = new Deno.Command("sh", {
       args: ["-c", 'exec "$@" > "$BENCH_OUTPUT"', "sh", ...command],
-      env: { BENCH_OUTPUT: outputPath },
+      env: { ...env, BENCH_OUTPUT: outputPath },
       stdin: "null",
       stdout: "null",
       stderr: "piped",
@@ -63,17 +64,22 @@ export class Tracer implements AsyncDisposable {
   }
 
   /**
-   * Starts the agent with `args` after `run`, its own pin directory, stdout to
-   * `outputPath`; resolves once it captures.
+   * Starts the agent with `args` after `run`, stdout to `outputPath`, and its
+   * own pin directory, lock file, spool and (absent) certificate under
+   * `workDir`; resolves once it captures.
    */
   static async startAgent(
     name: string,
     args: string[],
     outputPath: string,
     pinDir: string,
+    workDir: string,
   ): Promise<Tracer> {
     const command = [Deno.execPath(), "run", "--allow-all", MAIN, "run", ...args];
-    const t = new Tracer(name, "json", [...command, "--pin-dir", pinDir], outputPath, "SIGTERM");
+    command.push("--pin-dir", pinDir, "--lock-file", `${workDir}/lock`);
+    command.push("--spool-dir", `${workDir}/spool`, "--cert-path", `${workDir}/no-identity.pem`);
+    // No config file from the host: the flags are the whole configuration.
+    const t = new Tracer(name, "json", command, outputPath, "SIGTERM", { FLOWEXPORTER_CONFIG: "" });
     await t.#waitFor(() => t.log.some((l) => l.includes("capturing TCP flows")), 60_000);
     const exe = executable(t.pid);
     const deno = Deno.realPathSync(Deno.execPath());
@@ -117,7 +123,7 @@ export class Tracer implements AsyncDisposable {
     // bcc reports lost perf samples only when there are some.
     if (this.format === "tcplife") result.drops = 0;
     for (const line of this.log) {
-      const m = /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+)\)/.exec(line);
+      const m = /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+)/.exec(line);
       if (m) {
         result.records = Number(m[1]);
         result.drops = Number(m[2]);

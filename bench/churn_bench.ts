@@ -218,17 +218,19 @@ async function measure(
   const v = VARIANTS[name];
   if (v.tracer === "none") return { variant: name, rep, churn: await runChurn(o, o.duration) };
 
-  const outputPath = `${ctx.dir}/${name}-${rep}.out`;
+  const workDir = `${ctx.dir}/${name}-${rep}`;
+  const outputPath = `${workDir}/stdout`;
   const pinDir = `/sys/fs/bpf/flowexporter-bench-${crypto.randomUUID().slice(0, 8)}`;
+  Deno.mkdirSync(workDir);
   const agentArgs = [...v.agentArgs ?? [], ...o.agentArgs];
   const silent = agentArgs[agentArgs.lastIndexOf("--output") + 1] === "none";
   const tracer = v.tracer === "agent"
-    ? await Tracer.startAgent(name, agentArgs, outputPath, pinDir)
+    ? await Tracer.startAgent(name, agentArgs, outputPath, pinDir, workDir)
     : await Tracer.startTcplife(ctx.tcplife!, outputPath);
   const cleanup = async () => {
     await tracer.stop();
     await Deno.remove(pinDir, { recursive: true }).catch(() => {});
-    await Deno.remove(outputPath).catch(() => {});
+    await Deno.remove(workDir, { recursive: true }).catch(() => {});
   };
   live.add(cleanup);
   try {

@@ -118,6 +118,39 @@ export function integer(
   }, (v) => check(typeof v === "number" ? v : NaN));
 }
 
+/**
+ * A number with an optional unit suffix (`units` maps suffix to multiplier), given as text in
+ * flags and environment, as a number or text in the config file.
+ */
+function withUnits(
+  common: Common<number>,
+  meta: string,
+  units: Record<string, number>,
+  defaultUnit: string,
+  expected: string,
+  check: (n: number) => number,
+  show: (n: number) => string,
+): OptionSpec<number> {
+  const pattern = new RegExp(`^(\\d+)\\s*(${Object.keys(units).filter((u) => u).join("|")})?$`);
+  const parse = (text: string) => {
+    const m = pattern.exec(text);
+    if (!m) throw new ValueError(expected);
+    return check(Number(m[1]) * units[m[2] ?? defaultUnit]);
+  };
+  return spec(
+    common,
+    meta,
+    parse,
+    (v) => {
+      if (typeof v === "number") return check(v);
+      if (typeof v === "string") return parse(v);
+      throw new ValueError(expected);
+    },
+    (v) => v,
+    show,
+  );
+}
+
 const BYTE_UNITS: Record<string, number> = { "": 1, KiB: 1 << 10, MiB: 1 << 20, GiB: 1 << 30 };
 
 /** A size in bytes: `8388608` or `8MiB` (KiB, MiB, GiB are powers of 1024). */
@@ -133,23 +166,7 @@ export function bytes(
     if (powerOfTwo && (n & (n - 1)) !== 0) throw new ValueError(expected);
     return n;
   };
-  const parse = (text: string) => {
-    const m = /^(\d+)\s*(KiB|MiB|GiB)?$/.exec(text);
-    if (!m) throw new ValueError(expected);
-    return check(Number(m[1]) * BYTE_UNITS[m[2] ?? ""]);
-  };
-  return spec(
-    common,
-    "BYTES",
-    parse,
-    (v) => {
-      if (typeof v === "number") return check(v);
-      if (typeof v === "string") return parse(v);
-      throw new ValueError(expected);
-    },
-    (v) => v,
-    showBytes,
-  );
+  return withUnits(common, "BYTES", BYTE_UNITS, "", expected, check, showBytes);
 }
 
 /** `8MiB` when `n` is a whole number of KiB, MiB or GiB, else the plain number. */
@@ -176,23 +193,7 @@ export function duration(
     if (!Number.isSafeInteger(ms) || ms < min || ms > max) throw new ValueError(expected);
     return ms;
   };
-  const parse = (text: string) => {
-    const m = /^(\d+)(ms|s|m|h)?$/.exec(text);
-    if (!m) throw new ValueError(expected);
-    return check(Number(m[1]) * DURATION_UNITS[m[2] ?? "ms"]);
-  };
-  return spec(
-    common,
-    "DURATION",
-    parse,
-    (v) => {
-      if (typeof v === "number") return check(v);
-      if (typeof v === "string") return parse(v);
-      throw new ValueError(expected);
-    },
-    (v) => v,
-    showDuration,
-  );
+  return withUnits(common, "DURATION", DURATION_UNITS, "ms", expected, check, showDuration);
 }
 
 /** `1m`, `90s`, `250ms`: the largest unit that divides `ms`. */
