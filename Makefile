@@ -111,7 +111,11 @@ dev: build
 test: build
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 
-bench: build
+$(BUILD)/churn: bench/churn.c | $(BUILD)/.apt-stamp
+	$(msg) CC $@
+	$(Q)gcc -O2 -Wall -Wextra -pthread $< -o $@
+
+bench: build $(BUILD)/churn
 	$(Q)$(DENO) run $(DENO_RUN_FLAGS) bench/churn_bench.ts $(ARGS)
 
 check: tools

@@ -23,8 +23,11 @@ export interface SideCounts {
   client: number;
 }
 
-/** Output formats the benchmark reads: the agent's JSON lines, tcplife's text columns. */
-export type RecordFormat = "json" | "tcplife";
+/**
+ * Output formats the benchmark reads: the agent's JSON lines, tcplife's text
+ * columns, and a bpftrace map printed at exit (`@closes: N`, a host-wide count).
+ */
+export type RecordFormat = "json" | "tcplife" | "count";
 
 /** Builds the grid of `addrs` consecutive addresses from `firstAddr` times `ports` ports. */
 export function churnGrid(firstAddr: string, addrs: number, portBase: number, ports: number): Grid {
@@ -84,4 +87,11 @@ export async function countGridRecords(
   }
   if (rest) count(rest);
   return counts;
+}
+
+/** The `@closes: N` total bpftrace prints when it exits. */
+export async function readCount(path: string): Promise<number> {
+  const m = /^@closes: (\d+)$/m.exec(await Deno.readTextFile(path));
+  if (!m) throw new Error(`Cannot find the @closes count in ${path}: bpftrace printed none`);
+  return Number(m[1]);
 }

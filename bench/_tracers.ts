@@ -10,6 +10,9 @@ import type { RecordFormat } from "./_records.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const TCPLIFE = "tcplife-bpfcc";
+/** Closed TCP sockets, listeners left out: the least a tracer can do per flow. */
+const BARE_COUNTER = "tracepoint:sock:inet_sock_set_state " +
+  "/args->protocol == 6 && args->newstate == 7 && args->oldstate != 10/ { @closes = count(); }";
 
 /** What a tracer reported when it stopped. */
 export interface TracerStop {
@@ -101,6 +104,15 @@ export class Tracer implements AsyncDisposable {
     return t;
   }
 
+  /** Starts a bpftrace counter of closed TCP sockets; resolves once it attached. */
+  static async startBareCounter(command: string, outputPath: string): Promise<Tracer> {
+    // SIGINT: bpftrace prints its maps and exits.
+    const t = new Tracer("bpftrace", "count", [command, "-e", BARE_COUNTER], outputPath, "SIGINT");
+    await t.#waitFor(() => Deno.readTextFileSync(outputPath).includes("Attaching"), 60_000);
+    await delay(300);
+    return t;
+  }
+
   /** Stops the tracer with its clean-exit signal (SIGKILL after 30 s); safe to call twice. */
   stop(): Promise<TracerStop> {
     this.#stopped ??= this.#stop();
@@ -172,6 +184,15 @@ export class Tracer implements AsyncDisposable {
   }
 }
 
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs a shell script; its stdout and stderr as one text. */
 async function sh(script: string): Promise<{ ok: boolean; out: string }> {
   const out = await new Deno.Command("sh", { args: ["-c", script], stdin: "null" }).output();
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
@@ -179,7 +200,7 @@ async function sh(script: string): Promise<{ ok: boolean; out: string }> {
 }
 
 async function aptInstall(packages: string, log: (line: string) => void): Promise<boolean> {
-  log(`installing ${packages} with apt-get (for the tcplife comparison)`);
+  log(`installing ${packages} with apt-get (for the comparison)`);
   const install =
     `DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages}`;
   if ((await sh(`${install} >/dev/null`)).ok) return true;
@@ -216,12 +237,9 @@ export async function prepareTcplife(
 
   const release = Deno.osRelease();
   const modules = `/lib/modules/${release}`;
-  try {
-    Deno.statSync(`${modules}/build/include`);
-    return { command };
-  } catch {
-    // No headers of the running kernel: fall back to the distribution's.
-  }
+  // bcc includes linux/kconfig.h from build/ or, on Debian's split packages, source/.
+  const kconfig = ["build", "source"].map((d) => `${modules}/${d}/include/linux/kconfig.h`);
+  if (kconfig.some((path) => isFile(path))) return { command };
   const arch = (await sh("dpkg --print-architecture")).out || "amd64";
   const findHeaders = () =>
     [...Deno.readDirSync("/usr/src")]
@@ -258,4 +276,22 @@ export async function prepareTcplife(
     // Single-directory header packages have no -common part.
   }
   return { command };
+}
+
+/**
+ * Finds bpftrace for the bare counter, installing it when missing and allowed.
+ *
+ * @returns the command to run, or the reason the bare counter cannot run
+ */
+export async function prepareBpftrace(
+  install: boolean,
+  log: (line: string) => void,
+): Promise<{ command: string } | { reason: string }> {
+  const found = await sh("command -v bpftrace");
+  if (found.ok) return { command: found.out.split("\n")[0] };
+  if (!install) return { reason: "bpftrace is not installed (install bpftrace)" };
+  if (!(await aptInstall("bpftrace", log))) {
+    return { reason: "cannot install bpftrace with apt-get" };
+  }
+  return { command: "bpftrace" };
 }

@@ -248,7 +248,8 @@ static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *s
 		received--;
 
 	rec->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
-	rec->bytes_acked = acked;
+	/* Payload acked never exceeds payload sent; this also covers a FIN when the close was not seen. */
+	rec->bytes_acked = acked < rec->bytes_sent ? acked : rec->bytes_sent;
 	rec->bytes_received = received;
 	rec->segs_out = BPF_CORE_READ(tp, segs_out);
 	rec->segs_in = BPF_CORE_READ(tp, segs_in);
@@ -377,22 +378,31 @@ int on_state_tp(struct trace_event_raw_inet_sock_set_state *args)
 			    newstate);
 }
 
-SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(on_destroy_btf, const struct sock *sk)
+/*
+ * A socket destroyed with state still in `flows` closed without its CLOSE
+ * run: the kernel skips a tracepoint program that would nest on a CPU
+ * (recursion_misses). Emit its record now (close state unknown); this is
+ * also the one cleanup path for state the CLOSE run did not delete.
+ */
+static __always_inline int handle_destroy(void *ctx, const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 
-	bpf_map_delete_elem(&flows, &key);
+	if (bpf_map_lookup_elem(&flows, &key))
+		emit_flow(ctx, sk, FE_STATE_UNKNOWN);
 	return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_destroy_btf, const struct sock *sk)
+{
+	return handle_destroy(ctx, sk);
 }
 
 SEC("tracepoint/tcp/tcp_destroy_sock")
 int on_destroy_tp(struct trace_event_raw_tcp_event_sk *args)
 {
-	__u64 key = (__u64)BPF_CORE_READ(args, skaddr);
-
-	bpf_map_delete_elem(&flows, &key);
-	return 0;
+	return handle_destroy(args, BPF_CORE_READ(args, skaddr));
 }
 
 /* Seeds sockets that were open before the agent attached (agent's netns). */

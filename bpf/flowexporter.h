@@ -41,6 +41,9 @@ enum fe_identity_source {
 	FE_ID_PORT_MAP = 3,
 };
 
+/* fe_flow.close_state when the CLOSE transition was not seen (record emitted at socket destruction). */
+#define FE_STATE_UNKNOWN 0
+
 /* fe_flow.flags */
 #define FE_FLAG_SEEDED (1 << 0) /* t_start is when the agent first saw the socket: the flow began earlier */
 

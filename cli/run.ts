@@ -56,6 +56,15 @@ function instanceId(): string | undefined {
   }
 }
 
+/** Writes JSON lines to stdout in slices: one multi-megabyte string costs more than many small. */
+function writeJsonLines(records: FlowRecord[]): void {
+  for (let i = 0; i < records.length; i += 256) {
+    let text = "";
+    for (const r of records.slice(i, i + 256)) text += formatFlowJson(r) + "\n";
+    writeAllSync(Deno.stdout, encoder.encode(text));
+  }
+}
+
 /** Resolves when SIGINT or SIGTERM arrives. */
 function terminationSignal(): Promise<string> {
   return new Promise((resolve) => {
@@ -181,11 +190,7 @@ export async function run(v: Config): Promise<number> {
       onRecords: (bytes) => {
         const records = decodeFlows(bytes, clock.offsetNs());
         captured += records.length;
-        if (v.output === "json") {
-          let text = "";
-          for (const r of records) text += formatFlowJson(r) + "\n";
-          writeAllSync(Deno.stdout, encoder.encode(text));
-        }
+        if (v.output === "json") writeJsonLines(records);
         let oldestEnd = records[0].tEndNs;
         for (const r of records) {
           shipper.add(r);

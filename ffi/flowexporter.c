@@ -310,7 +310,8 @@ FE_API int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, u
 
 	a->skel->rodata->use_ringbuf = !perf;
 	a->skel->rodata->use_boot_clock = a->boot_clock;
-	a->skel->rodata->wakeup_bytes = wakeup_bytes;
+	/* A threshold the ring can never reach would leave draining to the timer alone. */
+	a->skel->rodata->wakeup_bytes = wakeup_bytes < ring_bytes / 4 ? wakeup_bytes : ring_bytes / 4;
 	bpf_map__set_max_entries(a->skel->maps.flows, flows_max);
 	if (perf) {
 		/* max_entries 0: libbpf sizes a perf event array to the CPU count. */
@@ -457,7 +458,9 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 
 	s[FE_STAT_KERNEL_DROPS] = sum_percpu(bpf_map__fd(a->skel->maps.drops), FE_DROP_OUTPUT);
 	s[FE_STAT_RECURSION_MISSES] = recursion_misses(a->skel->progs.on_state_btf) +
-				      recursion_misses(a->skel->progs.on_state_tp);
+				      recursion_misses(a->skel->progs.on_state_tp) +
+				      recursion_misses(a->skel->progs.on_destroy_btf) +
+				      recursion_misses(a->skel->progs.on_destroy_tp);
 	s[FE_STAT_PERF_LOST] = a->perf_lost;
 	s[FE_STAT_FLOWS_MAX] = bpf_map__max_entries(a->skel->maps.flows);
 	s[FE_STAT_TRANSPORT] = a->pb ? 1 : 0;

@@ -32,10 +32,12 @@ async function pollLoop(start: PollStart): Promise<void> {
   const buf = new Uint8Array(start.bufferBytes);
   const recordSize = native.fe_record_size();
   let lastMessage = performance.now();
+  let full = false;
   for (;;) {
     const last = stopping;
-    // The final pass drains without waiting.
-    const n = await native.fe_poll(handle, last ? 0 : start.timeoutMs, buf, buf.length);
+    // After a full buffer, or for the final pass, drain again without waiting.
+    const n = await native.fe_poll(handle, last || full ? 0 : start.timeoutMs, buf, buf.length);
+    full = n + recordSize > buf.length;
     if (n < 0) throw new Error(`Cannot poll the flow buffer: errno ${-n}`);
     if (n > 0) {
       const bytes = buf.slice(0, n).buffer;
@@ -47,7 +49,7 @@ async function pollLoop(start: PollStart): Promise<void> {
       lastMessage = performance.now();
     }
     // After stop(), drain until a pass comes back with room to spare.
-    if (last && n + recordSize <= buf.length) break;
+    if (last && !full) break;
   }
 }
 

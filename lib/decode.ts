@@ -86,6 +86,8 @@ export function flowEnd(closeState: string, error: number): FlowEnd {
   if (error === ECONNRESET || error === EPIPE) return "reset";
   if (error !== 0) return "failed";
   switch (closeState) {
+    case "UNKNOWN":
+      return "unknown";
     case "FIN_WAIT2":
     case "LAST_ACK":
     case "CLOSING":
@@ -103,8 +105,11 @@ function u64(view: DataView, offset: number): number {
   return view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 2 ** 32;
 }
 
+// Views, not copies: the poll worker hands over a fresh buffer per batch that nothing rewrites.
 function ip(bytes: Uint8Array, offset: number, family: 4 | 6): Uint8Array {
-  return family === 4 ? bytes.slice(offset + 12, offset + 16) : bytes.slice(offset, offset + 16);
+  return family === 4
+    ? bytes.subarray(offset + 12, offset + 16)
+    : bytes.subarray(offset, offset + 16);
 }
 
 /**

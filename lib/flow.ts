@@ -19,9 +19,11 @@ export type IdentitySource = "port-map" | "ip-map" | "host" | "unknown";
  * - `aborted`: closed locally without a FIN handshake (SO_LINGER 0, or close with unread data: the kernel sends RST);
  * - `refused`: the connect was answered with RST;
  * - `timeout`: the kernel gave up retransmitting (connect or data);
- * - `failed`: the connect failed for another reason (e.g. unreachable).
+ * - `failed`: the connect failed for another reason (e.g. unreachable);
+ * - `unknown`: the kernel skipped the program at the close (it would have nested on a CPU), so
+ *   the record was made when the socket was destroyed; `closeState` is then "UNKNOWN".
  */
-export type FlowEnd = "normal" | "reset" | "aborted" | "refused" | "timeout" | "failed";
+export type FlowEnd = "normal" | "reset" | "aborted" | "refused" | "timeout" | "failed" | "unknown";
 
 /** One closed TCP socket. Times are wall-clock nanoseconds since the Unix epoch. */
 export interface FlowRecord {

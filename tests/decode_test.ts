@@ -144,6 +144,7 @@ Deno.test("flowEnd() classifies how connections end", () => {
   assert.equal(flowEnd("FIN_WAIT2", 0), "normal");
   assert.equal(flowEnd("LAST_ACK", 0), "normal");
   assert.equal(flowEnd("CLOSING", 0), "normal");
+  assert.equal(flowEnd("UNKNOWN", 0), "unknown");
 });
 
 Deno.test("toWallNs() adds the offset exactly beyond 2^53", () => {
