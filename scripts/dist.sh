@@ -84,10 +84,10 @@ done
 install_missing "${packages[@]}"
 
 abi_version="$(sed -nE 's/^export const ABI_VERSION = ([0-9]+);$/\1/p' ffi/symbols.ts)"
-agent_version="$(sed -nE 's/^export const VERSION = "([^"]+)";$/\1/p' main.ts)"
+agent_version="$(sed -nE 's/^export const VERSION = "([^"]+)";$/\1/p' lib/version.ts)"
 mapfile -t symbols < <(sed -nE 's/^  (fe_[a-z0-9_]+): \{.*/\1/p' ffi/symbols.ts)
 [[ -n "$abi_version" && -n "$agent_version" && ${#symbols[@]} -gt 0 ]] ||
-  die "Cannot read ABI_VERSION, VERSION or the symbol table from ffi/symbols.ts and main.ts"
+  die "Cannot read ABI_VERSION, VERSION or the symbol table from ffi/symbols.ts and lib/version.ts"
 
 # 1. The BPF object is compiled once and embedded in every architecture's shim. It must not depend
 # on __TARGET_ARCH (only PT_REGS-style kprobe access does): compile it both ways and compare.

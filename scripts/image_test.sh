@@ -53,6 +53,8 @@ stage() {
   [[ -x "$DENO" && -f build/libflowexporter.so ]] || fail "Cannot stage the image: run make build first"
   rm -rf "$CONTEXT"
   local src="$CONTEXT/source"
+  # A fresh tree each time: a leftover one would nest copies (cp -a into an existing directory).
+  rm -rf "$src" "$CONTEXT/compiled"
   install -D -m 0755 "$(realpath "$DENO")" "$src/usr/local/bin/deno"
   copy_libs "$src/usr/local/bin/deno" "$src"
   install -d -m 1777 "$src/tmp"
@@ -73,7 +75,7 @@ stage() {
     install -D -m 0644 "$f" "$src/app/$(realpath --relative-to=. "$f")"
   done
   cp deno.json deno.lock package.json "$src/app/"
-  cp -a "$(realpath node_modules)" "$src/app/node_modules"
+  mkdir -p "$src/app/node_modules" && cp -a "$(realpath node_modules)/." "$src/app/node_modules/"
   # Laid out as in the compiled binary (no build/libflowexporter.so): the agent verifies it and
   # loads it from a sealed memfd, as the compiled variant does.
   install -m 0644 build/libflowexporter.so "$src/app/build/$arch/"
@@ -146,11 +148,13 @@ nofile="$(capped 65536 "$(ulimit -Hn)")"
 nproc="$(capped 4096 "$(ulimit -Hu)")"
 memlock="$(capped -1 "$(ulimit -Hl)")"
 [[ "$memlock" == -1 ]] || memlock="$((memlock * 1024))" # ulimit -l counts KiB, podman bytes
+# The spool is durable state: a host directory, as in production.
+rm -rf "$CONTEXT/state" && install -d -m 0700 "$CONTEXT/state"
 "${PODMAN[@]}" run -d --name "$name" --network host --pid host "${privileges[@]}" \
   --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc" \
   --ulimit "memlock=$memlock:$memlock" --read-only \
   -v /sys/fs/bpf:/sys/fs/bpf -v /sys/kernel/tracing:/sys/kernel/tracing:ro \
-  -v /sys/kernel/btf:/sys/kernel/btf:ro \
+  -v /sys/kernel/btf:/sys/kernel/btf:ro -v "$(realpath "$CONTEXT/state"):/var/lib/flowexporter" \
   "$IMAGE" run --pin-dir "$pin_dir" --poll-ms 50 >/dev/null || fail "podman run failed"
 
 logs() { "${PODMAN[@]}" logs "$name" 2>"$CONTEXT/stderr.log" >"$CONTEXT/stdout.log" || true; }
