@@ -6,7 +6,7 @@
  */
 
 import type { FlowRecord } from "./flow.ts";
-import { encodeFlow, MAX_BATCH_BYTES } from "./wire.ts";
+import { encodeFlowInto, MAX_BATCH_BYTES, maxFlowBytes } from "./wire.ts";
 
 /** Why a window closed. */
 export type CloseReason = "interval" | "records" | "bytes" | "flush";
@@ -21,7 +21,7 @@ export interface ClosedWindow {
   recordCount: number;
   /** Total length of `chunks`, bytes. */
   byteLength: number;
-  /** Concatenated {@linkcode encodeFlow} outputs, ready for `encodeBatch`. */
+  /** The encoded flows, back to back (`encodeFlow` outputs), ready for `encodeBatch`. */
   chunks: Uint8Array[];
   /** Why the window closed. */
   reason: CloseReason;
@@ -73,7 +73,9 @@ export class Batcher {
   #startMs: number;
   #endMs: number;
   #chunks: Uint8Array[] = [];
+  /** Flows are encoded straight into this; the open window's part starts at #chunkStart. */
   #chunk = new Uint8Array(CHUNK_BYTES);
+  #chunkStart = 0;
   #chunkUsed = 0;
   #records = 0;
   #bytes = 0;
@@ -137,9 +139,14 @@ export class Batcher {
    */
   add(record: FlowRecord): void {
     this.tick();
-    const encoded = encodeFlow(record);
-    if (this.#records > 0 && this.#bytes + encoded.length > this.#maxBytes) this.#close("bytes");
-    this.#append(encoded);
+    const room = maxFlowBytes(record);
+    if (this.#chunkUsed + room > this.#chunk.length) this.#newChunk(room);
+    const start = this.#chunkUsed;
+    const size = encodeFlowInto(record, this.#chunk, start) - start;
+    // The flow's bytes stay past #chunkUsed, where the next window starts.
+    if (this.#records > 0 && this.#bytes + size > this.#maxBytes) this.#close("bytes");
+    this.#chunkUsed += size;
+    this.#bytes += size;
     this.#records++;
     if (this.#records >= this.#maxRecords) this.#close("records");
     else if (this.#bytes >= this.#maxBytes) this.#close("bytes");
@@ -180,7 +187,7 @@ export class Batcher {
   }
 
   #emit(endMs: number, reason: CloseReason): void {
-    if (this.#chunkUsed > 0) this.#chunks.push(this.#chunk.subarray(0, this.#chunkUsed));
+    this.#takeChunk();
     const window: ClosedWindow = {
       windowStartNs: msToNs(this.#startMs),
       windowEndNs: msToNs(endMs),
@@ -190,22 +197,25 @@ export class Batcher {
       reason,
     };
     this.#chunks = [];
-    this.#chunk = new Uint8Array(CHUNK_BYTES);
-    this.#chunkUsed = 0;
     this.#records = 0;
     this.#bytes = 0;
     this.#onWindow(window);
   }
 
-  #append(bytes: Uint8Array): void {
-    if (this.#chunkUsed + bytes.length > this.#chunk.length) {
-      if (this.#chunkUsed > 0) this.#chunks.push(this.#chunk.subarray(0, this.#chunkUsed));
-      this.#chunk = new Uint8Array(Math.max(CHUNK_BYTES, bytes.length));
-      this.#chunkUsed = 0;
+  /** Moves the open window's part of the chunk to its chunk list; the chunk stays in use. */
+  #takeChunk(): void {
+    if (this.#chunkUsed > this.#chunkStart) {
+      this.#chunks.push(this.#chunk.subarray(this.#chunkStart, this.#chunkUsed));
     }
-    this.#chunk.set(bytes, this.#chunkUsed);
-    this.#chunkUsed += bytes.length;
-    this.#bytes += bytes.length;
+    this.#chunkStart = this.#chunkUsed;
+  }
+
+  /** Starts a chunk with room for at least `room` bytes. */
+  #newChunk(room: number): void {
+    this.#takeChunk();
+    this.#chunk = new Uint8Array(Math.max(CHUNK_BYTES, room));
+    this.#chunkStart = 0;
+    this.#chunkUsed = 0;
   }
 }
 

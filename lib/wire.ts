@@ -28,6 +28,7 @@
  */
 
 import { Decoder, Encoder } from "cbor-x";
+import { CborWriter, textRoom } from "./_cbor_writer.ts";
 import { TCP_STATES } from "./decode.ts";
 import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "./flow.ts";
 
@@ -122,42 +123,70 @@ export function idempotencyKey(hostname: string, sequence: number): string {
 
 /**
  * Encodes one flow as a CBOR map with the integer keys of `schema/flow_batch.cddl`. Call it
- * as records arrive and concatenate the results; {@linkcode encodeBatch} wraps them.
+ * as records arrive and concatenate the results; {@linkcode encodeBatch} wraps them. A caller
+ * that keeps its own buffer saves the copy with {@linkcode encodeFlowInto}.
  *
  * @param record the flow; validated first, so a bad record can never spoil a whole batch
  * @returns the encoded flow (a view the caller may keep; it is never overwritten)
  * @throws {WireFormatError} when a field is out of range, e.g. a 5-byte `localIp`
  */
 export function encodeFlow(record: FlowRecord): Uint8Array {
-  checkFlow(record, "Flow");
-  // One reused map: building a fresh 24-entry Map per flow halves the encoding rate.
-  return encoder.encode(
-    flowMap
-      .set(0, record.localIp)
-      .set(1, record.localWorkloadId)
-      .set(2, compactInt(record.tStartNs))
-      .set(3, compactInt(record.tEndNs))
-      .set(4, record.family)
-      .set(5, record.localPort)
-      .set(6, record.remoteIp)
-      .set(7, record.remotePort)
-      .set(8, IDENTITY_SOURCE_CODES.get(record.identitySource))
-      .set(9, record.seeded)
-      .set(10, DIRECTION_CODES.get(record.direction))
-      .set(11, TCP_STATE_CODES.get(record.closeState) ?? record.closeState)
-      .set(12, FLOW_END_CODES.get(record.end))
-      .set(13, record.error)
-      .set(14, compactInt(record.bytesSent))
-      .set(15, compactInt(record.bytesAcked))
-      .set(16, compactInt(record.bytesReceived))
-      .set(17, record.segsOut)
-      .set(18, record.segsIn)
-      .set(19, record.totalRetrans)
-      .set(20, record.srttUs)
-      .set(21, record.minRttUs)
-      .set(22, record.delivered)
-      .set(23, record.lost),
-  );
+  const room = maxFlowBytes(record);
+  if (poolUsed + room > pool.length) {
+    pool = new Uint8Array(Math.max(room, POOL_BYTES));
+    poolUsed = 0;
+  }
+  const start = poolUsed;
+  poolUsed = encodeFlowInto(record, pool, start);
+  return pool.subarray(start, poolUsed);
+}
+
+/**
+ * Like {@linkcode encodeFlow}, but writes the flow into `target` from `offset`: the same
+ * bytes, with no allocation. Make room first with {@linkcode maxFlowBytes}.
+ *
+ * @example Flows back to back in one buffer
+ * ```ts
+ * import { encodeFlowInto, maxFlowBytes } from "./wire.ts";
+ * declare const records: import("./flow.ts").FlowRecord[];
+ * const buffer = new Uint8Array(records.reduce((n, r) => n + maxFlowBytes(r), 0));
+ * let used = 0;
+ * for (const record of records) used = encodeFlowInto(record, buffer, used);
+ * const flows = buffer.subarray(0, used); // for encodeBatch
+ * ```
+ *
+ * @param record the flow; validated as it is written (on error, bytes past `offset` may have
+ *   been overwritten, but nothing before it)
+ * @param target the buffer
+ * @param offset where the flow starts in `target`
+ * @returns the offset just past the flow
+ * @throws {WireFormatError} when a field is out of range, e.g. a 5-byte `localIp`
+ * @throws {RangeError} when `target` holds fewer than `maxFlowBytes(record)` bytes from `offset`
+ */
+export function encodeFlowInto(record: FlowRecord, target: Uint8Array, offset: number): number {
+  const room = maxFlowBytes(record);
+  if (!(offset >= 0 && offset + room <= target.length)) {
+    throw new RangeError(
+      `Cannot encode a flow at offset ${offset} of a ${target.length}-byte buffer: it needs up to ${room} bytes from there (make room with maxFlowBytes())`,
+    );
+  }
+  const end = writeFlow(record, target, offset);
+  if (end >= 0) return end;
+  checkFlow(record, "Flow"); // names the field that is out of range
+  // In range but a bigint where a number is declared, or the other way round.
+  return writeFlow(withDeclaredTypes(record), target, offset);
+}
+
+/**
+ * The most bytes {@linkcode encodeFlowInto} writes for `record` (about 160 plus three per
+ * character of its workload ID), so that a caller can make room before encoding.
+ *
+ * @param record the flow, valid or not
+ * @returns an upper bound of the flow's encoded size, bytes
+ */
+export function maxFlowBytes(record: FlowRecord): number {
+  return FLOW_FIXED_ROOM + textRoom(textLength(record.localWorkloadId)) +
+    textRoom(textLength(record.closeState));
 }
 
 /**
@@ -310,6 +339,7 @@ const FLOW_ENDS: readonly FlowEnd[] = [
   "refused",
   "timeout",
   "failed",
+  "unknown",
 ];
 const IDENTITY_SOURCE_CODES = codes(IDENTITY_SOURCES);
 const DIRECTION_CODES = codes(DIRECTIONS);
@@ -373,7 +403,20 @@ const encoder = new Encoder(
   } as ConstructorParameters<typeof Encoder>[0],
 );
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: false });
-const flowMap = new Map<number, unknown>();
+
+// Flows are written by hand (writeFlow), in the bytes cbor-x writes for the same map but about
+// five times faster: no map to fill, no type dispatch per value.
+const writer = new CborWriter();
+// encodeFlow returns views of a pool, as cbor-x does: a copy of its own would cost more than
+// the encoding. A full pool is left to the views that hold it.
+const POOL_BYTES = 64 * 1024;
+let pool = new Uint8Array(POOL_BYTES);
+let poolUsed = 0;
+/**
+ * Room for a flow but its two text strings: map head, 24 keys, 2 addresses, 2 times, 3 byte
+ * counters, 7 uint32 counters, 2 ports, error, 5 one-byte values.
+ */
+const FLOW_FIXED_ROOM = 2 + 24 + 2 * 17 + 2 * 9 + 3 * 9 + 7 * 5 + 2 * 3 + 5 + 5;
 
 function codes<T extends string>(names: readonly T[]): Map<T, number> {
   return new Map(names.map((name, i) => [name, i]));
@@ -398,6 +441,118 @@ function cborHead(major: number, n: number): Uint8Array {
   head[0] = m | 26;
   new DataView(head.buffer).setUint32(1, n);
   return head;
+}
+
+/**
+ * Writes a flow as cbor-x writes the map of keys 0 to 23 (a 24-entry map head, then each key
+ * and its value in key order), checking each field on the way.
+ *
+ * @returns the offset past the flow, or -1 (some bytes may have been written) when a field is
+ *   out of range or not of the type {@linkcode FlowRecord} declares; `target` must have room
+ */
+function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
+  const ipLength = r.family === 4 ? 4 : r.family === 6 ? 16 : -1;
+  const { localIp, remoteIp, localWorkloadId, closeState } = r;
+  const identitySource = IDENTITY_SOURCE_CODES.get(r.identitySource);
+  const direction = DIRECTION_CODES.get(r.direction);
+  const end = FLOW_END_CODES.get(r.end);
+  if (
+    !(localIp instanceof Uint8Array) || localIp.length !== ipLength ||
+    !(remoteIp instanceof Uint8Array) || remoteIp.length !== ipLength ||
+    typeof localWorkloadId !== "string" || typeof closeState !== "string" || closeState === "" ||
+    !isUint64(r.tStartNs) || !isUint64(r.tEndNs) ||
+    !isUint32(r.localPort) || r.localPort > 0xffff ||
+    !isUint32(r.remotePort) || r.remotePort > 0xffff ||
+    identitySource === undefined || direction === undefined || end === undefined ||
+    typeof r.seeded !== "boolean" || !isUint32(r.error) ||
+    !isUint53(r.bytesSent) || !isUint53(r.bytesAcked) || !isUint53(r.bytesReceived) ||
+    !isUint32(r.segsOut) || !isUint32(r.segsIn) || !isUint32(r.totalRetrans) ||
+    !isUint32(r.srttUs) || !isUint32(r.minRttUs) || !isUint32(r.delivered) || !isUint32(r.lost)
+  ) {
+    return -1;
+  }
+  const w = writer;
+  w.reset(target, offset);
+  w.head(0xa0, 24);
+  w.tiny(0);
+  w.byteString(localIp);
+  w.tiny(1);
+  w.text(localWorkloadId);
+  w.tiny(2);
+  w.uint64(r.tStartNs);
+  w.tiny(3);
+  w.uint64(r.tEndNs);
+  w.tiny(4);
+  w.tiny(r.family);
+  w.tiny(5);
+  w.uint(r.localPort);
+  w.tiny(6);
+  w.byteString(remoteIp);
+  w.tiny(7);
+  w.uint(r.remotePort);
+  w.tiny(8);
+  w.tiny(identitySource);
+  w.tiny(9);
+  w.bool(r.seeded);
+  w.tiny(10);
+  w.tiny(direction);
+  w.tiny(11);
+  const state = TCP_STATE_CODES.get(closeState);
+  if (state === undefined) w.text(closeState);
+  else w.tiny(state);
+  w.tiny(12);
+  w.tiny(end);
+  w.tiny(13);
+  w.uint(r.error);
+  w.tiny(14);
+  w.uint(r.bytesSent);
+  w.tiny(15);
+  w.uint(r.bytesAcked);
+  w.tiny(16);
+  w.uint(r.bytesReceived);
+  w.tiny(17);
+  w.uint(r.segsOut);
+  w.tiny(18);
+  w.uint(r.segsIn);
+  w.tiny(19);
+  w.uint(r.totalRetrans);
+  w.tiny(20);
+  w.uint(r.srttUs);
+  w.tiny(21);
+  w.uint(r.minRttUs);
+  w.tiny(22);
+  w.uint(r.delivered);
+  w.tiny(23);
+  w.uint(r.lost);
+  return w.at;
+}
+
+// The fast twins of uint(), uint53() and uint64() below: same ranges, declared types only.
+function isUint32(n: number): boolean {
+  return typeof n === "number" && n >>> 0 === n;
+}
+
+function isUint53(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= 0;
+}
+
+function isUint64(n: bigint): boolean {
+  return typeof n === "bigint" && n >= 0n && n <= UINT64_MAX;
+}
+
+/** A copy of a valid flow with bigint times and number counters, as FlowRecord declares. */
+function withDeclaredTypes(r: FlowRecord): FlowRecord {
+  const copy = { ...r, tStartNs: BigInt(r.tStartNs), tEndNs: BigInt(r.tEndNs) };
+  for (const [key, value] of Object.entries(copy)) {
+    if (typeof value === "bigint" && key !== "tStartNs" && key !== "tEndNs") {
+      (copy as Record<string, unknown>)[key] = Number(value);
+    }
+  }
+  return copy;
+}
+
+function textLength(value: unknown): number {
+  return typeof value === "string" ? value.length : 0;
 }
 
 function decodeFlow(raw: unknown, index: number): FlowRecord {

@@ -20,7 +20,7 @@ kernelTest(
   "the metrics endpoint reports real flows, identity sources, maps and health",
   async () => {
     const port = freePort();
-    await using agent = await AgentProcess.start([
+    await using _agent = await AgentProcess.start([
       "--metrics-listen",
       `127.0.0.1:${port}`,
       "--output",

@@ -8,7 +8,9 @@ import {
   decodeBatch,
   encodeBatch,
   encodeFlow,
+  encodeFlowInto,
   idempotencyKey,
+  maxFlowBytes,
   SCHEMA_VERSION,
   WireFormatError,
 } from "../lib/wire.ts";
@@ -214,7 +216,7 @@ Deno.test("decodeBatch() names the offending field for wrong types and values", 
     ],
     ["Flow 0: t_end_ns must be an unsigned 64-bit integer, got -1", (_, f) => f[0].set(3, -1)],
     ["Flow 0: seeded must be a boolean, got 1", (_, f) => f[0].set(9, 1)],
-    ["Flow 0: end must be an integer from 0 to 5, got 6", (_, f) => f[0].set(12, 6)],
+    ["Flow 0: end must be an integer from 0 to 6, got 7", (_, f) => f[0].set(12, 7)],
     ["Flow 0: close_state must be an integer from 0 to 13, got 14", (_, f) => f[0].set(11, 14)],
     ["Flow 0: family must be 4 or 6, got 5", (_, f) => f[0].set(4, 5)],
     [
@@ -263,4 +265,267 @@ Deno.test("encodeBatch() writes only the schema version it knows", () => {
 
 Deno.test("idempotencyKey() joins hostname and sequence", () => {
   assert.equal(idempotencyKey("node-1", 42), "node-1:42");
+});
+
+// ---------------------------------------------------------------- the hand-written flow writer
+
+/** The codes of the CDDL enumerations, by name (the index is the code). */
+const CODES = {
+  identitySource: ["unknown", "host", "ip-map", "port-map"],
+  direction: ["unknown", "outbound", "inbound"],
+  end: ["normal", "reset", "aborted", "refused", "timeout", "failed", "unknown"],
+  closeState: TCP_STATES as readonly string[],
+};
+
+/**
+ * The flow encoding `lib/wire.ts` used before its hand-written writer: a map of keys 0 to 23
+ * through cbor-x, integers above 2^32 - 1 handed over as bigints (cbor-x writes numbers there
+ * as floats). The reference for the bytes on the wire.
+ */
+function cborXFlow(r: FlowRecord): Uint8Array {
+  const int = (n: number | bigint) =>
+    typeof n === "number"
+      ? (n > 0xffff_ffff ? BigInt(n) : n)
+      : (n >= -0x8000_0000n && n <= 0xffff_ffffn ? Number(n) : n);
+  const state = CODES.closeState.indexOf(r.closeState);
+  const values = [
+    r.localIp,
+    r.localWorkloadId,
+    int(r.tStartNs),
+    int(r.tEndNs),
+    r.family,
+    r.localPort,
+    r.remoteIp,
+    r.remotePort,
+    CODES.identitySource.indexOf(r.identitySource),
+    r.seeded,
+    CODES.direction.indexOf(r.direction),
+    state < 0 ? r.closeState : state,
+    CODES.end.indexOf(r.end),
+    r.error,
+    int(r.bytesSent),
+    int(r.bytesAcked),
+    int(r.bytesReceived),
+    r.segsOut,
+    r.segsIn,
+    r.totalRetrans,
+    r.srttUs,
+    r.minRttUs,
+    r.delivered,
+    r.lost,
+  ];
+  return new Uint8Array(raw.encoder.encode(new Map(values.map((v, key) => [key, v]))));
+}
+
+/** A deterministic pseudo-random generator (mulberry32): integers below `n`. */
+function randomInts(seed: number): (n: number) => number {
+  let a = seed;
+  return (n) => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return (((t ^ (t >>> 14)) >>> 0) % n);
+  };
+}
+
+const WORKLOAD_IDS = [
+  "",
+  "a",
+  "x".repeat(23), // the longest text with a 1-byte head
+  "x".repeat(24),
+  "k8s://payments/api-7d9f8c6b5-x2x9z#main",
+  "x".repeat(63), // cbor-x writes text below 64 UTF-16 units with its own UTF-8 encoder
+  "x".repeat(64), // and longer text with the runtime's
+  "x".repeat(127), // the kernel's longest workload ID
+  "é",
+  "日本",
+  "😀",
+  "k8s://ns/pod-ünïcödé-" + "ß".repeat(20), // ASCII first, then 2-byte characters
+  "é".repeat(63) + "a", // 127 bytes in 64 units
+  "日".repeat(42) + "a", // 127 bytes in 43 units
+  "😀".repeat(31) + "abc", // 127 bytes, 31 surrogate pairs
+  "x".repeat(255),
+  "x".repeat(256), // a 3-byte head
+  "é".repeat(200),
+  // Not all ASCII: the head is reserved for 3 bytes per unit, then shrunk to the bytes written.
+  "é" + "x".repeat(9), // 2 reserved, 1 written
+  "é" + "x".repeat(99), // 3 reserved, 2 written
+  "é" + "x".repeat(29_999), // 5 reserved, 3 written; larger than encodeFlow's pool
+  "日".repeat(30_000), // 5 reserved and written
+];
+const CLOSE_STATES = [...TCP_STATES, "STATE_14", "s".repeat(30), "ÉTAT"];
+const TIMES = [
+  0n,
+  23n,
+  24n,
+  0xffff_ffffn,
+  0x1_0000_0000n,
+  1_767_225_600_123_456_789n,
+  (1n << 63n) - 1n,
+  1n << 63n,
+  (1n << 64n) - 1n,
+];
+const UINT32S = [0, 1, 23, 24, 255, 256, 65_535, 65_536, 0xffff_ffff];
+const UINT53S = [...UINT32S, 0x1_0000_0000, 1_234_567_890_123, Number.MAX_SAFE_INTEGER];
+const PORTS = [0, 23, 24, 255, 256, 443, 65_535];
+
+/** `count` flows with every field drawn from the edge values above, IPs sometimes views. */
+function variedFlows(count: number, seed = 1): FlowRecord[] {
+  const next = randomInts(seed);
+  const pick = <T>(values: readonly T[]): T => values[next(values.length)];
+  const pool = new Uint8Array(4096);
+  const ip = (length: number) => {
+    const bytes = Uint8Array.from({ length }, () => next(256));
+    if (next(2) === 0) return bytes;
+    const at = next(pool.length - length); // a view into a larger buffer, as lib/decode.ts makes
+    pool.set(bytes, at);
+    return pool.subarray(at, at + length);
+  };
+  return Array.from({ length: count }, () => {
+    const family = pick([4, 6] as const);
+    return {
+      family,
+      localIp: ip(family === 4 ? 4 : 16),
+      localPort: pick(PORTS),
+      remoteIp: ip(family === 4 ? 4 : 16),
+      remotePort: pick(PORTS),
+      localWorkloadId: pick(WORKLOAD_IDS),
+      identitySource: pick(CODES.identitySource) as FlowRecord["identitySource"],
+      tStartNs: pick(TIMES),
+      tEndNs: pick(TIMES),
+      seeded: next(2) === 1,
+      direction: pick(CODES.direction) as FlowRecord["direction"],
+      closeState: pick(CLOSE_STATES),
+      end: pick(CODES.end) as FlowRecord["end"],
+      error: pick(UINT32S),
+      bytesSent: pick(UINT53S),
+      bytesAcked: pick(UINT53S),
+      bytesReceived: pick(UINT53S),
+      segsOut: pick(UINT32S),
+      segsIn: pick(UINT32S),
+      totalRetrans: pick(UINT32S),
+      srttUs: pick(UINT32S),
+      minRttUs: pick(UINT32S),
+      delivered: pick(UINT32S),
+      lost: pick(UINT32S),
+    };
+  });
+}
+
+Deno.test("encodeFlow() writes the same bytes as cbor-x did, for every edge value", async (t) => {
+  const records = [
+    ...variedFlows(3000),
+    ...Array.from({ length: 200 }, (_, i) => syntheticFlow(i)),
+  ];
+  await t.step("every field's edge values occur", () => {
+    for (const value of WORKLOAD_IDS) assert.ok(records.some((r) => r.localWorkloadId === value));
+    for (const value of CLOSE_STATES) assert.ok(records.some((r) => r.closeState === value));
+    for (const value of TIMES) assert.ok(records.some((r) => r.tEndNs === value));
+    for (const value of UINT53S) assert.ok(records.some((r) => r.bytesReceived === value));
+    for (const value of CODES.end) assert.ok(records.some((r) => r.end === value));
+  });
+  await t.step("encodeFlow() output equals cbor-x's, and stays so", () => {
+    const encoded = records.map(encodeFlow);
+    records.forEach((r, i) => assert.deepEqual(encoded[i], cborXFlow(r), `flow ${i}`));
+    records.forEach((r, i) => assert.deepEqual(encoded[i], cborXFlow(r), `flow ${i}, later`));
+  });
+  await t.step("encodeFlowInto() writes the same bytes, only where told", () => {
+    const buffer = new Uint8Array(records.reduce((n, r) => n + maxFlowBytes(r), 0) + 14);
+    buffer.fill(0xaa);
+    let offset = 7;
+    for (const [i, r] of records.entries()) {
+      const end = encodeFlowInto(r, buffer, offset);
+      assert.deepEqual(buffer.slice(offset, end), cborXFlow(r), `flow ${i}`);
+      assert.ok(end - offset <= maxFlowBytes(r), `flow ${i}: ${end - offset} bytes`);
+      offset = end;
+    }
+    assert.ok(buffer.subarray(0, 7).every((b) => b === 0xaa), "nothing written before");
+    assert.ok(buffer.subarray(offset).every((b) => b === 0xaa), "nothing written after");
+  });
+  await t.step("decodeBatch() returns the flows", () => {
+    assert.deepEqual(decodeBatch(batchOf(records)).flows, records);
+  });
+});
+
+Deno.test("encodeFlowInto() refuses a buffer without room for the worst case", () => {
+  const record = syntheticFlow(1);
+  const buffer = new Uint8Array(maxFlowBytes(record) + 9);
+  assert.throws(() => encodeFlowInto(record, buffer, 10), {
+    name: "RangeError",
+    message: `Cannot encode a flow at offset 10 of a ${buffer.length}-byte buffer: it needs up to ${
+      maxFlowBytes(record)
+    } bytes from there (make room with maxFlowBytes())`,
+  });
+  assert.ok(buffer.every((b) => b === 0), "nothing written");
+  assert.deepEqual(buffer.slice(9, encodeFlowInto(record, buffer, 9)), cborXFlow(record));
+});
+
+Deno.test("encodeFlow() refuses every out-of-range field, naming it", () => {
+  const base = syntheticFlow(1);
+  const cases: [keyof FlowRecord, string, unknown[]][] = [
+    ["family", "family", [5, "4", undefined]],
+    ["localIp", "local_ip", [new Uint8Array(5), new Uint8Array(16), [10, 0, 0, 1], "10.0.0.1"]],
+    ["remoteIp", "remote_ip", [new Uint8Array(0), new Uint16Array(4), null]],
+    ["localPort", "local_port", [-1, 65_536, 1.5, NaN, "80", 70_000n]],
+    ["remotePort", "remote_port", [-1, 65_536, Infinity]],
+    ["localWorkloadId", "local_workload_id", [5, undefined, null]],
+    ["identitySource", "identity_source", ["dns", undefined]],
+    ["tStartNs", "t_start_ns", [-1n, 1n << 64n, -1, 1.5, "1", undefined]],
+    ["tEndNs", "t_end_ns", [-1n, 1n << 64n]],
+    ["seeded", "seeded", [1, "true", undefined]],
+    ["direction", "direction", ["sideways", 1]],
+    ["closeState", "close_state", ["", 7, undefined]],
+    ["end", "end", ["crash", 0]],
+    ["error", "error", [-1, 2 ** 32, 0.5, 1n << 32n]],
+    ["bytesSent", "bytes_sent", [-1, 2 ** 53, 1.5, Infinity, 1n << 53n]],
+    ["bytesAcked", "bytes_acked", [-1, 2 ** 53]],
+    ["bytesReceived", "bytes_received", [-0.5, 2 ** 60]],
+    ["segsOut", "segs_out", [-1, 2 ** 32]],
+    ["segsIn", "segs_in", [-1, 2 ** 32]],
+    ["totalRetrans", "total_retrans", [-1, 2 ** 32]],
+    ["srttUs", "srtt_us", [-1, 2 ** 32]],
+    ["minRttUs", "min_rtt_us", [-1, 2 ** 32]],
+    ["delivered", "delivered", [-1, 2 ** 32]],
+    ["lost", "lost", [-1, 2 ** 32, "0"]],
+  ];
+  for (const [field, name, values] of cases) {
+    for (const value of values) {
+      const record = { ...base, [field]: value } as FlowRecord;
+      assert.throws(() => encodeFlow(record), (error: unknown) => {
+        assert.ok(error instanceof WireFormatError, `${field}: ${String(value)}`);
+        assert.ok(error.message.startsWith(`Flow: ${name} `), error.message);
+        return true;
+      });
+    }
+  }
+});
+
+Deno.test("a flow with bigint counters or number times is written as if typed as declared", () => {
+  const declared: FlowRecord = { ...syntheticFlow(5), tStartNs: 7n, bytesSent: 2 ** 40 };
+  const loose = {
+    ...declared,
+    tStartNs: 7,
+    tEndNs: Number(declared.tEndNs),
+    bytesSent: 2n ** 40n,
+    bytesAcked: BigInt(declared.bytesAcked),
+  } as unknown as FlowRecord;
+  assert.deepEqual(encodeFlow(loose), cborXFlow(loose), "what cbor-x wrote for these");
+  const uint32s = { ...declared, localPort: 443n, error: 0n, lost: 3n } as unknown as FlowRecord;
+  assert.deepEqual(
+    encodeFlow(uint32s),
+    cborXFlow({ ...declared, localPort: 443, error: 0, lost: 3 }),
+    "the shortest form, where cbor-x wrote these bigints in 8 bytes",
+  );
+});
+
+Deno.test("encodeFlow() writes a lone surrogate as U+FFFD, so the text is valid UTF-8", () => {
+  // cbor-x wrote it as an invalid 3-byte sequence in text of fewer than 64 UTF-16 units.
+  const record = { ...syntheticFlow(1), localWorkloadId: "pod-\ud800" };
+  const bytes = encodeFlow(record);
+  const text = new TextEncoder().encode("pod-\ufffd");
+  assert.ok(
+    bytes.some((_, i) => text.every((b, j) => bytes[i + j] === b)),
+    "the replacement character",
+  );
+  assert.equal(decodeBatch(batchOf([record])).flows[0].localWorkloadId, "pod-\ufffd");
 });
