@@ -382,7 +382,9 @@ int on_state_tp(struct trace_event_raw_inet_sock_set_state *args)
  * A socket destroyed with state still in `flows` closed without its CLOSE
  * run: the kernel skips a tracepoint program that would nest on a CPU
  * (recursion_misses). Emit its record now (close state unknown); this is
- * also the one cleanup path for state the CLOSE run did not delete.
+ * also the one cleanup path for state the CLOSE run did not delete. Both
+ * destroy programs may run for one socket: the first emits and deletes, the
+ * second finds nothing.
  */
 static __always_inline int handle_destroy(void *ctx, const struct sock *sk)
 {

@@ -56,12 +56,18 @@ function instanceId(): string | undefined {
   }
 }
 
+/** Reused for every slice of JSON lines (an agent's output is its hottest allocation). */
+let jsonBytes = new Uint8Array(256 * 1024);
+
 /** Writes JSON lines to stdout in slices: one multi-megabyte string costs more than many small. */
 function writeJsonLines(records: FlowRecord[]): void {
   for (let i = 0; i < records.length; i += 256) {
     let text = "";
     for (const r of records.slice(i, i + 256)) text += formatFlowJson(r) + "\n";
-    writeAllSync(Deno.stdout, encoder.encode(text));
+    // UTF-8 takes at most 3 bytes per UTF-16 unit.
+    if (text.length * 3 > jsonBytes.length) jsonBytes = new Uint8Array(text.length * 3);
+    const { written } = encoder.encodeInto(text, jsonBytes);
+    writeAllSync(Deno.stdout, jsonBytes.subarray(0, written));
   }
 }
 

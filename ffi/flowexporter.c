@@ -325,7 +325,12 @@ FE_API int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, u
 	bpf_program__set_autoload(a->skel->progs.on_state_btf, !a->classic);
 	bpf_program__set_autoload(a->skel->progs.on_destroy_btf, !a->classic);
 	bpf_program__set_autoload(a->skel->progs.on_state_tp, a->classic);
-	bpf_program__set_autoload(a->skel->progs.on_destroy_tp, a->classic);
+	/*
+	 * The classic destroy program runs beside the BTF one as a second net: it
+	 * is skipped under a different recursion guard (bpf_prog_active, not the
+	 * program's own), so a destroy that nests on a CPU reaches one of the two.
+	 */
+	bpf_program__set_autoload(a->skel->progs.on_destroy_tp, true);
 	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
 
 	err = flowexporter_bpf__load(a->skel);

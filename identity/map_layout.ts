@@ -140,7 +140,8 @@ export function parseIp(text: string): Uint8Array {
  * @throws {RangeError} when `bytes` is neither 4 nor 16 bytes long.
  */
 export function formatIp(bytes: Uint8Array): string {
-  if (bytes.length === 4) return bytes.join(".");
+  // A template, not `join`: the JSON output formats two addresses per flow.
+  if (bytes.length === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
   if (bytes.length !== 16) {
     throw new RangeError(`Cannot format IP address: ${bytes.length} bytes (expected 4 or 16)`);
   }

@@ -248,11 +248,7 @@ export class Sender {
       }
       return this.#token.value;
     } catch (error) {
-      const why = error instanceof Deno.errors.NotFound
-        ? "no such file"
-        : error instanceof Error
-        ? error.message
-        : String(error);
+      const why = readFailure(error);
       throw new Error(`Cannot read bearer token file ${path}: ${why} (check the token file path)`, {
         cause: error,
       });
@@ -260,15 +256,17 @@ export class Sender {
   }
 }
 
+/** Why reading a file failed, for a one-line error. */
+function readFailure(error: unknown): string {
+  if (error instanceof Deno.errors.NotFound) return "no such file";
+  return error instanceof Error ? error.message : String(error);
+}
+
 async function readPem(path: string, what: string): Promise<string> {
   try {
     return await Deno.readTextFile(path);
   } catch (error) {
-    const why = error instanceof Deno.errors.NotFound
-      ? "no such file"
-      : error instanceof Error
-      ? error.message
-      : String(error);
+    const why = readFailure(error);
     throw new SenderConfigError(`Cannot read ${what} ${path}: ${why} (check the ${what} path)`, {
       cause: error,
     });
