@@ -130,6 +130,7 @@ export async function run(v: Config): Promise<number> {
     maxRecords: v.batchMaxRecords,
     maxBytes: v.batchMaxBytes,
     spoolMaxBytes: v.spoolMaxBytes,
+    gzipLevel: v.gzipLevel,
     tokenFile: v.tokenFile,
     caFile: v.caFile,
     certFile: v.clientCert,

@@ -142,6 +142,11 @@ Deno.test("loadConfig() names the key and its source in every error", async (t) 
       `Invalid config key "ring_byts" in ${DEFAULT_CONFIG_FILE} (did you mean "ring_bytes"?)`,
     ],
     [
+      "a gzip level out of range",
+      () => loadConfig(["--gzip-level", "10"], {}, NONE),
+      'Invalid --gzip-level "10": expected an integer from 1 to 9',
+    ],
+    [
       "a bad environment value",
       () => loadConfig([], { FLOWEXPORTER_POLL_MS: "abc" }, NONE),
       'Invalid FLOWEXPORTER_POLL_MS "abc": expected an integer from 1 to 60000',
