@@ -108,7 +108,7 @@ dev: build
 	$(Q)$(DENO) task dev
 
 # The README's test command. Deno prints its own summary; CI reads it.
-test: build
+test: build $(BUILD)/churn
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 
 $(BUILD)/churn: bench/churn.c | $(BUILD)/.apt-stamp

@@ -175,3 +175,55 @@ kernelTest("sockets open before the agent starts are seeded and still recorded",
   const [srv] = await agent.waitForRecords(socketRecord(serverPort, clientPort), 1);
   assert.equal(srv.seeded, true);
 });
+
+/** The C connection-churn generator of the benchmark, built by `make test`. */
+const CHURN = new URL("../build/churn", import.meta.url).pathname;
+
+kernelTest("under connection churn every closed socket yields exactly one record", async () => {
+  // A grid of its own (127.78.0.1–4 × 2 ports) so other tests' flows never count here.
+  const grid = { firstAddr: "127.78.0.1", addrs: 4, portBase: 21000, ports: 2 };
+  const onGrid = (ip: unknown, port: unknown) =>
+    typeof ip === "string" && ip.startsWith("127.78.0.") &&
+    Number(ip.slice(9)) <= grid.addrs && (port as number) >= grid.portBase &&
+    (port as number) < grid.portBase + grid.ports;
+  await using agent = await AgentProcess.start();
+  const out = await new Deno.Command(CHURN, {
+    args: [
+      ...["--duration", "2", "--rate", "20000", "--first-addr", grid.firstAddr],
+      ...[
+        "--addrs",
+        `${grid.addrs}`,
+        "--port-base",
+        `${grid.portBase}`,
+        "--ports",
+        `${grid.ports}`,
+      ],
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output().catch((error) => {
+    throw new Error(`Cannot run ${CHURN} (make test builds it from bench/churn.c): ${error}`);
+  });
+  assert.ok(out.success, "the churn generator ran");
+  const churn = JSON.parse(new TextDecoder().decode(out.stdout));
+  assert.ok(churn.connections > 10_000, `${churn.connections} connections`);
+  // Server sockets have their local end on the grid; client sockets, their remote end.
+  const server = (r: FlowJson) => onGrid(r.local_ip, r.local_port);
+  const client = (r: FlowJson) => onGrid(r.remote_ip, r.remote_port);
+  await agent.waitForRecords((r) => server(r) || client(r), churn.sockets_closed, 30_000);
+  const servers = agent.records.filter(server);
+  const clients = agent.records.filter(client);
+  // Exactly one record per socket: ephemeral ports are reused, so count rather than match tuples.
+  assert.equal(servers.length, churn.accepted, "one record per accepted socket");
+  assert.equal(clients.length, churn.sockets_closed - churn.accepted, "one per client socket");
+  assert.ok(servers.every((r) => r.direction === "inbound"));
+  assert.ok(clients.every((r) => r.direction === "outbound"));
+  assert.ok(agent.records.every((r) => (r.t_start_ns as bigint) <= (r.t_end_ns as bigint)));
+  // Records whose CLOSE run the kernel skipped were made at destroy; never more than the misses.
+  assert.equal(await agent.stop(), 0);
+  const stop = /kernel drops (\d+), recursion misses (\d+)/.exec(agent.stderrLines.join("\n"));
+  assert.ok(stop, "the stop line reports drops and misses");
+  assert.equal(Number(stop[1]), 0, "no kernel drops");
+  const recovered = [...servers, ...clients].filter((r) => r.close_state === "UNKNOWN").length;
+  assert.ok(recovered <= Number(stop[2]), `${recovered} recovered, ${stop[2]} misses`);
+});
