@@ -7,6 +7,8 @@
  * JavaScript.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <linux/perf_event.h>
 #include <stdarg.h>
@@ -259,6 +261,24 @@ static struct bpf_link *attach(struct bpf_program *prog)
 	return bpf_program__autoload(prog) ? bpf_program__attach(prog) : NULL;
 }
 
+/*
+ * The verifier gives up with EAGAIN when a signal is pending, and libbpf
+ * retries only a few times: a runtime that signals its threads often (a
+ * sampling profiler sends SIGPROF every millisecond) could never load the
+ * program. Signals that arrive during the load are delivered after it.
+ */
+static int load_unsignalled(struct flowexporter_bpf *skel)
+{
+	sigset_t all, saved;
+	int err;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &saved);
+	err = flowexporter_bpf__load(skel);
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	return err;
+}
+
 FE_API void fe_close(struct fe_agent *a);
 
 /*
@@ -333,7 +353,7 @@ FE_API int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, u
 	bpf_program__set_autoload(a->skel->progs.on_destroy_tp, true);
 	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
 
-	err = flowexporter_bpf__load(a->skel);
+	err = load_unsignalled(a->skel);
 	if (err)
 		goto cleanup;
 

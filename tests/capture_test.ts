@@ -176,6 +176,25 @@ kernelTest("sockets open before the agent starts are seeded and still recorded",
   assert.equal(srv.seeded, true);
 });
 
+kernelTest(
+  "the program loads while the runtime's sampling profiler signals every millisecond",
+  async () => {
+    // The verifier gives up when a signal is pending; the shim blocks signals around the load.
+    const logDir = await Deno.makeTempDir({ prefix: "flowexporter-prof-" });
+    try {
+      await using agent = await AgentProcess.start([], {
+        DENO_V8_FLAGS: `--prof,--logfile=${logDir}/v8.log`,
+      });
+      const x = await exchange("127.0.0.1", 10, 20, "client");
+      await pair(agent, x);
+      const logs = [...Deno.readDirSync(logDir)];
+      assert.ok(logs.length > 0, "the profiler ran");
+    } finally {
+      await Deno.remove(logDir, { recursive: true });
+    }
+  },
+);
+
 /** The C connection-churn generator of the benchmark, built by `make test`. */
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
 
