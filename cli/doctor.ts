@@ -43,6 +43,7 @@ import {
   type ReadTextFile,
 } from "./config.ts";
 import { inspectInstanceLock, type LockState } from "./instance_lock.ts";
+import { errorText } from "../lib/_error_text.ts";
 
 /** The outcome of one check. */
 export type CheckStatus = "pass" | "warn" | "fail" | "skip";
@@ -601,8 +602,4 @@ async function dirState(path: string): Promise<DirState> {
 
 function mib(bytes: number): string {
   return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

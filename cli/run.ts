@@ -26,6 +26,7 @@ import { writeAllSync } from "./_io.ts";
 import { type Config, OPTIONS_HELP } from "./config.ts";
 import { acquireInstanceLock } from "./instance_lock.ts";
 import { Liveness, registerProcessMetrics, startMetricsServer } from "./metrics_server.ts";
+import { errorText } from "../lib/_error_text.ts";
 
 /** `flowexporter run --help`. */
 export const RUN_HELP = `Usage: flowexporter run [options]
@@ -189,7 +190,12 @@ export async function run(v: Config): Promise<number> {
       stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`
     })`,
   );
-  const stopped = terminationSignal();
+  let stopForOutput = () => {};
+  const stopped = Promise.race([
+    terminationSignal(),
+    new Promise<void>((resolve) => stopForOutput = resolve),
+  ]);
+  let jsonOutput = v.output === "json";
   {
     await using _source = new FlowSource(agent, {
       timeoutMs: v.pollMs,
@@ -197,7 +203,22 @@ export async function run(v: Config): Promise<number> {
       onRecords: (bytes) => {
         const records = decodeFlows(bytes, clock.offsetNs());
         captured += records.length;
-        if (v.output === "json") writeJsonLines(records);
+        if (jsonOutput) {
+          try {
+            writeJsonLines(records);
+          } catch (error) {
+            // Its reader went away (`| head`, a restarted log pipe): stop as on SIGTERM, so the
+            // open window still reaches the spool, and exit 1 so a supervisor restarts us.
+            jsonOutput = false;
+            failure = new Error(
+              `Cannot write flow records to stdout: ${
+                errorText(error)
+              }; stopping (every record captured is in the spool)`,
+            );
+            log.error(failure.message);
+            stopForOutput();
+          }
+        }
         let oldestEnd = records[0].tEndNs;
         for (const r of records) {
           shipper.add(r);

@@ -25,6 +25,7 @@ import {
   PORT_WORKLOAD_MAP,
 } from "./map_layout.ts";
 import { type IdentityMaps, type WorkloadEntry, WorkloadMaps } from "./workload_maps.ts";
+import { errorText } from "../lib/_error_text.ts";
 
 /** Where the command writes; each call gets one complete line or block, without the final newline. */
 export interface CommandOutput {
@@ -107,13 +108,13 @@ export async function runIdentityCommand(
       throw error;
     }
   } catch (error) {
-    out.stderr(message(error));
+    out.stderr(errorText(error));
     return EXIT.failed;
   }
   try {
     return action.run(maps, out);
   } catch (error) {
-    out.stderr(message(error));
+    out.stderr(errorText(error));
     return EXIT.failed;
   } finally {
     maps.close();
@@ -140,7 +141,7 @@ function parse(args: string[]): Action {
     });
   } catch (error) {
     // parseArgs appends a long hint after the first sentence; keep the first sentence.
-    throw new UsageError(`${message(error).split(". ")[0].replace(/\.$/, "")} ${SEE_HELP}`);
+    throw new UsageError(`${errorText(error).split(". ")[0].replace(/\.$/, "")} ${SEE_HELP}`);
   }
   const { values, positionals } = parsed;
   const [command, ...rest] = positionals;
@@ -273,8 +274,4 @@ function row(entry: WorkloadEntry): string[] {
     ? entry.workload
     : `${JSON.stringify(entry.workload)} (unusable: ${entry.problem})`;
   return [entry.kind, entry.ip, port, workload];
-}
-
-function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -24,6 +24,7 @@ import { X509Certificate } from "node:crypto";
 import { dirname } from "node:path";
 import { MapLayoutError, validateWorkloadId } from "./map_layout.ts";
 import { x509Names } from "./_x509_names.ts";
+import { errorText } from "../lib/_error_text.ts";
 
 /** Where the agent looks for the host identity certificate unless told otherwise. */
 export const DEFAULT_CERT_PATH = "/etc/flowexporter/identity.pem";
@@ -472,8 +473,4 @@ function closeWatcher(watcher: Deno.FsWatcher | undefined): void {
   } catch {
     // Already closed.
   }
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

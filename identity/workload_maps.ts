@@ -31,6 +31,7 @@ import {
   PORT_KEY_SIZE,
   PORT_WORKLOAD_MAP,
 } from "./map_layout.ts";
+import { errorText } from "../lib/_error_text.ts";
 
 /**
  * One BPF map, by bytes. The agent implements it over the bpf() syscall (ffi/); tests use an
@@ -173,7 +174,7 @@ function write(map: BpfMap, name: string, key: Uint8Array, value: Uint8Array, wh
     map.update(key, value);
   } catch (cause) {
     throw new Error(
-      `Cannot set ${name} entry for ${where}: ${problemOf(cause)}${capacityHint(map, name, key)}`,
+      `Cannot set ${name} entry for ${where}: ${errorText(cause)}${capacityHint(map, name, key)}`,
       { cause },
     );
   }
@@ -197,7 +198,7 @@ function portEntry(key: Uint8Array, value: Uint8Array): WorkloadEntry {
   } catch (error) {
     // Show the entry anyway, with why the BPF lookup cannot match it.
     const { ip, port } = decodePortKey(key.slice().fill(0, 6));
-    return { kind: "port", ip: formatIp(ip), port, workload, problem: problemOf(error) };
+    return { kind: "port", ip: formatIp(ip), port, workload, problem: errorText(error) };
   }
 }
 
@@ -208,7 +209,7 @@ function workloadOf(value: Uint8Array): { workload: string; problem: { problem?:
   } catch (error) {
     const end = value.indexOf(0);
     const lossy = new TextDecoder().decode(end < 0 ? value : value.subarray(0, end));
-    return { workload: lossy, problem: { problem: problemOf(error) } };
+    return { workload: lossy, problem: { problem: errorText(error) } };
   }
 }
 
@@ -225,8 +226,4 @@ function fillOf(map: BpfMap): MapFill {
 function byKey([a]: [Uint8Array, unknown], [b]: [Uint8Array, unknown]): number {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i];
   return 0;
-}
-
-function problemOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -12,6 +12,7 @@
 import { type Logger, silentLogger } from "./_logger.ts";
 import { sleep } from "./_sleep.ts";
 import { CBOR_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER } from "./wire.ts";
+import { errorText } from "./_error_text.ts";
 
 /** Options of {@linkcode Sender.create}. */
 export interface SenderOptions {
@@ -259,7 +260,7 @@ export class Sender {
 /** Why reading a file failed, for a one-line error. */
 function readFailure(error: unknown): string {
   if (error instanceof Deno.errors.NotFound) return "no such file";
-  return error instanceof Error ? error.message : String(error);
+  return errorText(error);
 }
 
 async function readPem(path: string, what: string): Promise<string> {
@@ -290,7 +291,7 @@ function describeError(error: unknown): string {
   const parts = [error.message];
   for (let e = error; e instanceof TypeError && e.cause !== undefined && parts.length < 4;) {
     e = e.cause as Error;
-    parts.push(e instanceof Error ? e.message : String(e));
+    parts.push(errorText(e));
   }
   return parts.join(": ");
 }

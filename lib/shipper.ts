@@ -31,6 +31,7 @@ import {
   SCHEMA_VERSION,
   WireFormatError,
 } from "./wire.ts";
+import { errorText } from "./_error_text.ts";
 
 export type { Logger, LogLevel } from "./_logger.ts";
 
@@ -332,7 +333,7 @@ export class Shipper {
       this.#log(
         "error",
         `Cannot spool batch ${sequence ?? "(no sequence)"} of ${window.recordCount} flows: ${
-          error instanceof Error ? error.message : String(error)
+          errorText(error)
         } (the flows are lost; check the spool directory ${this.#options.spoolDir})`,
       );
     } finally {
@@ -348,9 +349,7 @@ export class Shipper {
       if (fallback === undefined) throw error;
       this.#log(
         "warn",
-        `Cannot get the ${what} for a batch: ${
-          error instanceof Error ? error.message : String(error)
-        } (using the previous one)`,
+        `Cannot get the ${what} for a batch: ${errorText(error)} (using the previous one)`,
       );
       return fallback;
     }
@@ -410,9 +409,7 @@ export class Shipper {
         spool.release(entry);
         this.#log(
           "error",
-          `Cannot ship batch ${entry.sequence}: ${
-            error instanceof Error ? error.message : String(error)
-          } (retrying in 1 s)`,
+          `Cannot ship batch ${entry.sequence}: ${errorText(error)} (retrying in 1 s)`,
         );
         await sleep(1000, signal);
       }

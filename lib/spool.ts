@@ -19,6 +19,7 @@ import { gunzip } from "./_gzip.ts";
 import { type Logger, silentLogger } from "./_logger.ts";
 import { decodeBatch, MAX_BATCH_BYTES } from "./wire.ts";
 import type { BatchHeader } from "./wire.ts";
+import { errorText } from "./_error_text.ts";
 
 /** Options of {@linkcode Spool.open}. */
 export interface SpoolOptions {
@@ -215,7 +216,7 @@ export class Spool {
       try {
         body = await Deno.readFile(entry.path);
       } catch (error) {
-        this.#log("warn", `Cannot read spooled batch ${entry.path}: ${message(error)} (skipped)`);
+        this.#log("warn", `Cannot read spooled batch ${entry.path}: ${errorText(error)} (skipped)`);
         this.#drop(entry);
         return undefined;
       }
@@ -228,7 +229,7 @@ export class Spool {
           entry.header = header;
           this.#verified.add(entry);
         } catch (error) {
-          await this.#setAside(entry.path, CORRUPT, `is corrupt: ${message(error)}`);
+          await this.#setAside(entry.path, CORRUPT, `is corrupt: ${errorText(error)}`);
           this.#drop(entry);
           return undefined;
         }
@@ -372,7 +373,7 @@ export class Spool {
       if (!valid) throw new Error("unexpected content");
       return state;
     } catch (error) {
-      await this.#setAside(path, CORRUPT, `is corrupt: ${message(error)}`);
+      await this.#setAside(path, CORRUPT, `is corrupt: ${errorText(error)}`);
       return undefined;
     }
   }
@@ -420,7 +421,10 @@ export class Spool {
       const moved = await this.#moveAside(path, sub);
       this.#log("warn", `Spool file ${path} ${why}: moved to ${moved}`);
     } catch (error) {
-      this.#log("warn", `Spool file ${path} ${why}, and cannot be moved aside: ${message(error)}`);
+      this.#log(
+        "warn",
+        `Spool file ${path} ${why}, and cannot be moved aside: ${errorText(error)}`,
+      );
     }
   }
 
@@ -463,8 +467,4 @@ async function hasGzipMagic(path: string): Promise<boolean> {
   const head = new Uint8Array(2);
   const n = await file.read(head);
   return n === 2 && head[0] === 0x1f && head[1] === 0x8b;
-}
-
-function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

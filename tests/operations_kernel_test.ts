@@ -1,11 +1,13 @@
 /**
  * Operating the real agent: metrics after real flows, health, the
- * single-instance guard, doctor on this machine.
+ * single-instance guard, doctor on this machine, a closed stdout.
  */
 import assert from "node:assert/strict";
 import { AgentProcess, kernelTest } from "./_agent.ts";
 import { freePort } from "./_collector.ts";
 import { churn } from "./_traffic.ts";
+import { gunzip } from "../lib/_gzip.ts";
+import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -104,4 +106,47 @@ kernelTest("doctor finds this machine ready and says so line by line", async () 
     assert.match(text, check);
   }
   assert.match(text, /certificate/i);
+});
+
+kernelTest("a closed stdout stops the agent cleanly, with every record in the spool", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flowexporter-stdout-" });
+  const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        ...["run", "--allow-all", MAIN, "run", "--pin-dir", pinDir, "--lock-file", `${dir}/lock`],
+        ...["--spool-dir", `${dir}/spool`, "--cert-path", `${dir}/none.pem`],
+      ],
+      stdout: "piped",
+      stderr: "piped",
+      env: { FLOWEXPORTER_CONFIG: "", NO_COLOR: "1" },
+    }).spawn();
+    const stderr = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    let log = "";
+    while (!log.includes("capturing TCP flows")) {
+      const { value, done } = await stderr.read();
+      assert.ok(!done, `the agent exited early:\n${log}`);
+      log += value;
+    }
+    // The reader goes away, as `flowexporter run | head -1` does once head has its line.
+    await child.stdout.cancel();
+    await churn("127.0.0.1", 20);
+    const status = await child.status;
+    for (let r = await stderr.read(); !r.done; r = await stderr.read()) log += r.value;
+    assert.equal(status.code, 1, `exit 1 for a supervisor to see:\n${log}`);
+    assert.match(log, /Cannot write flow records to stdout: .*; stopping/);
+    const records = Number(/stopped \(records (\d+),/.exec(log)?.[1]);
+    assert.ok(records >= 40, `${records} records: 2 per connection`);
+    const spooled = [...Deno.readDirSync(`${dir}/spool`)].filter((e) => e.name.endsWith(".gz"));
+    assert.ok(spooled.length > 0, "the open window went to the spool");
+    let flows = 0; // a minute boundary during the test makes two batches
+    for (const file of spooled) {
+      const body = await Deno.readFile(`${dir}/spool/${file.name}`);
+      flows += decodeBatch(await gunzip(body, MAX_BATCH_BYTES)).flows.length;
+    }
+    assert.equal(flows, records, "every record captured is in the spool");
+  } finally {
+    await Deno.remove(pinDir, { recursive: true }).catch(() => {});
+    await Deno.remove(dir, { recursive: true });
+  }
 });
