@@ -82,10 +82,18 @@ function terminationSignal(): Promise<string> {
 }
 
 /** Per-batch bookkeeping of identity sources and worker lag, for the metrics. */
-function countSources(records: FlowRecord[]): Record<IdentitySource, number> {
-  const counts = { "port-map": 0, "ip-map": 0, host: 0, unknown: 0 };
-  for (const r of records) counts[r.identitySource]++;
-  return counts;
+/** Records per identity source, and those made at destroy (the kernel skipped the close). */
+function countRecords(records: FlowRecord[]): {
+  sources: Record<IdentitySource, number>;
+  recovered: number;
+} {
+  const sources = { "port-map": 0, "ip-map": 0, host: 0, unknown: 0 };
+  let recovered = 0;
+  for (const r of records) {
+    sources[r.identitySource]++;
+    if (r.closeState === "UNKNOWN") recovered++;
+  }
+  return { sources, recovered };
 }
 
 /** Runs the capture until SIGINT/SIGTERM; returns the exit code. */
@@ -184,6 +192,7 @@ export async function run(v: Config): Promise<number> {
 
   let failure: Error | undefined;
   let captured = 0;
+  let recoveredTotal = 0;
   const stats = agent.stats();
   log.info(
     `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
@@ -225,10 +234,12 @@ export async function run(v: Config): Promise<number> {
           if (r.tEndNs < oldestEnd) oldestEnd = r.tEndNs;
         }
         metrics.flowsCaptured.add(records.length);
-        const sources = countSources(records);
+        const { sources, recovered } = countRecords(records);
         for (const source of Object.keys(sources) as IdentitySource[]) {
           if (sources[source]) metrics.bySource[source].add(sources[source]);
         }
+        metrics.flowsRecovered.add(recovered);
+        recoveredTotal += recovered;
         metrics.workerLag.observe(Number(BigInt(Date.now()) * 1_000_000n - oldestEnd) / 1e9);
       },
       onError: (err) => {
@@ -244,6 +255,7 @@ export async function run(v: Config): Promise<number> {
   const shipped = await shipper.close(v.shutdownDeadline);
   log.info(
     `stopped (records ${captured}, kernel drops ${end.kernelDrops}, recursion misses ${end.recursionMisses}, ` +
+      `recovered at destroy ${recoveredTotal}, ` +
       `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles})`,
   );
   return failure ? 1 : 0;

@@ -303,6 +303,8 @@ export interface AgentMetrics {
   flowsCaptured: Counter;
   kernelDrops: Counter;
   recursionMisses: Counter;
+  /** Records made when the socket was destroyed because its close run was skipped. */
+  flowsRecovered: Counter;
   /** `labels(source)` for each {@linkcode IdentitySource}. */
   recordsByIdentitySource: Counter;
   batchesSent: Counter;
@@ -346,6 +348,10 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     "recursion_misses_total",
     "Tracepoint runs the kernel skipped because the program would nest on a CPU.",
   );
+  const flowsRecovered = counter(
+    "flows_recovered_total",
+    "Flow records made when the socket was destroyed, because the kernel skipped its close run.",
+  );
   const recordsByIdentitySource = counter(
     "records_by_identity_source_total",
     "Flow records by where their local workload ID came from (port-map, ip-map, host, unknown).",
@@ -358,6 +364,7 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     flowsCaptured,
     kernelDrops,
     recursionMisses,
+    flowsRecovered,
     recordsByIdentitySource,
     bySource,
     batchesSent: counter("batches_sent_total", "Batches the collector accepted."),

@@ -156,7 +156,8 @@ export class Shipper {
   #sendLoop: Promise<void> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #wake: (() => void) | undefined;
-  #draining = false;
+  /** Aborted when `close()` starts draining: cuts a retry pause short for a last round. */
+  readonly #drain = new AbortController();
   #started: Promise<void> | undefined;
   #closing: Promise<ShipperStats> | undefined;
   #lossBase: KernelLossCounters = { kernelDrops: 0n, recursionMisses: 0n };
@@ -262,7 +263,7 @@ export class Shipper {
       this.#batcher.flush();
       await this.#started?.catch(() => {});
       await this.#sealing;
-      this.#draining = true;
+      this.#drain.abort();
       if (this.#sender && this.#sendLoop) {
         this.#wake?.();
         await this.#sendLoop;
@@ -358,12 +359,13 @@ export class Shipper {
   async #runSendLoop(sender: Sender): Promise<void> {
     const spool = await this.#openSpool();
     const signal = this.#abort.signal;
+    const pauseSignal = AbortSignal.any([signal, this.#drain.signal]);
     const maxAttempts = this.#options.maxAttempts ?? 5;
     let rounds = 0;
     while (!signal.aborted) {
       const entry = spool.oldest();
       if (!entry) {
-        if (this.#draining) return;
+        if (this.#drain.signal.aborted) return;
         await new Promise<void>((resolve) => (this.#wake = resolve));
         this.#wake = undefined;
         continue;
@@ -393,12 +395,17 @@ export class Shipper {
           case "failed": {
             spool.release(entry);
             this.#stats.batchesFailed++;
+            // Shutting down, that was the last round: the batch waits in the spool.
+            const last = this.#drain.signal.aborted;
             const pause = sender.backoffMs(maxAttempts + ++rounds);
             this.#log(
               "warn",
-              `Cannot deliver batch ${key} after ${result.attempts} attempts (${result.reason}): it stays in the spool, next try in ${pause} ms`,
+              `Cannot deliver batch ${key} after ${result.attempts} attempts (${result.reason}): it stays in the spool, ${
+                last ? "for the next start" : `next try in ${pause} ms`
+              }`,
             );
-            await sleep(pause, signal);
+            if (last) return;
+            await sleep(pause, pauseSignal);
             break;
           }
           case "aborted":

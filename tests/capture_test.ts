@@ -208,7 +208,7 @@ kernelTest("under connection churn every closed socket yields exactly one record
   await using agent = await AgentProcess.start();
   const out = await new Deno.Command(CHURN, {
     args: [
-      ...["--duration", "2", "--rate", "20000", "--first-addr", grid.firstAddr],
+      ...["--duration", "2", "--rate", "10000", "--first-addr", grid.firstAddr],
       ...[
         "--addrs",
         `${grid.addrs}`,
@@ -225,7 +225,7 @@ kernelTest("under connection churn every closed socket yields exactly one record
   });
   assert.ok(out.success, "the churn generator ran");
   const churn = JSON.parse(new TextDecoder().decode(out.stdout));
-  assert.ok(churn.connections > 10_000, `${churn.connections} connections`);
+  assert.ok(churn.connections > 5_000, `${churn.connections} connections`);
   // Server sockets have their local end on the grid; client sockets, their remote end.
   const server = (r: FlowJson) => onGrid(r.local_ip, r.local_port);
   const client = (r: FlowJson) => onGrid(r.remote_ip, r.remote_port);
@@ -240,9 +240,13 @@ kernelTest("under connection churn every closed socket yields exactly one record
   assert.ok(agent.records.every((r) => (r.t_start_ns as bigint) <= (r.t_end_ns as bigint)));
   // Records whose CLOSE run the kernel skipped were made at destroy; never more than the misses.
   assert.equal(await agent.stop(), 0);
-  const stop = /kernel drops (\d+), recursion misses (\d+)/.exec(agent.stderrLines.join("\n"));
-  assert.ok(stop, "the stop line reports drops and misses");
-  assert.equal(Number(stop[1]), 0, "no kernel drops");
+  const stop = /kernel drops (\d+), recursion misses (\d+), recovered at destroy (\d+)/.exec(
+    agent.stderrLines.join("\n"),
+  );
+  assert.ok(stop, "the stop line reports drops, misses and recoveries");
+  const [drops, misses, recoveredByAgent] = stop.slice(1).map(Number);
+  assert.equal(drops, 0, "no kernel drops");
   const recovered = [...servers, ...clients].filter((r) => r.close_state === "UNKNOWN").length;
-  assert.ok(recovered <= Number(stop[2]), `${recovered} recovered, ${stop[2]} misses`);
+  assert.ok(recovered <= recoveredByAgent, `${recovered} of ours, ${recoveredByAgent} in all`);
+  assert.ok(recoveredByAgent <= misses, `${recoveredByAgent} recovered, ${misses} misses`);
 });

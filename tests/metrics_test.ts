@@ -112,6 +112,7 @@ Deno.test("agentMetrics() registers every agent metric, with all identity source
       "flows_captured_total",
       "kernel_drops_total",
       "recursion_misses_total",
+      "flows_recovered_total",
       "records_by_identity_source_total",
       "batches_sent_total",
       "batches_failed_total",

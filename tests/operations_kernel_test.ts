@@ -44,6 +44,11 @@ kernelTest(
       sample(text, 'flowexporter_records_by_identity_source_total{source="unknown"}') >= 100,
     );
     assert.equal(sample(text, "flowexporter_kernel_drops_total"), 0);
+    assert.ok(
+      sample(text, "flowexporter_flows_recovered_total") <=
+        sample(text, "flowexporter_recursion_misses_total"),
+      "a record is recovered at destroy only after a skipped close run",
+    );
     assert.equal(sample(text, 'flowexporter_identity_map_capacity{map="ip_workload"}'), 65536);
     assert.equal(sample(text, 'flowexporter_identity_map_capacity{map="port_workload"}'), 262144);
     assert.equal(sample(text, 'flowexporter_identity_map_entries{map="ip_workload"}'), 0);

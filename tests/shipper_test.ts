@@ -180,7 +180,7 @@ Deno.test("close() flushes the open window within its deadline, once", async () 
   });
 });
 
-Deno.test("close() gives up at its deadline when the collector is down, keeping the batch", async () => {
+Deno.test("close() keeps the batch when the collector is down", async () => {
   await withSpoolDir(async (dir) => {
     const logs: string[] = [];
     const shipper = new Shipper(options(dir, {
@@ -189,16 +189,38 @@ Deno.test("close() gives up at its deadline when the collector is down, keeping 
     }, logs));
     await shipper.start();
     for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
-    const started = performance.now();
     const stats = await shipper.close(300);
-    const elapsed = performance.now() - started;
-    assert.ok(elapsed >= 250 && elapsed < 2000, `close() took ${elapsed} ms`);
     assert.equal(stats.spoolFiles, 1);
     assert.ok(logs.includes("warn: Shutdown: 1 batches stay in the spool for the next start"));
     assert.deepEqual(
       (await spooled(dir))[0].flows,
       Array.from({ length: 5 }, (_, i) => syntheticFlow(i)),
     );
+  });
+});
+
+Deno.test("close() gives up at its deadline on a collector that never answers", async () => {
+  await withSpoolDir(async (dir) => {
+    // Accepts connections and never answers: only the deadline ends the last round.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    (async () => {
+      for await (const conn of listener) held.push(conn);
+    })();
+    try {
+      const port = (listener.addr as Deno.NetAddr).port;
+      const shipper = new Shipper(options(dir, { collectorUrl: `http://127.0.0.1:${port}/` }));
+      await shipper.start();
+      for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
+      const started = performance.now();
+      const stats = await shipper.close(300);
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed >= 250 && elapsed < 2000, `close() took ${elapsed} ms`);
+      assert.equal(stats.spoolFiles, 1);
+    } finally {
+      listener.close();
+      for (const conn of held) conn.close();
+    }
   });
 });
 
@@ -293,5 +315,65 @@ Deno.test("an invalid flow is dropped, counted and logged, not thrown", async ()
     assert.deepEqual(logs.filter((l) => l.startsWith("warn: Dropped")), [
       "warn: Dropped an invalid flow (1 so far): Flow: local_port must be an unsigned integer up to 65535, got -1",
     ]);
+  });
+});
+
+Deno.test("close() cuts a retry pause short and makes a last delivery round", async () => {
+  await withSpoolDir(async (dir) => {
+    let down = true;
+    const up = collector({ status: () => (down ? 503 : 200) });
+    try {
+      const shipper = new Shipper(
+        options(dir, {
+          collectorUrl: up.url,
+          maxRecords: 5,
+          maxAttempts: 1,
+          // Every pause is the whole minute: only close() can cut it short.
+          baseDelayMs: 60_000,
+          maxDelayMs: 60_000,
+          random: () => 0.999,
+        }),
+      );
+      await shipper.start();
+      for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
+      await until(() => shipper.stats().batchesFailed === 1, "a failed round");
+      down = false; // the collector is back while the shipper waits out its pause
+      const started = performance.now();
+      const stats = await shipper.close(10_000);
+      assert.ok(performance.now() - started < 5_000, "close() did not wait out the pause");
+      assert.equal(stats.batchesSent, 2, "the waiting batch and the shutdown batch");
+      assert.equal(stats.spoolFiles, 0);
+      assert.equal(up.counts().size, 5);
+    } finally {
+      await up.server.shutdown();
+    }
+  });
+});
+
+Deno.test("close() with the collector still down ends after one last round", async () => {
+  await withSpoolDir(async (dir) => {
+    const down = collector({ status: () => 503 });
+    try {
+      const shipper = new Shipper(
+        options(dir, {
+          collectorUrl: down.url,
+          maxRecords: 5,
+          maxAttempts: 1,
+          baseDelayMs: 60_000,
+          maxDelayMs: 60_000,
+          random: () => 0.999,
+        }),
+      );
+      await shipper.start();
+      for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
+      await until(() => shipper.stats().batchesFailed === 1, "a failed round");
+      const started = performance.now();
+      const stats = await shipper.close(30_000);
+      assert.ok(performance.now() - started < 5_000, "close() did not wait for its deadline");
+      assert.equal(stats.batchesSent, 0);
+      assert.equal(stats.spoolFiles, 2, "both batches wait in the spool for the next start");
+    } finally {
+      await down.server.shutdown();
+    }
   });
 });
