@@ -318,25 +318,31 @@ Deno.test("an invalid flow is dropped, counted and logged, not thrown", async ()
   });
 });
 
+/** A shipper whose one batch of 5 flows failed a round; it now pauses a whole minute. */
+async function pausedAfterFailedRound(dir: string, collectorUrl: string): Promise<Shipper> {
+  const shipper = new Shipper(
+    options(dir, {
+      collectorUrl,
+      maxRecords: 5,
+      maxAttempts: 1,
+      // Every pause is the whole minute: only close() can cut it short.
+      baseDelayMs: 60_000,
+      maxDelayMs: 60_000,
+      random: () => 0.999,
+    }),
+  );
+  await shipper.start();
+  for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
+  await until(() => shipper.stats().batchesFailed === 1, "a failed round");
+  return shipper;
+}
+
 Deno.test("close() cuts a retry pause short and makes a last delivery round", async () => {
   await withSpoolDir(async (dir) => {
     let down = true;
     const up = collector({ status: () => (down ? 503 : 200) });
     try {
-      const shipper = new Shipper(
-        options(dir, {
-          collectorUrl: up.url,
-          maxRecords: 5,
-          maxAttempts: 1,
-          // Every pause is the whole minute: only close() can cut it short.
-          baseDelayMs: 60_000,
-          maxDelayMs: 60_000,
-          random: () => 0.999,
-        }),
-      );
-      await shipper.start();
-      for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
-      await until(() => shipper.stats().batchesFailed === 1, "a failed round");
+      const shipper = await pausedAfterFailedRound(dir, up.url);
       down = false; // the collector is back while the shipper waits out its pause
       const started = performance.now();
       const stats = await shipper.close(10_000);
@@ -354,19 +360,7 @@ Deno.test("close() with the collector still down ends after one last round", asy
   await withSpoolDir(async (dir) => {
     const down = collector({ status: () => 503 });
     try {
-      const shipper = new Shipper(
-        options(dir, {
-          collectorUrl: down.url,
-          maxRecords: 5,
-          maxAttempts: 1,
-          baseDelayMs: 60_000,
-          maxDelayMs: 60_000,
-          random: () => 0.999,
-        }),
-      );
-      await shipper.start();
-      for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
-      await until(() => shipper.stats().batchesFailed === 1, "a failed round");
+      const shipper = await pausedAfterFailedRound(dir, down.url);
       const started = performance.now();
       const stats = await shipper.close(30_000);
       assert.ok(performance.now() - started < 5_000, "close() did not wait for its deadline");
