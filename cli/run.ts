@@ -81,7 +81,6 @@ function terminationSignal(): Promise<string> {
   });
 }
 
-/** Per-batch bookkeeping of identity sources and worker lag, for the metrics. */
 /** Records per identity source, and those made at destroy (the kernel skipped the close). */
 function countRecords(records: FlowRecord[]): {
   sources: Record<IdentitySource, number>;
