@@ -32,8 +32,11 @@ import { CborWriter, textRoom } from "./_cbor_writer.ts";
 import { TCP_STATES } from "./decode.ts";
 import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "./flow.ts";
 
-/** Version of the batch schema this module writes and the only one it reads. */
-export const SCHEMA_VERSION = 1;
+/** Version of the batch schema this module writes (2 added the flow end `unknown`). */
+export const SCHEMA_VERSION = 2;
+
+/** Oldest schema version `decodeBatch` still reads: agents may be upgraded after collectors. */
+export const OLDEST_READ_SCHEMA_VERSION = 1;
 
 /** `Content-Type` of a batch body (before `Content-Encoding: gzip`). */
 export const CBOR_MEDIA_TYPE = "application/cbor";
@@ -81,7 +84,10 @@ export interface LossCounters {
 
 /** Everything in a batch but its flows. */
 export interface BatchHeader {
-  /** Always {@linkcode SCHEMA_VERSION} for batches this module writes or accepts. */
+  /**
+   * {@linkcode SCHEMA_VERSION} for batches this module writes; as read, from
+   * {@linkcode OLDEST_READ_SCHEMA_VERSION} to {@linkcode SCHEMA_VERSION}.
+   */
   schemaVersion: number;
   /** Version of the exporter that wrote the batch. */
   exporterVersion: string;
@@ -285,10 +291,13 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
   }
   const top = asMap(root, "Batch", "the batch");
   const version = top.get(0);
-  if (version !== SCHEMA_VERSION) {
+  if (
+    typeof version !== "number" || !Number.isInteger(version) ||
+    version < OLDEST_READ_SCHEMA_VERSION || version > SCHEMA_VERSION
+  ) {
     throw new WireFormatError(
       typeof version === "number" || typeof version === "bigint"
-        ? `Unsupported schema version ${version} (this collector reads ${SCHEMA_VERSION})`
+        ? `Unsupported schema version ${version} (this collector reads ${OLDEST_READ_SCHEMA_VERSION} to ${SCHEMA_VERSION})`
         : `Batch: schema_version must be an unsigned integer, got ${describe(version)}`,
     );
   }
@@ -303,7 +312,7 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
   };
   if (hostMap.has(2)) host.instanceId = text(hostMap.get(2), "Batch", "host.instance_id");
   const header: BatchHeader = {
-    schemaVersion: SCHEMA_VERSION,
+    schemaVersion: version,
     exporterVersion: text(top.get(1), "Batch", "exporter_version"),
     host,
     sequence: uint53(top.get(3), "Batch", "sequence"),
@@ -326,7 +335,8 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
       `Batch: record_count is ${header.recordCount} but flows has ${rawFlows.length} entries`,
     );
   }
-  return { header, flows: rawFlows.map(decodeFlow) };
+  const ends = FLOW_ENDS_BY_VERSION[version];
+  return { header, flows: rawFlows.map((raw, i) => decodeFlow(raw, i, ends)) };
 }
 
 // Enumerations on the wire (schema/flow_batch.cddl); the array index is the code.
@@ -341,6 +351,11 @@ const FLOW_ENDS: readonly FlowEnd[] = [
   "failed",
   "unknown",
 ];
+/** The flow ends each schema version knows: version 1 had no `unknown`. */
+const FLOW_ENDS_BY_VERSION: Record<number, readonly FlowEnd[]> = {
+  1: FLOW_ENDS.slice(0, 6),
+  2: FLOW_ENDS,
+};
 const IDENTITY_SOURCE_CODES = codes(IDENTITY_SOURCES);
 const DIRECTION_CODES = codes(DIRECTIONS);
 const FLOW_END_CODES = codes(FLOW_ENDS);
@@ -555,7 +570,7 @@ function textLength(value: unknown): number {
   return typeof value === "string" ? value.length : 0;
 }
 
-function decodeFlow(raw: unknown, index: number): FlowRecord {
+function decodeFlow(raw: unknown, index: number, ends: readonly FlowEnd[]): FlowRecord {
   const where = `Flow ${index}`;
   const m = asMap(raw, where, "the flow");
   checkKeys(m, FLOW_KEYS, where, "");
@@ -579,7 +594,7 @@ function decodeFlow(raw: unknown, index: number): FlowRecord {
     closeState: typeof closeState === "string"
       ? closeState
       : enumeration(closeState, TCP_STATES, where, "close_state"),
-    end: enumeration(m.get(12), FLOW_ENDS, where, "end"),
+    end: enumeration(m.get(12), ends, where, "end"),
     error: uint(m.get(13), UINT32_MAX, where, "error"),
     bytesSent: uint53(m.get(14), where, "bytes_sent"),
     bytesAcked: uint53(m.get(15), where, "bytes_acked"),

@@ -77,14 +77,16 @@ Deno.test("send() gives up at once on a 400 and reports the collector's reason",
   let hits = 0;
   await withCollector(() => {
     hits++;
-    return new Response("Unsupported schema version 7 (this collector reads 1)", { status: 400 });
+    return new Response("Unsupported schema version 7 (this collector reads 1 to 2)", {
+      status: 400,
+    });
   }, async (url) => {
     using s = await sender(url);
     assert.deepEqual(await s.send(body, "node-1:42"), {
       outcome: "rejected",
       status: 400,
       attempts: 1,
-      reason: "HTTP 400: Unsupported schema version 7 (this collector reads 1)",
+      reason: "HTTP 400: Unsupported schema version 7 (this collector reads 1 to 2)",
     });
     assert.equal(hits, 1);
   });

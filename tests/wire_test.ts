@@ -188,10 +188,12 @@ Deno.test("decodeBatch() rejects truncated CBOR and trailing bytes", () => {
 });
 
 Deno.test("decodeBatch() rejects a schema version it does not read", () => {
-  rejects(
-    tampered((top) => top.set(0, 7)),
-    "Unsupported schema version 7 (this collector reads 1)",
-  );
+  for (const version of [0, 3, 7, 1.5]) {
+    rejects(
+      tampered((top) => top.set(0, version)),
+      `Unsupported schema version ${version} (this collector reads 1 to 2)`,
+    );
+  }
   rejects(
     tampered((top) => top.set(0, "1")),
     'Batch: schema_version must be an unsigned integer, got text string "1"',
@@ -257,10 +259,24 @@ Deno.test("encodeFlow() refuses a record that would spoil the batch", () => {
 });
 
 Deno.test("encodeBatch() writes only the schema version it knows", () => {
-  assert.throws(() => encodeBatch(header(0, { schemaVersion: 2 }), []), {
+  assert.throws(() => encodeBatch(header(0, { schemaVersion: 1 }), []), {
     name: "WireFormatError",
-    message: "Cannot encode schema version 2 (this exporter writes 1)",
+    message: "Cannot encode schema version 1 (this exporter writes 2)",
   });
+});
+
+Deno.test("decodeBatch() reads version 1 batches, which have no flow end unknown", () => {
+  const unknownEnd = (flows: Map<number, unknown>[]) => flows[0].set(12, 6);
+  const v1 = decodeBatch(tampered((top) => top.set(0, 1)));
+  assert.equal(v1.header.schemaVersion, 1);
+  assert.deepEqual(v1.flows, [syntheticFlow(1), syntheticFlow(2)]);
+  rejects(
+    tampered((top, flows) => (top.set(0, 1), unknownEnd(flows))),
+    "Flow 0: end must be an integer from 0 to 5, got 6",
+  );
+  const v2 = decodeBatch(tampered((_top, flows) => unknownEnd(flows)));
+  assert.equal(v2.header.schemaVersion, SCHEMA_VERSION);
+  assert.equal(v2.flows[0].end, "unknown");
 });
 
 Deno.test("idempotencyKey() joins hostname and sequence", () => {
