@@ -69,9 +69,9 @@ export const OPTIONS = {
     inFile: false,
   }),
   // Capture
-  output: choice(["json", "none"], {
-    default: "json",
-    help: "stdout format: one JSON object per flow, or nothing",
+  output: choice(["auto", "json", "none"], {
+    default: "auto",
+    help: "stdout: one JSON object per flow, or nothing; auto: JSON unless a collector is set",
     group: "capture",
   }),
   pin_dir: path({

@@ -27,6 +27,8 @@ export async function runDev(args: string[]): Promise<number> {
     `${DEV_DIR}lock`,
     "--batch-interval",
     "10s",
+    "--output",
+    "json",
   ];
   const config: Config = loadConfig([...defaults, ...args], Deno.env.toObject()).values;
   console.error(

@@ -203,7 +203,8 @@ export async function run(v: Config): Promise<number> {
     terminationSignal(),
     new Promise<void>((resolve) => stopForOutput = resolve),
   ]);
-  let jsonOutput = v.output === "json";
+  // With a collector, records already leave the host: JSON lines would only fill the journal.
+  let jsonOutput = v.output === "json" || (v.output === "auto" && v.collectorUrl === undefined);
   {
     await using _source = new FlowSource(agent, {
       timeoutMs: v.pollMs,

@@ -64,6 +64,8 @@ export class AgentProcess implements AsyncDisposable {
       ...(has("--lock-file") ? [] : ["--lock-file", `${workDir}/lock`]),
       ...(has("--spool-dir") ? [] : ["--spool-dir", `${workDir}/spool`]),
       ...(has("--cert-path") ? [] : ["--cert-path", `${workDir}/no-identity.pem`]),
+      // The tests read the records from stdout, with or without a collector.
+      ...(has("--output") ? [] : ["--output", "json"]),
     ];
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "--allow-all", MAIN, "run", ...args],

@@ -36,7 +36,7 @@ Deno.test("loadConfig() gives the built-in defaults when nothing is set", () => 
   const config = loadConfig([], {}, NONE);
   assert.equal(config.file, null);
   assert.equal(config.help, false);
-  assert.equal(config.values.output, "json");
+  assert.equal(config.values.output, "auto");
   assert.equal(config.values.ringBytes, 8 << 20);
   assert.equal(config.values.pollMs, 100);
   assert.equal(config.values.batchInterval, 60_000);
@@ -79,7 +79,7 @@ Deno.test("loadConfig() applies flags over environment over file over defaults",
     assert.equal(config.values.ringBytes, 65536);
   });
   await t.step("untouched options keep their defaults", () => {
-    assert.equal(config.values.output, "json");
+    assert.equal(config.values.output, "auto");
     assert.equal(config.sources.output, "default");
     assert.equal(config.file, "/cfg.json");
   });
@@ -169,7 +169,7 @@ Deno.test("loadConfig() names the key and its source in every error", async (t) 
     [
       "a bad file value",
       () => loadConfig([], {}, files({ [DEFAULT_CONFIG_FILE]: '{"output": "xml"}' })),
-      `Invalid output "xml" in ${DEFAULT_CONFIG_FILE}: expected json or none`,
+      `Invalid output "xml" in ${DEFAULT_CONFIG_FILE}: expected auto, json or none`,
     ],
     [
       "a duration out of range",

@@ -155,3 +155,19 @@ kernelTest("a closed stdout stops the agent cleanly, with every record in the sp
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+kernelTest("output auto writes JSON lines only when no collector is set", async () => {
+  const flags = ["--output", "auto"];
+  const unreachable = `http://127.0.0.1:${freePort()}/v1/batches`;
+  for (
+    const [collector, lines] of [[[], true], [["--collector-url", unreachable], false]] as const
+  ) {
+    await using agent = await AgentProcess.start([...flags, ...collector]);
+    await churn("127.0.0.1", 5);
+    assert.equal(await agent.stop(), 0);
+    const captured = Number(/stopped \(records (\d+),/.exec(agent.stderrLines.join("\n"))?.[1]);
+    assert.ok(captured >= 10, `${captured} records captured`);
+    const what = collector.length ? "with a collector" : "without a collector";
+    assert.equal(agent.records.length > 0, lines, `JSON lines ${what}: ${agent.records.length}`);
+  }
+});
