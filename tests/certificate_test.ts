@@ -22,6 +22,15 @@ async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
+/**
+ * The real clock moved on by `skewMs`. A clock frozen when a test starts would fall before the
+ * notBefore (whole seconds) of a certificate the test makes later, whenever a second boundary
+ * passes in between.
+ */
+function skewedNow(skewMs: number): Date {
+  return new Date(Date.now() + skewMs);
+}
+
 /** Waits until `check` is true, polling; fails after `ms`. */
 async function until(what: string, check: () => boolean, ms = 4000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -304,9 +313,9 @@ Deno.test("HostIdentityWatcher follows a Kubernetes-style symlink swap", async (
 Deno.test("HostIdentityWatcher keeps the last good identity on a bad certificate", async (t) => {
   await withDir(async (dir) => {
     const path = `${dir}/identity.pem`;
-    let clock = Date.now();
+    let skew = 0; // see skewedNow
     await makeCertificate(path, { cn: "good", days: 10 });
-    const { watcher, logs, changes } = await watch(path, { now: () => new Date(clock) });
+    const { watcher, logs, changes } = await watch(path, { now: () => skewedNow(skew) });
     using _ = watcher;
     const good = watcher.current();
     assert.equal(good.workloadId, "good");
@@ -340,7 +349,7 @@ Deno.test("HostIdentityWatcher keeps the last good identity on a bad certificate
     });
 
     await t.step("expired", async () => {
-      clock += 2 * DAY_MS; // "good" (10 days) is still valid, the new one (1 day) is not
+      skew = 2 * DAY_MS; // "good" (10 days) is still valid, the new one (1 day) is not
       await makeCertificate(path, { cn: "expired", days: 1 });
       await expectLog(/: expired at \S+ \(renew it\); keeping workload ID "good"$/);
     });
@@ -373,19 +382,19 @@ Deno.test("HostIdentityWatcher with an expired certificate at start stays unknow
 Deno.test("HostIdentityWatcher polls: it sees changes and expiry without file events", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/identity.pem`;
-    let clock = Date.now();
+    let skew = 0; // see skewedNow
     await makeCertificate(path, { cn: "a", days: 1 });
     // A debounce longer than the test leaves only the poll to notice anything.
     const { watcher, logs } = await watch(path, {
       debounceMs: 60_000,
       pollIntervalMs: 25,
-      now: () => new Date(clock),
+      now: () => skewedNow(skew),
     });
     using _ = watcher;
     await makeCertificate(path, { cn: "b", days: 1 });
     await until("b", () => watcher.current().workloadId === "b");
 
-    clock += 2 * DAY_MS;
+    skew = 2 * DAY_MS;
     await until("the expiry line", () => logs.some((l) => l.includes("expired")));
     await new Promise((resolve) => setTimeout(resolve, 150)); // several more polls
     assert.equal(logs.filter((l) => l.includes("expired")).length, 1, "logged once, not per poll");
