@@ -81,20 +81,6 @@ function terminationSignal(): Promise<string> {
   });
 }
 
-/** Records per identity source, and those made at destroy (the kernel skipped the close). */
-function countRecords(records: FlowRecord[]): {
-  sources: Record<IdentitySource, number>;
-  recovered: number;
-} {
-  const sources = { "port-map": 0, "ip-map": 0, host: 0, unknown: 0 };
-  let recovered = 0;
-  for (const r of records) {
-    sources[r.identitySource]++;
-    if (r.closeState === "UNKNOWN") recovered++;
-  }
-  return { sources, recovered };
-}
-
 /** Runs the capture until SIGINT/SIGTERM; returns the exit code. */
 export async function run(v: Config): Promise<number> {
   const log = new Log({
@@ -190,8 +176,6 @@ export async function run(v: Config): Promise<number> {
   }, 60_000);
 
   let failure: Error | undefined;
-  let captured = 0;
-  let recoveredTotal = 0;
   const stats = agent.stats();
   log.info(
     `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
@@ -211,7 +195,6 @@ export async function run(v: Config): Promise<number> {
       onPoll: () => liveness.polled(),
       onRecords: (bytes) => {
         const records = decodeFlows(bytes, clock.offsetNs());
-        captured += records.length;
         if (jsonOutput) {
           try {
             writeJsonLines(records);
@@ -228,18 +211,21 @@ export async function run(v: Config): Promise<number> {
             stopForOutput();
           }
         }
+        // One pass: ship each record and count, per batch, what the metrics report.
+        const sources = { "port-map": 0, "ip-map": 0, host: 0, unknown: 0 };
+        let recovered = 0; // made at destroy: the kernel skipped the close run
         let oldestEnd = records[0].tEndNs;
         for (const r of records) {
           shipper.add(r);
+          sources[r.identitySource]++;
+          if (r.closeState === "UNKNOWN") recovered++;
           if (r.tEndNs < oldestEnd) oldestEnd = r.tEndNs;
         }
         metrics.flowsCaptured.add(records.length);
-        const { sources, recovered } = countRecords(records);
         for (const source of Object.keys(sources) as IdentitySource[]) {
           if (sources[source]) metrics.bySource[source].add(sources[source]);
         }
         metrics.flowsRecovered.add(recovered);
-        recoveredTotal += recovered;
         metrics.workerLag.observe(Number(BigInt(Date.now()) * 1_000_000n - oldestEnd) / 1e9);
       },
       onError: (err) => {
@@ -254,8 +240,8 @@ export async function run(v: Config): Promise<number> {
   const end = agent.stats();
   const shipped = await shipper.close(v.shutdownDeadline);
   log.info(
-    `stopped (records ${captured}, kernel drops ${end.kernelDrops}, recursion misses ${end.recursionMisses}, ` +
-      `recovered at destroy ${recoveredTotal}, ` +
+    `stopped (records ${metrics.flowsCaptured.get()}, kernel drops ${end.kernelDrops}, ` +
+      `recursion misses ${end.recursionMisses}, recovered at destroy ${metrics.flowsRecovered.get()}, ` +
       `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles})`,
   );
   return failure ? 1 : 0;

@@ -24,6 +24,7 @@ import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "../lib/flow
 import { formatIp, parseIp } from "../identity/map_layout.ts";
 import type { AttributionStatus, Resolution, Revocation, Verdict } from "./attributor.ts";
 import type { OwnershipRange } from "./ownership.ts";
+import { errorText } from "../lib/_error_text.ts";
 
 /** Database file the collector and `flowexporter query` use when `--db` is not given. */
 export const DEFAULT_DB_PATH = "flows.db";
@@ -682,6 +683,6 @@ function textIp(value: unknown): Uint8Array {
 }
 
 function describeError(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
+  const message = errorText(error);
   return message.charAt(0).toLowerCase() + message.slice(1);
 }

@@ -353,7 +353,7 @@ const FLOW_ENDS: readonly FlowEnd[] = [
 ];
 /** The flow ends each schema version knows: version 1 had no `unknown`. */
 const FLOW_ENDS_BY_VERSION: Record<number, readonly FlowEnd[]> = {
-  1: FLOW_ENDS.slice(0, 6),
+  1: FLOW_ENDS.filter((end) => end !== "unknown"),
   2: FLOW_ENDS,
 };
 const IDENTITY_SOURCE_CODES = codes(IDENTITY_SOURCES);
