@@ -1,6 +1,8 @@
 # flowexporter build. `make run` and `make test` install what is missing
 # (Debian packages, Deno from npm, PIC static libbpf/libelf/zlib) and build first.
-# Quiet by default; V=1 shows the commands.
+# Quiet by default; V=1 shows the commands. Every build and install message goes to stderr:
+# `make run`'s stdout carries flow records only, on the first run as on later ones.
+# ./flowexporter.sh runs the same targets on a machine that has no make yet.
 
 DENO_VERSION := 2.9.6
 ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
@@ -29,7 +31,7 @@ Q :=
 msg := @true
 else
 Q := @
-msg := @printf '  %-8s %s\n'
+msg := @printf '  %-8s %s\n' >&2
 endif
 
 .PHONY: all build run dev test bench tools deps check fmt clean
@@ -56,14 +58,14 @@ $(DENO): | $(BUILD)/.apt-stamp
 
 node_modules/.deno-stamp: package.json deno.lock $(DENO)
 	$(msg) DENO install
-	$(Q)$(DENO) install --frozen --quiet 2>/dev/null || $(DENO) install --frozen
+	$(Q)$(DENO) install --frozen --quiet 2>/dev/null || $(DENO) install --frozen >&2
 	$(Q)touch $@
 
 tools: $(BUILD)/.apt-stamp $(DENO) node_modules/.deno-stamp
 
 $(DEPS)/.stamp: scripts/build_deps.sh | $(BUILD)/.apt-stamp
 	$(msg) DEPS "libbpf libelf zlib (PIC, $(ARCH))"
-	$(Q)scripts/build_deps.sh --arch $(ARCH) --out $(DEPS)
+	$(Q)scripts/build_deps.sh --arch $(ARCH) --out $(DEPS) >&2
 	$(Q)test -f $@ || touch $@
 
 deps: $(DEPS)/.stamp
@@ -107,9 +109,13 @@ run: build
 dev: build
 	$(Q)$(DENO) task dev
 
-# The README's test command. Deno prints its own summary; CI reads it.
+# The README's test command. Deno prints its own summary; CI reads it. Tests never touch the
+# host's real agent state: the default spool, pin directory and lock must be as they were.
 test: build $(BUILD)/churn
+	$(Q)scripts/host_state.sh > $(BUILD)/host-state.before
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
+	$(Q)scripts/host_state.sh | diff -u $(BUILD)/host-state.before - >&2 || \
+		{ echo "make test: the tests changed the host's agent state above (default spool, pin directory or lock)" >&2; exit 1; }
 
 $(BUILD)/churn: bench/churn.c | $(BUILD)/.apt-stamp
 	$(msg) CC $@

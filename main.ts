@@ -6,12 +6,14 @@
  */
 import { UsageError } from "./cli/_io.ts";
 import { loadConfig, runConfigCheck } from "./cli/config.ts";
+import { detach, DETACH_HELP } from "./cli/detach.ts";
 import { runDev } from "./cli/dev.ts";
 import { runDoctor } from "./cli/doctor.ts";
 import { run, RUN_HELP } from "./cli/run.ts";
 import { runCollector } from "./collector/cli.ts";
 import { runQuery } from "./collector/query.ts";
-import { openPinnedMaps, runIdentityCommand } from "./identity/mod.ts";
+import { openPinnedMaps } from "./identity/ffi.ts";
+import { runIdentityCommand } from "./identity/mod.ts";
 import { VERSION } from "./lib/version.ts";
 
 const HELP = `flowexporter ${VERSION}: per-host TCP flow records from eBPF
@@ -20,6 +22,7 @@ Usage: flowexporter <command> [options]
 
 Commands:
   run           capture flows on this host (JSON lines on stdout, CBOR batches to the spool/collector)
+  detach        stop capturing for good: a stopped agent's programs stay attached for its next start
   identity      set, delete and list workload identities in the pinned maps
   collector     run the reference collector (HTTP ingest, SQLite, remote-side attribution)
   query         list attributed flows from a collector's database
@@ -39,6 +42,14 @@ async function main(args: string[]): Promise<number> {
         return 0;
       }
       return await run(config.values);
+    }
+    case "detach": {
+      const config = loadConfig(rest, Deno.env.toObject());
+      if (config.help) {
+        console.log(DETACH_HELP);
+        return 0;
+      }
+      return detach(config.values);
     }
     case "dev":
       return await runDev(rest);

@@ -1,6 +1,7 @@
 /**
  * What the benchmark reads about a tracer process from /proc: CPU time of
- * the whole process (every thread), peak RSS, thread count.
+ * the whole process (every thread), peak RSS, thread count; and the busy loop
+ * (`--hog`) that keeps one CPU occupied during a measurement.
  *
  * @module
  */
@@ -79,4 +80,114 @@ export async function waitUntilIdle(pid: number, quietMs = 400, maxMs = 20_000):
 /** Resolves after `ms` milliseconds. */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * A busy loop pinned to one CPU (`taskset -c CPU sh -c 'while :; do :; done'`): the
+ * contention of a host whose other work keeps a core busy. Spawned before a measurement and
+ * killed (SIGKILL, by PID) after it; `stop()` is safe to call twice, also before `ready()`.
+ *
+ * @example
+ * ```ts
+ * import { Hog } from "./_proc.ts";
+ * const hog = new Hog(0, 100);
+ * try {
+ *   await hog.ready();
+ *   // measure
+ * } finally {
+ *   await hog.stop();
+ * }
+ * ```
+ */
+export class Hog implements AsyncDisposable {
+  /** The CPU it spins on. */
+  readonly cpu: number;
+  readonly #hz: number;
+  readonly #child: Deno.ChildProcess;
+  #exited = false;
+  #started = 0;
+  #ticks0 = 0;
+  #stopped: Promise<{ busy: number }> | undefined;
+
+  /**
+   * Spawns the loop on `cpu`.
+   *
+   * @param cpu the CPU to pin it to
+   * @param hz clock ticks per second of /proc/PID/stat ({@linkcode clockTicksPerSecond})
+   */
+  constructor(cpu: number, hz: number) {
+    this.cpu = cpu;
+    this.#hz = hz;
+    this.#child = new Deno.Command("taskset", {
+      args: ["-c", String(cpu), "sh", "-c", "while :; do :; done"],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.#child.status.then(() => this.#exited = true);
+  }
+
+  /** Process id of the loop (taskset execs the shell, so this is the spinning process). */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /** Resolves once the loop runs on its CPU (taskset has pinned itself and exec'd the shell). */
+  async ready(): Promise<void> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      if (this.#exited) {
+        const err = (await new Response(this.#child.stderr).text()).trim();
+        const code = (await this.#child.status).code;
+        throw new Error(
+          `Cannot start the busy loop on CPU ${this.cpu} (taskset exited with ${code}): ${err}`,
+        );
+      }
+      try {
+        if (Deno.readTextFileSync(`/proc/${this.pid}/comm`).trim() === "sh") {
+          this.#started = Date.now();
+          this.#ticks0 = cpuTicks(this.pid);
+          return;
+        }
+      } catch {
+        // Not readable yet; look again.
+      }
+      if (Date.now() > deadline) {
+        throw new Error(
+          `Cannot start the busy loop on CPU ${this.cpu}: taskset did not exec sh in 5 s`,
+        );
+      }
+      await delay(10);
+    }
+  }
+
+  /** Kills the loop; resolves with the share of one CPU it used since `ready()` (about 1). */
+  stop(): Promise<{ busy: number }> {
+    this.#stopped ??= this.#stop();
+    return this.#stopped;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  async #stop(): Promise<{ busy: number }> {
+    let busy = NaN;
+    if (this.#started > 0 && !this.#exited) {
+      try {
+        const seconds = (Date.now() - this.#started) / 1000;
+        busy = (cpuTicks(this.pid) - this.#ticks0) / this.#hz / seconds;
+      } catch {
+        // Gone meanwhile.
+      }
+    }
+    try {
+      this.#child.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await this.#child.status;
+    await this.#child.stderr.cancel().catch(() => {});
+    return { busy };
+  }
 }

@@ -3,9 +3,13 @@
  * goes straight to a file on tmpfs (the benchmark spends no CPU reading it
  * while the churn runs): the agent (`main.ts run`) and Debian's tcplife-bpfcc.
  *
+ * A stopped agent leaves its BPF programs attached and its capture pinned
+ * under its pin directory, for the next start to take over:
+ * {@linkcode endCapture} ends it.
+ *
  * @module
  */
-import { countFds, delay, executable } from "./_proc.ts";
+import { countFds, cpuTicks, delay, executable } from "./_proc.ts";
 import type { RecordFormat } from "./_records.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -23,6 +27,14 @@ export interface TracerStop {
   drops?: number;
   /** Agent: tracepoint runs the kernel skipped because the program would nest. */
   recursionMisses?: number;
+  /** Agent: records made at destroy because the close run was skipped. */
+  recovered?: number;
+  /** Agent: it took over the capture an earlier agent left pinned. */
+  resumed?: boolean;
+  /** Agent: flows an earlier (killed) agent journaled that this one shipped to the spool. */
+  replayed?: number;
+  /** CPU time (clock ticks) of the process last seen before it exited: its work until the end. */
+  finalCpuTicks?: number;
 }
 
 /** A running tracer. */
@@ -69,7 +81,8 @@ export class Tracer implements AsyncDisposable {
   /**
    * Starts the agent with `args` after `run`, stdout to `outputPath`, and its
    * own pin directory, lock file, spool and (absent) certificate under
-   * `workDir`; resolves once it captures.
+   * `workDir`; resolves once it captures. `main` is the agent's entry point: this
+   * checkout's `main.ts`, or another build's (a reference to compare with).
    */
   static async startAgent(
     name: string,
@@ -77,8 +90,9 @@ export class Tracer implements AsyncDisposable {
     outputPath: string,
     pinDir: string,
     workDir: string,
+    main: string = MAIN,
   ): Promise<Tracer> {
-    const command = [Deno.execPath(), "run", "--allow-all", MAIN, "run", ...args];
+    const command = [Deno.execPath(), "run", "--allow-all", main, "run", ...args];
     command.push("--pin-dir", pinDir, "--lock-file", `${workDir}/lock`);
     command.push("--spool-dir", `${workDir}/spool`, "--cert-path", `${workDir}/no-identity.pem`);
     // No config file from the host: the flags are the whole configuration.
@@ -113,9 +127,12 @@ export class Tracer implements AsyncDisposable {
     return t;
   }
 
-  /** Stops the tracer with its clean-exit signal (SIGKILL after 30 s); safe to call twice. */
-  stop(): Promise<TracerStop> {
-    this.#stopped ??= this.#stop();
+  /**
+   * Stops the tracer with its clean-exit signal, or `signal` (SIGKILL after 30 s); safe to
+   * call twice (the first call's signal counts).
+   */
+  stop(signal: Deno.Signal = this.#stopSignal): Promise<TracerStop> {
+    this.#stopped ??= this.#stop(signal);
     return this.#stopped;
   }
 
@@ -123,24 +140,42 @@ export class Tracer implements AsyncDisposable {
     await this.stop();
   }
 
-  async #stop(): Promise<TracerStop> {
-    if (!this.#exited) this.#child.kill(this.#stopSignal);
+  async #stop(signal: Deno.Signal): Promise<TracerStop> {
+    // Sample the CPU time until the process is gone: what it spent on the way out counts.
+    let finalCpuTicks: number | undefined;
+    const sample = () => {
+      try {
+        if (!this.#exited) finalCpuTicks = cpuTicks(this.pid);
+      } catch {
+        // Exited between the check and the read.
+      }
+    };
+    sample();
+    if (!this.#exited) this.#child.kill(signal);
+    const sampler = setInterval(sample, 20);
     const timer = setTimeout(() => {
       if (!this.#exited) this.#child.kill("SIGKILL");
     }, 30_000);
     const status = await this.#child.status;
+    clearInterval(sampler);
     clearTimeout(timer);
     await this.#logDone;
-    const result: TracerStop = { exitCode: status.code };
+    const result: TracerStop = { exitCode: status.code, finalCpuTicks };
     // bcc reports lost perf samples only when there are some.
     if (this.format === "tcplife") result.drops = 0;
     for (const line of this.log) {
-      const m = /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+)/.exec(line);
+      const m =
+        /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+)(?:, recovered at destroy (\d+))?/
+          .exec(line);
       if (m) {
         result.records = Number(m[1]);
         result.drops = Number(m[2]);
         result.recursionMisses = Number(m[3]);
+        if (m[4] !== undefined) result.recovered = Number(m[4]);
       }
+      if (/capturing TCP flows \(.*resumed the pinned capture/.test(line)) result.resumed = true;
+      const replayed = /Capture journal: (\d+) flows/.exec(line);
+      if (replayed) result.replayed = Number(replayed[1]);
       const lost = /^Possibly lost (\d+) samples/.exec(line);
       if (lost) result.drops = (result.drops ?? 0) + Number(lost[1]);
     }
@@ -181,6 +216,30 @@ export class Tracer implements AsyncDisposable {
       this.log.push(...lines.filter((l) => l !== ""));
     }
     if (rest) this.log.push(rest);
+  }
+}
+
+/**
+ * Ends the capture a stopped agent left pinned under `pinDir`: removing the directory unpins
+ * the programs' links, the maps and the ring buffer, and the kernel detaches and frees them
+ * (what `flowexporter detach` does, without starting Deno again).
+ *
+ * @throws when the directory is still there afterwards
+ */
+export async function endCapture(pinDir: string): Promise<void> {
+  await Deno.remove(pinDir, { recursive: true }).catch((error) => {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  });
+  if (isDirectory(pinDir)) {
+    throw new Error(`Cannot end the agent's capture: ${pinDir} is still there after removal`);
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
   }
 }
 

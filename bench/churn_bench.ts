@@ -3,8 +3,12 @@
  * every closed TCP socket becomes a record. Each repetition runs, in rotating
  * order, the churn generator (build/churn) untraced, under the agent (JSON
  * output, and --output none), under Debian's tcplife-bpfcc and under a bare
- * bpftrace counter; the agent with --perf-buffer runs once. Prints a table of
- * figures and ratios.
+ * bpftrace counter; the agent with --perf-buffer runs once. The restart
+ * scenarios run the churn at a fixed rate while the agent is stopped (SIGTERM,
+ * or SIGKILL) in the middle and started again at once on the same pinned
+ * capture, spool and lock: the two agents' records together must hold every
+ * flow once. With --hog a busy loop pinned to one CPU runs during every
+ * measurement. Prints a table of figures and ratios.
  *
  * Run as root: `make bench` (or `deno task bench`); `--help` lists the flags.
  *
@@ -15,12 +19,21 @@ import {
   clockTicksPerSecond,
   cpuTicks,
   delay,
+  Hog,
   peakRssKiB,
   threadCount,
   waitUntilIdle,
 } from "./_proc.ts";
-import { churnGrid, countGridRecords, type Grid, readCount } from "./_records.ts";
-import { prepareBpftrace, prepareTcplife, Tracer } from "./_tracers.ts";
+import {
+  churnGrid,
+  countGridRecords,
+  FlowTally,
+  type Grid,
+  readCount,
+  tallyJsonRecords,
+  tallySpool,
+} from "./_records.ts";
+import { endCapture, prepareBpftrace, prepareTcplife, Tracer } from "./_tracers.ts";
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
 const FIRST_ADDR = "127.77.0.1";
@@ -34,12 +47,18 @@ Options:
   --duration S       seconds of churn per measurement (default 5)
   --warmup S         untimed churn first, to reach a steady TIME_WAIT table (default 2)
   --rate R           churn target, connections/s; 0 = flat out (default 0)
+  --restart-rate R   churn target of agent-restart and agent-kill, connections/s (default 2000)
   --clients N        churn client threads (default 2)
   --servers N        churn server threads (default 2)
   --concurrency N    connections in flight per client thread (default 64)
   --port-base P      first churn listening port (default 20000)
-  --tools LIST       comma list of agent,agent-none,agent-perf,tcplife,bare (default all)
+  --tools LIST       comma list of agent,agent-none,agent-perf,agent-restart,agent-kill,
+                     tcplife,bare (default all)
   --agent-args=ARGS  extra arguments for every agent run, e.g. --agent-args="--poll-ms 10"
+  --hog              a busy loop pinned to one CPU during every measurement, untraced too
+  --hog-cpu N        the CPU the busy loop runs on (default 0)
+  --ref-main PATH    also run agent and agent-none from another built checkout's main.ts
+                     (e.g. the previous commit), side by side in the same rotation
   --no-install       do not install bpfcc-tools, kernel headers or bpftrace when missing
   --tmp-dir DIR      where tracer output goes, ideally tmpfs (default /dev/shm)
   -h, --help         show this help
@@ -61,13 +80,40 @@ interface TracerFigures {
   cpuMs: number;
   peakRssKiB: number;
   threads: number;
-  /** Records of the churn's sockets: matched in the output, or the tracer's own count. */
+  /**
+   * Records of the churn's sockets: matched in the output, the tracer's own count, or (after
+   * a restart) the distinct flow IDs in the agents' output or in their spool.
+   */
   captured: number;
-  countedBy: "output" | "self";
+  countedBy: "output" | "self" | "spool";
   server: number;
   client: number;
   drops?: number;
   recursionMisses?: number;
+  /** Restart scenarios: records that came again under a flow ID already counted. */
+  duplicates?: number;
+}
+
+/** What a restart scenario saw besides the records. */
+interface RestartFigures {
+  /** From the stop signal until the first agent was gone, ms. */
+  stopMs: number;
+  /** From the first agent's exit until the second one captured, ms. */
+  startMs: number;
+  /** Grid records in each agent's stdout, duplicates included. */
+  printed: [number, number];
+  /** The stdout of both agents together, by flow ID. */
+  stdout: { unique: number; duplicates: number };
+  /** The spool after both, by flow ID. */
+  spool: { unique: number; duplicates: number; batches: number };
+  /** Flows in the spool that neither agent printed (the killed agent's journal, replayed). */
+  onlyInSpool: number;
+  /** Flows printed that the spool lacks. */
+  onlyInStdout: number;
+  /** The second agent took over the pinned capture. */
+  resumed: boolean;
+  /** Flows the second agent replayed from the first one's journal. */
+  replayed: number;
 }
 
 interface Measurement {
@@ -75,6 +121,9 @@ interface Measurement {
   rep: number;
   churn: ChurnResult;
   tracer?: TracerFigures;
+  restart?: RestartFigures;
+  /** Share of its CPU the busy loop used (--hog), about 1. */
+  hogBusy?: number;
 }
 
 interface Variant {
@@ -83,6 +132,10 @@ interface Variant {
   agentArgs?: string[];
   /** Runs in the last repetition only. */
   once?: boolean;
+  /** Restart scenario: the signal that stops the first agent mid-churn (at --restart-rate). */
+  restart?: "SIGTERM" | "SIGKILL";
+  /** Runs the reference agent (--ref-main) instead of this checkout's. */
+  ref?: boolean;
 }
 
 const VARIANTS: Record<string, Variant> = {
@@ -99,10 +152,31 @@ const VARIANTS: Record<string, Variant> = {
     agentArgs: ["--output", "json", "--perf-buffer"],
     once: true,
   },
+  "agent-restart": {
+    label: "flowexporter restarted (SIGTERM)",
+    tracer: "agent",
+    agentArgs: ["--output", "json"],
+    restart: "SIGTERM",
+  },
+  "agent-kill": {
+    label: "flowexporter killed, restarted (SIGKILL)",
+    tracer: "agent",
+    agentArgs: ["--output", "json"],
+    restart: "SIGKILL",
+  },
   tcplife: { label: "tcplife-bpfcc", tracer: "tcplife" },
   bare: { label: "bare BPF counter (bpftrace)", tracer: "bare" },
 };
 const TOOLS = Object.keys(VARIANTS).filter((n) => n !== "baseline");
+/** With --ref-main, these variants run twice: as `ref-<name>` with the reference agent too. */
+const REF_TWINS = ["agent", "agent-none"];
+for (const name of REF_TWINS) {
+  VARIANTS[`ref-${name}`] = {
+    ...VARIANTS[name],
+    label: `${VARIANTS[name].label} [ref]`,
+    ref: true,
+  };
+}
 
 /** Aims from the issue "Capture every closed TCP socket". */
 const AIM = { completeness: 1, ratio: 0.85, cpuMsPer1000: 3 };
@@ -117,12 +191,16 @@ function parseOptions() {
       duration: { type: "string", default: "5" },
       warmup: { type: "string", default: "2" },
       rate: { type: "string", default: "0" },
+      "restart-rate": { type: "string", default: "2000" },
       clients: { type: "string", default: "2" },
       servers: { type: "string", default: "2" },
       concurrency: { type: "string", default: "64" },
       "port-base": { type: "string", default: "20000" },
       tools: { type: "string", default: TOOLS.join(",") },
       "agent-args": { type: "string", default: "" },
+      hog: { type: "boolean", default: false },
+      "hog-cpu": { type: "string", default: "0" },
+      "ref-main": { type: "string", default: "" },
       "no-install": { type: "boolean", default: false },
       "tmp-dir": { type: "string", default: "/dev/shm" },
       help: { type: "boolean", short: "h", default: false },
@@ -149,20 +227,46 @@ function parseOptions() {
       throw new Error(`Invalid --tools entry ${JSON.stringify(t)}: expected ${TOOLS.join(", ")}`);
     }
   }
+  const hogCpu = Math.floor(num("hog-cpu", 0));
+  if (hogCpu >= navigator.hardwareConcurrency) {
+    throw new Error(
+      `Invalid --hog-cpu ${hogCpu}: this machine has CPUs 0 to ${
+        navigator.hardwareConcurrency - 1
+      }`,
+    );
+  }
   return {
     reps: Math.floor(num("reps", 1)),
     duration: num("duration", 0.5),
     warmup: num("warmup", 0),
     rate: num("rate", 0),
+    restartRate: num("restart-rate", 1),
     clients: Math.floor(num("clients", 1)),
     servers: Math.floor(num("servers", 1)),
     concurrency: Math.floor(num("concurrency", 1)),
     portBase: Math.floor(num("port-base", 1)),
     tools,
     agentArgs: values["agent-args"].split(/\s+/).filter((a) => a !== ""),
+    hog: values.hog,
+    hogCpu,
+    refMain: values["ref-main"] === "" ? undefined : refMain(values["ref-main"]),
     install: !values["no-install"],
     tmpDir: values["tmp-dir"],
   };
+}
+
+/** The reference agent's main.ts, resolved; its checkout must be built (build/libflowexporter.so). */
+function refMain(path: string): string {
+  try {
+    const main = Deno.realPathSync(path);
+    Deno.statSync(new URL("build/libflowexporter.so", `file://${main}`).pathname);
+    return main;
+  } catch {
+    throw new Error(
+      `Invalid --ref-main ${JSON.stringify(path)}: expected the main.ts of a built checkout ` +
+        "(with build/libflowexporter.so beside it)",
+    );
+  }
 }
 
 type Options = ReturnType<typeof parseOptions>;
@@ -179,11 +283,11 @@ function log(line: string): void {
   console.error(`bench: ${line}`);
 }
 
-async function runChurn(o: Options, seconds: number): Promise<ChurnResult> {
+async function runChurn(o: Options, seconds: number, rate = o.rate): Promise<ChurnResult> {
   const child = new Deno.Command(CHURN, {
     args: [
       `--duration=${seconds}`,
-      `--rate=${o.rate}`,
+      `--rate=${rate}`,
       `--clients=${o.clients}`,
       `--servers=${o.servers}`,
       `--concurrency=${o.concurrency}`,
@@ -232,6 +336,7 @@ function startTracer(
         outputPath,
         pinDir,
         workDir,
+        v.ref ? o.refMain : undefined,
       );
     case "tcplife":
       return Tracer.startTcplife(ctx.commands.get(name)!, outputPath);
@@ -240,19 +345,60 @@ function startTracer(
   }
 }
 
-/** One measurement: start the tracer, churn, let the tracer catch up, stop it, count its records. */
+/**
+ * One measurement: with --hog, the busy loop first; then the scenario. The loop is killed once
+ * the tracers stopped (`endLoad`), and in any case before this returns or throws.
+ */
 async function measure(o: Options, name: string, rep: number, ctx: Context): Promise<Measurement> {
-  const v = VARIANTS[name];
-  if (v.tracer === "none") return { variant: name, rep, churn: await runChurn(o, o.duration) };
+  const hog = o.hog ? new Hog(o.hogCpu, ctx.hz) : undefined;
+  let hogBusy: number | undefined;
+  const endLoad = async () => {
+    if (hog) hogBusy = (await hog.stop()).busy;
+  };
+  live.add(endLoad);
+  try {
+    await hog?.ready();
+    const v = VARIANTS[name];
+    let m: Measurement;
+    if (v.tracer === "none") {
+      m = { variant: name, rep, churn: await runChurn(o, o.duration) };
+    } else if (v.restart) m = await measureRestart(o, name, rep, ctx, endLoad);
+    else m = await measureTracer(o, name, rep, ctx, endLoad);
+    await endLoad();
+    return hog ? { ...m, hogBusy } : m;
+  } finally {
+    await endLoad();
+    live.delete(endLoad);
+  }
+}
 
+/** A fresh work directory and the name of a bpffs pin directory of its own (the agent makes it). */
+function agentDirs(ctx: Context, name: string, rep: number) {
   const workDir = `${ctx.dir}/${name}-${rep}`;
   const pinDir = `/sys/fs/bpf/flowexporter-bench-${crypto.randomUUID().slice(0, 8)}`;
   Deno.mkdirSync(workDir);
+  return { workDir, pinDir };
+}
+
+/** Start the tracer, churn, let the tracer catch up, stop it, count its records. */
+async function measureTracer(
+  o: Options,
+  name: string,
+  rep: number,
+  ctx: Context,
+  endLoad: () => Promise<void>,
+): Promise<Measurement> {
+  const v = VARIANTS[name];
+  const { workDir, pinDir } = agentDirs(ctx, name, rep);
   let tracer: Tracer | undefined;
   const cleanup = async () => {
-    await tracer?.stop();
-    await Deno.remove(pinDir, { recursive: true }).catch(() => {});
-    await Deno.remove(workDir, { recursive: true }).catch(() => {});
+    try {
+      await tracer?.stop();
+      // A stopped agent leaves its capture attached for the next start: end it.
+      await endCapture(pinDir);
+    } finally {
+      await Deno.remove(workDir, { recursive: true }).catch(() => {});
+    }
   };
   live.add(cleanup);
   try {
@@ -264,6 +410,8 @@ async function measure(o: Options, name: string, rep: number, ctx: Context): Pro
     const rss = peakRssKiB(tracer.pid);
     const threads = threadCount(tracer.pid);
     const stop = await tracer.stop();
+    await endCapture(pinDir);
+    await endLoad();
     if (stop.exitCode !== 0) {
       const tail = tracer.log.slice(-10).join("\n");
       throw new Error(`${v.label} exited with ${stop.exitCode}; its log:\n${tail}`);
@@ -304,6 +452,130 @@ async function measure(o: Options, name: string, rep: number, ctx: Context): Pro
   }
 }
 
+/**
+ * The restart scenario: the churn at --restart-rate for --duration; halfway through, the agent
+ * gets `v.restart` (SIGTERM or SIGKILL), and once it is gone a second agent starts on the same
+ * pin directory, spool and lock file, stdout to a file of its own. In between the BPF side
+ * keeps writing into the pinned ring buffer, which the second agent drains. Completeness is
+ * the distinct flow IDs of the churn's sockets: in both agents' stdout after SIGTERM; in the
+ * spool after SIGKILL, since the flows the killed agent had journaled but not printed come
+ * back from its journal into the spool, not to stdout.
+ */
+async function measureRestart(
+  o: Options,
+  name: string,
+  rep: number,
+  ctx: Context,
+  endLoad: () => Promise<void>,
+): Promise<Measurement> {
+  const v = VARIANTS[name];
+  const signal = v.restart!;
+  const { workDir, pinDir } = agentDirs(ctx, name, rep);
+  const args = [...v.agentArgs!, ...o.agentArgs];
+  const outputs = [`${workDir}/stdout-1`, `${workDir}/stdout-2`];
+  const agents: Tracer[] = [];
+  const cleanup = async () => {
+    try {
+      for (const agent of agents) await agent.stop();
+      await endCapture(pinDir);
+    } finally {
+      await Deno.remove(workDir, { recursive: true }).catch(() => {});
+    }
+  };
+  live.add(cleanup);
+  try {
+    const first = await Tracer.startAgent(name, args, outputs[0], pinDir, workDir);
+    agents.push(first);
+    const cpu0First = cpuTicks(first.pid);
+    const churning = runChurn(o, o.duration, o.restartRate);
+    // Awaited below; if a step before that throws, the run's clean-up stops the churn.
+    churning.catch(() => {});
+    await delay(o.duration * 500);
+    const rss = peakRssKiB(first.pid);
+    const signalled = performance.now();
+    const stopFirst = await first.stop(signal);
+    const exited = performance.now();
+    const expectedCode = signal === "SIGKILL" ? 128 + 9 : 0;
+    if (stopFirst.exitCode !== expectedCode) {
+      const tail = first.log.slice(-10).join("\n");
+      throw new Error(
+        `The first agent exited with ${stopFirst.exitCode} on ${signal}; its log:\n${tail}`,
+      );
+    }
+    const second = await Tracer.startAgent(name, args, outputs[1], pinDir, workDir);
+    agents.push(second);
+    const capturing = performance.now();
+    const cpu0Second = cpuTicks(second.pid);
+    const churn = await churning;
+    await waitUntilIdle(second.pid);
+    const cpuSecond = cpuTicks(second.pid) - cpu0Second;
+    const peak = Math.max(rss, peakRssKiB(second.pid));
+    const threads = threadCount(second.pid);
+    const stopSecond = await second.stop();
+    await endCapture(pinDir);
+    await endLoad();
+    if (stopSecond.exitCode !== 0) {
+      const tail = second.log.slice(-10).join("\n");
+      throw new Error(`The second agent exited with ${stopSecond.exitCode}; its log:\n${tail}`);
+    }
+    const cpuFirst = (stopFirst.finalCpuTicks ?? cpu0First) - cpu0First;
+
+    const stdout = new FlowTally();
+    const printed: [number, number] = [
+      await tallyJsonRecords(outputs[0], ctx.grid, stdout),
+      await tallyJsonRecords(outputs[1], ctx.grid, stdout),
+    ];
+    const spool = new FlowTally();
+    const { batches } = await tallySpool(`${workDir}/spool`, ctx.grid, spool);
+    // After SIGKILL, flows the killed agent journaled but never printed are only in the spool.
+    const silent = args[args.lastIndexOf("--output") + 1] === "none";
+    const fromSpool = signal === "SIGKILL" || silent;
+    const counted = fromSpool ? spool : stdout;
+    return {
+      variant: name,
+      rep,
+      churn,
+      tracer: {
+        cpuMs: (cpuFirst + cpuSecond) * 1000 / ctx.hz,
+        peakRssKiB: peak,
+        threads,
+        captured: counted.unique,
+        countedBy: fromSpool ? "spool" : "output",
+        server: counted.server,
+        client: counted.client,
+        duplicates: counted.duplicates,
+        // The drop counter is a pinned map, shared by both agents; misses count per program.
+        drops: maxOf(stopFirst.drops, stopSecond.drops),
+        recursionMisses: sumOf(stopFirst.recursionMisses, stopSecond.recursionMisses),
+      },
+      restart: {
+        stopMs: exited - signalled,
+        startMs: capturing - exited,
+        printed,
+        stdout: { unique: stdout.unique, duplicates: stdout.duplicates },
+        spool: { unique: spool.unique, duplicates: spool.duplicates, batches },
+        onlyInSpool: spool.notIn(stdout),
+        onlyInStdout: stdout.notIn(spool),
+        resumed: stopSecond.resumed ?? false,
+        replayed: stopSecond.replayed ?? 0,
+      },
+    };
+  } finally {
+    await cleanup();
+    live.delete(cleanup);
+  }
+}
+
+function maxOf(...xs: (number | undefined)[]): number | undefined {
+  const known = xs.filter((x) => x !== undefined);
+  return known.length ? Math.max(...known) : undefined;
+}
+
+function sumOf(...xs: (number | undefined)[]): number | undefined {
+  const known = xs.filter((x) => x !== undefined);
+  return known.length ? known.reduce((a, b) => a + b, 0) : undefined;
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
@@ -324,16 +596,31 @@ const pct = (x: number) => `${(x * 100).toFixed(x === 1 ? 0 : 2)} %`;
 function describe(m: Measurement, baseline: number): string {
   const c = m.churn;
   const failed = c.errors + c.unsent + c.abandoned;
-  let line = `rep ${m.rep} ${m.variant}: ${int(c.rate)} conn/s (${(c.rate / baseline).toFixed(2)})`;
+  let line = `rep ${m.rep} ${m.variant}: ${int(c.rate)} conn/s`;
+  if (!m.restart) line += ` (${(c.rate / baseline).toFixed(2)})`;
   if (failed) line += ` [churn: ${c.errors} failed, ${c.unsent} unsent, ${c.abandoned} abandoned]`;
+  if (m.hogBusy !== undefined) line += ` [busy loop: ${pct(m.hogBusy)} of CPU]`;
   const t = m.tracer;
   if (!t) return line;
   const how = t.countedBy === "self"
     ? "its own count"
-    : `server ${int(t.server)}, client ${int(t.client)}`;
+    : `${t.countedBy === "spool" ? "spool" : "stdout"}: server ${int(t.server)}, client ${
+      int(t.client)
+    }`;
   line += `, ${pct(completeness(m))} (${int(t.captured)}/${int(c.sockets_closed)}; ${how})`;
   line += `, ${cpuPer1000(m).toFixed(2)} ms CPU/1000 flows, drops ${t.drops ?? 0}`;
   if (t.recursionMisses !== undefined) line += `, recursion misses ${t.recursionMisses}`;
+  const r = m.restart;
+  if (r) {
+    line += `; stopped in ${int(r.stopMs)} ms, next agent capturing ${int(r.startMs)} ms later` +
+      `${r.resumed ? " (resumed the pinned capture)" : " (NOT resumed)"}` +
+      `, replayed ${int(r.replayed)} from the journal` +
+      `; stdout ${int(r.printed[0])} + ${int(r.printed[1])} records = ${int(r.stdout.unique)} ` +
+      `flows, ${int(r.stdout.duplicates)} duplicates` +
+      `; spool ${int(r.spool.unique)} flows in ${r.spool.batches} batches, ` +
+      `${int(r.spool.duplicates)} duplicates; only in spool ${int(r.onlyInSpool)}, ` +
+      `only in stdout ${int(r.onlyInStdout)}`;
+  }
   return line;
 }
 
@@ -345,6 +632,7 @@ const HEADER = [
   "Complete (median)",
   "Complete (worst)",
   "Missing records",
+  "Duplicates",
   "Drops",
   "Recursion misses",
   "CPU ms/1000 flows (median)",
@@ -359,7 +647,7 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
     v.label,
     String(ms.length),
     int(median(ms.map((m) => m.churn.rate))),
-    ratio.toFixed(2),
+    v.restart ? "n/a †" : ratio.toFixed(2),
   ];
   if (v.tracer === "none") return [...row, ...HEADER.slice(row.length).map(() => "")];
   const worst = Math.min(...ms.map(completeness));
@@ -372,13 +660,22 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
     ms.some((m) => f(m.tracer!) !== undefined)
       ? int(ms.reduce((n, m) => n + (f(m.tracer!) ?? 0), 0))
       : "n/a";
-  const star = ms.some((m) => m.tracer!.countedBy === "self") ? " *" : "";
-  const meets = worst >= AIM.completeness && ratio >= AIM.ratio && cpu < AIM.cpuMsPer1000;
+  const star = ms.some((m) => m.tracer!.countedBy === "self")
+    ? " *"
+    : ms.some((m) => m.tracer!.countedBy === "spool")
+    ? " §"
+    : "";
+  const duplicates = sum((t) => t.duplicates);
+  // A restart runs at a fixed rate: its aims are every flow, once after SIGTERM.
+  const meets = v.restart
+    ? worst >= AIM.completeness && (v.restart === "SIGKILL" || duplicates === "0")
+    : worst >= AIM.completeness && ratio >= AIM.ratio && cpu < AIM.cpuMsPer1000;
   return [
     ...row,
     pct(median(ms.map(completeness))) + star,
     pct(worst) + star,
     int(missing),
+    duplicates === "n/a" ? "" : duplicates,
     sum((t) => t.drops),
     sum((t) => t.recursionMisses),
     cpu.toFixed(2),
@@ -426,6 +723,21 @@ function preflight(): void {
         "(run make build/churn, or gcc -O2 -pthread bench/churn.c -o build/churn)",
     );
   }
+  // A bench that was killed leaves its agent's capture attached (pinned), costing every run.
+  let stale: string[] = [];
+  try {
+    stale = [...Deno.readDirSync("/sys/fs/bpf")]
+      .filter((e) => e.isDirectory && e.name.startsWith("flowexporter-bench-"))
+      .map((e) => `/sys/fs/bpf/${e.name}`);
+  } catch {
+    // No bpffs yet: the agent mounts it.
+  }
+  if (stale.length) {
+    log(
+      `warning: ${stale.join(", ")} left by an earlier run (or one running now) keep BPF ` +
+        "programs attached; if no benchmark runs, end them with rm -r",
+    );
+  }
   // The churn changes no sysctl: TIME_WAIT sits on the server side and clients never bind.
   if (Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_timestamps").trim() === "0") {
     log("warning: net.ipv4.tcp_timestamps is 0; SYNs that meet a TIME_WAIT 4-tuple may stall");
@@ -447,6 +759,9 @@ async function main(): Promise<number> {
     } else commands.set(name, prepared.command);
   }
   const names = ["baseline", ...TOOLS.filter((n) => o.tools.includes(n))];
+  if (o.refMain) {
+    names.push(...REF_TWINS.filter((n) => o.tools.includes(n)).map((n) => `ref-${n}`));
+  }
   const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "flowexporter-bench-" });
   live.add(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
   const ctx: Context = {
@@ -457,8 +772,14 @@ async function main(): Promise<number> {
   };
 
   const load = o.rate > 0 ? `target ${o.rate} conn/s` : "flat out";
+  const restarts = names.some((n) => VARIANTS[n].restart)
+    ? ` (restart scenarios: target ${o.restartRate} conn/s, agent stopped after ${
+      o.duration / 2
+    } s)`
+    : "";
+  const hog = o.hog ? `, busy loop pinned to CPU ${o.hogCpu} during every measurement` : "";
   const setup = `churn ${o.clients} clients + ${o.servers} servers, ` +
-    `${o.concurrency} in flight per client, ${load}, ${o.reps} x ${o.duration} s`;
+    `${o.concurrency} in flight per client, ${load}${restarts}, ${o.reps} x ${o.duration} s${hog}`;
   const cpus = navigator.hardwareConcurrency;
   const machine = `${cpus} CPUs (${cpuModel()}), kernel ${Deno.osRelease()}`;
   log(`${machine}; ${setup}`);
@@ -486,6 +807,10 @@ async function main(): Promise<number> {
     results.push(...repResults);
   }
 
+  const title = o.hog
+    ? `Churn ${load}, ${o.reps} x ${o.duration} s, WITH a busy loop on CPU ${o.hogCpu} (--hog)`
+    : `Churn ${load}, ${o.reps} x ${o.duration} s, no busy loop`;
+  console.log(`${title}, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC\n`);
   console.log(table(results, names, skipped));
   console.log(`\n${machine}; ${setup}, order rotated per rep.`);
   console.log(
@@ -495,10 +820,40 @@ async function main(): Promise<number> {
       "CPU = utime+stime of the tracer process (all threads) over the churn and its catch-up. " +
       "Drops: agent kernel drops, tcplife perf samples lost. " +
       "* = the tracer's own host-wide count (--output none and the bare counter write no records). " +
+      (o.hog
+        ? `Busy loop: pinned to CPU ${o.hogCpu} from before the tracer starts until it stopped, ` +
+          "in untraced runs too. "
+        : "") +
       `Aims: ${pct(AIM.completeness)} complete, ratio >= ${AIM.ratio}, ` +
       `< ${AIM.cpuMsPer1000} ms CPU/1000 flows.`,
   );
+  if (names.some((n) => VARIANTS[n].restart)) {
+    console.log(
+      `Restart scenarios: churn at ${o.restartRate} conn/s (so † no ratio); the agent gets ` +
+        "SIGTERM or SIGKILL halfway and a second one starts on the same pin directory, spool and " +
+        "lock file once it is gone. Complete = distinct flow_ids of the churn's sockets: in both " +
+        "agents' stdout (SIGTERM), in the spool (§, SIGKILL: flows the killed agent journaled " +
+        "come back from its journal into the spool, not to stdout). Duplicates = records whose " +
+        "flow_id was already counted. CPU = both agents, each from capturing to its exit (the " +
+        "second: until idle). Aims: every flow, and no duplicate after SIGTERM.",
+    );
+    for (const name of names.filter((n) => VARIANTS[n].restart)) {
+      const rs = results.filter((m) => m.variant === name && m.restart).map((m) => m.restart!);
+      if (rs.length === 0) continue;
+      console.log(
+        `${VARIANTS[name].label}: stop took ${int(median(rs.map((r) => r.stopMs)))} ms and the ` +
+          `next start ${int(median(rs.map((r) => r.startMs)))} ms (medians); resumed the pinned ` +
+          `capture ${rs.filter((r) => r.resumed).length}/${rs.length}; replayed from the ` +
+          `journal ${int(rs.reduce((n, r) => n + r.replayed, 0))}; in the spool and in neither ` +
+          `stdout ${int(rs.reduce((n, r) => n + r.onlyInSpool, 0))}; printed but not in the ` +
+          `spool ${int(rs.reduce((n, r) => n + r.onlyInStdout, 0))}; duplicates in stdout ` +
+          `${int(rs.reduce((n, r) => n + r.stdout.duplicates, 0))}, in the spool ` +
+          `${int(rs.reduce((n, r) => n + r.spool.duplicates, 0))} (all reps).`,
+      );
+    }
+  }
   if (o.agentArgs.length) console.log(`Agent runs had extra arguments: ${o.agentArgs.join(" ")}`);
+  if (o.refMain) console.log(`[ref] = the reference agent ${o.refMain}, in the same rotation.`);
   return 0;
 }
 

@@ -21,6 +21,7 @@ import { Ingestor } from "../collector/ingest.ts";
 import { startCollector } from "../collector/server.ts";
 import { FlowStore } from "../collector/store.ts";
 import type { FlowRecord } from "../lib/flow.ts";
+import { parseBootId } from "../lib/flow_id.ts";
 import {
   decodeBatch,
   type DecodedBatch,
@@ -206,6 +207,12 @@ function buildBatches(
     Uint8Array.of(10, 1 + (host >> 8), host & 0xff, 10 + pod);
   const workload = (host: number, pod: number) =>
     `k8s://team-${(host * podsPerHost + pod) % 37}/svc-${host}-${pod}-7d9f8c6b5-x2b`;
+  // Each host's boot, and the cookie of its next socket.
+  const bootIds = Array.from(
+    { length: hosts },
+    (_, h) => parseBootId(`${h.toString(16).padStart(8, "0")}-5eed-4b00-8000-000000000000`),
+  );
+  const cookies = Array.from({ length: hosts }, () => 4097n);
   for (let i = 0; i < connections; i++) {
     const client = random(hosts);
     const server = (client + 1 + random(hosts - 1)) % hosts;
@@ -225,26 +232,33 @@ function buildBatches(
       error: 0,
       segsOut: 12,
       segsIn: 10,
-      totalRetrans: 0,
       srttUs: 180 + random(200),
       minRttUs: 90,
       delivered: 8,
       lost: 0,
     };
+    // One client in 20 retransmits a full-sized segment.
+    const retrans = i % 20 === 0 ? 1 : 0;
     perHost[client].push({
       ...common,
+      bootId: bootIds[client],
+      cookie: cookies[client]++,
       localIp: ip(client, cp),
       localPort: port,
       remoteIp: ip(server, sp),
       remotePort: 8080,
       localWorkloadId: workload(client, cp),
       direction: "outbound",
-      bytesSent: 900 + random(4000),
+      bytesSent: 900 + random(4000) + retrans * 1448,
+      bytesRetrans: retrans * 1448,
+      totalRetrans: retrans,
       bytesAcked: 900,
       bytesReceived: 2000 + random(90000),
     });
     perHost[server].push({
       ...common,
+      bootId: bootIds[server],
+      cookie: cookies[server]++,
       localIp: ip(server, sp),
       localPort: 8080,
       remoteIp: ip(client, cp),
@@ -252,6 +266,8 @@ function buildBatches(
       localWorkloadId: workload(server, sp),
       direction: "inbound",
       bytesSent: 2000 + random(90000),
+      bytesRetrans: 0,
+      totalRetrans: 0,
       bytesAcked: 2000,
       bytesReceived: 900 + random(4000),
     });

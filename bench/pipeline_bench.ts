@@ -15,10 +15,11 @@
 import { cpuUsage } from "node:process";
 import { parseArgs } from "node:util";
 import { gzip as zlibGzip } from "node:zlib";
-import { DEFAULT_GZIP_LEVEL, gunzip, gzip } from "../lib/_gzip.ts";
-import { syntheticFlow } from "../lib/_synthetic_flows.ts";
+import { DEFAULT_GZIP_LEVEL, gunzip, gzip } from "../lib/gzip.ts";
+import { SYNTHETIC_BOOT_ID, syntheticFlow } from "../tests/_synthetic_flows.ts";
 import { Batcher, type ClosedWindow, DEFAULT_MAX_RECORDS } from "../lib/batcher.ts";
-import { decodeFlows, RECORD_SIZE, TCP_STATES } from "../lib/decode.ts";
+import { decodeFlows, RECORD_OFFSETS, RECORD_SIZE } from "../lib/decode.ts";
+import { TCP_STATES } from "../lib/flow.ts";
 import type { FlowRecord } from "../lib/flow.ts";
 import { Shipper } from "../lib/shipper.ts";
 import { Spool } from "../lib/spool.ts";
@@ -29,6 +30,7 @@ const BOOT_NS = 86_400_000_000_000n; // the kernel clock: one day since boot
 const OFFSET_NS = BigInt(T0_MS) * 1_000_000n - BOOT_NS;
 const POOL = 16_384; // distinct pre-built kernel records, patched per flow
 const MESSAGE = 256; // records per poll-worker message
+const FIRST_COOKIE = 1_000_001n; // socket cookies: one per flow
 
 const { values: args } = parseArgs({
   options: {
@@ -48,44 +50,63 @@ const GZIP_LEVEL = Number(args["gzip-level"]);
 
 /** `struct fe_flow` (bpf/flowexporter.h), little endian, from a FlowRecord. */
 function packFeFlow(r: FlowRecord, out: Uint8Array, at: number): void {
+  const o = RECORD_OFFSETS;
   const v = new DataView(out.buffer, out.byteOffset + at, RECORD_SIZE);
-  v.setBigUint64(0, r.tStartNs - OFFSET_NS, true);
-  v.setBigUint64(8, r.tEndNs - OFFSET_NS, true);
-  v.setBigUint64(16, BigInt(r.bytesSent), true);
-  v.setBigUint64(24, BigInt(r.bytesAcked), true);
-  v.setBigUint64(32, BigInt(r.bytesReceived), true);
-  [r.segsOut, r.segsIn, r.totalRetrans, r.srttUs, r.minRttUs, r.delivered, r.lost].forEach(
-    (n, i) => v.setUint32(40 + 4 * i, n, true),
-  );
+  v.setBigUint64(o.t_start_ns, r.tStartNs - OFFSET_NS, true);
+  v.setBigUint64(o.t_end_ns, r.tEndNs - OFFSET_NS, true);
+  v.setBigUint64(o.bytes_sent, BigInt(r.bytesSent), true);
+  v.setBigUint64(o.bytes_acked, BigInt(r.bytesAcked), true);
+  v.setBigUint64(o.bytes_received, BigInt(r.bytesReceived), true);
+  v.setBigUint64(o.bytes_retrans, BigInt(r.bytesRetrans), true);
+  v.setBigUint64(o.cookie, r.cookie, true);
+  v.setUint32(o.segs_out, r.segsOut, true);
+  v.setUint32(o.segs_in, r.segsIn, true);
+  v.setUint32(o.total_retrans, r.totalRetrans, true);
+  v.setUint32(o.srtt_us, r.srttUs, true);
+  v.setUint32(o.min_rtt_us, r.minRttUs, true);
+  v.setUint32(o.delivered, r.delivered, true);
+  v.setUint32(o.lost, r.lost, true);
   const ip16 = (ip: Uint8Array) =>
     ip.length === 16 ? ip : Uint8Array.of(...Array(10).fill(0), 0xff, 0xff, ...ip);
-  out.set(ip16(r.localIp), at + 72);
-  out.set(ip16(r.remoteIp), at + 88);
-  v.setUint16(104, r.localPort, true);
-  v.setUint16(106, r.remotePort, true);
-  v.setUint8(108, r.family);
-  v.setUint8(109, ["unknown", "outbound", "inbound"].indexOf(r.direction));
-  v.setUint8(110, (TCP_STATES as readonly string[]).indexOf(r.closeState));
-  v.setUint8(111, ["unknown", "host", "ip-map", "port-map"].indexOf(r.identitySource));
-  v.setUint8(112, r.seeded ? 1 : 0);
-  v.setUint8(113, r.error);
-  out.set(new TextEncoder().encode(r.localWorkloadId), at + 120);
+  out.set(ip16(r.localIp), at + o.local_ip);
+  out.set(ip16(r.remoteIp), at + o.remote_ip);
+  v.setUint16(o.local_port, r.localPort, true);
+  v.setUint16(o.remote_port, r.remotePort, true);
+  v.setUint8(o.family, r.family);
+  v.setUint8(o.direction, ["unknown", "outbound", "inbound"].indexOf(r.direction));
+  v.setUint8(o.close_state, (TCP_STATES as readonly string[]).indexOf(r.closeState));
+  v.setUint8(
+    o.identity_source,
+    ["unknown", "host", "ip-map", "port-map"].indexOf(r.identitySource),
+  );
+  v.setUint8(o.flags, r.seeded ? 1 : 0);
+  v.setUint8(o.error, r.error);
+  out.set(new TextEncoder().encode(r.localWorkloadId), at + o.workload_id);
 }
 
-/** A pool of kernel records; `message(n)` patches times and counters for flows n.. and returns 256. */
+/**
+ * A pool of kernel records; `message(n)` patches times, counters and cookies for flows n.. and
+ * returns 256.
+ */
 function kernelSource() {
   const pool = new Uint8Array(POOL * RECORD_SIZE);
   for (let i = 0; i < POOL; i++) packFeFlow(syntheticFlow(i * 7919), pool, i * RECORD_SIZE);
   const view = new DataView(pool.buffer);
+  const o = RECORD_OFFSETS;
   return (n: number): Uint8Array => {
     const first = (n % POOL) - ((n % POOL) % MESSAGE);
     for (let k = 0; k < MESSAGE; k++) {
       const at = (first + k) * RECORD_SIZE;
       const endNs = BOOT_NS + BigInt(Math.floor(((n + k) / RATE) * 1e9));
-      view.setBigUint64(at, endNs - BigInt(1_000_000 + ((n + k) % 997) * 1000), true);
-      view.setBigUint64(at + 8, endNs, true);
-      view.setUint32(at + 16, (n + k) * 2_654_435_761 % 3_000_000, true);
-      view.setUint16(at + 106, 1024 + ((n + k) % 60_000), true);
+      view.setBigUint64(
+        at + o.t_start_ns,
+        endNs - BigInt(1_000_000 + ((n + k) % 997) * 1000),
+        true,
+      );
+      view.setBigUint64(at + o.t_end_ns, endNs, true);
+      view.setUint32(at + o.bytes_sent, (n + k) * 2_654_435_761 % 3_000_000, true);
+      view.setBigUint64(at + o.cookie, FIRST_COOKIE + BigInt(n + k), true);
+      view.setUint16(at + o.remote_port, 1024 + ((n + k) % 60_000), true);
     }
     return pool.subarray(first * RECORD_SIZE, (first + MESSAGE) * RECORD_SIZE);
   };
@@ -118,10 +139,12 @@ async function stages(): Promise<void> {
   const N = 200_000;
   const rows: string[][] = [];
 
-  decodeFlows(source(0), OFFSET_NS); // warm-up
+  decodeFlows(source(0), OFFSET_NS, SYNTHETIC_BOOT_ID); // warm-up
   let t = performance.now();
   const records: FlowRecord[] = [];
-  for (let n = 0; n < N; n += MESSAGE) records.push(...decodeFlows(source(n), OFFSET_NS));
+  for (let n = 0; n < N; n += MESSAGE) {
+    records.push(...decodeFlows(source(n), OFFSET_NS, SYNTHETIC_BOOT_ID));
+  }
   rows.push(["decode fe_flow → FlowRecord", rate(N, performance.now() - t), "", ""]);
 
   let windows: ClosedWindow[] = [];
@@ -179,7 +202,7 @@ async function stages(): Promise<void> {
   };
   for (const level of [1, 3, 6]) {
     await compress(
-      `gzip level ${level}, streamed parts (lib/_gzip.ts)`,
+      `gzip level ${level}, streamed parts (lib/gzip.ts)`,
       async () => (await gzip(batch, level)).length,
     );
   }
@@ -273,7 +296,7 @@ async function endToEnd(): Promise<EndToEnd> {
     const t0 = performance.now();
     for (let n = 0; n < total; n += MESSAGE) {
       clock.ms = T0_MS + (n / RATE) * 1000;
-      const records = decodeFlows(source(n), OFFSET_NS);
+      const records = decodeFlows(source(n), OFFSET_NS, SYNTHETIC_BOOT_ID);
       for (let k = 0; k < records.length && n + k < total; k++) shipper.add(records[k]);
       if (n % RATE < MESSAGE) {
         // Once per simulated second: let compression and the spool catch up, as the

@@ -3,9 +3,22 @@
  * flowexporter: one record per closed TCP socket, attributed to a workload
  * when the socket's local address and port become known.
  *
- * Programs: the sock:inet_sock_set_state tracepoint (BTF-typed, or classic
- * as a fallback), tcp:tcp_destroy_sock for cleanup, and a TCP socket
- * iterator that seeds sockets already open when the agent starts.
+ * Programs:
+ *   - on_sockops, a sock_ops program on the cgroup v2 root: the primary path.
+ *     Cgroup programs are never skipped for recursion, unlike tracing
+ *     programs, so it sees every close of every socket it follows: it
+ *     follows a socket from connect() or from the accepted handshake, and
+ *     asks for its state changes (BPF_SOCK_OPS_STATE_CB).
+ *   - on_state_btf, on sock:inet_sock_set_state: the whole job where there
+ *     is no sock_ops, and otherwise the closes of sockets sock_ops does not
+ *     follow (seeded ones, those open before it attached).
+ *   - on_destroy_btf and on_destroy_tp, on tcp:tcp_destroy_sock: a close no
+ *     program saw is recorded here, and the socket's state is deleted.
+ *   - seed_flows, a TCP socket iterator: sockets already open at start.
+ *
+ * Per-socket state lives in `flows`, keyed by the socket cookie (never
+ * reused within a boot). The maps, the buffer and the attachments are
+ * pinned by the shim, so capture goes on while the agent restarts.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -18,13 +31,10 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 
-/* Pre-5.6 kernels: the tracepoint's protocol field was a u8 (CO-RE flavor). */
-struct trace_event_raw_inet_sock_set_state___u8 {
-	__u8 protocol;
-} __attribute__((preserve_access_index));
-
 /* Set by the shim between open and load. */
 const volatile bool use_ringbuf = true;
+/* sock_ops follows every new socket: the tracepoint then only closes what sock_ops does not follow. */
+const volatile bool sockops_attached = false;
 const volatile bool use_boot_clock = true;
 /* Force a ring buffer wakeup once this much data waits; below it the reader drains on a timer. */
 const volatile __u64 wakeup_bytes = 1 << 20;
@@ -32,22 +42,13 @@ const volatile __u64 wakeup_bytes = 1 << 20;
 /* Sockets the iterator seeded; read by the shim. */
 __u64 seeded = 0;
 
-/* What the kernel side remembers about an open socket (key: struct sock address). */
-struct sock_state {
-	__u64 t_start_ns;
-	__u8 direction;
-	__u8 flags;
-	__u8 identity_source;
-	__u8 resolved;
-	__u8 _pad[4];
-	struct fe_workload workload;
-};
+
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 131072); /* resized by the shim */
-	__type(key, __u64);
-	__type(value, struct sock_state);
+	__type(key, __u64); /* socket cookie */
+	__type(value, struct fe_sock_state);
 } flows SEC(".maps");
 
 struct {
@@ -80,13 +81,27 @@ struct {
 	__uint(max_entries, 8 << 20); /* resized by the shim */
 } events SEC(".maps");
 
-/* Scratch record for the perf buffer path (perf output copies from memory). */
+/*
+ * Scratch records for the perf buffer path (perf output copies from memory).
+ * One per nesting level: sock_ops has no recursion guard, so a softirq can
+ * emit on a CPU whose process context is halfway through a record.
+ */
+#define SCRATCH_LEVELS 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SCRATCH_LEVELS);
+	__type(key, __u32);
+	__type(value, struct fe_flow);
+} scratch SEC(".maps");
+
+/* Per CPU: how many emits are in progress, i.e. the next free scratch level. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct fe_flow);
-} scratch SEC(".maps");
+	__type(value, __u32);
+} scratch_depth SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -94,6 +109,19 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
+
+/*
+ * Kernel drops (sum of `drops`) the agents of this capture have reported in
+ * batches so far: written by the agent, never by BPF. It lives with the
+ * pinned capture, so the next agent reports only what came after, including
+ * what overflowed while no agent ran.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} reported_drops SEC(".maps");
 
 static __always_inline __u64 now_ns(void)
 {
@@ -189,39 +217,39 @@ static __always_inline __u8 resolve_workload(const struct endpoints *ep, struct 
 	return source;
 }
 
-static __always_inline void start_flow(const struct sock *sk, __u8 direction, __u8 flags)
+static __always_inline struct fe_sock_state *start_flow(__u64 cookie, __u8 direction, __u8 flags)
 {
-	__u64 key = (__u64)sk;
-	struct sock_state st = {
+	struct fe_sock_state st = {
 		.t_start_ns = now_ns(),
 		.direction = direction,
 		.flags = flags,
 	};
 
-	/* BPF_ANY: a reused struct sock starts a new flow. */
-	bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
+	/* BPF_NOEXIST: the other path, or the program being replaced, may have started it. */
+	bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&flows, &cookie);
 }
 
 /* Local port and address are final at ESTABLISHED: attribute the flow once, here. */
-static __always_inline void establish_flow(const struct sock *sk, int oldstate)
+static __always_inline void resolve_flow(const struct sock *sk, struct fe_sock_state *st)
 {
-	__u64 key = (__u64)sk;
-	struct sock_state *st = bpf_map_lookup_elem(&flows, &key);
 	struct endpoints ep = {};
 
-	if (!st) {
-		/* The handshake began before the agent attached. */
-		start_flow(sk, oldstate == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_INBOUND,
-			   FE_FLAG_SEEDED);
-		st = bpf_map_lookup_elem(&flows, &key);
-		if (!st)
-			return;
-	}
-	if (st->resolved)
+	if (!st || st->resolved)
 		return;
 	read_endpoints(sk, &ep);
 	st->identity_source = resolve_workload(&ep, &st->workload);
 	st->resolved = 1;
+}
+
+/* ESTABLISHED without a known start: the handshake began before the agent attached. */
+static __always_inline void establish_flow(const struct sock *sk, __u64 cookie, __u8 direction)
+{
+	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
+
+	if (!st)
+		st = start_flow(cookie, direction, FE_FLAG_SEEDED);
+	resolve_flow(sk, st);
 }
 
 static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *sk)
@@ -248,6 +276,7 @@ static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *s
 		received--;
 
 	rec->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
+	rec->bytes_retrans = 0;
 	/* Payload acked never exceeds payload sent; this also covers a FIN when the close was not seen. */
 	rec->bytes_acked = acked < rec->bytes_sent ? acked : rec->bytes_sent;
 	rec->bytes_received = received;
@@ -260,27 +289,45 @@ static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *s
 	if (bpf_core_field_exists(tp->lost))
 		rec->lost = BPF_CORE_READ(tp, lost);
 	rec->error = BPF_CORE_READ(sk, sk_err);
+	if (bpf_core_field_exists(tp->bytes_retrans))
+		rec->bytes_retrans = BPF_CORE_READ(tp, bytes_retrans);
 }
 
-static __always_inline void emit_flow(void *ctx, const struct sock *sk, int oldstate)
+/*
+ * Emits the record of a closing socket, once: the first path to see the
+ * close emits and marks the state; later ones (the tracepoint after
+ * sock_ops, an overlapping program during an upgrade, destroy) find the mark.
+ * A socket without state (open before the agent, not seeded) gets a state
+ * that holds only the mark. The state itself goes at destroy.
+ */
+static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 cookie, int oldstate,
+				      __u8 path_flags)
 {
-	__u64 key = (__u64)sk;
-	struct sock_state *st = bpf_map_lookup_elem(&flows, &key);
+	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
 	struct endpoints ep = {};
 	struct fe_flow *rec;
-	__u32 zero = 0;
+	__u32 *depth = NULL;
+	__u32 zero = 0, level;
 
-	if (use_ringbuf)
+	if (st && st->emitted)
+		return;
+	if (use_ringbuf) {
 		rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
-	else
-		rec = bpf_map_lookup_elem(&scratch, &zero);
+	} else {
+		depth = bpf_map_lookup_elem(&scratch_depth, &zero);
+		if (!depth)
+			goto mark;
+		level = (*depth)++;
+		rec = level < SCRATCH_LEVELS ? bpf_map_lookup_elem(&scratch, &level) : NULL;
+	}
 	if (!rec) {
 		count_drop(FE_DROP_OUTPUT);
-		goto cleanup;
+		goto release;
 	}
 
 	read_endpoints(sk, &ep);
 	rec->t_end_ns = now_ns();
+	rec->cookie = cookie;
 	rec->close_state = oldstate;
 	rec->family = ep.family;
 	rec->local_port = ep.local_port;
@@ -294,12 +341,12 @@ static __always_inline void emit_flow(void *ctx, const struct sock *sk, int olds
 	if (st) {
 		rec->t_start_ns = st->t_start_ns;
 		rec->direction = st->direction;
-		rec->flags = st->flags;
+		rec->flags = st->flags | path_flags;
 	} else {
 		/* Open before the agent and not seeded (another netns, or evicted). */
 		rec->t_start_ns = rec->t_end_ns;
 		rec->direction = oldstate == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
-		rec->flags = FE_FLAG_SEEDED;
+		rec->flags = FE_FLAG_SEEDED | path_flags;
 	}
 	if (st && st->resolved) {
 		rec->identity_source = st->identity_source;
@@ -317,33 +364,48 @@ static __always_inline void emit_flow(void *ctx, const struct sock *sk, int olds
 	} else if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, sizeof(*rec))) {
 		count_drop(FE_DROP_OUTPUT);
 	}
-cleanup:
-	bpf_map_delete_elem(&flows, &key);
+release:
+	if (depth)
+		(*depth)--;
+mark:
+	if (st) {
+		st->emitted = 1;
+	} else {
+		struct fe_sock_state mark = { .emitted = 1 };
+
+		bpf_map_update_elem(&flows, &cookie, &mark, BPF_NOEXIST);
+	}
 }
 
 static __always_inline int handle_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+
 	switch (newstate) {
 	case TCP_SYN_SENT:
-		start_flow(sk, FE_DIR_OUTBOUND, 0);
+		start_flow(cookie, FE_DIR_OUTBOUND, 0);
 		break;
 	case TCP_SYN_RECV:
-		start_flow(sk, FE_DIR_INBOUND, 0);
+		start_flow(cookie, FE_DIR_INBOUND, 0);
 		break;
 	case TCP_ESTABLISHED:
-		establish_flow(sk, oldstate);
+		establish_flow(sk, cookie,
+			       oldstate == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_INBOUND);
 		break;
 	case TCP_CLOSE:
 		/* Listening sockets are not flows. */
 		if (oldstate != TCP_LISTEN)
-			emit_flow(ctx, sk, oldstate);
+			emit_flow(ctx, sk, cookie, oldstate, 0);
 		break;
 	}
 	return 0;
 }
 
+/* With sock_ops attached, it starts every flow: the tracepoint only catches closes it missed. */
 static __always_inline bool wanted_state(int newstate)
 {
+	if (sockops_attached)
+		return newstate == TCP_CLOSE;
 	return newstate == TCP_SYN_SENT || newstate == TCP_SYN_RECV ||
 	       newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE;
 }
@@ -358,40 +420,28 @@ int BPF_PROG(on_state_btf, const struct sock *sk, const int oldstate, const int 
 	return handle_state(ctx, sk, oldstate, newstate);
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int on_state_tp(struct trace_event_raw_inet_sock_set_state *args)
-{
-	int newstate = BPF_CORE_READ(args, newstate);
-	__u16 protocol;
-
-	if (!wanted_state(newstate))
-		return 0;
-	/* The field widened from u8 to u16 in Linux 5.6. */
-	if (bpf_core_field_size(args->protocol) == 1)
-		protocol = BPF_CORE_READ((struct trace_event_raw_inet_sock_set_state___u8 *)args,
-					 protocol);
-	else
-		protocol = BPF_CORE_READ(args, protocol);
-	if (protocol != IPPROTO_TCP)
-		return 0;
-	return handle_state(args, BPF_CORE_READ(args, skaddr), BPF_CORE_READ(args, oldstate),
-			    newstate);
-}
-
 /*
- * A socket destroyed with state still in `flows` closed without its CLOSE
- * run: the kernel skips a tracepoint program that would nest on a CPU
- * (recursion_misses). Emit its record now (close state unknown); this is
- * also the one cleanup path for state the CLOSE run did not delete. Both
- * destroy programs may run for one socket: the first emits and deletes, the
- * second finds nothing.
+ * A socket destroyed whose state has no record out closed without any
+ * program seeing it: the kernel skips a tracing program that would nest on a
+ * CPU (recursion_misses). Emit its record now (close state unknown). This is
+ * also the one place where a socket's state is deleted. Both destroy programs
+ * may run for one socket: the first emits and deletes, the second finds
+ * nothing. The cookie is read, not assigned: a socket without one was never
+ * followed.
  */
 static __always_inline int handle_destroy(void *ctx, const struct sock *sk)
 {
-	__u64 key = (__u64)sk;
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	struct fe_sock_state *st;
 
-	if (bpf_map_lookup_elem(&flows, &key))
-		emit_flow(ctx, sk, FE_STATE_UNKNOWN);
+	if (!cookie)
+		return 0;
+	st = bpf_map_lookup_elem(&flows, &cookie);
+	if (!st)
+		return 0;
+	if (!st->emitted)
+		emit_flow(ctx, sk, cookie, FE_STATE_UNKNOWN, 0);
+	bpf_map_delete_elem(&flows, &cookie);
 	return 0;
 }
 
@@ -407,15 +457,72 @@ int on_destroy_tp(struct trace_event_raw_tcp_event_sk *args)
 	return handle_destroy(args, BPF_CORE_READ(args, skaddr));
 }
 
+/*
+ * The primary path. sock_ops runs for sockets of processes in the cgroup it
+ * is attached to (the v2 root: all of them), and the kernel never skips it.
+ * It follows a socket from connect() (so a failed connect is covered) or
+ * from the accepted handshake, and asks for its state changes; the close
+ * arrives in BPF_SOCK_OPS_STATE_CB, before the tracepoint sees it.
+ */
+SEC("sockops")
+int on_sockops(struct bpf_sock_ops *skops)
+{
+	__u32 op = skops->op;
+	struct fe_sock_state *st;
+	struct bpf_sock *bsk;
+	struct tcp_sock *tp;
+	__u64 cookie;
+
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
+		return 1;
+	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != BPF_TCP_CLOSE)
+		return 1;
+	bsk = skops->sk;
+	if (!bsk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 1;
+	cookie = bpf_get_socket_cookie(skops);
+
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		start_flow(cookie, FE_DIR_OUTBOUND, 0);
+		bpf_sock_ops_cb_flags_set(skops,
+					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		establish_flow((const struct sock *)tp, cookie, FE_DIR_OUTBOUND);
+		/* Already asked for at connect, unless the connect came before the attach. */
+		bpf_sock_ops_cb_flags_set(skops,
+					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* The accepted socket was born in this handshake: never seeded. */
+		st = start_flow(cookie, FE_DIR_INBOUND, 0);
+		resolve_flow((const struct sock *)tp, st);
+		bpf_sock_ops_cb_flags_set(skops,
+					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[0] != BPF_TCP_LISTEN)
+			emit_flow(skops, (const struct sock *)tp, cookie, skops->args[0],
+				  FE_FLAG_SOCKOPS);
+		break;
+	}
+	return 1;
+}
+
 /* Seeds sockets that were open before the agent attached (agent's netns). */
 SEC("iter/tcp")
 int seed_flows(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct endpoints ep = {};
-	struct sock_state st = {};
+	struct fe_sock_state st = {};
 	struct tcp_sock *tp;
-	__u64 key;
+	__u64 cookie;
 	__u8 state;
 
 	if (!skc)
@@ -428,7 +535,7 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	if (!tp)
 		return 0;
 
-	key = (__u64)tp;
+	cookie = bpf_get_socket_cookie(skc);
 	st.t_start_ns = now_ns();
 	st.flags = FE_FLAG_SEEDED;
 	st.direction = state == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
@@ -438,7 +545,7 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 		st.resolved = 1;
 	}
 	/* BPF_NOEXIST: the tracepoint may already have seen this socket. */
-	if (!bpf_map_update_elem(&flows, &key, &st, BPF_NOEXIST))
+	if (!bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST))
 		__sync_fetch_and_add(&seeded, 1);
 	return 0;
 }

@@ -4,9 +4,14 @@
  * the C shim (ffi/flowexporter.c) and, through its documented copy in
  * lib/decode.ts and identity/, the TypeScript side.
  *
- * Two contracts live here and change only on purpose:
+ * Three contracts live here and change only on purpose:
  *   - struct fe_flow: one closed TCP socket, as the kernel side emits it.
  *     Bump FE_FLOW_VERSION when it changes.
+ *   - struct fe_sock_state: what the kernel side keeps per open socket in
+ *     the pinned `flows` map, which outlives the agent process so that a
+ *     restart or upgrade loses nothing. Bump FE_STATE_VERSION when it, the
+ *     record or any other pinned capture map changes: the capture pin
+ *     directory carries it in its name, and an agent reuses only its own.
  *   - the pinned identity maps' keys and values (struct fe_ip_key,
  *     struct fe_port_key, struct fe_workload). Bump FE_MAPS_VERSION when
  *     they change; the pin directory carries the version in its name.
@@ -17,8 +22,9 @@
 #ifndef __FLOWEXPORTER_H
 #define __FLOWEXPORTER_H
 
-#define FE_FLOW_VERSION 1
+#define FE_FLOW_VERSION 2
 #define FE_MAPS_VERSION 1
+#define FE_STATE_VERSION 1
 
 /* Workload IDs: UTF-8, at most 127 bytes, NUL-padded to 128 bytes. */
 #define FE_WORKLOAD_ID_LEN 128
@@ -45,7 +51,8 @@ enum fe_identity_source {
 #define FE_STATE_UNKNOWN 0
 
 /* fe_flow.flags */
-#define FE_FLAG_SEEDED (1 << 0) /* t_start is when the agent first saw the socket: the flow began earlier */
+#define FE_FLAG_SEEDED (1 << 0)  /* t_start is when the agent first saw the socket: the flow began earlier */
+#define FE_FLAG_SOCKOPS (1 << 1) /* the close was seen by the sock_ops program (not a tracepoint) */
 
 /* Per-CPU counters in the `drops` map. */
 enum fe_drop_reason {
@@ -54,11 +61,13 @@ enum fe_drop_reason {
 };
 
 struct fe_flow {
-	__u64 t_start_ns;     /* CLOCK_BOOTTIME ns: first state seen (SYN_SENT / SYN_RECV) */
+	__u64 t_start_ns;     /* CLOCK_BOOTTIME ns: first state seen (connect, or the accepted socket's handshake) */
 	__u64 t_end_ns;       /* CLOCK_BOOTTIME ns: transition to TCP_CLOSE */
 	__u64 bytes_sent;     /* payload bytes sent, retransmissions included */
 	__u64 bytes_acked;    /* payload bytes the peer acknowledged (SYN/FIN excluded) */
 	__u64 bytes_received; /* payload bytes received in order (FIN excluded) */
+	__u64 bytes_retrans;  /* payload bytes retransmitted: bytes_sent = payload + bytes_retrans */
+	__u64 cookie;         /* socket cookie: unique per socket within one boot */
 	__u32 segs_out;       /* segments sent, retransmissions and pure ACKs included */
 	__u32 segs_in;        /* segments received */
 	__u32 total_retrans;  /* segments retransmitted */
@@ -96,6 +105,23 @@ struct fe_port_key {
 /* Value of `ip_workload`, `port_workload` and the agent's `host_workload`. */
 struct fe_workload {
 	char id[FE_WORKLOAD_ID_LEN];
+};
+
+/*
+ * Value of the pinned `flows` map (key: socket cookie). `emitted` marks a
+ * socket whose record is out: the other capture path, or an overlapping
+ * program during an upgrade, sees it and does not emit again. The entry
+ * goes when the socket is destroyed.
+ */
+struct fe_sock_state {
+	__u64 t_start_ns;
+	__u8 direction;
+	__u8 flags;
+	__u8 identity_source;
+	__u8 resolved;
+	__u8 emitted;
+	__u8 _pad[3];
+	struct fe_workload workload;
 };
 
 #endif /* __FLOWEXPORTER_H */

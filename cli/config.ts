@@ -24,10 +24,10 @@
  */
 
 import { parseArgs } from "node:util";
-import { MAPS_PIN_DIR } from "../identity/map_layout.ts";
+import { MAPS_PIN_DIR } from "../lib/map_layout.ts";
 import { DEFAULT_CERT_PATH, DEFAULT_ID_RULE, ID_RULES } from "../identity/host_identity.ts";
 import { DEFAULT_INTERVAL_MS, DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS } from "../lib/batcher.ts";
-import { DEFAULT_GZIP_LEVEL } from "../lib/_gzip.ts";
+import { DEFAULT_GZIP_LEVEL } from "../lib/gzip.ts";
 import { LOG_FORMATS, LOG_LEVELS } from "../lib/log.ts";
 import { DEFAULT_SPOOL_BYTES } from "../lib/spool.ts";
 import { MAX_BATCH_BYTES } from "../lib/wire.ts";
@@ -85,10 +85,12 @@ export const OPTIONS = {
     help: "use the perf buffer instead of the ring buffer",
     group: "capture",
   }),
-  classic_tracepoint: boolean({
-    default: false,
-    help: "attach the classic tracepoint instead of the BTF-typed one",
+  cgroup_path: optionalPath({
+    default: "auto",
+    help:
+      "cgroup v2 directory sock_ops follows sockets in (auto: the v2 root; empty: tracepoints only)",
     group: "capture",
+    arg: "DIR",
   }),
   no_seed: boolean({
     default: false,

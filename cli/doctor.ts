@@ -18,11 +18,14 @@
 
 import { Buffer } from "node:buffer";
 import { dirname } from "node:path";
+import { pinnedCaptures } from "../ffi/agent.ts";
 import {
   BPFFS_PATH,
   BTF_PATH,
+  cgroup2Root,
   effectiveCapabilities,
   hasBpfPrivileges,
+  hasNetAdmin,
   mounts,
   TRACEFS_PATH,
 } from "../ffi/kernel_prereqs.ts";
@@ -43,7 +46,7 @@ import {
   type ReadTextFile,
 } from "./config.ts";
 import { inspectInstanceLock, type LockState } from "./instance_lock.ts";
-import { errorText } from "../lib/_error_text.ts";
+import { errorText } from "../lib/error_text.ts";
 
 /** The outcome of one check. */
 export type CheckStatus = "pass" | "warn" | "fail" | "skip";
@@ -85,6 +88,8 @@ export interface DoctorProbes {
   loadLibrary(): string;
   /** Whether an agent holds the instance lock. */
   instanceLock(path: string): LockState;
+  /** Pinned captures under the pin directory (ffi/agent.ts `pinnedCaptures`). */
+  pinnedCaptures(pinDir: string): string[];
   /** Reads the identity certificate (identity/host_identity.ts). */
   readCertificate(path: string, rule: IdRule, now: Date): Promise<CertificateIdentity>;
   /** `fetch` for the collector check. */
@@ -139,6 +144,7 @@ export function hostProbes(): DoctorProbes {
       return nativePath() ?? "";
     },
     instanceLock: inspectInstanceLock,
+    pinnedCaptures,
     readCertificate: (path, rule, now) => readCertificateIdentity(path, { rule, now }),
     fetch: (input, init) => fetch(input, init),
     dirState,
@@ -204,7 +210,6 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
   // BTF names are NUL-terminated in its string section.
   const inBtf = (name: string) => btf !== undefined && btf.indexOf(`\0${name}\0`, 0, "latin1") >= 0;
   const tpBtf = inBtf("btf_trace_inet_sock_set_state");
-  const classic = v.classicTracepoint || !tpBtf;
 
   return [
     () => ({
@@ -231,14 +236,15 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
         kernel,
       ),
     () => checkClock(btf ? inBtf("BPF_FUNC_ktime_get_boot_ns") : undefined),
-    () => checkTracepoint(v, tpBtf, p.exists(`${TRACEFS_PATH}/events/sock/inet_sock_set_state`)),
+    () => checkTracepoint(tpBtf, btf !== undefined),
+    () => checkSockops(v, p, btf ? inBtf("BPF_FUNC_skc_to_tcp_sock") : undefined),
     () => checkSeeding(v, btf ? inBtf("bpf_iter__tcp") : undefined),
-    () => checkMount(p, "tracefs", TRACEFS_PATH, classic ? "the classic tracepoint needs it" : ""),
+    () => checkMount(p, "tracefs", TRACEFS_PATH, "the classic destroy tracepoint needs it"),
     () => checkMount(p, "bpf", BPFFS_PATH, `the identity maps are pinned under ${v.pinDir}`),
     () => checkPrivileges(p),
     () => checkMemlock(p, kernel),
     () => checkLibrary(p),
-    () => checkLock(p, v.lockFile),
+    () => checkLock(p, v.lockFile, v.pinDir),
     () => checkCertificate(p, config),
     () => checkCollector(p, v),
     () => checkSpool(p, v.spoolDir),
@@ -321,31 +327,50 @@ function checkClock(hasBootNs: boolean | undefined): CheckResult {
   };
 }
 
-function checkTracepoint(v: Config, tpBtf: boolean, inTracefs: boolean): CheckResult {
+function checkTracepoint(tpBtf: boolean, haveBtf: boolean): CheckResult {
   const name = "tracepoint";
-  if (!tpBtf && !inTracefs) {
-    return {
-      name,
-      status: "fail",
-      detail:
-        `no sock:inet_sock_set_state tracepoint in BTF or in ${TRACEFS_PATH} (needs Linux 4.16+ with CONFIG_TRACEPOINTS; if tracefs is not mounted, mount it and run doctor again)`,
-    };
+  if (tpBtf) {
+    return { name, status: "pass", detail: "sock:inet_sock_set_state, attached as tp_btf" };
   }
-  if (v.classicTracepoint) {
-    return {
-      name,
-      status: "pass",
-      detail: "sock:inet_sock_set_state, classic tracepoint chosen by classic_tracepoint",
-    };
+  return {
+    name,
+    status: "fail",
+    detail: haveBtf
+      ? "no BTF-typed sock:inet_sock_set_state tracepoint (needs Linux 5.5+ with CONFIG_TRACEPOINTS)"
+      : "cannot tell without BTF",
+  };
+}
+
+function checkSockops(v: Config, p: DoctorProbes, supported: boolean | undefined): CheckResult {
+  const name = "sock_ops";
+  const fallback =
+    "tracepoints alone capture: a close the kernel skips on a busy CPU is recovered at destroy, or counted as a recursion miss in every batch";
+  if (v.cgroupPath === undefined) {
+    return { name, status: "warn", detail: `turned off by an empty cgroup_path: ${fallback}` };
   }
-  return tpBtf
-    ? { name, status: "pass", detail: "sock:inet_sock_set_state, attached as tp_btf" }
-    : {
+  const path = v.cgroupPath === "auto" ? cgroup2Root(p.mounts()) : v.cgroupPath;
+  if (path === undefined) {
+    return { name, status: "warn", detail: `no cgroup v2 mounted: ${fallback}` };
+  }
+  if (supported === false) {
+    return {
       name,
       status: "warn",
-      detail:
-        "sock:inet_sock_set_state without tp_btf (Linux 5.5+): the agent attaches the classic tracepoint",
+      detail: `no bpf_skc_to_tcp_sock for sock_ops (Linux 5.9+): ${fallback}`,
     };
+  }
+  if (!hasNetAdmin(p.capabilities())) {
+    return {
+      name,
+      status: "warn",
+      detail: `missing CAP_NET_ADMIN, which sock_ops needs (grant it): ${fallback}`,
+    };
+  }
+  return {
+    name,
+    status: "pass",
+    detail: `sock_ops on cgroup ${path} follows every socket there (never skipped under load)`,
+  };
 }
 
 function checkSeeding(v: Config, hasIter: boolean | undefined): CheckResult {
@@ -437,7 +462,7 @@ function checkLibrary(p: DoctorProbes): CheckResult {
   }
 }
 
-function checkLock(p: DoctorProbes, path: string): CheckResult {
+function checkLock(p: DoctorProbes, path: string, pinDir: string): CheckResult {
   const name = "instance";
   const dir = dirname(path);
   if (!p.exists(dir)) {
@@ -458,6 +483,16 @@ function checkLock(p: DoctorProbes, path: string): CheckResult {
     };
   }
   if (!state.held) {
+    const left = p.pinnedCaptures(pinDir);
+    if (left.length > 0) {
+      return {
+        name,
+        status: "warn",
+        detail: `no agent running, but BPF programs it left attached capture into ${
+          left.join(", ")
+        } (start the agent to collect what they hold, or run flowexporter detach --pin-dir ${pinDir} to end them)`,
+      };
+    }
     return { name, status: "pass", detail: `no agent running (lock ${path} is free)` };
   }
   return {

@@ -8,25 +8,23 @@
 import { Agent } from "../ffi/agent.ts";
 import type { FdMap } from "../ffi/bpf_map.ts";
 import { FlowSource } from "../ffi/flow_source.ts";
-import {
-  type HostIdentity as HostCertIdentity,
-  HostIdentityWatcher,
-} from "../identity/host_identity.ts";
-import { encodeWorkload, IP_WORKLOAD_MAP, PORT_WORKLOAD_MAP } from "../identity/map_layout.ts";
+import { type HostIdentity, HostIdentityWatcher } from "../identity/host_identity.ts";
+import { encodeWorkload, IP_WORKLOAD_MAP, PORT_WORKLOAD_MAP } from "../lib/map_layout.ts";
+import { CaptureJournal, JOURNAL_DIR } from "../lib/capture_journal.ts";
 import { ClockAnchor } from "../lib/clock.ts";
-import { decodeFlows } from "../lib/decode.ts";
-import type { FlowRecord, IdentitySource } from "../lib/flow.ts";
-import { formatFlowJson } from "../lib/json_lines.ts";
+import { parseBootId } from "../lib/flow_id.ts";
+import { Intake } from "../lib/intake.ts";
+import { RecordFanout } from "../lib/fanout.ts";
 import { Log } from "../lib/log.ts";
-import { agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
+import { type AgentMetrics, agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
 import { Shipper } from "../lib/shipper.ts";
 import { VERSION } from "../lib/version.ts";
-import type { HostIdentity } from "../lib/wire.ts";
+import type { BatchHost } from "../lib/wire.ts";
 import { writeAllSync } from "./_io.ts";
 import { type Config, OPTIONS_HELP } from "./config.ts";
 import { acquireInstanceLock } from "./instance_lock.ts";
 import { Liveness, registerProcessMetrics, startMetricsServer } from "./metrics_server.ts";
-import { errorText } from "../lib/_error_text.ts";
+import { errorText } from "../lib/error_text.ts";
 
 /** `flowexporter run --help`. */
 export const RUN_HELP = `Usage: flowexporter run [options]
@@ -43,7 +41,7 @@ ${OPTIONS_HELP}`;
 const encoder = new TextEncoder();
 
 /** Bytes of the host_workload value the BPF side copies into flows without a map entry. */
-function hostWorkloadValue(identity: HostCertIdentity): Uint8Array {
+function hostWorkloadValue(identity: HostIdentity): Uint8Array {
   return identity.workloadId === "" ? new Uint8Array(128) : encodeWorkload(identity.workloadId);
 }
 
@@ -57,21 +55,6 @@ function instanceId(): string | undefined {
   }
 }
 
-/** Reused for every slice of JSON lines (an agent's output is its hottest allocation). */
-let jsonBytes = new Uint8Array(256 * 1024);
-
-/** Writes JSON lines to stdout in slices: one multi-megabyte string costs more than many small. */
-function writeJsonLines(records: FlowRecord[]): void {
-  for (let i = 0; i < records.length; i += 256) {
-    let text = "";
-    for (const r of records.slice(i, i + 256)) text += formatFlowJson(r) + "\n";
-    // UTF-8 takes at most 3 bytes per UTF-16 unit.
-    if (text.length * 3 > jsonBytes.length) jsonBytes = new Uint8Array(text.length * 3);
-    const { written } = encoder.encodeInto(text, jsonBytes);
-    writeAllSync(Deno.stdout, jsonBytes.subarray(0, written));
-  }
-}
-
 /** Resolves when SIGINT or SIGTERM arrives. */
 function terminationSignal(): Promise<string> {
   return new Promise((resolve) => {
@@ -79,6 +62,108 @@ function terminationSignal(): Promise<string> {
       Deno.addSignalListener(sig, () => resolve(sig));
     }
   });
+}
+
+/** The kernel side, opened: the agent and the maps `run` writes or watches. */
+interface Capture extends Disposable {
+  agent: Agent;
+  hostMap: FdMap;
+  ipMap: FdMap;
+  portMap: FdMap;
+  /** Kernel drops the agents of this capture reported so far (pinned with it). */
+  reportedDrops: { read(): bigint; write(drops: bigint): void };
+}
+
+/** Opens, loads and attaches the BPF side, or takes over the pinned one, and its maps. */
+function openCapture(v: Config): Capture {
+  const agent = Agent.open({ ...v, cgroupPath: v.cgroupPath ?? "" });
+  const maps: FdMap[] = [];
+  const open = (name: string) => {
+    const map = agent.openMap(name);
+    maps.push(map);
+    return map;
+  };
+  try {
+    const drops = open("reported_drops");
+    const key = new Uint8Array(4);
+    return {
+      agent,
+      hostMap: open("host_workload"),
+      ipMap: open(IP_WORKLOAD_MAP),
+      portMap: open(PORT_WORKLOAD_MAP),
+      reportedDrops: {
+        read: () => new DataView(drops.lookup(key)!.buffer).getBigUint64(0, true),
+        write: (n) => {
+          const value = new Uint8Array(8);
+          new DataView(value.buffer).setBigUint64(0, n, true);
+          drops.update(key, value);
+        },
+      },
+      [Symbol.dispose]() {
+        for (const map of maps.reverse()) map.close();
+        agent.close();
+      },
+    };
+  } catch (error) {
+    for (const map of maps) map.close();
+    agent.close();
+    throw error;
+  }
+}
+
+/** Keeps the BPF side's host identity (flows no identity map claims) in step with the certificate. */
+async function wireHostIdentity(v: Config, hostMap: FdMap, log: Log) {
+  const hostKey = new Uint8Array(4);
+  const watcher = await HostIdentityWatcher.start({
+    path: v.certPath,
+    rule: v.idRule,
+    log: (line) => log.info(line),
+    onChange: (identity) => hostMap.update(hostKey, hostWorkloadValue(identity)),
+  });
+  hostMap.update(hostKey, hostWorkloadValue(watcher.current()));
+  return watcher;
+}
+
+/** Registers the agent's metrics; the kernel and shipper counters are read at each scrape. */
+function wireMetrics(capture: Capture, shipper: Shipper): {
+  registry: MetricsRegistry;
+  metrics: AgentMetrics;
+} {
+  const registry = new MetricsRegistry();
+  const metrics = agentMetrics(registry);
+  registerProcessMetrics(registry);
+  registry.onCollect(() => {
+    const s = capture.agent.stats();
+    metrics.kernelDrops.setTotal(Number(s.kernelDrops));
+    metrics.recursionMisses.setTotal(Number(s.recursionMisses));
+    const ship = shipper.stats();
+    metrics.batchesSent.setTotal(ship.batchesSent);
+    metrics.batchesFailed.setTotal(ship.batchesFailed);
+    metrics.batchesRetried.setTotal(ship.batchesRetried);
+    metrics.spoolBytes.set(ship.spoolBytes);
+    metrics.spoolFiles.set(ship.spoolFiles);
+    metrics.spoolOldestBatchAgeSeconds.set(ship.oldestBatchAgeMs / 1000);
+    for (const map of [capture.ipMap, capture.portMap]) {
+      metrics.identityMapEntries.labels(map.name).set(map.count());
+      metrics.identityMapCapacity.labels(map.name).set(map.maxEntries);
+    }
+  });
+  return { registry, metrics };
+}
+
+/** The writers (host agents, connect hooks) delete their entries; warns before a map fills up. */
+function watchMapFill(maps: FdMap[], log: Log): Disposable {
+  const timer = setInterval(() => {
+    for (const map of maps) {
+      const entries = map.count();
+      if (entries >= 0.9 * map.maxEntries) {
+        log.warn(
+          `Identity map ${map.name} is ${entries}/${map.maxEntries} full (its writers must delete stale entries)`,
+        );
+      }
+    }
+  }, 60_000);
+  return { [Symbol.dispose]: () => clearInterval(timer) };
 }
 
 /** Runs the capture until SIGINT/SIGTERM; returns the exit code. */
@@ -90,21 +175,14 @@ export async function run(v: Config): Promise<number> {
   });
   // Before the agent opens anything: a second agent must not touch the pinned maps.
   using _lock = acquireInstanceLock(v.lockFile);
-  using agent = Agent.open(v);
-  using hostMap = agent.openMap("host_workload");
-  using ipMap = agent.openMap(IP_WORKLOAD_MAP);
-  using portMap = agent.openMap(PORT_WORKLOAD_MAP);
-  const hostKey = new Uint8Array(4);
-  using watcher = await HostIdentityWatcher.start({
-    path: v.certPath,
-    rule: v.idRule,
-    log: (line) => log.info(line),
-    onChange: (identity) => hostMap.update(hostKey, hostWorkloadValue(identity)),
-  });
-  hostMap.update(hostKey, hostWorkloadValue(watcher.current()));
+  using capture = openCapture(v);
+  const { agent } = capture;
+  const bootId = parseBootId(Deno.readTextFileSync("/proc/sys/kernel/random/boot_id"));
+  using journal = CaptureJournal.open(`${v.spoolDir}/${JOURNAL_DIR}`);
+  using watcher = await wireHostIdentity(v, capture.hostMap, log);
 
   const clock = new ClockAnchor(() => agent.clockReading());
-  const host: HostIdentity = {
+  const host: BatchHost = {
     hostname: Deno.hostname(),
     workloadId: "",
     instanceId: instanceId(),
@@ -130,30 +208,43 @@ export async function run(v: Config): Promise<number> {
     certFile: v.clientCert,
     keyFile: v.clientKey,
     logger: log.logger,
+    lossReported: { kernelDrops: capture.reportedDrops.read(), recursionMisses: 0n },
+    onSpooled: (window, reported) => {
+      try {
+        capture.reportedDrops.write(reported.kernelDrops);
+        journal.sealed(window);
+      } catch (error) {
+        log.warn(
+          `Cannot record that a batch is spooled (reported drops, capture journal): ${
+            errorText(error)
+          } (a restart may resend its flows)`,
+        );
+      }
+    },
   });
   await shipper.start();
-
-  const registry = new MetricsRegistry();
-  const metrics = agentMetrics(registry);
-  registerProcessMetrics(registry);
-  const mapFill = (map: FdMap) => {
-    metrics.identityMapEntries.labels(map.name).set(map.count());
-    metrics.identityMapCapacity.labels(map.name).set(map.maxEntries);
-  };
-  registry.onCollect(() => {
-    const s = agent.stats();
-    metrics.kernelDrops.setTotal(Number(s.kernelDrops));
-    metrics.recursionMisses.setTotal(Number(s.recursionMisses));
-    const ship = shipper.stats();
-    metrics.batchesSent.setTotal(ship.batchesSent);
-    metrics.batchesFailed.setTotal(ship.batchesFailed);
-    metrics.batchesRetried.setTotal(ship.batchesRetried);
-    metrics.spoolBytes.set(ship.spoolBytes);
-    metrics.spoolFiles.set(ship.spoolFiles);
-    metrics.spoolOldestBatchAgeSeconds.set(ship.oldestBatchAgeMs / 1000);
-    mapFill(ipMap);
-    mapFill(portMap);
+  const intake = new Intake({
+    bootId,
+    clockOffsetNs: () => clock.offsetNs(),
+    journal,
+    shipper,
+    ring: {
+      ringId: agent.stats().ring.id,
+      recordSize: agent.recordSize,
+      commit: (position) => agent.commit(position),
+      consumed: () => agent.stats().ring.consumed,
+    },
   });
+  const replayed = intake.replay();
+  if (replayed.records > 0 || replayed.unreadable > 0 || journal.torn > 0) {
+    log.info(
+      `Capture journal: ${replayed.records} flows an earlier run captured are shipped now${
+        replayed.unreadable ? `; ${replayed.unreadable} of another agent version are lost` : ""
+      }`,
+    );
+  }
+
+  const { registry, metrics } = wireMetrics(capture, shipper);
   const liveness = new Liveness({ pollMs: v.pollMs });
   await using _server = v.metricsListen
     ? startMetricsServer({
@@ -163,71 +254,48 @@ export async function run(v: Config): Promise<number> {
       onError: (message) => log.error(message),
     })
     : undefined;
-  // The writers (host agents, connect hooks) delete their entries; warn before a map fills up.
-  const fillCheck = setInterval(() => {
-    for (const map of [ipMap, portMap]) {
-      const entries = map.count();
-      if (entries >= 0.9 * map.maxEntries) {
-        log.warn(
-          `Identity map ${map.name} is ${entries}/${map.maxEntries} full (its writers must delete stale entries)`,
-        );
-      }
-    }
-  }, 60_000);
+  using _fill = watchMapFill([capture.ipMap, capture.portMap], log);
 
   let failure: Error | undefined;
   const stats = agent.stats();
+  if (stats.attach !== "sock_ops") {
+    log.warn(
+      "sock_ops is not attached (no cgroup v2, no CAP_NET_ADMIN, or an empty cgroup_path): tracepoints alone capture, and a close the kernel skips on a busy CPU is recovered at destroy or counted as a recursion miss",
+    );
+  }
   log.info(
     `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
       stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`
-    })`,
+    }${stats.resumed ? ", resumed the pinned capture" : ""})`,
   );
   let stopForOutput = () => {};
   const stopped = Promise.race([
     terminationSignal(),
     new Promise<void>((resolve) => stopForOutput = resolve),
   ]);
-  // With a collector, records already leave the host: JSON lines would only fill the journal.
-  let jsonOutput = v.output === "json" || (v.output === "auto" && v.collectorUrl === undefined);
+  const fanout = new RecordFanout({
+    // With a collector, records already leave the host: JSON lines would only fill the journal.
+    writeStdout: v.output === "json" || (v.output === "auto" && v.collectorUrl === undefined)
+      ? (bytes) => writeAllSync(Deno.stdout, bytes)
+      : undefined,
+    metrics,
+    onStdoutFailed: (error) => {
+      // Its reader went away (`| head`, a restarted log pipe): stop as on SIGTERM, so the
+      // open window still reaches the spool, and exit 1 so a supervisor restarts us.
+      failure = new Error(
+        `Cannot write flow records to stdout: ${
+          errorText(error)
+        }; stopping (every record captured is in the spool)`,
+      );
+      log.error(failure.message);
+      stopForOutput();
+    },
+  });
   {
     await using _source = new FlowSource(agent, {
       timeoutMs: v.pollMs,
       onPoll: () => liveness.polled(),
-      onRecords: (bytes) => {
-        const records = decodeFlows(bytes, clock.offsetNs());
-        if (jsonOutput) {
-          try {
-            writeJsonLines(records);
-          } catch (error) {
-            // Its reader went away (`| head`, a restarted log pipe): stop as on SIGTERM, so the
-            // open window still reaches the spool, and exit 1 so a supervisor restarts us.
-            jsonOutput = false;
-            failure = new Error(
-              `Cannot write flow records to stdout: ${
-                errorText(error)
-              }; stopping (every record captured is in the spool)`,
-            );
-            log.error(failure.message);
-            stopForOutput();
-          }
-        }
-        // One pass: ship each record and count, per batch, what the metrics report.
-        const sources = { "port-map": 0, "ip-map": 0, host: 0, unknown: 0 };
-        let recovered = 0; // made at destroy: the kernel skipped the close run
-        let oldestEnd = records[0].tEndNs;
-        for (const r of records) {
-          shipper.add(r);
-          sources[r.identitySource]++;
-          if (r.closeState === "UNKNOWN") recovered++;
-          if (r.tEndNs < oldestEnd) oldestEnd = r.tEndNs;
-        }
-        metrics.flowsCaptured.add(records.length);
-        for (const source of Object.keys(sources) as IdentitySource[]) {
-          if (sources[source]) metrics.bySource[source].add(sources[source]);
-        }
-        metrics.flowsRecovered.add(recovered);
-        metrics.workerLag.observe(Number(BigInt(Date.now()) * 1_000_000n - oldestEnd) / 1e9);
-      },
+      onRecords: (bytes, position) => fanout.take(intake.receive(bytes, position)),
       onError: (err) => {
         failure = err;
         liveness.failed(err.message);
@@ -236,7 +304,6 @@ export async function run(v: Config): Promise<number> {
     });
     await stopped;
   }
-  clearInterval(fillCheck);
   const end = agent.stats();
   const shipped = await shipper.close(v.shutdownDeadline);
   log.info(
@@ -244,5 +311,10 @@ export async function run(v: Config): Promise<number> {
       `recursion misses ${end.recursionMisses}, recovered at destroy ${metrics.flowsRecovered.get()}, ` +
       `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles})`,
   );
+  if (end.transport === "ringbuf") {
+    log.info(
+      `The BPF side keeps capturing into its ring buffer for the next start (flowexporter detach --pin-dir ${v.pinDir} ends it)`,
+    );
+  }
   return failure ? 1 : 0;
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { gunzip } from "../lib/_gzip.ts";
+import { gunzip } from "../lib/gzip.ts";
 
 /** A request the server refuses with `status` and a one-line `message`. */
 export class HttpError extends Error {

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { formatIp } from "../identity/map_layout.ts";
+import { formatIp } from "../lib/map_layout.ts";
 
 /** The key of an address as seen from `host`: `10.0.0.7`, `fd00::7`, `127.0.0.1%node-a`. */
 export function ipKey(host: string, ip: Uint8Array): string {

@@ -37,6 +37,11 @@ export interface IngestResult {
   readonly sequence: number;
   /** Flows in the batch. */
   readonly flows: number;
+  /**
+   * Flows of this batch not stored because a flow with their flow ID already was (sent before
+   * in another batch); the counts below leave them out.
+   */
+  readonly repeatedFlows: number;
   /** Flows of this batch attributed at once. */
   readonly attributed: number;
   /** Flows of this batch held for a later heartbeat (stored as `pending`). */
@@ -97,22 +102,25 @@ export class Ingestor {
     const hostname = header.host.hostname;
     const base = { hostname, sequence: header.sequence, flows: flows.length };
     if (this.#store.hasBatch(hostname, header.sequence)) {
-      return { ...base, duplicate: true, attributed: 0, pending: 0, unattributed: 0, settled: 0 };
+      return {
+        ...base,
+        duplicate: true,
+        repeatedFlows: 0,
+        attributed: 0,
+        pending: 0,
+        unattributed: 0,
+        settled: 0,
+      };
     }
     const now = this.#now();
     const attributor = this.#attributor;
     const observation = attributor.observe(hostname, flows);
     const remoteKeys: string[] = new Array(flows.length);
     const verdicts: Verdict[] = new Array(flows.length);
-    const pendingAt: number[] = [];
-    let attributed = 0;
     for (let i = 0; i < flows.length; i++) {
       const remote = attributor.endpoint(hostname, flows[i]);
       remoteKeys[i] = remote.ipKey;
-      const verdict = attributor.attribute(remote);
-      verdicts[i] = verdict;
-      if (verdict.status === "attributed") attributed++;
-      else if (verdict.status === "pending") pendingAt.push(i);
+      verdicts[i] = attributor.attribute(remote);
     }
     const resolutions = attributor.retry();
     const ranges = new Map<string, Map<string, OwnershipRange[]>>();
@@ -144,21 +152,33 @@ export class Ingestor {
       this.#reloadHeld();
       throw error;
     }
-    for (const i of pendingAt) {
-      const f = flows[i];
-      attributor.hold(
-        ids[i],
-        remoteEndpoint(remoteKeys[i], f.remotePort, f.direction, f.tStartNs),
-        now,
-      );
+    // A repeated flow (id 0: its flow ID was stored before) is known only once written; its
+    // heartbeat and verdict above change nothing that its first copy did not.
+    let repeatedFlows = 0;
+    let attributed = 0;
+    let pending = 0;
+    for (let i = 0; i < flows.length; i++) {
+      const status = verdicts[i].status;
+      if (ids[i] === 0) repeatedFlows++;
+      else if (status === "attributed") attributed++;
+      else if (status === "pending") {
+        pending++;
+        const f = flows[i];
+        attributor.hold(
+          ids[i],
+          remoteEndpoint(remoteKeys[i], f.remotePort, f.direction, f.tStartNs),
+          now,
+        );
+      }
     }
     this.#store.resolve(attributor.expire(now));
     return {
       ...base,
       duplicate: false,
+      repeatedFlows,
       attributed,
-      pending: pendingAt.length,
-      unattributed: flows.length - attributed - pendingAt.length,
+      pending,
+      unattributed: flows.length - repeatedFlows - attributed - pending,
       settled: resolutions.length,
     };
   }

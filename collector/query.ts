@@ -12,7 +12,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { formatIp, parseIp } from "../identity/map_layout.ts";
+import { formatIp, parseIp } from "../lib/map_layout.ts";
+import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
 import type { AttributionStatus } from "./attributor.ts";
 import { DEFAULT_DB_PATH, type FlowFilter, FlowStore, type StoredFlow } from "./store.ts";
@@ -124,9 +125,9 @@ export function parseFlowFilter(text: FilterText, nowNs: bigint): FlowFilter {
 }
 
 /**
- * One flow as a JSON object on one line: the agent's JSON fields (`lib/json_lines.ts`) plus
- * `id`, `host`, `batch_sequence`, `remote_workload_id` (null unless attributed) and
- * `attribution`.
+ * One flow as a JSON object on one line: the agent's JSON fields (`lib/json_lines.ts`; `flow_id`
+ * and `bytes_retrans` are null for flows of wire schema 1 and 2) plus `id`, `host`,
+ * `batch_sequence`, `remote_workload_id` (null unless attributed) and `attribution`.
  */
 export function formatStoredFlowJson(flow: StoredFlow): string {
   const base = formatFlowJson(flow);
@@ -136,7 +137,10 @@ export function formatStoredFlowJson(flow: StoredFlow): string {
     `"attribution":"${flow.attribution}"}`;
 }
 
-/** The flows as an aligned text table, header first. */
+/**
+ * The flows as an aligned text table, header first; `RETRANS` (bytes retransmitted) and
+ * `FLOW ID` are `-` for flows of wire schema 1 and 2.
+ */
 export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
   const rows = [[
     "START (UTC)",
@@ -149,10 +153,13 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
     "REMOTE WORKLOAD",
     "END",
     "SENT",
+    "RETRANS",
     "RECEIVED",
     "RTT",
+    "FLOW ID",
   ]];
   for (const f of flows) {
+    const known = hasFlowId(f);
     rows.push([
       new Date(Number(f.tStartNs / 1_000_000n)).toISOString().replace("T", " ").slice(0, 23),
       formatDuration(f.tEndNs - f.tStartNs),
@@ -164,8 +171,10 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
       f.remoteWorkloadId ?? `(${f.attribution})`,
       f.end,
       String(f.bytesSent),
+      known ? String(f.bytesRetrans) : "-",
       String(f.bytesReceived),
       f.srttUs === 0 ? "-" : `${(f.srttUs / 1000).toFixed(2)}ms`,
+      known ? formatFlowId(f.bootId, f.cookie) : "-",
     ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));

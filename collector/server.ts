@@ -31,7 +31,7 @@ import {
   MAX_BATCH_BYTES,
   WireFormatError,
 } from "../lib/wire.ts";
-import type { Logger } from "../lib/_logger.ts";
+import type { Logger } from "../lib/logger.ts";
 import { Log } from "../lib/log.ts";
 import { decodeContent, HttpError, readBoundedBody } from "./_http_body.ts";
 import { Ingestor, type IngestResult } from "./ingest.ts";
@@ -72,7 +72,7 @@ export interface CollectorOptions {
   /** PEM private key file of `tlsCertFile`. */
   tlsKeyFile?: string;
   /**
-   * Where log lines go (`lib/_logger.ts`); default text lines on standard error. Refused
+   * Where log lines go (`lib/logger.ts`); default text lines on standard error. Refused
    * requests are `warn`, failures `error`, one line per accepted batch `debug`.
    */
   logger?: Logger;
@@ -200,7 +200,8 @@ function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConf
             result.duplicate ? "Repeated" : "Stored"
           } batch ${result.hostname}:${result.sequence}: ` +
             `${result.flows} flows, ${result.attributed} attributed, ${result.pending} held, ` +
-            `${result.settled} held flows settled`,
+            `${result.settled} held flows settled` +
+            (result.repeatedFlows > 0 ? `, ${result.repeatedFlows} flows already stored` : ""),
         );
         return json(200, resultJson(result));
       }
@@ -352,6 +353,7 @@ function resultJson(r: IngestResult): Record<string, unknown> {
     host: r.hostname,
     sequence: r.sequence,
     flows: r.flows,
+    repeated_flows: r.repeatedFlows,
     attributed: r.attributed,
     pending: r.pending,
     unattributed: r.unattributed,

@@ -6,7 +6,8 @@
  * Tables (see `docs/collector.md` for every column):
  * - `batches`: one row per accepted batch, unique per (hostname, sequence);
  * - `flows`: one row per flow: every `FlowRecord` field, the batch, and the remote attribution
- *   as decided at ingest (`attribution`, `remote_workload_id`, `owner_key`); insert-only;
+ *   as decided at ingest (`attribution`, `remote_workload_id`, `owner_key`); insert-only, and
+ *   unique per flow ID (a flow sent again in another batch is stored once);
  * - `settlements`: the final verdict of flows stored `pending` (append-only, cheaper than
  *   updating `flows` rows in place);
  * - `revocations`: stretches in which later heartbeats showed that attributions through one
@@ -21,16 +22,31 @@
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import type { BatchHeader } from "../lib/wire.ts";
 import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "../lib/flow.ts";
-import { formatIp, parseIp } from "../identity/map_layout.ts";
+import { decodeFlowId, encodeFlowId, hasFlowId, NO_BOOT_ID } from "../lib/flow_id.ts";
+import { formatIp, parseIp } from "../lib/map_layout.ts";
 import type { AttributionStatus, Resolution, Revocation, Verdict } from "./attributor.ts";
 import type { OwnershipRange } from "./ownership.ts";
-import { errorText } from "../lib/_error_text.ts";
+import { errorText } from "../lib/error_text.ts";
 
 /** Database file the collector and `flowexporter query` use when `--db` is not given. */
 export const DEFAULT_DB_PATH = "flows.db";
 
-/** Version of the database layout; a file with another `user_version` is refused. */
-export const STORE_VERSION = 1;
+/**
+ * Steps from each older layout version to the next, run before `SCHEMA` (which then adds the
+ * new indexes and views): `UPGRADES[v - 1]` takes version v to v + 1.
+ */
+const UPGRADES = [
+  // 2: flow IDs and retransmitted bytes (wire schema 3), NULL in the rows before. The views
+  // list the flow columns, so they are made again.
+  "ALTER TABLE flows ADD COLUMN flow_id BLOB; ALTER TABLE flows ADD COLUMN bytes_retrans INTEGER; " +
+  "DROP VIEW IF EXISTS flows_attributed; DROP VIEW IF EXISTS flows_settled;",
+];
+
+/**
+ * Version of the database layout (`PRAGMA user_version`). A file of an older version is
+ * upgraded when opened for writing; one of a newer version is refused.
+ */
+export const STORE_VERSION: number = UPGRADES.length + 1;
 
 /** Cannot open or use the database; the message names the file and what to do. */
 export class StoreError extends Error {
@@ -113,6 +129,7 @@ const FLOW_COLUMNS = [
   "id",
   "batch_id",
   "hostname",
+  "flow_id",
   "t_start_ns",
   "t_end_ns",
   "family",
@@ -128,6 +145,7 @@ const FLOW_COLUMNS = [
   "flow_end",
   "error",
   "bytes_sent",
+  "bytes_retrans",
   "bytes_acked",
   "bytes_received",
   "segs_out",
@@ -171,6 +189,7 @@ CREATE TABLE IF NOT EXISTS flows (
   id INTEGER PRIMARY KEY,
   batch_id INTEGER NOT NULL REFERENCES batches (id),
   hostname TEXT NOT NULL,
+  flow_id BLOB,
   t_start_ns INTEGER NOT NULL,
   t_end_ns INTEGER NOT NULL,
   family INTEGER NOT NULL,
@@ -186,6 +205,7 @@ CREATE TABLE IF NOT EXISTS flows (
   flow_end TEXT NOT NULL,
   error INTEGER NOT NULL,
   bytes_sent INTEGER NOT NULL,
+  bytes_retrans INTEGER,
   bytes_acked INTEGER NOT NULL,
   bytes_received INTEGER NOT NULL,
   segs_out INTEGER NOT NULL,
@@ -203,6 +223,7 @@ CREATE TABLE IF NOT EXISTS flows (
 );
 CREATE INDEX IF NOT EXISTS flows_by_start ON flows (t_start_ns);
 CREATE INDEX IF NOT EXISTS flows_pending ON flows (id) WHERE attribution = 'pending';
+CREATE UNIQUE INDEX IF NOT EXISTS flows_by_flow_id ON flows (flow_id) WHERE flow_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS settlements (
   flow_id INTEGER PRIMARY KEY,
   attribution TEXT NOT NULL,
@@ -324,7 +345,8 @@ export class FlowStore {
 
   /**
    * Writes one accepted batch, its flows and the attribution updates it caused, in one
-   * transaction; returns the ids given to its flows (in order).
+   * transaction; returns the ids given to its flows (in order), 0 for a flow not stored
+   * because a flow with its flow ID already is (sent again in another batch).
    */
   writeBatch(w: BatchWrite): number[] {
     const s = this.#writers();
@@ -354,11 +376,12 @@ export class FlowStore {
       for (let i = 0; i < w.flows.length; i++) {
         const f = w.flows[i];
         const v = w.verdicts[i];
-        ids[i] = id;
-        insert.run(
-          id++,
+        const known = hasFlowId(f);
+        const { changes } = insert.run(
+          id,
           batchId,
           hostname,
+          known ? encodeFlowId(f.bootId, f.cookie) : null,
           i64(f.tStartNs),
           i64(f.tEndNs),
           f.family,
@@ -374,6 +397,7 @@ export class FlowStore {
           f.end,
           f.error,
           f.bytesSent,
+          known ? f.bytesRetrans : null,
           f.bytesAcked,
           f.bytesReceived,
           f.segsOut,
@@ -389,6 +413,7 @@ export class FlowStore {
           v.ownerKey ?? null,
           w.receivedNs,
         );
+        ids[i] = Number(changes) === 0 ? 0 : id++;
       }
       this.#nextFlowId = id;
       this.#resolve(w.resolutions);
@@ -487,7 +512,12 @@ export class FlowStore {
       `JOIN batches AS b ON b.id = f.batch_id ` +
       (where.length > 0 ? `WHERE ${where.join(" AND ")} ` : "") +
       `ORDER BY t_start_ns, f.id LIMIT ?`;
-    return this.#select(sql, params).map(toStoredFlow);
+    let bootId = NO_BOOT_ID;
+    return this.#select(sql, params).map((row) => {
+      const flow = toStoredFlow(row, bootId);
+      bootId = flow.bootId;
+      return flow;
+    });
   }
 
   /** Row counts, for logs and tests. */
@@ -525,17 +555,26 @@ export class FlowStore {
       "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; " +
         "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384",
     );
-    if (version !== 0 && version !== STORE_VERSION) throw this.#versionError(version);
-    db.exec(`BEGIN; ${SCHEMA} PRAGMA user_version = ${STORE_VERSION}; COMMIT;`);
+    if (version < 0 || version > STORE_VERSION) throw this.#versionError(version);
+    const upgrades = version === 0 ? [] : UPGRADES.slice(version - 1);
+    db.exec(
+      `BEGIN; ${upgrades.join(" ")} ${SCHEMA} PRAGMA user_version = ${STORE_VERSION}; COMMIT;`,
+    );
     const max = db.prepare("SELECT max(id) AS n FROM flows").get()?.n;
     this.#nextFlowId = Number(max ?? 0) + 1;
   }
 
   #versionError(version: number): StoreError {
+    if (version === 0) {
+      return new StoreError(
+        `Cannot read database ${this.#path}: it is not a flowexporter collector database (check --db)`,
+      );
+    }
+    const hint = version < STORE_VERSION
+      ? "start the collector on it once to upgrade it"
+      : "use a new --db file";
     return new StoreError(
-      version === 0
-        ? `Cannot read database ${this.#path}: it is not a flowexporter collector database (check --db)`
-        : `Cannot open database ${this.#path}: layout version ${version}, this collector uses ${STORE_VERSION} (use a new --db file)`,
+      `Cannot open database ${this.#path}: layout version ${version}, this collector uses ${STORE_VERSION} (${hint})`,
     );
   }
 
@@ -614,7 +653,7 @@ function prepareWriters(db: DatabaseSync) {
     insertFlow: prepare(
       `INSERT INTO flows (${FLOW_COLUMNS.join(", ")}) VALUES (${
         FLOW_COLUMNS.map(() => "?").join(",")
-      })`,
+      }) ON CONFLICT (flow_id) WHERE flow_id IS NOT NULL DO NOTHING`,
     ),
     resolveFlow: prepare(
       "INSERT OR IGNORE INTO settlements (attribution, remote_workload_id, owner_key, flow_id) " +
@@ -638,11 +677,20 @@ function prepareWriters(db: DatabaseSync) {
   };
 }
 
-function toStoredFlow(r: Record<string, unknown>): StoredFlow {
+/**
+ * A row of `flows_attributed` as a flow; `sameBoot` is shared with the flow when its boot ID
+ * is the same (see {@linkcode decodeFlowId}).
+ */
+function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): StoredFlow {
+  const { bootId, cookie } = r.flow_id === null
+    ? { bootId: NO_BOOT_ID, cookie: 0n }
+    : decodeFlowId(r.flow_id as Uint8Array, sameBoot);
   return {
     id: Number(r.id),
     hostname: r.hostname as string,
     batchSequence: Number(r.batch_sequence),
+    bootId,
+    cookie,
     family: Number(r.family) as 4 | 6,
     localIp: textIp(r.local_ip),
     localPort: Number(r.local_port),
@@ -658,6 +706,7 @@ function toStoredFlow(r: Record<string, unknown>): StoredFlow {
     end: r.flow_end as FlowEnd,
     error: Number(r.error),
     bytesSent: Number(r.bytes_sent),
+    bytesRetrans: Number(r.bytes_retrans ?? 0),
     bytesAcked: Number(r.bytes_acked),
     bytesReceived: Number(r.bytes_received),
     segsOut: Number(r.segs_out),

@@ -5,10 +5,18 @@
  * @module
  */
 import type { ClockReading } from "../lib/clock.ts";
-import { MAPS_PIN_DIR } from "../identity/map_layout.ts";
+import { MAPS_PIN_DIR } from "../lib/map_layout.ts";
 import { FdMap } from "./bpf_map.ts";
-import { prepareKernel } from "./kernel_prereqs.ts";
-import { cString, type Native, nativeLog, openNative, OpenOption, Stat } from "./symbols.ts";
+import { cgroup2Root, hasNetAdmin, prepareKernel } from "./kernel_prereqs.ts";
+import {
+  cString,
+  type Native,
+  nativeError,
+  nativeLog,
+  openNative,
+  OpenOption,
+  Stat,
+} from "./symbols.ts";
 
 /** Options of {@linkcode Agent.open}. */
 export interface AgentOptions {
@@ -16,8 +24,13 @@ export interface AgentOptions {
   pinDir?: string;
   /** Use the perf buffer even where the kernel has a ring buffer. */
   perfBuffer?: boolean;
-  /** Use the classic tracepoint even where a BTF-typed one works. */
-  classicTracepoint?: boolean;
+  /**
+   * cgroup v2 directory whose sockets sock_ops follows (the primary capture path): "auto" (the
+   * default) for the cgroup v2 root, "" for none (tracepoints only).
+   */
+  cgroupPath?: string;
+  /** Pin nothing: the capture ends with the process instead of surviving a restart (tests). */
+  noPin?: boolean;
   /** Skip seeding sockets that are already open. */
   noSeed?: boolean;
   /** Ring buffer bytes (power of two); the perf buffer splits the same budget across CPUs. */
@@ -38,7 +51,12 @@ export interface AgentStats {
   recursionMisses: bigint;
   flowsMax: number;
   transport: "ringbuf" | "perfbuf";
-  attach: "tp_btf" | "tracepoint";
+  /** "sock_ops" when the cgroup program follows sockets; "tp_btf" for tracepoints alone. */
+  attach: "sock_ops" | "tp_btf";
+  /** True when this agent took over a capture an earlier agent left pinned (restart, upgrade). */
+  resumed: boolean;
+  /** The ring buffer: its kernel map ID and the positions consumed and produced (0 for perf). */
+  ring: { id: number; consumed: bigint; produced: bigint };
   /** Kernel clock of record timestamps: 0 CLOCK_BOOTTIME, 1 CLOCK_MONOTONIC. */
   clock: 0 | 1;
   /** Sockets seeded at start; -1 when the kernel has no TCP iterator. */
@@ -62,14 +80,47 @@ const ERRNO: Record<number, string> = {
   524: "not supported by this kernel",
 };
 
-function explainLoadFailure(err: number, log: string): string {
+function explainLoadFailure(err: number, step: string, log: string): string {
   const lines = log.trim().split("\n").filter((l) => l.trim() !== "");
   const tail = lines.slice(-6).join(" | ");
-  const what = ERRNO[-err] ?? `errno ${-err}`;
   const hint = -err === 1 || -err === 13
     ? " (run as root or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)"
     : "";
-  return `Cannot load the BPF program: ${what}${hint}${tail ? `; libbpf: ${tail}` : ""}`;
+  const what = step || `load the BPF program: ${ERRNO[-err] ?? `errno ${-err}`}`;
+  return `Cannot ${what}${hint}${tail ? `; libbpf: ${tail}` : ""}`;
+}
+
+/**
+ * Where sock_ops attaches for `cgroupPath`. "auto": the cgroup v2 root, if there is one and the
+ * process may attach cgroup programs (CAP_NET_ADMIN); otherwise none, and tracepoints alone
+ * capture (the agent says so at start).
+ */
+function resolveCgroupPath(cgroupPath = "auto"): string {
+  if (cgroupPath !== "auto") return cgroupPath;
+  return hasNetAdmin() ? cgroup2Root() ?? "" : "";
+}
+
+/** Directories under `pinDir` that hold a pinned capture (one per state version). */
+export function pinnedCaptures(pinDir: string = MAPS_PIN_DIR): string[] {
+  try {
+    return [...Deno.readDirSync(pinDir)]
+      .filter((e) => e.isDirectory && /^capture-v\d+$/.test(e.name))
+      .map((e) => `${pinDir}/${e.name}`);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Ends a pinned capture for good: unpins its links and maps, so the kernel detaches the
+ * programs and frees the buffer (records still in it are lost; stop the agent first).
+ *
+ * @returns the directories removed
+ */
+export function detachCapture(pinDir: string = MAPS_PIN_DIR): string[] {
+  const dirs = pinnedCaptures(pinDir);
+  for (const dir of dirs) Deno.removeSync(dir, { recursive: true });
+  return dirs;
 }
 
 /** The attached BPF side. Close it after the poll worker stopped. */
@@ -97,12 +148,13 @@ export class Agent implements Disposable {
     Deno.chmodSync(pinDir, 0o700);
 
     const flags = (options.perfBuffer ? OpenOption.perfBuffer : 0) |
-      (options.classicTracepoint ? OpenOption.classicTracepoint : 0) |
+      (options.noPin ? OpenOption.noPin : 0) |
       (options.noSeed ? OpenOption.noSeed : 0) |
       (options.verbose ? OpenOption.verbose : 0);
     const out = new BigUint64Array(1);
     const err = native.fe_open(
       cString(pinDir),
+      cString(resolveCgroupPath(options.cgroupPath)),
       flags,
       options.ringBytes ?? 8 << 20,
       options.flowsMax ?? 131072,
@@ -111,9 +163,14 @@ export class Agent implements Disposable {
     );
     const handle = Deno.UnsafePointer.create(out[0]);
     if (err !== 0 || handle === null) {
-      throw new AgentLoadError(explainLoadFailure(err, nativeLog(native)));
+      throw new AgentLoadError(explainLoadFailure(err, nativeError(native), nativeLog(native)));
     }
     return new Agent(native, handle);
+  }
+
+  /** Bytes of one `struct fe_flow` record, as the library writes them. */
+  get recordSize(): number {
+    return this.#native.fe_record_size();
   }
 
   /** The native handle, for the poll worker (a pointer value: it stays inside ffi/). */
@@ -130,10 +187,27 @@ export class Agent implements Disposable {
       recursionMisses: out[Stat.recursionMisses],
       flowsMax: Number(out[Stat.flowsMax]),
       transport: out[Stat.transport] === 0n ? "ringbuf" : "perfbuf",
-      attach: out[Stat.attach] === 0n ? "tp_btf" : "tracepoint",
+      attach: out[Stat.sockops] === 1n ? "sock_ops" : "tp_btf",
       clock: out[Stat.clock] === 0n ? 0 : 1,
       seeded: Number(BigInt.asIntN(64, out[Stat.seeded])),
+      resumed: out[Stat.resumed] === 1n,
+      ring: {
+        id: Number(out[Stat.ringId]),
+        consumed: out[Stat.ringConsumed],
+        produced: out[Stat.ringProduced],
+      },
     };
+  }
+
+  /**
+   * Gives the ring buffer's space up to `position` back to the kernel: the records before it are
+   * safe in the journal. A position past the read one also skips reading up to it (records an
+   * earlier agent journaled but did not commit).
+   *
+   * @returns false when `position` is behind the committed one or past the written one
+   */
+  commit(position: bigint): boolean {
+    return this.#native.fe_commit(this.#live(), position) === 0;
   }
 
   /** Wall clock minus the kernel clock the records are stamped with, measured now. */

@@ -5,8 +5,13 @@
  *
  * @module
  */
-import type { BpfMap, IdentityMaps } from "../identity/workload_maps.ts";
-import { IP_WORKLOAD_MAP, MAPS_PIN_DIR, PORT_WORKLOAD_MAP } from "../identity/map_layout.ts";
+import {
+  type BpfMap,
+  type IdentityMaps,
+  IP_WORKLOAD_MAP,
+  MAPS_PIN_DIR,
+  PORT_WORKLOAD_MAP,
+} from "../lib/map_layout.ts";
 import { cString, type Native, openNative } from "./symbols.ts";
 
 /** Raised when a map operation fails; the message names the map and the errno. */

@@ -14,8 +14,12 @@ export interface FlowSourceOptions {
   bufferBytes?: number;
   /** Longest wait for a kernel wakeup before draining anyway, ms (bounds record latency). */
   timeoutMs?: number;
-  /** Called on the main thread with each batch of raw `struct fe_flow` records. */
-  onRecords: (bytes: Uint8Array) => void;
+  /**
+   * Called on the main thread with each batch of raw `struct fe_flow` records and the ring
+   * position after them (0 with the perf buffer). The records stay in the ring buffer until
+   * the caller passes that position to {@linkcode Agent.commit}.
+   */
+  onRecords: (bytes: Uint8Array, position: bigint) => void;
   /** Called on each message from the worker (records or an idle heartbeat, at least once a second). */
   onPoll?: () => void;
   /** Called once if the worker fails. */
@@ -35,7 +39,7 @@ export class FlowSource implements AsyncDisposable {
       this.#worker.onmessage = (event: MessageEvent<PollMessage>) => {
         const msg = event.data;
         if (msg.kind === "records" || msg.kind === "idle") options.onPoll?.();
-        if (msg.kind === "records") options.onRecords(new Uint8Array(msg.bytes));
+        if (msg.kind === "records") options.onRecords(new Uint8Array(msg.bytes), msg.position);
         else if (msg.kind === "stopped") resolve();
         else if (msg.kind === "error") {
           options.onError?.(new Error(msg.message));
@@ -52,7 +56,7 @@ export class FlowSource implements AsyncDisposable {
       {
         libPath: nativePath() ?? "",
         handle: agent.handleValue,
-        bufferBytes: options.bufferBytes ?? 248 * 4096,
+        bufferBytes: options.bufferBytes ?? agent.recordSize * 4096,
         timeoutMs: options.timeoutMs ?? 100,
       } satisfies PollStart,
     );

@@ -8,7 +8,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/bpf.h>
 #include <linux/perf_event.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -17,7 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
@@ -29,17 +35,34 @@
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 1
+#define FE_ABI_VERSION 2
 
-_Static_assert(sizeof(struct fe_flow) == 248,
+/*
+ * The record layout lib/decode.ts reads. A change here fails the build until
+ * FE_FLOW_VERSION and the decoder's table move with it (tests/decode_test.ts
+ * compares that table with fe_record_offsets()).
+ */
+#define FE_FLOW_FIELDS(X)                                                                  \
+	X(t_start_ns, 0) X(t_end_ns, 8) X(bytes_sent, 16) X(bytes_acked, 24)               \
+	X(bytes_received, 32) X(bytes_retrans, 40) X(cookie, 48) X(segs_out, 56)            \
+	X(segs_in, 60) X(total_retrans, 64) X(srtt_us, 68) X(min_rtt_us, 72)                \
+	X(delivered, 76) X(lost, 80) X(local_ip, 88) X(remote_ip, 104) X(local_port, 120)   \
+	X(remote_port, 122) X(family, 124) X(direction, 125) X(close_state, 126)            \
+	X(identity_source, 127) X(flags, 128) X(error, 129) X(workload_id, 136)
+#define FE_ASSERT_OFFSET(field, at)                                                       \
+	_Static_assert(offsetof(struct fe_flow, field) == (at),                           \
+		       "struct fe_flow." #field " moved: bump FE_FLOW_VERSION, update lib/decode.ts");
+FE_FLOW_FIELDS(FE_ASSERT_OFFSET)
+_Static_assert(sizeof(struct fe_flow) == 264,
 	       "struct fe_flow changed: bump FE_FLOW_VERSION and update lib/decode.ts");
+_Static_assert(FE_FLOW_VERSION == 2, "update lib/decode.ts with the record version");
 _Static_assert(sizeof(struct fe_port_key) == 8, "struct fe_port_key is a pinned-map contract");
 _Static_assert(sizeof(struct fe_workload) == FE_WORKLOAD_ID_LEN,
 	       "struct fe_workload is a pinned-map contract");
 
 /* fe_open() options */
 #define FE_OPT_PERF_BUFFER (1u << 0)	   /* perf buffer even where a ring buffer works */
-#define FE_OPT_CLASSIC_TRACEPOINT (1u << 1) /* classic tracepoint even where tp_btf works */
+#define FE_OPT_NO_PIN (1u << 1)	   /* nothing pinned: the capture ends with the handle */
 #define FE_OPT_NO_SEED (1u << 2)	   /* do not seed already-open sockets */
 #define FE_OPT_VERBOSE (1u << 3)	   /* keep libbpf debug output in the log */
 
@@ -50,18 +73,47 @@ enum fe_stat {
 	FE_STAT_PERF_LOST,	  /* records the perf buffer reported lost */
 	FE_STAT_FLOWS_MAX,	  /* capacity of the per-socket state map */
 	FE_STAT_TRANSPORT,	  /* 0 ring buffer, 1 perf buffer */
-	FE_STAT_ATTACH,		  /* 0 tp_btf, 1 classic tracepoint */
+	FE_STAT_SOCKOPS,	  /* 1 when sock_ops follows sockets (the primary path) */
 	FE_STAT_CLOCK,		  /* 0 CLOCK_BOOTTIME, 1 CLOCK_MONOTONIC */
 	FE_STAT_SEEDED,		  /* sockets seeded at start, or -1 when seeding was unavailable */
+	FE_STAT_RESUMED,	  /* 1 when a pinned capture was taken over (restart or upgrade) */
+	FE_STAT_RING_ID,	  /* kernel ID of the ring buffer map (0: perf buffer) */
+	FE_STAT_RING_CONSUMED,	  /* ring position committed as consumed */
+	FE_STAT_RING_PRODUCED,	  /* ring position the kernel has written up to */
 	FE_STAT_COUNT,
 };
 
 /* Errors that are not an errno: the caller's buffer filled up mid-drain. */
 #define FE_BUFFER_FULL (-ENOBUFS)
 
+/* Pinned programs' links in the capture directory, and the maps pinned beside them. */
+#define FE_LINK_SOCKOPS "link_sockops"
+#define FE_LINK_STATE "link_state"
+#define FE_LINK_DESTROY_BTF "link_destroy_btf"
+#define FE_LINK_DESTROY_TP "link_destroy_tp"
+
+/*
+ * The ring buffer, read by hand rather than through libbpf's ring_buffer:
+ * a record is consumed (its space given back to the kernel) only when the
+ * caller commits it, after it is safe in the journal, so a crash between
+ * reading and journaling loses nothing. Layout: the kernel's consumer page
+ * (read-write), then the producer page and the data pages mapped twice so
+ * that a record never wraps.
+ */
+struct fe_ring {
+	int epoll_fd;
+	uint64_t *consumer;
+	const uint64_t *producer;
+	const uint8_t *data;
+	size_t size;	     /* data bytes, a power of two */
+	size_t page;
+	uint64_t read_pos;   /* read up to here; the consumer lags until a commit */
+	uint32_t map_id;
+};
+
 struct fe_agent {
 	struct flowexporter_bpf *skel;
-	struct ring_buffer *rb;
+	struct fe_ring ring;
 	struct perf_buffer *pb;
 	/* Destination of the current fe_poll(). */
 	uint8_t *dst;
@@ -73,14 +125,17 @@ struct fe_agent {
 	size_t spill_cap;
 	uint64_t perf_lost;
 	int64_t seeded;
-	bool classic;
 	bool boot_clock;
+	bool sockops;
+	bool resumed;
 };
 
 /* The last part of libbpf's log (the verifier's last lines matter most). */
 static char log_buf[16384];
 static size_t log_len;
 static bool log_verbose;
+/* The step that failed and the kernel's reason: "attach sock_ops to /sys/fs/cgroup: ...". */
+static char error_buf[512];
 
 static int on_libbpf_print(enum libbpf_print_level level, const char *fmt, va_list args)
 {
@@ -111,6 +166,20 @@ static int on_libbpf_print(enum libbpf_print_level level, const char *fmt, va_li
 	return 0;
 }
 
+/* Records which step failed and why; returns err (a -errno) for `return fail(...)`. */
+__attribute__((format(printf, 2, 3))) static int fail(int err, const char *fmt, ...)
+{
+	size_t n;
+	va_list args;
+
+	va_start(args, fmt);
+	vsnprintf(error_buf, sizeof(error_buf), fmt, args);
+	va_end(args);
+	n = strlen(error_buf);
+	snprintf(error_buf + n, sizeof(error_buf) - n, ": %s", strerror(err < 0 ? -err : err));
+	return err < 0 ? err : -err;
+}
+
 FE_API uint32_t fe_abi_version(void)
 {
 	return FE_ABI_VERSION;
@@ -119,6 +188,29 @@ FE_API uint32_t fe_abi_version(void)
 FE_API uint32_t fe_record_size(void)
 {
 	return sizeof(struct fe_flow);
+}
+
+FE_API uint32_t fe_record_version(void)
+{
+	return FE_FLOW_VERSION;
+}
+
+FE_API uint32_t fe_state_version(void)
+{
+	return FE_STATE_VERSION;
+}
+
+/* The record's field offsets, in FE_FLOW_FIELDS order; returns how many it wrote. */
+FE_API int fe_record_offsets(uint32_t *out, uint32_t n)
+{
+#define FE_OFFSET_ENTRY(field, at) offsetof(struct fe_flow, field),
+	static const uint32_t offsets[] = { FE_FLOW_FIELDS(FE_OFFSET_ENTRY) };
+	uint32_t count = sizeof(offsets) / sizeof(offsets[0]);
+
+	if (n > count)
+		n = count;
+	memcpy(out, offsets, n * sizeof(*out));
+	return (int)n;
 }
 
 /* Copies the collected libbpf log into buf (NUL-terminated); returns its length. */
@@ -135,16 +227,18 @@ FE_API int fe_log_read(char *buf, uint32_t cap)
 	return (int)n;
 }
 
-static int on_ring_sample(void *ctx, void *data, size_t size)
+/* Copies the failed step's message ("" when none) into buf; returns its length. */
+FE_API int fe_error_read(char *buf, uint32_t cap)
 {
-	struct fe_agent *a = ctx;
+	size_t n = strlen(error_buf);
 
-	if (size < sizeof(struct fe_flow))
+	if (!cap)
 		return 0;
-	memcpy(a->dst + a->len, data, sizeof(struct fe_flow));
-	a->len += sizeof(struct fe_flow);
-	/* Stop after this record, not on the next: libbpf drops a record whose callback fails. */
-	return a->len + sizeof(struct fe_flow) > a->cap ? FE_BUFFER_FULL : 0;
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(buf, error_buf, n);
+	buf[n] = 0;
+	return (int)n;
 }
 
 static int spill_record(struct fe_agent *a, const void *rec)
@@ -220,6 +314,45 @@ static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_na
 	return false;
 }
 
+/* fe_probe() bits: what this kernel offers the agent. doctor asks the same question. */
+#define FE_PROBE_BTF (1u << 0)	    /* kernel BTF (required) */
+#define FE_PROBE_TP_BTF (1u << 1)   /* BTF-typed inet_sock_set_state (required) */
+#define FE_PROBE_RINGBUF (1u << 2)  /* BPF ring buffer (else the perf buffer) */
+#define FE_PROBE_BOOT_NS (1u << 3)  /* bpf_ktime_get_boot_ns (else CLOCK_MONOTONIC) */
+#define FE_PROBE_ITER_TCP (1u << 4) /* TCP socket iterator: seeding */
+#define FE_PROBE_SOCKOPS (1u << 5)  /* sock_ops programs */
+
+static uint32_t probe(const struct btf *vmlinux)
+{
+	uint32_t p = 0;
+
+	if (!vmlinux)
+		return 0;
+	p |= FE_PROBE_BTF;
+	if (kernel_has_type(vmlinux, "btf_trace_inet_sock_set_state", BTF_KIND_TYPEDEF))
+		p |= FE_PROBE_TP_BTF;
+	if (libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, NULL) == 1)
+		p |= FE_PROBE_RINGBUF;
+	if (kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_ktime_get_boot_ns"))
+		p |= FE_PROBE_BOOT_NS;
+	if (kernel_has_type(vmlinux, "bpf_iter__tcp", BTF_KIND_STRUCT))
+		p |= FE_PROBE_ITER_TCP;
+	if (libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, NULL) == 1 &&
+	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_skc_to_tcp_sock"))
+		p |= FE_PROBE_SOCKOPS;
+	return p;
+}
+
+/* What the running kernel offers (FE_PROBE_* bits); 0 without kernel BTF. */
+FE_API uint32_t fe_probe(void)
+{
+	struct btf *vmlinux = btf__load_vmlinux_btf();
+	uint32_t p = probe(vmlinux);
+
+	btf__free(vmlinux);
+	return p;
+}
+
 static int seed_existing(struct fe_agent *a)
 {
 	struct bpf_link *link;
@@ -256,11 +389,6 @@ static size_t perf_pages_per_cpu(uint32_t ring_bytes)
 	return pages;
 }
 
-static struct bpf_link *attach(struct bpf_program *prog)
-{
-	return bpf_program__autoload(prog) ? bpf_program__attach(prog) : NULL;
-}
-
 /*
  * The verifier gives up with EAGAIN when a signal is pending, and libbpf
  * retries only a few times: a runtime that signals its threads often (a
@@ -279,57 +407,42 @@ static int load_unsignalled(struct flowexporter_bpf *skel)
 	return err;
 }
 
-FE_API void fe_close(struct fe_agent *a);
-
-/*
- * Opens, loads and attaches the BPF side and seeds already-open sockets.
- * pin_dir: bpffs directory for the identity maps (must exist, 0700).
- * ring_bytes: ring buffer size (power of two, multiple of the page size).
- * flows_max: capacity of the per-socket state map.
- * wakeup_bytes: data waiting before the kernel wakes the reader.
- * On success stores the handle in *out and returns 0; on failure returns
- * -errno and fe_log_read() tells why.
- */
-FE_API int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, uint32_t flows_max,
-		   uint32_t wakeup_bytes, struct fe_agent **out)
+static bool path_exists(const char *path)
 {
-	LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = pin_dir);
-	struct btf *vmlinux = NULL;
-	struct fe_agent *a;
-	bool perf, seed;
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+/* Where the capture's maps and links are pinned: beside the identity maps, one per state version. */
+static int capture_dir(char *out, size_t cap, const char *pin_dir)
+{
+	int n = snprintf(out, cap, "%s/capture-v%d", pin_dir, FE_STATE_VERSION);
+
+	return n > 0 && (size_t)n < cap ? 0 : -ENAMETOOLONG;
+}
+
+static int pin_path(char *out, size_t cap, const char *dir, const char *name)
+{
+	int n = snprintf(out, cap, "%s/%s", dir, name);
+
+	return n > 0 && (size_t)n < cap ? 0 : -ENAMETOOLONG;
+}
+
+/* Step 1 (configure): rodata, map sizes and types, which programs load, where maps pin. */
+static int configure(struct fe_agent *a, const char *capdir, uint32_t options, uint32_t probed,
+		     uint32_t ring_bytes, uint32_t flows_max, uint32_t wakeup_bytes, bool perf,
+		     bool seed)
+{
+	struct bpf_map *pinned[] = { a->skel->maps.flows, a->skel->maps.events, a->skel->maps.drops,
+				     a->skel->maps.reported_drops, a->skel->maps.host_workload };
+	char path[PATH_MAX];
+	size_t i;
 	int err;
-
-	*out = NULL;
-	log_len = 0;
-	log_buf[0] = 0;
-	log_verbose = options & FE_OPT_VERBOSE;
-	libbpf_set_print(on_libbpf_print);
-
-	a = calloc(1, sizeof(*a));
-	if (!a)
-		return -ENOMEM;
-	vmlinux = btf__load_vmlinux_btf();
-	if (!vmlinux) {
-		err = -errno;
-		goto cleanup;
-	}
-	a->skel = flowexporter_bpf__open_opts(&open_opts);
-	if (!a->skel) {
-		err = -errno;
-		goto cleanup;
-	}
-
-	perf = (options & FE_OPT_PERF_BUFFER) ||
-	       libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, NULL) != 1;
-	a->classic = (options & FE_OPT_CLASSIC_TRACEPOINT) ||
-		     !kernel_has_type(vmlinux, "btf_trace_inet_sock_set_state", BTF_KIND_TYPEDEF);
-	a->boot_clock = kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_ktime_get_boot_ns");
-	seed = !(options & FE_OPT_NO_SEED) &&
-	       kernel_has_type(vmlinux, "bpf_iter__tcp", BTF_KIND_STRUCT);
-	a->seeded = seed ? 0 : -1;
 
 	a->skel->rodata->use_ringbuf = !perf;
 	a->skel->rodata->use_boot_clock = a->boot_clock;
+	a->skel->rodata->sockops_attached = a->sockops;
 	/* A threshold the ring can never reach would leave draining to the timer alone. */
 	a->skel->rodata->wakeup_bytes = wakeup_bytes < ring_bytes / 4 ? wakeup_bytes : ring_bytes / 4;
 	bpf_map__set_max_entries(a->skel->maps.flows, flows_max);
@@ -342,34 +455,254 @@ FE_API int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, u
 	} else {
 		bpf_map__set_max_entries(a->skel->maps.events, ring_bytes);
 	}
-	bpf_program__set_autoload(a->skel->progs.on_state_btf, !a->classic);
-	bpf_program__set_autoload(a->skel->progs.on_destroy_btf, !a->classic);
-	bpf_program__set_autoload(a->skel->progs.on_state_tp, a->classic);
+	if (!(probed & FE_PROBE_TP_BTF))
+		return fail(-EOPNOTSUPP, "find tp_btf/inet_sock_set_state in this kernel (Linux 5.5+)");
+	bpf_program__set_autoload(a->skel->progs.on_sockops, a->sockops);
+	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
+	/* Pinned maps outlive the process: the next agent reuses them, and what they hold. */
+	if (!(options & FE_OPT_NO_PIN)) {
+		for (i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++) {
+			err = pin_path(path, sizeof(path), capdir, bpf_map__name(pinned[i]));
+			if (!err)
+				err = bpf_map__set_pin_path(pinned[i], path);
+			if (err)
+				return fail(err, "name the pin path of map %s", bpf_map__name(pinned[i]));
+		}
+	}
+	return 0;
+}
+
+/*
+ * Attaches one program and pins its link as `name`, make-before-break: a
+ * cgroup link pinned by an earlier agent gets the new program atomically; a
+ * tracing link is replaced by attaching the new one before detaching the old
+ * (both run for a moment; the `emitted` mark keeps that to one record).
+ * prog NULL: remove what an earlier agent pinned under `name`.
+ */
+static int attach_pinned(struct bpf_program *prog, const char *capdir, const char *name,
+			 int cgroup_fd, const char *what, struct bpf_link **out)
+{
+	char path[PATH_MAX], fresh[PATH_MAX];
+	struct bpf_link *old = NULL, *link;
+	int err;
+
+	*out = NULL;
+	if (capdir) {
+		if (pin_path(path, sizeof(path), capdir, name) ||
+		    pin_path(fresh, sizeof(fresh), capdir, "link_new"))
+			return fail(-ENAMETOOLONG, "attach %s: pin path", what);
+		if (path_exists(path))
+			old = bpf_link__open(path);
+	}
+	if (!prog) {
+		if (old) {
+			unlink(path);
+			bpf_link__destroy(old);
+		}
+		return 0;
+	}
+	if (old && cgroup_fd >= 0) {
+		err = bpf_link__update_program(old, prog);
+		if (err)
+			return fail(err, "replace %s", what);
+		*out = old;
+		return 0;
+	}
+	link = cgroup_fd >= 0 ? bpf_program__attach_cgroup(prog, cgroup_fd) : bpf_program__attach(prog);
+	if (!link) {
+		err = -errno;
+		bpf_link__destroy(old);
+		return fail(err, "attach %s", what);
+	}
+	if (capdir) {
+		unlink(fresh);
+		err = bpf_link__pin(link, fresh);
+		if (!err && rename(fresh, path))
+			err = -errno;
+		if (err) {
+			bpf_link__destroy(link);
+			bpf_link__destroy(old);
+			return fail(err, "pin the link of %s at %s", what, path);
+		}
+	}
+	/* The new program runs; the old link, no longer pinned, detaches as its last fd closes. */
+	bpf_link__destroy(old);
+	*out = link;
+	return 0;
+}
+
+/* Step 3 (attach): every program, sock_ops first so that no socket falls between the paths. */
+static int attach_all(struct fe_agent *a, const char *capdir, const char *cgroup_path)
+{
+	struct flowexporter_bpf *skel = a->skel;
+	char sockops_label[PATH_MAX + 32];
+	int cgroup_fd = -1, err;
+
+	snprintf(sockops_label, sizeof(sockops_label), "sock_ops to cgroup %s", cgroup_path);
+	if (a->sockops) {
+		cgroup_fd = open(cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (cgroup_fd < 0)
+			return fail(-errno, "open cgroup %s for sock_ops", cgroup_path);
+	}
+	err = attach_pinned(a->sockops ? skel->progs.on_sockops : NULL, capdir, FE_LINK_SOCKOPS,
+			    cgroup_fd, sockops_label, &skel->links.on_sockops);
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
+	if (err)
+		return err;
+	err = attach_pinned(skel->progs.on_state_btf, capdir, FE_LINK_STATE, -1,
+			    "tp_btf/inet_sock_set_state", &skel->links.on_state_btf);
+	if (!err)
+		err = attach_pinned(skel->progs.on_destroy_btf, capdir, FE_LINK_DESTROY_BTF, -1,
+				    "tp_btf/tcp_destroy_sock", &skel->links.on_destroy_btf);
 	/*
 	 * The classic destroy program runs beside the BTF one as a second net: it
 	 * is skipped under a different recursion guard (bpf_prog_active, not the
 	 * program's own), so a destroy that nests on a CPU reaches one of the two.
 	 */
-	bpf_program__set_autoload(a->skel->progs.on_destroy_tp, true);
-	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
+	if (!err)
+		err = attach_pinned(skel->progs.on_destroy_tp, capdir, FE_LINK_DESTROY_TP, -1,
+				    "tracepoint/tcp/tcp_destroy_sock", &skel->links.on_destroy_tp);
+	return err;
+}
 
-	err = load_unsignalled(a->skel);
+/* Step 4 (open buffer): maps the ring buffer for fe_poll(), or opens the perf buffer. */
+static int open_ring(struct fe_ring *r, int map_fd)
+{
+	struct bpf_map_info info = {};
+	uint32_t len = sizeof(info);
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLET };
+	void *p;
+
+	r->epoll_fd = -1;
+	if (bpf_obj_get_info_by_fd(map_fd, &info, &len))
+		return fail(-errno, "open the ring buffer: map info");
+	r->map_id = info.id;
+	r->size = info.max_entries;
+	r->page = (size_t)sysconf(_SC_PAGESIZE);
+	p = mmap(NULL, r->page, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
+	if (p == MAP_FAILED)
+		return fail(-errno, "open the ring buffer: map its consumer page");
+	r->consumer = p;
+	/* Read-only: the producer page and the data, mapped twice by the kernel. */
+	p = mmap(NULL, r->page + 2 * r->size, PROT_READ, MAP_SHARED, map_fd, r->page);
+	if (p == MAP_FAILED) {
+		munmap(r->consumer, r->page);
+		r->consumer = NULL;
+		return fail(-errno, "open the ring buffer: map its data");
+	}
+	r->producer = p;
+	r->data = (const uint8_t *)p + r->page;
+	r->read_pos = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE);
+	r->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (r->epoll_fd < 0 || epoll_ctl(r->epoll_fd, EPOLL_CTL_ADD, map_fd, &ev))
+		return fail(-errno, "open the ring buffer: epoll");
+	return 0;
+}
+
+static void close_ring(struct fe_ring *r)
+{
+	if (r->epoll_fd >= 0)
+		close(r->epoll_fd);
+	if (r->producer)
+		munmap((void *)r->producer, r->page + 2 * r->size);
+	if (r->consumer)
+		munmap(r->consumer, r->page);
+	memset(r, 0, sizeof(*r));
+	r->epoll_fd = -1;
+}
+
+FE_API void fe_close(struct fe_agent *a);
+
+/*
+ * Opens, loads and attaches the BPF side and seeds already-open sockets.
+ * pin_dir: bpffs directory of the identity maps (must exist, 0700); the
+ *   capture's own maps and links are pinned below it, so that a restart or
+ *   upgrade takes them over where the last agent left them.
+ * cgroup_path: cgroup v2 directory to attach sock_ops to; "" for none.
+ * ring_bytes: ring buffer size (power of two, multiple of the page size).
+ * flows_max: capacity of the per-socket state map.
+ * wakeup_bytes: data waiting before the kernel wakes the reader.
+ * On success stores the handle in *out and returns 0; on failure returns
+ * -errno, fe_error_read() names the step and fe_log_read() has libbpf's log.
+ */
+FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t options,
+		   uint32_t ring_bytes, uint32_t flows_max, uint32_t wakeup_bytes,
+		   struct fe_agent **out)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = pin_dir);
+	char capdir[PATH_MAX] = "";
+	struct btf *vmlinux = NULL;
+	struct fe_agent *a;
+	uint32_t probed;
+	bool perf, seed, pin;
+	int err;
+
+	*out = NULL;
+	log_len = 0;
+	log_buf[0] = 0;
+	error_buf[0] = 0;
+	log_verbose = options & FE_OPT_VERBOSE;
+	libbpf_set_print(on_libbpf_print);
+
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return fail(-ENOMEM, "allocate the agent");
+	a->ring.epoll_fd = -1;
+	/* Step 0 (probe): what the kernel offers decides the rest. */
+	vmlinux = btf__load_vmlinux_btf();
+	if (!vmlinux) {
+		err = fail(-errno, "read kernel BTF /sys/kernel/btf/vmlinux");
+		goto cleanup;
+	}
+	probed = probe(vmlinux);
+	err = capture_dir(capdir, sizeof(capdir), pin_dir);
+	if (err) {
+		fail(err, "name the capture directory under %s", pin_dir);
+		goto cleanup;
+	}
+	perf = (options & FE_OPT_PERF_BUFFER) || !(probed & FE_PROBE_RINGBUF);
+	/* A perf buffer belongs to its process: nothing can carry it across a restart. */
+	pin = !perf && !(options & FE_OPT_NO_PIN);
+	if (!pin && path_exists(capdir)) {
+		err = fail(-EEXIST, "use the perf buffer: a pinned ring buffer capture runs at %s (run flowexporter detach first)", capdir);
+		goto cleanup;
+	}
+	if (pin && mkdir(capdir, 0700) && errno != EEXIST) {
+		err = fail(-errno, "create the capture directory %s", capdir);
+		goto cleanup;
+	}
+	if (pin) {
+		char events[PATH_MAX];
+
+		/* The ring buffer is the last map libbpf pins: with it, an earlier agent's capture runs. */
+		a->resumed = !pin_path(events, sizeof(events), capdir, "events") && path_exists(events);
+	}
+	a->boot_clock = probed & FE_PROBE_BOOT_NS;
+	a->sockops = cgroup_path && cgroup_path[0] && (probed & FE_PROBE_SOCKOPS);
+	seed = !(options & FE_OPT_NO_SEED) && (probed & FE_PROBE_ITER_TCP);
+	a->seeded = seed ? 0 : -1;
+
+	a->skel = flowexporter_bpf__open_opts(&open_opts);
+	if (!a->skel) {
+		err = fail(-errno, "open the BPF object");
+		goto cleanup;
+	}
+	err = configure(a, capdir, pin ? options : options | FE_OPT_NO_PIN, probed, ring_bytes,
+			flows_max, wakeup_bytes, perf, seed);
 	if (err)
 		goto cleanup;
 
-	/* Attach before seeding so no socket falls between the two. */
-	a->skel->links.on_state_btf = attach(a->skel->progs.on_state_btf);
-	a->skel->links.on_state_tp = attach(a->skel->progs.on_state_tp);
-	if (!a->skel->links.on_state_btf && !a->skel->links.on_state_tp) {
-		err = -errno;
+	/* Step 2 (load): maps pinned by an earlier agent are reused here, with what they hold. */
+	err = load_unsignalled(a->skel);
+	if (err) {
+		fail(err, a->resumed ? "load the BPF program (reusing the pinned capture in %s: run flowexporter detach if its sizes changed)"
+				     : "load the BPF program%s", a->resumed ? capdir : "");
 		goto cleanup;
 	}
-	a->skel->links.on_destroy_btf = attach(a->skel->progs.on_destroy_btf);
-	a->skel->links.on_destroy_tp = attach(a->skel->progs.on_destroy_tp);
-	if (!a->skel->links.on_destroy_btf && !a->skel->links.on_destroy_tp) {
-		err = -errno;
+	err = attach_all(a, pin ? capdir : NULL, cgroup_path);
+	if (err)
 		goto cleanup;
-	}
 	if (seed) {
 		/* Seeding is best effort: an unseeded socket still yields a record at close. */
 		a->seeded = seed_existing(a) < 0 ? -1 : (int64_t)a->skel->bss->seeded;
@@ -389,15 +722,13 @@ FE_API int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, u
 					     perf_pages_per_cpu(ring_bytes), &attr, on_perf_event, a,
 					     NULL);
 		if (!a->pb) {
-			err = -errno;
+			err = fail(-errno, "open the perf buffer");
 			goto cleanup;
 		}
 	} else {
-		a->rb = ring_buffer__new(bpf_map__fd(a->skel->maps.events), on_ring_sample, a, NULL);
-		if (!a->rb) {
-			err = -errno;
+		err = open_ring(&a->ring, bpf_map__fd(a->skel->maps.events));
+		if (err)
 			goto cleanup;
-		}
 	}
 	*out = a;
 	a = NULL;
@@ -408,13 +739,63 @@ cleanup:
 	return err;
 }
 
+static size_t ring_record_bytes(uint32_t len)
+{
+	len &= ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+	return ((size_t)len + BPF_RINGBUF_HDR_SZ + 7) / 8 * 8;
+}
+
+/* Copies whole records from the read position into dst, without committing them. */
+static void ring_read(struct fe_agent *a)
+{
+	struct fe_ring *r = &a->ring;
+	uint64_t end = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+	uint64_t pos = r->read_pos;
+
+	while (pos < end) {
+		const uint32_t *hdr = (const uint32_t *)(r->data + (pos & (r->size - 1)));
+		uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+
+		if (len & BPF_RINGBUF_BUSY_BIT)
+			break;
+		if (!(len & BPF_RINGBUF_DISCARD_BIT) && len >= sizeof(struct fe_flow)) {
+			if (a->len + sizeof(struct fe_flow) > a->cap)
+				break;
+			memcpy(a->dst + a->len, hdr + 2, sizeof(struct fe_flow));
+			a->len += sizeof(struct fe_flow);
+		}
+		pos += ring_record_bytes(len);
+	}
+	r->read_pos = pos;
+}
+
+static int ring_poll(struct fe_agent *a, int timeout_ms)
+{
+	struct epoll_event ev;
+
+	/*
+	 * Wait the whole timeout unless the kernel forces a wakeup (past the
+	 * fill threshold): the BPF side submits without waking the reader, so
+	 * records gather for up to timeout_ms and are read in one pass, as
+	 * ring_buffer__poll() did. The ring is registered edge-triggered: it
+	 * reports readable while anything is uncommitted, which level-triggered
+	 * epoll would return at once, every time.
+	 */
+	if (timeout_ms > 0 && epoll_wait(a->ring.epoll_fd, &ev, 1, timeout_ms) < 0 && errno != EINTR)
+		return -errno;
+	ring_read(a);
+	return 0;
+}
+
 /*
  * Copies closed-flow records into buf (cap bytes; a multiple of
  * fe_record_size() fills best), waiting up to timeout_ms for the kernel to
  * wake the reader, then draining what is there regardless: the kernel side
- * wakes the reader only past a fill threshold. Returns bytes written.
+ * wakes the reader only past a fill threshold. Returns bytes written and
+ * stores in *pos the ring position after them, to pass to fe_commit() once
+ * they are safe (0 with the perf buffer, which cannot hold them back).
  */
-FE_API int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t cap)
+FE_API int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t cap, uint64_t *pos)
 {
 	size_t n;
 	int err;
@@ -422,31 +803,55 @@ FE_API int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t ca
 	a->dst = buf;
 	a->cap = cap;
 	a->len = 0;
+	*pos = 0;
 	if (cap < sizeof(struct fe_flow))
 		return -EINVAL;
-	if (a->spill_len) {
-		n = a->spill_len < cap ? a->spill_len : cap - cap % sizeof(struct fe_flow);
-		memcpy(buf, a->spill, n);
-		memmove(a->spill, a->spill + n, a->spill_len - n);
-		a->spill_len -= n;
-		a->len = n;
-		timeout_ms = 0;
-	}
-	if (a->len + sizeof(struct fe_flow) > cap)
-		return a->len;
-
-	if (a->rb) {
-		err = ring_buffer__poll(a->rb, timeout_ms);
-		if (err >= 0)
-			err = ring_buffer__consume(a->rb);
-	} else {
+	if (a->pb) {
+		if (a->spill_len) {
+			n = a->spill_len < cap ? a->spill_len : cap - cap % sizeof(struct fe_flow);
+			memcpy(buf, a->spill, n);
+			memmove(a->spill, a->spill + n, a->spill_len - n);
+			a->spill_len -= n;
+			a->len = n;
+			timeout_ms = 0;
+		}
+		if (a->len + sizeof(struct fe_flow) > cap)
+			return a->len;
 		err = perf_buffer__poll(a->pb, timeout_ms);
 		if (err >= 0)
 			err = perf_buffer__consume(a->pb);
+		if (err < 0 && err != -EINTR)
+			return err;
+		return a->len;
 	}
-	if (err < 0 && err != FE_BUFFER_FULL && err != -EINTR)
+	err = ring_poll(a, timeout_ms);
+	if (err < 0)
 		return err;
+	*pos = a->ring.read_pos;
 	return a->len;
+}
+
+/*
+ * Gives the ring's space up to pos back to the kernel: the records before it
+ * are safe elsewhere. Also moves the read position forward when pos is past
+ * it (records an earlier agent journaled but did not commit). A position
+ * behind the committed one, or past what the kernel wrote, is refused.
+ */
+FE_API int fe_commit(struct fe_agent *a, uint64_t pos)
+{
+	struct fe_ring *r = &a->ring;
+	uint64_t consumed, produced;
+
+	if (!r->consumer)
+		return 0;
+	consumed = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE);
+	produced = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+	if (pos < consumed || pos > produced)
+		return -ERANGE;
+	__atomic_store_n(r->consumer, pos, __ATOMIC_RELEASE);
+	if (r->read_pos < pos)
+		r->read_pos = pos;
+	return 0;
 }
 
 static uint64_t sum_percpu(int map_fd, uint32_t key)
@@ -483,15 +888,20 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 
 	s[FE_STAT_KERNEL_DROPS] = sum_percpu(bpf_map__fd(a->skel->maps.drops), FE_DROP_OUTPUT);
 	s[FE_STAT_RECURSION_MISSES] = recursion_misses(a->skel->progs.on_state_btf) +
-				      recursion_misses(a->skel->progs.on_state_tp) +
 				      recursion_misses(a->skel->progs.on_destroy_btf) +
 				      recursion_misses(a->skel->progs.on_destroy_tp);
 	s[FE_STAT_PERF_LOST] = a->perf_lost;
 	s[FE_STAT_FLOWS_MAX] = bpf_map__max_entries(a->skel->maps.flows);
 	s[FE_STAT_TRANSPORT] = a->pb ? 1 : 0;
-	s[FE_STAT_ATTACH] = a->classic ? 1 : 0;
+	s[FE_STAT_SOCKOPS] = a->sockops ? 1 : 0;
 	s[FE_STAT_CLOCK] = a->boot_clock ? 0 : 1;
 	s[FE_STAT_SEEDED] = (uint64_t)a->seeded;
+	s[FE_STAT_RESUMED] = a->resumed ? 1 : 0;
+	s[FE_STAT_RING_ID] = a->ring.map_id;
+	s[FE_STAT_RING_CONSUMED] =
+		a->ring.consumer ? __atomic_load_n(a->ring.consumer, __ATOMIC_ACQUIRE) : 0;
+	s[FE_STAT_RING_PRODUCED] =
+		a->ring.producer ? __atomic_load_n(a->ring.producer, __ATOMIC_ACQUIRE) : 0;
 	if (n > FE_STAT_COUNT)
 		n = FE_STAT_COUNT;
 	memcpy(out, s, n * sizeof(*out));
@@ -514,7 +924,7 @@ FE_API void fe_close(struct fe_agent *a)
 {
 	if (!a)
 		return;
-	ring_buffer__free(a->rb);
+	close_ring(&a->ring);
 	perf_buffer__free(a->pb);
 	flowexporter_bpf__destroy(a->skel);
 	free(a->spill);

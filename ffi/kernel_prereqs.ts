@@ -19,6 +19,7 @@ export const TRACEFS_PATH = "/sys/kernel/tracing";
 /** The bpffs mount the identity maps are pinned under. */
 export const BPFFS_PATH = "/sys/fs/bpf";
 
+const CAP_NET_ADMIN = 12n;
 const CAP_SYS_ADMIN = 21n;
 const CAP_PERFMON = 38n;
 const CAP_BPF = 39n;
@@ -45,6 +46,12 @@ export function hasBpfPrivileges(caps = effectiveCapabilities()): boolean {
   return has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
 }
 
+/** True when the process may load and attach cgroup programs such as sock_ops. */
+export function hasNetAdmin(caps = effectiveCapabilities()): boolean {
+  const has = (cap: bigint) => (caps & (1n << cap)) !== 0n;
+  return has(CAP_SYS_ADMIN) || has(CAP_NET_ADMIN);
+}
+
 /** Mount points from /proc/self/mounts: target → filesystem type. */
 export function mounts(): Map<string, string> {
   const out = new Map<string, string>();
@@ -53,6 +60,15 @@ export function mounts(): Map<string, string> {
     if (target) out.set(target, type);
   }
   return out;
+}
+
+/**
+ * Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
+ * hybrid one; undefined on a host with cgroup v1 only.
+ */
+export function cgroup2Root(table = mounts()): string | undefined {
+  for (const [target, type] of table) if (type === "cgroup2") return target;
+  return undefined;
 }
 
 function ensureMounted(native: Native, type: string, target: string, why: string): void {
@@ -81,6 +97,6 @@ export function prepareKernel(native: Native): void {
       `Cannot find kernel BTF at ${BTF_PATH} (flowexporter needs Linux 5.8 or newer built with CONFIG_DEBUG_INFO_BTF=y)`,
     );
   }
-  ensureMounted(native, "tracefs", TRACEFS_PATH, "the classic tracepoint fallback reads it");
+  ensureMounted(native, "tracefs", TRACEFS_PATH, "the classic destroy tracepoint needs it");
   ensureMounted(native, "bpf", BPFFS_PATH, "the identity maps are pinned there");
 }

@@ -18,7 +18,7 @@ export interface PollStart {
 
 /** Messages to the main thread. */
 export type PollMessage =
-  | { kind: "records"; bytes: ArrayBuffer }
+  | { kind: "records"; bytes: ArrayBuffer; position: bigint }
   | { kind: "idle" }
   | { kind: "error"; message: string }
   | { kind: "stopped" };
@@ -30,18 +30,23 @@ async function pollLoop(start: PollStart): Promise<void> {
   const handle = Deno.UnsafePointer.create(start.handle);
   if (handle === null) throw new Error("Cannot poll: the agent handle is null");
   const buf = new Uint8Array(start.bufferBytes);
+  const position = new BigUint64Array(1);
   const recordSize = native.fe_record_size();
   let lastMessage = performance.now();
   let full = false;
   for (;;) {
     const last = stopping;
     // After a full buffer, or for the final pass, drain again without waiting.
-    const n = await native.fe_poll(handle, last || full ? 0 : start.timeoutMs, buf, buf.length);
+    const timeoutMs = last || full ? 0 : start.timeoutMs;
+    const n = await native.fe_poll(handle, timeoutMs, buf, buf.length, position);
     full = n + recordSize > buf.length;
     if (n < 0) throw new Error(`Cannot poll the flow buffer: errno ${-n}`);
     if (n > 0) {
       const bytes = buf.slice(0, n).buffer;
-      self.postMessage({ kind: "records", bytes } satisfies PollMessage, [bytes]);
+      self.postMessage(
+        { kind: "records", bytes, position: position[0] } satisfies PollMessage,
+        [bytes],
+      );
       lastMessage = performance.now();
     } else if (performance.now() - lastMessage >= 1000) {
       // A heartbeat on an idle host, so the main thread can tell a live worker from a stuck one.

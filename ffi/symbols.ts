@@ -3,15 +3,16 @@
  *
  * Load order: `FLOWEXPORTER_LIB` from the environment, then the local build
  * output (`build/libflowexporter.so`), then the copy embedded in a compiled
- * binary (extracted by ffi/_embedded.ts).
+ * binary (extracted by ffi/embedded.ts).
  *
  * @module
  */
 
-import { embeddedLibrary } from "./_embedded.ts";
+import { RECORD_SIZE, RECORD_VERSION } from "../lib/decode.ts";
+import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -19,13 +20,34 @@ export const SYMBOLS = {
   fe_abi_version: { parameters: [], result: "u32" },
   // uint32_t fe_record_size(void)
   fe_record_size: { parameters: [], result: "u32" },
+  // uint32_t fe_record_version(void)
+  fe_record_version: { parameters: [], result: "u32" },
+  // uint32_t fe_state_version(void)
+  fe_state_version: { parameters: [], result: "u32" },
+  // int fe_record_offsets(uint32_t *out, uint32_t n)
+  fe_record_offsets: { parameters: ["buffer", "u32"], result: "i32" },
   // int fe_log_read(char *buf, uint32_t cap)
   fe_log_read: { parameters: ["buffer", "u32"], result: "i32" },
-  // int fe_open(const char *pin_dir, uint32_t options, uint32_t ring_bytes, uint32_t flows_max,
-  //             uint32_t wakeup_bytes, struct fe_agent **out)
-  fe_open: { parameters: ["buffer", "u32", "u32", "u32", "u32", "buffer"], result: "i32" },
-  // int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t cap)  [blocks]
-  fe_poll: { parameters: ["pointer", "i32", "buffer", "u32"], result: "i32", nonblocking: true },
+  // int fe_error_read(char *buf, uint32_t cap)
+  fe_error_read: { parameters: ["buffer", "u32"], result: "i32" },
+  // uint32_t fe_probe(void)
+  fe_probe: { parameters: [], result: "u32" },
+  // int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t options,
+  //             uint32_t ring_bytes, uint32_t flows_max, uint32_t wakeup_bytes,
+  //             struct fe_agent **out)
+  fe_open: {
+    parameters: ["buffer", "buffer", "u32", "u32", "u32", "u32", "buffer"],
+    result: "i32",
+  },
+  // int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t cap,
+  //             uint64_t *pos)  [blocks]
+  fe_poll: {
+    parameters: ["pointer", "i32", "buffer", "u32", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int fe_commit(struct fe_agent *a, uint64_t pos)
+  fe_commit: { parameters: ["pointer", "u64"], result: "i32" },
   // int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
   fe_stats: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // int fe_map_fd(struct fe_agent *a, const char *name)
@@ -60,7 +82,7 @@ export type Native = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 /** fe_open() option bits. */
 export const OpenOption = {
   perfBuffer: 1 << 0,
-  classicTracepoint: 1 << 1,
+  noPin: 1 << 1,
   noSeed: 1 << 2,
   verbose: 1 << 3,
 } as const;
@@ -72,10 +94,24 @@ export const Stat = {
   perfLost: 2,
   flowsMax: 3,
   transport: 4,
-  attach: 5,
+  sockops: 5,
   clock: 6,
   seeded: 7,
-  count: 8,
+  resumed: 8,
+  ringId: 9,
+  ringConsumed: 10,
+  ringProduced: 11,
+  count: 12,
+} as const;
+
+/** fe_probe() bits: what the running kernel offers. */
+export const Probe = {
+  btf: 1 << 0,
+  tpBtf: 1 << 1,
+  ringbuf: 1 << 2,
+  bootNs: 1 << 3,
+  iterTcp: 1 << 4,
+  sockops: 1 << 5,
 } as const;
 
 /** Raised when the shared object cannot be found, loaded or is of another ABI. */
@@ -132,11 +168,19 @@ export function openNative(paths: string[] = libraryCandidates()): Native {
       continue;
     }
     const abi = lib.symbols.fe_abi_version();
-    if (abi !== ABI_VERSION) {
+    const record = abi === ABI_VERSION
+      ? { size: lib.symbols.fe_record_size(), version: lib.symbols.fe_record_version() }
+      : undefined;
+    const mismatch = abi !== ABI_VERSION
+      ? `ABI version ${abi}, this agent speaks ${ABI_VERSION}`
+      : record!.size !== RECORD_SIZE || record!.version !== RECORD_VERSION
+      ? `flow record version ${record!.version} of ${
+        record!.size
+      } bytes, this agent decodes version ${RECORD_VERSION} of ${RECORD_SIZE}`
+      : undefined;
+    if (mismatch) {
       lib.close();
-      throw new NativeLoadError(
-        `Cannot use ${path}: ABI version ${abi}, this agent speaks ${ABI_VERSION} (rebuild with make)`,
-      );
+      throw new NativeLoadError(`Cannot use ${path}: ${mismatch} (rebuild with make)`);
     }
     loaded = { lib, path };
     return lib.symbols;
@@ -157,5 +201,12 @@ export function nativePath(): string | undefined {
 export function nativeLog(native: Native): string {
   const buf = new Uint8Array(16384);
   const n = native.fe_log_read(buf, buf.length);
+  return new TextDecoder().decode(buf.subarray(0, n));
+}
+
+/** The step of fe_open() that failed, with the kernel's reason ("" when none failed). */
+export function nativeError(native: Native): string {
+  const buf = new Uint8Array(512);
+  const n = native.fe_error_read(buf, buf.length);
   return new TextDecoder().decode(buf.subarray(0, n));
 }

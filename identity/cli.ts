@@ -23,9 +23,10 @@ import {
   MAPS_PIN_DIR,
   parsePort,
   PORT_WORKLOAD_MAP,
-} from "./map_layout.ts";
-import { type IdentityMaps, type WorkloadEntry, WorkloadMaps } from "./workload_maps.ts";
-import { errorText } from "../lib/_error_text.ts";
+} from "../lib/map_layout.ts";
+import type { IdentityMaps } from "../lib/map_layout.ts";
+import { type WorkloadEntry, WorkloadMaps } from "./workload_maps.ts";
+import { errorText } from "../lib/error_text.ts";
 
 /** Where the command writes; each call gets one complete line or block, without the final newline. */
 export interface CommandOutput {

@@ -22,9 +22,9 @@
 
 import { X509Certificate } from "node:crypto";
 import { dirname } from "node:path";
-import { MapLayoutError, validateWorkloadId } from "./map_layout.ts";
+import { MapLayoutError, validateWorkloadId } from "../lib/map_layout.ts";
 import { x509Names } from "./_x509_names.ts";
-import { errorText } from "../lib/_error_text.ts";
+import { errorText } from "../lib/error_text.ts";
 
 /** Where the agent looks for the host identity certificate unless told otherwise. */
 export const DEFAULT_CERT_PATH = "/etc/flowexporter/identity.pem";
@@ -305,6 +305,14 @@ export class HostIdentityWatcher implements Disposable {
       notAfter: found.notAfter,
       subject: found.subject,
     });
+    // The kernel's copy first, then the log line: once it says so, new flows carry it.
+    if (previous.workloadId !== found.workloadId) {
+      try {
+        this.#onChange?.(this.#identity);
+      } catch (error) {
+        this.#say(`Host identity change handler failed: ${errorText(error)}`);
+      }
+    }
     this.#say(
       `Host identity is ${JSON.stringify(found.workloadId)} (${
         found.from === "uri-san" ? "URI SAN" : "subject CN"
@@ -312,12 +320,6 @@ export class HostIdentityWatcher implements Disposable {
         JSON.stringify(found.subject)
       }, valid until ${found.notAfter.toISOString()})`,
     );
-    if (previous.workloadId === found.workloadId) return;
-    try {
-      this.#onChange?.(this.#identity);
-    } catch (error) {
-      this.#say(`Host identity change handler failed: ${errorText(error)}`);
-    }
   }
 
   #reject(error: unknown): void {

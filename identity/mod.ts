@@ -34,14 +34,9 @@ export {
   PORT_KEY_SIZE,
   PORT_WORKLOAD_MAP,
   validateWorkloadId,
-} from "./map_layout.ts";
-export {
-  type BpfMap,
-  type IdentityMaps,
-  type MapFill,
-  type WorkloadEntry,
-  WorkloadMaps,
-} from "./workload_maps.ts";
+} from "../lib/map_layout.ts";
+export type { BpfMap, IdentityMaps } from "../lib/map_layout.ts";
+export { type MapFill, type WorkloadEntry, WorkloadMaps } from "./workload_maps.ts";
 export {
   CertificateError,
   type CertificateIdentity,
@@ -59,6 +54,3 @@ export {
   readCertificateIdentity,
 } from "./host_identity.ts";
 export { type CommandOutput, EXIT, IDENTITY_USAGE, runIdentityCommand } from "./cli.ts";
-
-/** Opens the pinned maps a running agent created: `(pinDir = MAPS_PIN_DIR) => IdentityMaps`. */
-export { openPinnedMaps } from "../ffi/bpf_map.ts";

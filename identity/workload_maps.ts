@@ -30,39 +30,9 @@ import {
   MapLayoutError,
   PORT_KEY_SIZE,
   PORT_WORKLOAD_MAP,
-} from "./map_layout.ts";
-import { errorText } from "../lib/_error_text.ts";
-
-/**
- * One BPF map, by bytes. The agent implements it over the bpf() syscall (ffi/); tests use an
- * in-memory one.
- */
-export interface BpfMap {
-  /** Key size the map was created with, in bytes. */
-  readonly keySize: number;
-  /** Value size the map was created with, in bytes. */
-  readonly valueSize: number;
-  /** Capacity the map was created with. */
-  readonly maxEntries: number;
-  /** The value for `key`, or null when there is none. */
-  lookup(key: Uint8Array): Uint8Array | null;
-  /** Creates or replaces the entry for `key`; throws when the map is full. */
-  update(key: Uint8Array, value: Uint8Array): void;
-  /** Deletes the entry for `key`; false when there was none. */
-  delete(key: Uint8Array): boolean;
-  /** Every key, in the map's order. */
-  keys(): Iterable<Uint8Array>;
-  /** Number of entries; optional, for implementations that count faster than `keys()`. */
-  count?(): number;
-  /** Releases the map handle. Safe to call more than once. */
-  close(): void;
-}
-
-/** The two identity maps `WorkloadMaps` works on. */
-export interface IdentityMaps {
-  ip: BpfMap;
-  port: BpfMap;
-}
+} from "../lib/map_layout.ts";
+import type { BpfMap, IdentityMaps } from "../lib/map_layout.ts";
+import { errorText } from "../lib/error_text.ts";
 
 /** One map entry, decoded. `problem` says why the BPF side cannot use it, when it cannot. */
 export type WorkloadEntry =

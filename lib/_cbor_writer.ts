@@ -103,13 +103,22 @@ export class CborWriter {
 
   /** A byte string: its length plus 1 to 5 bytes. */
   byteString(value: Uint8Array): void {
-    const n = value.length;
-    this.head(MAJOR_BYTES, n);
-    const b = this.bytes;
-    const at = this.at;
-    if (n > 16) b.set(value, at);
-    else for (let i = 0; i < n; i++) b[at + i] = value[i]; // faster than `set` for addresses
-    this.at = at + n;
+    this.head(MAJOR_BYTES, value.length);
+    this.#raw(value);
+  }
+
+  /**
+   * A byte string of `prefix`, then `n` as 8 bytes, big-endian (a flow ID: boot ID and socket
+   * cookie): its length, `prefix.length + 8`, plus 1 to 5 bytes.
+   *
+   * @param prefix the leading bytes
+   * @param n an unsigned integer from 0 to 2^64 - 1
+   */
+  bytesThenUint64(prefix: Uint8Array, n: bigint): void {
+    this.head(MAJOR_BYTES, prefix.length + 8);
+    this.#raw(prefix);
+    this.#view.setBigUint64(this.at, n);
+    this.at += 8;
   }
 
   /** A text string, UTF-8 (a lone surrogate becomes U+FFFD): at most {@linkcode textRoom}. */
@@ -130,6 +139,16 @@ export class CborWriter {
   /** `true` or `false`: 1 byte. */
   bool(value: boolean): void {
     this.bytes[this.at++] = value ? 0xf5 : 0xf4;
+  }
+
+  /** Copies `value` as it is, the content of a byte string. */
+  #raw(value: Uint8Array): void {
+    const n = value.length;
+    const b = this.bytes;
+    const at = this.at;
+    if (n > 16) b.set(value, at);
+    else for (let i = 0; i < n; i++) b[at + i] = value[i]; // faster than `set` for addresses
+    this.at = at + n;
   }
 
   /** Writes a text string that is not all ASCII at `start`, where its head goes. */

@@ -6,60 +6,51 @@
  * @module
  */
 import { toWallNs } from "./clock.ts";
-import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "./flow.ts";
+import { DIRECTIONS, type FlowEnd, type FlowRecord, IDENTITY_SOURCES, TCP_STATES } from "./flow.ts";
 
 /** Size of one `struct fe_flow`, bytes. */
-export const RECORD_SIZE = 248;
+export const RECORD_SIZE = 264;
 
-/** Byte offsets of `struct fe_flow` (host byte order: little endian on x86_64 and aarch64). */
-const OFFSET = {
-  tStart: 0,
-  tEnd: 8,
-  bytesSent: 16,
-  bytesAcked: 24,
-  bytesReceived: 32,
-  segsOut: 40,
-  segsIn: 44,
-  totalRetrans: 48,
-  srttUs: 52,
-  minRttUs: 56,
-  delivered: 60,
-  lost: 64,
-  localIp: 72,
-  remoteIp: 88,
-  localPort: 104,
-  remotePort: 106,
-  family: 108,
-  direction: 109,
-  closeState: 110,
-  identitySource: 111,
-  flags: 112,
-  error: 113,
-  workloadId: 120,
+/** `FE_FLOW_VERSION` of the layout below; the agent refuses a library of another version. */
+export const RECORD_VERSION = 2;
+
+/**
+ * Byte offsets of `struct fe_flow` (host byte order: little endian on x86_64 and aarch64), in
+ * the order of the shim's `FE_FLOW_FIELDS`, which asserts each with `offsetof` at build time;
+ * tests/decode_test.ts compares this table with the built library's `fe_record_offsets()`.
+ */
+export const RECORD_OFFSETS = {
+  t_start_ns: 0,
+  t_end_ns: 8,
+  bytes_sent: 16,
+  bytes_acked: 24,
+  bytes_received: 32,
+  bytes_retrans: 40,
+  cookie: 48,
+  segs_out: 56,
+  segs_in: 60,
+  total_retrans: 64,
+  srtt_us: 68,
+  min_rtt_us: 72,
+  delivered: 76,
+  lost: 80,
+  local_ip: 88,
+  remote_ip: 104,
+  local_port: 120,
+  remote_port: 122,
+  family: 124,
+  direction: 125,
+  close_state: 126,
+  identity_source: 127,
+  flags: 128,
+  error: 129,
+  workload_id: 136,
 } as const;
+const OFFSET = RECORD_OFFSETS;
 const WORKLOAD_ID_LEN = 128;
 const FLAG_SEEDED = 1;
-
-/** Linux TCP states by number (include/net/tcp_states.h). */
-export const TCP_STATES = [
-  "UNKNOWN",
-  "ESTABLISHED",
-  "SYN_SENT",
-  "SYN_RECV",
-  "FIN_WAIT1",
-  "FIN_WAIT2",
-  "TIME_WAIT",
-  "CLOSE",
-  "CLOSE_WAIT",
-  "LAST_ACK",
-  "LISTEN",
-  "CLOSING",
-  "NEW_SYN_RECV",
-  "BOUND_INACTIVE",
-] as const;
-
-const DIRECTIONS: readonly Direction[] = ["unknown", "outbound", "inbound"];
-const IDENTITY_SOURCES: readonly IdentitySource[] = ["unknown", "host", "ip-map", "port-map"];
+/** The close was seen by sock_ops. */
+export const FLAG_SOCKOPS = 2;
 
 const ECONNRESET = 104;
 const ETIMEDOUT = 110;
@@ -118,8 +109,14 @@ function ip(bytes: Uint8Array, offset: number, family: 4 | 6): Uint8Array {
  * @param bytes buffer holding the record
  * @param at byte offset of the record in `bytes`
  * @param clockOffsetNs wall clock minus the kernel's event clock, ns
+ * @param bootId the host's boot ID (16 bytes) the record was captured in
  */
-export function decodeFlow(bytes: Uint8Array, at: number, clockOffsetNs: bigint): FlowRecord {
+export function decodeFlow(
+  bytes: Uint8Array,
+  at: number,
+  clockOffsetNs: bigint,
+  bootId: Uint8Array,
+): FlowRecord {
   if (at < 0 || at + RECORD_SIZE > bytes.length) {
     throw new DecodeError(
       `Cannot decode flow record at byte ${at}: ${
@@ -128,7 +125,7 @@ export function decodeFlow(bytes: Uint8Array, at: number, clockOffsetNs: bigint)
     );
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-  return decodeAt(bytes, view, at, clockOffsetNs);
+  return decodeAt(bytes, view, at, clockOffsetNs, bootId);
 }
 
 function workloadText(bytes: Uint8Array, start: number): string {
@@ -143,37 +140,46 @@ function decodeAt(
   view: DataView,
   at: number,
   clockOffsetNs: bigint,
+  bootId: Uint8Array,
 ): FlowRecord {
   const rawFamily = bytes[at + OFFSET.family];
   if (rawFamily !== 4 && rawFamily !== 6) {
     throw new DecodeError(`Cannot decode flow record at byte ${at}: family ${rawFamily}`);
   }
   const family = rawFamily as 4 | 6;
-  const closeState = TCP_STATES[bytes[at + OFFSET.closeState]] ?? "UNKNOWN";
+  const closeState = TCP_STATES[bytes[at + OFFSET.close_state]] ?? "UNKNOWN";
   const error = bytes[at + OFFSET.error];
   return {
+    bootId,
+    cookie: view.getBigUint64(at + OFFSET.cookie, true),
     family,
-    localIp: ip(bytes, at + OFFSET.localIp, family),
-    localPort: view.getUint16(at + OFFSET.localPort, true),
-    remoteIp: ip(bytes, at + OFFSET.remoteIp, family),
-    remotePort: view.getUint16(at + OFFSET.remotePort, true),
-    localWorkloadId: workloadText(bytes, at + OFFSET.workloadId),
-    identitySource: IDENTITY_SOURCES[bytes[at + OFFSET.identitySource]] ?? "unknown",
-    tStartNs: toWallNs(view.getBigUint64(at + OFFSET.tStart, true), clockOffsetNs),
-    tEndNs: toWallNs(view.getBigUint64(at + OFFSET.tEnd, true), clockOffsetNs),
+    localIp: ip(bytes, at + OFFSET.local_ip, family),
+    localPort: view.getUint16(at + OFFSET.local_port, true),
+    remoteIp: ip(bytes, at + OFFSET.remote_ip, family),
+    remotePort: view.getUint16(at + OFFSET.remote_port, true),
+    localWorkloadId: workloadText(bytes, at + OFFSET.workload_id),
+    identitySource: IDENTITY_SOURCES[bytes[at + OFFSET.identity_source]] ?? "unknown",
+    tStartNs: toWallNs(view.getBigUint64(at + OFFSET.t_start_ns, true), clockOffsetNs),
+    tEndNs: toWallNs(view.getBigUint64(at + OFFSET.t_end_ns, true), clockOffsetNs),
     seeded: (bytes[at + OFFSET.flags] & FLAG_SEEDED) !== 0,
+    closeSeenBy: (bytes[at + OFFSET.flags] & FLAG_SOCKOPS) !== 0
+      ? "sock_ops"
+      : closeState === "UNKNOWN"
+      ? "destroy"
+      : "tracepoint",
     direction: DIRECTIONS[bytes[at + OFFSET.direction]] ?? "unknown",
     closeState,
     end: flowEnd(closeState, error),
     error,
-    bytesSent: u64(view, at + OFFSET.bytesSent),
-    bytesAcked: u64(view, at + OFFSET.bytesAcked),
-    bytesReceived: u64(view, at + OFFSET.bytesReceived),
-    segsOut: view.getUint32(at + OFFSET.segsOut, true),
-    segsIn: view.getUint32(at + OFFSET.segsIn, true),
-    totalRetrans: view.getUint32(at + OFFSET.totalRetrans, true),
-    srttUs: view.getUint32(at + OFFSET.srttUs, true),
-    minRttUs: view.getUint32(at + OFFSET.minRttUs, true),
+    bytesSent: u64(view, at + OFFSET.bytes_sent),
+    bytesRetrans: u64(view, at + OFFSET.bytes_retrans),
+    bytesAcked: u64(view, at + OFFSET.bytes_acked),
+    bytesReceived: u64(view, at + OFFSET.bytes_received),
+    segsOut: view.getUint32(at + OFFSET.segs_out, true),
+    segsIn: view.getUint32(at + OFFSET.segs_in, true),
+    totalRetrans: view.getUint32(at + OFFSET.total_retrans, true),
+    srttUs: view.getUint32(at + OFFSET.srtt_us, true),
+    minRttUs: view.getUint32(at + OFFSET.min_rtt_us, true),
     delivered: view.getUint32(at + OFFSET.delivered, true),
     lost: view.getUint32(at + OFFSET.lost, true),
   };
@@ -184,8 +190,13 @@ function decodeAt(
  *
  * @param bytes a multiple of {@linkcode RECORD_SIZE} bytes
  * @param clockOffsetNs wall clock minus the kernel's event clock, ns
+ * @param bootId the host's boot ID (16 bytes) the records were captured in
  */
-export function decodeFlows(bytes: Uint8Array, clockOffsetNs: bigint): FlowRecord[] {
+export function decodeFlows(
+  bytes: Uint8Array,
+  clockOffsetNs: bigint,
+  bootId: Uint8Array,
+): FlowRecord[] {
   if (bytes.length % RECORD_SIZE !== 0) {
     throw new DecodeError(
       `Cannot decode ${bytes.length} bytes of flow records: not a multiple of ${RECORD_SIZE}`,
@@ -194,7 +205,7 @@ export function decodeFlows(bytes: Uint8Array, clockOffsetNs: bigint): FlowRecor
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   const out = new Array<FlowRecord>(bytes.length / RECORD_SIZE);
   for (let i = 0; i < out.length; i++) {
-    out[i] = decodeAt(bytes, view, i * RECORD_SIZE, clockOffsetNs);
+    out[i] = decodeAt(bytes, view, i * RECORD_SIZE, clockOffsetNs, bootId);
   }
   return out;
 }

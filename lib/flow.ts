@@ -5,11 +5,53 @@
  * @module
  */
 
+/*
+ * The enumerations, once. Each list's index is the value the kernel side writes
+ * (bpf/flowexporter.h: enum fe_direction, enum fe_identity_source; TCP states from
+ * include/net/tcp_states.h) and the code on the wire (schema/flow_batch.cddl);
+ * tests/flow_test.ts holds the header to them.
+ */
+
+/** Directions by `enum fe_direction` value and wire code. */
+export const DIRECTIONS = ["unknown", "outbound", "inbound"] as const;
+
 /** Which side opened the connection, seen from the local socket. */
-export type Direction = "outbound" | "inbound" | "unknown";
+export type Direction = typeof DIRECTIONS[number];
+
+/** Identity sources by `enum fe_identity_source` value and wire code. */
+export const IDENTITY_SOURCES = ["unknown", "host", "ip-map", "port-map"] as const;
 
 /** Where `localWorkloadId` came from; resolution order is port map, IP map, host. */
-export type IdentitySource = "port-map" | "ip-map" | "host" | "unknown";
+export type IdentitySource = typeof IDENTITY_SOURCES[number];
+
+/** Linux TCP states by number (include/net/tcp_states.h); 0 is a close the agent did not see. */
+export const TCP_STATES = [
+  "UNKNOWN",
+  "ESTABLISHED",
+  "SYN_SENT",
+  "SYN_RECV",
+  "FIN_WAIT1",
+  "FIN_WAIT2",
+  "TIME_WAIT",
+  "CLOSE",
+  "CLOSE_WAIT",
+  "LAST_ACK",
+  "LISTEN",
+  "CLOSING",
+  "NEW_SYN_RECV",
+  "BOUND_INACTIVE",
+] as const;
+
+/** Flow ends by wire code (`unknown` came with schema version 2). */
+export const FLOW_ENDS = [
+  "normal",
+  "reset",
+  "aborted",
+  "refused",
+  "timeout",
+  "failed",
+  "unknown",
+] as const;
 
 /**
  * How the connection ended, derived from the state it closed from and the
@@ -23,10 +65,27 @@ export type IdentitySource = "port-map" | "ip-map" | "host" | "unknown";
  * - `unknown`: the kernel skipped the program at the close (it would have nested on a CPU), so
  *   the record was made when the socket was destroyed; `closeState` is then "UNKNOWN".
  */
-export type FlowEnd = "normal" | "reset" | "aborted" | "refused" | "timeout" | "failed" | "unknown";
+export type FlowEnd = typeof FLOW_ENDS[number];
+
+/**
+ * Which kernel program saw the close: `sock_ops` (the primary path, never skipped), `tracepoint`
+ * (sockets sock_ops does not follow: seeded ones, or all of them without cgroup v2), `destroy`
+ * (no program saw the close; the record was made when the socket was destroyed).
+ */
+export type CloseSeenBy = typeof CLOSE_SEEN_BY[number];
+
+/** The values of {@linkcode CloseSeenBy}. */
+export const CLOSE_SEEN_BY = ["sock_ops", "tracepoint", "destroy"] as const;
 
 /** One closed TCP socket. Times are wall-clock nanoseconds since the Unix epoch. */
 export interface FlowRecord {
+  /**
+   * The host's boot ID (16 bytes, /proc/sys/kernel/random/boot_id), shared by every record of
+   * one boot. With `cookie` it names the flow: the kernel never reuses a cookie within a boot.
+   */
+  bootId: Uint8Array;
+  /** The kernel's socket cookie: unique per socket within one boot. */
+  cookie: bigint;
   /** 4 or 6; IPv4-mapped IPv6 sockets are reported as 4. */
   family: 4 | 6;
   /** Local address, 4 bytes (IPv4) or 16 bytes (IPv6), network order. */
@@ -44,14 +103,18 @@ export interface FlowRecord {
   tEndNs: bigint;
   /** True when the socket predates the agent: the flow began before `tStartNs`. */
   seeded: boolean;
+  /** Which program saw the close; known where the record was captured, not carried on the wire. */
+  closeSeenBy?: CloseSeenBy;
   direction: Direction;
   /** Kernel TCP state the socket closed from, e.g. "FIN_WAIT2", "SYN_SENT". */
   closeState: string;
   end: FlowEnd;
   /** Socket error at close (errno), 0 for none. */
   error: number;
-  /** Payload bytes sent, retransmissions included. */
+  /** Payload bytes sent, retransmissions included: `bytesSent` = payload + `bytesRetrans`. */
   bytesSent: number;
+  /** Payload bytes retransmitted. */
+  bytesRetrans: number;
   /** Payload bytes the peer acknowledged. */
   bytesAcked: number;
   /** Payload bytes received in order. */

@@ -22,7 +22,7 @@
  * @module
  */
 
-import type { Logger, LogLevel } from "./_logger.ts";
+import type { Logger, LogLevel } from "./logger.ts";
 
 export type { Logger, LogLevel };
 
@@ -128,7 +128,7 @@ export class Log {
     });
   }
 
-  /** The `(level, message) => void` callback the pipeline stages take (lib/_logger.ts). */
+  /** The `(level, message) => void` callback the pipeline stages take (lib/logger.ts). */
   get logger(): Logger {
     return (level, message) => this.log(level, message);
   }

@@ -17,7 +17,7 @@
  * @module
  */
 
-import type { IdentitySource } from "./flow.ts";
+import { IDENTITY_SOURCES, type IdentitySource } from "./flow.ts";
 
 /** `Content-Type` of {@linkcode MetricsRegistry.render}'s output. */
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -294,9 +294,6 @@ export class MetricsRegistry {
 
 /** Bucket bounds of {@linkcode AgentMetrics.workerLag}, seconds. */
 export const WORKER_LAG_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
-
-/** The identity-source label values, so that every series exists from the first scrape. */
-const IDENTITY_SOURCES: readonly IdentitySource[] = ["port-map", "ip-map", "host", "unknown"];
 
 /** The agent's metrics, named once. Updates are per batch; see docs/operations.md. */
 export interface AgentMetrics {

@@ -9,10 +9,10 @@
  * @module
  */
 
-import { type Logger, silentLogger } from "./_logger.ts";
+import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { CBOR_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER } from "./wire.ts";
-import { errorText } from "./_error_text.ts";
+import { errorText } from "./error_text.ts";
 
 /** Options of {@linkcode Sender.create}. */
 export interface SenderOptions {

@@ -6,34 +6,33 @@
  * first (batches left by an earlier run go first). A batch leaves the spool only once the
  * collector accepted it, or set aside when the collector refused it for good.
  *
- * Loss counters: `lossCounters()` returns cumulative counters of the current BPF program;
- * each batch reports the increase since the previous batch of this run (a counter that went
- * down counts from zero). The program, and its counters, start anew with the agent, so the
- * first batch of a run counts from zero; `close()` ends a run with a last batch, so only the
- * losses of a run that ends without `close()` (crash, SIGKILL) after its last batch go
- * unreported. Spool evictions survive restarts in the spool's state file.
+ * Loss counters: `lossCounters()` returns cumulative counters of the BPF side; each batch
+ * reports the increase since the previous batch (a counter that went down counts from zero).
+ * The first batch of a run counts from `lossReported`, what earlier runs of the same capture
+ * reported (the kernel drops survive restarts with the pinned capture; recursion misses are per
+ * program and start anew). Spool evictions survive restarts in the spool's state file.
  *
  * @module
  */
 
 import type { FlowRecord } from "./flow.ts";
-import { gzip } from "./_gzip.ts";
-import { type Logger, silentLogger } from "./_logger.ts";
+import { gzip } from "./gzip.ts";
+import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { Batcher, type ClosedWindow } from "./batcher.ts";
 import { Sender, type SenderOptions } from "./sender.ts";
 import { Spool } from "./spool.ts";
 import {
   type BatchHeader,
+  type BatchHost,
   encodeBatchParts,
-  type HostIdentity,
   idempotencyKey,
   SCHEMA_VERSION,
   WireFormatError,
 } from "./wire.ts";
-import { errorText } from "./_error_text.ts";
+import { errorText } from "./error_text.ts";
 
-export type { Logger, LogLevel } from "./_logger.ts";
+export type { Logger, LogLevel } from "./logger.ts";
 
 /** Cumulative loss counters of the running BPF program. */
 export interface KernelLossCounters {
@@ -55,11 +54,16 @@ export interface ShipperOptions extends Omit<SenderOptions, "url"> {
   /** Version of the agent, carried in every batch. */
   exporterVersion: string;
   /** This host's identity, asked for at each batch. */
-  host: () => HostIdentity;
+  host: () => BatchHost;
   /** Wall clock minus CLOCK_BOOTTIME, ns, asked for at each batch. */
   clockOffsetNs: () => bigint;
   /** Cumulative loss counters, asked for at each batch. */
   lossCounters: () => KernelLossCounters;
+  /**
+   * The counters' values an earlier run already reported (default zero): the first batch
+   * reports what came after them.
+   */
+  lossReported?: KernelLossCounters;
   /** Window length, ms (default one minute, aligned to the wall-clock minute). */
   intervalMs?: number;
   /** Flows per batch before a window closes early. */
@@ -74,6 +78,12 @@ export interface ShipperOptions extends Omit<SenderOptions, "url"> {
   logger?: Logger;
   /** Wall clock, ms since the epoch (tests). */
   now?: () => number;
+  /**
+   * Called once window `window` (numbered from 0 in this shipper, see
+   * {@linkcode Shipper.openWindow}) is durably in the spool: what journals its flows may let go.
+   * `lossReported` holds the loss counters reported so far, for the next run's `lossReported`.
+   */
+  onSpooled?: (window: number, lossReported: KernelLossCounters) => void;
 }
 
 /** Counters for metrics, since the shipper was created. */
@@ -161,7 +171,8 @@ export class Shipper {
   #started: Promise<void> | undefined;
   #closing: Promise<ShipperStats> | undefined;
   #lossBase: KernelLossCounters = { kernelDrops: 0n, recursionMisses: 0n };
-  #lastHost: HostIdentity | undefined;
+  #windowsClosed = 0;
+  #lastHost: BatchHost | undefined;
   #lastClockOffsetNs = 0n;
 
   /**
@@ -171,14 +182,16 @@ export class Shipper {
   constructor(options: ShipperOptions) {
     this.#options = options;
     this.#log = options.logger ?? silentLogger;
+    this.#lossBase = options.lossReported ?? this.#lossBase;
     this.#batcher = new Batcher({
       intervalMs: options.intervalMs,
       maxRecords: options.maxRecords,
       maxBytes: options.maxBytes,
       now: options.now,
       onWindow: (window) => {
+        const number = this.#windowsClosed++;
         this.#stats.windowsPending++;
-        this.#sealing = this.#sealing.then(() => this.#seal(window));
+        this.#sealing = this.#sealing.then(() => this.#seal(window, number));
       },
     });
     this.#abort.signal.addEventListener("abort", () => this.#wake?.());
@@ -229,6 +242,14 @@ export class Shipper {
         this.#log("warn", `Dropped an invalid flow (${n} so far): ${error.message}`);
       }
     }
+  }
+
+  /**
+   * Number of the open window: windows are numbered from 0 as this shipper opens them. A flow
+   * added now lands in this window or, when it closes the window on a cap, the next.
+   */
+  get openWindow(): number {
+    return this.#windowsClosed;
   }
 
   /** Counters for metrics. */
@@ -299,7 +320,7 @@ export class Shipper {
     }, Math.max(10, this.#batcher.msUntilClose()));
   }
 
-  async #seal(window: ClosedWindow): Promise<void> {
+  async #seal(window: ClosedWindow, number: number): Promise<void> {
     let sequence: number | undefined;
     try {
       const spool = await this.#openSpool();
@@ -329,6 +350,7 @@ export class Shipper {
       this.#lossBase = current;
       this.#stats.batchesSpooled++;
       this.#wake?.();
+      this.#options.onSpooled?.(number, current);
     } catch (error) {
       this.#stats.batchesLost++;
       this.#log(

@@ -15,11 +15,12 @@
  * @module
  */
 
-import { gunzip } from "./_gzip.ts";
-import { type Logger, silentLogger } from "./_logger.ts";
+import { JOURNAL_DIR } from "./capture_journal.ts";
+import { gunzip } from "./gzip.ts";
+import { type Logger, silentLogger } from "./logger.ts";
 import { decodeBatch, MAX_BATCH_BYTES } from "./wire.ts";
 import type { BatchHeader } from "./wire.ts";
-import { errorText } from "./_error_text.ts";
+import { errorText } from "./error_text.ts";
 
 /** Options of {@linkcode Spool.open}. */
 export interface SpoolOptions {
@@ -317,7 +318,8 @@ export class Spool {
     for await (const item of Deno.readDir(this.#dir)) {
       const path = `${this.#dir}/${item.name}`;
       if (
-        item.name === STATE_FILE || (item.isDirectory && [REJECTED, CORRUPT].includes(item.name))
+        item.name === STATE_FILE ||
+        (item.isDirectory && [REJECTED, CORRUPT, JOURNAL_DIR].includes(item.name))
       ) {
         continue;
       }

@@ -29,11 +29,21 @@
 
 import { Decoder, Encoder } from "cbor-x";
 import { CborWriter, textRoom } from "./_cbor_writer.ts";
-import { TCP_STATES } from "./decode.ts";
-import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "./flow.ts";
+import {
+  DIRECTIONS,
+  FLOW_ENDS,
+  type FlowEnd,
+  type FlowRecord,
+  IDENTITY_SOURCES,
+  TCP_STATES,
+} from "./flow.ts";
+import { BOOT_ID_BYTES, decodeFlowId, FLOW_ID_BYTES, NO_BOOT_ID } from "./flow_id.ts";
 
-/** Version of the batch schema this module writes (2 added the flow end `unknown`). */
-export const SCHEMA_VERSION = 2;
+/**
+ * Version of the batch schema this module writes (2 added the flow end `unknown`; 3 the flow's
+ * `flow_id` and `bytes_retrans`).
+ */
+export const SCHEMA_VERSION = 3;
 
 /** Oldest schema version `decodeBatch` still reads: agents may be upgraded after collectors. */
 export const OLDEST_READ_SCHEMA_VERSION = 1;
@@ -63,7 +73,7 @@ export class WireFormatError extends Error {
 }
 
 /** Who sent a batch. */
-export interface HostIdentity {
+export interface BatchHost {
   /** The host's name. */
   hostname: string;
   /** The host's own workload identity; "" when unknown. */
@@ -92,7 +102,7 @@ export interface BatchHeader {
   /** Version of the exporter that wrote the batch. */
   exporterVersion: string;
   /** Who sent the batch. */
-  host: HostIdentity;
+  host: BatchHost;
   /** Per host, +1 per batch, keeps increasing across restarts. */
   sequence: number;
   /** Start of the window the batch covers (inclusive), ns since the epoch. */
@@ -179,12 +189,13 @@ export function encodeFlowInto(record: FlowRecord, target: Uint8Array, offset: n
   const end = writeFlow(record, target, offset);
   if (end >= 0) return end;
   checkFlow(record, "Flow"); // names the field that is out of range
+  checkFlowId(record, "Flow");
   // In range but a bigint where a number is declared, or the other way round.
   return writeFlow(withDeclaredTypes(record), target, offset);
 }
 
 /**
- * The most bytes {@linkcode encodeFlowInto} writes for `record` (about 160 plus three per
+ * The most bytes {@linkcode encodeFlowInto} writes for `record` (about 200 plus three per
  * character of its workload ID), so that a caller can make room before encoding.
  *
  * @param record the flow, valid or not
@@ -271,9 +282,12 @@ export function encodeBatchParts(header: BatchHeader, flows: readonly Uint8Array
  * `schema/flow_batch.cddl`.
  *
  * @param bytes the body, after `Content-Encoding: gzip` was removed
- * @returns the header and the flows as {@linkcode FlowRecord}s (byte strings are copied)
+ * @returns the header and the flows as {@linkcode FlowRecord}s (byte strings are copied; the
+ *   flows of one boot share one `bootId`). Flows of versions 1 and 2, which have no `flow_id`
+ *   and no `bytes_retrans`, get `bootId` {@linkcode NO_BOOT_ID} (empty), `cookie` 0 and
+ *   `bytesRetrans` 0: see `hasFlowId` in `flow_id.ts`.
  * @throws {WireFormatError} naming the first offending field, e.g.
- *   `Unsupported schema version 7 (this collector reads 1)` or
+ *   `Unsupported schema version 7 (this collector reads 1 to 3)` or
  *   `Flow 12: local_ip must be 4 or 16 bytes, got 5`
  */
 export function decodeBatch(bytes: Uint8Array): DecodedBatch {
@@ -306,7 +320,7 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
   checkKeys(hostMap, HOST_KEYS, "Batch", "host.");
   const lossMap = asMap(top.get(8), "Batch", "loss");
   checkKeys(lossMap, LOSS_KEYS, "Batch", "loss.");
-  const host: HostIdentity = {
+  const host: BatchHost = {
     hostname: text(hostMap.get(0), "Batch", "host.hostname"),
     workloadId: text(hostMap.get(1), "Batch", "host.workload_id"),
   };
@@ -335,27 +349,17 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
       `Batch: record_count is ${header.recordCount} but flows has ${rawFlows.length} entries`,
     );
   }
-  const ends = FLOW_ENDS_BY_VERSION[version];
-  return { header, flows: rawFlows.map((raw, i) => decodeFlow(raw, i, ends)) };
+  const layout = FLOW_LAYOUTS[version];
+  const flows: FlowRecord[] = new Array(rawFlows.length);
+  let bootId = NO_BOOT_ID;
+  for (let i = 0; i < rawFlows.length; i++) {
+    flows[i] = decodeFlow(rawFlows[i], i, layout, bootId);
+    bootId = flows[i].bootId;
+  }
+  return { header, flows };
 }
 
-// Enumerations on the wire (schema/flow_batch.cddl); the array index is the code.
-const IDENTITY_SOURCES: readonly IdentitySource[] = ["unknown", "host", "ip-map", "port-map"];
-const DIRECTIONS: readonly Direction[] = ["unknown", "outbound", "inbound"];
-const FLOW_ENDS: readonly FlowEnd[] = [
-  "normal",
-  "reset",
-  "aborted",
-  "refused",
-  "timeout",
-  "failed",
-  "unknown",
-];
-/** The flow ends each schema version knows: version 1 had no `unknown`. */
-const FLOW_ENDS_BY_VERSION: Record<number, readonly FlowEnd[]> = {
-  1: FLOW_ENDS.filter((end) => end !== "unknown"),
-  2: FLOW_ENDS,
-};
+// Enumerations on the wire (schema/flow_batch.cddl): the array index is the code.
 const IDENTITY_SOURCE_CODES = codes(IDENTITY_SOURCES);
 const DIRECTION_CODES = codes(DIRECTIONS);
 const FLOW_END_CODES = codes(FLOW_ENDS);
@@ -376,7 +380,8 @@ const BATCH_KEYS = [
 ];
 const HOST_KEYS = ["hostname", "workload_id", "instance_id?"];
 const LOSS_KEYS = ["kernel_drops", "recursion_misses", "spool_evictions"];
-const FLOW_KEYS = [
+/** A flow's keys on the wire, by integer key (schema/flow_batch.cddl): the index is the key. */
+export const FLOW_KEYS = [
   "local_ip",
   "local_workload_id",
   "t_start_ns",
@@ -401,7 +406,28 @@ const FLOW_KEYS = [
   "min_rtt_us",
   "delivered",
   "lost",
+  "flow_id",
+  "bytes_retrans",
 ];
+
+/** What the flows of one schema version hold. */
+interface FlowLayout {
+  /** The flow ends the version knows. */
+  readonly ends: readonly FlowEnd[];
+  /** The flow's keys: wire names by key. */
+  readonly keys: readonly string[];
+}
+/** Keys of the flows of versions 1 and 2: no `flow_id`, no `bytes_retrans`. */
+const FLOW_KEYS_V1 = FLOW_KEYS.slice(0, 24);
+/** Version 1 had no flow end `unknown`; version 3 added `flow_id` and `bytes_retrans`. */
+const FLOW_LAYOUTS: Record<number, FlowLayout> = {
+  1: { ends: FLOW_ENDS.filter((end) => end !== "unknown"), keys: FLOW_KEYS_V1 },
+  2: { ends: FLOW_ENDS, keys: FLOW_KEYS_V1 },
+  3: { ends: FLOW_ENDS, keys: FLOW_KEYS },
+};
+
+/** The fields FlowRecord declares as bigint. */
+const BIGINT_FIELDS = new Set(["tStartNs", "tEndNs", "cookie"]);
 
 const UINT32_MAX = 0xffff_ffff;
 const UINT64_MAX = (1n << 64n) - 1n;
@@ -428,10 +454,11 @@ const POOL_BYTES = 64 * 1024;
 let pool = new Uint8Array(POOL_BYTES);
 let poolUsed = 0;
 /**
- * Room for a flow but its two text strings: map head, 24 keys, 2 addresses, 2 times, 3 byte
- * counters, 7 uint32 counters, 2 ports, error, 5 one-byte values.
+ * Room for a flow but its two text strings: map head, 26 keys (two of 2 bytes), 2 addresses,
+ * flow ID, 2 times, 4 byte counters, 7 uint32 counters, 2 ports, error, 5 one-byte values.
  */
-const FLOW_FIXED_ROOM = 2 + 24 + 2 * 17 + 2 * 9 + 3 * 9 + 7 * 5 + 2 * 3 + 5 + 5;
+const FLOW_FIXED_ROOM = 2 + 28 + 2 * 17 + 2 + FLOW_ID_BYTES + 2 * 9 + 4 * 9 + 7 * 5 + 2 * 3 +
+  5 + 5;
 
 function codes<T extends string>(names: readonly T[]): Map<T, number> {
   return new Map(names.map((name, i) => [name, i]));
@@ -459,7 +486,7 @@ function cborHead(major: number, n: number): Uint8Array {
 }
 
 /**
- * Writes a flow as cbor-x writes the map of keys 0 to 23 (a 24-entry map head, then each key
+ * Writes a flow as cbor-x writes the map of keys 0 to 25 (a 26-entry map head, then each key
  * and its value in key order), checking each field on the way.
  *
  * @returns the offset past the flow, or -1 (some bytes may have been written) when a field is
@@ -467,7 +494,7 @@ function cborHead(major: number, n: number): Uint8Array {
  */
 function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
   const ipLength = r.family === 4 ? 4 : r.family === 6 ? 16 : -1;
-  const { localIp, remoteIp, localWorkloadId, closeState } = r;
+  const { bootId, localIp, remoteIp, localWorkloadId, closeState } = r;
   const identitySource = IDENTITY_SOURCE_CODES.get(r.identitySource);
   const direction = DIRECTION_CODES.get(r.direction);
   const end = FLOW_END_CODES.get(r.end);
@@ -481,6 +508,8 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
     identitySource === undefined || direction === undefined || end === undefined ||
     typeof r.seeded !== "boolean" || !isUint32(r.error) ||
     !isUint53(r.bytesSent) || !isUint53(r.bytesAcked) || !isUint53(r.bytesReceived) ||
+    !(bootId instanceof Uint8Array) || bootId.length !== BOOT_ID_BYTES || !isUint64(r.cookie) ||
+    !isUint53(r.bytesRetrans) ||
     !isUint32(r.segsOut) || !isUint32(r.segsIn) || !isUint32(r.totalRetrans) ||
     !isUint32(r.srttUs) || !isUint32(r.minRttUs) || !isUint32(r.delivered) || !isUint32(r.lost)
   ) {
@@ -488,7 +517,7 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
   }
   const w = writer;
   w.reset(target, offset);
-  w.head(0xa0, 24);
+  w.head(0xa0, 26);
   w.tiny(0);
   w.byteString(localIp);
   w.tiny(1);
@@ -539,6 +568,10 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
   w.uint(r.delivered);
   w.tiny(23);
   w.uint(r.lost);
+  w.head(0, 24);
+  w.bytesThenUint64(bootId, r.cookie);
+  w.head(0, 25);
+  w.uint(r.bytesRetrans);
   return w.at;
 }
 
@@ -555,13 +588,12 @@ function isUint64(n: bigint): boolean {
   return typeof n === "bigint" && n >= 0n && n <= UINT64_MAX;
 }
 
-/** A copy of a valid flow with bigint times and number counters, as FlowRecord declares. */
+/** A copy of a valid flow with bigint times and cookie and number counters, as declared. */
 function withDeclaredTypes(r: FlowRecord): FlowRecord {
-  const copy = { ...r, tStartNs: BigInt(r.tStartNs), tEndNs: BigInt(r.tEndNs) };
+  const copy = { ...r };
   for (const [key, value] of Object.entries(copy)) {
-    if (typeof value === "bigint" && key !== "tStartNs" && key !== "tEndNs") {
-      (copy as Record<string, unknown>)[key] = Number(value);
-    }
+    if (BIGINT_FIELDS.has(key)) (copy as Record<string, unknown>)[key] = BigInt(value as number);
+    else if (typeof value === "bigint") (copy as Record<string, unknown>)[key] = Number(value);
   }
   return copy;
 }
@@ -570,16 +602,31 @@ function textLength(value: unknown): number {
   return typeof value === "string" ? value.length : 0;
 }
 
-function decodeFlow(raw: unknown, index: number, ends: readonly FlowEnd[]): FlowRecord {
+/**
+ * Decodes and checks one flow of a batch.
+ *
+ * @param previousBootId the previous flow's boot ID, shared with this flow when the same
+ */
+function decodeFlow(
+  raw: unknown,
+  index: number,
+  layout: FlowLayout,
+  previousBootId: Uint8Array,
+): FlowRecord {
   const where = `Flow ${index}`;
   const m = asMap(raw, where, "the flow");
-  checkKeys(m, FLOW_KEYS, where, "");
+  checkKeys(m, layout.keys, where, "");
   const family = m.get(4);
   if (family !== 4 && family !== 6) {
     throw new WireFormatError(`${where}: family must be 4 or 6, got ${describe(family)}`);
   }
   const closeState = m.get(11);
+  const { bootId, cookie } = m.has(24)
+    ? decodeFlowId(flowIdBytes(m.get(24), where), previousBootId)
+    : { bootId: NO_BOOT_ID, cookie: 0n };
   const record: FlowRecord = {
+    bootId,
+    cookie,
     family,
     localIp: bytes(m.get(0), where, "local_ip"),
     localPort: uint(m.get(5), 0xffff, where, "local_port"),
@@ -594,9 +641,10 @@ function decodeFlow(raw: unknown, index: number, ends: readonly FlowEnd[]): Flow
     closeState: typeof closeState === "string"
       ? closeState
       : enumeration(closeState, TCP_STATES, where, "close_state"),
-    end: enumeration(m.get(12), ends, where, "end"),
+    end: enumeration(m.get(12), layout.ends, where, "end"),
     error: uint(m.get(13), UINT32_MAX, where, "error"),
     bytesSent: uint53(m.get(14), where, "bytes_sent"),
+    bytesRetrans: m.has(25) ? uint53(m.get(25), where, "bytes_retrans") : 0,
     bytesAcked: uint53(m.get(15), where, "bytes_acked"),
     bytesReceived: uint53(m.get(16), where, "bytes_received"),
     segsOut: uint(m.get(17), UINT32_MAX, where, "segs_out"),
@@ -634,6 +682,7 @@ function checkFlow(r: FlowRecord, where: string): void {
   code(FLOW_END_CODES, r.end, where, "end");
   uint(r.error, UINT32_MAX, where, "error");
   uint53(r.bytesSent, where, "bytes_sent");
+  uint53(r.bytesRetrans, where, "bytes_retrans");
   uint53(r.bytesAcked, where, "bytes_acked");
   uint53(r.bytesReceived, where, "bytes_received");
   uint(r.segsOut, UINT32_MAX, where, "segs_out");
@@ -643,6 +692,24 @@ function checkFlow(r: FlowRecord, where: string): void {
   uint(r.minRttUs, UINT32_MAX, where, "min_rtt_us");
   uint(r.delivered, UINT32_MAX, where, "delivered");
   uint(r.lost, UINT32_MAX, where, "lost");
+}
+
+/**
+ * Checks the parts of a record's flow ID: a decoded flow's are valid or, before version 3,
+ * absent; a flow to encode must have them.
+ */
+function checkFlowId(r: FlowRecord, where: string): void {
+  if (!(r.bootId instanceof Uint8Array)) {
+    throw new WireFormatError(
+      `${where}: flow_id boot ID must be a byte string, got ${describe(r.bootId)}`,
+    );
+  }
+  if (r.bootId.length !== BOOT_ID_BYTES) {
+    throw new WireFormatError(
+      `${where}: flow_id boot ID must be ${BOOT_ID_BYTES} bytes, got ${r.bootId.length}`,
+    );
+  }
+  uint64(r.cookie, where, "flow_id cookie");
 }
 
 function checkHeader(h: BatchHeader): void {
@@ -664,6 +731,18 @@ function checkHeader(h: BatchHeader): void {
   uint64(h.loss.kernelDrops, where, "loss.kernel_drops");
   uint64(h.loss.recursionMisses, where, "loss.recursion_misses");
   uint53(h.loss.spoolEvictions, where, "loss.spool_evictions");
+}
+
+function flowIdBytes(value: unknown, where: string): Uint8Array {
+  if (!(value instanceof Uint8Array)) {
+    throw new WireFormatError(`${where}: flow_id must be a byte string, got ${describe(value)}`);
+  }
+  if (value.length !== FLOW_ID_BYTES) {
+    throw new WireFormatError(
+      `${where}: flow_id must be ${FLOW_ID_BYTES} bytes, got ${value.length}`,
+    );
+  }
+  return value;
 }
 
 function checkIp(ip: unknown, family: 4 | 6, where: string, name: string): void {

@@ -32,3 +32,8 @@ image: build
 
 image-test: build
 	$(Q)scripts/image_test.sh
+
+# The README's test command on a bare Debian (debootstrap minbase + podman); docs/fresh_machine.md.
+.PHONY: fresh-test
+fresh-test:
+	$(Q)scripts/fresh_test.sh

@@ -126,7 +126,7 @@ echo "image-test: $IMAGE is $("${PODMAN[@]}" image inspect --format '{{.Size}}' 
 
 name="flowexporter-image-test-$$"
 pin_dir="/sys/fs/bpf/flowexporter-image-test-$$"
-privileges=(--cap-drop all --cap-add BPF --cap-add PERFMON --cap-add SYS_RESOURCE
+privileges=(--cap-drop all --cap-add BPF --cap-add PERFMON --cap-add NET_ADMIN --cap-add SYS_RESOURCE
   --security-opt "seccomp=$CONTEXT/seccomp.json")
 [[ "${PRIVILEGED:-0}" == 1 ]] && privileges=(--privileged)
 cleanup() {
@@ -150,7 +150,7 @@ memlock="$(capped -1 "$(ulimit -Hl)")"
 [[ "$memlock" == -1 ]] || memlock="$((memlock * 1024))" # ulimit -l counts KiB, podman bytes
 # The spool is durable state: a host directory, as in production.
 rm -rf "$CONTEXT/state" && install -d -m 0700 "$CONTEXT/state"
-"${PODMAN[@]}" run -d --name "$name" --network host --pid host "${privileges[@]}" \
+"${PODMAN[@]}" run -d --name "$name" --network host --pid host --cgroupns host "${privileges[@]}" \
   --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc" \
   --ulimit "memlock=$memlock:$memlock" --read-only \
   -v /sys/fs/bpf:/sys/fs/bpf -v /sys/kernel/tracing:/sys/kernel/tracing:ro \

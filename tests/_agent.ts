@@ -51,12 +51,13 @@ export class AgentProcess implements AsyncDisposable {
   static async start(
     flags: string[] = [],
     env: Record<string, string> = {},
+    workDirOfRestart?: string,
   ): Promise<AgentProcess> {
     const has = (flag: string) => flags.includes(flag);
     const pinDir = has("--pin-dir")
       ? flags[flags.indexOf("--pin-dir") + 1]
       : `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
-    const workDir = await Deno.makeTempDir({ prefix: "flowexporter-agent-" });
+    const workDir = workDirOfRestart ?? await Deno.makeTempDir({ prefix: "flowexporter-agent-" });
     // Each agent has its own maps, lock, spool and certificate path: tests run side by side.
     const args = [
       ...flags,
@@ -75,7 +76,13 @@ export class AgentProcess implements AsyncDisposable {
       env: { FLOWEXPORTER_CONFIG: "", ...env },
     }).spawn();
     const agent = new AgentProcess(child, pinDir, workDir);
-    await agent.waitForLog(/capturing TCP flows/, 30_000);
+    try {
+      await agent.waitForLog(/capturing TCP flows/, 30_000);
+    } catch (error) {
+      // Never leave a capture attached behind a failed start.
+      await agent.stop();
+      throw error;
+    }
     return agent;
   }
 
@@ -117,17 +124,39 @@ export class AgentProcess implements AsyncDisposable {
     }
   }
 
-  /** Sends SIGTERM and waits for the exit; returns the exit code. */
-  async stop(): Promise<number> {
+  /**
+   * Sends SIGTERM and waits for the exit; returns the exit code. Then ends the capture the agent
+   * left pinned (removing its pin directory) and removes its work directory, unless `keep` asks
+   * for both to stay for a restart.
+   */
+  async stop(options: { keep?: boolean; signal?: Deno.Signal } = {}): Promise<number> {
     if (!this.#exited && !this.#killed) {
       this.#killed = true;
-      this.#child.kill("SIGTERM");
+      this.#child.kill(options.signal ?? "SIGTERM");
     }
     const status = await this.#status;
     await this.#done;
-    await Deno.remove(this.pinDir, { recursive: true }).catch(() => {});
-    await Deno.remove(this.workDir, { recursive: true }).catch(() => {});
+    if (!options.keep) {
+      await Deno.remove(this.pinDir, { recursive: true }).catch(() => {});
+      await Deno.remove(this.workDir, { recursive: true }).catch(() => {});
+    }
     return status.code;
+  }
+
+  /**
+   * Starts another agent on this one's pin directory, spool and lock file (stop this one with
+   * `keep` first): a restart. The new agent owns the directories and removes them at its stop.
+   */
+  restart(flags: string[] = []): Promise<AgentProcess> {
+    return AgentProcess.start(
+      [
+        ...flags,
+        ...["--pin-dir", this.pinDir, "--spool-dir", `${this.workDir}/spool`],
+        ...["--lock-file", `${this.workDir}/lock`],
+      ],
+      {},
+      this.workDir,
+    );
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { BpfMap } from "../identity/workload_maps.ts";
+import type { BpfMap } from "../lib/map_layout.ts";
 
 /**
  * A handle on a hash map by bytes that behaves like BPF_MAP_TYPE_HASH for update/lookup/delete.

@@ -1,23 +1,71 @@
 /**
  * Loopback traffic with known endpoints and byte counts, for kernel tests.
+ * Nothing here sleeps to order events: each step waits for what it needs
+ * (bytes read, EOF, an error), and the time bounds a test checks a record
+ * against are taken around the traffic and after the record arrived.
  *
  * @module
  */
 import net from "node:net";
 
-/** Endpoints and wall-clock bounds of one test connection. */
+/** Endpoints of one test connection and the wall clock before it began. */
 export interface Exchange {
   clientPort: number;
   serverPort: number;
-  /** Wall clock before the connect, ns since the epoch. */
+  /** Wall clock before the connect, ns since the epoch (a record cannot start earlier). */
   beforeNs: bigint;
-  /** Wall clock after both sides closed, ns since the epoch. */
-  afterNs: bigint;
 }
 
-/** Wall clock now, ns since the epoch (ms resolution, widened to bound kernel times). */
-export function wallNs(): bigint {
+/** Wall clock now, ns since the epoch (ms resolution: widen it to bound kernel times). */
+function wallNs(): bigint {
   return BigInt(Date.now()) * 1_000_000n;
+}
+
+/** A lower bound for kernel times from now on: the wall clock, less its resolution. */
+export function lowerBoundNs(): bigint {
+  return wallNs() - 1_000_000n;
+}
+
+/**
+ * An upper bound for the times of every record received so far: take it once the
+ * record arrived (a flow cannot end after its record was read). Widened by the
+ * wall clock's resolution.
+ */
+export function upperBoundNs(): bigint {
+  return wallNs() + 1_000_000n;
+}
+
+/**
+ * A loopback IPv4 address of its own: 127.a.b.c at random, outside 127.0.x.x and
+ * the other fixed ranges tests use. Nothing else binds it, so a test that listens
+ * there or connects there owns every socket on it, even beside another run of the
+ * same suite.
+ */
+export function uniqueLoopbackAddress(): string {
+  const [a, b, c] = crypto.getRandomValues(new Uint8Array(3));
+  return `127.${100 + (a % 100)}.${b}.${1 + (c % 254)}`;
+}
+
+/**
+ * A port for a server that a test must name before the server starts, or start
+ * again after a crash: random, and below the ephemeral range (32768 and up), so
+ * the kernel never hands it to a connect or a `listen` on port 0 in the meantime.
+ * Where the server can listen on `uniqueLoopbackAddress()`, nothing else binds
+ * the pair at all; prefer that, and port 0 when the number need not be known
+ * before the server starts.
+ */
+export function namedServerPort(): number {
+  const [port] = crypto.getRandomValues(new Uint16Array(1));
+  return 10_000 + (port % 20_000);
+}
+
+/**
+ * An endpoint nothing listens on: port 1 (privileged, never ephemeral) of a
+ * loopback address of its own. A connect there is refused, and its record is the
+ * only one with this remote address and port.
+ */
+export function unreachableEndpoint(): { host: string; port: number } {
+  return { host: uniqueLoopbackAddress(), port: 1 };
 }
 
 async function readExactly(conn: Deno.Conn, n: number): Promise<void> {
@@ -41,7 +89,9 @@ async function readEof(conn: Deno.Conn): Promise<void> {
 
 /**
  * Connects to a fresh listener on `host`, sends `clientBytes` one way and
- * `serverBytes` back, and closes with `closer` closing first.
+ * `serverBytes` back, and closes with `closer` closing first. Resolves once both
+ * sides closed; the kernel finishes the close on its own time, so wait for the
+ * records rather than for a moment.
  */
 export async function exchange(
   host: string,
@@ -51,7 +101,7 @@ export async function exchange(
 ): Promise<Exchange> {
   using listener = Deno.listen({ hostname: host, port: 0 });
   const serverPort = (listener.addr as Deno.NetAddr).port;
-  const beforeNs = wallNs() - 1_000_000n;
+  const beforeNs = lowerBoundNs();
   const client = await Deno.connect({ hostname: host, port: serverPort });
   const server = await listener.accept();
   const clientPort = (client.localAddr as Deno.NetAddr).port;
@@ -61,44 +111,53 @@ export async function exchange(
   first.close();
   await readEof(second);
   second.close();
-  // The CLOSE transition of the first closer waits for the peer's FIN: give the kernel a moment.
-  await new Promise((r) => setTimeout(r, 50));
-  return { clientPort, serverPort, beforeNs, afterNs: wallNs() + 1_000_000n };
+  return { clientPort, serverPort, beforeNs };
 }
 
-/** A connection the client aborts with RST (SO_LINGER 0) after sending `clientBytes`. */
+/**
+ * A connection the client aborts with RST (SO_LINGER 0) once the server has read
+ * all `clientBytes` it sent: the reset cuts nothing in flight to the server, and
+ * the server sees ECONNRESET.
+ */
 export async function resetByClient(host: string, clientBytes: number): Promise<Exchange> {
-  const beforeNs = wallNs() - 1_000_000n;
+  const beforeNs = lowerBoundNs();
   const server = net.createServer();
+  const received = Promise.withResolvers<void>();
   const serverSide = new Promise<string>((resolve) => {
-    server.on("connection", (s) => {
+    server.once("connection", (s) => {
+      let got = 0;
+      s.on("data", (chunk: Uint8Array) => {
+        got += chunk.length;
+        if (got >= clientBytes) received.resolve();
+      });
       s.on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? "error"));
-      s.on("close", () => resolve("closed"));
+      s.on("close", () => {
+        received.reject(new Error(`The server read ${got} of ${clientBytes} bytes, then closed`));
+        resolve("closed");
+      });
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const serverPort = (server.address() as net.AddressInfo).port;
-  const client = net.connect(serverPort, host);
-  await new Promise<void>((resolve) => client.on("connect", resolve));
-  const clientPort = client.localPort!;
-  await new Promise<void>((resolve) => client.write(new Uint8Array(clientBytes), () => resolve()));
-  await new Promise((r) => setTimeout(r, 50));
-  client.resetAndDestroy();
-  const outcome = await serverSide;
-  if (outcome !== "ECONNRESET") throw new Error(`Server saw ${outcome}, not ECONNRESET`);
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return { clientPort, serverPort, beforeNs, afterNs: wallNs() + 1_000_000n };
+  try {
+    await new Promise<void>((resolve) => server.listen(0, host, resolve));
+    const serverPort = (server.address() as net.AddressInfo).port;
+    const client = net.connect(serverPort, host);
+    await new Promise<void>((resolve, reject) => {
+      client.once("connect", resolve);
+      client.once("error", reject);
+    });
+    const clientPort = client.localPort!;
+    client.write(new Uint8Array(clientBytes));
+    await received.promise;
+    client.resetAndDestroy();
+    const outcome = await serverSide;
+    if (outcome !== "ECONNRESET") throw new Error(`Server saw ${outcome}, not ECONNRESET`);
+    return { clientPort, serverPort, beforeNs };
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
 }
 
-/** A port on `host` with no listener: bound and released, so nothing else took it just now. */
-export function closedPort(host: string): number {
-  const listener = Deno.listen({ hostname: host, port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
-/** Connects to a closed port and checks that the kernel refused it. */
+/** Connects to an endpoint nothing listens on and checks that the kernel refused it. */
 export async function connectRefused(host: string, port: number): Promise<void> {
   try {
     const conn = await Deno.connect({ hostname: host, port });
@@ -130,4 +189,33 @@ export async function churn(host: string, n: number, concurrency = 8): Promise<n
   };
   await Promise.all([serving, ...Array.from({ length: concurrency }, client)]);
   return port;
+}
+
+/**
+ * A busy loop on one CPU (CPU 0 when `taskset` is there), the load under which the
+ * suite must stay green: loopback retransmits, and the kernel skips tracing
+ * programs that would nest. Stop it with `await using` (it is killed and reaped).
+ */
+export function cpuHog(): AsyncDisposable & { pid: number } {
+  const loop = ["sh", "-c", "while :; do :; done"];
+  const spawn = (cmd: string, args: string[]) =>
+    new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "null" }).spawn();
+  let child: Deno.ChildProcess;
+  try {
+    child = spawn("taskset", ["-c", "0", ...loop]);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    child = spawn(loop[0], loop.slice(1));
+  }
+  return {
+    pid: child.pid,
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already gone
+      }
+      await child.status;
+    },
+  };
 }

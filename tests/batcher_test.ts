@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { syntheticFlow } from "../lib/_synthetic_flows.ts";
+import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Batcher, type BatcherOptions, type ClosedWindow } from "../lib/batcher.ts";
 import { decodeBatch, encodeBatch, SCHEMA_VERSION } from "../lib/wire.ts";
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { makeFlow, nsAt } from "../collector/_batches.ts";
+import { makeFlow, nsAt } from "./_batches.ts";
 import { Attributor } from "../collector/attributor.ts";
 
 const S = 1_000_000_000n;

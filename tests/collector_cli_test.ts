@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { batchBody, makeFlow } from "../collector/_batches.ts";
+import { batchBody, makeFlow } from "./_batches.ts";
 import { runCollector } from "../collector/cli.ts";
 
 const CLI = new URL("../collector/cli.ts", import.meta.url).href;

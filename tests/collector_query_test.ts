@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
-import { batchCbor, makeFlow, nsAt } from "../collector/_batches.ts";
+import { DatabaseSync } from "node:sqlite";
+import { batchCbor, makeFlow, nsAt } from "./_batches.ts";
 import { Ingestor } from "../collector/ingest.ts";
 import { runQuery } from "../collector/query.ts";
-import { FlowStore } from "../collector/store.ts";
+import { FlowStore, STORE_VERSION } from "../collector/store.ts";
+import { formatFlowId } from "../lib/flow_id.ts";
 
 /** Runs the query command, capturing its output. */
 async function query(args: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
@@ -90,6 +92,9 @@ Deno.test("query attributes a reused address to its owner at the flow's start", 
     ]);
     assert.equal(rows[0].host, "node-a");
     assert.equal(rows[0].remote_ip, "10.0.0.9");
+    assert.match(rows[0].flow_id, /^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}:\d+$/);
+    assert.equal(new Set(rows.map((r) => r.flow_id)).size, 3, "one flow ID per flow");
+    assert.equal(rows[0].bytes_retrans, 0);
     assert.match(out[0], /"t_start_ns":\d{19},/, "ns times are exact integers");
   });
 });
@@ -102,6 +107,8 @@ Deno.test("query prints an aligned table by default", async () => {
       out[0],
       /^START \(UTC\)\s+DURATION\s+HOST\s+LOCAL\s+LOCAL WORKLOAD\s+DIR\s+REMOTE\s+REMOTE WORKLOAD/,
     );
+    assert.match(out[0], /\s+SENT\s+RETRANS\s+RECEIVED\s+RTT\s+FLOW ID$/);
+    assert.match(out[1], /\s1200\s+0\s+5400\s+0\.25ms\s+[0-9a-f-]{36}:\d+$/);
     assert.equal(out.length, 3, "header, workload-b's own flow, the flow attributed to it");
     assert.match(
       out[1],
@@ -166,4 +173,56 @@ Deno.test("query explains bad arguments and a missing database", async (t) => {
       await Deno.remove(dir, { recursive: true });
     }
   });
+});
+
+Deno.test("a database of layout version 1 is upgraded by the collector, then read", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "collector_query_test_" });
+  const db = `${dir}/flows.db`;
+  const flow = (port: number) =>
+    makeFlow({
+      local: `10.0.0.1:${port}`,
+      remote: "10.0.0.9:80",
+      workload: "a",
+      startS: port,
+      endS: 1 + port,
+    });
+  try {
+    {
+      using store = FlowStore.open(db);
+      Ingestor.open(store).ingestBody(batchCbor("node-a", 1, [flow(1)]));
+    }
+    // What the collector before flow IDs left: no flow_id or bytes_retrans column, layout 1.
+    {
+      using raw = new DatabaseSync(db);
+      raw.exec(
+        "DROP VIEW flows_attributed; DROP VIEW flows_settled; DROP INDEX flows_by_flow_id; " +
+          "ALTER TABLE flows DROP COLUMN flow_id; ALTER TABLE flows DROP COLUMN bytes_retrans; " +
+          "CREATE VIEW flows_settled AS SELECT * FROM flows; " + // stand-ins for its views
+          "CREATE VIEW flows_attributed AS SELECT * FROM flows_settled; PRAGMA user_version = 1",
+      );
+    }
+    const before = await query(["--db", db]);
+    assert.equal(before.code, 1);
+    assert.match(
+      before.err[0],
+      new RegExp(
+        `layout version 1, this collector uses ${STORE_VERSION} \\(start the collector on it once to upgrade it\\)$`,
+      ),
+    );
+    const repeated = flow(2);
+    {
+      using store = FlowStore.open(db);
+      const ingestor = Ingestor.open(store);
+      ingestor.ingestBody(batchCbor("node-a", 2, [repeated]));
+      assert.equal(ingestor.ingestBody(batchCbor("node-a", 3, [repeated])).repeatedFlows, 1);
+    }
+    const { code, out } = await query(["--db", db, "--format", "json"]);
+    assert.equal(code, 0);
+    assert.deepEqual(out.map((line) => JSON.parse(line)).map((r) => [r.local_port, r.flow_id]), [
+      [1, null], // stored before the upgrade: its flow ID is unknown
+      [2, formatFlowId(repeated.bootId, repeated.cookie)],
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -1,12 +1,14 @@
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
-import { batchBody, batchCbor, makeFlow, nsAt } from "../collector/_batches.ts";
+import { DatabaseSync } from "node:sqlite";
+import { batchBody, batchCbor, batchCborV2, makeFlow, nsAt } from "./_batches.ts";
 import {
   type CollectorOptions,
   type RunningCollector,
   startCollector,
 } from "../collector/server.ts";
 import type { FlowRecord } from "../lib/flow.ts";
+import { formatFlowId } from "../lib/flow_id.ts";
 
 const TOKEN = "s3cret-token";
 
@@ -129,6 +131,7 @@ Deno.test("collector stores two hosts' batches and attributes each side to the o
       host: "node-a",
       sequence: 1,
       flows: 2,
+      repeated_flows: 0,
       attributed: 0,
       pending: 2,
       unattributed: 0,
@@ -166,6 +169,61 @@ Deno.test("collector stores a repeated batch once", async () => {
       pending: 2,
       revocations: 0,
     });
+  });
+});
+
+Deno.test("collector stores a flow sent again in another batch once", async () => {
+  await withCollector({}, async ({ post, flows, collector }) => {
+    const [first, second] = nodeAFlows();
+    await post(batchBody("node-a", 1, [first]));
+    // The agent sends the flow again under a new sequence number (e.g. it restarted before
+    // it knew the first batch was delivered).
+    const again = await post(batchBody("node-a", 2, [first, second]));
+    assert.deepEqual(await again.json(), {
+      status: "stored",
+      host: "node-a",
+      sequence: 2,
+      flows: 2,
+      repeated_flows: 1,
+      attributed: 0,
+      pending: 1,
+      unattributed: 0,
+      settled: 0,
+    });
+    assert.deepEqual(collector.store.counts(), {
+      batches: 2,
+      flows: 2,
+      pending: 2,
+      revocations: 0,
+    });
+    assert.equal(collector.ingestor.attributor.heldCount, 2, "the repeat is not held again");
+    const stored = await flows();
+    assert.deepEqual(stored.map((f) => [f.batch_sequence, f.flow_id, f.bytes_retrans]), [
+      [1, formatFlowId(first.bootId, first.cookie), 0],
+      [2, formatFlowId(second.bootId, second.cookie), 0],
+    ]);
+  });
+});
+
+Deno.test("collector stores flows of version 2 batches, which have no flow ID, as NULL", async () => {
+  await withCollector({}, async ({ post, flows, dir }) => {
+    const old = nodeAFlows();
+    for (const sequence of [1, 2]) {
+      const answer = await post(gzipSync(batchCborV2("node-a", sequence, old)));
+      assert.equal((await answer.json()).repeated_flows, 0, "without a flow ID, never a repeat");
+    }
+    const stored = await flows();
+    assert.equal(stored.length, 4);
+    assert.ok(stored.every((f) => f.flow_id === null && f.bytes_retrans === null));
+    using db = new DatabaseSync(`${dir}/flows.db`, { readOnly: true });
+    assert.deepEqual(
+      {
+        ...db.prepare("SELECT count(flow_id) AS ids, count(bytes_retrans) AS retrans FROM flows")
+          .get(),
+      },
+      { ids: 0, retrans: 0 },
+      "NULL, not a made-up value",
+    );
   });
 });
 

@@ -134,6 +134,30 @@ Deno.test("loadConfig() parses sizes, durations, URLs and listen addresses", () 
   assert.equal(loadConfig(["--batch-interval", "1m"], {}, NONE).values.batchInterval, 60_000);
 });
 
+Deno.test("cgroup_path chooses where sock_ops attaches: auto, a directory, or none", () => {
+  const cgroupPath = (argv: string[], env: Record<string, string> = {}, read = NONE) =>
+    loadConfig(argv, env, read).values.cgroupPath;
+  assert.equal(cgroupPath([]), "auto", "the cgroup v2 root by default");
+  assert.equal(cgroupPath(["--cgroup-path", "/sys/fs/cgroup/app"]), "/sys/fs/cgroup/app");
+  assert.equal(cgroupPath(["--cgroup-path", ""]), undefined, "empty: tracepoints only");
+  assert.equal(cgroupPath([], { FLOWEXPORTER_CGROUP_PATH: "" }), undefined);
+  const file = (value: unknown) => files({ "/c.json": JSON.stringify({ cgroup_path: value }) });
+  assert.equal(cgroupPath(["--config", "/c.json"], {}, file(null)), undefined);
+  assert.equal(cgroupPath(["--config", "/c.json"], {}, file("/cg")), "/cg");
+  // The option it replaced is gone, everywhere.
+  assert.match(
+    errorOf(() => loadConfig(["--classic-tracepoint"], {}, NONE)),
+    /^Invalid flag --classic-tracepoint: no such option/,
+  );
+  assert.match(
+    errorOf(() =>
+      loadConfig([], {}, files({ [DEFAULT_CONFIG_FILE]: '{"classic_tracepoint": true}' }))
+    ),
+    /^Invalid config key "classic_tracepoint" in /,
+  );
+  assert.ok(!OPTIONS_HELP.includes("classic"), "no classic tracepoint option in the help");
+});
+
 Deno.test("loadConfig() names the key and its source in every error", async (t) => {
   const cases: [string, () => unknown, string][] = [
     [

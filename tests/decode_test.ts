@@ -1,55 +1,41 @@
 import assert from "node:assert/strict";
 import { ClockAnchor, toWallNs } from "../lib/clock.ts";
-import { DecodeError, decodeFlow, decodeFlows, flowEnd, RECORD_SIZE } from "../lib/decode.ts";
+import {
+  DecodeError,
+  decodeFlow,
+  decodeFlows,
+  flowEnd,
+  RECORD_OFFSETS,
+  RECORD_SIZE,
+  RECORD_VERSION,
+} from "../lib/decode.ts";
+import { SYMBOLS } from "../ffi/symbols.ts";
+import { rawRecord, v4Mapped } from "./_raw_records.ts";
 import { formatFlowJson, parseFlowJson } from "../lib/json_lines.ts";
 
-/** A `struct fe_flow` written field by field from the offsets in bpf/flowexporter.h. */
-function rawRecord(fields: {
-  family: number;
-  local: number[];
-  remote: number[];
-  workload?: string;
-  closeState?: number;
-  error?: number;
-  flags?: number;
-}): Uint8Array {
-  const buf = new Uint8Array(RECORD_SIZE);
-  const v = new DataView(buf.buffer);
-  v.setBigUint64(0, 1_000n, true); // t_start_ns
-  v.setBigUint64(8, 5_000n, true); // t_end_ns
-  v.setBigUint64(16, 2n ** 40n + 7n, true); // bytes_sent (above 2^32)
-  v.setBigUint64(24, 90n, true); // bytes_acked
-  v.setBigUint64(32, 40_000n, true); // bytes_received
-  v.setUint32(40, 11, true); // segs_out
-  v.setUint32(44, 12, true); // segs_in
-  v.setUint32(48, 3, true); // total_retrans
-  v.setUint32(52, 250, true); // srtt_us
-  v.setUint32(56, 20, true); // min_rtt_us
-  v.setUint32(60, 9, true); // delivered
-  v.setUint32(64, 1, true); // lost
-  buf.set(fields.local, 72);
-  buf.set(fields.remote, 88);
-  v.setUint16(104, 43210, true); // local_port
-  v.setUint16(106, 443, true); // remote_port
-  buf[108] = fields.family;
-  buf[109] = 1; // outbound
-  buf[110] = fields.closeState ?? 5; // FIN_WAIT2
-  buf[111] = 2; // ip-map
-  buf[112] = fields.flags ?? 0;
-  buf[113] = fields.error ?? 0;
-  if (fields.workload) buf.set(new TextEncoder().encode(fields.workload), 120);
-  return buf;
-}
+const BOOT = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
+const V4_MAPPED = v4Mapped;
 
-const V4_MAPPED = (a: number, b: number, c: number, d: number) => [
-  ...new Array(10).fill(0),
-  0xff,
-  0xff,
-  a,
-  b,
-  c,
-  d,
-];
+Deno.test("the decoder's record layout is the built library's, field by field", () => {
+  // The shim asserts each offset with offsetof at build time and reports them here: a field
+  // moved or two same-sized fields swapped in bpf/flowexporter.h fails the build or this test.
+  const lib = Deno.dlopen(new URL("../build/libflowexporter.so", import.meta.url).pathname, {
+    fe_record_size: SYMBOLS.fe_record_size,
+    fe_record_version: SYMBOLS.fe_record_version,
+    fe_record_offsets: SYMBOLS.fe_record_offsets,
+  });
+  try {
+    const names = Object.keys(RECORD_OFFSETS);
+    const offsets = new Uint32Array(names.length + 1);
+    const n = lib.symbols.fe_record_offsets(offsets, offsets.length);
+    assert.equal(n, names.length, "as many fields as the decoder reads");
+    assert.deepEqual([...offsets.subarray(0, n)], Object.values(RECORD_OFFSETS));
+    assert.equal(lib.symbols.fe_record_size(), RECORD_SIZE);
+    assert.equal(lib.symbols.fe_record_version(), RECORD_VERSION);
+  } finally {
+    lib.close();
+  }
+});
 
 Deno.test("decodeFlow() decodes every field of an IPv4 record", () => {
   const bytes = rawRecord({
@@ -58,7 +44,11 @@ Deno.test("decodeFlow() decodes every field of an IPv4 record", () => {
     remote: V4_MAPPED(192, 0, 2, 7),
     workload: "spiffe://example.org/ns/a/sa/web",
   });
-  const r = decodeFlow(bytes, 0, 1_700_000_000_000_000_000n);
+  const r = decodeFlow(bytes, 0, 1_700_000_000_000_000_000n, BOOT);
+  assert.equal(r.bootId, BOOT);
+  assert.equal(r.cookie, 4242n);
+  assert.equal(r.bytesRetrans, 1448);
+  assert.equal(r.closeSeenBy, "tracepoint");
   assert.equal(r.family, 4);
   assert.deepEqual([...r.localIp], [10, 0, 0, 1]);
   assert.deepEqual([...r.remoteIp], [192, 0, 2, 7]);
@@ -84,7 +74,7 @@ Deno.test("decodeFlow() decodes every field of an IPv4 record", () => {
 Deno.test("decodeFlow() keeps all 16 bytes of an IPv6 address and reads the seeded flag", () => {
   const local = [0x20, 0x01, 0x0d, 0xb8, ...new Array(11).fill(0), 1];
   const remote = [...new Array(15).fill(0), 1];
-  const r = decodeFlow(rawRecord({ family: 6, local, remote, flags: 1 }), 0, 0n);
+  const r = decodeFlow(rawRecord({ family: 6, local, remote, flags: 1 }), 0, 0n, BOOT);
   assert.equal(r.family, 6);
   assert.deepEqual([...r.localIp], local);
   assert.deepEqual([...r.remoteIp], remote);
@@ -106,30 +96,31 @@ Deno.test("decodeFlows() decodes back-to-back records at their offsets", () => {
   const both = new Uint8Array(2 * RECORD_SIZE);
   both.set(a, 0);
   both.set(b, RECORD_SIZE);
-  const records = decodeFlows(both, 0n);
+  const records = decodeFlows(both, 0n, BOOT);
   assert.deepEqual(records.map((r) => r.localIp[3]), [1, 2]);
 });
 
 Deno.test("decodeFlows() rejects a buffer that is not whole records", () => {
   assert.throws(
-    () => decodeFlows(new Uint8Array(RECORD_SIZE + 10), 0n),
-    (e: unknown) => e instanceof DecodeError && /258 bytes.*multiple of 248/.test(e.message),
+    () => decodeFlows(new Uint8Array(RECORD_SIZE + 10), 0n, BOOT),
+    (e: unknown) => e instanceof DecodeError && /274 bytes.*multiple of 264/.test(e.message),
   );
 });
 
 Deno.test("decodeFlow() rejects a short buffer and an unknown family", () => {
-  assert.throws(() => decodeFlow(new Uint8Array(100), 0, 0n), DecodeError);
+  assert.throws(() => decodeFlow(new Uint8Array(100), 0, 0n, BOOT), DecodeError);
   assert.throws(
-    () => decodeFlow(rawRecord({ family: 9, local: [], remote: [] }), 0, 0n),
+    () => decodeFlow(rawRecord({ family: 9 as 4 }), 0, 0n, BOOT),
     /family 9/,
   );
 });
 
 Deno.test("decodeFlow() bounds a workload ID that fills its field without a NUL", () => {
   const r = decodeFlow(
-    rawRecord({ family: 4, local: V4_MAPPED(1, 2, 3, 4), remote: [], workload: "w".repeat(128) }),
+    rawRecord({ family: 4, local: V4_MAPPED(1, 2, 3, 4), workload: "w".repeat(128) }),
     0,
     0n,
+    BOOT,
   );
   assert.equal(r.localWorkloadId, "w".repeat(128));
 });
@@ -179,6 +170,7 @@ Deno.test("formatFlowJson() writes exact ns times that parseFlowJson() reads bac
     }),
     0,
     1_764_171_840_123_456_789n,
+    BOOT,
   );
   const line = formatFlowJson(r);
   assert.ok(!line.includes("\n"));
@@ -189,4 +181,16 @@ Deno.test("formatFlowJson() writes exact ns times that parseFlowJson() reads bac
   assert.equal(back.local_workload_id, 'a"b');
   assert.equal(back.bytes_sent, 2 ** 40 + 7);
   assert.equal(back.end, "normal");
+  assert.equal(back.flow_id, "a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf:4242");
+  assert.equal(back.bytes_retrans, 1448);
+  assert.equal(back.close_seen_by, "tracepoint");
+});
+
+Deno.test("decodeFlow() names the program that saw the close", () => {
+  const seenBy = (fields: Parameters<typeof rawRecord>[0]) =>
+    decodeFlow(rawRecord(fields), 0, 0n, BOOT).closeSeenBy;
+  assert.equal(seenBy({ flags: 2 }), "sock_ops");
+  assert.equal(seenBy({ flags: 3 }), "sock_ops");
+  assert.equal(seenBy({ closeState: 0 }), "destroy");
+  assert.equal(seenBy({ closeState: 7 }), "tracepoint");
 });

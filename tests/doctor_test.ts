@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { type DoctorProbes, runDoctor } from "../cli/doctor.ts";
 import { CertificateError, type CertificateIdentity } from "../identity/host_identity.ts";
 import { IS_ROOT } from "./_agent.ts";
+import { unreachableEndpoint } from "./_traffic.ts";
 
 const NOW = new Date("2026-01-01T12:00:00.000Z");
 const DAY_MS = 86_400_000;
@@ -32,22 +33,43 @@ function identity(notAfter: Date): CertificateIdentity {
   };
 }
 
+const CAP_NET_ADMIN = 1n << 12n;
+const CAP_PERFMON = 1n << 38n;
+const CAP_BPF = 1n << 39n;
+
+/** The names in kernel BTF the doctor looks for, all there on a healthy host. */
+const HEALTHY_BTF = [
+  "bpf_ringbuf",
+  "BPF_FUNC_ktime_get_boot_ns",
+  "btf_trace_inet_sock_set_state",
+  "BPF_FUNC_skc_to_tcp_sock",
+  "bpf_iter__tcp",
+];
+
+/** A BTF string section holding `names`, NUL-terminated. */
+function btfWith(names: string[]): Uint8Array {
+  return new TextEncoder().encode(`\0${names.join("\0")}\0`);
+}
+
 /** A host where everything is fine, in memory. */
 function healthyHost(lines: string[]): Partial<DoctorProbes> {
   return {
     env: {},
     readConfigFile: noConfigFile,
     osRelease: () => "6.8.0-generic",
-    readBtf: () =>
-      new TextEncoder().encode(
-        "\0bpf_ringbuf\0BPF_FUNC_ktime_get_boot_ns\0btf_trace_inet_sock_set_state\0bpf_iter__tcp\0",
-      ),
+    readBtf: () => btfWith(HEALTHY_BTF),
     exists: () => true,
-    mounts: () => new Map([["/sys/kernel/tracing", "tracefs"], ["/sys/fs/bpf", "bpf"]]),
-    capabilities: () => (1n << 39n) | (1n << 38n),
+    mounts: () =>
+      new Map([
+        ["/sys/kernel/tracing", "tracefs"],
+        ["/sys/fs/bpf", "bpf"],
+        ["/sys/fs/cgroup", "cgroup2"],
+      ]),
+    capabilities: () => CAP_BPF | CAP_PERFMON | CAP_NET_ADMIN,
     memlockLimit: () => 8 << 20,
     loadLibrary: () => "/opt/flowexporter/libflowexporter.so",
     instanceLock: () => ({ held: false }),
+    pinnedCaptures: () => [],
     readCertificate: () => Promise.resolve(identity(new Date(NOW.getTime() + 90 * DAY_MS))),
     fetch: () => Promise.resolve(new Response(null, { status: 405 })),
     dirState: () => Promise.resolve({ state: "writable" }),
@@ -69,9 +91,14 @@ Deno.test("runDoctor() passes a healthy host and says it is ready", async () => 
     report.get("collector")?.detail,
     "http://collector.test/v1/batches answered HTTP 405 (reachable)",
   );
+  assert.equal(report.get("tracepoint")?.detail, "sock:inet_sock_set_state, attached as tp_btf");
+  assert.equal(
+    report.get("sock_ops")?.detail,
+    "sock_ops on cgroup /sys/fs/cgroup follows every socket there (never skipped under load)",
+  );
   assert.equal(
     lines.at(-1),
-    "flowexporter doctor: ready (16 passed, 0 warnings, 0 failed, 0 skipped)",
+    "flowexporter doctor: ready (17 passed, 0 warnings, 0 failed, 0 skipped)",
   );
 });
 
@@ -108,7 +135,8 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
       /^no BPF ring buffer \(Linux 5\.8\+\): the agent falls back to the perf buffer/,
     ],
     clock: ["warn", /^cannot tell without BTF: flow times use CLOCK_MONOTONIC/],
-    tracepoint: ["fail", /^no sock:inet_sock_set_state tracepoint/],
+    tracepoint: ["fail", /^cannot tell without BTF$/],
+    sock_ops: ["warn", /^no cgroup v2 mounted: tracepoints alone capture/],
     seeding: ["warn", /^cannot tell without BTF/],
     tracefs: [
       "warn",
@@ -132,8 +160,95 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
   }
   assert.match(
     lines.at(-1)!,
-    /^flowexporter doctor: not ready \(\d+ passed, 7 warnings, 6 failed, 1 skipped\)$/,
+    /^flowexporter doctor: not ready \(\d+ passed, 8 warnings, 6 failed, 1 skipped\)$/,
   );
+});
+
+Deno.test("runDoctor() fails a kernel whose BTF lacks the tp_btf tracepoint", async () => {
+  const lines: string[] = [];
+  const code = await runDoctor([], {
+    ...healthyHost(lines),
+    readBtf: () => btfWith(HEALTHY_BTF.filter((n) => n !== "btf_trace_inet_sock_set_state")),
+  });
+  assert.equal(code, 1);
+  assert.deepEqual(parseReport(lines).get("tracepoint"), {
+    status: "fail",
+    detail:
+      "no BTF-typed sock:inet_sock_set_state tracepoint (needs Linux 5.5+ with CONFIG_TRACEPOINTS)",
+  });
+});
+
+Deno.test("runDoctor() warns when sock_ops cannot follow sockets, saying why", async (t) => {
+  const sockOps = async (args: string[], probes: Partial<DoctorProbes>) => {
+    const lines: string[] = [];
+    const code = await runDoctor(args, { ...healthyHost(lines), ...probes });
+    assert.equal(code, 0, "tracepoints alone still capture: ready, with a warning");
+    const got = parseReport(lines).get("sock_ops")!;
+    assert.equal(got.status, "warn");
+    assert.match(got.detail, /: tracepoints alone capture: a close the kernel skips/);
+    return got.detail;
+  };
+  await t.step("an empty cgroup_path turns it off", async () => {
+    assert.match(await sockOps(["--cgroup-path", ""], {}), /^turned off by an empty cgroup_path/);
+  });
+  await t.step("no cgroup v2 mounted", async () => {
+    const mounts = () => new Map([["/sys/kernel/tracing", "tracefs"], ["/sys/fs/bpf", "bpf"]]);
+    assert.match(await sockOps([], { mounts }), /^no cgroup v2 mounted/);
+  });
+  await t.step("a kernel without bpf_skc_to_tcp_sock", async () => {
+    const readBtf = () => btfWith(HEALTHY_BTF.filter((n) => n !== "BPF_FUNC_skc_to_tcp_sock"));
+    assert.match(
+      await sockOps([], { readBtf }),
+      /^no bpf_skc_to_tcp_sock for sock_ops \(Linux 5\.9\+\)/,
+    );
+  });
+  await t.step("no CAP_NET_ADMIN", async () => {
+    const capabilities = () => CAP_BPF | CAP_PERFMON;
+    assert.match(await sockOps([], { capabilities }), /^missing CAP_NET_ADMIN/);
+  });
+  await t.step("a cgroup_path given is the one followed", async () => {
+    const lines: string[] = [];
+    await runDoctor(["--cgroup-path", "/sys/fs/cgroup/system.slice"], healthyHost(lines));
+    assert.deepEqual(parseReport(lines).get("sock_ops"), {
+      status: "pass",
+      detail:
+        "sock_ops on cgroup /sys/fs/cgroup/system.slice follows every socket there (never skipped under load)",
+    });
+  });
+});
+
+Deno.test("runDoctor() warns about a capture left pinned with no agent running", async () => {
+  const lines: string[] = [];
+  const asked: string[] = [];
+  const code = await runDoctor(["--pin-dir", "/sys/fs/bpf/fe-test"], {
+    ...healthyHost(lines),
+    pinnedCaptures: (pinDir) => {
+      asked.push(pinDir);
+      return [`${pinDir}/capture-v1`];
+    },
+  });
+  assert.equal(code, 0);
+  assert.deepEqual(asked, ["/sys/fs/bpf/fe-test"]);
+  const instance = parseReport(lines).get("instance")!;
+  assert.equal(instance.status, "warn");
+  assert.match(
+    instance.detail,
+    /^no agent running, but BPF programs it left attached capture into \/sys\/fs\/bpf\/fe-test\/capture-v1 \(.*flowexporter detach --pin-dir \/sys\/fs\/bpf\/fe-test to end them\)$/,
+  );
+});
+
+Deno.test("runDoctor() does not warn about a pinned capture while its agent runs", async () => {
+  const lines: string[] = [];
+  const code = await runDoctor([], {
+    ...healthyHost(lines),
+    instanceLock: () => ({ held: true, pid: 4242 }),
+    pinnedCaptures: (pinDir) => [`${pinDir}/capture-v1`],
+  });
+  assert.equal(code, 0);
+  assert.deepEqual(parseReport(lines).get("instance"), {
+    status: "pass",
+    detail: "an agent is running (pid 4242): lock /run/flowexporter.lock is held",
+  });
 });
 
 Deno.test("runDoctor() treats a missing default certificate as a warning, and a near expiry too", async (t) => {
@@ -203,17 +318,19 @@ Deno.test("runDoctor() checks a real collector on loopback: reachable, refusing,
       assert.match(collector.detail, /Cannot read bearer token file .*missing: no such file/);
     });
     await t.step("a port nobody listens on is unreachable", async () => {
-      const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-      const closedPort = probe.addr.port;
-      probe.close();
+      const { host, port } = unreachableEndpoint();
       const lines: string[] = [];
       const { fetch: _, ...probes } = healthyHost(lines);
-      const code = await runDoctor(["--collector-url", `http://127.0.0.1:${closedPort}/`], probes);
+      const code = await runDoctor(["--collector-url", `http://${host}:${port}/`], probes);
       assert.equal(code, 1);
-      assert.match(
+      assert.equal(
+        parseReport(lines).get("collector")!.detail.startsWith(
+          `Cannot reach http://${host}:${port}/: `,
+        ),
+        true,
         parseReport(lines).get("collector")!.detail,
-        /^Cannot reach http:\/\/127\.0\.0\.1:\d+\/: .*\(check the URL/,
       );
+      assert.match(parseReport(lines).get("collector")!.detail, /\(check the URL/);
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -236,6 +353,8 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "flowexporter-doctor-" });
     try {
       const lines: string[] = [];
+      // Paths of this test's own; the pin directory does not exist, so no capture is pinned there.
+      const pinDir = `/sys/fs/bpf/flowexporter-doctor-${crypto.randomUUID().slice(0, 8)}`;
       const code = await runDoctor(
         [
           "--spool-dir",
@@ -244,6 +363,8 @@ Deno.test({
           `${dir}/flowexporter.lock`,
           "--cert-path",
           `${dir}/none.pem`,
+          "--pin-dir",
+          pinDir,
         ],
         { env: {}, readConfigFile: noConfigFile, print: (line) => lines.push(line) },
       );
@@ -252,7 +373,8 @@ Deno.test({
       // The certificate path was set explicitly and does not exist: the one expected failure.
       assert.deepEqual(failed, ["certificate"], lines.join("\n"));
       assert.equal(code, 1);
-      for (const name of ["btf", "tracepoint", "privileges", "library", "spool", "instance"]) {
+      const ready = ["btf", "tracepoint", "sock_ops", "privileges", "library", "spool", "instance"];
+      for (const name of ready) {
         assert.equal(report.get(name)?.status, "pass", `${name}: ${report.get(name)?.detail}`);
       }
       assert.equal(

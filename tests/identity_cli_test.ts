@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { IDENTITY_USAGE, runIdentityCommand } from "../identity/cli.ts";
-import { encodeIpKey, encodePortKey } from "../identity/map_layout.ts";
+import { encodeIpKey, encodePortKey } from "../lib/map_layout.ts";
 import { FakeBpfMap, fakeIdentityMaps } from "./_identity_fake_map.ts";
 
 /**

@@ -8,6 +8,7 @@ import net from "node:net";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { AgentProcess, delay, kernelTest } from "./_agent.ts";
 import { makeCertificate } from "./_certs.ts";
+import { namedServerPort, uniqueLoopbackAddress } from "./_traffic.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -71,6 +72,18 @@ function byPorts(local: number, remote: number): (r: FlowJson) => boolean {
   return (r) => r.local_port === local && r.remote_port === remote;
 }
 
+/** The host's workload ID as the BPF program reads it: the agent's pinned host_workload map. */
+async function hostWorkloadInKernel(pinDir: string): Promise<string> {
+  const out = await new Deno.Command("bpftool", {
+    args: ["-j", "map", "dump", "pinned", `${pinDir}/capture-v1/host_workload`],
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const [entry] = JSON.parse(new TextDecoder().decode(out.stdout)) as { value: string[] }[];
+  const bytes = entry.value.map((hex) => parseInt(hex, 16));
+  const end = bytes.indexOf(0);
+  return new TextDecoder().decode(new Uint8Array(end < 0 ? bytes : bytes.slice(0, end)));
+}
+
 kernelTest("flows are attributed to workloads in the kernel at capture time", async (t) => {
   const certs = await Deno.makeTempDir();
   const certPath = `${certs}/identity.pem`;
@@ -81,17 +94,19 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
   await t.step(
     "two containers on loopback addresses get their workloads from the IP map",
     async () => {
-      await mustIdentity(pin, "set-ip", "127.0.1.1", "workload-a");
-      await mustIdentity(pin, "set-ip", "127.0.1.2", "workload-b");
-      // Client "container" A (127.0.1.1) talks to server "container" B (127.0.1.2).
-      const c = await openConnection("127.0.1.1", "127.0.1.2");
+      // Addresses of this test's own, like a container's.
+      const [a, b] = [uniqueLoopbackAddress(), uniqueLoopbackAddress()];
+      await mustIdentity(pin, "set-ip", a, "workload-a");
+      await mustIdentity(pin, "set-ip", b, "workload-b");
+      // Client "container" A talks to server "container" B.
+      const c = await openConnection(a, b);
       await c.close();
       const [client] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
       const [server] = await agent.waitForRecords(byPorts(c.serverPort, c.clientPort), 1);
-      assert.equal(client.local_ip, "127.0.1.1");
+      assert.equal(client.local_ip, a);
       assert.equal(client.local_workload_id, "workload-a");
       assert.equal(client.identity_source, "ip-map");
-      assert.equal(server.local_ip, "127.0.1.2");
+      assert.equal(server.local_ip, b);
       assert.equal(server.local_workload_id, "workload-b");
       assert.equal(server.identity_source, "ip-map");
     },
@@ -111,15 +126,16 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
   await t.step(
     "the port map tells apart workloads sharing one IPv4 and wins over the IP map",
     async () => {
-      await mustIdentity(pin, "set-ip", "127.0.1.3", "shared-ip-owner");
-      const ports = [
-        41001 + Math.floor(Math.random() * 1000),
-        43001 + Math.floor(Math.random() * 1000),
-      ];
-      await mustIdentity(pin, "set-port", "127.0.1.3", String(ports[0]), "workload-c");
-      await mustIdentity(pin, "set-port", "127.0.1.3", String(ports[1]), "workload-d");
-      const first = await openConnection("127.0.1.3", "127.0.0.1", ports[0]);
-      const second = await openConnection("127.0.1.3", "127.0.0.1", ports[1]);
+      // The port map is keyed by local address and port, both named before the connect: an
+      // address of this test's own, and ports below the ephemeral range.
+      const shared = uniqueLoopbackAddress();
+      await mustIdentity(pin, "set-ip", shared, "shared-ip-owner");
+      const port = namedServerPort();
+      const ports = [port, port + 1];
+      await mustIdentity(pin, "set-port", shared, String(ports[0]), "workload-c");
+      await mustIdentity(pin, "set-port", shared, String(ports[1]), "workload-d");
+      const first = await openConnection(shared, "127.0.0.1", ports[0]);
+      const second = await openConnection(shared, "127.0.0.1", ports[1]);
       await first.close();
       await second.close();
       const [c] = await agent.waitForRecords(byPorts(ports[0], first.serverPort), 1);
@@ -128,10 +144,10 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
       assert.equal(c.identity_source, "port-map");
       assert.equal(d.local_workload_id, "workload-d");
       assert.equal(d.identity_source, "port-map");
-      await mustIdentity(pin, "delete-port", "127.0.1.3", String(ports[0]));
-      await mustIdentity(pin, "delete-port", "127.0.1.3", String(ports[1]));
+      await mustIdentity(pin, "delete-port", shared, String(ports[0]));
+      await mustIdentity(pin, "delete-port", shared, String(ports[1]));
       // Without a port entry the IP map decides.
-      const third = await openConnection("127.0.1.3", "127.0.0.1");
+      const third = await openConnection(shared, "127.0.0.1");
       await third.close();
       const [e] = await agent.waitForRecords(byPorts(third.clientPort, third.serverPort), 1);
       assert.equal(e.local_workload_id, "shared-ip-owner");
@@ -140,21 +156,24 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
   );
 
   await t.step("attribution is fixed when the connection is established", async () => {
-    await mustIdentity(pin, "set-ip", "127.0.1.4", "owner-before");
-    const c = await openConnection("127.0.1.4", "127.0.0.1");
-    await mustIdentity(pin, "set-ip", "127.0.1.4", "owner-after");
+    const ip = uniqueLoopbackAddress();
+    await mustIdentity(pin, "set-ip", ip, "owner-before");
+    const c = await openConnection(ip, "127.0.0.1");
+    await mustIdentity(pin, "set-ip", ip, "owner-after");
     await c.close();
     const [rec] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
     assert.equal(rec.local_workload_id, "owner-before");
-    const later = await openConnection("127.0.1.4", "127.0.0.1");
+    const later = await openConnection(ip, "127.0.0.1");
     await later.close();
     const [next] = await agent.waitForRecords(byPorts(later.clientPort, later.serverPort), 1);
     assert.equal(next.local_workload_id, "owner-after");
   });
 
   await t.step("an entry written with bpftool map update pinned is honoured", async () => {
-    // key: ::ffff:127.0.1.5; value: "bpftool-workload" NUL-padded to 128 bytes.
-    const key = [...new Array(10).fill(0), 0xff, 0xff, 127, 0, 1, 5];
+    // key: the IPv4-mapped address (::ffff:a.b.c.d); value: "bpftool-workload" NUL-padded to
+    // 128 bytes.
+    const ip = uniqueLoopbackAddress();
+    const key = [...new Array(10).fill(0), 0xff, 0xff, ...ip.split(".").map(Number)];
     const id = new TextEncoder().encode("bpftool-workload");
     const value = [...id, ...new Array(128 - id.length).fill(0)];
     const hex = (bytes: number[]) => bytes.map((b) => b.toString(16).padStart(2, "0"));
@@ -173,7 +192,7 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
       ],
     }).output();
     assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    const c = await openConnection("127.0.1.5", "127.0.0.1");
+    const c = await openConnection(ip, "127.0.0.1");
     await c.close();
     const [rec] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
     assert.equal(rec.local_workload_id, "bpftool-workload");
@@ -186,6 +205,12 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
     await makeCertificate(`${certs}/next.pem`, { cn: "node-1-rotated" });
     await Deno.rename(`${certs}/next.pem`, certPath);
     await agent.waitForLog(/node-1-rotated/, 10_000);
+    // The agent logs the new identity, then writes it to the kernel: wait for the kernel's copy.
+    const deadline = Date.now() + 10_000;
+    while ((await hostWorkloadInKernel(pin)) !== "node-1-rotated") {
+      assert.ok(Date.now() < deadline, "the new identity reached the kernel within 10 s");
+      await delay(20);
+    }
     const c = await openConnection("127.0.0.1", "127.0.0.1");
     await c.close();
     const [rec] = await agent.waitForRecords(byPorts(c.clientPort, c.serverPort), 1);
@@ -229,6 +254,5 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
     }
   });
 
-  await delay(0);
   await Deno.remove(certs, { recursive: true });
 });

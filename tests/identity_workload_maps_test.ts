@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { encodeIpKey, encodePortKey, MapLayoutError } from "../identity/map_layout.ts";
+import { encodeIpKey, encodePortKey, MapLayoutError } from "../lib/map_layout.ts";
 import { WorkloadMaps } from "../identity/workload_maps.ts";
 import { FakeBpfMap, fakeIdentityMaps } from "./_identity_fake_map.ts";
 

@@ -4,9 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { AgentProcess, kernelTest } from "./_agent.ts";
-import { freePort } from "./_collector.ts";
-import { churn } from "./_traffic.ts";
-import { gunzip } from "../lib/_gzip.ts";
+import { makeCertificate } from "./_certs.ts";
+import { churn, namedServerPort, uniqueLoopbackAddress, unreachableEndpoint } from "./_traffic.ts";
+import { gunzip } from "../lib/gzip.ts";
 import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -21,15 +21,16 @@ function sample(text: string, series: string): number {
 kernelTest(
   "the metrics endpoint reports real flows, identity sources, maps and health",
   async () => {
-    const port = freePort();
+    // The agent does not say which port it bound: name one, on an address of this test's own.
+    const listen = `${uniqueLoopbackAddress()}:${namedServerPort()}`;
     await using _agent = await AgentProcess.start([
       "--metrics-listen",
-      `127.0.0.1:${port}`,
+      listen,
       "--output",
       "none",
     ]);
     await churn("127.0.0.1", 50);
-    const url = `http://127.0.0.1:${port}`;
+    const url = `http://${listen}`;
     let text = "";
     const deadline = Date.now() + 10_000;
     do {
@@ -76,7 +77,10 @@ kernelTest(
         first.pinDir,
         "--spool-dir",
         `${first.workDir}/spool2`,
+        "--cert-path",
+        `${first.workDir}/no-identity.pem`,
       ],
+      env: { FLOWEXPORTER_CONFIG: "" },
       stdin: "null",
     }).output();
     assert.equal(second.code, 1);
@@ -91,26 +95,53 @@ kernelTest(
 );
 
 kernelTest("doctor finds this machine ready and says so line by line", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, "doctor"],
-    env: { FLOWEXPORTER_CONFIG: "" },
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  assert.equal(out.code, 0, text + new TextDecoder().decode(out.stderr));
-  for (
-    const check of [
-      /kernel/i,
-      /BTF/,
-      /ring buffer/i,
-      /tracepoint/i,
-      /bpffs/i,
-      /tracefs/i,
-      /privilege/i,
-    ]
-  ) {
-    assert.match(text, check);
+  // Paths of this test's own: the default lock file, spool and pin directory belong to a real
+  // agent that may run on this host.
+  const dir = await Deno.makeTempDir({ prefix: "flowexporter-doctor-" });
+  try {
+    await makeCertificate(`${dir}/identity.pem`, { cn: "node-doctor", days: 90 });
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        ...[
+          "run",
+          "--allow-all",
+          MAIN,
+          "doctor",
+          "--pin-dir",
+          `/sys/fs/bpf/flowexporter-none-${crypto.randomUUID().slice(0, 8)}`,
+        ],
+        ...["--lock-file", `${dir}/lock`, "--spool-dir", `${dir}/spool`],
+        ...["--cert-path", `${dir}/identity.pem`],
+      ],
+      env: { FLOWEXPORTER_CONFIG: "" },
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, text + new TextDecoder().decode(out.stderr));
+    const status = (name: string) =>
+      new RegExp(`^(pass|warn|fail|skip) +${name} `, "m").exec(text)?.[1];
+    for (
+      const name of [
+        "kernel",
+        "btf",
+        "ringbuf",
+        "tracepoint",
+        "sock_ops",
+        "bpffs",
+        "tracefs",
+        "privileges",
+        "library",
+        "instance",
+        "certificate",
+        "spool",
+      ]
+    ) {
+      assert.equal(status(name), "pass", `${name}:\n${text}`);
+    }
+    assert.match(text, /^pass +sock_ops +sock_ops on cgroup \S+ follows every socket there/m);
+    assert.match(text, /^pass +instance +no agent running \(lock /m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
-  assert.match(text, /certificate/i);
 });
 
 kernelTest("a closed stdout stops the agent cleanly, with every record in the spool", async () => {
@@ -158,7 +189,8 @@ kernelTest("a closed stdout stops the agent cleanly, with every record in the sp
 
 kernelTest("output auto writes JSON lines only when no collector is set", async () => {
   const flags = ["--output", "auto"];
-  const unreachable = `http://127.0.0.1:${freePort()}/v1/batches`;
+  const { host, port } = unreachableEndpoint();
+  const unreachable = `http://${host}:${port}/v1/batches`;
   for (
     const [collector, lines] of [[[], true], [["--collector-url", unreachable], false]] as const
   ) {

@@ -4,9 +4,13 @@
  * agent with a full spool, and a spool at its cap.
  */
 import assert from "node:assert/strict";
+import { formatIp } from "../lib/map_layout.ts";
+import { gunzip } from "../lib/gzip.ts";
+import type { FlowJson } from "../lib/json_lines.ts";
+import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 import { AgentProcess, delay, kernelTest } from "./_agent.ts";
-import { CollectorProcess, freePort, storedLoss } from "./_collector.ts";
-import { churn, exchange } from "./_traffic.ts";
+import { CollectorProcess, storedLoss } from "./_collector.ts";
+import { churn, exchange, namedServerPort, uniqueLoopbackAddress } from "./_traffic.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -15,6 +19,24 @@ async function setIp(pinDir: string, ip: string, workload: string): Promise<void
     args: ["run", "--allow-all", MAIN, "identity", "set-ip", ip, workload, "--pin-dir", pinDir],
   }).output();
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+}
+
+/**
+ * Waits until `check` holds, polling every `everyMs`; fails with `what` and what `seen`
+ * says at the deadline.
+ */
+async function until(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  { timeoutMs = 30_000, everyMs = 100, seen = (): string | Promise<string> => "" } = {},
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) {
+      throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}${await seen()}`);
+    }
+    await delay(everyMs);
+  }
 }
 
 /** Waits until the collector holds `count` flows for `ip` (polling), then returns them. */
@@ -32,34 +54,56 @@ async function collected(
   }
 }
 
-/** Identifies a flow without trusting the 4-tuple alone (ports are reused). */
-function flowKey(f: Record<string, unknown>): string {
-  return `${f.local_ip}:${f.local_port}>${f.remote_ip}:${f.remote_port}@${f.t_start_ns}`;
+/** The flows of `ip` in the batches waiting in `spoolDir` (files the agent removes may vanish). */
+async function spooledFlows(spoolDir: string, ip: string): Promise<number> {
+  let n = 0;
+  for (const entry of Deno.readDirSync(spoolDir)) {
+    if (!entry.isFile || !entry.name.endsWith(".cbor.gz")) continue;
+    let body: Uint8Array;
+    try {
+      body = await Deno.readFile(`${spoolDir}/${entry.name}`);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) continue;
+      throw error;
+    }
+    for (const f of decodeBatch(await gunzip(body, MAX_BATCH_BYTES)).flows) {
+      if (formatIp(f.localIp) === ip || formatIp(f.remoteIp) === ip) n++;
+    }
+  }
+  return n;
+}
+
+/** The records of flows with one end on `ip`. */
+function of(ip: string): (r: FlowJson) => boolean {
+  return (r) => r.local_ip === ip || r.remote_ip === ip;
 }
 
 kernelTest("the collector attributes both ends of flows between two workloads", async () => {
   const dir = await Deno.makeTempDir();
-  await using collector = await CollectorProcess.start(`${dir}/flows.db`);
+  await using collector = await CollectorProcess.start(`${dir}/flows.db`, namedServerPort());
   await using agent = await AgentProcess.start([
     "--collector-url",
     collector.batchesUrl,
     "--batch-interval",
     "1s",
   ]);
-  await setIp(agent.pinDir, "127.0.1.11", "workload-client");
-  await setIp(agent.pinDir, "127.0.1.12", "workload-server");
+  // Addresses of this test's own: no other flow on the host has an end there.
+  const clientIp = uniqueLoopbackAddress();
+  const serverIp = uniqueLoopbackAddress();
+  await setIp(agent.pinDir, clientIp, "workload-client");
+  await setIp(agent.pinDir, serverIp, "workload-server");
   const { default: net } = await import("node:net");
   const server = net.createServer((s) => s.end());
-  await new Promise<void>((r) => server.listen(0, "127.0.1.12", r));
+  await new Promise<void>((r) => server.listen(0, serverIp, r));
   const port = (server.address() as { port: number }).port;
-  const client = net.connect({ host: "127.0.1.12", port, localAddress: "127.0.1.11" });
+  const client = net.connect({ host: serverIp, port, localAddress: clientIp });
   await new Promise((r) => client.on("close", r).resume());
   await new Promise<void>((r) => server.close(() => r()));
 
-  const flows = await collected(collector, "127.0.1.12", 2);
+  const flows = await collected(collector, serverIp, 2);
   assert.equal(flows.length, 2, JSON.stringify(flows));
-  const out = flows.find((f) => f.local_ip === "127.0.1.11")!;
-  const inn = flows.find((f) => f.local_ip === "127.0.1.12")!;
+  const out = flows.find((f) => f.local_ip === clientIp)!;
+  const inn = flows.find((f) => f.local_ip === serverIp)!;
   assert.equal(out.local_workload_id, "workload-client");
   assert.equal(out.remote_workload_id, "workload-server");
   assert.equal(out.attribution, "attributed");
@@ -72,7 +116,8 @@ kernelTest("the collector attributes both ends of flows between two workloads", 
 
 kernelTest("every record arrives exactly once across a collector crash", async () => {
   const dir = await Deno.makeTempDir();
-  const port = freePort();
+  // Named before the collector starts, and the same after its crash.
+  const port = namedServerPort();
   let collector = await CollectorProcess.start(`${dir}/flows.db`, port);
   await using agent = await AgentProcess.start([
     "--collector-url",
@@ -80,42 +125,62 @@ kernelTest("every record arrives exactly once across a collector crash", async (
     "--batch-interval",
     "1s",
   ]);
-  const host = "127.0.1.21";
+  const host = uniqueLoopbackAddress();
   await churn(host, 40);
-  await delay(1500);
+  // Delivered before the crash.
+  assert.equal((await collected(collector, host, 80)).length, 80);
   await collector.kill();
-  await churn(host, 40); // batches close while the collector is down: spooled, retried
-  await delay(2500);
+  await churn(host, 40);
+  // Batches close while the collector is down: spooled, and retried until it is back.
+  const spool = `${agent.workDir}/spool`;
+  await until(
+    "the agent to spool the flows it captured while the collector was down",
+    async () => (await spooledFlows(spool, host)) >= 80,
+    {
+      seen: async () =>
+        `: ${await spooledFlows(spool, host)} in the spool, ${
+          agent.records.filter(of(host)).length
+        } of 160 captured; log:\n${agent.stderrLines.join("\n")}`,
+    },
+  );
   collector = await CollectorProcess.start(`${dir}/flows.db`, port);
   await churn(host, 40);
-  assert.equal(await agent.stop(), 0);
-  const fromAgent = agent.records.filter((r) => r.local_ip === host || r.remote_ip === host);
-  assert.equal(fromAgent.length, 240, "2 sockets × 120 connections captured");
   const stored = await collected(collector, host, 240);
+  assert.equal(await agent.stop(), 0);
+  const fromAgent = agent.records.filter(of(host));
+  assert.equal(fromAgent.length, 240, "2 sockets × 120 connections captured");
   assert.equal(stored.length, 240);
-  assert.equal(new Set(stored.map(flowKey)).size, 240, "no flow stored twice");
+  // The very flows the agent captured, each stored once.
+  const ids = (flows: { flow_id?: unknown }[]) => flows.map((f) => f.flow_id).sort();
+  assert.deepEqual(ids(stored), ids(fromAgent));
+  assert.equal(new Set(ids(stored)).size, 240, "no flow stored twice");
   await collector.stop();
   await Deno.remove(dir, { recursive: true });
 });
 
 kernelTest("an agent restarted with a full spool replays it", async () => {
   const dir = await Deno.makeTempDir();
-  const port = freePort();
+  const port = namedServerPort();
   const url = `http://127.0.0.1:${port}/v1/batches`;
   const spool = `${dir}/spool`;
   const flags = ["--collector-url", url, "--batch-interval", "1s", "--spool-dir", spool];
   const first = await AgentProcess.start([...flags, "--shutdown-deadline", "1s"]);
-  const host = "127.0.1.31";
+  const host = uniqueLoopbackAddress();
   await churn(host, 25);
+  // Captured before the stop, which spools the open window.
+  await first.waitForRecords(of(host), 50);
   assert.equal(await first.stop(), 0);
-  const spooled = [...Deno.readDirSync(spool)].filter((e) => e.isFile && e.name !== "state.json");
-  assert.ok(spooled.length > 0, "the first agent left batches in the spool");
+  assert.equal(await spooledFlows(spool, host), 50, "the first agent left its flows in the spool");
 
   await using collector = await CollectorProcess.start(`${dir}/flows.db`, port);
   await using second = await AgentProcess.start(flags);
   const stored = await collected(collector, host, 50);
   assert.equal(stored.length, 50);
-  assert.equal(new Set(stored.map(flowKey)).size, 50);
+  assert.deepEqual(
+    stored.map((f) => f.flow_id).sort(),
+    first.records.filter(of(host)).map((r) => r.flow_id).sort(),
+    "the flows the first agent captured, each once",
+  );
   await second.stop();
   await Deno.remove(dir, { recursive: true });
 });
@@ -124,7 +189,7 @@ kernelTest(
   "a spool at its cap evicts the oldest batches, counts them and keeps running",
   async () => {
     const dir = await Deno.makeTempDir();
-    const port = freePort();
+    const port = namedServerPort();
     const url = `http://127.0.0.1:${port}/v1/batches`;
     await using agent = await AgentProcess.start([
       "--collector-url",
@@ -134,20 +199,24 @@ kernelTest(
       "--spool-max-bytes",
       "65536",
     ]);
-    // ~60 bytes per flow on the wire: a few thousand flows overflow 64 KiB.
-    for (let round = 0; round < 4; round++) {
-      await churn("127.0.1.41", 1500);
-      await delay(1100);
-    }
-    await agent.waitForLog(/evict/i, 10_000);
+    // ~60 bytes per flow on the wire: a few thousand flows overflow 64 KiB. Churn until the
+    // agent evicts (windows close every second, each a batch of its own).
+    const host = uniqueLoopbackAddress();
+    await until(
+      "the agent to evict a batch",
+      async () => {
+        if (agent.stderrLines.some((l) => /evict/i.test(l))) return true;
+        await churn(host, 1500);
+        return false;
+      },
+      { timeoutMs: 60_000, everyMs: 0, seen: () => `; log:\n${agent.stderrLines.join("\n")}` },
+    );
     await using collector = await CollectorProcess.start(`${dir}/flows.db`, port);
-    const deadline = Date.now() + 30_000;
-    while (storedLoss(collector.db, "spool_evictions") === 0 && Date.now() < deadline) {
-      await delay(
-        300,
-      );
-    }
-    assert.ok(storedLoss(collector.db, "spool_evictions") > 0, "evictions reported in a batch");
+    await until(
+      "the collector to store a batch reporting the evictions",
+      () => storedLoss(collector.db, "spool_evictions") > 0,
+      { everyMs: 300 },
+    );
     // Still capturing after the evictions.
     const x = await exchange("127.0.0.1", 10, 10, "client");
     await agent.waitForRecords(

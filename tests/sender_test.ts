@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { gunzip, gzip } from "../lib/_gzip.ts";
-import { syntheticFlow } from "../lib/_synthetic_flows.ts";
+import { gunzip, gzip } from "../lib/gzip.ts";
+import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Sender, SenderConfigError, type SenderOptions } from "../lib/sender.ts";
 import {
   decodeBatch,
@@ -77,7 +77,7 @@ Deno.test("send() gives up at once on a 400 and reports the collector's reason",
   let hits = 0;
   await withCollector(() => {
     hits++;
-    return new Response("Unsupported schema version 7 (this collector reads 1 to 2)", {
+    return new Response("Unsupported schema version 7 (this collector reads 1 to 3)", {
       status: 400,
     });
   }, async (url) => {
@@ -86,7 +86,7 @@ Deno.test("send() gives up at once on a 400 and reports the collector's reason",
       outcome: "rejected",
       status: 400,
       attempts: 1,
-      reason: "HTTP 400: Unsupported schema version 7 (this collector reads 1 to 2)",
+      reason: "HTTP 400: Unsupported schema version 7 (this collector reads 1 to 3)",
     });
     assert.equal(hits, 1);
   });

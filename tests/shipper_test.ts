@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { gunzip } from "../lib/_gzip.ts";
-import { syntheticFlow } from "../lib/_synthetic_flows.ts";
+import { gunzip } from "../lib/gzip.ts";
+import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Shipper, type ShipperOptions } from "../lib/shipper.ts";
 import { Spool } from "../lib/spool.ts";
 import { decodeBatch, type DecodedBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";

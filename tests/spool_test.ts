@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { gunzip, gzip } from "../lib/_gzip.ts";
-import type { LogLevel } from "../lib/_logger.ts";
-import { syntheticFlow } from "../lib/_synthetic_flows.ts";
+import { gunzip, gzip } from "../lib/gzip.ts";
+import type { LogLevel } from "../lib/logger.ts";
+import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Spool, type SpoolOptions } from "../lib/spool.ts";
 import {
   type BatchHeader,

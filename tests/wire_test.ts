@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
 import { Decoder, Encoder } from "cbor-x";
 import type { FlowRecord } from "../lib/flow.ts";
-import { syntheticFlow } from "../lib/_synthetic_flows.ts";
-import { TCP_STATES } from "../lib/decode.ts";
+import {
+  decodeFlowId,
+  encodeFlowId,
+  formatFlowId,
+  hasFlowId,
+  NO_BOOT_ID,
+  parseBootId,
+} from "../lib/flow_id.ts";
+import { formatFlowJson, parseFlowJson } from "../lib/json_lines.ts";
+import { SYNTHETIC_BOOT_ID, syntheticFlow } from "./_synthetic_flows.ts";
+import { TCP_STATES } from "../lib/flow.ts";
 import {
   type BatchHeader,
   decodeBatch,
@@ -71,6 +80,8 @@ function rejects(bytes: Uint8Array, message: string) {
 
 Deno.test("decodeBatch() returns exactly what encodeBatch() was given, IPv4 and IPv6", () => {
   const v4: FlowRecord = {
+    bootId: parseBootId("5b0f3c1e-2d4a-4c8e-9f1a-0b2c3d4e5f60"),
+    cookie: 18_446_744_073_709_551_615n,
     family: 4,
     localIp: Uint8Array.of(10, 1, 2, 3),
     localPort: 8080,
@@ -86,6 +97,7 @@ Deno.test("decodeBatch() returns exactly what encodeBatch() was given, IPv4 and 
     end: "normal",
     error: 0,
     bytesSent: 9_007_199_254_740_991,
+    bytesRetrans: 9_007_199_254_740_990,
     bytesAcked: 4_294_967_296,
     bytesReceived: 4_294_967_295,
     segsOut: 4_294_967_295,
@@ -98,6 +110,8 @@ Deno.test("decodeBatch() returns exactly what encodeBatch() was given, IPv4 and 
   };
   const v6: FlowRecord = {
     ...v4,
+    bootId: new Uint8Array(16),
+    cookie: 0n,
     family: 6,
     localIp: Uint8Array.from({ length: 16 }, (_, i) => i * 17),
     remoteIp: Uint8Array.of(0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1),
@@ -111,10 +125,12 @@ Deno.test("decodeBatch() returns exactly what encodeBatch() was given, IPv4 and 
     end: "refused",
     error: 111,
     bytesSent: 0,
+    bytesRetrans: 0,
   };
   const decoded = decodeBatch(batchOf([v4, v6]));
   assert.deepEqual(decoded, { header: header(2), flows: [v4, v6] });
   assert.equal(Object.getPrototypeOf(decoded.flows[1].localIp), Uint8Array.prototype);
+  assert.equal(Object.getPrototypeOf(decoded.flows[0].bootId), Uint8Array.prototype);
 });
 
 Deno.test("every enumeration value and header variant survives a round trip", async (t) => {
@@ -161,16 +177,18 @@ Deno.test("the wire layout uses small integer keys with the heartbeat key first"
   const record = syntheticFlow(3);
   const flowBytes = encodeFlow(record);
   const flow = raw.decoder.decode(flowBytes) as Map<number, unknown>;
-  assert.deepEqual([...flow.keys()], Array.from({ length: 24 }, (_, i) => i));
+  assert.deepEqual([...flow.keys()], Array.from({ length: 26 }, (_, i) => i));
   assert.deepEqual([...(flow.get(0) as Uint8Array)], [...record.localIp]);
   assert.equal(flow.get(1), record.localWorkloadId);
   assert.equal(flow.get(2), record.tStartNs);
   assert.equal(flow.get(3), record.tEndNs);
-  assert.equal(flowBytes[0], 0xb8, "a map of 24 entries");
+  assert.deepEqual(flow.get(24), encodeFlowId(record.bootId, record.cookie));
+  assert.equal(flow.get(25), record.bytesRetrans);
+  assert.deepEqual([...flowBytes.subarray(0, 2)], [0xb8, 26], "a map of 26 entries");
   assert.deepEqual([...flowBytes.subarray(2, 4)], [0x00, 0x44], "key 0, a 4-byte byte string");
   const top = raw.decoder.decode(batchOf([record])) as Map<number, unknown>;
   assert.deepEqual([...top.keys()], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-  assert.ok(flowBytes.length < 150, `an IPv4 flow takes ${flowBytes.length} bytes`);
+  assert.ok(flowBytes.length < 180, `an IPv4 flow takes ${flowBytes.length} bytes`);
 });
 
 Deno.test("decodeBatch() rejects truncated CBOR and trailing bytes", () => {
@@ -188,10 +206,10 @@ Deno.test("decodeBatch() rejects truncated CBOR and trailing bytes", () => {
 });
 
 Deno.test("decodeBatch() rejects a schema version it does not read", () => {
-  for (const version of [0, 3, 7, 1.5]) {
+  for (const version of [0, 4, 7, 1.5]) {
     rejects(
       tampered((top) => top.set(0, version)),
-      `Unsupported schema version ${version} (this collector reads 1 to 2)`,
+      `Unsupported schema version ${version} (this collector reads 1 to 3)`,
     );
   }
   rejects(
@@ -226,7 +244,18 @@ Deno.test("decodeBatch() names the offending field for wrong types and values", 
       (_, f) => f[0].set(20, 1.5),
     ],
     ["Flow 1: missing lost (key 23)", (_, f) => f[1].delete(23)],
-    ["Flow 1: unknown key 24", (_, f) => f[1].set(24, 0)],
+    ["Flow 1: missing flow_id (key 24)", (_, f) => f[1].delete(24)],
+    ["Flow 0: flow_id must be 24 bytes, got 23", (_, f) => f[0].set(24, new Uint8Array(23))],
+    ["Flow 1: flow_id must be 24 bytes, got 16", (_, f) => f[1].set(24, SYNTHETIC_BOOT_ID)],
+    [
+      'Flow 0: flow_id must be a byte string, got text string "5b0f3c1e"',
+      (_, f) => f[0].set(24, "5b0f3c1e"),
+    ],
+    [
+      "Flow 0: bytes_retrans must be an unsigned integer up to 9007199254740991, got -1",
+      (_, f) => f[0].set(25, -1),
+    ],
+    ["Flow 1: unknown key 26", (_, f) => f[1].set(26, 0)],
     ["Flow 0: the flow must be a map, got array", (_, f) => (f[0] as unknown as unknown[]) = []],
     ['Batch: sequence must be an unsigned integer up to 9007199254740991, got text string "x"', (
       top,
@@ -259,24 +288,92 @@ Deno.test("encodeFlow() refuses a record that would spoil the batch", () => {
 });
 
 Deno.test("encodeBatch() writes only the schema version it knows", () => {
-  assert.throws(() => encodeBatch(header(0, { schemaVersion: 1 }), []), {
+  assert.throws(() => encodeBatch(header(0, { schemaVersion: 2 }), []), {
     name: "WireFormatError",
-    message: "Cannot encode schema version 1 (this exporter writes 2)",
+    message: "Cannot encode schema version 2 (this exporter writes 3)",
   });
 });
 
-Deno.test("decodeBatch() reads version 1 batches, which have no flow end unknown", () => {
+Deno.test("decodeBatch() reads version 1 and 2 batches, whose flows have no flow ID", async (t) => {
+  /** A batch of `version` from a version-3 one: flows without keys 24 and 25. */
+  const older = (version: number, mutate = (_flows: Map<number, unknown>[]) => {}) =>
+    tampered((top, flows) => {
+      top.set(0, version);
+      for (const flow of flows) (flow.delete(24), flow.delete(25));
+      mutate(flows);
+    });
+  const withoutFlowId = (r: FlowRecord): FlowRecord => ({
+    ...r,
+    bootId: NO_BOOT_ID,
+    cookie: 0n,
+    bytesRetrans: 0,
+  });
   const unknownEnd = (flows: Map<number, unknown>[]) => flows[0].set(12, 6);
-  const v1 = decodeBatch(tampered((top) => top.set(0, 1)));
-  assert.equal(v1.header.schemaVersion, 1);
-  assert.deepEqual(v1.flows, [syntheticFlow(1), syntheticFlow(2)]);
-  rejects(
-    tampered((top, flows) => (top.set(0, 1), unknownEnd(flows))),
-    "Flow 0: end must be an integer from 0 to 5, got 6",
+  await t.step("version 2: flow end unknown, no flow_id, no bytes_retrans", () => {
+    const v2 = decodeBatch(older(2, unknownEnd));
+    assert.equal(v2.header.schemaVersion, 2);
+    assert.deepEqual(v2.flows, [
+      { ...withoutFlowId(syntheticFlow(1)), end: "unknown" },
+      withoutFlowId(syntheticFlow(2)),
+    ]);
+    assert.ok(v2.flows.every((f) => !hasFlowId(f)));
+    rejects(older(2, (flows) => flows[0].set(24, new Uint8Array(24))), "Flow 0: unknown key 24");
+  });
+  await t.step("version 1: no flow end unknown either", () => {
+    const v1 = decodeBatch(older(1));
+    assert.equal(v1.header.schemaVersion, 1);
+    assert.deepEqual(v1.flows, [syntheticFlow(1), syntheticFlow(2)].map(withoutFlowId));
+    rejects(older(1, unknownEnd), "Flow 0: end must be an integer from 0 to 5, got 6");
+  });
+  await t.step("version 3: the flows of one boot share one boot ID", () => {
+    const { flows } = decodeBatch(batchOf([syntheticFlow(1), syntheticFlow(2)]));
+    assert.equal(flows[0].bootId, flows[1].bootId);
+    assert.deepEqual(flows[0].bootId, SYNTHETIC_BOOT_ID);
+    assert.equal(flows[1].cookie, syntheticFlow(2).cookie);
+  });
+});
+
+Deno.test("a flow ID is 24 bytes on the wire and <boot ID>:<cookie> as text", () => {
+  const text = "5B0F3C1E-2D4A-4C8E-9F1A-0B2C3D4E5F60\n"; // as /proc holds it, bar the case
+  const bootId = parseBootId(text);
+  assert.deepEqual(bootId.subarray(0, 4), Uint8Array.of(0x5b, 0x0f, 0x3c, 0x1e));
+  assert.equal(formatFlowId(bootId, 12_345n), "5b0f3c1e-2d4a-4c8e-9f1a-0b2c3d4e5f60:12345");
+  assert.equal(
+    formatFlowId(bootId, (1n << 64n) - 1n),
+    "5b0f3c1e-2d4a-4c8e-9f1a-0b2c3d4e5f60:18446744073709551615",
   );
-  const v2 = decodeBatch(tampered((_top, flows) => unknownEnd(flows)));
-  assert.equal(v2.header.schemaVersion, SCHEMA_VERSION);
-  assert.equal(v2.flows[0].end, "unknown");
+  const other = new Uint8Array(16).fill(0xab);
+  assert.equal(formatFlowId(other, 1n), "abababab-abab-abab-abab-abababababab:1", "not cached");
+  const bytes = encodeFlowId(bootId, 0x0102_0304_0506_0708n);
+  assert.deepEqual([...bytes.subarray(16)], [1, 2, 3, 4, 5, 6, 7, 8], "cookie big-endian");
+  assert.deepEqual(decodeFlowId(bytes), { bootId, cookie: 0x0102_0304_0506_0708n });
+  assert.equal(decodeFlowId(bytes, bootId).bootId, bootId, "the same boot, the same instance");
+  assert.notEqual(decodeFlowId(bytes, other).bootId, other);
+  for (
+    const bad of ["", "5b0f3c1e2d4a4c8e9f1a0b2c3d4e5f60", "5b0f3c1e-2d4a-4c8e-9f1a-0b2c3d4e5f6g"]
+  ) {
+    assert.throws(() => parseBootId(bad), {
+      name: "SyntaxError",
+      message: `Invalid boot ID ${
+        JSON.stringify(bad)
+      }: expected a UUID such as 5b0f3c1e-2d4a-4c8e-9f1a-0b2c3d4e5f60`,
+    });
+  }
+  assert.throws(() => formatFlowId(NO_BOOT_ID, 0n), RangeError);
+});
+
+Deno.test("formatFlowJson() writes flow_id first and bytes_retrans after bytes_sent", () => {
+  const record = syntheticFlow(13);
+  const line = formatFlowJson(record);
+  assert.ok(line.startsWith(`{"flow_id":"${formatFlowId(SYNTHETIC_BOOT_ID, record.cookie)}",`));
+  assert.match(line, /"bytes_sent":\d+,"bytes_retrans":\d+,"bytes_acked":/);
+  const back = parseFlowJson(line);
+  assert.equal(back.flow_id, `5b0f3c1e-2d4a-4c8e-9f1a-0b2c3d4e5f60:${record.cookie}`);
+  assert.equal(back.bytes_retrans, record.bytesRetrans);
+  assert.ok(record.bytesRetrans > 0);
+  const old = parseFlowJson(formatFlowJson({ ...record, bootId: NO_BOOT_ID, cookie: 0n }));
+  assert.equal(old.flow_id, null, "a flow of schema 1 or 2 has none");
+  assert.equal(old.bytes_retrans, null);
 });
 
 Deno.test("idempotencyKey() joins hostname and sequence", () => {
@@ -294,7 +391,7 @@ const CODES = {
 };
 
 /**
- * The flow encoding `lib/wire.ts` used before its hand-written writer: a map of keys 0 to 23
+ * The flow encoding `lib/wire.ts` used before its hand-written writer: a map of keys 0 to 25
  * through cbor-x, integers above 2^32 - 1 handed over as bigints (cbor-x writes numbers there
  * as floats). The reference for the bytes on the wire.
  */
@@ -304,7 +401,7 @@ function cborXFlow(r: FlowRecord): Uint8Array {
       ? (n > 0xffff_ffff ? BigInt(n) : n)
       : (n >= -0x8000_0000n && n <= 0xffff_ffffn ? Number(n) : n);
   const state = CODES.closeState.indexOf(r.closeState);
-  const values = [
+  const values: unknown[] = [
     r.localIp,
     r.localWorkloadId,
     int(r.tStartNs),
@@ -329,6 +426,8 @@ function cborXFlow(r: FlowRecord): Uint8Array {
     r.minRttUs,
     r.delivered,
     r.lost,
+    encodeFlowId(r.bootId, r.cookie),
+    int(r.bytesRetrans),
   ];
   return new Uint8Array(raw.encoder.encode(new Map(values.map((v, key) => [key, v]))));
 }
@@ -400,6 +499,8 @@ function variedFlows(count: number, seed = 1): FlowRecord[] {
   return Array.from({ length: count }, () => {
     const family = pick([4, 6] as const);
     return {
+      bootId: ip(16),
+      cookie: pick(TIMES),
       family,
       localIp: ip(family === 4 ? 4 : 16),
       localPort: pick(PORTS),
@@ -415,6 +516,7 @@ function variedFlows(count: number, seed = 1): FlowRecord[] {
       end: pick(CODES.end) as FlowRecord["end"],
       error: pick(UINT32S),
       bytesSent: pick(UINT53S),
+      bytesRetrans: pick(UINT53S),
       bytesAcked: pick(UINT53S),
       bytesReceived: pick(UINT53S),
       segsOut: pick(UINT32S),
@@ -438,6 +540,8 @@ Deno.test("encodeFlow() writes the same bytes as cbor-x did, for every edge valu
     for (const value of CLOSE_STATES) assert.ok(records.some((r) => r.closeState === value));
     for (const value of TIMES) assert.ok(records.some((r) => r.tEndNs === value));
     for (const value of UINT53S) assert.ok(records.some((r) => r.bytesReceived === value));
+    for (const value of UINT53S) assert.ok(records.some((r) => r.bytesRetrans === value));
+    for (const value of TIMES) assert.ok(records.some((r) => r.cookie === value));
     for (const value of CODES.end) assert.ok(records.some((r) => r.end === value));
   });
   await t.step("encodeFlow() output equals cbor-x's, and stays so", () => {
@@ -503,6 +607,9 @@ Deno.test("encodeFlow() refuses every out-of-range field, naming it", () => {
     ["minRttUs", "min_rtt_us", [-1, 2 ** 32]],
     ["delivered", "delivered", [-1, 2 ** 32]],
     ["lost", "lost", [-1, 2 ** 32, "0"]],
+    ["bootId", "flow_id", [new Uint8Array(15), NO_BOOT_ID, new Uint8Array(24), "x", undefined]],
+    ["cookie", "flow_id", [-1n, 1n << 64n, -1, 1.5, "1", undefined]],
+    ["bytesRetrans", "bytes_retrans", [-1, 2 ** 53, 0.5, undefined]],
   ];
   for (const [field, name, values] of cases) {
     for (const value of values) {
@@ -520,12 +627,17 @@ Deno.test("a flow with bigint counters or number times is written as if typed as
   const declared: FlowRecord = { ...syntheticFlow(5), tStartNs: 7n, bytesSent: 2 ** 40 };
   const loose = {
     ...declared,
+    cookie: 9,
     tStartNs: 7,
     tEndNs: Number(declared.tEndNs),
     bytesSent: 2n ** 40n,
     bytesAcked: BigInt(declared.bytesAcked),
   } as unknown as FlowRecord;
-  assert.deepEqual(encodeFlow(loose), cborXFlow(loose), "what cbor-x wrote for these");
+  assert.deepEqual(
+    encodeFlow(loose),
+    cborXFlow({ ...loose, cookie: 9n }),
+    "what cbor-x wrote for these",
+  );
   const uint32s = { ...declared, localPort: 443n, error: 0n, lost: 3n } as unknown as FlowRecord;
   assert.deepEqual(
     encodeFlow(uint32s),

@@ -1,11 +1,18 @@
 /**
  * Realistic synthetic flow records for tests and benchmarks: many distinct addresses and
- * ports, ~40-character workload IDs, every enumeration value in turn. Deterministic in `i`.
+ * ports, ~40-character workload IDs, every enumeration value in turn, one boot and a distinct
+ * socket cookie per flow. Deterministic in `i`.
  *
  * @module
  */
 
-import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "./flow.ts";
+import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "../lib/flow.ts";
+import { parseBootId } from "../lib/flow_id.ts";
+
+/** The boot ID of every synthetic flow (one instance, as the agent shares its own). */
+export const SYNTHETIC_BOOT_ID: Uint8Array = parseBootId("5b0f3c1e-2d4a-4c8e-9f1a-0b2c3d4e5f60");
+/** Cookie of flow 0: the kernel counts sockets from boot, and a host has opened many. */
+const FIRST_COOKIE = 40_961n;
 
 const DIRECTIONS: readonly Direction[] = ["outbound", "inbound", "unknown"];
 const SOURCES: readonly IdentitySource[] = ["port-map", "ip-map", "host", "unknown"];
@@ -15,7 +22,7 @@ const STATES = ["FIN_WAIT2", "TIME_WAIT", "LAST_ACK", "CLOSE_WAIT", "SYN_SENT", 
 /**
  * The `i`-th synthetic flow: IPv4 for most `i`, IPv6 for every 8th, ending near `baseNs`.
  *
- * @param i index; distinct indexes give distinct 5-tuples up to 2^24
+ * @param i index; distinct indexes give distinct cookies, and distinct 5-tuples up to 2^24
  * @param baseNs wall-clock ns the flows end around
  * @returns a valid {@linkcode FlowRecord}
  */
@@ -30,7 +37,11 @@ export function syntheticFlow(i: number, baseNs = 1_767_225_600_000_000_000n): F
   const durationNs = BigInt(1 + ((i * 7919) % 5_000_000)) * 1000n;
   const tEndNs = baseNs + BigInt(i) * 20_000n;
   const bytesSent = (i * 2_654_435_761) % 1_000_000;
+  const totalRetrans = i % 13 === 0 ? i % 5 : 0;
+  const bytesRetrans = Math.min(bytesSent, totalRetrans * 1448); // full-sized segments
   return {
+    bootId: SYNTHETIC_BOOT_ID,
+    cookie: FIRST_COOKIE + BigInt(i),
     family: v6 ? 6 : 4,
     localIp: local,
     localPort: i % 3 === 0 ? 8080 : 32768 + (i % 28232),
@@ -46,11 +57,12 @@ export function syntheticFlow(i: number, baseNs = 1_767_225_600_000_000_000n): F
     end: ENDS[i % ENDS.length],
     error: i % 6 === 5 ? 111 : 0,
     bytesSent,
-    bytesAcked: Math.max(0, bytesSent - (i % 4 === 0 ? 17 : 0)),
+    bytesRetrans,
+    bytesAcked: Math.max(0, bytesSent - bytesRetrans - (i % 4 === 0 ? 17 : 0)),
     bytesReceived: (i * 40_503) % 5_000_000,
     segsOut: 3 + (i % 900),
     segsIn: 2 + (i % 700),
-    totalRetrans: i % 13 === 0 ? i % 5 : 0,
+    totalRetrans,
     srttUs: 80 + (i % 40_000),
     minRttUs: 40 + (i % 20_000),
     delivered: 1 + (i % 800),

@@ -5,9 +5,11 @@
  * @module
  */
 
+import { Decoder, Encoder } from "cbor-x";
 import { gzipSync } from "node:zlib";
-import { parseIp } from "../identity/map_layout.ts";
+import { parseIp } from "../lib/map_layout.ts";
 import type { FlowRecord } from "../lib/flow.ts";
+import { parseBootId } from "../lib/flow_id.ts";
 import { encodeBatch, encodeFlow, SCHEMA_VERSION } from "../lib/wire.ts";
 
 /** A flow between `local` and `remote` (`"ip:port"`, IPv6 as `"[ip]:port"`), times in seconds. */
@@ -21,14 +23,37 @@ export interface FlowSpec {
   identitySource?: FlowRecord["identitySource"];
 }
 
+/** cbor-x as `lib/wire.ts` sets it up, to rewrite a batch. */
+const cbor = {
+  encoder: new Encoder(
+    {
+      useRecords: false,
+      mapsAsObjects: false,
+      useTag259ForMaps: false,
+      tagUint8Array: false,
+    } as ConstructorParameters<typeof Encoder>[0],
+  ),
+  decoder: new Decoder({ useRecords: false, mapsAsObjects: false }),
+};
+
 /** Base of test times: 2026-01-01T00:00:00Z in ns. */
 export const T0_NS = 1_767_225_600_000_000_000n;
 
-/** A complete {@linkcode FlowRecord} from a {@linkcode FlowSpec}. */
+/** The boot ID of every flow {@linkcode makeFlow} makes. */
+const BOOT_ID = parseBootId("0c9e4f6a-8b1d-4e2f-a3c5-7d9e1f2a4b6c");
+/** Cookie of the next flow {@linkcode makeFlow} makes: every flow is a socket of its own. */
+let nextCookie = 81_921n;
+
+/**
+ * A complete {@linkcode FlowRecord} from a {@linkcode FlowSpec}, with a flow ID of its own (one
+ * boot, a new cookie): send the same record twice to repeat a flow.
+ */
 export function makeFlow(spec: FlowSpec): FlowRecord {
   const [localIp, localPort] = endpoint(spec.local);
   const [remoteIp, remotePort] = endpoint(spec.remote);
   return {
+    bootId: BOOT_ID,
+    cookie: nextCookie++,
     family: localIp.length === 4 ? 4 : 6,
     localIp,
     localPort,
@@ -44,6 +69,7 @@ export function makeFlow(spec: FlowSpec): FlowRecord {
     end: "normal",
     error: 0,
     bytesSent: 1200,
+    bytesRetrans: 0,
     bytesAcked: 1200,
     bytesReceived: 5400,
     segsOut: 9,
@@ -78,6 +104,24 @@ export function batchCbor(
     clockOffsetNs: 1_000_000_000n,
     loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
   }, flows.map(encodeFlow));
+}
+
+/**
+ * An uncompressed CBOR batch body of schema version 2, as agents before version 3 sent it: the
+ * flows without `flow_id` and `bytes_retrans` (keys 24 and 25).
+ */
+export function batchCborV2(
+  hostname: string,
+  sequence: number,
+  flows: readonly FlowRecord[],
+): Uint8Array {
+  const top = cbor.decoder.decode(batchCbor(hostname, sequence, flows)) as Map<number, unknown>;
+  top.set(0, 2);
+  for (const flow of top.get(9) as Map<number, unknown>[]) {
+    flow.delete(24);
+    flow.delete(25);
+  }
+  return new Uint8Array(cbor.encoder.encode(top));
 }
 
 /** A gzip-compressed batch body, as exporters POST it. */

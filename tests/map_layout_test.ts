@@ -12,7 +12,7 @@ import {
   parseIp,
   parsePort,
   validateWorkloadId,
-} from "../identity/map_layout.ts";
+} from "../lib/map_layout.ts";
 
 const bytes = (...values: number[]) => new Uint8Array(values);
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(" ");

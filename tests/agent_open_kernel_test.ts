@@ -1,0 +1,83 @@
+/**
+ * Agent.open() names the step that failed, with the kernel's reason, so that an operator reads
+ * "Cannot attach sock_ops: …" rather than a bare errno. Each case gives one step a bad target.
+ */
+import assert from "node:assert/strict";
+import { Agent, AgentLoadError } from "../ffi/agent.ts";
+import { kernelTest } from "./_agent.ts";
+
+/** A pin directory of this test's own; removed, with whatever the agent pinned, at the end. */
+async function withPinDir(fn: (pinDir: string) => Promise<void> | void): Promise<void> {
+  const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await fn(pinDir);
+  } finally {
+    await Deno.remove(pinDir, { recursive: true }).catch(() => {});
+  }
+}
+
+function assertOpenFails(options: Parameters<typeof Agent.open>[0], message: RegExp): void {
+  assert.throws(() => Agent.open(options), (error: unknown) => {
+    assert.ok(error instanceof AgentLoadError, `an AgentLoadError, got ${error}`);
+    assert.match(error.message, message);
+    assert.ok(!error.message.includes("\n"), "one line");
+    return true;
+  });
+}
+
+kernelTest("a missing cgroup names the cgroup step", () =>
+  withPinDir((pinDir) =>
+    assertOpenFails(
+      { pinDir, cgroupPath: "/sys/fs/cgroup/no-such-cgroup", noSeed: true },
+      /^Cannot open cgroup \/sys\/fs\/cgroup\/no-such-cgroup for sock_ops: No such file or directory/,
+    )
+  ));
+
+kernelTest(
+  "a directory that is no cgroup names the sock_ops attach step",
+  () =>
+    withPinDir((pinDir) =>
+      assertOpenFails(
+        { pinDir, cgroupPath: "/tmp", noSeed: true },
+        /^Cannot attach sock_ops to cgroup \/tmp: Bad file descriptor/,
+      )
+    ),
+);
+
+kernelTest(
+  "a pinned capture of other sizes names the load step and says what to do",
+  () =>
+    withPinDir((pinDir) => {
+      Agent.open({ pinDir, ringBytes: 1 << 20, noSeed: true }).close();
+      assertOpenFails(
+        { pinDir, ringBytes: 1 << 21, noSeed: true },
+        /^Cannot load the BPF program \(reusing the pinned capture in .*capture-v1: run flowexporter detach if its sizes changed\)/,
+      );
+    }),
+);
+
+kernelTest(
+  "the perf buffer next to a pinned ring buffer capture says to detach first",
+  () =>
+    withPinDir((pinDir) => {
+      Agent.open({ pinDir, noSeed: true }).close();
+      assertOpenFails(
+        { pinDir, perfBuffer: true, noSeed: true },
+        /^Cannot use the perf buffer: a pinned ring buffer capture runs at .*capture-v1 \(run flowexporter detach first\)/,
+      );
+    }),
+);
+
+kernelTest(
+  "an agent opened again on its own pin directory resumes the capture",
+  () =>
+    withPinDir((pinDir) => {
+      const first = Agent.open({ pinDir, noSeed: true });
+      const ring = first.stats().ring.id;
+      assert.equal(first.stats().resumed, false);
+      first.close();
+      using second = Agent.open({ pinDir, noSeed: true });
+      assert.equal(second.stats().resumed, true);
+      assert.equal(second.stats().ring.id, ring, "the same ring buffer");
+    }),
+);

@@ -1,0 +1,57 @@
+/** The per-batch fan-out of the agent, with synthetic records and no kernel. */
+import assert from "node:assert/strict";
+import { decodeFlows } from "../lib/decode.ts";
+import { RecordFanout, tallyRecords } from "../lib/fanout.ts";
+import { parseFlowJson } from "../lib/json_lines.ts";
+import { agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
+import { rawRecord, rawRecords } from "./_raw_records.ts";
+
+const BOOT = new Uint8Array(16).fill(7);
+
+Deno.test("take() writes one JSON line per record and counts them", () => {
+  const metrics = agentMetrics(new MetricsRegistry());
+  const out: string[] = [];
+  const fanout = new RecordFanout({
+    writeStdout: (bytes) => out.push(new TextDecoder().decode(bytes)),
+    metrics,
+    onStdoutFailed: () => assert.fail("stdout works"),
+    nowNs: () => 2_000_000_000n,
+  });
+  fanout.take(decodeFlows(rawRecords(3, 10n), 0n, BOOT));
+  const lines = out.join("").trimEnd().split("\n").map(parseFlowJson);
+  assert.deepEqual(lines.map((l) => (l.flow_id as string).split(":")[1]), ["10", "11", "12"]);
+  assert.equal(metrics.flowsCaptured.get(), 3);
+  assert.equal(metrics.bySource["ip-map"].get(), 3);
+});
+
+Deno.test("a failing stdout stops the JSON lines, reports once, and the counting goes on", () => {
+  const metrics = agentMetrics(new MetricsRegistry());
+  const failures: unknown[] = [];
+  let writes = 0;
+  const fanout = new RecordFanout({
+    writeStdout: () => {
+      writes++;
+      throw new Deno.errors.BrokenPipe("broken pipe");
+    },
+    metrics,
+    onStdoutFailed: (error) => failures.push(error),
+  });
+  fanout.take(decodeFlows(rawRecords(2), 0n, BOOT));
+  fanout.take(decodeFlows(rawRecords(2, 5n), 0n, BOOT));
+  assert.equal(writes, 1);
+  assert.equal(failures.length, 1);
+  assert.equal(fanout.writingJson, false);
+  assert.equal(metrics.flowsCaptured.get(), 4);
+});
+
+Deno.test("tallyRecords() counts sources, records made at destroy, and the oldest end", () => {
+  const bytes = new Uint8Array([
+    ...rawRecord({ identitySource: 3, tEndNs: 900n }),
+    ...rawRecord({ identitySource: 0, closeState: 0, tEndNs: 700n }),
+    ...rawRecord({ identitySource: 3, tEndNs: 800n }),
+  ]);
+  const tally = tallyRecords(decodeFlows(bytes, 0n, BOOT));
+  assert.deepEqual(tally.bySource, { "port-map": 2, "ip-map": 0, host: 0, unknown: 1 });
+  assert.equal(tally.recovered, 1);
+  assert.equal(tally.oldestEndNs, 700n);
+});

@@ -1,0 +1,275 @@
+/**
+ * The record intake and its journal, without a kernel: a fake ring, a fake shipper, and a real
+ * journal in a temporary directory.
+ */
+import assert from "node:assert/strict";
+import { CaptureJournal, type JournalChunk, readChunks } from "../lib/capture_journal.ts";
+import { RECORD_SIZE } from "../lib/decode.ts";
+import type { FlowRecord } from "../lib/flow.ts";
+import { Intake, type RingSource } from "../lib/intake.ts";
+import { rawRecords } from "./_raw_records.ts";
+
+const BOOT = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
+const OTHER_BOOT = Uint8Array.from({ length: 16 }, (_, i) => 100 + i);
+
+/** A ring buffer that remembers what was committed, and the order of events. */
+class FakeRing implements RingSource {
+  readonly recordSize = RECORD_SIZE;
+  committed = 0n;
+  produced = 1_000_000n;
+  constructor(readonly ringId: number, readonly events: string[]) {}
+  commit(position: bigint): boolean {
+    if (position < this.committed || position > this.produced) return false;
+    this.events.push(`commit ${position}`);
+    this.committed = position;
+    return true;
+  }
+  consumed(): bigint {
+    return this.committed;
+  }
+}
+
+/** A shipper whose windows close every `perWindow` flows, on the flow that fills them. */
+class FakeShipper {
+  readonly windows: bigint[][] = [[]];
+  constructor(readonly perWindow: number, readonly events: string[]) {}
+  get openWindow(): number {
+    return this.windows.length - 1;
+  }
+  add(record: FlowRecord): void {
+    this.windows.at(-1)!.push(record.cookie);
+    this.events.push(`add ${record.cookie}`);
+    if (this.windows.at(-1)!.length === this.perWindow) this.windows.push([]);
+  }
+}
+
+function withJournal(fn: (dir: string) => void | Promise<void>): () => Promise<void> {
+  return async () => {
+    const dir = await Deno.makeTempDir({ prefix: "flowexporter-journal-" });
+    try {
+      await fn(dir);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  };
+}
+
+/** A journal whose appends are logged too, so the order of events can be checked. */
+function loggingJournal(journal: CaptureJournal, events: string[]) {
+  return {
+    get left() {
+      return journal.left;
+    },
+    dropLeft: () => journal.dropLeft(),
+    append(window: number, chunk: JournalChunk) {
+      events.push(`journal ${chunk.records.length / RECORD_SIZE} in window ${window}`);
+      journal.append(window, chunk);
+    },
+  };
+}
+
+Deno.test(
+  "receive() ships, then journals, then commits: a record leaves the ring only when journaled",
+  withJournal((dir) => {
+    const events: string[] = [];
+    using journal = CaptureJournal.open(dir);
+    const ring = new FakeRing(7, events);
+    const shipper = new FakeShipper(100, events);
+    const intake = new Intake({
+      bootId: BOOT,
+      clockOffsetNs: () => 10n,
+      ring,
+      journal: loggingJournal(journal, events),
+      shipper,
+    });
+    const records = intake.receive(rawRecords(2, 1n), 528n);
+    assert.deepEqual(records.map((r) => r.cookie), [1n, 2n]);
+    assert.equal(records[0].bootId, BOOT, "records carry this boot's ID");
+    assert.deepEqual(events, ["add 1", "add 2", "journal 2 in window 0", "commit 528"]);
+  }),
+);
+
+Deno.test(
+  "the perf buffer's records are journaled but there is nothing to commit",
+  withJournal((dir) => {
+    const events: string[] = [];
+    using journal = CaptureJournal.open(dir);
+    const intake = new Intake({
+      bootId: BOOT,
+      clockOffsetNs: () => 0n,
+      ring: new FakeRing(0, events),
+      journal: loggingJournal(journal, events),
+      shipper: new FakeShipper(100, events),
+    });
+    intake.receive(rawRecords(1), 0n);
+    assert.deepEqual(events, ["add 1", "journal 1 in window 0"]);
+  }),
+);
+
+Deno.test(
+  "a chunk that closes a window mid-way is journaled under the later window",
+  withJournal((dir) => {
+    const events: string[] = [];
+    {
+      using journal = CaptureJournal.open(dir);
+      const shipper = new FakeShipper(3, events);
+      const intake = new Intake({
+        bootId: BOOT,
+        clockOffsetNs: () => 0n,
+        ring: new FakeRing(7, events),
+        journal,
+        shipper,
+      });
+      intake.receive(rawRecords(2, 1n), 100n); // window 0: 1, 2
+      intake.receive(rawRecords(2, 3n), 200n); // 3 closes window 0; 4 is in window 1
+      journal.sealed(0);
+    }
+    // Window 1 is not spooled: its journal replays both flows of the chunk (3 again, and 4).
+    using again = CaptureJournal.open(dir);
+    assert.deepEqual(again.left.map((c) => c.position), [200n]);
+  }),
+);
+
+Deno.test(
+  "replay() ships what an earlier run journaled, journals it again, and moves the ring past it",
+  withJournal((dir) => {
+    {
+      // The earlier run: two chunks journaled, the first committed, then a crash.
+      const events: string[] = [];
+      using journal = CaptureJournal.open(dir);
+      const ring = new FakeRing(7, events);
+      const intake = new Intake({
+        bootId: BOOT,
+        clockOffsetNs: () => 5n,
+        ring,
+        journal,
+        shipper: new FakeShipper(100, events),
+      });
+      intake.receive(rawRecords(2, 1n), 528n);
+      intake.receive(rawRecords(1, 3n), 792n);
+    }
+    const events: string[] = [];
+    using journal = CaptureJournal.open(dir);
+    assert.equal(journal.left.length, 2);
+    const ring = new FakeRing(7, events);
+    ring.committed = 528n; // the crash came before the second commit
+    const shipper = new FakeShipper(100, events);
+    const intake = new Intake({
+      bootId: BOOT,
+      clockOffsetNs: () => 99n,
+      ring,
+      journal,
+      shipper,
+    });
+    const result = intake.replay();
+    assert.deepEqual(result, { records: 3, resumedRing: true, unreadable: 0 });
+    assert.deepEqual(shipper.windows[0], [1n, 2n, 3n]);
+    assert.equal(ring.committed, 792n, "the journaled but uncommitted chunk is not read again");
+    // The old files are gone; this run's journal holds the replayed chunks until spooled.
+    const files = [...Deno.readDirSync(dir)].map((e) => e.name);
+    assert.equal(files.length, 1);
+    const { chunks } = readChunks(Deno.readFileSync(`${dir}/${files[0]}`));
+    assert.deepEqual(chunks.map((c) => c.clockOffsetNs), [5n, 5n], "each keeps its clock offset");
+  }),
+);
+
+Deno.test(
+  "replay() leaves the ring alone for a chunk of another boot or another ring",
+  withJournal((dir) => {
+    {
+      using journal = CaptureJournal.open(dir);
+      for (const [bootId, ringId] of [[OTHER_BOOT, 7], [BOOT, 8]] as const) {
+        journal.append(0, {
+          bootId,
+          ringId,
+          position: 5000n,
+          clockOffsetNs: 0n,
+          recordSize: RECORD_SIZE,
+          records: rawRecords(1),
+        });
+      }
+    }
+    using journal = CaptureJournal.open(dir);
+    const ring = new FakeRing(7, []);
+    const shipper = new FakeShipper(100, []);
+    const intake = new Intake({ bootId: BOOT, clockOffsetNs: () => 0n, ring, journal, shipper });
+    assert.deepEqual(intake.replay(), { records: 2, resumedRing: false, unreadable: 0 });
+    assert.equal(ring.committed, 0n);
+  }),
+);
+
+Deno.test(
+  "replay() counts, and skips, records of another record layout",
+  withJournal((dir) => {
+    {
+      using journal = CaptureJournal.open(dir);
+      journal.append(0, {
+        bootId: BOOT,
+        ringId: 7,
+        position: 496n,
+        clockOffsetNs: 0n,
+        recordSize: 248, // version 1 of the record
+        records: new Uint8Array(2 * 248),
+      });
+    }
+    using journal = CaptureJournal.open(dir);
+    const shipper = new FakeShipper(100, []);
+    const intake = new Intake({
+      bootId: BOOT,
+      clockOffsetNs: () => 0n,
+      ring: new FakeRing(7, []),
+      journal,
+      shipper,
+    });
+    assert.deepEqual(intake.replay(), { records: 0, resumedRing: false, unreadable: 2 });
+    assert.deepEqual(shipper.windows, [[]]);
+  }),
+);
+
+Deno.test(
+  "a torn last chunk ends the replay of its file; the chunks before it survive",
+  withJournal((dir) => {
+    {
+      using journal = CaptureJournal.open(dir);
+      for (const position of [264n, 528n]) {
+        journal.append(3, {
+          bootId: BOOT,
+          ringId: 7,
+          position,
+          clockOffsetNs: 0n,
+          recordSize: RECORD_SIZE,
+          records: rawRecords(1),
+        });
+      }
+    }
+    const [name] = [...Deno.readDirSync(dir)].map((e) => e.name);
+    const bytes = Deno.readFileSync(`${dir}/${name}`);
+    Deno.writeFileSync(`${dir}/${name}`, bytes.subarray(0, bytes.length - 100));
+    using journal = CaptureJournal.open(dir);
+    assert.equal(journal.torn, 1);
+    assert.deepEqual(journal.left.map((c) => c.position), [264n]);
+  }),
+);
+
+Deno.test(
+  "sealed() removes the journal of a window and of every earlier one, not of later ones",
+  withJournal((dir) => {
+    using journal = CaptureJournal.open(dir);
+    const chunk = {
+      bootId: BOOT,
+      ringId: 7,
+      position: 264n,
+      clockOffsetNs: 0n,
+      recordSize: RECORD_SIZE,
+      records: rawRecords(1),
+    };
+    for (const window of [0, 1, 2]) journal.append(window, chunk);
+    journal.sealed(1);
+    const left = [...Deno.readDirSync(dir)].map((e) => e.name);
+    assert.equal(left.length, 1);
+    assert.match(left[0], /-2\.journal$/);
+    journal.append(2, chunk); // the open window's file is still usable
+    journal.sealed(2);
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+  }),
+);

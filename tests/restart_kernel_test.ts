@@ -1,0 +1,336 @@
+/**
+ * A capture that outlives the agent process: a restart (SIGTERM, then a new start) or a crash
+ * (SIGKILL) during connection churn loses no record and, after SIGTERM, duplicates none; a
+ * connection open across a restart keeps its start and identity; `detach` ends it all.
+ */
+import assert from "node:assert/strict";
+import type { FlowJson } from "../lib/json_lines.ts";
+import { formatFlowId } from "../lib/flow_id.ts";
+import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
+import { gunzip } from "../lib/gzip.ts";
+import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const CHURN = new URL("../build/churn", import.meta.url).pathname;
+
+/** A churn grid of this file's own, so that other tests' flows never count here. */
+interface Grid {
+  firstAddr: string;
+  addrs: number;
+  portBase: number;
+  ports: number;
+}
+
+interface ChurnResult {
+  accepted: number;
+  sockets_closed: number;
+  connections: number;
+}
+
+/** A socket of the grid: a flow identity and which side it was. */
+interface GridSocket {
+  flowId: string;
+  side: "server" | "client";
+}
+
+function onGrid(grid: Grid, ip: unknown, port: unknown): boolean {
+  const prefix = grid.firstAddr.slice(0, grid.firstAddr.lastIndexOf(".") + 1);
+  return typeof ip === "string" && ip.startsWith(prefix) &&
+    Number(ip.slice(prefix.length)) <= grid.addrs && (port as number) >= grid.portBase &&
+    (port as number) < grid.portBase + grid.ports;
+}
+
+function gridSocket(grid: Grid, r: FlowJson): GridSocket | undefined {
+  // Server sockets have their local end on the grid; client sockets, their remote end.
+  if (onGrid(grid, r.local_ip, r.local_port)) {
+    return { flowId: r.flow_id as string, side: "server" };
+  }
+  if (onGrid(grid, r.remote_ip, r.remote_port)) {
+    return { flowId: r.flow_id as string, side: "client" };
+  }
+  return undefined;
+}
+
+/** Runs the C churn generator on `grid` at `rate` connections/s for `seconds`. */
+async function churn(grid: Grid, seconds: number, rate: number): Promise<ChurnResult> {
+  const out = await new Deno.Command(CHURN, {
+    args: [
+      `--duration=${seconds}`,
+      `--rate=${rate}`,
+      `--first-addr=${grid.firstAddr}`,
+      `--addrs=${grid.addrs}`,
+      `--port-base=${grid.portBase}`,
+      `--ports=${grid.ports}`,
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output().catch((error) => {
+    throw new Error(`Cannot run ${CHURN} (make test builds it from bench/churn.c): ${error}`);
+  });
+  assert.ok(out.success, "the churn generator ran");
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+/** Waits until `count()` reaches `want`, or fails after `timeoutMs` with `what`. */
+async function waitFor(count: () => number, want: number, what: string, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (count() < want) {
+    if (Date.now() > deadline) throw new Error(`${what}: ${count()} of ${want}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Each grid socket once, and how many records repeated a flow ID already seen. */
+function tally(sockets: GridSocket[]): { server: number; client: number; duplicates: number } {
+  const seen = new Map<string, GridSocket>();
+  let duplicates = 0;
+  for (const s of sockets) {
+    if (seen.has(s.flowId)) duplicates++;
+    else seen.set(s.flowId, s);
+  }
+  const unique = [...seen.values()];
+  return {
+    server: unique.filter((s) => s.side === "server").length,
+    client: unique.filter((s) => s.side === "client").length,
+    duplicates,
+  };
+}
+
+function assertComplete(sockets: ReturnType<typeof tally>, result: ChurnResult): void {
+  assert.equal(sockets.server, result.accepted, "one record per accepted socket");
+  assert.equal(
+    sockets.client,
+    result.sockets_closed - result.accepted,
+    "one record per client socket",
+  );
+}
+
+kernelTest("a restart during churn loses no record and duplicates none", async () => {
+  const grid = { firstAddr: "127.79.0.1", addrs: 4, portBase: 22000, ports: 2 };
+  const first = await AgentProcess.start();
+  let second: AgentProcess | undefined;
+  try {
+    const running = churn(grid, 3, 2000);
+    const mine = (a: AgentProcess) => a.records.filter((r) => gridSocket(grid, r));
+    // Restart while the churn runs: once the first agent has seen some of it.
+    await waitFor(() => mine(first).length, 500, "records before the restart");
+    assert.equal(await first.stop({ keep: true }), 0);
+    second = await first.restart();
+    assert.match(second.stderrLines.join("\n"), /resumed the pinned capture/);
+    const result = await running;
+    assert.ok(result.connections > 2000, `${result.connections} connections`);
+    await waitFor(
+      () => mine(first).length + mine(second!).length,
+      result.sockets_closed,
+      "records of the churn's sockets",
+    );
+    const sockets = [...mine(first), ...mine(second)].map((r) => gridSocket(grid, r)!);
+    const counts = tally(sockets);
+    assertComplete(counts, result);
+    assert.equal(counts.duplicates, 0, "no socket recorded twice across the restart");
+    assert.ok(mine(second).length > 0, "the second agent recorded part of the churn");
+    assert.equal(await second.stop({ keep: true }), 0);
+    assert.match(second.stderrLines.join("\n"), /kernel drops 0,/);
+  } finally {
+    await first.stop();
+    await second?.stop();
+  }
+});
+
+kernelTest("a connection open across a restart keeps its start and its workload", async () => {
+  const first = await AgentProcess.start();
+  let second: AgentProcess | undefined;
+  try {
+    const identity = (...args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-all", MAIN, "identity", ...args, "--pin-dir", first.pinDir],
+        stdout: "null",
+        stderr: "inherit",
+      }).output();
+    assert.ok((await identity("set-ip", "127.79.1.1", "db-before-restart")).success);
+    using listener = Deno.listen({ hostname: "127.79.1.1", port: 0 });
+    const serverPort = (listener.addr as Deno.NetAddr).port;
+    const client = await Deno.connect({ hostname: "127.79.1.1", port: serverPort });
+    const server = await listener.accept();
+    const clientPort = (client.localAddr as Deno.NetAddr).port;
+    await client.write(new Uint8Array(1000));
+    await server.read(new Uint8Array(2000));
+    assert.equal(await first.stop({ keep: true }), 0);
+    const restartedAt = BigInt(Date.now()) * 1_000_000n;
+    second = await first.restart();
+    // A mapping that changes later does not re-attribute an open flow.
+    assert.ok((await identity("delete-ip", "127.79.1.1")).success);
+    client.close();
+    await server.read(new Uint8Array(16));
+    server.close();
+    const [rec] = await second.waitForRecords(socketRecord(serverPort, clientPort), 1);
+    assert.equal(rec.seeded, false, "not a seeded socket: its start is known");
+    assert.ok((rec.t_start_ns as bigint) < restartedAt, "t_start is from before the restart");
+    assert.equal(rec.direction, "inbound");
+    assert.equal(rec.local_workload_id, "db-before-restart");
+    assert.equal(rec.identity_source, "ip-map");
+    assert.equal(rec.bytes_received, 1000);
+  } finally {
+    await first.stop();
+    await second?.stop();
+  }
+});
+
+/** The flows of every batch in a spool directory, as grid sockets. */
+async function spooledSockets(grid: Grid, spoolDir: string): Promise<GridSocket[]> {
+  const sockets: GridSocket[] = [];
+  for (const entry of Deno.readDirSync(spoolDir)) {
+    if (!entry.isFile || !entry.name.endsWith(".cbor.gz")) continue;
+    const body = await gunzip(await Deno.readFile(`${spoolDir}/${entry.name}`), MAX_BATCH_BYTES);
+    for (const f of decodeBatch(body).flows) {
+      const ip = (b: Uint8Array) => b.join(".");
+      const flowId = formatFlowId(f.bootId, f.cookie);
+      if (onGrid(grid, ip(f.localIp), f.localPort)) sockets.push({ flowId, side: "server" });
+      else if (onGrid(grid, ip(f.remoteIp), f.remotePort)) sockets.push({ flowId, side: "client" });
+    }
+  }
+  return sockets;
+}
+
+kernelTest(
+  "an agent killed with SIGKILL during churn loses no record at its next start",
+  async () => {
+    const grid = { firstAddr: "127.79.2.1", addrs: 4, portBase: 22100, ports: 2 };
+    // Short windows: some reach the spool before the kill, the rest is in the journal.
+    const flags = ["--batch-interval", "1s", "--output", "json"];
+    const first = await AgentProcess.start(flags);
+    let second: AgentProcess | undefined;
+    try {
+      const running = churn(grid, 3, 2000);
+      await waitFor(
+        () => first.records.filter((r) => gridSocket(grid, r)).length,
+        1000,
+        "records before the kill",
+      );
+      await first.stop({ keep: true, signal: "SIGKILL" });
+      second = await first.restart(flags);
+      const result = await running;
+      // Every socket reaches the spool once the second agent has stopped (SIGTERM spools all).
+      await waitFor(
+        () => second!.records.filter((r) => gridSocket(grid, r)).length,
+        1,
+        "records after the kill",
+      );
+      assert.equal(await second.stop({ keep: true }), 0);
+      const counts = tally(await spooledSockets(grid, `${first.workDir}/spool`));
+      assertComplete(counts, result);
+    } finally {
+      await first.stop();
+      await second?.stop();
+    }
+  },
+);
+
+/** `bpftool -j` output, or undefined when bpftool says the object does not exist. */
+async function bpftool(...args: string[]): Promise<Record<string, unknown> | undefined> {
+  const out = await new Deno.Command("bpftool", { args: ["-j", ...args], stderr: "null" })
+    .output();
+  return out.success ? JSON.parse(new TextDecoder().decode(out.stdout)) : undefined;
+}
+
+kernelTest("detach leaves no pinned object and no attached program", async (t) => {
+  const agent = await AgentProcess.start();
+  try {
+    const lock = `${agent.workDir}/lock`;
+    const cli = (...args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-all", MAIN, ...args, "--pin-dir", agent.pinDir, "--lock-file", lock],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const text = (b: Uint8Array) => new TextDecoder().decode(b);
+    const capture = `${agent.pinDir}/capture-v1`;
+
+    await t.step("detach refuses while the agent runs", async () => {
+      const out = await cli("detach");
+      assert.equal(out.code, 1);
+      assert.match(text(out.stderr), /Cannot detach while an agent runs/);
+    });
+
+    const links: { id: number; prog: number }[] = [];
+    for (const name of ["link_sockops", "link_state", "link_destroy_btf", "link_destroy_tp"]) {
+      const link = await bpftool("link", "show", "pinned", `${capture}/${name}`);
+      assert.ok(link, `link ${name} is pinned`);
+      links.push({ id: link.id as number, prog: link.prog_id as number });
+    }
+    const maps: number[] = [];
+    for (const name of ["flows", "events", "drops", "host_workload"]) {
+      const map = await bpftool("map", "show", "pinned", `${capture}/${name}`);
+      assert.ok(map, `map ${name} is pinned`);
+      maps.push(map.id as number);
+    }
+    assert.equal(await agent.stop({ keep: true }), 0);
+
+    await t.step("doctor reports the programs a stopped agent left attached", async () => {
+      const out = await cli("doctor");
+      assert.match(text(out.stdout), /warn\s+instance\s+no agent running, but BPF programs/);
+    });
+
+    await t.step("detach unpins everything, and the kernel frees it", async () => {
+      const out = await cli("detach");
+      assert.equal(out.code, 0, text(out.stderr));
+      assert.throws(() => Deno.statSync(agent.pinDir), Deno.errors.NotFound);
+      // The kernel frees programs and maps after an RCU grace period: wait for it.
+      const gone = async () => {
+        for (const l of links) {
+          if (await bpftool("link", "show", "id", `${l.id}`)) return false;
+          if (await bpftool("prog", "show", "id", `${l.prog}`)) return false;
+        }
+        for (const id of maps) if (await bpftool("map", "show", "id", `${id}`)) return false;
+        return true;
+      };
+      const deadline = Date.now() + 10_000;
+      while (!(await gone())) {
+        assert.ok(Date.now() < deadline, "links, programs and maps are gone within 10 s");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    });
+  } finally {
+    await agent.stop();
+  }
+});
+
+kernelTest(
+  "records that overflow the buffer while no agent runs are counted once, by the next agent",
+  async () => {
+    const grid = { firstAddr: "127.79.3.1", addrs: 2, portBase: 22200, ports: 1 };
+    // A ring of 64 KiB holds about 240 records: the churn overflows it while no agent reads.
+    const flags = ["--ring-bytes", "64KiB", "--batch-interval", "1s"];
+    const first = await AgentProcess.start(flags);
+    let second: AgentProcess | undefined;
+    try {
+      assert.equal(await first.stop({ keep: true }), 0);
+      const result = await churn(grid, 1, 2000);
+      second = await first.restart(flags);
+      assert.equal(await second.stop({ keep: true }), 0);
+      const drops = Number(/kernel drops (\d+),/.exec(second.stderrLines.join("\n"))?.[1]);
+      assert.ok(drops > 0, `the ring overflowed (${drops} drops)`);
+      let reported = 0n;
+      const spoolDir = `${first.workDir}/spool`;
+      for (const entry of Deno.readDirSync(spoolDir)) {
+        if (!entry.isFile || !entry.name.endsWith(".cbor.gz")) continue;
+        const body = await gunzip(
+          await Deno.readFile(`${spoolDir}/${entry.name}`),
+          MAX_BATCH_BYTES,
+        );
+        reported += decodeBatch(body).header.loss.kernelDrops;
+      }
+      assert.equal(reported, BigInt(drops), "the batches report every drop, once");
+      const captured = tally(await spooledSockets(grid, spoolDir));
+      assert.ok(
+        captured.server + captured.client + drops >= result.sockets_closed,
+        `${
+          captured.server + captured.client
+        } captured + ${drops} dropped of ${result.sockets_closed}`,
+      );
+    } finally {
+      await first.stop();
+      await second?.stop();
+    }
+  },
+);
