@@ -4,7 +4,6 @@
  *
  * @module
  */
-import { UsageError } from "./cli/_io.ts";
 import { loadConfig, runConfigCheck } from "./cli/config.ts";
 import { detach, DETACH_HELP } from "./cli/detach.ts";
 import { runDev } from "./cli/dev.ts";
@@ -14,6 +13,8 @@ import { runCollector } from "./collector/cli.ts";
 import { runQuery } from "./collector/query.ts";
 import { openPinnedMaps } from "./identity/ffi.ts";
 import { runIdentityCommand } from "./identity/mod.ts";
+import { errorText } from "./lib/error_text.ts";
+import { UsageError } from "./lib/usage_error.ts";
 import { VERSION } from "./lib/version.ts";
 
 const HELP = `flowexporter ${VERSION}: per-host TCP flow records from eBPF
@@ -24,7 +25,8 @@ Commands:
   run           capture flows on this host (JSON lines on stdout, CBOR batches to the spool/collector)
   detach        stop capturing for good: a stopped agent's programs stay attached for its next start
   identity      set, delete and list workload identities in the pinned maps
-  collector     run the reference collector (HTTP ingest, SQLite, remote-side attribution)
+  collector     run the reference collector (HTTP ingest, SQLite, remote-side attribution);
+                "collector check" validates its configuration
   query         list attributed flows from a collector's database
   config check  validate a configuration and print the effective one
   doctor        check this host's readiness and explain what to fix
@@ -84,9 +86,8 @@ async function main(args: string[]): Promise<number> {
 if (import.meta.main) {
   try {
     Deno.exit(await main(Deno.args));
-  } catch (err) {
-    const e = err as Error;
-    console.error(`flowexporter: ${e.message}`);
-    Deno.exit(e instanceof UsageError ? 2 : 1);
+  } catch (error) {
+    console.error(`flowexporter: ${errorText(error)}`);
+    Deno.exit(error instanceof UsageError ? 2 : 1);
   }
 }

@@ -69,6 +69,18 @@ function tcplifeEndpoints(line: string): Endpoints {
   return [f[n - 7], lport, f[n - 5], rport];
 }
 
+/** Calls `fn` with each line of the file at `path`, read as a stream (outputs are large). */
+async function forEachLine(path: string, fn: (line: string) => void): Promise<void> {
+  const file = await Deno.open(path);
+  let rest = "";
+  for await (const chunk of file.readable.pipeThrough(new TextDecoderStream())) {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop() ?? "";
+    for (const line of lines) fn(line);
+  }
+  if (rest) fn(rest);
+}
+
 /** Counts the grid's server and client records in a tracer's output file. */
 export async function countGridRecords(
   path: string,
@@ -82,14 +94,7 @@ export async function countGridRecords(
     const s = ep && side(grid, ep);
     if (s) counts[s]++;
   };
-  const file = await Deno.open(path);
-  let rest = "";
-  for await (const chunk of file.readable.pipeThrough(new TextDecoderStream())) {
-    const lines = (rest + chunk).split("\n");
-    rest = lines.pop() ?? "";
-    for (const line of lines) count(line);
-  }
-  if (rest) count(rest);
+  await forEachLine(path, count);
   return counts;
 }
 
@@ -172,14 +177,7 @@ export async function tallyJsonRecords(
     n++;
     tally.add(JSON_FLOW_ID.exec(line)?.[1] ?? null, s);
   };
-  const file = await Deno.open(path);
-  let rest = "";
-  for await (const chunk of file.readable.pipeThrough(new TextDecoderStream())) {
-    const lines = (rest + chunk).split("\n");
-    rest = lines.pop() ?? "";
-    for (const line of lines) count(line);
-  }
-  if (rest) count(rest);
+  await forEachLine(path, count);
   return n;
 }
 

@@ -34,6 +34,7 @@ import {
   tallySpool,
 } from "./_records.ts";
 import { endCapture, prepareBpftrace, prepareTcplife, Tracer } from "./_tracers.ts";
+import { errorText } from "../lib/error_text.ts";
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
 const FIRST_ADDR = "127.77.0.1";
@@ -797,8 +798,8 @@ async function main(): Promise<number> {
       } catch (err) {
         // The agent is what is measured; a comparison tool that fails is left out.
         if (VARIANTS[name].tracer === "agent" || VARIANTS[name].tracer === "none") throw err;
-        skipped.set(name, (err as Error).message.split("\n")[0]);
-        log(`${VARIANTS[name].label} skipped from now on: ${(err as Error).message}`);
+        skipped.set(name, errorText(err).split("\n")[0]);
+        log(`${VARIANTS[name].label} skipped from now on: ${errorText(err)}`);
       }
       await delay(200);
     }
@@ -881,7 +882,7 @@ if (import.meta.main) {
   try {
     code = await main();
   } catch (err) {
-    console.error(`bench: ${(err as Error).message}`);
+    console.error(`bench: ${errorText(err)}`);
   } finally {
     await cleanUp();
   }

@@ -16,7 +16,6 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import { dirname } from "node:path";
 import { pinnedCaptures } from "../ffi/agent.ts";
 import {
@@ -29,7 +28,7 @@ import {
   mounts,
   TRACEFS_PATH,
 } from "../ffi/kernel_prereqs.ts";
-import { nativePath, openNative } from "../ffi/symbols.ts";
+import { nativePath, openNative, Probe } from "../ffi/symbols.ts";
 import {
   CertificateError,
   type CertificateIdentity,
@@ -37,14 +36,8 @@ import {
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
 import { Sender } from "../lib/sender.ts";
-import {
-  type Config,
-  ConfigError,
-  type EffectiveConfig,
-  loadConfig,
-  OPTIONS_HELP,
-  type ReadTextFile,
-} from "./config.ts";
+import { type Config, type EffectiveConfig, loadConfig, OPTIONS_HELP } from "./config.ts";
+import { ConfigError, type ReadTextFile } from "../lib/options.ts";
 import { inspectInstanceLock, type LockState } from "./instance_lock.ts";
 import { errorText } from "../lib/error_text.ts";
 
@@ -76,6 +69,11 @@ export interface DoctorProbes {
   osRelease(): string;
   /** The raw kernel BTF (/sys/kernel/btf/vmlinux); throws when missing or unreadable. */
   readBtf(): Uint8Array;
+  /**
+   * What the kernel offers the agent: the shim's `fe_probe()` bits (ffi/symbols.ts `Probe`),
+   * the answer `fe_open()` acts on. Throws NativeLoadError when the library cannot be loaded.
+   */
+  probe(): number;
   /** True when the path exists. */
   exists(path: string): boolean;
   /** Mount target → file system type (ffi/kernel_prereqs.ts `mounts`). */
@@ -124,6 +122,7 @@ export function hostProbes(): DoctorProbes {
     readConfigFile: Deno.readTextFileSync,
     osRelease: Deno.osRelease,
     readBtf: () => Deno.readFileSync(BTF_PATH),
+    probe: () => openNative().fe_probe(),
     exists: (path) => {
       try {
         Deno.statSync(path);
@@ -195,21 +194,48 @@ export async function runDoctor(
 
 type Check = () => CheckResult | Promise<CheckResult>;
 
+/** Whether the kernel offers a feature, or why the doctor cannot tell. */
+type Offer = boolean | { unknown: string };
+
+/**
+ * Asks the shim what the kernel offers, as the agent does at start, so that the two cannot
+ * disagree. Map and program type probes create maps and load programs: without the privileges
+ * for that they answer "no", so the doctor says it cannot tell instead.
+ */
+function kernelOffers(p: DoctorProbes): (bit: number) => Offer {
+  let bits: number;
+  try {
+    bits = p.probe();
+  } catch {
+    const unknown = "the native library could not be loaded to probe the kernel (see library)";
+    return () => ({ unknown });
+  }
+  if ((bits & Probe.btf) === 0) return () => ({ unknown: "no kernel BTF" });
+  const byLoading = Probe.ringbuf | Probe.sockops;
+  const privileged = hasBpfPrivileges(p.capabilities());
+  return (bit) =>
+    (bit & byLoading) !== 0 && !privileged
+      ? { unknown: "probing needs the privileges to load BPF (run doctor as root)" }
+      : (bits & bit) !== 0;
+}
+
+/** `cannot tell (why)` for an unknown offer. */
+function cannotTell(offer: { unknown: string }): string {
+  return `cannot tell (${offer.unknown})`;
+}
+
 /** The checks in report order; later ones reuse what earlier ones read. */
 function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
   const v = config.values;
   const kernel = kernelVersion(p.osRelease());
-  let btf: Buffer | undefined;
+  let btf: Uint8Array | undefined;
   let btfProblem = "";
   try {
-    const bytes = p.readBtf();
-    btf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    btf = p.readBtf();
   } catch (error) {
     btfProblem = errorText(error);
   }
-  // BTF names are NUL-terminated in its string section.
-  const inBtf = (name: string) => btf !== undefined && btf.indexOf(`\0${name}\0`, 0, "latin1") >= 0;
-  const tpBtf = inBtf("btf_trace_inet_sock_set_state");
+  const offers = kernelOffers(p);
 
   return [
     () => ({
@@ -229,16 +255,11 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
           detail:
             `Cannot read kernel BTF at ${BTF_PATH}: ${btfProblem} (the agent needs a kernel built with CONFIG_DEBUG_INFO_BTF=y, standard on current distributions)`,
         },
-    () =>
-      checkRingBuffer(
-        v,
-        btf ? inBtf("bpf_ringbuf") || inBtf("BPF_MAP_TYPE_RINGBUF") : undefined,
-        kernel,
-      ),
-    () => checkClock(btf ? inBtf("BPF_FUNC_ktime_get_boot_ns") : undefined),
-    () => checkTracepoint(tpBtf, btf !== undefined),
-    () => checkSockops(v, p, btf ? inBtf("BPF_FUNC_skc_to_tcp_sock") : undefined),
-    () => checkSeeding(v, btf ? inBtf("bpf_iter__tcp") : undefined),
+    () => checkRingBuffer(v, offers(Probe.ringbuf)),
+    () => checkClock(offers(Probe.bootNs)),
+    () => checkTracepoint(offers(Probe.tpBtf)),
+    () => checkSockops(v, p, offers(Probe.sockops)),
+    () => checkSeeding(v, offers(Probe.iterTcp)),
     () => checkMount(p, "tracefs", TRACEFS_PATH, "the classic destroy tracepoint needs it"),
     () => checkMount(p, "bpf", BPFFS_PATH, `the identity maps are pinned under ${v.pinDir}`),
     () => checkPrivileges(p),
@@ -290,28 +311,30 @@ function checkKernel(release: string, v: Version): CheckResult {
   };
 }
 
-function checkRingBuffer(v: Config, hasRingbuf: boolean | undefined, kernel: Version): CheckResult {
+function checkRingBuffer(v: Config, ringbuf: Offer): CheckResult {
   const name = "ringbuf";
   if (v.perfBuffer) return { name, status: "pass", detail: "perf buffer chosen by perf_buffer" };
-  const available = hasRingbuf ?? atLeast(kernel, 5, 8);
-  if (available) {
+  if (ringbuf === true) {
     return {
       name,
       status: "pass",
       detail: "BPF ring buffer available: records arrive in order, one shared buffer",
     };
   }
+  const fallback =
+    "the agent falls back to the perf buffer, one per CPU with ring_bytes split between them (raise ring_bytes if kernel drops appear)";
   return {
     name,
     status: "warn",
-    detail:
-      "no BPF ring buffer (Linux 5.8+): the agent falls back to the perf buffer, one per CPU with ring_bytes split between them (raise ring_bytes if kernel drops appear)",
+    detail: ringbuf === false
+      ? `no BPF ring buffer (Linux 5.8+): ${fallback}`
+      : `${cannotTell(ringbuf)}: without a BPF ring buffer (Linux 5.8+) ${fallback}`,
   };
 }
 
-function checkClock(hasBootNs: boolean | undefined): CheckResult {
+function checkClock(bootNs: Offer): CheckResult {
   const name = "clock";
-  if (hasBootNs) {
+  if (bootNs === true) {
     return {
       name,
       status: "pass",
@@ -322,26 +345,26 @@ function checkClock(hasBootNs: boolean | undefined): CheckResult {
     name,
     status: "warn",
     detail: `${
-      hasBootNs === undefined ? "cannot tell without BTF" : "no bpf_ktime_get_boot_ns (Linux 5.8+)"
+      bootNs === false ? "no bpf_ktime_get_boot_ns (Linux 5.8+)" : cannotTell(bootNs)
     }: flow times use CLOCK_MONOTONIC and shift by the time the host spent suspended`,
   };
 }
 
-function checkTracepoint(tpBtf: boolean, haveBtf: boolean): CheckResult {
+function checkTracepoint(tpBtf: Offer): CheckResult {
   const name = "tracepoint";
-  if (tpBtf) {
+  if (tpBtf === true) {
     return { name, status: "pass", detail: "sock:inet_sock_set_state, attached as tp_btf" };
   }
   return {
     name,
     status: "fail",
-    detail: haveBtf
+    detail: tpBtf === false
       ? "no BTF-typed sock:inet_sock_set_state tracepoint (needs Linux 5.5+ with CONFIG_TRACEPOINTS)"
-      : "cannot tell without BTF",
+      : cannotTell(tpBtf),
   };
 }
 
-function checkSockops(v: Config, p: DoctorProbes, supported: boolean | undefined): CheckResult {
+function checkSockops(v: Config, p: DoctorProbes, sockops: Offer): CheckResult {
   const name = "sock_ops";
   const fallback =
     "tracepoints alone capture: a close the kernel skips on a busy CPU is recovered at destroy, or counted as a recursion miss in every batch";
@@ -352,18 +375,21 @@ function checkSockops(v: Config, p: DoctorProbes, supported: boolean | undefined
   if (path === undefined) {
     return { name, status: "warn", detail: `no cgroup v2 mounted: ${fallback}` };
   }
-  if (supported === false) {
-    return {
-      name,
-      status: "warn",
-      detail: `no bpf_skc_to_tcp_sock for sock_ops (Linux 5.9+): ${fallback}`,
-    };
-  }
+  // Without CAP_NET_ADMIN the probe cannot load a sock_ops program either: say what to grant.
   if (!hasNetAdmin(p.capabilities())) {
     return {
       name,
       status: "warn",
       detail: `missing CAP_NET_ADMIN, which sock_ops needs (grant it): ${fallback}`,
+    };
+  }
+  if (sockops !== true) {
+    return {
+      name,
+      status: "warn",
+      detail: `${
+        sockops === false ? "no bpf_skc_to_tcp_sock for sock_ops (Linux 5.9+)" : cannotTell(sockops)
+      }: ${fallback}`,
     };
   }
   return {
@@ -373,10 +399,10 @@ function checkSockops(v: Config, p: DoctorProbes, supported: boolean | undefined
   };
 }
 
-function checkSeeding(v: Config, hasIter: boolean | undefined): CheckResult {
+function checkSeeding(v: Config, iterTcp: Offer): CheckResult {
   const name = "seeding";
   if (v.noSeed) return { name, status: "skip", detail: "turned off by no_seed" };
-  if (hasIter) {
+  if (iterTcp === true) {
     return {
       name,
       status: "pass",
@@ -387,7 +413,7 @@ function checkSeeding(v: Config, hasIter: boolean | undefined): CheckResult {
     name,
     status: "warn",
     detail: `${
-      hasIter === undefined ? "cannot tell without BTF" : "no TCP socket iterator (Linux 5.9+)"
+      iterTcp === false ? "no TCP socket iterator (Linux 5.9+)" : cannotTell(iterTcp)
     }: sockets already open when the agent starts are not seeded`,
   };
 }

@@ -21,6 +21,8 @@
  * @module
  */
 
+import { errorText } from "../lib/error_text.ts";
+
 /** Raised when another agent holds the lock, or the lock file cannot be opened. */
 export class InstanceLockError extends Error {
   override name = "InstanceLockError";
@@ -69,7 +71,7 @@ export function acquireInstanceLock(path: string): InstanceLock {
   } catch (error) {
     file.close();
     throw new InstanceLockError(
-      `Cannot lock ${path}: ${(error as Error).message} (put --lock-file on a local file system)`,
+      `Cannot lock ${path}: ${errorText(error)} (put --lock-file on a local file system)`,
       undefined,
       { cause: error },
     );
@@ -135,5 +137,5 @@ function readPid(file: Deno.FsFile): number | undefined {
 function openProblem(error: unknown): string {
   if (error instanceof Deno.errors.NotFound) return "its directory does not exist";
   if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
-  return (error as Error).message;
+  return errorText(error);
 }

@@ -21,6 +21,7 @@
  * @module
  */
 
+import { errorText } from "../lib/error_text.ts";
 import { type MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 
 /** What `/healthz` answers. */
@@ -64,7 +65,7 @@ export function startMetricsServer(options: MetricsServerOptions): MetricsServer
     port: options.port,
     onListen: () => {}, // the caller logs the address in its own format
     onError: (error) => {
-      options.onError?.(`Metrics endpoint failed: ${(error as Error).message}`);
+      options.onError?.(`Metrics endpoint failed: ${errorText(error)}`);
       return new Response("internal error\n", { status: 500 });
     },
   }, (request) => handle(request, options));

@@ -1,12 +1,16 @@
 /**
  * Bounded reading of request bodies: the compressed size is checked against `Content-Length`
- * and counted while streaming, the decompressed size is capped while inflating, so neither a
- * huge body nor a gzip bomb is ever held in memory.
+ * and counted while streaming, against the request's own limit and a budget shared by every
+ * request; the body must arrive within a deadline; the decompressed size is capped while
+ * inflating, a slice at a time. Neither a huge body, nor many slow ones, nor a gzip bomb is ever
+ * held in memory, and inflating never holds the event loop for long.
  *
  * @module
  */
 
-import { gunzip } from "../lib/gzip.ts";
+import type { IncomingMessage } from "node:http";
+import { setImmediate } from "node:timers";
+import { createGunzip } from "node:zlib";
 
 /** A request the server refuses with `status` and a one-line `message`. */
 export class HttpError extends Error {
@@ -24,38 +28,128 @@ export class HttpError extends Error {
   }
 }
 
+/** Bytes of request bodies in memory, all requests together, under a limit. */
+export class BodyBudget {
+  /** The limit, bytes. */
+  readonly limit: number;
+  #used = 0;
+
+  /** @param limit most bytes held at once */
+  constructor(limit: number) {
+    this.limit = limit;
+  }
+
+  /** Bytes held now. */
+  get used(): number {
+    return this.#used;
+  }
+
+  /** Takes `bytes` from the budget; false (and nothing taken) when they do not fit. */
+  take(bytes: number): boolean {
+    if (this.#used + bytes > this.limit) return false;
+    this.#used += bytes;
+    return true;
+  }
+
+  /** Gives back what {@linkcode take} took. */
+  give(bytes: number): void {
+    this.#used -= bytes;
+  }
+}
+
+/** Limits of {@linkcode readBoundedBody}. */
+export interface BodyLimits {
+  /** Largest body, bytes (413 past it). */
+  maxBytes: number;
+  /** Time the whole body may take, ms (408 past it). */
+  timeoutMs: number;
+  /** The budget shared with the other requests (503 when it runs out). */
+  budget: BodyBudget;
+}
+
+/** A body read whole; its bytes count against the budget until `release()`. */
+export interface BoundedBody {
+  /** The body. */
+  bytes: Uint8Array;
+  /** Gives the body's bytes back to the budget; call once, when done with them. */
+  release(): void;
+}
+
 /**
- * Reads the whole body of `request`, refusing (413) one over `maxBytes` before reading it when
- * `Content-Length` says so, and as soon as the count passes it otherwise.
+ * Reads the whole body of `request`: refuses one over `maxBytes` (413) before reading it when
+ * `Content-Length` says so, and as soon as the count passes it otherwise; one that does not
+ * fit in the shared budget (503 with `Retry-After`); one that takes longer than `timeoutMs`
+ * (408). On a refusal the rest of the body is left unread.
  */
-export async function readBoundedBody(request: Request, maxBytes: number): Promise<Uint8Array> {
-  const declared = request.headers.get("content-length");
-  if (declared !== null && Number(declared) > maxBytes) {
-    await request.body?.cancel();
-    throw tooLarge(`Body of ${declared} bytes`, maxBytes, "--max-body-bytes");
+export function readBoundedBody(
+  request: IncomingMessage,
+  limits: BodyLimits,
+): Promise<BoundedBody> {
+  const { maxBytes, timeoutMs, budget } = limits;
+  const declared = request.headers["content-length"];
+  if (declared !== undefined && Number(declared) > maxBytes) {
+    return Promise.reject(tooLarge(`Body of ${declared} bytes`, maxBytes, "--max-body-bytes"));
   }
-  if (request.body === null) return new Uint8Array(0);
-  const reader = request.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > maxBytes) {
-      await reader.cancel();
-      throw tooLarge(`Body of more than ${maxBytes} bytes`, maxBytes, "--max-body-bytes");
-    }
-    chunks.push(value);
+  if (declared !== undefined && Number(declared) > budget.limit - budget.used) {
+    return Promise.reject(overBudget(budget));
   }
-  if (chunks.length === 1) return chunks[0];
-  const body = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    body.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return body;
+  return new Promise((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    const stop = () => {
+      clearTimeout(timer);
+      request.off("data", onData);
+      request.off("end", onEnd);
+      request.off("error", onError);
+      request.off("close", onClose);
+    };
+    const fail = (error: Error) => {
+      stop();
+      request.pause();
+      budget.give(total);
+      reject(error);
+    };
+    const timer = setTimeout(
+      () =>
+        fail(
+          new HttpError(
+            408,
+            `Body not received within ${
+              timeoutMs / 1000
+            } s (${total} bytes came; collector --body-timeout-seconds)`,
+          ),
+        ),
+      timeoutMs,
+    );
+    const onData = (chunk: Uint8Array) => {
+      if (total + chunk.length > maxBytes) {
+        return fail(tooLarge(`Body of more than ${maxBytes} bytes`, maxBytes, "--max-body-bytes"));
+      }
+      if (!budget.take(chunk.length)) return fail(overBudget(budget));
+      total += chunk.length;
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      stop();
+      let released = false;
+      resolve({
+        bytes: concat(chunks, total),
+        release: () => {
+          if (!released) budget.give(total);
+          released = true;
+        },
+      });
+    };
+    const onError = (error: Error) =>
+      fail(new HttpError(400, `Cannot read the body: ${error.message}`));
+    const onClose = () => {
+      if (!request.complete) fail(new HttpError(400, "Cannot read the body: the client left"));
+    };
+    request.on("data", onData);
+    request.on("end", onEnd);
+    request.on("error", onError);
+    request.on("close", onClose);
+  });
 }
 
 /**
@@ -80,17 +174,71 @@ export async function decodeContent(
       `Unsupported Content-Encoding ${JSON.stringify(encoding)}: send gzip or identity`,
     );
   }
-  try {
-    return await gunzip(body, maxBytes); // on the thread pool, not the event loop
-  } catch (error) {
-    if ((error as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
-      throw tooLarge("Decompressed body", maxBytes, "--max-decompressed-bytes");
+  return await inflate(body, maxBytes);
+}
+
+/** Compressed bytes inflated between two turns of the event loop. */
+const INFLATE_SLICE = 8 * 1024;
+
+/**
+ * Inflates a gzip body a slice at a time, yielding to the event loop between slices: node:zlib
+ * inflates on the calling thread in Deno, and a 64 MiB body in one go would stall every other
+ * request (and the timeouts) for up to a second. Stops as soon as the output passes `maxBytes`.
+ */
+async function inflate(body: Uint8Array, maxBytes: number): Promise<Uint8Array> {
+  const gunzip = createGunzip({ chunkSize: 256 * 1024 });
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  let failure: HttpError | undefined;
+  gunzip.on("data", (chunk: Uint8Array) => {
+    total += chunk.length;
+    if (total <= maxBytes) chunks.push(chunk);
+    else if (failure === undefined) {
+      failure = tooLarge("Decompressed body", maxBytes, "--max-decompressed-bytes");
+      gunzip.destroy();
     }
-    const reason = (error as Error).message || "corrupt data";
-    throw new HttpError(400, `Cannot decompress gzip body of ${body.length} bytes: ${reason}`);
+  });
+  gunzip.on("error", (error: Error) => {
+    failure ??= new HttpError(
+      400,
+      `Cannot decompress gzip body of ${body.length} bytes: ${error.message || "corrupt data"}`,
+    );
+  });
+  const finished = new Promise<void>((resolve) => {
+    gunzip.once("end", resolve);
+    gunzip.once("close", resolve);
+  });
+  for (let at = 0; at < body.length && failure === undefined; at += INFLATE_SLICE) {
+    if (!gunzip.write(body.subarray(at, at + INFLATE_SLICE))) {
+      await Promise.race([new Promise((resolve) => gunzip.once("drain", resolve)), finished]);
+    }
+    await new Promise((resolve) => setImmediate(resolve));
   }
+  if (failure === undefined) gunzip.end();
+  await finished;
+  if (failure !== undefined) throw failure;
+  return concat(chunks, total);
+}
+
+function concat(chunks: Uint8Array[], total: number): Uint8Array {
+  if (chunks.length === 1) return chunks[0];
+  const body = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return body;
 }
 
 function tooLarge(what: string, maxBytes: number, flag: string): HttpError {
   return new HttpError(413, `${what} exceeds the ${maxBytes}-byte limit (collector ${flag})`);
+}
+
+function overBudget(budget: BodyBudget): HttpError {
+  return new HttpError(
+    503,
+    `Collector busy: ${budget.used} bytes of request bodies in memory, the limit is ${budget.limit} (collector --max-pending-body-bytes); retry after 5 s`,
+    { "retry-after": "5" },
+  );
 }

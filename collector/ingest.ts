@@ -16,7 +16,8 @@
  * @module
  */
 
-import { decodeBatch, type DecodedBatch } from "../lib/wire.ts";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { batchDecoder, type DecodedBatch, type DecodeOptions } from "../lib/wire.ts";
 import { Attributor, type AttributorOptions, remoteEndpoint, type Verdict } from "./attributor.ts";
 import type { OwnershipRange } from "./ownership.ts";
 import type { FlowStore } from "./store.ts";
@@ -54,6 +55,27 @@ export interface IngestResult {
 
 const PRUNE_EVERY_NS = 60_000_000_000n;
 
+/**
+ * A batch arrived under a (hostname, sequence) already stored with other content: the exporter
+ * reused a sequence number (a spool restored from a copy, two hosts with one name). Nothing is
+ * stored; the HTTP server answers 409.
+ */
+export class BatchConflictError extends Error {
+  /** Creates the error; `message` is one sentence-case line naming the batch. */
+  constructor(message: string) {
+    super(message);
+    this.name = "BatchConflictError";
+  }
+}
+
+/**
+ * The digest {@linkcode Ingestor.ingest} compares: SHA-256 of the batch body (uncompressed
+ * CBOR), as the exporter spooled it and sends it again on every retry.
+ */
+export function batchDigest(body: Uint8Array): Uint8Array {
+  return createHash("sha256").update(body).digest();
+}
+
 /** Validates, attributes and stores batches; see the module documentation. */
 export class Ingestor {
   readonly #store: FlowStore;
@@ -88,20 +110,43 @@ export class Ingestor {
   }
 
   /**
-   * Decodes and validates an uncompressed CBOR batch body, then ingests it.
+   * Decodes and validates an uncompressed CBOR batch body, then ingests it with its digest.
    *
-   * @throws {WireFormatError} when the body does not match the schema (nothing is stored).
+   * @param body the batch body
+   * @param options the decoder's limits
+   * @throws {WireFormatError} when the body does not match the schema (nothing is stored);
+   *   {@linkcode BatchConflictError} as {@linkcode ingest}
    */
-  ingestBody(body: Uint8Array): IngestResult {
-    return this.ingest(decodeBatch(body));
+  ingestBody(body: Uint8Array, options: DecodeOptions = {}): IngestResult {
+    return this.ingest(batchDecoder(options)(body), batchDigest(body));
   }
 
-  /** Ingests a decoded batch: a repeat of a stored batch is reported and not stored again. */
-  ingest(batch: DecodedBatch): IngestResult {
+  /**
+   * Ingests a decoded batch. A batch whose (hostname, sequence) is stored already is a retry
+   * when its digest matches (or either digest is unknown): reported, not stored again.
+   *
+   * @param batch the decoded batch
+   * @param digest {@linkcode batchDigest} of its body, stored with it
+   * @throws {BatchConflictError} when the stored batch has another digest (nothing is stored)
+   */
+  ingest(batch: DecodedBatch, digest?: Uint8Array): IngestResult {
     const { header, flows } = batch;
     const hostname = header.host.hostname;
     const base = { hostname, sequence: header.sequence, flows: flows.length };
-    if (this.#store.hasBatch(hostname, header.sequence)) {
+    const stored = this.#store.batchDigest(hostname, header.sequence);
+    if (stored !== undefined) {
+      if (
+        stored !== null && digest !== undefined &&
+        (stored.length !== digest.length || !timingSafeEqual(stored, digest))
+      ) {
+        throw new BatchConflictError(
+          `Batch ${hostname}:${header.sequence} is already stored with other content (SHA-256 ${
+            hex(stored).slice(0, 16)
+          }…, this one ${
+            hex(digest).slice(0, 16)
+          }…): the exporter reused a sequence number (two hosts named alike, or a spool restored from a copy)`,
+        );
+      }
       return {
         ...base,
         duplicate: true,
@@ -138,6 +183,7 @@ export class Ingestor {
     try {
       ids = this.#store.writeBatch({
         header,
+        digest,
         flows,
         remoteKeys,
         verdicts,
@@ -215,6 +261,10 @@ export class Ingestor {
       );
     }
   }
+}
+
+function hex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function wallClockNs(): bigint {

@@ -2,14 +2,26 @@
  * The reference collector's HTTP server:
  * - `POST /v1/batches`: one gzip-compressed (or identity) CBOR batch per request, validated
  *   against `schema/flow_batch.cddl`, attributed and stored; a repeat of a stored batch
- *   (same host and sequence) answers 200 without storing it again;
+ *   (same host, sequence and content) answers 200 without storing it again;
  * - `GET /v1/flows`: stored flows as a JSON array, with the filters of `flowexporter query`
  *   (`from`, `to`, `workload`, `ip`, `host`, `status`, `limit`);
  * - `GET /healthz`: `ok`.
  *
  * Refusals carry one line of text: 400 malformed gzip, CBOR or schema; 401 missing or wrong
- * bearer token (when a token is configured); 413 body or decompressed body over its limit;
- * 415 wrong `Content-Type` or `Content-Encoding`. The server keeps serving after any of them.
+ * bearer token (when a token is configured); 403 flows asked for without a token on an address
+ * beyond loopback; 408 a head or body too slow; 409 a used (host, sequence) with other content;
+ * 413 body, decompressed body or flow count over its limit; 415 wrong `Content-Type` or
+ * `Content-Encoding`; 503 (with `Retry-After`) too many batches at once. The server keeps
+ * serving after any of them.
+ *
+ * Bounds, so that no client can take the collector down or stall it: the request head must
+ * arrive within `headerTimeoutSeconds` and the body within `bodyTimeoutSeconds` (Node's HTTP
+ * server, `node:http`, enforces the first: `Deno.serve` has no header deadline); compressed
+ * bodies in memory are capped in all by `maxPendingBodyBytes`, each by `maxBodyBytes`;
+ * at most `maxConcurrentIngests` batches are decompressed and decoded at once, each to at most
+ * `maxDecompressedBytes` and `maxBatchRecords` flows, and the decoder's memory and time are
+ * bounded by those bytes (`lib/wire.ts`). Peer-supplied text reaches the log escaped
+ * (`lib/printable.ts`).
  *
  * @example
  * ```ts
@@ -23,23 +35,63 @@
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { Socket } from "node:net";
+import {
+  batchDecoder,
   CBOR_MEDIA_TYPE,
-  decodeBatch,
   type DecodedBatch,
   IDEMPOTENCY_KEY_HEADER,
   idempotencyKey,
   MAX_BATCH_BYTES,
   WireFormatError,
+  WireLimitError,
 } from "../lib/wire.ts";
 import type { Logger } from "../lib/logger.ts";
 import { Log } from "../lib/log.ts";
-import { decodeContent, HttpError, readBoundedBody } from "./_http_body.ts";
-import { Ingestor, type IngestResult } from "./ingest.ts";
+import { printable } from "../lib/printable.ts";
+import { errorText } from "../lib/error_text.ts";
+import { BodyBudget, decodeContent, HttpError, readBoundedBody } from "./_http_body.ts";
+import { BatchConflictError, batchDigest, Ingestor, type IngestResult } from "./ingest.ts";
 import { FilterError, formatStoredFlowJson, parseFlowFilter } from "./query.ts";
 import { FlowStore } from "./store.ts";
 
 /** Port the collector listens on by default. */
 export const DEFAULT_PORT = 9470;
+
+/**
+ * Defaults of the limits in {@linkcode CollectorOptions}, for option tables and docs. Memory
+ * in the worst case is about `maxPendingBodyBytes + maxConcurrentIngests *
+ * maxDecompressedBytes` plus one decoded batch (about 700 bytes per flow, so 140 MiB at
+ * `maxBatchRecords`) plus SQLite's 64 MiB page cache.
+ */
+export const DEFAULT_LIMITS = {
+  /** Largest request body, compressed: 16 MiB. */
+  maxBodyBytes: 16 * 1024 * 1024,
+  /** Largest body after decompression: the wire format's limit, 64 MiB. */
+  maxDecompressedBytes: MAX_BATCH_BYTES,
+  /**
+   * Most flows in one batch: 200 000, above what an exporter's default caps allow (100 000
+   * flows, 16 MiB: at most 190 000 flows of the smallest kind).
+   */
+  maxBatchRecords: 200_000,
+  /** Compressed bodies in memory at once, all requests together: 128 MiB. */
+  maxPendingBodyBytes: 128 * 1024 * 1024,
+  /** Batches decompressed, decoded and stored at once: 4. */
+  maxConcurrentIngests: 4,
+  /** Seconds a client has for a request's head (line and headers): 10. */
+  headerTimeoutSeconds: 10,
+  /** Seconds a client has for a request's body, from the end of its head: 60. */
+  bodyTimeoutSeconds: 60,
+} as const;
+
+/** Seconds a client refused with 503 is asked to wait (`Retry-After`). */
+export const RETRY_AFTER_SECONDS = 5;
 
 /** Options of {@linkcode startCollector}; only `dbPath` is required. */
 export interface CollectorOptions {
@@ -53,10 +105,34 @@ export interface CollectorOptions {
   token?: string;
   /** File holding the bearer token (surrounding whitespace ignored). */
   tokenFile?: string;
+  /**
+   * Serve `GET /v1/flows` without a token on an address beyond loopback. Default false: such
+   * requests get 403, and the start logs a warning that batches are accepted from anyone.
+   */
+  allowUnauthenticated?: boolean;
   /** Largest request body accepted, compressed. Default 16 MiB. */
   maxBodyBytes?: number;
   /** Largest body accepted after decompression. Default 64 MiB (the wire format's limit). */
   maxDecompressedBytes?: number;
+  /** Most flows in one batch: more gets 413 before any is decoded. Default 200 000. */
+  maxBatchRecords?: number;
+  /**
+   * Compressed request bodies held in memory at once, all requests together; a request that
+   * would go over gets 503 with `Retry-After`. Default 128 MiB.
+   */
+  maxPendingBodyBytes?: number;
+  /**
+   * Batches decompressed, decoded and stored at once; another gets 503 with `Retry-After`.
+   * Default 4.
+   */
+  maxConcurrentIngests?: number;
+  /**
+   * Seconds a client has to send a request's head, from its first byte or from the previous
+   * answer on the connection; then 408 and the connection is closed. Default 10.
+   */
+  headerTimeoutSeconds?: number;
+  /** Seconds a client has to send a request's body after its head; then 408. Default 60. */
+  bodyTimeoutSeconds?: number;
   /** How long a flow waits for its remote owner's heartbeat. Default 120. */
   holdSeconds?: number;
   /** Most flows held at once. Default 100 000. */
@@ -73,7 +149,8 @@ export interface CollectorOptions {
   tlsKeyFile?: string;
   /**
    * Where log lines go (`lib/logger.ts`); default text lines on standard error. Refused
-   * requests are `warn`, failures `error`, one line per accepted batch `debug`.
+   * requests are `warn`, failures `error`, one line per accepted batch `debug`. Every message
+   * is on one line: text a client sent is escaped.
    */
   logger?: Logger;
   /** Wall clock in ns since the epoch; injectable for tests. */
@@ -90,24 +167,48 @@ export interface RunningCollector {
   readonly ingestor: Ingestor;
   /** The database. */
   readonly store: FlowStore;
-  /** Stops accepting requests, waits for those in flight, closes the database. */
+  /** Load figures: for metrics, and for tests that wait on a condition. */
+  stats(): CollectorStats;
+  /**
+   * Stops accepting requests, waits for those in flight (2 s at most: a client still sending
+   * then is cut off), closes the database.
+   */
   close(): Promise<void>;
   /** Same as `close`. */
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** What {@linkcode RunningCollector.stats} returns. */
+export interface CollectorStats {
+  /** Open client connections. */
+  connections: number;
+  /** Batches being decompressed, decoded and stored. */
+  ingesting: number;
+  /** Compressed request bodies in memory, bytes. */
+  pendingBodyBytes: number;
+}
+
 const MAX_QUERY_ROWS = 100_000;
+/** How long `close()` waits for the requests in flight before it cuts their connections. */
+const CLOSE_GRACE_MS = 2000;
+/** Bytes of a refused body read and thrown away so that the client sees the answer. */
+const MAX_DRAIN_BYTES = 64 * 1024 * 1024;
 
 /**
  * Opens the database, replays its state and starts serving.
  *
  * @throws {StoreError} when the database cannot be opened; an `Error` naming the file when the
- * token, certificate or key cannot be read.
+ * token, certificate or key cannot be read, or naming the option when a limit is out of range.
  */
 export async function startCollector(options: CollectorOptions): Promise<RunningCollector> {
-  const log = options.logger ?? new Log({ write: (line) => console.error(line) }).logger;
+  const logger = options.logger ?? new Log({ write: (line) => console.error(line) }).logger;
+  const log: Logger = (level, message) => logger(level, printable(message));
+  const limits = checkLimits(options);
   const token = options.token ?? (options.tokenFile && await readToken(options.tokenFile));
   const tls = await readTls(options);
+  const hostname = options.hostname ?? "127.0.0.1";
+  const port = options.port ?? DEFAULT_PORT;
+  const open = !token && !isLoopback(hostname);
   const store = FlowStore.open(options.dbPath);
   let ingestor: Ingestor;
   try {
@@ -123,147 +224,310 @@ export async function startCollector(options: CollectorOptions): Promise<Running
     store.close();
     throw error;
   }
-  const handler = createHandler(ingestor, store, {
+  const config: HandlerConfig = {
+    ...limits,
+    decode: batchDecoder({ maxRecords: limits.maxBatchRecords }),
     tokenDigest: token ? digest(token) : undefined,
-    maxBodyBytes: options.maxBodyBytes ?? 16 * 1024 * 1024,
-    maxDecompressedBytes: options.maxDecompressedBytes ?? MAX_BATCH_BYTES,
+    refuseFlows: open && !options.allowUnauthenticated,
+    budget: new BodyBudget(limits.maxPendingBodyBytes),
+    ingesting: 0,
     now: options.now ?? (() => BigInt(Date.now()) * 1_000_000n),
     log,
+  };
+  const handler = createHandler(ingestor, store, config);
+  const headerMs = limits.headerTimeoutSeconds * 1000;
+  const serverOptions = {
+    headersTimeout: headerMs,
+    // A backstop: the handler answers 408 itself when the body is late.
+    requestTimeout: headerMs + limits.bodyTimeoutSeconds * 1000 + 5000,
+    keepAliveTimeout: Math.min(5000, headerMs),
+    connectionsCheckingInterval: Math.max(50, Math.min(1000, headerMs / 4)),
+  };
+  const server: Server = tls
+    ? createHttpsServer({ ...tls, ...serverOptions, handshakeTimeout: headerMs })
+    : createHttpServer(serverOptions);
+  const inFlight = new Set<Promise<void>>();
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
+    const done = handler(request, response).catch((error) => {
+      log("error", `Cannot answer ${request.method} ${request.url}: ${errorText(error)}`);
+      response.destroy();
+    });
+    inFlight.add(done);
+    done.finally(() => inFlight.delete(done));
   });
-  let server: Deno.HttpServer<Deno.NetAddr>;
+  const sockets = new Set<Socket>();
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
   try {
-    const listening = Promise.withResolvers<Deno.NetAddr>();
-    server = Deno.serve({
-      hostname: options.hostname ?? "127.0.0.1",
-      port: options.port ?? DEFAULT_PORT,
-      ...tls,
-      onListen: (addr) => listening.resolve(addr),
-      onError: (error) => {
-        log("error", `Cannot handle request: ${(error as Error).message}`);
-        return text(500, "Internal error (see the collector log)");
-      },
-    }, handler);
-    await listening.promise;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, hostname, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
   } catch (error) {
     store.close();
-    throw new Error(
-      `Cannot listen on ${options.hostname ?? "127.0.0.1"}:${options.port ?? DEFAULT_PORT}: ${
-        (error as Error).message
-      }`,
-      { cause: error },
+    throw new Error(`Cannot listen on ${hostname}:${port}: ${errorText(error)}`, {
+      cause: error,
+    });
+  }
+  server.on("error", (error) => log("error", `HTTP server error: ${errorText(error)}`));
+  const addr = server.address() as { address: string; port: number };
+  const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
+  const url = `${tls ? "https" : "http"}://${host}:${addr.port}`;
+  if (open) {
+    log(
+      "warn",
+      options.allowUnauthenticated
+        ? `Collector on ${url} has no token and listens beyond loopback: anyone who reaches it can store batches and read every flow (--allow-unauthenticated is set; set --token-file to require a token)`
+        : `Collector on ${url} has no token and listens beyond loopback: anyone who reaches it can store batches; GET /v1/flows is refused (403) unless --allow-unauthenticated is set (set --token-file to require a token)`,
     );
   }
-  const addr = server.addr;
-  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-  const url = `${tls ? "https" : "http"}://${host}:${addr.port}`;
   const timer = setInterval(() => {
     try {
       ingestor.tick();
     } catch (error) {
-      log("error", `Cannot expire held flows: ${(error as Error).message}`);
+      log("error", `Cannot expire held flows: ${errorText(error)}`);
     }
   }, options.tickMs ?? 1000);
   let closing: Promise<void> | undefined;
   const close = () =>
     closing ??= (async () => {
       clearInterval(timer);
-      await server.shutdown();
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      // Requests in flight get a grace period; a client still sending after it is cut off.
+      let grace: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        Promise.allSettled([...inFlight]),
+        new Promise((resolve) => grace = setTimeout(resolve, CLOSE_GRACE_MS)),
+      ]);
+      clearTimeout(grace);
+      for (const socket of sockets) socket.destroy();
+      await Promise.allSettled([...inFlight]);
+      await stopped;
       try {
         ingestor.tick();
       } finally {
         store.close();
       }
     })();
-  return { url, ingestor, store, close, [Symbol.asyncDispose]: close };
+  const stats = (): CollectorStats => ({
+    connections: sockets.size,
+    ingesting: config.ingesting,
+    pendingBodyBytes: config.budget.used,
+  });
+  return { url, ingestor, store, stats, close, [Symbol.asyncDispose]: close };
 }
 
-interface HandlerConfig {
+type Limits = { -readonly [K in keyof typeof DEFAULT_LIMITS]: number };
+
+interface HandlerConfig extends Limits {
+  /** `decodeBatch` with `maxBatchRecords`. */
+  decode: (bytes: Uint8Array) => DecodedBatch;
   tokenDigest?: Uint8Array;
-  maxBodyBytes: number;
-  maxDecompressedBytes: number;
+  /** No token on an address beyond loopback, and reads not explicitly allowed. */
+  refuseFlows: boolean;
+  budget: BodyBudget;
+  /** Batches being decompressed, decoded and stored now. */
+  ingesting: number;
   now: () => bigint;
   log: Logger;
 }
 
+/** A response: status, one body, headers. */
+interface Answer {
+  status: number;
+  body: string;
+  headers: Record<string, string>;
+}
+
 function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConfig) {
-  return async (request: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
-    const path = new URL(request.url).pathname;
+  return async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
+    const url = new URL(request.url ?? "/", "http://collector");
+    const path = url.pathname;
+    const peer = request.socket.remoteAddress ?? "unknown";
+    let answer: Answer;
     try {
-      if (path === "/healthz") return text(200, "ok");
-      authorize(request, config.tokenDigest);
-      if (path === "/v1/batches") {
-        allow(request, "POST");
-        const result = await receiveBatch(request, ingestor, config);
-        config.log(
-          "debug",
-          `${
-            result.duplicate ? "Repeated" : "Stored"
-          } batch ${result.hostname}:${result.sequence}: ` +
-            `${result.flows} flows, ${result.attributed} attributed, ${result.pending} held, ` +
-            `${result.settled} held flows settled` +
-            (result.repeatedFlows > 0 ? `, ${result.repeatedFlows} flows already stored` : ""),
-        );
-        return json(200, resultJson(result));
-      }
-      if (path === "/v1/flows") {
-        allow(request, "GET");
-        return listFlows(new URL(request.url).searchParams, store, config.now());
-      }
-      throw new HttpError(404, `No such endpoint ${path}: use /v1/batches or /v1/flows`);
+      answer = route(request, url, store, config);
+      if (answer.status === 0) answer = await receive(request, ingestor, config);
     } catch (error) {
       if (error instanceof HttpError) {
         if (error.status !== 404 && error.status !== 405) {
           config.log(
             "warn",
-            `Refused ${request.method} ${path} from ${info.remoteAddr.hostname}: ${error.status} ${error.message}`,
+            `Refused ${request.method} ${path} from ${peer}: ${error.status} ${error.message}`,
           );
         }
-        return text(error.status, error.message, error.headers);
+        answer = text(error.status, error.message, error.headers);
+      } else {
+        config.log("error", `Cannot handle ${request.method} ${path}: ${errorText(error)}`);
+        answer = text(500, `Cannot handle request: ${errorText(error)}`);
       }
-      config.log("error", `Cannot handle ${request.method} ${path}: ${(error as Error).message}`);
-      return text(500, `Cannot handle request: ${(error as Error).message}`);
     }
+    await send(request, response, answer, config.bodyTimeoutSeconds * 1000);
   };
 }
 
-async function receiveBatch(
-  request: Request,
+/** Answers what needs no body; status 0 means "read the batch" ({@linkcode receive}). */
+function route(
+  request: IncomingMessage,
+  url: URL,
+  store: FlowStore,
+  config: HandlerConfig,
+): Answer {
+  const path = url.pathname;
+  if (path === "/healthz") return text(200, "ok");
+  authorize(request, config.tokenDigest);
+  if (path === "/v1/batches") {
+    allow(request, "POST");
+    return { status: 0, body: "", headers: {} };
+  }
+  if (path === "/v1/flows") {
+    allow(request, "GET");
+    if (config.refuseFlows) {
+      throw new HttpError(
+        403,
+        "Refusing to list flows without a token on an address beyond loopback (set --token-file, or --allow-unauthenticated to serve them to anyone)",
+      );
+    }
+    return listFlows(url.searchParams, store, config.now());
+  }
+  throw new HttpError(404, `No such endpoint ${path}: use /v1/batches or /v1/flows`);
+}
+
+async function receive(
+  request: IncomingMessage,
   ingestor: Ingestor,
   config: HandlerConfig,
-): Promise<IngestResult> {
-  const type = request.headers.get("content-type");
+): Promise<Answer> {
+  const type = header(request, "content-type");
   if (type?.split(";")[0].trim().toLowerCase() !== CBOR_MEDIA_TYPE) {
-    await request.body?.cancel();
     throw new HttpError(
       415,
       `Unsupported Content-Type ${JSON.stringify(type ?? "")}: send ${CBOR_MEDIA_TYPE}`,
     );
   }
-  const body = await readBoundedBody(request, config.maxBodyBytes);
+  if (config.ingesting >= config.maxConcurrentIngests) throw busy(config);
+  const body = await readBoundedBody(request, {
+    maxBytes: config.maxBodyBytes,
+    timeoutMs: config.bodyTimeoutSeconds * 1000,
+    budget: config.budget,
+  });
+  try {
+    if (config.ingesting >= config.maxConcurrentIngests) throw busy(config);
+    config.ingesting++;
+    try {
+      const result = await ingest(request, body.bytes, ingestor, config);
+      config.log(
+        "debug",
+        `${
+          result.duplicate ? "Repeated" : "Stored"
+        } batch ${result.hostname}:${result.sequence}: ` +
+          `${result.flows} flows, ${result.attributed} attributed, ${result.pending} held, ` +
+          `${result.settled} held flows settled` +
+          (result.repeatedFlows > 0 ? `, ${result.repeatedFlows} flows already stored` : ""),
+      );
+      return json(200, resultJson(result));
+    } finally {
+      config.ingesting--;
+    }
+  } finally {
+    body.release();
+  }
+}
+
+async function ingest(
+  request: IncomingMessage,
+  body: Uint8Array,
+  ingestor: Ingestor,
+  config: HandlerConfig,
+): Promise<IngestResult> {
   const cbor = await decodeContent(
     body,
-    request.headers.get("content-encoding"),
+    header(request, "content-encoding") ?? null,
     config.maxDecompressedBytes,
   );
   let batch: DecodedBatch;
   try {
-    batch = decodeBatch(cbor);
+    batch = config.decode(cbor);
   } catch (error) {
+    if (error instanceof WireLimitError) {
+      throw new HttpError(413, `${error.message} (collector --max-batch-records)`);
+    }
     if (error instanceof WireFormatError) throw new HttpError(400, error.message);
     throw error;
   }
-  const key = request.headers.get(IDEMPOTENCY_KEY_HEADER);
+  const key = header(request, IDEMPOTENCY_KEY_HEADER);
   const expected = idempotencyKey(batch.header.host.hostname, batch.header.sequence);
-  if (key !== null && key !== expected) {
+  if (key !== undefined && key !== expected) {
     throw new HttpError(
       400,
       `${IDEMPOTENCY_KEY_HEADER} ${JSON.stringify(key)} does not match the batch (${expected})`,
     );
   }
-  return ingestor.ingest(batch);
+  try {
+    return ingestor.ingest(batch, batchDigest(cbor));
+  } catch (error) {
+    if (error instanceof BatchConflictError) throw new HttpError(409, error.message);
+    throw error;
+  }
 }
 
-function listFlows(params: URLSearchParams, store: FlowStore, nowNs: bigint): Response {
+function busy(config: HandlerConfig): HttpError {
+  return new HttpError(
+    503,
+    `Collector busy: ${config.ingesting} batches being stored, the limit is ${config.maxConcurrentIngests} (collector --max-concurrent-ingests); retry after ${RETRY_AFTER_SECONDS} s`,
+    { "retry-after": String(RETRY_AFTER_SECONDS) },
+  );
+}
+
+/**
+ * Writes the answer. A body the handler did not read (a refusal before or while reading it) is
+ * read and thrown away, up to {@linkcode MAX_DRAIN_BYTES} and `drainMs`, so that a client still
+ * sending gets to read the answer (closing at once would reset the connection under it, and an
+ * exporter would retry a batch refused for good); past either, the connection is closed. A
+ * client too slow (408) is cut off at once.
+ */
+async function send(
+  request: IncomingMessage,
+  response: ServerResponse,
+  answer: Answer,
+  drainMs: number,
+): Promise<void> {
+  if (response.headersSent || response.destroyed) return;
+  const unread = !request.complete && !request.destroyed;
+  const cut = unread && answer.status === 408;
+  const headers: Record<string, string> = { ...answer.headers };
+  if (cut) headers["connection"] = "close";
+  const finished = new Promise<void>((resolve) => {
+    response.once("finish", resolve);
+    response.once("close", resolve);
+  });
+  if (unread && !cut) drain(request, drainMs);
+  response.writeHead(answer.status, headers);
+  response.end(answer.body);
+  await finished;
+  if (cut) request.socket.destroy();
+}
+
+function drain(request: IncomingMessage, timeoutMs: number): void {
+  const socket = request.socket;
+  let drained = 0;
+  const stop = setTimeout(() => socket.destroy(), timeoutMs);
+  request.on("data", (chunk: Uint8Array) => {
+    drained += chunk.length;
+    if (drained > MAX_DRAIN_BYTES) socket.destroy();
+  });
+  request.once("end", () => clearTimeout(stop)); // the connection stays open for the next one
+  request.once("close", () => clearTimeout(stop));
+  request.resume();
+}
+
+function listFlows(params: URLSearchParams, store: FlowStore, nowNs: bigint): Answer {
   const textFilter: Record<string, string> = {};
   for (const name of ["from", "to", "workload", "ip", "host", "status", "limit"]) {
     const value = params.get(name);
@@ -279,16 +543,22 @@ function listFlows(params: URLSearchParams, store: FlowStore, nowNs: bigint): Re
   const limit = filter.limit ?? 1000;
   filter.limit = limit < 0 || limit > MAX_QUERY_ROWS ? MAX_QUERY_ROWS : limit; // -1: "all"
   const flows = store.flows(filter);
-  return new Response(`[${flows.map(formatStoredFlowJson).join(",\n")}]\n`, {
+  return {
     status: 200,
+    body: `[${flows.map(formatStoredFlowJson).join(",\n")}]\n`,
     headers: { "content-type": "application/json" },
-  });
+  };
 }
 
-function authorize(request: Request, tokenDigest: Uint8Array | undefined): void {
+function header(request: IncomingMessage, name: string): string | undefined {
+  const value = request.headers[name.toLowerCase()];
+  return Array.isArray(value) ? value.join(", ") : value;
+}
+
+function authorize(request: IncomingMessage, tokenDigest: Uint8Array | undefined): void {
   if (tokenDigest === undefined) return;
-  const header = request.headers.get("authorization") ?? "";
-  const match = /^bearer\s+(.+)$/i.exec(header.trim());
+  const value = header(request, "authorization") ?? "";
+  const match = /^bearer\s+(.+)$/i.exec(value.trim());
   const challenge = { "www-authenticate": 'Bearer realm="flowexporter"' };
   if (match === null) {
     throw new HttpError(401, "Missing bearer token: send Authorization: Bearer <token>", challenge);
@@ -298,7 +568,7 @@ function authorize(request: Request, tokenDigest: Uint8Array | undefined): void 
   }
 }
 
-function allow(request: Request, method: string): void {
+function allow(request: IncomingMessage, method: string): void {
   if (request.method !== method) {
     throw new HttpError(405, `Method ${request.method} not allowed: use ${method}`, {
       allow: method,
@@ -306,9 +576,39 @@ function allow(request: Request, method: string): void {
   }
 }
 
+/**
+ * True for a listen address only this host can reach: `localhost`, 127.0.0.0/8 and ::1 (also
+ * IPv4-mapped). Any other (`0.0.0.0`, `::`, a host name) counts as reachable from beyond.
+ *
+ * @param hostname the address the collector listens on
+ */
+export function isLoopback(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  return h === "localhost" || h === "::1" || /^(::ffff:)?127\.\d+\.\d+\.\d+$/.test(h);
+}
+
 /** Hashing both sides first gives equal lengths, as `timingSafeEqual` needs. */
 function digest(token: string): Uint8Array {
   return createHash("sha256").update(token).digest();
+}
+
+/** The limits with their defaults, each checked: a bad one names its option. */
+function checkLimits(options: CollectorOptions): Limits {
+  const limits = { ...DEFAULT_LIMITS } as Limits;
+  for (const name of Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]) {
+    const value = options[name];
+    if (value === undefined) continue;
+    const seconds = name.endsWith("Seconds");
+    if (!Number.isFinite(value) || value <= 0 || (!seconds && !Number.isInteger(value))) {
+      throw new RangeError(
+        `Invalid collector limit ${name} ${value}: use a ${
+          seconds ? "number of seconds above 0" : "whole number of at least 1"
+        }`,
+      );
+    }
+    limits[name] = value;
+  }
+  return limits;
 }
 
 async function readToken(path: string): Promise<string> {
@@ -317,10 +617,8 @@ async function readToken(path: string): Promise<string> {
     token = (await Deno.readTextFile(path)).trim();
   } catch (error) {
     throw new Error(
-      `Cannot read token file ${path}: ${(error as Error).message} (set --token-file)`,
-      {
-        cause: error,
-      },
+      `Cannot read token file ${path}: ${errorText(error)} (set --token-file)`,
+      { cause: error },
     );
   }
   if (token === "") throw new Error(`Cannot use token file ${path}: it is empty`);
@@ -339,7 +637,7 @@ async function readTls(
     try {
       return await Deno.readTextFile(path);
     } catch (error) {
-      throw new Error(`Cannot read ${path}: ${(error as Error).message} (set ${flag})`, {
+      throw new Error(`Cannot read ${path}: ${errorText(error)} (set ${flag})`, {
         cause: error,
       });
     }
@@ -361,18 +659,21 @@ function resultJson(r: IngestResult): Record<string, unknown> {
   };
 }
 
-function json(status: number, body: unknown): Response {
-  return new Response(JSON.stringify(body) + "\n", {
+function json(status: number, body: unknown): Answer {
+  return {
     status,
+    body: JSON.stringify(body) + "\n",
     headers: { "content-type": "application/json" },
-  });
+  };
 }
 
-function text(status: number, message: string, headers: Record<string, string> = {}): Response {
-  return new Response(message + "\n", {
+/** A one-line text answer: whatever a client put into the message is escaped. */
+function text(status: number, message: string, headers: Record<string, string> = {}): Answer {
+  return {
     status,
+    body: printable(message) + "\n",
     headers: { "content-type": "text/plain; charset=utf-8", ...headers },
-  });
+  };
 }
 
 function seconds(s: number): bigint {

@@ -4,7 +4,8 @@
  * earlier attributions. One writer (the collector process); readers open it read-only.
  *
  * Tables (see `docs/collector.md` for every column):
- * - `batches`: one row per accepted batch, unique per (hostname, sequence);
+ * - `batches`: one row per accepted batch, unique per (hostname, sequence), with the SHA-256 of
+ *   its body (to tell a retry from other content under a used sequence number);
  * - `flows`: one row per flow: every `FlowRecord` field, the batch, and the remote attribution
  *   as decided at ingest (`attribution`, `remote_workload_id`, `owner_key`); insert-only, and
  *   unique per flow ID (a flow sent again in another batch is stored once);
@@ -40,6 +41,9 @@ const UPGRADES = [
   // list the flow columns, so they are made again.
   "ALTER TABLE flows ADD COLUMN flow_id BLOB; ALTER TABLE flows ADD COLUMN bytes_retrans INTEGER; " +
   "DROP VIEW IF EXISTS flows_attributed; DROP VIEW IF EXISTS flows_settled;",
+  // 3: the SHA-256 of each batch's body, to tell a retry from other content under a used
+  // (hostname, sequence); NULL in the rows before, which are taken as retries.
+  "ALTER TABLE batches ADD COLUMN digest BLOB;",
 ];
 
 /**
@@ -102,6 +106,8 @@ export interface PendingFlow {
 /** Everything one accepted batch writes, in one transaction. */
 export interface BatchWrite {
   readonly header: BatchHeader;
+  /** SHA-256 of the batch body (uncompressed CBOR), if known. */
+  readonly digest?: Uint8Array;
   readonly flows: readonly FlowRecord[];
   /** Per flow: the address key of its remote end. */
   readonly remoteKeys: readonly string[];
@@ -183,6 +189,7 @@ CREATE TABLE IF NOT EXISTS batches (
   recursion_misses INTEGER NOT NULL,
   spool_evictions INTEGER NOT NULL,
   received_ns INTEGER NOT NULL,
+  digest BLOB,
   UNIQUE (hostname, sequence)
 );
 CREATE TABLE IF NOT EXISTS flows (
@@ -340,7 +347,16 @@ export class FlowStore {
 
   /** True when a batch with this host and sequence is already stored. */
   hasBatch(hostname: string, sequence: number): boolean {
-    return this.#writers().hasBatch.get(hostname, sequence) !== undefined;
+    return this.batchDigest(hostname, sequence) !== undefined;
+  }
+
+  /**
+   * The digest stored with the batch of this host and sequence: undefined when there is no such
+   * batch, null when it was stored without one (before layout version 3).
+   */
+  batchDigest(hostname: string, sequence: number): Uint8Array | null | undefined {
+    const row = this.#writers().hasBatch.get(hostname, sequence);
+    return row === undefined ? undefined : (row.digest as Uint8Array | null);
   }
 
   /**
@@ -368,6 +384,7 @@ export class FlowStore {
           i64(h.loss.recursionMisses),
           h.loss.spoolEvictions,
           w.receivedNs,
+          w.digest ?? null,
         ).lastInsertRowid,
       );
       const hostname = h.host.hostname;
@@ -644,11 +661,12 @@ export class FlowStore {
 function prepareWriters(db: DatabaseSync) {
   const prepare = (sql: string): StatementSync => db.prepare(sql);
   return {
-    hasBatch: prepare("SELECT 1 FROM batches WHERE hostname = ? AND sequence = ?"),
+    hasBatch: prepare("SELECT digest FROM batches WHERE hostname = ? AND sequence = ?"),
     insertBatch: prepare(
       "INSERT INTO batches (hostname, sequence, host_workload_id, instance_id, exporter_version, " +
         "window_start_ns, window_end_ns, record_count, clock_offset_ns, kernel_drops, " +
-        "recursion_misses, spool_evictions, received_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "recursion_misses, spool_evictions, received_ns, digest) " +
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     ),
     insertFlow: prepare(
       `INSERT INTO flows (${FLOW_COLUMNS.join(", ")}) VALUES (${

@@ -4,6 +4,11 @@
  *
  * @module
  */
+import {
+  DEFAULT_FLOWS_MAX,
+  DEFAULT_RING_BYTES,
+  DEFAULT_WAKEUP_BYTES,
+} from "../lib/capture_sizes.ts";
 import type { ClockReading } from "../lib/clock.ts";
 import { MAPS_PIN_DIR } from "../lib/map_layout.ts";
 import { FdMap } from "./bpf_map.ts";
@@ -33,11 +38,14 @@ export interface AgentOptions {
   noPin?: boolean;
   /** Skip seeding sockets that are already open. */
   noSeed?: boolean;
-  /** Ring buffer bytes (power of two); the perf buffer splits the same budget across CPUs. */
+  /**
+   * Ring buffer bytes (power of two); the perf buffer splits the same budget across CPUs.
+   * Default {@linkcode DEFAULT_RING_BYTES}.
+   */
   ringBytes?: number;
-  /** Capacity of the per-socket state map (open sockets tracked at once). */
+  /** Capacity of the per-socket state map (open sockets tracked at once); default {@linkcode DEFAULT_FLOWS_MAX}. */
   flowsMax?: number;
-  /** Data waiting in the ring before the kernel wakes the reader, bytes. */
+  /** Data waiting in the ring before the kernel wakes the reader, bytes; default {@linkcode DEFAULT_WAKEUP_BYTES}. */
   wakeupBytes?: number;
   /** Keep libbpf debug output in the log. */
   verbose?: boolean;
@@ -156,9 +164,9 @@ export class Agent implements Disposable {
       cString(pinDir),
       cString(resolveCgroupPath(options.cgroupPath)),
       flags,
-      options.ringBytes ?? 8 << 20,
-      options.flowsMax ?? 131072,
-      options.wakeupBytes ?? 1 << 20,
+      options.ringBytes ?? DEFAULT_RING_BYTES,
+      options.flowsMax ?? DEFAULT_FLOWS_MAX,
+      options.wakeupBytes ?? DEFAULT_WAKEUP_BYTES,
       out,
     );
     const handle = Deno.UnsafePointer.create(out[0]);

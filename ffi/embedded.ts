@@ -10,6 +10,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
+import { errorText } from "../lib/error_text.ts";
 
 /** The library's file name, in the asset directory and in sha256sum's manifest. */
 const LIB_NAME = "libflowexporter.so";
@@ -218,7 +219,7 @@ function toRuntimeDir(bytes: Uint8Array, expected: string, dir: string): string 
     } catch {
       // Never created, or already renamed.
     }
-    const why = (err as Error).message;
+    const why = errorText(err);
     throw new EmbeddedLibraryError(
       `Cannot extract ${LIB_NAME} to ${dir}: ${why} (free the directory or set RUNTIME_DIRECTORY)`,
       { cause: err },
@@ -235,7 +236,7 @@ function privateDir(dir: string): void {
     Deno.mkdirSync(dir, { mode: 0o700 });
   } catch (err) {
     if (!(err instanceof Deno.errors.AlreadyExists)) {
-      const why = (err as Error).message;
+      const why = errorText(err);
       throw new EmbeddedLibraryError(
         `Cannot create the runtime directory ${dir}: ${why} (set RUNTIME_DIRECTORY to a private directory)`,
         { cause: err },

@@ -346,8 +346,13 @@ static uint32_t probe(const struct btf *vmlinux)
 /* What the running kernel offers (FE_PROBE_* bits); 0 without kernel BTF. */
 FE_API uint32_t fe_probe(void)
 {
-	struct btf *vmlinux = btf__load_vmlinux_btf();
-	uint32_t p = probe(vmlinux);
+	struct btf *vmlinux;
+	uint32_t p;
+
+	/* libbpf's complaints (no BTF) go to the log, not to the caller's stderr. */
+	libbpf_set_print(on_libbpf_print);
+	vmlinux = btf__load_vmlinux_btf();
+	p = probe(vmlinux);
 
 	btf__free(vmlinux);
 	return p;

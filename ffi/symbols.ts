@@ -9,6 +9,7 @@
  */
 
 import { RECORD_SIZE, RECORD_VERSION } from "../lib/decode.ts";
+import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
@@ -164,7 +165,7 @@ export function openNative(paths: string[] = libraryCandidates()): Native {
     try {
       lib = Deno.dlopen(path, SYMBOLS);
     } catch (cause) {
-      errors.push(`${path}: ${(cause as Error).message}`);
+      errors.push(`${path}: ${errorText(cause)}`);
       continue;
     }
     const abi = lib.symbols.fe_abi_version();

@@ -27,12 +27,8 @@ import {
 import type { IdentityMaps } from "../lib/map_layout.ts";
 import { type WorkloadEntry, WorkloadMaps } from "./workload_maps.ts";
 import { errorText } from "../lib/error_text.ts";
-
-/** Where the command writes; each call gets one complete line or block, without the final newline. */
-export interface CommandOutput {
-  stdout(text: string): void;
-  stderr(text: string): void;
-}
+import type { CommandOutput } from "../lib/options.ts";
+import { UsageError } from "../lib/usage_error.ts";
 
 /** Exit statuses of `runIdentityCommand`. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
@@ -200,13 +196,6 @@ function commandRun(
       return (maps, out) => list(maps, out, values.json === true);
     default:
       throw new UsageError(`Unknown command ${JSON.stringify(command)} ${SEE_HELP}`);
-  }
-}
-
-class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
   }
 }
 

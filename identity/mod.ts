@@ -53,4 +53,5 @@ export {
   parseIdRule,
   readCertificateIdentity,
 } from "./host_identity.ts";
-export { type CommandOutput, EXIT, IDENTITY_USAGE, runIdentityCommand } from "./cli.ts";
+export { EXIT, IDENTITY_USAGE, runIdentityCommand } from "./cli.ts";
+export type { CommandOutput } from "../lib/options.ts";

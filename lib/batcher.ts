@@ -48,10 +48,16 @@ export const DEFAULT_MAX_RECORDS = 100_000;
 /** Default cap on encoded flow bytes per batch (uncompressed). */
 export const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
 
-const MIN_INTERVAL_MS = 1_000;
-const MAX_INTERVAL_MS = 600_000;
+/** Shortest window, ms. */
+export const MIN_INTERVAL_MS = 1_000;
+/** Longest window, ms. */
+export const MAX_INTERVAL_MS = 600_000;
 const CHUNK_BYTES = 64 * 1024;
 const HEADER_ROOM = 64 * 1024; // batch header and hostnames, well above their real size
+/** Smallest byte cap of a window. */
+export const MIN_BYTE_CAP = 1024;
+/** Largest byte cap of a window: the wire format's limit less room for the batch header. */
+export const MAX_BYTE_CAP = MAX_BATCH_BYTES - HEADER_ROOM;
 
 /**
  * Windows of flows, aligned to the interval (the wall-clock minute by default), closed early
@@ -101,10 +107,10 @@ export class Batcher {
         `Invalid batch record cap ${this.#maxRecords}: use a whole number of at least 1`,
       );
     }
-    const byteLimit = MAX_BATCH_BYTES - HEADER_ROOM;
-    if (!Number.isInteger(this.#maxBytes) || this.#maxBytes < 1024 || this.#maxBytes > byteLimit) {
+    const bytes = this.#maxBytes;
+    if (!Number.isInteger(bytes) || bytes < MIN_BYTE_CAP || bytes > MAX_BYTE_CAP) {
       throw new RangeError(
-        `Invalid batch byte cap ${this.#maxBytes}: use a whole number of bytes from 1024 to ${byteLimit}`,
+        `Invalid batch byte cap ${bytes}: use a whole number of bytes from ${MIN_BYTE_CAP} to ${MAX_BYTE_CAP}`,
       );
     }
     const now = this.#now();

@@ -23,6 +23,8 @@
  * @module
  */
 
+import { errorText } from "./error_text.ts";
+
 /** Name of the journal's folder inside the spool directory. */
 export const JOURNAL_DIR = "journal";
 
@@ -110,7 +112,7 @@ export class CaptureJournal implements Disposable {
       }
     } catch (error) {
       throw new JournalError(
-        `Cannot read the capture journal ${dir}: ${(error as Error).message}`,
+        `Cannot read the capture journal ${dir}: ${errorText(error)}`,
         {
           cause: error,
         },

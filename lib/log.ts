@@ -23,6 +23,7 @@
  */
 
 import type { Logger, LogLevel } from "./logger.ts";
+import { choice } from "./option_kinds.ts";
 
 export type { Logger, LogLevel };
 
@@ -33,6 +34,23 @@ export type LogFormat = typeof LOG_FORMATS[number];
 
 /** The levels from most to least verbose. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const satisfies readonly LogLevel[];
+
+/**
+ * The `log_format` and `log_level` options of a command that logs (lib/options.ts), for its
+ * option table.
+ *
+ * @param group the heading they are listed under
+ */
+export function logOptions(group: string) {
+  return {
+    log_format: choice(LOG_FORMATS, { default: "text", help: "stderr log format", group }),
+    log_level: choice(LOG_LEVELS, {
+      default: "info",
+      help: "lowest level logged (debug adds a line per batch)",
+      group,
+    }),
+  } as const;
+}
 
 /** Structured context of a line; bigints are written as numbers when exact, errors as their message. */
 export type LogFields = Record<string, unknown>;

@@ -35,6 +35,12 @@ export const IP_WORKLOAD_MAP = "ip_workload";
 /** Name of the (IPv4, port) → workload map (pinned as `${MAPS_PIN_DIR}/port_workload`). */
 export const PORT_WORKLOAD_MAP = "port_workload";
 
+/** Capacity of `ip_workload` (its `max_entries` in bpf/flowexporter.bpf.c). */
+export const IP_WORKLOAD_MAX_ENTRIES = 65536;
+
+/** Capacity of `port_workload` (its `max_entries` in bpf/flowexporter.bpf.c). */
+export const PORT_WORKLOAD_MAX_ENTRIES = 262144;
+
 /** Invalid input for a map layout (address, port, workload ID) or bytes that do not fit it. */
 export class MapLayoutError extends Error {
   /** Creates the error; `message` is a complete sentence-case message. */

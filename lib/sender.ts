@@ -13,6 +13,7 @@ import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { CBOR_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER } from "./wire.ts";
 import { errorText } from "./error_text.ts";
+import { printable } from "./printable.ts";
 
 /** Options of {@linkcode Sender.create}. */
 export interface SenderOptions {
@@ -65,6 +66,8 @@ export class SenderConfigError extends Error {
 
 const RETRYABLE_4XX = new Set([408, 429]);
 const SNIPPET_CHARS = 200;
+/** Most bytes of a response body read for its snippet. */
+const MAX_RESPONSE_BYTES = 16 * 1024;
 
 /**
  * POSTs batches to one collector.
@@ -274,11 +277,32 @@ async function readPem(path: string, what: string): Promise<string> {
   }
 }
 
-/** The start of a response body for log lines; consumes the body so the connection is reused. */
+/**
+ * The start of a response body for log lines, on one line and with control characters escaped
+ * (the collector's text must not forge or split the agent's log lines). Reads at most
+ * {@linkcode MAX_RESPONSE_BYTES}: a body that short is consumed whole, so the connection is
+ * reused; a longer one is cut off.
+ */
 async function responseSnippet(response: Response): Promise<string> {
   try {
-    const text = await response.text();
-    const line = text.replace(/\s+/g, " ").trim();
+    const reader = response.body?.getReader();
+    if (!reader) return "";
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      total += value.length;
+      if (total >= MAX_RESPONSE_BYTES) {
+        await reader.cancel();
+        break;
+      }
+    }
+    const decoder = new TextDecoder();
+    const text = chunks.map((chunk, i) => decoder.decode(chunk, { stream: i < chunks.length - 1 }))
+      .join("");
+    const line = printable(text.replace(/\s+/g, " ").trim());
     return line.length > SNIPPET_CHARS ? `${line.slice(0, SNIPPET_CHARS)}…` : line;
   } catch {
     return "";

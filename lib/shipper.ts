@@ -174,6 +174,8 @@ export class Shipper {
   #windowsClosed = 0;
   #lastHost: BatchHost | undefined;
   #lastClockOffsetNs = 0n;
+  /** Batches that could not be spooled since the last one that was: logged once per incident. */
+  #unspooled: { batches: number; flows: number } | undefined;
 
   /**
    * @param options spool, collector, identity and clock providers, caps
@@ -349,15 +351,31 @@ export class Shipper {
       await spool.write(header, body);
       this.#lossBase = current;
       this.#stats.batchesSpooled++;
+      if (this.#unspooled) {
+        const { batches, flows } = this.#unspooled;
+        this.#unspooled = undefined;
+        this.#log(
+          "warn",
+          `Spooling works again with batch ${sequence}: ${batches} batches (${flows} flows) could not be spooled meanwhile; their loss is reported in spool_evictions`,
+        );
+      }
       this.#wake?.();
       this.#options.onSpooled?.(number, current);
     } catch (error) {
       this.#stats.batchesLost++;
+      const first = this.#unspooled === undefined;
+      this.#unspooled ??= { batches: 0, flows: 0 };
+      this.#unspooled.batches++;
+      this.#unspooled.flows += window.recordCount;
       this.#log(
-        "error",
+        first ? "error" : "debug",
         `Cannot spool batch ${sequence ?? "(no sequence)"} of ${window.recordCount} flows: ${
           errorText(error)
-        } (the flows are lost; check the spool directory ${this.#options.spoolDir})`,
+        } (the flows are lost, and reported in the next batch's spool_evictions; check the spool directory ${this.#options.spoolDir}${
+          first
+            ? "; further failures are counted, and a line follows when spooling works again"
+            : ""
+        })`,
       );
     } finally {
       this.#stats.windowsPending--;
@@ -408,9 +426,12 @@ export class Shipper {
           case "rejected": {
             const kept = await spool.reject(entry);
             this.#stats.batchesRejected++;
+            const check = result.status === 409
+              ? "the collector holds other content under this sequence number: check that no other host shares this hostname and that the spool was not restored from a copy"
+              : "check the collector's log and the exporter's credentials and version";
             this.#log(
               "error",
-              `Collector ${sender.url} refused batch ${key} for good (${result.reason}): kept in ${kept}, not retried (check the collector's log and the exporter's credentials and version)`,
+              `Collector ${sender.url} refused batch ${key} for good (${result.reason}): kept in ${kept}, not retried (${check})`,
             );
             break;
           }

@@ -10,7 +10,11 @@
  *
  * Files are written to a temporary name, fsynced, renamed into place, and the directory is
  * fsynced. The byte cap covers all of it; when a write goes over, the oldest set-aside files
- * go first, then the oldest unsent batches (counted as evictions).
+ * go first, then the oldest unsent batches (counted as evictions). A file system that fills up
+ * before the cap is reached is handled alike: the write evicts, oldest first, until the batch
+ * fits. A batch of flows that cannot be written at all (nothing left to evict, a write error)
+ * is counted too: the next batch written reports it with the evictions, so the loss always
+ * reaches the collector. Evictions are logged once per incident, not once per batch.
  *
  * @module
  */
@@ -56,8 +60,10 @@ export interface SpoolStats {
   files: number;
   /** Age of the oldest unsent batch, ms; 0 when there is none. */
   oldestAgeMs: number;
-  /** Unsent batches deleted to respect the cap since the spool was opened. */
+  /** Unsent batches deleted to respect the cap, or for room on a full disk, since open. */
   evictions: number;
+  /** Batches of flows that could not be written (their loss is reported like evictions). */
+  lost: number;
   /** Files set aside in `rejected/` and `corrupt/`. */
   asideFiles: number;
 }
@@ -100,6 +106,9 @@ export class Spool {
   #nextSequence = 0;
   #unreportedEvictions = 0;
   #evictions = 0;
+  #lost = 0;
+  /** The eviction incident under way: its cause and what it evicted so far. */
+  #incident: { cause: string; batches: number; bytes: number } | undefined;
   #lock: Promise<unknown> = Promise.resolve();
 
   private constructor(options: SpoolOptions) {
@@ -158,18 +167,23 @@ export class Spool {
       files: this.#pending.length,
       oldestAgeMs: oldest ? Math.max(0, this.#now() - oldest.createdMs) : 0,
       evictions: this.#evictions,
+      lost: this.#lost,
       asideFiles: this.#aside.length,
     };
   }
 
   /**
    * Writes a batch durably, then records in the state file that its sequence number is used
-   * and that its `loss.spoolEvictions` are reported; evicts old batches if over the cap.
+   * and that its `loss.spoolEvictions` are reported; evicts old batches if over the cap. When
+   * the file system is full, evicts the oldest set-aside files, then the oldest unsent batches
+   * (not one being sent), until the batch fits.
    *
    * @param header the batch header; `sequence` must be at least {@linkcode nextSequence}
    * @param body the gzipped batch body
    * @returns the new entry
-   * @throws when the write fails (the spool is unchanged) or the sequence number is stale
+   * @throws when the write fails (nothing left to evict on a full disk, another error): the
+   *   batch is not in the spool, and, when it holds flows, is counted for the next batch to
+   *   report; or when the sequence number is stale
    */
   write(header: BatchHeader, body: Uint8Array): Promise<SpoolEntry> {
     return this.#serial(async () => {
@@ -181,7 +195,24 @@ export class Spool {
         );
       }
       const path = this.#batchPath(header.sequence);
-      await writeDurably(this.#dir, path, body);
+      const evictedBefore = this.#evictions;
+      try {
+        await this.#writeWithRoom(path, body);
+      } catch (error) {
+        if (header.recordCount > 0) {
+          this.#lost++;
+          this.#unreportedEvictions++;
+          await this.#saveState().catch(() => {}); // kept in memory when even this fails
+        }
+        throw new Error(
+          isNoSpace(error)
+            ? `the spool's file system is full (${
+              errorText(error)
+            }) and no unsent batch is left to evict`
+            : errorText(error),
+          { cause: error },
+        );
+      }
       const entry: SpoolEntry = {
         sequence: header.sequence,
         path,
@@ -197,7 +228,18 @@ export class Spool {
         this.#unreportedEvictions - header.loss.spoolEvictions,
       );
       await this.#enforceCap(entry);
-      await this.#saveState();
+      if (this.#evictions === evictedBefore) this.#endIncident();
+      try {
+        await this.#saveState(entry);
+      } catch (error) {
+        // The batch is safe; the next start derives the sequence from the batch files.
+        this.#log(
+          "warn",
+          `Cannot update ${this.#dir}/${STATE_FILE}: ${
+            errorText(error)
+          } (the evictions not yet reported may be forgotten by a restart)`,
+        );
+      }
       return entry;
     });
   }
@@ -380,42 +422,80 @@ export class Spool {
     }
   }
 
-  #saveState(): Promise<void> {
+  /** Writes the state file, making room on a full disk (but never by evicting `keep`). */
+  #saveState(keep?: SpoolEntry): Promise<void> {
     const state = {
       version: STATE_VERSION,
       nextSequence: this.#nextSequence,
       unreportedEvictions: this.#unreportedEvictions,
     };
     const bytes = new TextEncoder().encode(JSON.stringify(state) + "\n");
-    return writeDurably(this.#dir, `${this.#dir}/${STATE_FILE}`, bytes);
+    return this.#writeWithRoom(`${this.#dir}/${STATE_FILE}`, bytes, keep);
+  }
+
+  /**
+   * Writes a file durably; when the file system is full, evicts the oldest set-aside file or
+   * unsent batch (not `keep`, not one being sent) and tries again, until it fits or nothing is
+   * left to evict.
+   */
+  async #writeWithRoom(path: string, bytes: Uint8Array, keep?: SpoolEntry): Promise<void> {
+    for (;;) {
+      try {
+        return await writeDurably(this.#dir, path, bytes);
+      } catch (error) {
+        const cause = `has no room left on its file system (${errorText(error)})`;
+        if (!isNoSpace(error) || !await this.#evictOldest(cause, keep)) throw error;
+      }
+    }
   }
 
   /** Deletes set-aside files, then unsent batches (oldest first), until under the cap. */
   async #enforceCap(keep?: SpoolEntry): Promise<void> {
-    let total = this.#totalBytes();
-    while (total > this.#maxBytes) {
-      const aside = this.#aside.shift();
-      if (aside) {
-        await Deno.remove(aside.path).catch(() => {});
-        total -= aside.bytes;
-        this.#log(
-          "info",
-          `Spool over its ${this.#maxBytes}-byte cap: deleted set-aside file ${aside.path}`,
-        );
-        continue;
-      }
-      const victim = this.#pending.find((e) => e !== keep && !this.#leased.has(e));
-      if (!victim) return;
-      await Deno.remove(victim.path).catch(() => {});
-      this.#drop(victim);
-      total -= victim.bytes;
-      this.#evictions++;
-      this.#unreportedEvictions++;
+    while (this.#totalBytes() > this.#maxBytes) {
+      if (!await this.#evictOldest(`over its ${this.#maxBytes}-byte cap`, keep)) return;
+    }
+  }
+
+  /**
+   * Deletes the oldest set-aside file or, when there is none, the oldest unsent batch that is
+   * neither being sent nor `keep`; the first eviction of an incident is logged.
+   *
+   * @returns false when nothing could be deleted
+   */
+  async #evictOldest(cause: string, keep?: SpoolEntry): Promise<boolean> {
+    const aside = this.#aside.shift();
+    if (aside) {
+      await Deno.remove(aside.path).catch(() => {});
+      this.#log("info", `Spool ${this.#dir} ${cause}: deleted set-aside file ${aside.path}`);
+      return true;
+    }
+    const victim = this.#pending.find((e) => e !== keep && !this.#leased.has(e));
+    if (!victim) return false;
+    await Deno.remove(victim.path).catch(() => {});
+    this.#drop(victim);
+    this.#evictions++;
+    this.#unreportedEvictions++;
+    if (this.#incident === undefined) {
+      this.#incident = { cause, batches: 0, bytes: 0 };
       this.#log(
         "warn",
-        `Spool over its ${this.#maxBytes}-byte cap: evicted unsent batch ${victim.sequence} (${victim.bytes} bytes); the next batch reports it`,
+        `Spool ${this.#dir} ${cause}: evicting the oldest unsent batches, from batch ${victim.sequence} (${victim.bytes} bytes); the next batches report them in spool_evictions, and a line follows when this ends`,
       );
     }
+    this.#incident.batches++;
+    this.#incident.bytes += victim.bytes;
+    return true;
+  }
+
+  /** A write needed no eviction: logs the end of an eviction incident, if one was under way. */
+  #endIncident(): void {
+    const incident = this.#incident;
+    if (incident === undefined) return;
+    this.#incident = undefined;
+    this.#log(
+      "warn",
+      `Spool ${this.#dir} no longer evicting: ${incident.batches} unsent batches (${incident.bytes} bytes) were evicted (${incident.cause}), reported in spool_evictions`,
+    );
   }
 
   async #setAside(path: string, sub: string, why: string): Promise<void> {
@@ -440,6 +520,12 @@ export class Spool {
     this.#aside.push({ path: target, bytes: info.size, mtimeMs: this.#now() });
     return target;
   }
+}
+
+/** True for a write that failed for want of space: a full file system, or a quota. */
+function isNoSpace(error: unknown): boolean {
+  const code = (error as { code?: string }).code;
+  return code === "ENOSPC" || code === "EDQUOT";
 }
 
 /** Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one. */

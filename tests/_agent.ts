@@ -39,8 +39,8 @@ export class AgentProcess implements AsyncDisposable {
     this.#status = child.status;
     this.#status.then(() => this.#exited = true);
     this.#done = Promise.all([
-      this.#readLines(child.stdout, (line) => this.records.push(parseFlowJson(line))),
-      this.#readLines(child.stderr, (line) => this.stderrLines.push(line)),
+      readLines(child.stdout, (line) => this.records.push(parseFlowJson(line))),
+      readLines(child.stderr, (line) => this.stderrLines.push(line)),
     ]).then(() => {});
   }
 
@@ -87,16 +87,8 @@ export class AgentProcess implements AsyncDisposable {
   }
 
   /** Waits until a stderr line matches; throws with the log when the agent exits or time runs out. */
-  async waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const line = this.stderrLines.find((l) => pattern.test(l));
-      if (line) return line;
-      if (Date.now() > deadline || this.#exited) {
-        throw new Error(`Agent did not log ${pattern}; its log:\n${this.stderrLines.join("\n")}`);
-      }
-      await delay(20);
-    }
+  waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    return waitForLine("Agent", this.stderrLines, pattern, () => this.#exited, timeoutMs);
   }
 
   /** Waits until `count` records satisfy `match`, returning them. */
@@ -162,14 +154,42 @@ export class AgentProcess implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();
   }
+}
 
-  async #readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {
-    let rest = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop() ?? "";
-      for (const line of lines) if (line) onLine(line);
+/** Hands each non-empty line of a process's output to `onLine`; resolves at its end. */
+export async function readLines(
+  stream: ReadableStream<Uint8Array>,
+  onLine: (line: string) => void,
+): Promise<void> {
+  let rest = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop() ?? "";
+    for (const line of lines) if (line) onLine(line);
+  }
+}
+
+/**
+ * Waits until one of `lines` (filled as a process logs) matches `pattern`; throws with the lines
+ * when the process exited or time runs out.
+ *
+ * @param who the process, for the error: `Agent`, `Collector`
+ */
+export async function waitForLine(
+  who: string,
+  lines: string[],
+  pattern: RegExp,
+  exited: () => boolean,
+  timeoutMs: number,
+): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const line = lines.find((l) => pattern.test(l));
+    if (line) return line;
+    if (Date.now() > deadline || exited()) {
+      throw new Error(`${who} did not log ${pattern}; its log:\n${lines.join("\n")}`);
     }
+    await delay(20);
   }
 }
 

@@ -8,6 +8,7 @@ import {
   startCollector,
 } from "../collector/server.ts";
 import type { FlowRecord } from "../lib/flow.ts";
+import { Sender } from "../lib/sender.ts";
 import { formatFlowId } from "../lib/flow_id.ts";
 
 const TOKEN = "s3cret-token";
@@ -476,4 +477,61 @@ Deno.test("GET /v1/flows filters by time, workload, address, host and status", a
       /Invalid from time/,
     );
   });
+});
+
+Deno.test("collector serves HTTPS with --tls-cert and --tls-key, and an exporter's Sender delivers", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "collector_test_" });
+  try {
+    // One self-signed leaf for 127.0.0.1, which the client trusts as its CA.
+    await Deno.writeTextFile(
+      `${dir}/openssl.cnf`,
+      "[req]\ndistinguished_name = dn\n[dn]\n[ext]\nbasicConstraints = critical, CA:false\n" +
+        "subjectAltName = IP:127.0.0.1\n",
+    );
+    const out = await new Deno.Command("openssl", {
+      args: [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-config",
+        "openssl.cnf",
+        "-extensions",
+        "ext",
+      ],
+      cwd: dir,
+      stderr: "piped",
+    }).output();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    await using collector = await startCollector({
+      dbPath: `${dir}/flows.db`,
+      port: 0,
+      tlsCertFile: `${dir}/cert.pem`,
+      tlsKeyFile: `${dir}/key.pem`,
+      logger: () => {},
+      now: () => nsAt(60),
+    });
+    assert.match(collector.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+    using sender = await Sender.create({
+      url: `${collector.url}/v1/batches`,
+      caFile: `${dir}/cert.pem`,
+      maxAttempts: 1,
+    });
+    const result = await sender.send(batchBody("node-a", 1, nodeAFlows()), "node-a:1");
+    assert.equal(result.outcome, "delivered", JSON.stringify(result));
+    assert.equal(collector.store.counts().flows, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

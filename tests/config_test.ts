@@ -1,39 +1,18 @@
 import assert from "node:assert/strict";
 import {
-  ConfigError,
-  configReference,
+  CONFIG_SCHEMA,
   DEFAULT_CONFIG_FILE,
   describeConfig,
   loadConfig,
   OPTIONS,
   OPTIONS_HELP,
-  type ReadTextFile,
   runConfigCheck,
 } from "../cli/config.ts";
-
-/** A file system holding only `files`; other paths are NotFound. */
-function files(files: Record<string, string>): ReadTextFile {
-  return (path) => {
-    if (path in files) return files[path];
-    throw new Deno.errors.NotFound(`No such file: ${path}`);
-  };
-}
-
-const NONE = files({});
-
-function errorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (error) {
-    assert.ok(error instanceof ConfigError, `expected a ConfigError, got ${error}`);
-    assert.equal(error.name, "ConfigError");
-    return error.message;
-  }
-  assert.fail("expected an error");
-}
+import { optionsReference } from "../lib/options.ts";
+import { configErrorOf, files, NO_FILES } from "./_option_files.ts";
 
 Deno.test("loadConfig() gives the built-in defaults when nothing is set", () => {
-  const config = loadConfig([], {}, NONE);
+  const config = loadConfig([], {}, NO_FILES);
   assert.equal(config.file, null);
   assert.equal(config.help, false);
   assert.equal(config.values.output, "auto");
@@ -86,7 +65,7 @@ Deno.test("loadConfig() applies flags over environment over file over defaults",
 });
 
 Deno.test("loadConfig() reads the default config file only when it exists", () => {
-  assert.equal(loadConfig([], {}, NONE).file, null);
+  assert.equal(loadConfig([], {}, NO_FILES).file, null);
   const read = files({ [DEFAULT_CONFIG_FILE]: '{"output": "none"}' });
   const config = loadConfig([], {}, read);
   assert.equal(config.file, DEFAULT_CONFIG_FILE);
@@ -99,7 +78,7 @@ Deno.test("loadConfig() lets a flag turn off a switch the file turned on", () =>
   const config = loadConfig(["--config", "/c.json", "--perf-buffer=false"], {}, read);
   assert.equal(config.values.perfBuffer, false);
   assert.equal(config.sources.perfBuffer, "flag");
-  assert.equal(loadConfig([], { FLOWEXPORTER_PERF_BUFFER: "1" }, NONE).values.perfBuffer, true);
+  assert.equal(loadConfig([], { FLOWEXPORTER_PERF_BUFFER: "1" }, NO_FILES).values.perfBuffer, true);
 });
 
 Deno.test("loadConfig() parses sizes, durations, URLs and listen addresses", () => {
@@ -122,7 +101,7 @@ Deno.test("loadConfig() parses sizes, durations, URLs and listen addresses", () 
       "/k.pem",
     ],
     {},
-    NONE,
+    NO_FILES,
   ).values;
   assert.equal(v.ringBytes, 16 << 20);
   assert.equal(v.spoolMaxBytes, 1 << 30);
@@ -131,11 +110,11 @@ Deno.test("loadConfig() parses sizes, durations, URLs and listen addresses", () 
   assert.equal(v.collectorUrl, "https://collector.example:8443/v1/batches");
   assert.deepEqual(v.metricsListen, { hostname: "::1", port: 9464 });
   assert.equal(v.clientCert, "/c.pem");
-  assert.equal(loadConfig(["--batch-interval", "1m"], {}, NONE).values.batchInterval, 60_000);
+  assert.equal(loadConfig(["--batch-interval", "1m"], {}, NO_FILES).values.batchInterval, 60_000);
 });
 
 Deno.test("cgroup_path chooses where sock_ops attaches: auto, a directory, or none", () => {
-  const cgroupPath = (argv: string[], env: Record<string, string> = {}, read = NONE) =>
+  const cgroupPath = (argv: string[], env: Record<string, string> = {}, read = NO_FILES) =>
     loadConfig(argv, env, read).values.cgroupPath;
   assert.equal(cgroupPath([]), "auto", "the cgroup v2 root by default");
   assert.equal(cgroupPath(["--cgroup-path", "/sys/fs/cgroup/app"]), "/sys/fs/cgroup/app");
@@ -146,11 +125,11 @@ Deno.test("cgroup_path chooses where sock_ops attaches: auto, a directory, or no
   assert.equal(cgroupPath(["--config", "/c.json"], {}, file("/cg")), "/cg");
   // The option it replaced is gone, everywhere.
   assert.match(
-    errorOf(() => loadConfig(["--classic-tracepoint"], {}, NONE)),
+    configErrorOf(() => loadConfig(["--classic-tracepoint"], {}, NO_FILES)),
     /^Invalid flag --classic-tracepoint: no such option/,
   );
   assert.match(
-    errorOf(() =>
+    configErrorOf(() =>
       loadConfig([], {}, files({ [DEFAULT_CONFIG_FILE]: '{"classic_tracepoint": true}' }))
     ),
     /^Invalid config key "classic_tracepoint" in /,
@@ -167,27 +146,27 @@ Deno.test("loadConfig() names the key and its source in every error", async (t) 
     ],
     [
       "a gzip level out of range",
-      () => loadConfig(["--gzip-level", "10"], {}, NONE),
+      () => loadConfig(["--gzip-level", "10"], {}, NO_FILES),
       'Invalid --gzip-level "10": expected an integer from 1 to 9',
     ],
     [
       "a bad environment value",
-      () => loadConfig([], { FLOWEXPORTER_POLL_MS: "abc" }, NONE),
+      () => loadConfig([], { FLOWEXPORTER_POLL_MS: "abc" }, NO_FILES),
       'Invalid FLOWEXPORTER_POLL_MS "abc": expected an integer from 1 to 60000',
     ],
     [
       "an unknown FLOWEXPORTER_ variable",
-      () => loadConfig([], { FLOWEXPORTER_RING_BYTS: "1" }, NONE),
+      () => loadConfig([], { FLOWEXPORTER_RING_BYTS: "1" }, NO_FILES),
       "Invalid environment variable FLOWEXPORTER_RING_BYTS: no such option (did you mean FLOWEXPORTER_RING_BYTES?)",
     ],
     [
       "an unknown flag",
-      () => loadConfig(["--ring-byts", "8192"], {}, NONE),
+      () => loadConfig(["--ring-byts", "8192"], {}, NO_FILES),
       "Invalid flag --ring-byts: no such option (did you mean --ring-bytes?)",
     ],
     [
       "a bad flag value",
-      () => loadConfig(["--ring-bytes", "5000"], {}, NONE),
+      () => loadConfig(["--ring-bytes", "5000"], {}, NO_FILES),
       'Invalid --ring-bytes "5000": expected a power of two from 4KiB to 1GiB, e.g. 8MiB or 8388608',
     ],
     [
@@ -197,27 +176,27 @@ Deno.test("loadConfig() names the key and its source in every error", async (t) 
     ],
     [
       "a duration out of range",
-      () => loadConfig(["--batch-interval", "500ms"], {}, NONE),
+      () => loadConfig(["--batch-interval", "500ms"], {}, NO_FILES),
       'Invalid --batch-interval "500ms": expected a duration from 1s to 10m, e.g. 1m or 60000 (ms)',
     ],
     [
       "a URL of another scheme",
-      () => loadConfig([], { FLOWEXPORTER_COLLECTOR_URL: "ftp://x" }, NONE),
+      () => loadConfig([], { FLOWEXPORTER_COLLECTOR_URL: "ftp://x" }, NO_FILES),
       'Invalid FLOWEXPORTER_COLLECTOR_URL "ftp://x": expected an http:// or https:// URL, or empty to keep batches in the spool only',
     ],
     [
       "a flag without its value",
-      () => loadConfig(["--poll-ms", "--verbose"], {}, NONE),
+      () => loadConfig(["--poll-ms", "--verbose"], {}, NO_FILES),
       "Missing value for --poll-ms (give it as --poll-ms N)",
     ],
     [
       "a stray argument",
-      () => loadConfig(["now"], {}, NONE),
+      () => loadConfig(["now"], {}, NO_FILES),
       'Unexpected argument "now" (options start with --; see --help)',
     ],
     [
       "a missing explicit config file",
-      () => loadConfig(["--config", "/nope.json"], {}, NONE),
+      () => loadConfig(["--config", "/nope.json"], {}, NO_FILES),
       "Cannot read config file /nope.json: no such file (fix --config)",
     ],
     [
@@ -233,42 +212,65 @@ Deno.test("loadConfig() names the key and its source in every error", async (t) 
   ];
   for (const [what, fn, message] of cases) {
     await t.step(what, () => {
-      const got = errorOf(fn);
+      const got = configErrorOf(fn);
       if (message.endsWith(": ")) assert.ok(got.startsWith(message), got);
       else assert.equal(got, message);
     });
   }
 });
 
-Deno.test("loadConfig() ignores FLOWEXPORTER_LIB, which is not an option", () => {
-  assert.equal(loadConfig([], { FLOWEXPORTER_LIB: "/x.so", HOME: "/root" }, NONE).file, null);
+Deno.test("loadConfig() ignores FLOWEXPORTER_LIB and FLOWEXPORTER_ARGS, which are not options", () => {
+  assert.equal(loadConfig([], { FLOWEXPORTER_LIB: "/x.so", HOME: "/root" }, NO_FILES).file, null);
+  // The systemd unit's environment file sets FLOWEXPORTER_ARGS for its ExecStart line.
+  assert.equal(
+    loadConfig([], { FLOWEXPORTER_ARGS: "--output json" }, NO_FILES).values.output,
+    "auto",
+  );
+});
+
+Deno.test("loadConfig() leaves the collector's FLOWEXPORTER_COLLECTOR_* variables alone", () => {
+  const config = loadConfig(
+    [],
+    { FLOWEXPORTER_COLLECTOR_DB: "/x.db", FLOWEXPORTER_COLLECTOR_URL: "http://c:9470/v1/batches" },
+    NO_FILES,
+  );
+  assert.equal(
+    config.values.collectorUrl,
+    "http://c:9470/v1/batches",
+    "collector_url is the agent's",
+  );
+  assert.equal(config.sources.collectorUrl, "env");
 });
 
 Deno.test("loadConfig() refuses a non-loopback metrics address unless allowed", () => {
   assert.equal(
-    errorOf(() => loadConfig([], { FLOWEXPORTER_METRICS_LISTEN: "0.0.0.0:9464" }, NONE)),
+    configErrorOf(() => loadConfig([], { FLOWEXPORTER_METRICS_LISTEN: "0.0.0.0:9464" }, NO_FILES)),
     'Invalid FLOWEXPORTER_METRICS_LISTEN "0.0.0.0:9464": not a loopback address (use 127.0.0.1 or [::1], or set metrics_allow_remote to expose metrics beyond this host)',
   );
   assert.match(
-    errorOf(() => loadConfig(["--metrics-listen", ":9464"], {}, NONE)),
+    configErrorOf(() => loadConfig(["--metrics-listen", ":9464"], {}, NO_FILES)),
     /not a loopback/,
   );
   for (const listen of ["127.0.0.1:9464", "localhost:0", "[::1]:1"]) {
-    assert.ok(loadConfig(["--metrics-listen", listen], {}, NONE).values.metricsListen);
+    assert.ok(loadConfig(["--metrics-listen", listen], {}, NO_FILES).values.metricsListen);
   }
-  const open = loadConfig(["--metrics-listen", "0.0.0.0:9464", "--metrics-allow-remote"], {}, NONE);
+  const open = loadConfig(
+    ["--metrics-listen", "0.0.0.0:9464", "--metrics-allow-remote"],
+    {},
+    NO_FILES,
+  );
   assert.deepEqual(open.values.metricsListen, { hostname: "0.0.0.0", port: 9464 });
 });
 
 Deno.test("loadConfig() wants a client certificate and its key together", () => {
   assert.equal(
-    errorOf(() => loadConfig(["--client-key", "/k.pem"], {}, NONE)),
+    configErrorOf(() => loadConfig(["--client-key", "/k.pem"], {}, NO_FILES)),
     "Invalid --client-key: mutual TLS needs both client_cert and client_key (set client_cert)",
   );
 });
 
 Deno.test("loadConfig() reports --help without validating the other flags", () => {
-  assert.equal(loadConfig(["--poll-ms", "abc", "-h"], {}, NONE).help, true);
+  assert.equal(loadConfig(["--poll-ms", "abc", "-h"], {}, NO_FILES).help, true);
 });
 
 Deno.test("the help text lists every option with its flag", () => {
@@ -281,8 +283,8 @@ Deno.test("the help text lists every option with its flag", () => {
 Deno.test("docs/operations.md holds the current option reference", async () => {
   const doc = await Deno.readTextFile(new URL("../docs/operations.md", import.meta.url));
   assert.ok(
-    doc.includes(configReference()),
-    "docs/operations.md is out of date: paste configReference() from cli/config.ts into it",
+    doc.includes(optionsReference(CONFIG_SCHEMA)),
+    "docs/operations.md is out of date: paste optionsReference(CONFIG_SCHEMA) (cli/config.ts) into it",
   );
 });
 
@@ -292,7 +294,7 @@ Deno.test("runConfigCheck() prints every value with its source", async () => {
   const code = await runConfigCheck(
     ["--batch-interval", "2m"],
     { FLOWEXPORTER_LOG_FORMAT: "json" },
-    NONE,
+    NO_FILES,
     { stdout: (s) => out.push(s), stderr: (s) => err.push(s) },
   );
   assert.equal(code, 0);
@@ -308,7 +310,7 @@ Deno.test("runConfigCheck() prints every value with its source", async () => {
 Deno.test("runConfigCheck() prints one line and returns 2 for a bad value", async () => {
   const out: string[] = [];
   const err: string[] = [];
-  const code = await runConfigCheck([], { FLOWEXPORTER_POLL_MS: "abc" }, NONE, {
+  const code = await runConfigCheck([], { FLOWEXPORTER_POLL_MS: "abc" }, NO_FILES, {
     stdout: (s) => out.push(s),
     stderr: (s) => err.push(s),
   });
@@ -323,7 +325,7 @@ Deno.test("config check output read back as a config file gives the same values"
   const first = loadConfig(
     ["--metrics-listen", "127.0.0.1:9464", "--ring-bytes", "1MiB", "--token-file", "/t"],
     {},
-    NONE,
+    NO_FILES,
   );
   const fileText = JSON.stringify(
     Object.fromEntries(

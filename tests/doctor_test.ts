@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { type DoctorProbes, runDoctor } from "../cli/doctor.ts";
+import { NativeLoadError, Probe } from "../ffi/symbols.ts";
 import { CertificateError, type CertificateIdentity } from "../identity/host_identity.ts";
 import { IS_ROOT } from "./_agent.ts";
 import { unreachableEndpoint } from "./_traffic.ts";
@@ -37,19 +38,11 @@ const CAP_NET_ADMIN = 1n << 12n;
 const CAP_PERFMON = 1n << 38n;
 const CAP_BPF = 1n << 39n;
 
-/** The names in kernel BTF the doctor looks for, all there on a healthy host. */
-const HEALTHY_BTF = [
-  "bpf_ringbuf",
-  "BPF_FUNC_ktime_get_boot_ns",
-  "btf_trace_inet_sock_set_state",
-  "BPF_FUNC_skc_to_tcp_sock",
-  "bpf_iter__tcp",
-];
+/** Everything the shim's probe can find, as on a healthy host. */
+const ALL_PROBES = Object.values(Probe).reduce((bits, bit) => bits | bit, 0);
 
-/** A BTF string section holding `names`, NUL-terminated. */
-function btfWith(names: string[]): Uint8Array {
-  return new TextEncoder().encode(`\0${names.join("\0")}\0`);
-}
+/** The probe of a kernel that offers everything but `bit`. */
+const probeWithout = (bit: number) => () => ALL_PROBES & ~bit;
 
 /** A host where everything is fine, in memory. */
 function healthyHost(lines: string[]): Partial<DoctorProbes> {
@@ -57,7 +50,8 @@ function healthyHost(lines: string[]): Partial<DoctorProbes> {
     env: {},
     readConfigFile: noConfigFile,
     osRelease: () => "6.8.0-generic",
-    readBtf: () => btfWith(HEALTHY_BTF),
+    readBtf: () => new Uint8Array(5 << 20),
+    probe: () => ALL_PROBES,
     exists: () => true,
     mounts: () =>
       new Map([
@@ -114,7 +108,14 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
     mounts: () => new Map(),
     capabilities: () => 0n,
     loadLibrary: () => {
-      throw new Error("Cannot load libflowexporter.so (run make build, or set FLOWEXPORTER_LIB)");
+      throw new NativeLoadError(
+        "Cannot load libflowexporter.so (run make build, or set FLOWEXPORTER_LIB)",
+      );
+    },
+    probe: () => {
+      throw new NativeLoadError(
+        "Cannot load libflowexporter.so (run make build, or set FLOWEXPORTER_LIB)",
+      );
     },
     readCertificate: () =>
       Promise.reject(
@@ -132,12 +133,12 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
     ],
     ringbuf: [
       "warn",
-      /^no BPF ring buffer \(Linux 5\.8\+\): the agent falls back to the perf buffer/,
+      /^cannot tell \(the native library could not be loaded to probe the kernel \(see library\)\): without a BPF ring buffer \(Linux 5\.8\+\) the agent falls back to the perf buffer/,
     ],
-    clock: ["warn", /^cannot tell without BTF: flow times use CLOCK_MONOTONIC/],
-    tracepoint: ["fail", /^cannot tell without BTF$/],
+    clock: ["warn", /^cannot tell \(the native library .*\): flow times use CLOCK_MONOTONIC/],
+    tracepoint: ["fail", /^cannot tell \(the native library could not be loaded/],
     sock_ops: ["warn", /^no cgroup v2 mounted: tracepoints alone capture/],
-    seeding: ["warn", /^cannot tell without BTF/],
+    seeding: ["warn", /^cannot tell \(the native library .*\): sockets already open/],
     tracefs: [
       "warn",
       /the agent mounts it at start \(or run: mount -t tracefs nodev \/sys\/kernel\/tracing\)/,
@@ -164,11 +165,11 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
   );
 });
 
-Deno.test("runDoctor() fails a kernel whose BTF lacks the tp_btf tracepoint", async () => {
+Deno.test("runDoctor() fails a kernel the probe finds without the tp_btf tracepoint", async () => {
   const lines: string[] = [];
   const code = await runDoctor([], {
     ...healthyHost(lines),
-    readBtf: () => btfWith(HEALTHY_BTF.filter((n) => n !== "btf_trace_inet_sock_set_state")),
+    probe: probeWithout(Probe.tpBtf),
   });
   assert.equal(code, 1);
   assert.deepEqual(parseReport(lines).get("tracepoint"), {
@@ -176,6 +177,57 @@ Deno.test("runDoctor() fails a kernel whose BTF lacks the tp_btf tracepoint", as
     detail:
       "no BTF-typed sock:inet_sock_set_state tracepoint (needs Linux 5.5+ with CONFIG_TRACEPOINTS)",
   });
+});
+
+Deno.test("runDoctor() reports what the shim's probe found, as the agent would act on it", async (t) => {
+  const report = async (probes: Partial<DoctorProbes>) => {
+    const lines: string[] = [];
+    const code = await runDoctor([], { ...healthyHost(lines), ...probes });
+    return { code, report: parseReport(lines) };
+  };
+  await t.step("no ring buffer: the perf buffer", async () => {
+    const { code, report: r } = await report({ probe: probeWithout(Probe.ringbuf) });
+    assert.equal(code, 0);
+    assert.equal(r.get("ringbuf")?.status, "warn");
+    assert.match(r.get("ringbuf")!.detail, /^no BPF ring buffer \(Linux 5\.8\+\): the agent falls/);
+  });
+  await t.step("no bpf_ktime_get_boot_ns: CLOCK_MONOTONIC", async () => {
+    const { report: r } = await report({ probe: probeWithout(Probe.bootNs) });
+    assert.match(r.get("clock")!.detail, /^no bpf_ktime_get_boot_ns \(Linux 5\.8\+\): flow times/);
+  });
+  await t.step("no TCP iterator: no seeding", async () => {
+    const { report: r } = await report({ probe: probeWithout(Probe.iterTcp) });
+    assert.match(r.get("seeding")!.detail, /^no TCP socket iterator \(Linux 5\.9\+\)/);
+  });
+  await t.step("no kernel BTF: nothing can be told, and BTF itself fails", async () => {
+    const { code, report: r } = await report({
+      probe: () => 0,
+      readBtf: () => {
+        throw new Deno.errors.NotFound("No such file or directory (os error 2)");
+      },
+    });
+    assert.equal(code, 1);
+    assert.equal(r.get("btf")?.status, "fail");
+    assert.deepEqual(r.get("tracepoint"), {
+      status: "fail",
+      detail: "cannot tell (no kernel BTF)",
+    });
+    assert.match(r.get("ringbuf")!.detail, /^cannot tell \(no kernel BTF\)/);
+  });
+  await t.step(
+    "without the privileges to load BPF, map and program probes are not trusted",
+    async () => {
+      const { report: r } = await report({
+        probe: () => Probe.btf | Probe.tpBtf,
+        capabilities: () => 0n,
+      });
+      assert.match(
+        r.get("ringbuf")!.detail,
+        /^cannot tell \(probing needs the privileges to load BPF \(run doctor as root\)\)/,
+      );
+      assert.equal(r.get("tracepoint")?.status, "pass", "BTF answers that one without privileges");
+    },
+  );
 });
 
 Deno.test("runDoctor() warns when sock_ops cannot follow sockets, saying why", async (t) => {
@@ -195,10 +247,9 @@ Deno.test("runDoctor() warns when sock_ops cannot follow sockets, saying why", a
     const mounts = () => new Map([["/sys/kernel/tracing", "tracefs"], ["/sys/fs/bpf", "bpf"]]);
     assert.match(await sockOps([], { mounts }), /^no cgroup v2 mounted/);
   });
-  await t.step("a kernel without bpf_skc_to_tcp_sock", async () => {
-    const readBtf = () => btfWith(HEALTHY_BTF.filter((n) => n !== "BPF_FUNC_skc_to_tcp_sock"));
+  await t.step("a kernel the probe finds without sock_ops support", async () => {
     assert.match(
-      await sockOps([], { readBtf }),
+      await sockOps([], { probe: probeWithout(Probe.sockops) }),
       /^no bpf_skc_to_tcp_sock for sock_ops \(Linux 5\.9\+\)/,
     );
   });

@@ -6,14 +6,16 @@ import {
 } from "../cli/instance_lock.ts";
 
 const MODULE = new URL("../cli/instance_lock.ts", import.meta.url).href;
+const ERROR_TEXT = new URL("../lib/error_text.ts", import.meta.url).href;
 
 /** A second agent in miniature: takes the lock, says so, holds it until killed. */
 const HOLDER = `
 import { acquireInstanceLock } from ${JSON.stringify(MODULE)};
+import { errorText } from ${JSON.stringify(ERROR_TEXT)};
 try {
   acquireInstanceLock(Deno.args[0]);
 } catch (error) {
-  console.error((error as Error).message);
+  console.error(errorText(error));
   Deno.exit(3);
 }
 console.log("locked " + Deno.pid);

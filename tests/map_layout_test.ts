@@ -8,11 +8,16 @@ import {
   encodeWorkload,
   FE_WORKLOAD_ID_LEN,
   formatIp,
+  IP_WORKLOAD_MAP,
+  IP_WORKLOAD_MAX_ENTRIES,
   MapLayoutError,
   parseIp,
   parsePort,
+  PORT_WORKLOAD_MAP,
+  PORT_WORKLOAD_MAX_ENTRIES,
   validateWorkloadId,
 } from "../lib/map_layout.ts";
+import { bpfMaxEntries } from "./_c_source.ts";
 
 const bytes = (...values: number[]) => new Uint8Array(values);
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(" ");
@@ -354,4 +359,18 @@ Deno.test("validateWorkloadId() quotes at most 64 characters of a long invalid I
       "x".repeat(64)
     }"…: it contains the control character U+000A at index 1000`,
   );
+});
+
+Deno.test("the BPF program and docs/identity.md size the identity maps as map_layout.ts does", () => {
+  const doc = Deno.readTextFileSync(new URL("../docs/identity.md", import.meta.url));
+  for (
+    const [map, size] of [
+      [IP_WORKLOAD_MAP, IP_WORKLOAD_MAX_ENTRIES],
+      [PORT_WORKLOAD_MAP, PORT_WORKLOAD_MAX_ENTRIES],
+    ] as const
+  ) {
+    assert.equal(bpfMaxEntries(map), size, `max_entries of ${map} in bpf/flowexporter.bpf.c`);
+    const spaced = size.toLocaleString("en").replaceAll(",", " ");
+    assert.match(doc, new RegExp(`\\| \`${map}\` .*\\| ${spaced} +\\|`), `${map} in the docs`);
+  }
 });

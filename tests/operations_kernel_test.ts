@@ -7,6 +7,7 @@ import { AgentProcess, kernelTest } from "./_agent.ts";
 import { makeCertificate } from "./_certs.ts";
 import { churn, namedServerPort, uniqueLoopbackAddress, unreachableEndpoint } from "./_traffic.ts";
 import { gunzip } from "../lib/gzip.ts";
+import { IP_WORKLOAD_MAX_ENTRIES, PORT_WORKLOAD_MAX_ENTRIES } from "../lib/map_layout.ts";
 import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -50,8 +51,14 @@ kernelTest(
         sample(text, "flowexporter_recursion_misses_total"),
       "a record is recovered at destroy only after a skipped close run",
     );
-    assert.equal(sample(text, 'flowexporter_identity_map_capacity{map="ip_workload"}'), 65536);
-    assert.equal(sample(text, 'flowexporter_identity_map_capacity{map="port_workload"}'), 262144);
+    assert.equal(
+      sample(text, 'flowexporter_identity_map_capacity{map="ip_workload"}'),
+      IP_WORKLOAD_MAX_ENTRIES,
+    );
+    assert.equal(
+      sample(text, 'flowexporter_identity_map_capacity{map="port_workload"}'),
+      PORT_WORKLOAD_MAX_ENTRIES,
+    );
     assert.equal(sample(text, 'flowexporter_identity_map_entries{map="ip_workload"}'), 0);
     assert.ok(sample(text, "process_resident_memory_bytes") > 0);
     assert.match(text, /flowexporter_worker_lag_seconds_bucket/);

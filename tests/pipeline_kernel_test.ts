@@ -80,7 +80,7 @@ function of(ip: string): (r: FlowJson) => boolean {
 
 kernelTest("the collector attributes both ends of flows between two workloads", async () => {
   const dir = await Deno.makeTempDir();
-  await using collector = await CollectorProcess.start(`${dir}/flows.db`, namedServerPort());
+  await using collector = await CollectorProcess.start(`${dir}/flows.db`);
   await using agent = await AgentProcess.start([
     "--collector-url",
     collector.batchesUrl,
@@ -116,9 +116,7 @@ kernelTest("the collector attributes both ends of flows between two workloads", 
 
 kernelTest("every record arrives exactly once across a collector crash", async () => {
   const dir = await Deno.makeTempDir();
-  // Named before the collector starts, and the same after its crash.
-  const port = namedServerPort();
-  let collector = await CollectorProcess.start(`${dir}/flows.db`, port);
+  let collector = await CollectorProcess.start(`${dir}/flows.db`);
   await using agent = await AgentProcess.start([
     "--collector-url",
     collector.batchesUrl,
@@ -143,7 +141,8 @@ kernelTest("every record arrives exactly once across a collector crash", async (
         } of 160 captured; log:\n${agent.stderrLines.join("\n")}`,
     },
   );
-  collector = await CollectorProcess.start(`${dir}/flows.db`, port);
+  // Where the agent sends: the same address and port after the crash.
+  collector = await CollectorProcess.start(`${dir}/flows.db`, { address: collector.address });
   await churn(host, 40);
   const stored = await collected(collector, host, 240);
   assert.equal(await agent.stop(), 0);
@@ -160,8 +159,9 @@ kernelTest("every record arrives exactly once across a collector crash", async (
 
 kernelTest("an agent restarted with a full spool replays it", async () => {
   const dir = await Deno.makeTempDir();
-  const port = namedServerPort();
-  const url = `http://127.0.0.1:${port}/v1/batches`;
+  // Named before the collector starts: an address of its own, a port below the ephemeral range.
+  const address = { hostname: uniqueLoopbackAddress(), port: namedServerPort() };
+  const url = `http://${address.hostname}:${address.port}/v1/batches`;
   const spool = `${dir}/spool`;
   const flags = ["--collector-url", url, "--batch-interval", "1s", "--spool-dir", spool];
   const first = await AgentProcess.start([...flags, "--shutdown-deadline", "1s"]);
@@ -172,7 +172,7 @@ kernelTest("an agent restarted with a full spool replays it", async () => {
   assert.equal(await first.stop(), 0);
   assert.equal(await spooledFlows(spool, host), 50, "the first agent left its flows in the spool");
 
-  await using collector = await CollectorProcess.start(`${dir}/flows.db`, port);
+  await using collector = await CollectorProcess.start(`${dir}/flows.db`, { address });
   await using second = await AgentProcess.start(flags);
   const stored = await collected(collector, host, 50);
   assert.equal(stored.length, 50);
@@ -189,8 +189,9 @@ kernelTest(
   "a spool at its cap evicts the oldest batches, counts them and keeps running",
   async () => {
     const dir = await Deno.makeTempDir();
-    const port = namedServerPort();
-    const url = `http://127.0.0.1:${port}/v1/batches`;
+    // Named before the collector starts: an address of its own, a port below the ephemeral range.
+    const address = { hostname: uniqueLoopbackAddress(), port: namedServerPort() };
+    const url = `http://${address.hostname}:${address.port}/v1/batches`;
     await using agent = await AgentProcess.start([
       "--collector-url",
       url,
@@ -211,7 +212,7 @@ kernelTest(
       },
       { timeoutMs: 60_000, everyMs: 0, seen: () => `; log:\n${agent.stderrLines.join("\n")}` },
     );
-    await using collector = await CollectorProcess.start(`${dir}/flows.db`, port);
+    await using collector = await CollectorProcess.start(`${dir}/flows.db`, { address });
     await until(
       "the collector to store a batch reporting the evictions",
       () => storedLoss(collector.db, "spool_evictions") > 0,

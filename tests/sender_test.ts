@@ -92,6 +92,26 @@ Deno.test("send() gives up at once on a 400 and reports the collector's reason",
   });
 });
 
+Deno.test("a collector's answer cannot forge or colour the agent's log lines, nor flood it", async () => {
+  await withCollector(
+    () =>
+      new Response(
+        "refused\nflowexporter: forged line\u001b[2J\u2028" + "x".repeat(10 * 1024 * 1024),
+        { status: 409 },
+      ),
+    async (url) => {
+      using s = await sender(url);
+      const result = await s.send(body, "node-1:42");
+      assert.equal(result.outcome, "rejected");
+      const reason = (result as { reason: string }).reason;
+      // Whitespace (the newline, U+2028) becomes a space, other controls escapes; 200 characters.
+      const line = `refused flowexporter: forged line\\u001b[2J ${"x".repeat(200)}`.slice(0, 200);
+      assert.equal(reason, `HTTP 409: ${line}…`);
+      assert.ok(!["\n", "\r", "\u001b", "\u2028"].some((c) => reason.includes(c)));
+    },
+  );
+});
+
 Deno.test("send() retries 408 and 429 and honours Retry-After up to its cap", async () => {
   const times: number[] = [];
   await withCollector(() => {

@@ -3,6 +3,7 @@ import { gunzip } from "../lib/gzip.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Shipper, type ShipperOptions } from "../lib/shipper.ts";
 import { Spool } from "../lib/spool.ts";
+import { CAN_MOUNT_TMPFS, fillUp, withTinyFs } from "./_tiny_fs.ts";
 import { decodeBatch, type DecodedBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 
 /** A collector on 127.0.0.1 that decodes and keeps every batch it accepts. */
@@ -302,6 +303,29 @@ Deno.test("a batch the collector refuses is set aside, not retried", async () =>
   });
 });
 
+Deno.test("a 409 is set aside with what to check: a reused sequence number", async () => {
+  await withSpoolDir(async (dir) => {
+    const logs: string[] = [];
+    const up = collector({ status: () => 409 });
+    try {
+      const shipper = new Shipper(options(dir, { collectorUrl: up.url, maxRecords: 5 }, logs));
+      await shipper.start();
+      for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
+      const stats = await shipper.close(2000);
+      assert.equal(stats.batchesRejected, 2);
+      assert.ok(
+        logs.some((l) =>
+          /^error: Collector .* refused batch node-1:\d+ for good \(HTTP 409: refused\): kept in .*rejected.*, not retried \(the collector holds other content under this sequence number: check that no other host shares this hostname and that the spool was not restored from a copy\)$/
+            .test(l)
+        ),
+        logs.join("\n"),
+      );
+    } finally {
+      await up.server.shutdown();
+    }
+  });
+});
+
 Deno.test("an invalid flow is dropped, counted and logged, not thrown", async () => {
   await withSpoolDir(async (dir) => {
     const logs: string[] = [];
@@ -370,4 +394,47 @@ Deno.test("close() with the collector still down ends after one last round", asy
       await down.server.shutdown();
     }
   });
+});
+
+Deno.test({
+  name: "a batch that finds no room is not sealed, is logged once, and the next batch reports it",
+  ignore: !CAN_MOUNT_TMPFS,
+  fn: async () => {
+    // Before: an error line per window ("the flows are lost"), and no batch header said so.
+    await withTinyFs(1024 * 1024, async (mnt) => {
+      const dir = `${mnt}/spool`;
+      const logs: string[] = [];
+      const sealed: number[] = [];
+      const shipper = new Shipper(options(dir, {
+        maxRecords: 2000,
+        onSpooled: (window) => sealed.push(window),
+      }, logs));
+      await shipper.start();
+      const filler = await fillUp(mnt, 16 * 1024); // no room for a batch of 2000 flows
+      for (let window = 0; window < 3; window++) {
+        for (let i = 0; i < 2000; i++) shipper.add(syntheticFlow(window * 2000 + i));
+        await until(() => shipper.stats().batchesLost === window + 1, `window ${window}`);
+      }
+      assert.deepEqual(sealed, [], "their flows stay in the capture journal");
+      const errors = logs.filter((l) => l.startsWith("error: Cannot spool batch"));
+      assert.equal(errors.length, 1, "one line for the incident");
+      assert.match(
+        errors[0],
+        /of 2000 flows: the spool's file system is full \(No space left on device \(os error 28\)\) and no unsent batch is left to evict \(the flows are lost, and reported in the next batch's spool_evictions/,
+      );
+      await Deno.remove(filler);
+      for (let i = 0; i < 2000; i++) shipper.add(syntheticFlow(6000 + i));
+      await until(() => shipper.stats().batchesSpooled === 1, "a batch with room again");
+      assert.deepEqual(sealed, [3]);
+      assert.ok(
+        logs.some((l) =>
+          /^warn: Spooling works again with batch \d+: 3 batches \(6000 flows\) could not be spooled meanwhile/
+            .test(l)
+        ),
+      );
+      await shipper.close(0);
+      const [first] = await spooled(dir);
+      assert.equal(first.header.loss.spoolEvictions, 3, "the loss reaches the collector");
+    });
+  },
 });

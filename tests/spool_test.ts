@@ -3,6 +3,7 @@ import { gunzip, gzip } from "../lib/gzip.ts";
 import type { LogLevel } from "../lib/logger.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Spool, type SpoolOptions } from "../lib/spool.ts";
+import { CAN_MOUNT_TMPFS, withTinyFs } from "./_tiny_fs.ts";
 import {
   type BatchHeader,
   decodeBatch,
@@ -125,7 +126,7 @@ Deno.test("a batch file newer than the state file still advances the sequence", 
 });
 
 Deno.test("over the cap the oldest batches are evicted, counted and reported in the next header", async (t) => {
-  await withSpoolDir(async (_dir, open, logs) => {
+  await withSpoolDir(async (dir, open, logs) => {
     const probe = await open();
     const size = (await spoolBatch(probe, 10)).bytes;
     await probe.remove(probe.pending()[0]);
@@ -145,7 +146,7 @@ Deno.test("over the cap the oldest batches are evicted, counted and reported in 
       assert.ok(
         logs.some((l) =>
           l.startsWith(
-            `warn: Spool over its ${cap}-byte cap: evicted unsent batch ${first.sequence}`,
+            `warn: Spool ${dir} over its ${cap}-byte cap: evicting the oldest unsent batches, from batch ${first.sequence}`,
           )
         ),
       );
@@ -237,6 +238,7 @@ Deno.test("stats() reports bytes, files and the oldest batch's age", async () =>
       files: 0,
       oldestAgeMs: 0,
       evictions: 0,
+      lost: 0,
       asideFiles: 0,
     });
     const a = await spoolBatch(spool);
@@ -248,7 +250,75 @@ Deno.test("stats() reports bytes, files and the oldest batch's age", async () =>
       files: 2,
       oldestAgeMs: 7500,
       evictions: 0,
+      lost: 0,
       asideFiles: 0,
     });
   });
+});
+
+Deno.test({
+  name:
+    "on a full file system the oldest batches are evicted to make room, counted and logged once",
+  ignore: !CAN_MOUNT_TMPFS,
+  fn: async (t) => {
+    // Before: on a 2 MiB file system every batch past the sixth failed with "No space left on
+    // device", nothing was evicted, and no batch header carried the loss.
+    await withTinyFs(2 * 1024 * 1024, async (mnt) => {
+      const logs: string[] = [];
+      const spool = await Spool.open({
+        dir: `${mnt}/spool`,
+        logger: (level: LogLevel, message: string) => logs.push(`${level}: ${message}`),
+      });
+      const reported: number[] = [];
+      const write = async (bytes: number, records = 100) => {
+        const h = header(spool.nextSequence, records, spool.unreportedEvictions);
+        const body = new Uint8Array(bytes);
+        for (let i = 0; i < bytes; i += 65536) {
+          crypto.getRandomValues(body.subarray(i, i + 65536));
+        }
+        const entry = await spool.write(h, body);
+        reported.push(h.loss.spoolEvictions);
+        return entry;
+      };
+      await t.step("twelve batches of 300 KB fit by evicting the oldest", async () => {
+        for (let i = 0; i < 12; i++) await write(300 * 1024);
+        const { evictions, files } = spool.stats();
+        assert.ok(evictions >= 5, `${evictions} evictions`);
+        assert.equal(files + evictions, 12);
+        assert.equal(
+          reported.reduce((a, b) => a + b, 0) + spool.unreportedEvictions,
+          evictions,
+          "every eviction is reported once, by a later batch",
+        );
+        const warnings = logs.filter((l) => l.includes("evicting the oldest unsent batches"));
+        assert.equal(warnings.length, 1, "one line for the whole incident");
+        assert.match(
+          warnings[0],
+          /^warn: Spool .* has no room left on its file system \(No space left on device \(os error 28\)\): evicting/,
+        );
+      });
+      await t.step("a write with room again ends the incident with one line", async () => {
+        for (const entry of spool.pending().slice(0, 3)) await spool.remove(entry);
+        await write(100 * 1024);
+        assert.ok(logs.some((l) => /no longer evicting: \d+ unsent batches/.test(l)));
+      });
+      await t.step("a batch larger than the file system is counted as lost", async () => {
+        const before = spool.unreportedEvictions;
+        await assert.rejects(
+          write(3 * 1024 * 1024),
+          /^Error: the spool's file system is full \(No space left on device \(os error 28\)\) and no unsent batch is left to evict$/,
+        );
+        assert.equal(spool.stats().lost, 1);
+        assert.ok(spool.unreportedEvictions > before);
+        const next = await write(10 * 1024);
+        assert.ok(next.header!.loss.spoolEvictions >= 1, "the next batch reports the loss");
+        const { evictions, lost } = spool.stats();
+        assert.equal(
+          reported.reduce((a, b) => a + b, 0) + spool.unreportedEvictions,
+          evictions + lost,
+          "every eviction and loss is reported once",
+        );
+      });
+    });
+  },
 });

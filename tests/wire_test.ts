@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { gunzipSync, gzipSync } from "node:zlib";
 import { Decoder, Encoder } from "cbor-x";
 import type { FlowRecord } from "../lib/flow.ts";
 import {
@@ -13,6 +14,7 @@ import { formatFlowJson, parseFlowJson } from "../lib/json_lines.ts";
 import { SYNTHETIC_BOOT_ID, syntheticFlow } from "./_synthetic_flows.ts";
 import { TCP_STATES } from "../lib/flow.ts";
 import {
+  batchDecoder,
   type BatchHeader,
   decodeBatch,
   encodeBatch,
@@ -20,8 +22,10 @@ import {
   encodeFlowInto,
   idempotencyKey,
   maxFlowBytes,
+  MIN_FLOW_BYTES,
   SCHEMA_VERSION,
   WireFormatError,
+  WireLimitError,
 } from "../lib/wire.ts";
 
 const raw = {
@@ -193,15 +197,30 @@ Deno.test("the wire layout uses small integer keys with the heartbeat key first"
 
 Deno.test("decodeBatch() rejects truncated CBOR and trailing bytes", () => {
   const body = batchOf([syntheticFlow(1), syntheticFlow(2)]);
-  for (const end of [1, 10, body.length / 2, body.length - 1].map(Math.floor)) {
+  rejects(
+    body.subarray(0, 1),
+    "Cannot decode batch: truncated CBOR (the map at byte 0 declares 10 entries, but 0 bytes follow)",
+  );
+  rejects(
+    body.subarray(0, 40),
+    "Cannot decode batch: truncated CBOR (the text string at byte 34 declares 28 bytes, but 4 bytes follow)",
+  );
+  const half = Math.floor(body.length / 2);
+  rejects(
+    body.subarray(0, half),
+    `Batch: flows declares 2 entries, but the ${
+      half - 125
+    } bytes that follow hold 1 flows at most (58 bytes each at least)`,
+  );
+  for (const end of [0, body.length - 1]) {
     rejects(
       body.subarray(0, end),
       `Cannot decode batch: truncated CBOR (${end} bytes end inside a data item)`,
     );
   }
-  assert.throws(
-    () => decodeBatch(Uint8Array.of(...body, 0)),
-    /^WireFormatError: Cannot decode batch: invalid CBOR \(Data read, but end of buffer not reached\)$/,
+  rejects(
+    Uint8Array.of(...body, 0),
+    `Cannot decode batch: invalid CBOR (data after the end of the item at byte ${body.length}: 1 bytes)`,
   );
 });
 
@@ -656,4 +675,220 @@ Deno.test("encodeFlow() writes a lone surrogate as U+FFFD, so the text is valid 
     "the replacement character",
   );
   assert.equal(decodeBatch(batchOf([record])).flows[0].localWorkloadId, "pod-\ufffd");
+});
+
+/** Runs `decode` and returns its time, ms, and how much the resident set grew, MiB. */
+function measured(decode: () => void): { ms: number; rssGrowthMiB: number } {
+  const rss = Deno.memoryUsage().rss;
+  const start = performance.now();
+  decode();
+  return {
+    ms: performance.now() - start,
+    rssGrowthMiB: (Deno.memoryUsage().rss - rss) / 2 ** 20,
+  };
+}
+
+Deno.test("decodeBatch() refuses a 25-byte body declaring a 107.6 million-entry array at once", () => {
+  // Before: cbor-x allocated the whole array first; 19 s and 2 GB of RSS, then "truncated".
+  for (
+    const [prefix, message] of [
+      [
+        [0xa1, 0x09, 0x9a], // {9: [107 600 000 entries…]}
+        "Cannot decode batch: truncated CBOR (the array at byte 2 declares 107600000 entries, but 18 bytes follow)",
+      ],
+      [[0x9a], "Batch: the batch must be a map, got array"], // [107 600 000 entries…]
+    ] as const
+  ) {
+    const body = new Uint8Array(25);
+    body.set(prefix);
+    new DataView(body.buffer).setUint32(prefix.length, 107_600_000);
+    const { ms, rssGrowthMiB } = measured(() => rejects(body, message));
+    assert.ok(ms < 100, `refused in ${ms} ms`);
+    assert.ok(rssGrowthMiB < 16, `the resident set grew by ${rssGrowthMiB} MiB`);
+  }
+});
+
+Deno.test("decodeBatch() refuses 64 MiB of empty maps (a 65 KB gzip body) before building any", () => {
+  // Before: cbor-x built the maps one by one until V8 ran out of memory (4.4 GB, 100 s).
+  const raw = new Uint8Array(64 * 1024 * 1024); // under both of the collector's size limits
+  raw.set([0xa1, 0x09, 0x9a]); // {9: [67 108 857 × {}]}
+  new DataView(raw.buffer).setUint32(3, raw.length - 7);
+  raw.fill(0xa0, 7);
+  const gzipped = gzipSync(raw, { level: 9 });
+  assert.ok(gzipped.length < 70_000, `${gzipped.length} bytes on the wire`);
+  const body = new Uint8Array(gunzipSync(gzipped));
+  const { ms, rssGrowthMiB } = measured(() =>
+    rejects(
+      body,
+      "Batch: flows declares 67108857 entries, but the 67108857 bytes that follow hold 1157049 flows at most (58 bytes each at least)",
+    )
+  );
+  assert.ok(ms < 100, `refused in ${ms} ms`);
+  assert.ok(rssGrowthMiB < 16, `the resident set grew by ${rssGrowthMiB} MiB`);
+});
+
+Deno.test("decodeBatch() walks 64 MiB of items anywhere else without building them", async (t) => {
+  const huge = (fill: (body: Uint8Array) => void) => {
+    const body = new Uint8Array(64 * 1024 * 1024);
+    fill(body);
+    return body;
+  };
+  const cases: [string, Uint8Array, string][] = [
+    [
+      "an array of 67 million empty maps as the host",
+      huge((b) => {
+        b.set([0xa1, 0x02, 0x9a]);
+        new DataView(b.buffer).setUint32(3, b.length - 7);
+        b.fill(0xa0, 7);
+      }),
+      "Batch: schema_version must be an unsigned integer, got nothing",
+    ],
+    [
+      "arrays nested 67 million deep",
+      huge((b) => {
+        b.set([0xa1, 0x02]);
+        b.fill(0x81, 2); // [[[[…]]]]
+        b[b.length - 1] = 0;
+      }),
+      "Batch: schema_version must be an unsigned integer, got nothing",
+    ],
+    [
+      "a map of 33 million unknown keys",
+      huge((b) => {
+        b.set([0xba]);
+        new DataView(b.buffer).setUint32(1, (b.length - 6) / 2);
+        for (let i = 5; i < b.length - 1; i += 2) b[i] = 0x60; // "" => 0
+      }),
+      "Cannot decode batch: invalid CBOR (data after the end of the item at byte 67108863: 1 bytes)",
+    ],
+  ];
+  for (const [name, body, message] of cases) {
+    await t.step(name, () => {
+      const { ms, rssGrowthMiB } = measured(() => rejects(body, message));
+      assert.ok(ms < 2000, `refused in ${ms} ms`);
+      assert.ok(rssGrowthMiB < 16, `the resident set grew by ${rssGrowthMiB} MiB`);
+    });
+  }
+});
+
+Deno.test("decodeBatch() refuses declared lengths longer than the bytes left", () => {
+  const good = batchOf([syntheticFlow(1)]);
+  const top = raw.decoder.decode(good) as Map<number, unknown>;
+  const at = (needle: number[]) => {
+    for (let i = 0; i < good.length; i++) {
+      if (needle.every((b, j) => good[i + j] === b)) return i;
+    }
+    throw new Error(`no ${needle}`);
+  };
+  // The hostname "node-1.example" (14 bytes) claims 4 GiB.
+  const text = good.slice();
+  const hostAt = at([0x6e, ...new TextEncoder().encode("node-1")]);
+  text.set([0x7a, 0xff, 0xff, 0xff, 0xff], hostAt);
+  rejects(
+    text,
+    `Cannot decode batch: truncated CBOR (the text string at byte ${hostAt} declares 4294967295 bytes, but ${
+      good.length - hostAt - 5
+    } bytes follow)`,
+  );
+  // A flow's map claims 2^32 - 1 entries.
+  const flowAt = at([0xb8, 26]);
+  const map = new Uint8Array([...good.subarray(0, flowAt), 0xba, 0xff, 0xff, 0xff, 0xff]);
+  rejects(
+    map,
+    `Batch: flows declares 1 entries, but the 5 bytes that follow hold 0 flows at most (${MIN_FLOW_BYTES} bytes each at least)`,
+  );
+  // An 8-byte length.
+  rejects(
+    Uint8Array.of(0xa1, 0x01, 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff),
+    "Cannot decode batch: truncated CBOR (the byte string at byte 2 declares 18446744073709552000 bytes, but 0 bytes follow)",
+  );
+  assert.equal(top.size, 10);
+});
+
+Deno.test("decodeBatch() refuses what the schema leaves out: tags, indefinite lengths, repeated keys", () => {
+  const good = batchOf([syntheticFlow(1)]);
+  const replaceFirst = (from: number[], to: number[]) => {
+    for (let i = 0; i < good.length; i++) {
+      if (from.every((b, j) => good[i + j] === b)) {
+        return {
+          at: i,
+          bytes: Uint8Array.of(...good.subarray(0, i), ...to, ...good.subarray(i + from.length)),
+        };
+      }
+    }
+    throw new Error(`no ${from}`);
+  };
+  const ip = replaceFirst([0x00, 0x44], [0x00, 0xd8, 0x40, 0x44]); // tag 64 on local_ip
+  rejects(
+    ip.bytes,
+    `Cannot decode batch: invalid CBOR (tag at byte ${ip.at + 1}: batches use no tags)`,
+  );
+  rejects(
+    Uint8Array.of(0xbf, 0x00, 0x03, 0xff), // {_ 0: 3}
+    "Cannot decode batch: invalid CBOR (indefinite-length map at byte 0: batches use definite lengths)",
+  );
+  rejects(
+    Uint8Array.of(0xa2, 0x00, 0x03, 0x00, 0x03),
+    "Batch: key 0 (schema_version) appears twice",
+  );
+  const repeated = replaceFirst([0x18, 0x19], [0x18, 0x17]); // key 25 written as a second 23
+  rejects(repeated.bytes, "Flow 0: key 23 (lost) appears twice");
+  const utf8 = replaceFirst([...new TextEncoder().encode("node-1")], [
+    0xc3,
+    0x28,
+    0x2d,
+    0x31,
+    0x2e,
+    0x65,
+  ]);
+  rejects(
+    utf8.bytes,
+    `Cannot decode batch: invalid CBOR (text string at byte ${utf8.at - 1} is not valid UTF-8)`,
+  );
+  rejects(
+    Uint8Array.of(0xa1, 0x00, 0xf0), // simple value 16
+    "Cannot decode batch: invalid CBOR (simple value 16 at byte 2)",
+  );
+  rejects(
+    Uint8Array.of(0xa1, 0x00, 0xff),
+    "Cannot decode batch: invalid CBOR (break at byte 2 outside an indefinite-length item)",
+  );
+});
+
+Deno.test("batchDecoder() refuses more flows than maxRecords before reading them", () => {
+  const body = batchOf([syntheticFlow(1), syntheticFlow(2), syntheticFlow(3)]);
+  assert.equal(batchDecoder({ maxRecords: 3 })(body).flows.length, 3);
+  assert.throws(() => batchDecoder({ maxRecords: 2 })(body), (error: unknown) => {
+    assert.ok(error instanceof WireLimitError && error instanceof WireFormatError);
+    assert.equal(error.name, "WireLimitError");
+    assert.equal(error.message, "Batch of 3 flows exceeds the limit of 2 flows per batch");
+    return true;
+  });
+});
+
+Deno.test("MIN_FLOW_BYTES is the size of the smallest flow any version allows", () => {
+  const smallest = new Map<number, unknown>([
+    [0, new Uint8Array(4)],
+    [1, ""],
+    [4, 4],
+    [6, new Uint8Array(4)],
+  ]);
+  for (let key = 0; key < 24; key++) {
+    if (!smallest.has(key)) smallest.set(key, key === 9 ? false : 0);
+  }
+  const sorted = new Map([...smallest].sort(([a], [b]) => a - b));
+  const flow = new Uint8Array(raw.encoder.encode(sorted));
+  assert.equal(flow.length, MIN_FLOW_BYTES);
+  const top = raw.decoder.decode(batchOf([syntheticFlow(1)])) as Map<number, unknown>;
+  top.set(0, 1);
+  top.set(9, [sorted, sorted]);
+  top.set(6, 2);
+  const body = new Uint8Array(raw.encoder.encode(top));
+  assert.equal(decodeBatch(body).flows.length, 2, "two flows of MIN_FLOW_BYTES fit");
+  rejects(
+    body.subarray(0, body.length - 1),
+    `Batch: flows declares 2 entries, but the ${
+      2 * MIN_FLOW_BYTES - 1
+    } bytes that follow hold 1 flows at most (${MIN_FLOW_BYTES} bytes each at least)`,
+  );
 });

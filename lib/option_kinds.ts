@@ -1,16 +1,21 @@
 /**
  * The kinds of configuration values: how each is read from text (a flag, an environment
- * variable), from JSON (the config file), shown back, and what its error says. The schema in
- * cli/config.ts is built from these.
+ * variable), from JSON (a config file), shown back, and what its error says. The option tables
+ * of the agent (cli/config.ts) and of the collector (collector/config.ts) are built from these,
+ * and lib/options.ts reads them.
+ *
+ * @example
+ * ```ts
+ * import { integer } from "./option_kinds.ts";
+ * const pollMs = integer({ default: 100, max: 60_000, help: "drain delay, ms", group: "capture" });
+ * pollMs.parse("250"); // 250
+ * ```
  *
  * @module
  */
 
 /** Where an effective value came from, highest precedence first. */
 export type Source = "flag" | "env" | "file" | "default";
-
-/** Headings of `--help` and of the reference in docs/operations.md. */
-export type Group = "general" | "capture" | "shipping" | "identity" | "operations";
 
 /** A value that does not fit its option; the message says what was expected (`expected …`). */
 export class ValueError extends Error {
@@ -22,7 +27,8 @@ export interface OptionSpec<T> {
   readonly default: T;
   /** One line for `--help` and the docs. */
   readonly help: string;
-  readonly group: Group;
+  /** The heading it is listed under: a key of its schema's `groups`. */
+  readonly group: string;
   /** The value placeholder in `--help` (`N`, `DIR`, `json|none`); "" for a boolean switch. */
   readonly arg: string;
   /** False when the option cannot be set in the config file (the file's own path). */
@@ -37,10 +43,11 @@ export interface OptionSpec<T> {
   show(value: T): string;
 }
 
-interface Common<T> {
+/** What every kind takes: the default, the help line, the group, and optional overrides. */
+export interface Common<T> {
   default: T;
   help: string;
-  group: Group;
+  group: string;
   arg?: string;
   inFile?: boolean;
 }
@@ -169,14 +176,19 @@ export function bytes(
   return withUnits(common, "BYTES", BYTE_UNITS, "", expected, check, showBytes);
 }
 
+/** `n` in the first of `names` (largest first) that divides it: `8MiB`, `90s`; else undefined. */
+function inLargestUnit(
+  n: number,
+  units: Record<string, number>,
+  names: string[],
+): string | undefined {
+  const unit = names.find((u) => n >= units[u] && n % units[u] === 0);
+  return unit === undefined ? undefined : `${n / units[unit]}${unit}`;
+}
+
 /** `8MiB` when `n` is a whole number of KiB, MiB or GiB, else the plain number. */
 export function showBytes(n: number): string {
-  for (const unit of ["GiB", "MiB", "KiB"]) {
-    if (n >= BYTE_UNITS[unit] && n % BYTE_UNITS[unit] === 0) {
-      return `${n / BYTE_UNITS[unit]}${unit}`;
-    }
-  }
-  return String(n);
+  return inLargestUnit(n, BYTE_UNITS, ["GiB", "MiB", "KiB"]) ?? String(n);
 }
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
@@ -198,12 +210,7 @@ export function duration(
 
 /** `1m`, `90s`, `250ms`: the largest unit that divides `ms`. */
 export function showDuration(ms: number): string {
-  for (const unit of ["h", "m", "s"]) {
-    if (ms >= DURATION_UNITS[unit] && ms % DURATION_UNITS[unit] === 0) {
-      return `${ms / DURATION_UNITS[unit]}${unit}`;
-    }
-  }
-  return `${ms}ms`;
+  return inLargestUnit(ms, DURATION_UNITS, ["h", "m", "s"]) ?? `${ms}ms`;
 }
 
 /** A path that must be given. */
@@ -256,19 +263,40 @@ export interface ListenAddress {
   port: number;
 }
 
+const LISTEN_PATTERN = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]*)):(\d{1,5})$/;
+
+/** Reads `host:port`, `[v6]:port` or `:port` (every interface). @throws {ValueError} */
+function parseListen(text: string, expected: string): ListenAddress {
+  const m = LISTEN_PATTERN.exec(text);
+  const port = Number(m?.[3]);
+  if (!m || port > 65535) throw new ValueError(expected);
+  const hostname = m[1] ?? m[2];
+  return { hostname: hostname === "" ? "0.0.0.0" : hostname, port };
+}
+
+/** `host:port`, `[v6]:port` or `:port` (every interface); it must be given. */
+export function listen(common: Common<ListenAddress>): OptionSpec<ListenAddress> {
+  const expected = "expected host:port, [IPv6]:port or :port for every interface";
+  const parse = (text: string) => parseListen(text, expected);
+  return spec(
+    common,
+    "HOST:PORT",
+    parse,
+    (v) => {
+      if (typeof v !== "string") throw new ValueError(expected);
+      return parse(v);
+    },
+    showListen,
+    showListen,
+  );
+}
+
 /** `host:port` or `[v6]:port`; "" (or null in the file) means off. */
-export function listen(
+export function optionalListen(
   common: Common<ListenAddress | undefined>,
 ): OptionSpec<ListenAddress | undefined> {
   const expected = "expected host:port (e.g. 127.0.0.1:9464 or [::1]:9464), or empty for off";
-  const parse = (text: string): ListenAddress | undefined => {
-    if (text === "") return undefined;
-    const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]*)):(\d{1,5})$/.exec(text);
-    const port = Number(m?.[3]);
-    if (!m || port > 65535) throw new ValueError(expected);
-    const hostname = m[1] ?? m[2];
-    return { hostname: hostname === "" ? "0.0.0.0" : hostname, port };
-  };
+  const parse = (text: string) => text === "" ? undefined : parseListen(text, expected);
   return spec(
     common,
     "HOST:PORT",
@@ -293,28 +321,4 @@ export function showListen(address: ListenAddress): string {
 export function isLoopbackHost(hostname: string): boolean {
   if (hostname === "localhost" || hostname === "::1") return true;
   return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
-}
-
-/** Edit distance, for "did you mean" hints. */
-export function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = row;
-  }
-  return prev[b.length];
-}
-
-/** The closest of `candidates` to `word`, if close enough to be a typo. */
-export function closest(word: string, candidates: Iterable<string>): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Math.max(2, Math.floor(word.length / 3)) + 1;
-  for (const c of candidates) {
-    const d = editDistance(word, c);
-    if (d < bestDistance) [best, bestDistance] = [c, d];
-  }
-  return best;
 }

@@ -1,0 +1,46 @@
+/**
+ * Test helper: numbers the C sources repeat from the TypeScript side, read from the sources
+ * themselves, so a test can hold the two together.
+ *
+ * @module
+ */
+
+const BPF_SOURCE = new URL("../bpf/flowexporter.bpf.c", import.meta.url);
+const SHIM_SOURCE = new URL("../ffi/flowexporter.c", import.meta.url);
+
+/** The value of a C constant expression of the forms the sources use: `131072`, `8 << 20`, `(1u << 3)`. */
+function constant(expr: string): number {
+  const m = /^\(?\s*(\d+)u?\s*(?:<<\s*(\d+))?\s*\)?$/.exec(expr.trim());
+  if (!m) throw new Error(`Cannot evaluate the C expression ${JSON.stringify(expr)}`);
+  return Number(m[1]) * 2 ** Number(m[2] ?? 0);
+}
+
+/** `max_entries` of the map `name` as bpf/flowexporter.bpf.c defines it. */
+export function bpfMaxEntries(name: string): number {
+  const source = Deno.readTextFileSync(BPF_SOURCE);
+  const maps = source.matchAll(/struct \{([^}]*)\} (\w+) SEC\("\.maps"\);/g);
+  const body = [...maps].find((m) => m[2] === name)?.[1];
+  const entries = body && /__uint\(max_entries, ([^)]+(?:\))?)\);/.exec(body)?.[1];
+  if (!entries) throw new Error(`No map ${name} with max_entries in ${BPF_SOURCE.pathname}`);
+  return constant(entries);
+}
+
+/** The initial value of the BPF program's global `const volatile … name = …;`. */
+export function bpfConstant(name: string): number {
+  const source = Deno.readTextFileSync(BPF_SOURCE);
+  const m = new RegExp(`const volatile \\w+ ${name} = ([^;]+);`).exec(source);
+  if (!m) throw new Error(`No const volatile ${name} in ${BPF_SOURCE.pathname}`);
+  return constant(m[1]);
+}
+
+/** The shim's `#define <prefix>NAME value` macros, by NAME. */
+export function shimDefines(prefix: string): Record<string, number> {
+  const source = Deno.readTextFileSync(SHIM_SOURCE);
+  const found: Record<string, number> = {};
+  for (
+    const m of source.matchAll(new RegExp(`^#define ${prefix}(\\w+)\\s+(\\([^)]*\\)|\\d+)`, "gm"))
+  ) {
+    found[m[1]] = constant(m[2]);
+  }
+  return found;
+}

@@ -1,0 +1,24 @@
+/**
+ * The bits of the shim's ABI that ffi/symbols.ts repeats: held to their #defines in
+ * ffi/flowexporter.c, so the doctor and the agent read the probe the way the shim writes it.
+ */
+import assert from "node:assert/strict";
+import { OpenOption, Probe } from "../ffi/symbols.ts";
+import { shimDefines } from "./_c_source.ts";
+
+/** `TP_BTF` → `tpBtf`. */
+function camel(name: string): string {
+  return name.toLowerCase().replace(/_(.)/g, (_, c: string) => c.toUpperCase());
+}
+
+function byCamelName(defines: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(defines).map(([name, v]) => [camel(name), v]));
+}
+
+Deno.test("Probe holds the FE_PROBE_* bits of fe_probe()", () => {
+  assert.deepEqual({ ...Probe }, byCamelName(shimDefines("FE_PROBE_")));
+});
+
+Deno.test("OpenOption holds the FE_OPT_* bits of fe_open()", () => {
+  assert.deepEqual({ ...OpenOption }, byCamelName(shimDefines("FE_OPT_")));
+});
