@@ -81,8 +81,13 @@ async function pair(
   for (const r of [client[0], server[0]]) {
     if (closes === "always seen") {
       assert.notEqual(r.close_state, "UNKNOWN", "sock_ops saw the close: not recovered at destroy");
-    } else if (r.close_state === "UNKNOWN") {
-      assert.equal(r.end, "unknown", "a close recovered at destroy has an unknown end");
+      assert.equal(r.close_seen_by, "sock_ops");
+    } else {
+      assert.notEqual(r.close_seen_by, "sock_ops", "tracepoints alone: no sock_ops");
+      if (r.close_state === "UNKNOWN") {
+        assert.equal(r.end, "unknown", "a close recovered at destroy has an unknown end");
+        assert.equal(r.close_seen_by, "destroy");
+      }
     }
   }
   return { client: client[0], server: server[0], afterNs };
@@ -207,6 +212,7 @@ kernelTest(
       assert.equal(rec.close_state, "SYN_SENT");
       assert.equal(rec.direction, "outbound");
       assert.equal(rec.end, "refused");
+      assert.equal(rec.close_seen_by, "sock_ops", "a failed connect comes through sock_ops");
       assert.equal(rec.error, 111); // ECONNREFUSED
       assert.equal(rec.bytes_sent, 0);
       assert.equal(rec.bytes_received, 0);
