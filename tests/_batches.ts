@@ -138,3 +138,16 @@ function endpoint(text: string): [Uint8Array, number] {
   const host = text.slice(0, at).replace(/^\[|\]$/g, "");
   return [parseIp(host), Number(text.slice(at + 1))];
 }
+
+/** POSTs a (gzipped CBOR) batch body to a collector's `/v1/batches`, as the agent's sender does. */
+export function postBatch(
+  collectorUrl: string,
+  payload: Uint8Array | ReadableStream<Uint8Array>,
+  headers: Record<string, string> = {},
+): Promise<Response> {
+  return fetch(`${collectorUrl}/v1/batches`, {
+    method: "POST",
+    body: payload as BodyInit,
+    headers: { "content-type": "application/cbor", "content-encoding": "gzip", ...headers },
+  });
+}

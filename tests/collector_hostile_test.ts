@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
 import { DatabaseSync } from "node:sqlite";
-import { batchBody, makeFlow, nsAt } from "./_batches.ts";
+import { batchBody, makeFlow, nsAt, postBatch } from "./_batches.ts";
 import {
   type CollectorOptions,
   isLoopback,
@@ -38,15 +38,7 @@ async function withCollector(
     ...options,
   });
   const post = (payload: Uint8Array, headers: Record<string, string> = {}) =>
-    fetch(`${collector.url}/v1/batches`, {
-      method: "POST",
-      body: payload as BodyInit,
-      headers: {
-        "content-type": "application/cbor",
-        "content-encoding": "gzip",
-        ...headers,
-      },
-    });
+    postBatch(collector.url, payload, headers);
   try {
     await body({ dir, collector, lines, post });
   } finally {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
 import { DatabaseSync } from "node:sqlite";
-import { batchBody, batchCbor, batchCborV2, makeFlow, nsAt } from "./_batches.ts";
+import { batchBody, batchCbor, batchCborV2, makeFlow, nsAt, postBatch } from "./_batches.ts";
 import {
   type CollectorOptions,
   type RunningCollector,
@@ -41,17 +41,7 @@ async function withCollector(
   const fixture: Fixture = {
     dir,
     collector,
-    post: (payload, headers = {}) =>
-      fetch(`${collector.url}/v1/batches`, {
-        method: "POST",
-        body: payload as BodyInit,
-        headers: {
-          "content-type": "application/cbor",
-          "content-encoding": "gzip",
-          ...auth,
-          ...headers,
-        },
-      }),
+    post: (payload, headers = {}) => postBatch(collector.url, payload, { ...auth, ...headers }),
     flows: async (params = {}) => {
       const response = await fetch(
         `${collector.url}/v1/flows?${new URLSearchParams(params)}`,
