@@ -23,8 +23,8 @@ export interface FlowSpec {
   identitySource?: FlowRecord["identitySource"];
 }
 
-/** cbor-x as `lib/wire.ts` sets it up, to rewrite a batch. */
-const cbor = {
+/** cbor-x as `lib/wire.ts` sets it up, to take a batch apart and rewrite it. */
+export const rawCbor = {
   encoder: new Encoder(
     {
       useRecords: false,
@@ -115,13 +115,13 @@ export function batchCborV2(
   sequence: number,
   flows: readonly FlowRecord[],
 ): Uint8Array {
-  const top = cbor.decoder.decode(batchCbor(hostname, sequence, flows)) as Map<number, unknown>;
+  const top = rawCbor.decoder.decode(batchCbor(hostname, sequence, flows)) as Map<number, unknown>;
   top.set(0, 2);
   for (const flow of top.get(9) as Map<number, unknown>[]) {
     flow.delete(24);
     flow.delete(25);
   }
-  return new Uint8Array(cbor.encoder.encode(top));
+  return new Uint8Array(rawCbor.encoder.encode(top));
 }
 
 /** A gzip-compressed batch body, as exporters POST it. */

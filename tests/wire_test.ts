@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
+import { rawCbor } from "./_batches.ts";
 import { gunzipSync, gzipSync } from "node:zlib";
-import { Decoder, Encoder } from "cbor-x";
 import type { FlowRecord } from "../lib/flow.ts";
 import {
   decodeFlowId,
@@ -28,18 +28,6 @@ import {
   WireLimitError,
 } from "../lib/wire.ts";
 
-const raw = {
-  encoder: new Encoder(
-    {
-      useRecords: false,
-      mapsAsObjects: false,
-      useTag259ForMaps: false,
-      tagUint8Array: false,
-    } as ConstructorParameters<typeof Encoder>[0],
-  ),
-  decoder: new Decoder({ useRecords: false, mapsAsObjects: false }),
-};
-
 function header(recordCount: number, extra: Partial<BatchHeader> = {}): BatchHeader {
   return {
     schemaVersion: SCHEMA_VERSION,
@@ -65,12 +53,12 @@ function batchOf(records: FlowRecord[], extra: Partial<BatchHeader> = {}): Uint8
 
 /** Re-encodes a valid batch after `mutate` changed its raw CBOR maps. */
 function tampered(mutate: (top: Map<number, unknown>, flows: Map<number, unknown>[]) => void) {
-  const top = raw.decoder.decode(batchOf([syntheticFlow(1), syntheticFlow(2)])) as Map<
+  const top = rawCbor.decoder.decode(batchOf([syntheticFlow(1), syntheticFlow(2)])) as Map<
     number,
     unknown
   >;
   mutate(top, top.get(9) as Map<number, unknown>[]);
-  return new Uint8Array(raw.encoder.encode(top));
+  return new Uint8Array(rawCbor.encoder.encode(top));
 }
 
 function rejects(bytes: Uint8Array, message: string) {
@@ -180,7 +168,7 @@ Deno.test("every enumeration value and header variant survives a round trip", as
 Deno.test("the wire layout uses small integer keys with the heartbeat key first", () => {
   const record = syntheticFlow(3);
   const flowBytes = encodeFlow(record);
-  const flow = raw.decoder.decode(flowBytes) as Map<number, unknown>;
+  const flow = rawCbor.decoder.decode(flowBytes) as Map<number, unknown>;
   assert.deepEqual([...flow.keys()], Array.from({ length: 26 }, (_, i) => i));
   assert.deepEqual([...(flow.get(0) as Uint8Array)], [...record.localIp]);
   assert.equal(flow.get(1), record.localWorkloadId);
@@ -190,7 +178,7 @@ Deno.test("the wire layout uses small integer keys with the heartbeat key first"
   assert.equal(flow.get(25), record.bytesRetrans);
   assert.deepEqual([...flowBytes.subarray(0, 2)], [0xb8, 26], "a map of 26 entries");
   assert.deepEqual([...flowBytes.subarray(2, 4)], [0x00, 0x44], "key 0, a 4-byte byte string");
-  const top = raw.decoder.decode(batchOf([record])) as Map<number, unknown>;
+  const top = rawCbor.decoder.decode(batchOf([record])) as Map<number, unknown>;
   assert.deepEqual([...top.keys()], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   assert.ok(flowBytes.length < 180, `an IPv4 flow takes ${flowBytes.length} bytes`);
 });
@@ -235,7 +223,10 @@ Deno.test("decodeBatch() rejects a schema version it does not read", () => {
     tampered((top) => top.set(0, "1")),
     'Batch: schema_version must be an unsigned integer, got text string "1"',
   );
-  rejects(new Uint8Array(raw.encoder.encode([1, 2])), "Batch: the batch must be a map, got array");
+  rejects(
+    new Uint8Array(rawCbor.encoder.encode([1, 2])),
+    "Batch: the batch must be a map, got array",
+  );
 });
 
 Deno.test("decodeBatch() names the offending field for wrong types and values", () => {
@@ -448,7 +439,7 @@ function cborXFlow(r: FlowRecord): Uint8Array {
     encodeFlowId(r.bootId, r.cookie),
     int(r.bytesRetrans),
   ];
-  return new Uint8Array(raw.encoder.encode(new Map(values.map((v, key) => [key, v]))));
+  return new Uint8Array(rawCbor.encoder.encode(new Map(values.map((v, key) => [key, v]))));
 }
 
 /** A deterministic pseudo-random generator (mulberry32): integers below `n`. */
@@ -773,7 +764,7 @@ Deno.test("decodeBatch() walks 64 MiB of items anywhere else without building th
 
 Deno.test("decodeBatch() refuses declared lengths longer than the bytes left", () => {
   const good = batchOf([syntheticFlow(1)]);
-  const top = raw.decoder.decode(good) as Map<number, unknown>;
+  const top = rawCbor.decoder.decode(good) as Map<number, unknown>;
   const at = (needle: number[]) => {
     for (let i = 0; i < good.length; i++) {
       if (needle.every((b, j) => good[i + j] === b)) return i;
@@ -877,13 +868,13 @@ Deno.test("MIN_FLOW_BYTES is the size of the smallest flow any version allows", 
     if (!smallest.has(key)) smallest.set(key, key === 9 ? false : 0);
   }
   const sorted = new Map([...smallest].sort(([a], [b]) => a - b));
-  const flow = new Uint8Array(raw.encoder.encode(sorted));
+  const flow = new Uint8Array(rawCbor.encoder.encode(sorted));
   assert.equal(flow.length, MIN_FLOW_BYTES);
-  const top = raw.decoder.decode(batchOf([syntheticFlow(1)])) as Map<number, unknown>;
+  const top = rawCbor.decoder.decode(batchOf([syntheticFlow(1)])) as Map<number, unknown>;
   top.set(0, 1);
   top.set(9, [sorted, sorted]);
   top.set(6, 2);
-  const body = new Uint8Array(raw.encoder.encode(top));
+  const body = new Uint8Array(rawCbor.encoder.encode(top));
   assert.equal(decodeBatch(body).flows.length, 2, "two flows of MIN_FLOW_BYTES fit");
   rejects(
     body.subarray(0, body.length - 1),
