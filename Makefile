@@ -34,7 +34,7 @@ Q := @
 msg := @printf '  %-8s %s\n' >&2
 endif
 
-.PHONY: all build run dev test bench tools deps check fmt clean
+.PHONY: all build run dev test fuzz bench tools deps check fmt clean
 all: build
 
 ## Host set-up -------------------------------------------------------------
@@ -116,6 +116,10 @@ test: build $(BUILD)/churn
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 	$(Q)scripts/host_state.sh | diff -u $(BUILD)/host-state.before - >&2 || \
 		{ echo "make test: the tests changed the host's agent state above (default spool, pin directory or lock)" >&2; exit 1; }
+
+# A longer fuzzing run than the one in `make test` (same properties, 20 times the cases).
+fuzz: tools
+	$(Q)FUZZ_RUNS=$${FUZZ_RUNS:-20} $(DENO) test $(DENO_RUN_FLAGS) tests/fuzz_test.ts
 
 $(BUILD)/churn: bench/churn.c | $(BUILD)/.apt-stamp
 	$(msg) CC $@
