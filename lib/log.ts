@@ -22,6 +22,7 @@
  * @module
  */
 
+import { printable } from "./printable.ts";
 import type { Logger, LogLevel } from "./logger.ts";
 import { choice } from "./option_kinds.ts";
 
@@ -157,7 +158,9 @@ function jsonLine(now: Date, level: LogLevel, msg: string, fields: LogFields): s
 }
 
 function textLine(message: string, fields: LogFields): string {
-  let line = TEXT_PREFIX + message;
+  // One event, one line: a newline or control character in a message (a peer's text, an
+  // error's) is escaped, never written.
+  let line = TEXT_PREFIX + printable(message);
   for (const [key, raw] of Object.entries(fields)) {
     const value = jsonValue(key, raw);
     const text = typeof value === "string" ? value : JSON.stringify(value, jsonValue);

@@ -73,3 +73,10 @@ Deno.test("A throwing writer does not make logging throw", () => {
   });
   assert.doesNotThrow(() => log.error("still fine"));
 });
+
+Deno.test("The text format keeps one event on one line, whatever the message holds", () => {
+  const lines: string[] = [];
+  const log = new Log({ write: (line) => lines.push(line) });
+  log.warn("peer said: ok\nflowexporter: forged line\u001b[2J");
+  assert.deepEqual(lines, ["flowexporter: peer said: ok\\nflowexporter: forged line\\u001b[2J"]);
+});
