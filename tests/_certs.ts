@@ -1,6 +1,6 @@
 /**
  * Test certificates, generated with /usr/bin/openssl: self-signed P-256 leaf certificates with
- * a chosen subject, URI SANs and validity. The key is thrown away.
+ * a chosen subject, URI and IP SANs and validity, with their key when a test serves TLS.
  *
  * @module
  */
@@ -17,6 +17,8 @@ export interface CertSpec {
   uri?: string;
   /** Several URI SANs (after `uri`). */
   uris?: string[];
+  /** IP address SANs, for a server certificate. */
+  ips?: string[];
   /** Validity in days from now; default 1. */
   days?: number;
 }
@@ -26,9 +28,20 @@ export interface CertSpec {
  * file events happen where a watcher might look.
  */
 export async function certificatePem(spec: CertSpec = {}): Promise<string> {
+  return (await certificateAndKeyPem(spec)).cert;
+}
+
+/** Generates a certificate and returns it with its private key, both PEM. */
+export async function certificateAndKeyPem(
+  spec: CertSpec = {},
+): Promise<{ cert: string; key: string }> {
   const dir = await Deno.makeTempDir({ prefix: "flowexporter-openssl-" });
   try {
     const uris = [...(spec.uri === undefined ? [] : [spec.uri]), ...(spec.uris ?? [])];
+    const sans = [
+      ...uris.map((uri, i) => `URI.${i + 1} = ${uri}`),
+      ...(spec.ips ?? []).map((ip, i) => `IP.${i + 1} = ${ip}`),
+    ];
     await Deno.writeTextFile(
       `${dir}/openssl.cnf`,
       [
@@ -37,8 +50,7 @@ export async function certificatePem(spec: CertSpec = {}): Promise<string> {
         "[dn]",
         "[ext]",
         "basicConstraints = critical, CA:false",
-        ...(uris.length ? ["subjectAltName = @alt", "[alt]"] : []),
-        ...uris.map((uri, i) => `URI.${i + 1} = ${uri}`),
+        ...(sans.length ? ["subjectAltName = @alt", "[alt]", ...sans] : []),
       ].join("\n") + "\n",
     );
     const subject = spec.subject ??
@@ -72,7 +84,10 @@ export async function certificatePem(spec: CertSpec = {}): Promise<string> {
       stderr: "piped",
     }).output();
     assert.equal(code, 0, `openssl failed: ${new TextDecoder().decode(stderr)}`);
-    return await Deno.readTextFile(`${dir}/cert.pem`);
+    return {
+      cert: await Deno.readTextFile(`${dir}/cert.pem`),
+      key: await Deno.readTextFile(`${dir}/key.pem`),
+    };
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { certificateAndKeyPem } from "./_certs.ts";
 import { gzipSync } from "node:zlib";
 import { DatabaseSync } from "node:sqlite";
 import { batchBody, batchCbor, batchCborV2, makeFlow, nsAt, postBatch } from "./_batches.ts";
@@ -473,37 +474,9 @@ Deno.test("collector serves HTTPS with --tls-cert and --tls-key, and an exporter
   const dir = await Deno.makeTempDir({ prefix: "collector_test_" });
   try {
     // One self-signed leaf for 127.0.0.1, which the client trusts as its CA.
-    await Deno.writeTextFile(
-      `${dir}/openssl.cnf`,
-      "[req]\ndistinguished_name = dn\n[dn]\n[ext]\nbasicConstraints = critical, CA:false\n" +
-        "subjectAltName = IP:127.0.0.1\n",
-    );
-    const out = await new Deno.Command("openssl", {
-      args: [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "cert.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-config",
-        "openssl.cnf",
-        "-extensions",
-        "ext",
-      ],
-      cwd: dir,
-      stderr: "piped",
-    }).output();
-    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const { cert, key } = await certificateAndKeyPem({ cn: "127.0.0.1", ips: ["127.0.0.1"] });
+    await Deno.writeTextFile(`${dir}/cert.pem`, cert);
+    await Deno.writeTextFile(`${dir}/key.pem`, key);
     await using collector = await startCollector({
       dbPath: `${dir}/flows.db`,
       port: 0,

@@ -43,6 +43,29 @@ class FakeShipper {
   }
 }
 
+/** A journal chunk of one record from ring 7 of this boot; `fields` change what a test needs. */
+function chunk(fields: Partial<JournalChunk> = {}): JournalChunk {
+  return {
+    bootId: BOOT,
+    ringId: 7,
+    position: 264n,
+    clockOffsetNs: 0n,
+    recordSize: RECORD_SIZE,
+    records: rawRecords(1),
+    ...fields,
+  };
+}
+
+/** An intake of this boot whose clock offset is `clockOffsetNs`. */
+function intakeOf(
+  ring: RingSource,
+  journal: Pick<CaptureJournal, "append" | "left" | "dropLeft">,
+  shipper: FakeShipper,
+  clockOffsetNs = 0n,
+): Intake {
+  return new Intake({ bootId: BOOT, clockOffsetNs: () => clockOffsetNs, ring, journal, shipper });
+}
+
 function withJournal(fn: (dir: string) => void | Promise<void>): () => Promise<void> {
   return async () => {
     const dir = await Deno.makeTempDir({ prefix: "flowexporter-journal-" });
@@ -75,13 +98,7 @@ Deno.test(
     using journal = CaptureJournal.open(dir);
     const ring = new FakeRing(7, events);
     const shipper = new FakeShipper(100, events);
-    const intake = new Intake({
-      bootId: BOOT,
-      clockOffsetNs: () => 10n,
-      ring,
-      journal: loggingJournal(journal, events),
-      shipper,
-    });
+    const intake = intakeOf(ring, loggingJournal(journal, events), shipper, 10n);
     const records = intake.receive(rawRecords(2, 1n), 528n);
     assert.deepEqual(records.map((r) => r.cookie), [1n, 2n]);
     assert.equal(records[0].bootId, BOOT, "records carry this boot's ID");
@@ -94,13 +111,11 @@ Deno.test(
   withJournal((dir) => {
     const events: string[] = [];
     using journal = CaptureJournal.open(dir);
-    const intake = new Intake({
-      bootId: BOOT,
-      clockOffsetNs: () => 0n,
-      ring: new FakeRing(0, events),
-      journal: loggingJournal(journal, events),
-      shipper: new FakeShipper(100, events),
-    });
+    const intake = intakeOf(
+      new FakeRing(0, events),
+      loggingJournal(journal, events),
+      new FakeShipper(100, events),
+    );
     intake.receive(rawRecords(1), 0n);
     assert.deepEqual(events, ["add 1", "journal 1 in window 0"]);
   }),
@@ -113,13 +128,7 @@ Deno.test(
     {
       using journal = CaptureJournal.open(dir);
       const shipper = new FakeShipper(3, events);
-      const intake = new Intake({
-        bootId: BOOT,
-        clockOffsetNs: () => 0n,
-        ring: new FakeRing(7, events),
-        journal,
-        shipper,
-      });
+      const intake = intakeOf(new FakeRing(7, events), journal, shipper);
       intake.receive(rawRecords(2, 1n), 100n); // window 0: 1, 2
       intake.receive(rawRecords(2, 3n), 200n); // 3 closes window 0; 4 is in window 1
       journal.sealed(0);
@@ -138,13 +147,7 @@ Deno.test(
       const events: string[] = [];
       using journal = CaptureJournal.open(dir);
       const ring = new FakeRing(7, events);
-      const intake = new Intake({
-        bootId: BOOT,
-        clockOffsetNs: () => 5n,
-        ring,
-        journal,
-        shipper: new FakeShipper(100, events),
-      });
+      const intake = intakeOf(ring, journal, new FakeShipper(100, events), 5n);
       intake.receive(rawRecords(2, 1n), 528n);
       intake.receive(rawRecords(1, 3n), 792n);
     }
@@ -154,13 +157,7 @@ Deno.test(
     const ring = new FakeRing(7, events);
     ring.committed = 528n; // the crash came before the second commit
     const shipper = new FakeShipper(100, events);
-    const intake = new Intake({
-      bootId: BOOT,
-      clockOffsetNs: () => 99n,
-      ring,
-      journal,
-      shipper,
-    });
+    const intake = intakeOf(ring, journal, shipper, 99n);
     const result = intake.replay();
     assert.deepEqual(result, { records: 3, resumedRing: true, unreadable: 0 });
     assert.deepEqual(shipper.windows[0], [1n, 2n, 3n]);
@@ -179,20 +176,13 @@ Deno.test(
     {
       using journal = CaptureJournal.open(dir);
       for (const [bootId, ringId] of [[OTHER_BOOT, 7], [BOOT, 8]] as const) {
-        journal.append(0, {
-          bootId,
-          ringId,
-          position: 5000n,
-          clockOffsetNs: 0n,
-          recordSize: RECORD_SIZE,
-          records: rawRecords(1),
-        });
+        journal.append(0, chunk({ bootId, ringId, position: 5000n }));
       }
     }
     using journal = CaptureJournal.open(dir);
     const ring = new FakeRing(7, []);
     const shipper = new FakeShipper(100, []);
-    const intake = new Intake({ bootId: BOOT, clockOffsetNs: () => 0n, ring, journal, shipper });
+    const intake = intakeOf(ring, journal, shipper);
     assert.deepEqual(intake.replay(), { records: 2, resumedRing: false, unreadable: 0 });
     assert.equal(ring.committed, 0n);
   }),
@@ -203,24 +193,12 @@ Deno.test(
   withJournal((dir) => {
     {
       using journal = CaptureJournal.open(dir);
-      journal.append(0, {
-        bootId: BOOT,
-        ringId: 7,
-        position: 496n,
-        clockOffsetNs: 0n,
-        recordSize: 248, // version 1 of the record
-        records: new Uint8Array(2 * 248),
-      });
+      // Version 1 of the record: 248 bytes.
+      journal.append(0, chunk({ recordSize: 248, records: new Uint8Array(2 * 248) }));
     }
     using journal = CaptureJournal.open(dir);
     const shipper = new FakeShipper(100, []);
-    const intake = new Intake({
-      bootId: BOOT,
-      clockOffsetNs: () => 0n,
-      ring: new FakeRing(7, []),
-      journal,
-      shipper,
-    });
+    const intake = intakeOf(new FakeRing(7, []), journal, shipper);
     assert.deepEqual(intake.replay(), { records: 0, resumedRing: false, unreadable: 2 });
     assert.deepEqual(shipper.windows, [[]]);
   }),
@@ -232,14 +210,7 @@ Deno.test(
     {
       using journal = CaptureJournal.open(dir);
       for (const position of [264n, 528n]) {
-        journal.append(3, {
-          bootId: BOOT,
-          ringId: 7,
-          position,
-          clockOffsetNs: 0n,
-          recordSize: RECORD_SIZE,
-          records: rawRecords(1),
-        });
+        journal.append(3, chunk({ position }));
       }
     }
     const [name] = [...Deno.readDirSync(dir)].map((e) => e.name);
@@ -255,20 +226,12 @@ Deno.test(
   "sealed() removes the journal of a window and of every earlier one, not of later ones",
   withJournal((dir) => {
     using journal = CaptureJournal.open(dir);
-    const chunk = {
-      bootId: BOOT,
-      ringId: 7,
-      position: 264n,
-      clockOffsetNs: 0n,
-      recordSize: RECORD_SIZE,
-      records: rawRecords(1),
-    };
-    for (const window of [0, 1, 2]) journal.append(window, chunk);
+    for (const window of [0, 1, 2]) journal.append(window, chunk());
     journal.sealed(1);
     const left = [...Deno.readDirSync(dir)].map((e) => e.name);
     assert.equal(left.length, 1);
     assert.match(left[0], /-2\.journal$/);
-    journal.append(2, chunk); // the open window's file is still usable
+    journal.append(2, chunk()); // the open window's file is still usable
     journal.sealed(2);
     assert.deepEqual([...Deno.readDirSync(dir)], []);
   }),
