@@ -12,7 +12,9 @@
  * @module
  */
 import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
-import { decodeBatch } from "../lib/wire.ts";
+import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
+import { decompress } from "../lib/compression.ts";
+import { spoolFileCoding } from "../lib/spool.ts";
 
 /** The churn's listening addresses and ports. */
 export interface Grid {
@@ -181,11 +183,9 @@ export async function tallyJsonRecords(
   return n;
 }
 
-const BATCH_FILE = /^batch-\d{16}\.cbor\.gz$/;
-
 /**
- * Adds the grid's flows in every batch of a spool directory (`batch-*.cbor.gz`: gunzip, then
- * `decodeBatch` from lib/wire.ts) to `tally`.
+ * Adds the grid's flows in every batch of a spool directory (`batch-*.cbor.zst` or `.gz`:
+ * decompress, then `decodeBatch` from lib/wire.ts) to `tally`.
  *
  * @returns the batches read and the grid's flows in them, duplicates included
  */
@@ -195,14 +195,15 @@ export async function tallySpool(
   tally: FlowTally,
 ): Promise<{ batches: number; flows: number }> {
   const names = [...Deno.readDirSync(spoolDir)]
-    .filter((e) => e.isFile && BATCH_FILE.test(e.name))
+    .filter((e) => e.isFile && spoolFileCoding(e.name) !== undefined)
     .map((e) => e.name)
     .sort();
   let flows = 0;
   for (const name of names) {
-    const file = await Deno.open(`${spoolDir}/${name}`);
-    const body = new Uint8Array(
-      await new Response(file.readable.pipeThrough(new DecompressionStream("gzip"))).arrayBuffer(),
+    const body = await decompress(
+      await Deno.readFile(`${spoolDir}/${name}`),
+      spoolFileCoding(name)!,
+      MAX_BATCH_BYTES,
     );
     for (const f of decodeBatch(body).flows) {
       const ep: Endpoints = [ipText(f.localIp), f.localPort, ipText(f.remoteIp), f.remotePort];

@@ -1,6 +1,6 @@
 /**
  * Exporter pipeline benchmark: kernel `struct fe_flow` bytes → decode (lib/decode.ts) →
- * encode into windows (lib/batcher.ts) → gzip → spool (fsync), no collector.
+ * encode into windows (lib/batcher.ts) → compress (zstd, or gzip) → spool (fsync), no collector.
  *
  * Part 1 times each stage on one thread. Part 2, in a child process so its peak RSS is its
  * own, pushes a full 60-second window at 50 000 flows/s (3 000 000 flows) through the real
@@ -15,7 +15,13 @@
 import { cpuUsage } from "node:process";
 import { parseArgs } from "node:util";
 import { gzip as zlibGzip } from "node:zlib";
-import { DEFAULT_GZIP_LEVEL, gunzip, gzip } from "../lib/gzip.ts";
+import {
+  type BodyCoding,
+  compress as compressBody,
+  decompress,
+  DEFAULT_BODY_CODING,
+  DEFAULT_GZIP_LEVEL,
+} from "../lib/compression.ts";
 import { SYNTHETIC_BOOT_ID, syntheticFlow } from "../tests/_synthetic_flows.ts";
 import { Batcher, type ClosedWindow, DEFAULT_MAX_RECORDS } from "../lib/batcher.ts";
 import { decodeFlows, RECORD_OFFSETS, RECORD_SIZE } from "../lib/decode.ts";
@@ -38,6 +44,7 @@ const { values: args } = parseArgs({
     seconds: { type: "string", default: "60" },
     "max-records": { type: "string", default: String(DEFAULT_MAX_RECORDS) },
     "gzip-level": { type: "string", default: String(DEFAULT_GZIP_LEVEL) },
+    compression: { type: "string", default: DEFAULT_BODY_CODING },
     child: { type: "boolean", default: false },
   },
 });
@@ -45,6 +52,7 @@ const RATE = Number(args.rate);
 const SECONDS = Number(args.seconds);
 const MAX_RECORDS = Number(args["max-records"]);
 const GZIP_LEVEL = Number(args["gzip-level"]);
+const CODING = args.compression as BodyCoding;
 
 // ---------------------------------------------------------------- kernel records
 
@@ -200,10 +208,14 @@ async function stages(): Promise<void> {
       `${(ms * perBatch).toFixed(0)} ms/batch, ${(rawBytes / ms / 1000).toFixed(0)} MB/s`,
     ]);
   };
+  await compress(
+    "zstd level 1, streamed parts (lib/compression.ts)",
+    async () => (await compressBody(batch, "zstd")).length,
+  );
   for (const level of [1, 3, 6]) {
     await compress(
-      `gzip level ${level}, streamed parts (lib/gzip.ts)`,
-      async () => (await gzip(batch, level)).length,
+      `gzip level ${level}, streamed parts (lib/compression.ts)`,
+      async () => (await compressBody(batch, "gzip", level)).length,
     );
   }
   await compress(
@@ -223,25 +235,29 @@ async function stages(): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "pipeline_bench_" });
   try {
     const spool = await Spool.open({ dir, maxBytes: 1 << 30 });
-    const gz = await gzip(batch);
+    const compressed = await compressBody(batch);
     const count = 20;
     t = performance.now();
     for (let i = 0; i < count; i++) {
-      await spool.write({
-        schemaVersion: SCHEMA_VERSION,
-        exporterVersion: "bench",
-        host: { hostname: "h", workloadId: "" },
-        sequence: spool.nextSequence,
-        windowStartNs: 0n,
-        windowEndNs: 0n,
-        recordCount: 0,
-        clockOffsetNs: 0n,
-        loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
-      }, gz);
+      await spool.write(
+        {
+          schemaVersion: SCHEMA_VERSION,
+          exporterVersion: "bench",
+          host: { hostname: "h", workloadId: "" },
+          sequence: spool.nextSequence,
+          windowStartNs: 0n,
+          windowEndNs: 0n,
+          recordCount: 0,
+          clockOffsetNs: 0n,
+          loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
+        },
+        compressed,
+        DEFAULT_BODY_CODING,
+      );
     }
     const ms = performance.now() - t;
     rows.push([
-      `spool write (${(gz.length / 1e6).toFixed(1)} MB batch, 3 fsyncs)`,
+      `spool write (${(compressed.length / 1e6).toFixed(1)} MB batch, 3 fsyncs)`,
       rate(count * DEFAULT_MAX_RECORDS, ms),
       "",
       `${(ms / count).toFixed(1)} ms/batch`,
@@ -263,7 +279,7 @@ interface EndToEnd {
   cpuMs: number;
   batches: number;
   rawBytes: number;
-  gzipBytes: number;
+  compressedBytes: number;
   rssStartMb: number;
   peakRssMb: number;
   /** Largest V8 heap and off-heap (ArrayBuffer) sizes seen once per simulated second. */
@@ -286,6 +302,7 @@ async function endToEnd(): Promise<EndToEnd> {
       lossCounters: () => ({ kernelDrops: 0n, recursionMisses: 0n }),
       now: () => clock.ms,
       maxRecords: MAX_RECORDS,
+      compression: CODING,
       gzipLevel: GZIP_LEVEL,
     });
     await shipper.start();
@@ -315,12 +332,12 @@ async function endToEnd(): Promise<EndToEnd> {
     const peakRssMb =
       Number(/VmHWM:\s+(\d+) kB/.exec(await Deno.readTextFile("/proc/self/status"))?.[1]) / 1024;
     let rawBytes = 0;
-    let gzipBytes = 0;
+    let compressedBytes = 0;
     const spool = await Spool.open({ dir, maxBytes: 8 * 1024 ** 3 });
     for (const entry of spool.pending()) {
-      const gz = await Deno.readFile(entry.path);
-      gzipBytes += gz.length;
-      rawBytes += (await gunzip(gz, MAX_BATCH_BYTES)).length;
+      const body = await Deno.readFile(entry.path);
+      compressedBytes += body.length;
+      rawBytes += (await decompress(body, entry.coding, MAX_BATCH_BYTES)).length;
     }
     if (stats.recordsAdded !== total) {
       throw new Error(`Added ${stats.recordsAdded} of ${total} flows`);
@@ -331,7 +348,7 @@ async function endToEnd(): Promise<EndToEnd> {
       cpuMs: (cpu.user + cpu.system) / 1000,
       batches: stats.batchesSpooled,
       rawBytes,
-      gzipBytes,
+      compressedBytes,
       rssStartMb,
       peakRssMb,
       heapMb,
@@ -373,6 +390,7 @@ if (args.child) {
       `--seconds=${SECONDS}`,
       `--max-records=${MAX_RECORDS}`,
       `--gzip-level=${GZIP_LEVEL}`,
+      `--compression=${CODING}`,
     ],
     stderr: "inherit",
   }).output();
@@ -382,9 +400,9 @@ if (args.child) {
   table(
     `Part 2: ${SECONDS} s window at ${RATE.toLocaleString("en-US")} flows/s = ${
       r.flows.toLocaleString("en-US")
-    } flows, decode → batch (cap ${
-      MAX_RECORDS.toLocaleString("en-US")
-    } flows) → gzip ${GZIP_LEVEL} → spool, as fast as possible`,
+    } flows, decode → batch (cap ${MAX_RECORDS.toLocaleString("en-US")} flows) → ${
+      CODING === "gzip" ? `gzip ${GZIP_LEVEL}` : "zstd 1"
+    } → spool, as fast as possible`,
     [
       ["figure", "value"],
       ["wall time", `${(r.wallMs / 1000).toFixed(2)} s`],
@@ -398,8 +416,8 @@ if (args.child) {
       ["CPU per 1000 flows", `${(r.cpuMs / r.flows * 1000).toFixed(2)} ms`],
       ["batches", String(r.batches)],
       ["bytes/flow, CBOR", perFlow(r.rawBytes)],
-      ["bytes/flow, gzip (on the wire)", perFlow(r.gzipBytes)],
-      ["compression ratio", `${(r.rawBytes / r.gzipBytes).toFixed(2)}`],
+      [`bytes/flow, ${CODING} (on the wire)`, perFlow(r.compressedBytes)],
+      ["compression ratio", `${(r.rawBytes / r.compressedBytes).toFixed(2)}`],
       ["RSS before the window", `${r.rssStartMb.toFixed(0)} MiB`],
       ["peak RSS (VmHWM)", `${r.peakRssMb.toFixed(0)} MiB`],
       ["  largest V8 heap seen", `${r.heapMb.toFixed(0)} MiB`],

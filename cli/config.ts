@@ -36,7 +36,12 @@ import {
   MIN_INTERVAL_MS,
 } from "../lib/batcher.ts";
 import { DEFAULT_FLOWS_MAX, DEFAULT_RING_BYTES } from "../lib/capture_sizes.ts";
-import { DEFAULT_GZIP_LEVEL } from "../lib/gzip.ts";
+import {
+  BODY_CODINGS,
+  type BodyCoding,
+  DEFAULT_BODY_CODING,
+  DEFAULT_GZIP_LEVEL,
+} from "../lib/compression.ts";
 import { logOptions } from "../lib/log.ts";
 import { DEFAULT_SPOOL_BYTES } from "../lib/spool.ts";
 import {
@@ -176,10 +181,15 @@ export const OPTIONS = {
     help: "encoded flow bytes per batch before its window closes early",
     group: "shipping",
   }),
+  compression: choice(Object.keys(BODY_CODINGS) as BodyCoding[], {
+    default: DEFAULT_BODY_CODING,
+    help: "coding of batch bodies: zstd costs a third of gzip's CPU; gzip for old collectors",
+    group: "shipping",
+  }),
   gzip_level: integer({
     default: DEFAULT_GZIP_LEVEL,
     max: 9,
-    help: "gzip level of batches: 1 costs half the CPU of 3 for 16 % more bytes",
+    help: "gzip level of batches (compression gzip): 1 costs half the CPU of 3 for 16 % more bytes",
     group: "shipping",
   }),
   token_file: optionalPath({

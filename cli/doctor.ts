@@ -35,6 +35,7 @@ import {
   type IdRule,
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
+import { DEFAULT_BODY_CODING } from "../lib/compression.ts";
 import { Sender } from "../lib/sender.ts";
 import { type Config, type EffectiveConfig, loadConfig, OPTIONS_HELP } from "./config.ts";
 import { ConfigError, type ReadTextFile } from "../lib/options.ts";
@@ -590,7 +591,7 @@ async function checkCollector(p: DoctorProbes, v: Config): Promise<CheckResult> 
     return { name, status: "fail", detail: errorText(error) };
   }
   try {
-    const result = await sender.send(new Uint8Array(0), "doctor:0");
+    const result = await sender.send(new Uint8Array(0), DEFAULT_BODY_CODING, "doctor:0");
     if (result.outcome === "delivered") {
       return { name, status: "pass", detail: `${url} answered HTTP ${result.status}` };
     }

@@ -202,6 +202,7 @@ export async function run(v: Config): Promise<number> {
     maxRecords: v.batchMaxRecords,
     maxBytes: v.batchMaxBytes,
     spoolMaxBytes: v.spoolMaxBytes,
+    compression: v.compression,
     gzipLevel: v.gzipLevel,
     tokenFile: v.tokenFile,
     caFile: v.caFile,

@@ -9,8 +9,7 @@
  */
 
 import type { IncomingMessage } from "node:http";
-import { setImmediate } from "node:timers";
-import { createGunzip } from "node:zlib";
+import { codingOfContentEncoding, decompress, DecompressError } from "../lib/compression.ts";
 
 /** A request the server refuses with `status` and a one-line `message`. */
 export class HttpError extends Error {
@@ -153,8 +152,9 @@ export function readBoundedBody(
 }
 
 /**
- * Removes the content coding `encoding` (`gzip`, `identity` or none), producing at most
- * `maxBytes` bytes: 413 past it, 400 for a corrupt gzip stream, 415 for another coding.
+ * Removes the content coding `encoding` (`zstd`, `gzip`, `identity` or none), producing at most
+ * `maxBytes` bytes: 413 past it, 400 for a corrupt stream (or a zstd window over
+ * lib/compression.ts's ZSTD_WINDOW_LOG_MAX), 415 for another coding.
  */
 export async function decodeContent(
   body: Uint8Array,
@@ -168,56 +168,23 @@ export async function decodeContent(
     }
     return body;
   }
-  if (coding !== "gzip" && coding !== "x-gzip") {
+  const known = codingOfContentEncoding(coding);
+  if (known === undefined) {
     throw new HttpError(
       415,
-      `Unsupported Content-Encoding ${JSON.stringify(encoding)}: send gzip or identity`,
+      `Unsupported Content-Encoding ${JSON.stringify(encoding)}: send zstd, gzip or identity`,
     );
   }
-  return await inflate(body, maxBytes);
-}
-
-/** Compressed bytes inflated between two turns of the event loop. */
-const INFLATE_SLICE = 8 * 1024;
-
-/**
- * Inflates a gzip body a slice at a time, yielding to the event loop between slices: node:zlib
- * inflates on the calling thread in Deno, and a 64 MiB body in one go would stall every other
- * request (and the timeouts) for up to a second. Stops as soon as the output passes `maxBytes`.
- */
-async function inflate(body: Uint8Array, maxBytes: number): Promise<Uint8Array> {
-  const gunzip = createGunzip({ chunkSize: 256 * 1024 });
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  let failure: HttpError | undefined;
-  gunzip.on("data", (chunk: Uint8Array) => {
-    total += chunk.length;
-    if (total <= maxBytes) chunks.push(chunk);
-    else if (failure === undefined) {
-      failure = tooLarge("Decompressed body", maxBytes, "--max-decompressed-bytes");
-      gunzip.destroy();
-    }
-  });
-  gunzip.on("error", (error: Error) => {
-    failure ??= new HttpError(
+  try {
+    return await decompress(body, known, maxBytes);
+  } catch (error) {
+    if (!(error instanceof DecompressError)) throw error;
+    if (error.tooLarge) throw tooLarge("Decompressed body", maxBytes, "--max-decompressed-bytes");
+    throw new HttpError(
       400,
-      `Cannot decompress gzip body of ${body.length} bytes: ${error.message || "corrupt data"}`,
+      `Cannot decompress ${known} body of ${body.length} bytes: ${error.message}`,
     );
-  });
-  const finished = new Promise<void>((resolve) => {
-    gunzip.once("end", resolve);
-    gunzip.once("close", resolve);
-  });
-  for (let at = 0; at < body.length && failure === undefined; at += INFLATE_SLICE) {
-    if (!gunzip.write(body.subarray(at, at + INFLATE_SLICE))) {
-      await Promise.race([new Promise((resolve) => gunzip.once("drain", resolve)), finished]);
-    }
-    await new Promise((resolve) => setImmediate(resolve));
   }
-  if (failure === undefined) gunzip.end();
-  await finished;
-  if (failure !== undefined) throw failure;
-  return concat(chunks, total);
 }
 
 function concat(chunks: Uint8Array[], total: number): Uint8Array {

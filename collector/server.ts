@@ -1,13 +1,13 @@
 /**
  * The reference collector's HTTP server:
- * - `POST /v1/batches`: one gzip-compressed (or identity) CBOR batch per request, validated
+ * - `POST /v1/batches`: one zstd- or gzip-compressed (or identity) CBOR batch per request, validated
  *   against `schema/flow_batch.cddl`, attributed and stored; a repeat of a stored batch
  *   (same host, sequence and content) answers 200 without storing it again;
  * - `GET /v1/flows`: stored flows as a JSON array, with the filters of `flowexporter query`
  *   (`from`, `to`, `workload`, `ip`, `host`, `status`, `limit`);
  * - `GET /healthz`: `ok`.
  *
- * Refusals carry one line of text: 400 malformed gzip, CBOR or schema; 401 missing or wrong
+ * Refusals carry one line of text: 400 malformed zstd/gzip, CBOR or schema; 401 missing or wrong
  * bearer token (when a token is configured); 403 flows asked for without a token on an address
  * beyond loopback; 408 a head or body too slow; 409 a used (host, sequence) with other content;
  * 413 body, decompressed body or flow count over its limit; 415 wrong `Content-Type` or

@@ -1,7 +1,8 @@
 /**
- * Delivers gzipped batches to the collector over HTTP(S), with retries.
+ * Delivers compressed batches to the collector over HTTP(S), with retries.
  *
- * One `send` POSTs a batch with `Content-Type: application/cbor`, `Content-Encoding: gzip` and
+ * One `send` POSTs a batch with `Content-Type: application/cbor`, `Content-Encoding: zstd` (or
+ * `gzip`) and
  * `Idempotency-Key: <host>:<sequence>`, and classifies the answer: 2xx is delivered; 4xx other
  * than 408 and 429 is a permanent rejection; 408, 429, 5xx, timeouts and network errors are
  * retried with exponential backoff and full jitter, a bounded number of times.
@@ -9,6 +10,7 @@
  * @module
  */
 
+import { BODY_CODINGS, type BodyCoding } from "./compression.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { CBOR_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER } from "./wire.ts";
@@ -76,8 +78,8 @@ const MAX_RESPONSE_BYTES = 16 * 1024;
  * ```ts
  * import { Sender } from "./sender.ts";
  * using sender = await Sender.create({ url: "https://collector:8443/v1/batches" });
- * declare const gzippedBody: Uint8Array;
- * const result = await sender.send(gzippedBody, "node-1:42");
+ * declare const zstdBody: Uint8Array;
+ * const result = await sender.send(zstdBody, "zstd", "node-1:42");
  * ```
  */
 export class Sender {
@@ -148,12 +150,18 @@ export class Sender {
   /**
    * Sends one batch, retrying transient failures up to `maxAttempts` times in all.
    *
-   * @param body the gzipped batch body
+   * @param body the compressed batch body
+   * @param coding how `body` is compressed (its `Content-Encoding`)
    * @param key the idempotency key, `<hostname>:<sequence>`
    * @param signal aborts the request in flight and any backoff
    * @returns delivered, rejected (do not retry), failed (retry later) or aborted
    */
-  async send(body: Uint8Array, key: string, signal?: AbortSignal): Promise<SendResult> {
+  async send(
+    body: Uint8Array,
+    coding: BodyCoding,
+    key: string,
+    signal?: AbortSignal,
+  ): Promise<SendResult> {
     const maxAttempts = this.#options.maxAttempts ?? 5;
     const timeoutMs = this.#options.timeoutMs ?? 30_000;
     let reason = "aborted before the first attempt";
@@ -163,7 +171,7 @@ export class Sender {
       try {
         const headers = new Headers({
           "Content-Type": CBOR_MEDIA_TYPE,
-          "Content-Encoding": "gzip",
+          "Content-Encoding": BODY_CODINGS[coding].contentEncoding,
           [IDEMPOTENCY_KEY_HEADER]: key,
         });
         if (this.#options.userAgent) headers.set("User-Agent", this.#options.userAgent);

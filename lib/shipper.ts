@@ -2,7 +2,7 @@
  * Ships flows to the collector: batcher → spool → sender.
  *
  * Flows are encoded into the open window as they arrive; each closed window becomes a batch
- * (header, gzip) that is written durably to the spool, then sent in sequence order, oldest
+ * (header, compressed with zstd or gzip) that is written durably to the spool, then sent in sequence order, oldest
  * first (batches left by an earlier run go first). A batch leaves the spool only once the
  * collector accepted it, or set aside when the collector refused it for good.
  *
@@ -16,17 +16,24 @@
  */
 
 import type { FlowRecord } from "./flow.ts";
-import { gzip } from "./gzip.ts";
+import {
+  BODY_CODINGS,
+  type BodyCoding,
+  compress,
+  decompress,
+  DEFAULT_BODY_CODING,
+} from "./compression.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { Batcher, type ClosedWindow } from "./batcher.ts";
-import { Sender, type SenderOptions } from "./sender.ts";
+import { Sender, type SenderOptions, type SendResult } from "./sender.ts";
 import { Spool } from "./spool.ts";
 import {
   type BatchHeader,
   type BatchHost,
   encodeBatchParts,
   idempotencyKey,
+  MAX_BATCH_BYTES,
   SCHEMA_VERSION,
   WireFormatError,
 } from "./wire.ts";
@@ -72,7 +79,12 @@ export interface ShipperOptions extends Omit<SenderOptions, "url"> {
   maxBytes?: number;
   /** Cap on the spool's bytes on disk. */
   spoolMaxBytes?: number;
-  /** Gzip level of batch bodies, 1 to 9. */
+  /**
+   * Coding of new batch bodies (default zstd). A collector that answers 415 to zstd gets gzip
+   * from then on, spooled zstd batches included.
+   */
+  compression?: BodyCoding;
+  /** Gzip level of batch bodies, 1 to 9, when the coding is gzip. */
   gzipLevel?: number;
   /** Receives log lines. */
   logger?: Logger;
@@ -174,6 +186,10 @@ export class Shipper {
   #windowsClosed = 0;
   #lastHost: BatchHost | undefined;
   #lastClockOffsetNs = 0n;
+  /** Coding of new batches: the configured one until the collector refuses zstd. */
+  #coding: BodyCoding;
+  /** The collector answered 415 to zstd: every batch goes as gzip. */
+  #collectorGzipOnly = false;
   /** Batches that could not be spooled since the last one that was: logged once per incident. */
   #unspooled: { batches: number; flows: number } | undefined;
 
@@ -185,6 +201,7 @@ export class Shipper {
     this.#options = options;
     this.#log = options.logger ?? silentLogger;
     this.#lossBase = options.lossReported ?? this.#lossBase;
+    this.#coding = options.compression ?? DEFAULT_BODY_CODING;
     this.#batcher = new Batcher({
       intervalMs: options.intervalMs,
       maxRecords: options.maxRecords,
@@ -347,8 +364,10 @@ export class Shipper {
           spoolEvictions: spool.unreportedEvictions,
         },
       };
-      const body = await gzip(encodeBatchParts(header, window.chunks), this.#options.gzipLevel);
-      await spool.write(header, body);
+      const coding = this.#coding;
+      const parts = encodeBatchParts(header, window.chunks);
+      const body = await compress(parts, coding, this.#options.gzipLevel);
+      await spool.write(header, body, coding);
       this.#lossBase = current;
       this.#stats.batchesSpooled++;
       if (this.#unspooled) {
@@ -380,6 +399,26 @@ export class Shipper {
     } finally {
       this.#stats.windowsPending--;
     }
+  }
+
+  /**
+   * Sends a batch spooled as `coding` as gzip, for a collector older than zstd support. The
+   * spooled file keeps its coding; it is recompressed for each attempt.
+   */
+  async #sendAsGzip(
+    sender: Sender,
+    body: Uint8Array,
+    coding: BodyCoding,
+    key: string,
+    signal: AbortSignal,
+  ): Promise<SendResult> {
+    const plain = await decompress(body, coding, MAX_BATCH_BYTES);
+    return sender.send(
+      await compress([plain], "gzip", this.#options.gzipLevel),
+      "gzip",
+      key,
+      signal,
+    );
   }
 
   /** Calls a provider; when it throws, logs and falls back to its last good answer. */
@@ -414,7 +453,20 @@ export class Shipper {
         const body = await spool.read(entry);
         if (!body || !entry.header) continue;
         const key = idempotencyKey(entry.header.host.hostname, entry.sequence);
-        const result = await sender.send(body, key, signal);
+        let result = this.#collectorGzipOnly && entry.coding !== "gzip"
+          ? await this.#sendAsGzip(sender, body, entry.coding, key, signal)
+          : await sender.send(body, entry.coding, key, signal);
+        if (result.outcome === "rejected" && result.status === 415 && entry.coding !== "gzip") {
+          this.#collectorGzipOnly = true;
+          this.#coding = "gzip";
+          this.#log(
+            "warn",
+            `Collector ${sender.url} does not accept ${
+              BODY_CODINGS[entry.coding].contentEncoding
+            } bodies (HTTP 415): sending gzip from now on (upgrade the collector, or set compression gzip, to silence this)`,
+          );
+          result = await this.#sendAsGzip(sender, body, entry.coding, key, signal);
+        }
         this.#stats.batchesRetried += Math.max(0, result.attempts - 1);
         switch (result.outcome) {
           case "delivered":

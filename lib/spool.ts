@@ -3,7 +3,8 @@
  * anyone tries to send it, and is deleted only after delivery.
  *
  * Layout of the spool directory:
- * - `batch-<sequence, 16 digits>.cbor.gz`: a batch waiting to be sent (gzip of the body);
+ * - `batch-<sequence, 16 digits>.cbor.zst` (or `.cbor.gz`): a batch waiting to be sent, its body
+ *   compressed with the coding the suffix names (lib/compression.ts);
  * - `state.json`: the next sequence number and the evictions not yet reported in a batch;
  * - `rejected/`: batches the collector refused for good (HTTP 4xx), kept for inspection;
  * - `corrupt/`: files that could not be read back, and leftovers of interrupted writes.
@@ -20,7 +21,7 @@
  */
 
 import { JOURNAL_DIR } from "./capture_journal.ts";
-import { gunzip } from "./gzip.ts";
+import { BODY_CODINGS, type BodyCoding, decompress, hasMagic } from "./compression.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { decodeBatch, MAX_BATCH_BYTES } from "./wire.ts";
 import type { BatchHeader } from "./wire.ts";
@@ -42,8 +43,10 @@ export interface SpoolOptions {
 export interface SpoolEntry {
   /** The batch sequence number. */
   readonly sequence: number;
-  /** The file holding the gzipped batch body. */
+  /** The file holding the compressed batch body. */
   readonly path: string;
+  /** How the body is compressed (the file's suffix says so too). */
+  readonly coding: BodyCoding;
   /** Size of the file, bytes. */
   readonly bytes: number;
   /** When the batch was spooled, ms since the epoch. */
@@ -71,7 +74,24 @@ export interface SpoolStats {
 /** Default spool cap: 256 MiB. */
 export const DEFAULT_SPOOL_BYTES = 256 * 1024 * 1024;
 
-const BATCH_FILE = /^batch-(\d{16})\.cbor\.gz$/;
+const BATCH_FILE = new RegExp(
+  `^batch-(\\d{16})\\.cbor\\.(${
+    Object.values(BODY_CODINGS).map((coding) => coding.fileSuffix).join("|")
+  })$`,
+);
+
+/**
+ * The coding of a spooled batch file, from its name.
+ *
+ * @param path a batch file's path or name
+ * @returns undefined for a file that is not a spooled batch
+ */
+export function spoolFileCoding(path: string): BodyCoding | undefined {
+  const suffix = BATCH_FILE.exec(path.slice(path.lastIndexOf("/") + 1))?.[2];
+  return (Object.keys(BODY_CODINGS) as BodyCoding[]).find((coding) =>
+    BODY_CODINGS[coding].fileSuffix === suffix
+  );
+}
 const STATE_FILE = "state.json";
 const REJECTED = "rejected";
 const CORRUPT = "corrupt";
@@ -84,7 +104,7 @@ interface AsideFile {
 }
 
 /**
- * A durable queue of gzipped batches, oldest first. Every operation that touches the disk is
+ * A durable queue of compressed batches, oldest first. Every operation that touches the disk is
  * serialized.
  *
  * @example
@@ -179,13 +199,14 @@ export class Spool {
    * (not one being sent), until the batch fits.
    *
    * @param header the batch header; `sequence` must be at least {@linkcode nextSequence}
-   * @param body the gzipped batch body
+   * @param body the compressed batch body
+   * @param coding how `body` is compressed
    * @returns the new entry
    * @throws when the write fails (nothing left to evict on a full disk, another error): the
    *   batch is not in the spool, and, when it holds flows, is counted for the next batch to
    *   report; or when the sequence number is stale
    */
-  write(header: BatchHeader, body: Uint8Array): Promise<SpoolEntry> {
+  write(header: BatchHeader, body: Uint8Array, coding: BodyCoding): Promise<SpoolEntry> {
     return this.#serial(async () => {
       if (header.sequence < this.#nextSequence) {
         throw new RangeError(
@@ -194,7 +215,7 @@ export class Spool {
           }`,
         );
       }
-      const path = this.#batchPath(header.sequence);
+      const path = this.#batchPath(header.sequence, coding);
       const evictedBefore = this.#evictions;
       try {
         await this.#writeWithRoom(path, body);
@@ -216,6 +237,7 @@ export class Spool {
       const entry: SpoolEntry = {
         sequence: header.sequence,
         path,
+        coding,
         bytes: body.length,
         createdMs: this.#now(),
         header,
@@ -246,11 +268,11 @@ export class Spool {
 
   /**
    * Reads a batch for sending and leases it: a leased batch is never evicted. A batch from an
-   * earlier run is checked first (gzip checksum, schema, sequence); a bad one is moved to
+   * earlier run is checked first (checksum, schema, sequence); a bad one is moved to
    * `corrupt/` with a log line.
    *
    * @param entry a pending entry
-   * @returns the gzipped body, or undefined when the file is gone or was set aside
+   * @returns the compressed body, or undefined when the file is gone or was set aside
    */
   read(entry: SpoolEntry): Promise<Uint8Array | undefined> {
     return this.#serial(async () => {
@@ -265,7 +287,7 @@ export class Spool {
       }
       if (!this.#verified.has(entry)) {
         try {
-          const { header } = decodeBatch(await gunzip(body, MAX_BATCH_BYTES));
+          const { header } = decodeBatch(await decompress(body, entry.coding, MAX_BATCH_BYTES));
           if (header.sequence !== entry.sequence) {
             throw new Error(`it holds batch ${header.sequence}`);
           }
@@ -324,8 +346,9 @@ export class Spool {
     return result;
   }
 
-  #batchPath(sequence: number): string {
-    return `${this.#dir}/batch-${String(sequence).padStart(16, "0")}.cbor.gz`;
+  #batchPath(sequence: number, coding: BodyCoding): string {
+    const suffix = BODY_CODINGS[coding].fileSuffix;
+    return `${this.#dir}/batch-${String(sequence).padStart(16, "0")}.cbor.${suffix}`;
   }
 
   #totalBytes(): number {
@@ -372,8 +395,9 @@ export class Spool {
         continue;
       }
       const info = await Deno.stat(path);
-      if (!(await hasGzipMagic(path))) {
-        await this.#setAside(path, CORRUPT, `is corrupt: not gzip data (${info.size} bytes)`);
+      const coding = spoolFileCoding(item.name)!;
+      if (!(await startsWithMagic(path, coding))) {
+        await this.#setAside(path, CORRUPT, `is corrupt: not ${coding} data (${info.size} bytes)`);
         continue;
       }
       const sequence = Number(match[1]);
@@ -381,6 +405,7 @@ export class Spool {
       this.#pending.push({
         sequence,
         path,
+        coding,
         bytes: info.size,
         createdMs: info.mtime?.getTime() ?? this.#now(),
       });
@@ -550,9 +575,9 @@ async function writeDurably(dir: string, path: string, bytes: Uint8Array): Promi
   }
 }
 
-async function hasGzipMagic(path: string): Promise<boolean> {
+async function startsWithMagic(path: string, coding: BodyCoding): Promise<boolean> {
   using file = await Deno.open(path, { read: true });
-  const head = new Uint8Array(2);
+  const head = new Uint8Array(BODY_CODINGS[coding].magic.length);
   const n = await file.read(head);
-  return n === 2 && head[0] === 0x1f && head[1] === 0x8b;
+  return n === head.length && hasMagic(head, coding);
 }

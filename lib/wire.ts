@@ -56,7 +56,7 @@ export const SCHEMA_VERSION = 3;
 /** Oldest schema version `decodeBatch` still reads: agents may be upgraded after collectors. */
 export const OLDEST_READ_SCHEMA_VERSION = 1;
 
-/** `Content-Type` of a batch body (before `Content-Encoding: gzip`). */
+/** `Content-Type` of a batch body (before its `Content-Encoding`, zstd or gzip). */
 export const CBOR_MEDIA_TYPE = "application/cbor";
 
 /** Request header that carries {@linkcode idempotencyKey}. */
@@ -329,7 +329,7 @@ export class WireLimitError extends WireFormatError {
  * the flows. Tags, indefinite lengths, duplicate map keys and text that is not UTF-8 are
  * refused. For a limit on the flow count, see {@linkcode batchDecoder}.
  *
- * @param bytes the body, after `Content-Encoding: gzip` was removed
+ * @param bytes the body, after its `Content-Encoding` was removed
  * @returns the header and the flows as {@linkcode FlowRecord}s (byte strings are copied; the
  *   flows of one boot share one `bootId`). Flows of versions 1 and 2, which have no `flow_id`
  *   and no `bytes_retrans`, get `bootId` {@linkcode NO_BOOT_ID} (empty), `cookie` 0 and

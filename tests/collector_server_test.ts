@@ -491,7 +491,7 @@ Deno.test("collector serves HTTPS with --tls-cert and --tls-key, and an exporter
       caFile: `${dir}/cert.pem`,
       maxAttempts: 1,
     });
-    const result = await sender.send(batchBody("node-a", 1, nodeAFlows()), "node-a:1");
+    const result = await sender.send(batchBody("node-a", 1, nodeAFlows()), "gzip", "node-a:1");
     assert.equal(result.outcome, "delivered", JSON.stringify(result));
     assert.equal(collector.store.counts().flows, 2);
   } finally {

@@ -6,9 +6,8 @@ import assert from "node:assert/strict";
 import { AgentProcess, kernelTest } from "./_agent.ts";
 import { makeCertificate } from "./_certs.ts";
 import { churn, namedServerPort, uniqueLoopbackAddress, unreachableEndpoint } from "./_traffic.ts";
-import { gunzip } from "../lib/gzip.ts";
+import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
 import { IP_WORKLOAD_MAX_ENTRIES, PORT_WORKLOAD_MAX_ENTRIES } from "../lib/map_layout.ts";
-import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -180,12 +179,11 @@ kernelTest("a closed stdout stops the agent cleanly, with every record in the sp
     assert.match(log, /Cannot write flow records to stdout: .*; stopping/);
     const records = Number(/stopped \(records (\d+),/.exec(log)?.[1]);
     assert.ok(records >= 40, `${records} records: 2 per connection`);
-    const spooled = [...Deno.readDirSync(`${dir}/spool`)].filter((e) => e.name.endsWith(".gz"));
+    const spooled = [...Deno.readDirSync(`${dir}/spool`)].filter((e) => isSpooledBatch(e.name));
     assert.ok(spooled.length > 0, "the open window went to the spool");
     let flows = 0; // a minute boundary during the test makes two batches
     for (const file of spooled) {
-      const body = await Deno.readFile(`${dir}/spool/${file.name}`);
-      flows += decodeBatch(await gunzip(body, MAX_BATCH_BYTES)).flows.length;
+      flows += (await decodeSpooledBatch(`${dir}/spool/${file.name}`)).flows.length;
     }
     assert.equal(flows, records, "every record captured is in the spool");
   } finally {

@@ -5,9 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { formatIp } from "../lib/map_layout.ts";
-import { gunzip } from "../lib/gzip.ts";
+import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 import { AgentProcess, delay, kernelTest } from "./_agent.ts";
 import { CollectorProcess, storedLoss } from "./_collector.ts";
 import { churn, exchange, namedServerPort, uniqueLoopbackAddress } from "./_traffic.ts";
@@ -58,15 +57,16 @@ async function collected(
 async function spooledFlows(spoolDir: string, ip: string): Promise<number> {
   let n = 0;
   for (const entry of Deno.readDirSync(spoolDir)) {
-    if (!entry.isFile || !entry.name.endsWith(".cbor.gz")) continue;
+    if (!entry.isFile || !isSpooledBatch(entry.name)) continue;
+    const path = `${spoolDir}/${entry.name}`;
     let body: Uint8Array;
     try {
-      body = await Deno.readFile(`${spoolDir}/${entry.name}`);
+      body = await Deno.readFile(path);
     } catch (error) {
       if (error instanceof Deno.errors.NotFound) continue;
       throw error;
     }
-    for (const f of decodeBatch(await gunzip(body, MAX_BATCH_BYTES)).flows) {
+    for (const f of (await decodeSpooledBatch(path, body)).flows) {
       if (formatIp(f.localIp) === ip || formatIp(f.remoteIp) === ip) n++;
     }
   }

@@ -6,8 +6,7 @@
 import assert from "node:assert/strict";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { formatFlowId } from "../lib/flow_id.ts";
-import { decodeBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
-import { gunzip } from "../lib/gzip.ts";
+import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
 import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -180,9 +179,8 @@ kernelTest("a connection open across a restart keeps its start and its workload"
 async function spooledSockets(grid: Grid, spoolDir: string): Promise<GridSocket[]> {
   const sockets: GridSocket[] = [];
   for (const entry of Deno.readDirSync(spoolDir)) {
-    if (!entry.isFile || !entry.name.endsWith(".cbor.gz")) continue;
-    const body = await gunzip(await Deno.readFile(`${spoolDir}/${entry.name}`), MAX_BATCH_BYTES);
-    for (const f of decodeBatch(body).flows) {
+    if (!entry.isFile || !isSpooledBatch(entry.name)) continue;
+    for (const f of (await decodeSpooledBatch(`${spoolDir}/${entry.name}`)).flows) {
       const ip = (b: Uint8Array) => b.join(".");
       const flowId = formatFlowId(f.bootId, f.cookie);
       if (onGrid(grid, ip(f.localIp), f.localPort)) sockets.push({ flowId, side: "server" });
@@ -313,12 +311,8 @@ kernelTest(
       let reported = 0n;
       const spoolDir = `${first.workDir}/spool`;
       for (const entry of Deno.readDirSync(spoolDir)) {
-        if (!entry.isFile || !entry.name.endsWith(".cbor.gz")) continue;
-        const body = await gunzip(
-          await Deno.readFile(`${spoolDir}/${entry.name}`),
-          MAX_BATCH_BYTES,
-        );
-        reported += decodeBatch(body).header.loss.kernelDrops;
+        if (!entry.isFile || !isSpooledBatch(entry.name)) continue;
+        reported += (await decodeSpooledBatch(`${spoolDir}/${entry.name}`)).header.loss.kernelDrops;
       }
       assert.equal(reported, BigInt(drops), "the batches report every drop, once");
       const captured = tally(await spooledSockets(grid, spoolDir));

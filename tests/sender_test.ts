@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { gunzip, gzip } from "../lib/gzip.ts";
+import { compress, decompress } from "../lib/compression.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Sender, SenderConfigError, type SenderOptions } from "../lib/sender.ts";
 import {
@@ -51,7 +51,7 @@ const header = {
   clockOffsetNs: 0n,
   loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
 };
-const body = await gzip(encodeBatchParts(header, records.map(encodeFlow)));
+const body = await compress(encodeBatchParts(header, records.map(encodeFlow)), "zstd");
 
 Deno.test("send() retries a 503 with exponential backoff, then delivers", async () => {
   const times: number[] = [];
@@ -61,7 +61,7 @@ Deno.test("send() retries a 503 with exponential backoff, then delivers", async 
   }, async (url) => {
     const logs: string[] = [];
     using s = await sender(url, { baseDelayMs: 40, random: () => 0.999 }, logs);
-    const result = await s.send(body, "node-1:42");
+    const result = await s.send(body, "zstd", "node-1:42");
     assert.deepEqual(result, { outcome: "delivered", status: 200, attempts: 3 });
     assert.ok(times[1] - times[0] >= 35, `first backoff ${times[1] - times[0]} ms`);
     assert.ok(times[2] - times[1] >= 75, `second backoff ${times[2] - times[1]} ms`);
@@ -82,7 +82,7 @@ Deno.test("send() gives up at once on a 400 and reports the collector's reason",
     });
   }, async (url) => {
     using s = await sender(url);
-    assert.deepEqual(await s.send(body, "node-1:42"), {
+    assert.deepEqual(await s.send(body, "zstd", "node-1:42"), {
       outcome: "rejected",
       status: 400,
       attempts: 1,
@@ -101,7 +101,7 @@ Deno.test("a collector's answer cannot forge or colour the agent's log lines, no
       ),
     async (url) => {
       using s = await sender(url);
-      const result = await s.send(body, "node-1:42");
+      const result = await s.send(body, "zstd", "node-1:42");
       assert.equal(result.outcome, "rejected");
       const reason = (result as { reason: string }).reason;
       // Whitespace (the newline, U+2028) becomes a space, other controls escapes; 200 characters.
@@ -123,13 +123,13 @@ Deno.test("send() retries 408 and 429 and honours Retry-After up to its cap", as
     return new Response(null, { status: 204 });
   }, async (url) => {
     using s = await sender(url, { random: () => 0 });
-    assert.equal((await s.send(body, "node-1:42")).outcome, "delivered");
+    assert.equal((await s.send(body, "zstd", "node-1:42")).outcome, "delivered");
     assert.ok(times[2] - times[1] >= 190, `waited ${times[2] - times[1]} ms after a 429`);
     assert.equal(s.backoffMs(1, 60_000), 1000, "Retry-After is bounded by maxDelayMs");
   });
 });
 
-Deno.test("send() posts gzip CBOR with the idempotency key and a bearer token re-read when it changes", async () => {
+Deno.test("send() posts zstd CBOR with the idempotency key and a bearer token re-read when it changes", async () => {
   const dir = await Deno.makeTempDir();
   const tokenFile = `${dir}/token`;
   await Deno.writeTextFile(tokenFile, "first-token\n");
@@ -139,20 +139,20 @@ Deno.test("send() posts gzip CBOR with the idempotency key and a bearer token re
       const raw = new Uint8Array(await request.arrayBuffer());
       seen.push({
         headers: request.headers,
-        batch: decodeBatch(await gunzip(raw, MAX_BATCH_BYTES)),
+        batch: decodeBatch(await decompress(raw, "zstd", MAX_BATCH_BYTES)),
       });
       return new Response(null, { status: 202 });
     }, async (url) => {
       const logs: string[] = [];
       using s = await sender(url, { tokenFile, userAgent: "flowexporter/test" }, logs);
-      assert.equal((await s.send(body, "node-1:42")).outcome, "delivered");
+      assert.equal((await s.send(body, "zstd", "node-1:42")).outcome, "delivered");
       await Deno.writeTextFile(tokenFile, "second-token-rotated\n");
-      assert.equal((await s.send(body, "node-1:43")).outcome, "delivered");
+      assert.equal((await s.send(body, "zstd", "node-1:43")).outcome, "delivered");
       assert.ok(logs.includes(`info: Bearer token file ${tokenFile} changed: using the new token`));
     });
     const [first, second] = seen;
     assert.equal(first.headers.get("content-type"), "application/cbor");
-    assert.equal(first.headers.get("content-encoding"), "gzip");
+    assert.equal(first.headers.get("content-encoding"), "zstd");
     assert.equal(first.headers.get("idempotency-key"), "node-1:42");
     assert.equal(first.headers.get("user-agent"), "flowexporter/test");
     assert.equal(first.headers.get("authorization"), "Bearer first-token");
@@ -170,7 +170,7 @@ Deno.test("network errors, timeouts and a missing token are retried, then report
     const port = listener.addr.port;
     listener.close();
     using s = await sender(`http://127.0.0.1:${port}/`, { maxAttempts: 3 });
-    const result = await s.send(body, "node-1:42");
+    const result = await s.send(body, "zstd", "node-1:42");
     assert.equal(result.outcome, "failed");
     assert.equal(result.attempts, 3);
   });
@@ -181,7 +181,7 @@ Deno.test("network errors, timeouts and a missing token are retried, then report
       return new Response(null);
     }, async (url) => {
       using s = await sender(url, { maxAttempts: 2, timeoutMs: 50 });
-      assert.deepEqual(await s.send(body, "node-1:42"), {
+      assert.deepEqual(await s.send(body, "zstd", "node-1:42"), {
         outcome: "failed",
         attempts: 2,
         reason: "no answer within 50 ms",
@@ -192,7 +192,7 @@ Deno.test("network errors, timeouts and a missing token are retried, then report
   await t.step("token file missing", async () => {
     await withCollector(() => new Response(null), async (url) => {
       using s = await sender(url, { maxAttempts: 2, tokenFile: "/nonexistent/token" });
-      assert.deepEqual(await s.send(body, "node-1:42"), {
+      assert.deepEqual(await s.send(body, "zstd", "node-1:42"), {
         outcome: "failed",
         attempts: 2,
         reason:
@@ -211,7 +211,7 @@ Deno.test("an abort signal ends send() during its backoff", async () => {
       random: () => 1,
     });
     const started = performance.now();
-    const result = await s.send(body, "node-1:42", AbortSignal.timeout(100));
+    const result = await s.send(body, "zstd", "node-1:42", AbortSignal.timeout(100));
     assert.equal(result.outcome, "aborted");
     assert.ok(performance.now() - started < 2000);
   });
@@ -275,9 +275,9 @@ Deno.test("send() speaks https to a collector signed by a private CA", async () 
     };
     await withCollector(() => new Response(null, { status: 200 }), async (url) => {
       using trusted = await sender(url, { caFile: `${dir}/ca.pem` });
-      assert.equal((await trusted.send(body, "node-1:42")).outcome, "delivered");
+      assert.equal((await trusted.send(body, "zstd", "node-1:42")).outcome, "delivered");
       using untrusted = await sender(url, { maxAttempts: 1 });
-      const result = await untrusted.send(body, "node-1:42");
+      const result = await untrusted.send(body, "zstd", "node-1:42");
       assert.equal(result.outcome, "failed");
       assert.match((result as { reason: string }).reason, /certificate/i);
     }, tls);

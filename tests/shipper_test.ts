@@ -1,24 +1,31 @@
 import assert from "node:assert/strict";
-import { gunzip } from "../lib/gzip.ts";
+import { codingOfContentEncoding, decompress } from "../lib/compression.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Shipper, type ShipperOptions } from "../lib/shipper.ts";
 import { Spool } from "../lib/spool.ts";
 import { CAN_MOUNT_TMPFS, fillUp, withTinyFs } from "./_tiny_fs.ts";
 import { decodeBatch, type DecodedBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 
-/** A collector on 127.0.0.1 that decodes and keeps every batch it accepts. */
-function collector(options: { port?: number; status?: () => number } = {}) {
+/**
+ * A collector on 127.0.0.1 that decodes and keeps every batch it accepts; with `gzipOnly`, it
+ * answers 415 to other codings, as collectors before zstd support do.
+ */
+function collector(options: { port?: number; status?: () => number; gzipOnly?: boolean } = {}) {
   const batches: DecodedBatch[] = [];
   const keys: string[] = [];
+  const encodings: string[] = [];
   let requests = 0;
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => {} },
     async (request) => {
       requests++;
-      const status = options.status?.() ?? 200;
+      const encoding = request.headers.get("content-encoding") ?? "";
+      encodings.push(encoding);
+      const coding = codingOfContentEncoding(encoding);
+      const status = options.gzipOnly && coding !== "gzip" ? 415 : options.status?.() ?? 200;
       const raw = new Uint8Array(await request.arrayBuffer());
       if (status === 200) {
-        batches.push(decodeBatch(await gunzip(raw, MAX_BATCH_BYTES)));
+        batches.push(decodeBatch(await decompress(raw, coding!, MAX_BATCH_BYTES)));
         keys.push(request.headers.get("idempotency-key") ?? "");
       }
       return new Response(status === 200 ? null : "refused", { status });
@@ -29,6 +36,7 @@ function collector(options: { port?: number; status?: () => number } = {}) {
     url: `http://127.0.0.1:${server.addr.port}/v1/batches`,
     batches,
     keys,
+    encodings,
     requests: () => requests,
     /** How many times each flow (by its end time) arrived. */
     counts() {
@@ -90,7 +98,9 @@ async function spooled(dir: string): Promise<DecodedBatch[]> {
   const spool = await Spool.open({ dir });
   const out: DecodedBatch[] = [];
   for (const entry of spool.pending()) {
-    out.push(decodeBatch(await gunzip((await spool.read(entry))!, MAX_BATCH_BYTES)));
+    out.push(
+      decodeBatch(await decompress((await spool.read(entry))!, entry.coding, MAX_BATCH_BYTES)),
+    );
     spool.release(entry);
   }
   return out;
@@ -296,6 +306,34 @@ Deno.test("a batch the collector refuses is set aside, not retried", async () =>
         logs.some((l) =>
           /^error: Collector .* refused batch node-1:\d+ for good \(HTTP 400: refused\)/.test(l)
         ),
+      );
+    } finally {
+      await up.server.shutdown();
+    }
+  });
+});
+
+Deno.test("a collector that answers 415 to zstd gets gzip: the refused batch and every later one", async () => {
+  await withSpoolDir(async (dir) => {
+    const logs: string[] = [];
+    const up = collector({ gzipOnly: true });
+    try {
+      const shipper = new Shipper(options(dir, { collectorUrl: up.url, maxRecords: 5 }, logs));
+      await shipper.start();
+      for (let i = 0; i < 10; i++) shipper.add(syntheticFlow(i));
+      await until(() => up.batches.length === 2, "two batches delivered");
+      for (let i = 10; i < 15; i++) shipper.add(syntheticFlow(i));
+      const stats = await shipper.close(2000);
+      assert.equal(stats.batchesRejected, 0);
+      assert.equal(stats.spoolFiles, 0);
+      assert.deepEqual([...up.counts().values()], Array(15).fill(1), "every flow, once");
+      assert.equal(up.encodings[0], "zstd", "zstd first");
+      assert.ok(up.encodings.slice(1).every((e) => e === "gzip"), up.encodings.join(","));
+      assert.equal(
+        logs.filter((l) => l.includes("does not accept zstd bodies (HTTP 415): sending gzip"))
+          .length,
+        1,
+        logs.join("\n"),
       );
     } finally {
       await up.server.shutdown();

@@ -1,0 +1,233 @@
+/**
+ * The content codings of batch bodies, through node:zlib: zstd (the default) and gzip. One table
+ * says, for each, its HTTP `Content-Encoding` token, its spool file suffix and its magic bytes.
+ *
+ * zstd level 1 compresses a window of flows about as small as gzip level 3 at about a third of
+ * the CPU (docs/benchmarks.md, "Compression"): compression was the largest single cost of the
+ * agent. gzip stays for collectors older than zstd support: the shipper falls back to it when a
+ * collector answers 415.
+ *
+ * @module
+ */
+
+import { setImmediate } from "node:timers";
+import type { Transform } from "node:stream";
+import {
+  constants,
+  createGunzip,
+  createGzip,
+  createZstdCompress,
+  createZstdDecompress,
+} from "node:zlib";
+
+/** A content coding of batch bodies. */
+export type BodyCoding = "zstd" | "gzip";
+
+/** What the agent compresses new batches with unless told otherwise. */
+export const DEFAULT_BODY_CODING: BodyCoding = "zstd";
+
+/** Default gzip level for batches (when gzip is the coding). */
+export const DEFAULT_GZIP_LEVEL = 3;
+
+/**
+ * The largest zstd window a decoder accepts, as a power of two: 4 MiB. A frame may declare a
+ * window of up to 2 GiB, which the decoder would allocate before producing a byte; the agent's
+ * level 1 uses at most 512 KiB.
+ */
+export const ZSTD_WINDOW_LOG_MAX = 22;
+
+/** Each coding's names and signature. */
+export const BODY_CODINGS: Readonly<
+  Record<BodyCoding, { contentEncoding: string; fileSuffix: string; magic: readonly number[] }>
+> = {
+  zstd: { contentEncoding: "zstd", fileSuffix: "zst", magic: [0x28, 0xb5, 0x2f, 0xfd] },
+  gzip: { contentEncoding: "gzip", fileSuffix: "gz", magic: [0x1f, 0x8b] },
+};
+
+/** The coding named by an HTTP `Content-Encoding` token, if it is one of ours. */
+export function codingOfContentEncoding(token: string): BodyCoding | undefined {
+  const name = token.trim().toLowerCase();
+  if (name === "x-gzip") return "gzip";
+  return (Object.keys(BODY_CODINGS) as BodyCoding[]).find((coding) =>
+    BODY_CODINGS[coding].contentEncoding === name
+  );
+}
+
+/** True when `head` starts with the magic bytes of `coding`. */
+export function hasMagic(head: Uint8Array, coding: BodyCoding): boolean {
+  const magic = BODY_CODINGS[coding].magic;
+  return head.length >= magic.length && magic.every((byte, i) => head[i] === byte);
+}
+
+/**
+ * Compresses the concatenation of `parts` without building it first.
+ *
+ * @param parts the bytes to compress, in order
+ * @param coding zstd (level 1) or gzip (level `gzipLevel`)
+ * @param gzipLevel zlib level, 1 (fastest) to 9 (smallest), for gzip
+ * @returns one zstd frame or gzip member
+ */
+export function compress(
+  parts: readonly Uint8Array[],
+  coding: BodyCoding = DEFAULT_BODY_CODING,
+  gzipLevel = DEFAULT_GZIP_LEVEL,
+): Promise<Uint8Array> {
+  const stream: Transform = coding === "zstd"
+    ? createZstdCompress({
+      params: { [constants.ZSTD_c_compressionLevel]: 1, [constants.ZSTD_c_checksumFlag]: 1 },
+    })
+    : createGzip({ level: gzipLevel });
+  return new Promise((resolve, reject) => {
+    const out: Uint8Array[] = [];
+    stream.on("data", (chunk: Uint8Array) => out.push(chunk));
+    stream.on("error", reject);
+    stream.on("end", () => resolve(concat(out)));
+    for (const part of parts) stream.write(part);
+    stream.end();
+  });
+}
+
+/** Why {@linkcode decompress} refused a body. */
+export class DecompressError extends Error {
+  override name = "DecompressError";
+  /**
+   * @param message what is wrong with the data
+   * @param tooLarge true when the data is fine but inflates past the limit
+   */
+  constructor(message: string, readonly tooLarge = false) {
+    super(message);
+  }
+}
+
+/** Compressed bytes inflated between two turns of the event loop. */
+const INFLATE_SLICE = 8 * 1024;
+
+/**
+ * Decompresses a whole body, refusing to produce more than `maxBytes`. Inflates a slice at a
+ * time, yielding to the event loop between slices: node:zlib inflates on the calling thread in
+ * Deno, and a 64 MiB body in one go would stall everything else (a collector's other requests
+ * and timeouts) for up to a second. Stops as soon as the output passes `maxBytes`.
+ *
+ * @param bytes zstd or gzip data
+ * @param coding how `bytes` are compressed
+ * @param maxBytes largest output accepted
+ * @returns the decompressed bytes
+ * @throws {DecompressError} when the data is not valid (checksum included), is cut short,
+ *   needs a larger window than {@linkcode ZSTD_WINDOW_LOG_MAX}, or inflates past `maxBytes`
+ *   (`tooLarge`)
+ */
+export async function decompress(
+  bytes: Uint8Array,
+  coding: BodyCoding,
+  maxBytes: number,
+): Promise<Uint8Array> {
+  if (coding === "zstd") checkZstdFrames(bytes);
+  const inflater = coding === "zstd"
+    ? createZstdDecompress({
+      chunkSize: 256 * 1024,
+      params: { [constants.ZSTD_d_windowLogMax]: ZSTD_WINDOW_LOG_MAX },
+    })
+    : createGunzip({ chunkSize: 256 * 1024 });
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  let failure: DecompressError | undefined;
+  inflater.on("data", (chunk: Uint8Array) => {
+    total += chunk.length;
+    if (total <= maxBytes) chunks.push(chunk);
+    else if (failure === undefined) {
+      failure = new DecompressError(`inflates past the ${maxBytes}-byte limit`, true);
+      inflater.destroy();
+    }
+  });
+  inflater.on("error", (error: Error) => {
+    failure ??= new DecompressError(error.message || "corrupt data");
+  });
+  const finished = new Promise<void>((resolve) => {
+    inflater.once("end", resolve);
+    inflater.once("close", resolve);
+  });
+  for (let at = 0; at < bytes.length && failure === undefined; at += INFLATE_SLICE) {
+    if (!inflater.write(bytes.subarray(at, at + INFLATE_SLICE))) {
+      await Promise.race([new Promise((resolve) => inflater.once("drain", resolve)), finished]);
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  if (failure === undefined) inflater.end();
+  await finished;
+  if (failure !== undefined) throw failure;
+  return concat(chunks);
+}
+
+const ZSTD_MAGIC = 0xfd2fb528;
+/** Skippable frames carry 0x184D2A50 to 0x184D2A5F. */
+const ZSTD_SKIPPABLE_MASK = 0xfffffff0;
+const ZSTD_SKIPPABLE_MAGIC = 0x184d2a50;
+const ZSTD_RESERVED_BLOCK = 3;
+const ZSTD_RLE_BLOCK = 1;
+
+/**
+ * Walks the frames and block headers of zstd data without decompressing it, and throws unless
+ * every frame is whole. node:zlib's zstd decoder ends quietly on a frame cut short (whatever it
+ * produced so far looks like the whole body), so truncation must be caught here; corruption
+ * inside a frame is caught by the content checksum the encoder adds.
+ *
+ * @throws {DecompressError} saying where the data stops making sense
+ */
+export function checkZstdFrames(bytes: Uint8Array): void {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const need = (at: number, n: number, what: string) => {
+    if (at + n > bytes.length) {
+      throw new DecompressError(`zstd data cut short: ${what} at byte ${at} needs ${n} bytes`);
+    }
+  };
+  if (bytes.length === 0) throw new DecompressError("zstd data is empty");
+  let at = 0;
+  while (at < bytes.length) {
+    need(at, 4, "a frame's magic number");
+    const magic = view.getUint32(at, true);
+    if ((magic & ZSTD_SKIPPABLE_MASK) >>> 0 === ZSTD_SKIPPABLE_MAGIC) {
+      need(at + 4, 4, "a skippable frame's size");
+      const size = view.getUint32(at + 4, true);
+      need(at + 8, size, "a skippable frame");
+      at += 8 + size;
+      continue;
+    }
+    if (magic !== ZSTD_MAGIC) throw new DecompressError(`not zstd data at byte ${at}`);
+    need(at + 4, 1, "a frame header");
+    const descriptor = bytes[at + 4];
+    const singleSegment = (descriptor & 0x20) !== 0;
+    const checksum = (descriptor & 0x04) !== 0;
+    const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 0x03];
+    const contentSizeBytes = [singleSegment ? 1 : 0, 2, 4, 8][descriptor >> 6];
+    at += 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes;
+    for (let last = false; !last;) {
+      need(at, 3, "a block header");
+      const header = bytes[at] | (bytes[at + 1] << 8) | (bytes[at + 2] << 16);
+      last = (header & 1) !== 0;
+      const type = (header >> 1) & 0x03;
+      if (type === ZSTD_RESERVED_BLOCK) {
+        throw new DecompressError(`zstd block of reserved type at byte ${at}`);
+      }
+      const size = type === ZSTD_RLE_BLOCK ? 1 : header >>> 3;
+      need(at + 3, size, "a block");
+      at += 3 + size;
+    }
+    if (checksum) {
+      need(at, 4, "a frame checksum");
+      at += 4;
+    }
+  }
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) {
+    return new Uint8Array(parts[0].buffer, parts[0].byteOffset, parts[0].length);
+  }
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
