@@ -191,7 +191,7 @@ async function stages(): Promise<void> {
     recordCount: window.recordCount,
     clockOffsetNs: OFFSET_NS,
     loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
-  }, window.chunks);
+  }, window.frames);
   const rawBytes = batch.reduce((n, p) => n + p.length, 0);
   const body = new Uint8Array(rawBytes);
   batch.reduce((offset, p) => (body.set(p, offset), offset + p.length), 0);
@@ -251,7 +251,7 @@ async function stages(): Promise<void> {
           clockOffsetNs: 0n,
           loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
         },
-        compressed,
+        [compressed],
         DEFAULT_BODY_CODING,
       );
     }

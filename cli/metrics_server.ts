@@ -115,9 +115,9 @@ export interface LivenessOptions {
 }
 
 /**
- * Whether the capture is alive: the poll worker runs and reported recently. The run loop calls
- * {@linkcode Liveness.polled} on every worker message (records or idle heartbeat) and
- * {@linkcode Liveness.failed} when the worker dies; `/healthz` asks {@linkcode Liveness.status}.
+ * Whether the capture is alive: the poll loop runs and reported recently. The run loop calls
+ * {@linkcode Liveness.polled} after every poll with records and on the idle heartbeat, and
+ * {@linkcode Liveness.failed} when polling fails; `/healthz` asks {@linkcode Liveness.status}.
  */
 export class Liveness {
   readonly #staleAfterMs: number;
@@ -133,20 +133,20 @@ export class Liveness {
     this.#last = this.#now();
   }
 
-  /** The worker finished a poll. */
+  /** The poll loop finished a poll. */
   polled(): void {
     this.#last = this.#now();
   }
 
-  /** The worker stopped for good; `/healthz` reports `reason` from now on. */
+  /** The poll loop stopped for good; `/healthz` reports `reason` from now on. */
   failed(reason: string): void {
     this.#failure ??= reason;
   }
 
-  /** Healthy when the worker has not failed and polled within the staleness bound. */
+  /** Healthy when the poll loop has not failed and polled within the staleness bound. */
   status(): HealthStatus {
     if (this.#failure !== undefined) {
-      return { ok: false, reason: `poll worker stopped: ${this.#failure}` };
+      return { ok: false, reason: `poll loop stopped: ${this.#failure}` };
     }
     const silentMs = this.#now() - this.#last;
     if (silentMs > this.#staleAfterMs) {

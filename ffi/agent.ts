@@ -1,6 +1,6 @@
 /**
  * The loaded and attached BPF side: open it, read its counters, close it.
- * Records are read by the poll worker (ffi/flow_source.ts), never here.
+ * Records are read by the poll loop (ffi/flow_source.ts) through {@linkcode Agent.poll}.
  *
  * @module
  */
@@ -131,10 +131,12 @@ export function detachCapture(pinDir: string = MAPS_PIN_DIR): string[] {
   return dirs;
 }
 
-/** The attached BPF side. Close it after the poll worker stopped. */
+/** The attached BPF side. Close it after the poll loop stopped. */
 export class Agent implements Disposable {
   readonly #native: Native;
   #handle: Deno.PointerObject | null;
+  /** fe_poll's out-parameter: one poll runs at a time. */
+  readonly #position = new BigUint64Array(1);
 
   private constructor(native: Native, handle: Deno.PointerObject) {
     this.#native = native;
@@ -181,9 +183,20 @@ export class Agent implements Disposable {
     return this.#native.fe_record_size();
   }
 
-  /** The native handle, for the poll worker (a pointer value: it stays inside ffi/). */
-  get handleValue(): bigint {
-    return Deno.UnsafePointer.value(this.#live());
+  /**
+   * Waits up to `timeoutMs` for the kernel to wake the reader, then copies the records waiting
+   * into `buffer`, without committing them. Runs on Deno's blocking thread pool: the event loop
+   * goes on meanwhile. Do not touch `buffer`, or close the agent, before the promise settles.
+   *
+   * @returns the bytes written (whole records) and the ring position after them (0 with the
+   *   perf buffer)
+   * @throws {AgentLoadError} when the kernel side fails
+   */
+  async poll(buffer: Uint8Array, timeoutMs: number): Promise<{ bytes: number; position: bigint }> {
+    const position = this.#position;
+    const n = await this.#native.fe_poll(this.#live(), timeoutMs, buffer, buffer.length, position);
+    if (n < 0) throw new AgentLoadError(`Cannot poll the flow buffer: errno ${-n}`);
+    return { bytes: n, position: position[0] };
   }
 
   /** The BPF side's counters. */

@@ -1,75 +1,70 @@
 /**
- * Main-thread side of the poll worker: starts it on an open {@linkcode Agent}
- * and hands each batch of raw records to a callback.
+ * The poll loop: drains raw records from an open {@linkcode Agent} and hands each batch to a
+ * callback, on the main thread. The one blocking call, `fe_poll`, is a nonblocking FFI symbol:
+ * it waits on Deno's blocking thread pool and resolves a promise, so no Worker (and no second
+ * V8 isolate, with its heap and message copies) is needed.
  *
  * @module
  */
 import type { Agent } from "./agent.ts";
-import type { PollMessage, PollStart } from "./poll_worker.ts";
-import { nativePath } from "./symbols.ts";
 
 /** Options of {@linkcode FlowSource}. */
 export interface FlowSourceOptions {
-  /** Bytes the worker drains per poll (whole records). */
+  /** Bytes drained per poll (whole records). */
   bufferBytes?: number;
   /** Longest wait for a kernel wakeup before draining anyway, ms (bounds record latency). */
   timeoutMs?: number;
   /**
-   * Called on the main thread with each batch of raw `struct fe_flow` records and the ring
-   * position after them (0 with the perf buffer). The records stay in the ring buffer until
-   * the caller passes that position to {@linkcode Agent.commit}.
+   * Called with each batch of raw `struct fe_flow` records and the ring position after them (0
+   * with the perf buffer). The bytes are a view of the poll buffer, valid until the callback
+   * returns: the next poll writes over them. The records stay in the ring buffer until the
+   * caller passes that position to {@linkcode Agent.commit}.
    */
   onRecords: (bytes: Uint8Array, position: bigint) => void;
-  /** Called on each message from the worker (records or an idle heartbeat, at least once a second). */
+  /** Called after each poll that brought records, and at least once a second while idle. */
   onPoll?: () => void;
-  /** Called once if the worker fails. */
+  /** Called once if polling fails. */
   onError?: (err: Error) => void;
 }
 
-/** Raw records from the kernel, delivered in batches by a Worker. */
+/** How often an idle loop reports that it is alive, ms. */
+const IDLE_HEARTBEAT_MS = 1000;
+
+/** Raw records from the kernel, delivered in batches by a poll loop. */
 export class FlowSource implements AsyncDisposable {
-  readonly #worker: Worker;
   readonly #stopped: Promise<void>;
-  #closed = false;
+  #stopping = false;
 
   /** Starts polling `agent`; stop with {@linkcode FlowSource.close} before closing the agent. */
   constructor(agent: Agent, options: FlowSourceOptions) {
-    this.#worker = new Worker(new URL("./poll_worker.ts", import.meta.url), { type: "module" });
-    this.#stopped = new Promise((resolve) => {
-      this.#worker.onmessage = (event: MessageEvent<PollMessage>) => {
-        const msg = event.data;
-        if (msg.kind === "records" || msg.kind === "idle") options.onPoll?.();
-        if (msg.kind === "records") options.onRecords(new Uint8Array(msg.bytes), msg.position);
-        else if (msg.kind === "stopped") resolve();
-        else if (msg.kind === "error") {
-          options.onError?.(new Error(msg.message));
-          resolve();
-        }
-      };
-      this.#worker.onerror = (event) => {
-        event.preventDefault();
-        options.onError?.(new Error(`Poll worker failed: ${event.message}`));
-        resolve();
-      };
-    });
-    this.#worker.postMessage(
-      {
-        libPath: nativePath() ?? "",
-        handle: agent.handleValue,
-        bufferBytes: options.bufferBytes ?? agent.recordSize * 4096,
-        timeoutMs: options.timeoutMs ?? 100,
-      } satisfies PollStart,
-    );
+    this.#stopped = this.#pollLoop(agent, options).catch((err: Error) => options.onError?.(err));
   }
 
-  /** Drains what the kernel holds, then stops the worker; safe to call twice. */
-  async close(): Promise<void> {
-    if (!this.#closed) {
-      this.#closed = true;
-      this.#worker.postMessage("stop");
+  async #pollLoop(agent: Agent, options: FlowSourceOptions): Promise<void> {
+    const recordSize = agent.recordSize;
+    const buffer = new Uint8Array(options.bufferBytes ?? recordSize * 4096);
+    const timeoutMs = options.timeoutMs ?? 100;
+    let lastReport = performance.now();
+    let full = false;
+    for (;;) {
+      const last = this.#stopping;
+      // After a full buffer, or for the final pass, drain again without waiting.
+      const { bytes, position } = await agent.poll(buffer, last || full ? 0 : timeoutMs);
+      full = bytes + recordSize > buffer.length;
+      if (bytes > 0 || performance.now() - lastReport >= IDLE_HEARTBEAT_MS) {
+        options.onPoll?.();
+        lastReport = performance.now();
+      }
+      if (bytes > 0) options.onRecords(buffer.subarray(0, bytes), position);
+      // After close(), drain until a pass comes back with room to spare.
+      if (last && !full) return;
     }
+  }
+
+  /** Drains what the kernel holds, then stops polling; safe to call twice. */
+  async close(): Promise<void> {
+    this.#stopping = true;
     await this.#stopped;
-    this.#worker.terminate();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

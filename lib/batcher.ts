@@ -1,6 +1,8 @@
 /**
- * Groups flows into time windows, CBOR-encoding each flow as it arrives so a window holds
- * bytes, never objects: memory stays bounded by the byte cap whatever the flow rate.
+ * Groups flows into time windows, CBOR-encoding each flow as it arrives into one reused chunk,
+ * and compressing each chunk as it fills: a window holds compressed bytes, never objects, so
+ * memory stays bounded by the byte cap (divided by the compression ratio) whatever the flow
+ * rate, and no fresh pages are touched per flow.
  *
  * @module
  */
@@ -11,18 +13,21 @@ import { encodeFlowInto, MAX_BATCH_BYTES, maxFlowBytes } from "./wire.ts";
 /** Why a window closed. */
 export type CloseReason = "interval" | "records" | "bytes" | "flush";
 
-/** A closed window: the flows of one batch, encoded, plus its time span. */
+/** A closed window: the flows of one batch, encoded and compressed, plus its time span. */
 export interface ClosedWindow {
   /** Start of the window (inclusive), wall-clock ns. */
   windowStartNs: bigint;
   /** End of the window (exclusive), wall-clock ns: the aligned boundary unless closed early. */
   windowEndNs: bigint;
-  /** Number of flows in `chunks`. */
+  /** Number of flows in `frames`. */
   recordCount: number;
-  /** Total length of `chunks`, bytes. */
+  /** Length of the flows' encodings, bytes, before compression. */
   byteLength: number;
-  /** The encoded flows, back to back (`encodeFlow` outputs), ready for `encodeBatch`. */
-  chunks: Uint8Array[];
+  /**
+   * The encoded flows (`encodeFlow` outputs, back to back), in pieces, each passed through the
+   * batcher's `compress`: decompressed and joined, they complete `encodeBatchHead`.
+   */
+  frames: Uint8Array[];
   /** Why the window closed. */
   reason: CloseReason;
 }
@@ -39,6 +44,11 @@ export interface BatcherOptions {
   maxBytes?: number;
   /** Wall clock, ms since the epoch (injected for tests). */
   now?: () => number;
+  /**
+   * Compresses one piece of a window's encoded flows into a self-contained frame, at once: the
+   * piece's buffer is reused as soon as this returns. Default: a copy, uncompressed.
+   */
+  compress?: (piece: Uint8Array) => Uint8Array;
 }
 
 /** Default window length: one minute, aligned to the wall-clock minute. */
@@ -52,6 +62,7 @@ export const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
 export const MIN_INTERVAL_MS = 1_000;
 /** Longest window, ms. */
 export const MAX_INTERVAL_MS = 600_000;
+/** Encoded flows compressed per frame: zstd and gzip compress as well as a whole window. */
 const CHUNK_BYTES = 64 * 1024;
 const HEADER_ROOM = 64 * 1024; // batch header and hostnames, well above their real size
 /** Smallest byte cap of a window. */
@@ -76,10 +87,14 @@ export class Batcher {
   readonly #maxRecords: number;
   readonly #maxBytes: number;
   readonly #now: () => number;
+  readonly #compress: (piece: Uint8Array) => Uint8Array;
   #startMs: number;
   #endMs: number;
-  #chunks: Uint8Array[] = [];
-  /** Flows are encoded straight into this; the open window's part starts at #chunkStart. */
+  #frames: Uint8Array[] = [];
+  /**
+   * Flows are encoded straight into this, reused once its content is compressed; the open
+   * window's part starts at #chunkStart.
+   */
   #chunk = new Uint8Array(CHUNK_BYTES);
   #chunkStart = 0;
   #chunkUsed = 0;
@@ -96,6 +111,7 @@ export class Batcher {
     this.#maxRecords = options.maxRecords ?? DEFAULT_MAX_RECORDS;
     this.#maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
     this.#now = options.now ?? Date.now;
+    this.#compress = options.compress ?? ((piece) => piece.slice());
     const interval = this.#intervalMs;
     if (!Number.isInteger(interval) || interval < MIN_INTERVAL_MS || interval > MAX_INTERVAL_MS) {
       throw new RangeError(
@@ -146,7 +162,7 @@ export class Batcher {
   add(record: FlowRecord): void {
     this.tick();
     const room = maxFlowBytes(record);
-    if (this.#chunkUsed + room > this.#chunk.length) this.#newChunk(room);
+    if (this.#chunkUsed + room > this.#chunk.length) this.#emptyChunk(room);
     const start = this.#chunkUsed;
     const size = encodeFlowInto(record, this.#chunk, start) - start;
     // The flow's bytes stay past #chunkUsed, where the next window starts.
@@ -199,27 +215,27 @@ export class Batcher {
       windowEndNs: msToNs(endMs),
       recordCount: this.#records,
       byteLength: this.#bytes,
-      chunks: this.#chunks,
+      frames: this.#frames,
       reason,
     };
-    this.#chunks = [];
+    this.#frames = [];
     this.#records = 0;
     this.#bytes = 0;
     this.#onWindow(window);
   }
 
-  /** Moves the open window's part of the chunk to its chunk list; the chunk stays in use. */
+  /** Compresses the open window's part of the chunk into its frames; the chunk stays in use. */
   #takeChunk(): void {
     if (this.#chunkUsed > this.#chunkStart) {
-      this.#chunks.push(this.#chunk.subarray(this.#chunkStart, this.#chunkUsed));
+      this.#frames.push(this.#compress(this.#chunk.subarray(this.#chunkStart, this.#chunkUsed)));
     }
     this.#chunkStart = this.#chunkUsed;
   }
 
-  /** Starts a chunk with room for at least `room` bytes. */
-  #newChunk(room: number): void {
+  /** Compresses what the chunk holds and starts over at its beginning, with `room` bytes. */
+  #emptyChunk(room: number): void {
     this.#takeChunk();
-    this.#chunk = new Uint8Array(Math.max(CHUNK_BYTES, room));
+    if (room > this.#chunk.length) this.#chunk = new Uint8Array(room);
     this.#chunkStart = 0;
     this.#chunkUsed = 0;
   }

@@ -14,6 +14,6 @@ export const DEFAULT_FLOWS_MAX = 131072;
 
 /**
  * Default bytes waiting in the ring buffer before the kernel wakes the reader (the BPF program's
- * `wakeup_bytes`); below it the poll worker drains on its timer.
+ * `wakeup_bytes`); below it the poll loop drains on its timer.
  */
 export const DEFAULT_WAKEUP_BYTES = 1 << 20;

@@ -18,6 +18,8 @@ import {
   createGzip,
   createZstdCompress,
   createZstdDecompress,
+  gzipSync,
+  zstdCompressSync,
 } from "node:zlib";
 
 /** A content coding of batch bodies. */
@@ -35,6 +37,9 @@ export const DEFAULT_GZIP_LEVEL = 3;
  * level 1 uses at most 512 KiB.
  */
 export const ZSTD_WINDOW_LOG_MAX = 22;
+
+/** zstd level 1 with a content checksum, so a flipped bit is caught as gzip's CRC catches it. */
+const ZSTD_PARAMS = { [constants.ZSTD_c_compressionLevel]: 1, [constants.ZSTD_c_checksumFlag]: 1 };
 
 /** Each coding's names and signature. */
 export const BODY_CODINGS: Readonly<
@@ -60,6 +65,26 @@ export function hasMagic(head: Uint8Array, coding: BodyCoding): boolean {
 }
 
 /**
+ * Compresses one piece into a self-contained zstd frame or gzip member, at once (on the calling
+ * thread). Frames concatenate: the concatenation of several decompresses to the concatenation
+ * of their pieces, so a window can be compressed a piece at a time as it fills.
+ *
+ * @param piece the bytes to compress
+ * @param coding zstd (level 1, checksummed) or gzip (level `gzipLevel`)
+ * @param gzipLevel zlib level, 1 (fastest) to 9 (smallest), for gzip
+ */
+export function compressFrame(
+  piece: Uint8Array,
+  coding: BodyCoding = DEFAULT_BODY_CODING,
+  gzipLevel = DEFAULT_GZIP_LEVEL,
+): Uint8Array {
+  const out = coding === "zstd"
+    ? zstdCompressSync(piece, { params: ZSTD_PARAMS })
+    : gzipSync(piece, { level: gzipLevel });
+  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}
+
+/**
  * Compresses the concatenation of `parts` without building it first.
  *
  * @param parts the bytes to compress, in order
@@ -73,9 +98,7 @@ export function compress(
   gzipLevel = DEFAULT_GZIP_LEVEL,
 ): Promise<Uint8Array> {
   const stream: Transform = coding === "zstd"
-    ? createZstdCompress({
-      params: { [constants.ZSTD_c_compressionLevel]: 1, [constants.ZSTD_c_checksumFlag]: 1 },
-    })
+    ? createZstdCompress({ params: ZSTD_PARAMS })
     : createGzip({ level: gzipLevel });
   return new Promise((resolve, reject) => {
     const out: Uint8Array[] = [];
@@ -121,21 +144,39 @@ export async function decompress(
   coding: BodyCoding,
   maxBytes: number,
 ): Promise<Uint8Array> {
-  if (coding === "zstd") checkZstdFrames(bytes);
-  const inflater = coding === "zstd"
-    ? createZstdDecompress({
-      chunkSize: 256 * 1024,
-      params: { [constants.ZSTD_d_windowLogMax]: ZSTD_WINDOW_LOG_MAX },
-    })
-    : createGunzip({ chunkSize: 256 * 1024 });
-  const chunks: Uint8Array[] = [];
-  let total = 0;
+  const out: Uint8Array[] = [];
+  const budget = { left: maxBytes, maxBytes };
+  if (coding === "gzip") {
+    await inflate(bytes, createGunzip({ chunkSize: INFLATE_CHUNK }), out, budget);
+  } else {
+    // node:zlib's zstd stream stops after the first frame: each frame gets a decoder of its own.
+    for (const [start, end] of checkZstdFrames(bytes)) {
+      const decoder = createZstdDecompress({
+        chunkSize: INFLATE_CHUNK,
+        params: { [constants.ZSTD_d_windowLogMax]: ZSTD_WINDOW_LOG_MAX },
+      });
+      await inflate(bytes.subarray(start, end), decoder, out, budget);
+    }
+  }
+  return concat(out);
+}
+
+/** Largest piece of output a decoder hands over at once. */
+const INFLATE_CHUNK = 256 * 1024;
+
+/** Runs `bytes` through `inflater` a slice at a time into `out`, within `budget.left` bytes. */
+async function inflate(
+  bytes: Uint8Array,
+  inflater: Transform,
+  out: Uint8Array[],
+  budget: { left: number; maxBytes: number },
+): Promise<void> {
   let failure: DecompressError | undefined;
   inflater.on("data", (chunk: Uint8Array) => {
-    total += chunk.length;
-    if (total <= maxBytes) chunks.push(chunk);
+    budget.left -= chunk.length;
+    if (budget.left >= 0) out.push(chunk);
     else if (failure === undefined) {
-      failure = new DecompressError(`inflates past the ${maxBytes}-byte limit`, true);
+      failure = new DecompressError(`inflates past the ${budget.maxBytes}-byte limit`, true);
       inflater.destroy();
     }
   });
@@ -155,7 +196,6 @@ export async function decompress(
   if (failure === undefined) inflater.end();
   await finished;
   if (failure !== undefined) throw failure;
-  return concat(chunks);
 }
 
 const ZSTD_MAGIC = 0xfd2fb528;
@@ -171,9 +211,11 @@ const ZSTD_RLE_BLOCK = 1;
  * produced so far looks like the whole body), so truncation must be caught here; corruption
  * inside a frame is caught by the content checksum the encoder adds.
  *
+ * @returns where each data frame starts and ends (skippable frames left out)
  * @throws {DecompressError} saying where the data stops making sense
  */
-export function checkZstdFrames(bytes: Uint8Array): void {
+export function checkZstdFrames(bytes: Uint8Array): [number, number][] {
+  const frames: [number, number][] = [];
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const need = (at: number, n: number, what: string) => {
     if (at + n > bytes.length) {
@@ -193,6 +235,7 @@ export function checkZstdFrames(bytes: Uint8Array): void {
       continue;
     }
     if (magic !== ZSTD_MAGIC) throw new DecompressError(`not zstd data at byte ${at}`);
+    const frameStart = at;
     need(at + 4, 1, "a frame header");
     const descriptor = bytes[at + 4];
     const singleSegment = (descriptor & 0x20) !== 0;
@@ -216,7 +259,9 @@ export function checkZstdFrames(bytes: Uint8Array): void {
       need(at, 4, "a frame checksum");
       at += 4;
     }
+    frames.push([frameStart, at]);
   }
+  return frames;
 }
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {

@@ -96,7 +96,8 @@ function u64(view: DataView, offset: number): number {
   return view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 2 ** 32;
 }
 
-// Views, not copies: the poll worker hands over a fresh buffer per batch that nothing rewrites.
+// Views, not copies: a record lives only as long as its poll's callback (lib/intake.ts encodes
+// and writes it at once), and the next poll writes over the buffer. Copy to keep one longer.
 function ip(bytes: Uint8Array, offset: number, family: 4 | 6): Uint8Array {
   return family === 4
     ? bytes.subarray(offset + 12, offset + 16)
@@ -186,7 +187,7 @@ function decodeAt(
 }
 
 /**
- * Decodes a buffer of whole records, as the poll worker delivers them.
+ * Decodes a buffer of whole records, as the poll loop delivers them.
  *
  * @param bytes a multiple of {@linkcode RECORD_SIZE} bytes
  * @param clockOffsetNs wall clock minus the kernel's event clock, ns

@@ -20,6 +20,7 @@ import {
   BODY_CODINGS,
   type BodyCoding,
   compress,
+  compressFrame,
   decompress,
   DEFAULT_BODY_CODING,
 } from "./compression.ts";
@@ -31,7 +32,7 @@ import { Spool } from "./spool.ts";
 import {
   type BatchHeader,
   type BatchHost,
-  encodeBatchParts,
+  encodeBatchHead,
   idempotencyKey,
   MAX_BATCH_BYTES,
   SCHEMA_VERSION,
@@ -80,8 +81,8 @@ export interface ShipperOptions extends Omit<SenderOptions, "url"> {
   /** Cap on the spool's bytes on disk. */
   spoolMaxBytes?: number;
   /**
-   * Coding of new batch bodies (default zstd). A collector that answers 415 to zstd gets gzip
-   * from then on, spooled zstd batches included.
+   * Coding of batch bodies (default zstd). A collector that answers 415 to zstd gets gzip from
+   * then on: each batch is recompressed on its way.
    */
   compression?: BodyCoding;
   /** Gzip level of batch bodies, 1 to 9, when the coding is gzip. */
@@ -186,8 +187,8 @@ export class Shipper {
   #windowsClosed = 0;
   #lastHost: BatchHost | undefined;
   #lastClockOffsetNs = 0n;
-  /** Coding of new batches: the configured one until the collector refuses zstd. */
-  #coding: BodyCoding;
+  /** Coding of batches in the spool. */
+  readonly #coding: BodyCoding;
   /** The collector answered 415 to zstd: every batch goes as gzip. */
   #collectorGzipOnly = false;
   /** Batches that could not be spooled since the last one that was: logged once per incident. */
@@ -207,6 +208,7 @@ export class Shipper {
       maxRecords: options.maxRecords,
       maxBytes: options.maxBytes,
       now: options.now,
+      compress: (piece) => compressFrame(piece, this.#coding, options.gzipLevel),
       onWindow: (window) => {
         const number = this.#windowsClosed++;
         this.#stats.windowsPending++;
@@ -364,10 +366,12 @@ export class Shipper {
           spoolEvictions: spool.unreportedEvictions,
         },
       };
-      const coding = this.#coding;
-      const parts = encodeBatchParts(header, window.chunks);
-      const body = await compress(parts, coding, this.#options.gzipLevel);
-      await spool.write(header, body, coding);
+      const head = compressFrame(
+        encodeBatchHead(header, window.byteLength),
+        this.#coding,
+        this.#options.gzipLevel,
+      );
+      await spool.write(header, [head, ...window.frames], this.#coding);
       this.#lossBase = current;
       this.#stats.batchesSpooled++;
       if (this.#unspooled) {
@@ -458,12 +462,11 @@ export class Shipper {
           : await sender.send(body, entry.coding, key, signal);
         if (result.outcome === "rejected" && result.status === 415 && entry.coding !== "gzip") {
           this.#collectorGzipOnly = true;
-          this.#coding = "gzip";
           this.#log(
             "warn",
             `Collector ${sender.url} does not accept ${
               BODY_CODINGS[entry.coding].contentEncoding
-            } bodies (HTTP 415): sending gzip from now on (upgrade the collector, or set compression gzip, to silence this)`,
+            } bodies (HTTP 415): sending gzip from now on, each batch recompressed on its way (upgrade the collector, or set compression gzip, to save that CPU)`,
           );
           result = await this.#sendAsGzip(sender, body, entry.coding, key, signal);
         }

@@ -199,14 +199,18 @@ export class Spool {
    * (not one being sent), until the batch fits.
    *
    * @param header the batch header; `sequence` must be at least {@linkcode nextSequence}
-   * @param body the compressed batch body
+   * @param body the compressed batch body, in parts (written one after the other)
    * @param coding how `body` is compressed
    * @returns the new entry
    * @throws when the write fails (nothing left to evict on a full disk, another error): the
    *   batch is not in the spool, and, when it holds flows, is counted for the next batch to
    *   report; or when the sequence number is stale
    */
-  write(header: BatchHeader, body: Uint8Array, coding: BodyCoding): Promise<SpoolEntry> {
+  write(
+    header: BatchHeader,
+    body: readonly Uint8Array[],
+    coding: BodyCoding,
+  ): Promise<SpoolEntry> {
     return this.#serial(async () => {
       if (header.sequence < this.#nextSequence) {
         throw new RangeError(
@@ -238,7 +242,7 @@ export class Spool {
         sequence: header.sequence,
         path,
         coding,
-        bytes: body.length,
+        bytes: body.reduce((n, part) => n + part.length, 0),
         createdMs: this.#now(),
         header,
       };
@@ -455,7 +459,7 @@ export class Spool {
       unreportedEvictions: this.#unreportedEvictions,
     };
     const bytes = new TextEncoder().encode(JSON.stringify(state) + "\n");
-    return this.#writeWithRoom(`${this.#dir}/${STATE_FILE}`, bytes, keep);
+    return this.#writeWithRoom(`${this.#dir}/${STATE_FILE}`, [bytes], keep);
   }
 
   /**
@@ -463,10 +467,14 @@ export class Spool {
    * unsent batch (not `keep`, not one being sent) and tries again, until it fits or nothing is
    * left to evict.
    */
-  async #writeWithRoom(path: string, bytes: Uint8Array, keep?: SpoolEntry): Promise<void> {
+  async #writeWithRoom(
+    path: string,
+    parts: readonly Uint8Array[],
+    keep?: SpoolEntry,
+  ): Promise<void> {
     for (;;) {
       try {
-        return await writeDurably(this.#dir, path, bytes);
+        return await writeDurably(this.#dir, path, parts);
       } catch (error) {
         const cause = `has no room left on its file system (${errorText(error)})`;
         if (!isNoSpace(error) || !await this.#evictOldest(cause, keep)) throw error;
@@ -554,11 +562,19 @@ function isNoSpace(error: unknown): boolean {
 }
 
 /** Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one. */
-async function writeDurably(dir: string, path: string, bytes: Uint8Array): Promise<void> {
+async function writeDurably(
+  dir: string,
+  path: string,
+  parts: readonly Uint8Array[],
+): Promise<void> {
   const temp = `${dir}/.tmp-${path.slice(path.lastIndexOf("/") + 1)}`;
   const file = await Deno.open(temp, { write: true, create: true, truncate: true, mode: 0o600 });
   try {
-    for (let offset = 0; offset < bytes.length;) offset += await file.write(bytes.subarray(offset));
+    for (const bytes of parts) {
+      for (let offset = 0; offset < bytes.length;) {
+        offset += await file.write(bytes.subarray(offset));
+      }
+    }
     await file.sync();
   } catch (error) {
     file.close();

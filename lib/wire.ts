@@ -249,6 +249,19 @@ export function encodeBatch(header: BatchHeader, flows: readonly Uint8Array[]): 
  * @throws {WireFormatError} when a header field is out of range or the body would be too large
  */
 export function encodeBatchParts(header: BatchHeader, flows: readonly Uint8Array[]): Uint8Array[] {
+  return [encodeBatchHead(header, flows.reduce((n, chunk) => n + chunk.length, 0)), ...flows];
+}
+
+/**
+ * The start of a batch body: the header and the head of its flow array, which the flows'
+ * encodings ({@linkcode encodeFlow}, back to back) complete. For a caller that holds the flows
+ * in another form, e.g. compressed as they came.
+ *
+ * @param header the batch header; `schemaVersion` must be {@linkcode SCHEMA_VERSION}
+ * @param flowBytes the length of the flows' encodings, bytes
+ * @throws {WireFormatError} when a header field is out of range or the body would be too large
+ */
+export function encodeBatchHead(header: BatchHeader, flowBytes: number): Uint8Array {
   checkHeader(header);
   const host = new Map<number, unknown>([[0, header.host.hostname], [1, header.host.workloadId]]);
   if (header.host.instanceId !== undefined) host.set(2, header.host.instanceId);
@@ -278,14 +291,13 @@ export function encodeBatchParts(header: BatchHeader, flows: readonly Uint8Array
   head[0] = 0xa0 | 10; // the 9-entry header map gains key 9, the flows
   head[encoded.length] = 9;
   head.set(arrayHead, encoded.length + 1);
-  let size = head.length;
-  for (const chunk of flows) size += chunk.length;
+  const size = head.length + flowBytes;
   if (size > MAX_BATCH_BYTES) {
     throw new WireFormatError(
       `Cannot encode batch ${header.sequence}: ${size} bytes exceeds the ${MAX_BATCH_BYTES}-byte limit (lower the batch byte cap)`,
     );
   }
-  return [head, ...flows];
+  return head;
 }
 
 /** Limits of {@linkcode batchDecoder}, checked before anything is allocated. */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Batcher, type BatcherOptions, type ClosedWindow } from "../lib/batcher.ts";
 import { decodeBatch, encodeBatch, SCHEMA_VERSION } from "../lib/wire.ts";
+import { compressFrame, decompress } from "../lib/compression.ts";
 
 const T0 = Date.UTC(2026, 0, 1, 12, 0, 0); // a minute boundary, ms
 const NS = 1_000_000n;
@@ -30,7 +31,7 @@ function flowsOf(window: ClosedWindow) {
     recordCount: window.recordCount,
     clockOffsetNs: 0n,
     loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
-  }, window.chunks);
+  }, window.frames);
   return decodeBatch(body).flows;
 }
 
@@ -103,8 +104,8 @@ Deno.test("a byte cap closes a window before it would overflow, losing no flow",
   assert.ok(windows.length >= 6, `${windows.length} windows`);
   for (const w of windows) {
     assert.ok(w.byteLength <= 1024, `a window of ${w.byteLength} bytes`);
-    assert.equal(w.byteLength, w.chunks.reduce((n, c) => n + c.length, 0));
-    assert.ok(w.chunks.every((c) => c instanceof Uint8Array));
+    assert.equal(w.byteLength, w.frames.reduce((n, c) => n + c.length, 0));
+    assert.ok(w.frames.every((c) => c instanceof Uint8Array));
   }
   assert.deepEqual(
     windows.slice(0, -1).map((w) => w.reason),
@@ -150,4 +151,33 @@ Deno.test("the interval and caps are validated with a clear error", () => {
   assert.throws(() => new Batcher({ onWindow, maxBytes: 1 << 30 }), /Invalid batch byte cap/);
   assert.equal(new Batcher({ onWindow, intervalMs: 1000 }).pendingRecords, 0);
   assert.equal(new Batcher({ onWindow, intervalMs: 600_000 }).pendingRecords, 0);
+});
+
+Deno.test("a window compressed a chunk at a time decompresses to its flows, whichever coding", async () => {
+  for (const coding of ["zstd", "gzip"] as const) {
+    const pieces: number[] = [];
+    const { windows, batcher } = harness({
+      compress: (piece) => {
+        pieces.push(piece.length);
+        return compressFrame(piece, coding);
+      },
+    });
+    const records = Array.from({ length: 2000 }, (_, i) => syntheticFlow(i));
+    for (const record of records.slice(0, 1000)) batcher.add(record);
+    batcher.flush(); // a window that ends mid-chunk: the next one starts where it stopped
+    for (const record of records.slice(1000)) batcher.add(record);
+    batcher.flush();
+    assert.equal(windows.length, 2);
+    assert.ok(pieces.length > 4, `${pieces.length} pieces: the 64 KiB chunk was reused`);
+    for (const [i, w] of windows.entries()) {
+      const joined = new Uint8Array(w.frames.reduce((n, f) => n + f.length, 0));
+      w.frames.reduce((at, f) => (joined.set(f, at), at + f.length), 0);
+      const plain = await decompress(joined, coding, 1 << 24);
+      assert.equal(plain.length, w.byteLength);
+      assert.deepEqual(
+        flowsOf({ ...w, frames: [plain] }),
+        records.slice(i * 1000, i * 1000 + 1000),
+      );
+    }
+  }
 });

@@ -1,6 +1,6 @@
 /**
  * The capture path against this machine's kernel: the real BPF program, the
- * shim, the poll worker and the decoder, observed through the agent's JSON
+ * shim, the poll loop and the decoder, observed through the agent's JSON
  * lines while the test makes connections with known endpoints.
  */
 import assert from "node:assert/strict";

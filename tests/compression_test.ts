@@ -6,6 +6,7 @@ import {
   checkZstdFrames,
   codingOfContentEncoding,
   compress,
+  compressFrame,
   decompress,
   hasMagic,
   ZSTD_WINDOW_LOG_MAX,
@@ -75,4 +76,14 @@ Deno.test("Content-Encoding tokens map to codings, case and x-gzip included", ()
   assert.equal(codingOfContentEncoding(" GZIP "), "gzip");
   assert.equal(codingOfContentEncoding("x-gzip"), "gzip");
   assert.equal(codingOfContentEncoding("br"), undefined);
+});
+
+Deno.test("a body of many frames decompresses whole, whichever coding", async () => {
+  for (const coding of CODINGS) {
+    const frames = parts.map((part) => compressFrame(part, coding));
+    const joined = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+    frames.reduce((at, f) => (joined.set(f, at), at + f.length), 0);
+    assert.deepEqual(await decompress(joined, coding, plain.length), plain, coding);
+    await assert.rejects(decompress(joined, coding, plain.length - 1), /limit/);
+  }
 });

@@ -164,7 +164,7 @@ Deno.test("Liveness turns unhealthy when polls stop or the worker fails", () => 
   live.failed("later reason is ignored");
   assert.deepEqual(live.status(), {
     ok: false,
-    reason: "poll worker stopped: Cannot poll the flow buffer: errno 9",
+    reason: "poll loop stopped: Cannot poll the flow buffer: errno 9",
   });
 });
 

@@ -33,7 +33,7 @@ function header(sequence: number, records: number, spoolEvictions = 0): BatchHea
 async function spoolBatch(spool: Spool, records = 3) {
   const h = header(spool.nextSequence, records, spool.unreportedEvictions);
   const flows = Array.from({ length: records }, (_, i) => encodeFlow(syntheticFlow(i)));
-  return await spool.write(h, await compress(encodeBatchParts(h, flows), "zstd"), "zstd");
+  return await spool.write(h, [await compress(encodeBatchParts(h, flows), "zstd")], "zstd");
 }
 
 async function withSpoolDir(
@@ -215,7 +215,7 @@ Deno.test("batches an earlier version spooled as gzip are read back and keep the
     const spool = await open();
     const h = header(spool.nextSequence, 2, 0);
     const flows = [encodeFlow(syntheticFlow(1)), encodeFlow(syntheticFlow(2))];
-    await spool.write(h, await compress(encodeBatchParts(h, flows), "gzip"), "gzip");
+    await spool.write(h, [await compress(encodeBatchParts(h, flows), "gzip")], "gzip");
     await spoolBatch(spool);
     const reopened = await open();
     assert.deepEqual(reopened.pending().map((e) => e.coding), ["gzip", "zstd"]);
@@ -295,7 +295,7 @@ Deno.test({
         for (let i = 0; i < bytes; i += 65536) {
           crypto.getRandomValues(body.subarray(i, i + 65536));
         }
-        const entry = await spool.write(h, body, "zstd");
+        const entry = await spool.write(h, [body], "zstd");
         reported.push(h.loss.spoolEvictions);
         return entry;
       };
