@@ -187,6 +187,8 @@ export async function run(v: Config): Promise<number> {
     workloadId: "",
     instanceId: instanceId(),
   };
+  // Kernel drops of this capture that batches reported: the next batch reports what came after.
+  let reportedDrops = capture.reportedDrops.read();
   const shipper = new Shipper({
     spoolDir: v.spoolDir,
     collectorUrl: v.collectorUrl,
@@ -209,8 +211,9 @@ export async function run(v: Config): Promise<number> {
     certFile: v.clientCert,
     keyFile: v.clientKey,
     logger: log.logger,
-    lossReported: { kernelDrops: capture.reportedDrops.read(), recursionMisses: 0n },
+    lossReported: { kernelDrops: reportedDrops, recursionMisses: 0n },
     onSpooled: (window, reported) => {
+      reportedDrops = reported.kernelDrops;
       try {
         capture.reportedDrops.write(reported.kernelDrops);
         journal.sealed(window);
@@ -305,10 +308,16 @@ export async function run(v: Config): Promise<number> {
     });
     await stopped;
   }
-  const end = agent.stats();
   const shipped = await shipper.close(v.shutdownDeadline);
+  const end = agent.stats();
+  // Drops after the last batch was sealed are the next start's to report, from the pinned count.
+  const unreported = end.kernelDrops - reportedDrops;
   log.info(
-    `stopped (records ${metrics.flowsCaptured.get()}, kernel drops ${end.kernelDrops}, ` +
+    `stopped (records ${metrics.flowsCaptured.get()}, kernel drops ${reportedDrops}${
+      unreported > 0n
+        ? ` (and ${unreported} since the last batch, for the next start to report)`
+        : ""
+    }, ` +
       `recursion misses ${end.recursionMisses}, recovered at destroy ${metrics.flowsRecovered.get()}, ` +
       `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles})`,
   );

@@ -121,6 +121,47 @@ export class CborWriter {
     this.at += 8;
   }
 
+  /**
+   * An unsigned integer given as its two 32-bit halves: shortest form when `hi` is 0, the
+   * 8-byte form otherwise (as {@linkcode uint64}). 1 to 9 bytes.
+   */
+  uint64Halves(hi: number, lo: number): void {
+    if (hi === 0) return this.head(0, lo);
+    const at = this.at;
+    this.bytes[at] = 0x1b;
+    this.#view.setUint32(at + 1, hi);
+    this.#view.setUint32(at + 5, lo);
+    this.at = at + 9;
+  }
+
+  /** A byte string of `length` bytes copied from `source` at `start`: its length plus 1 to 5. */
+  byteStringOf(source: Uint8Array, start: number, length: number): void {
+    this.head(MAJOR_BYTES, length);
+    this.#copy(source, start, length);
+  }
+
+  /**
+   * A text string of `length` ASCII bytes copied from `source` at `start` (the caller checked
+   * that each is below 0x80, so the bytes are their own UTF-8): its length plus 1 to 5.
+   */
+  asciiTextOf(source: Uint8Array, start: number, length: number): void {
+    this.head(MAJOR_TEXT, length);
+    this.#copy(source, start, length);
+  }
+
+  /**
+   * A byte string: `prefix`, then the 8 bytes at `start` of `source` in reverse order (a
+   * little-endian uint64 written big-endian, as {@linkcode bytesThenUint64} writes a bigint).
+   */
+  bytesThenReversed8(prefix: Uint8Array, source: Uint8Array, start: number): void {
+    this.head(MAJOR_BYTES, prefix.length + 8);
+    this.#raw(prefix);
+    const b = this.bytes;
+    const at = this.at;
+    for (let i = 0; i < 8; i++) b[at + i] = source[start + 7 - i];
+    this.at = at + 8;
+  }
+
   /** A text string, UTF-8 (a lone surrogate becomes U+FFFD): at most {@linkcode textRoom}. */
   text(value: string): void {
     const n = value.length;
@@ -139,6 +180,14 @@ export class CborWriter {
   /** `true` or `false`: 1 byte. */
   bool(value: boolean): void {
     this.bytes[this.at++] = value ? 0xf5 : 0xf4;
+  }
+
+  #copy(source: Uint8Array, start: number, length: number): void {
+    const b = this.bytes;
+    const at = this.at;
+    if (length > 16) b.set(source.subarray(start, start + length), at);
+    else for (let i = 0; i < length; i++) b[at + i] = source[start + i];
+    this.at = at + length;
   }
 
   /** Copies `value` as it is, the content of a byte string. */

@@ -8,7 +8,7 @@
  */
 
 import type { FlowRecord } from "./flow.ts";
-import { encodeFlowInto, MAX_BATCH_BYTES, maxFlowBytes } from "./wire.ts";
+import { type FlowWriter, flowWriterOf, MAX_BATCH_BYTES } from "./wire.ts";
 
 /** Why a window closed. */
 export type CloseReason = "interval" | "records" | "bytes" | "flush";
@@ -163,11 +163,21 @@ export class Batcher {
    * @throws {import("./wire.ts").WireFormatError} when the record is invalid (nothing is added)
    */
   add(record: FlowRecord): void {
+    this.addFlow(flowWriterOf(record));
+  }
+
+  /**
+   * Like {@linkcode add}, for a flow that writes its own encoding (a kernel record in place).
+   *
+   * @param flow what writes the flow's CBOR, in at most `flow.room` bytes
+   * @throws {import("./wire.ts").WireFormatError} when the flow is invalid (nothing is added)
+   */
+  addFlow(flow: FlowWriter): void {
     this.tick();
-    const room = maxFlowBytes(record);
+    const room = flow.room;
     if (this.#chunkUsed + room > this.#chunk.length) this.#emptyChunk(room);
     const start = this.#chunkUsed;
-    const size = encodeFlowInto(record, this.#chunk, start) - start;
+    const size = flow.write(this.#chunk, start) - start;
     // The flow's bytes stay past #chunkUsed, where the next window starts.
     if (this.#records > 0 && this.#bytes + size > this.#maxBytes) this.#close("bytes");
     this.#chunkUsed += size;

@@ -6,7 +6,14 @@
  * @module
  */
 import { toWallNs } from "./clock.ts";
-import { DIRECTIONS, type FlowEnd, type FlowRecord, IDENTITY_SOURCES, TCP_STATES } from "./flow.ts";
+import {
+  DIRECTIONS,
+  type FlowEnd,
+  type FlowRecord,
+  IDENTITY_SOURCES,
+  type IdentitySource,
+  TCP_STATES,
+} from "./flow.ts";
 
 /** Size of one `struct fe_flow`, bytes. */
 export const RECORD_SIZE = 264;
@@ -47,8 +54,10 @@ export const RECORD_OFFSETS = {
   workload_id: 136,
 } as const;
 const OFFSET = RECORD_OFFSETS;
-const WORKLOAD_ID_LEN = 128;
-const FLAG_SEEDED = 1;
+/** Bytes of the record's workload ID field (NUL-terminated unless full). */
+export const WORKLOAD_ID_LEN = 128;
+/** The socket was open when the agent started (seeded by the iterator). */
+export const FLAG_SEEDED = 1;
 /** The close was seen by sock_ops. */
 export const FLAG_SOCKOPS = 2;
 
@@ -96,8 +105,8 @@ function u64(view: DataView, offset: number): number {
   return view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 2 ** 32;
 }
 
-// Views, not copies: a record lives only as long as its poll's callback (lib/intake.ts encodes
-// and writes it at once), and the next poll writes over the buffer. Copy to keep one longer.
+// Views, not copies: a record lives only as long as its poll's callback (lib/fanout.ts writes
+// its JSON at once), and the next poll writes over the buffer. Copy to keep one longer.
 function ip(bytes: Uint8Array, offset: number, family: 4 | 6): Uint8Array {
   return family === 4
     ? bytes.subarray(offset + 12, offset + 16)
@@ -129,6 +138,16 @@ export function decodeFlow(
   return decodeAt(bytes, view, at, clockOffsetNs, bootId);
 }
 
+/** The identity source of the record at `at` of `bytes`. */
+export function recordIdentitySource(bytes: Uint8Array, at: number): IdentitySource {
+  return IDENTITY_SOURCES[bytes[at + OFFSET.identity_source]] ?? "unknown";
+}
+
+/** The TCP state the record at `at` of `bytes` closed from; `UNKNOWN` when made at destroy. */
+export function recordCloseState(bytes: Uint8Array, at: number): string {
+  return TCP_STATES[bytes[at + OFFSET.close_state]] ?? "UNKNOWN";
+}
+
 function workloadText(bytes: Uint8Array, start: number): string {
   if (bytes[start] === 0) return "";
   const nul = bytes.indexOf(0, start);
@@ -148,7 +167,7 @@ function decodeAt(
     throw new DecodeError(`Cannot decode flow record at byte ${at}: family ${rawFamily}`);
   }
   const family = rawFamily as 4 | 6;
-  const closeState = TCP_STATES[bytes[at + OFFSET.close_state]] ?? "UNKNOWN";
+  const closeState = recordCloseState(bytes, at);
   const error = bytes[at + OFFSET.error];
   return {
     bootId,
@@ -159,7 +178,7 @@ function decodeAt(
     remoteIp: ip(bytes, at + OFFSET.remote_ip, family),
     remotePort: view.getUint16(at + OFFSET.remote_port, true),
     localWorkloadId: workloadText(bytes, at + OFFSET.workload_id),
-    identitySource: IDENTITY_SOURCES[bytes[at + OFFSET.identity_source]] ?? "unknown",
+    identitySource: recordIdentitySource(bytes, at),
     tStartNs: toWallNs(view.getBigUint64(at + OFFSET.t_start_ns, true), clockOffsetNs),
     tEndNs: toWallNs(view.getBigUint64(at + OFFSET.t_end_ns, true), clockOffsetNs),
     seeded: (bytes[at + OFFSET.flags] & FLAG_SEEDED) !== 0,

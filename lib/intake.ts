@@ -1,5 +1,5 @@
 /**
- * Where raw records from the kernel enter the pipeline: decode, ship, journal, then give the
+ * Where raw records from the kernel enter the pipeline: encode and ship, journal, then give the
  * ring buffer's space back. The order is the guarantee: a record leaves the ring only once the
  * journal holds it, and leaves the journal only once its batch is in the spool
  * ({@linkcode CaptureJournal.sealed}), so an agent that dies anywhere loses nothing.
@@ -7,8 +7,8 @@
  * @module
  */
 import type { CaptureJournal, JournalChunk } from "./capture_journal.ts";
-import { decodeFlows, RECORD_SIZE } from "./decode.ts";
-import type { FlowRecord } from "./flow.ts";
+import { DecodeError, RECORD_SIZE } from "./decode.ts";
+import { type FlowWriter, RecordWriter } from "./wire.ts";
 
 /** Where records come from: the kernel side's ring buffer, as the agent sees it. */
 export interface RingSource {
@@ -31,7 +31,7 @@ export interface IntakeOptions {
   ring: RingSource;
   journal: Pick<CaptureJournal, "append" | "left" | "dropLeft">;
   /** The batch pipeline: windows numbered from 0, and where flows go. */
-  shipper: { readonly openWindow: number; add(record: FlowRecord): void };
+  shipper: { readonly openWindow: number; addFlow(flow: FlowWriter): void };
 }
 
 /** What {@linkcode Intake.replay} found in the journal. */
@@ -52,7 +52,7 @@ export interface ReplayResult {
  * import { Intake } from "./intake.ts";
  * declare const intake: Intake;
  * declare const bytes: Uint8Array, position: bigint;
- * const records = intake.receive(bytes, position); // shipped, journaled, committed
+ * const chunk = intake.receive(bytes, position); // shipped, journaled, committed
  * ```
  */
 export class Intake {
@@ -77,7 +77,7 @@ export class Intake {
         unreadable += chunk.records.length / chunk.recordSize;
         continue;
       }
-      records += this.#ship(chunk).length;
+      records += this.#ship(chunk);
       if (chunk.ringId !== 0 && chunk.ringId === ring.ringId && sameBytes(chunk.bootId, bootId)) {
         if (chunk.position > resumeAt) resumeAt = chunk.position;
       }
@@ -88,24 +88,25 @@ export class Intake {
   }
 
   /**
-   * Decodes one poll's records, ships them, journals them and commits them.
+   * Ships one poll's records, journals them and commits them.
    *
    * @param bytes whole raw records
    * @param position ring position after them (0 with the perf buffer)
-   * @returns the records, for stdout and metrics
+   * @returns them as a journal chunk (boot ID and clock offset included), for stdout and metrics
    */
-  receive(bytes: Uint8Array, position: bigint): FlowRecord[] {
+  receive(bytes: Uint8Array, position: bigint): JournalChunk {
     const { bootId, ring } = this.#options;
-    const records = this.#ship({
+    const chunk = {
       bootId,
       ringId: ring.ringId,
       position,
       clockOffsetNs: this.#options.clockOffsetNs(),
       recordSize: ring.recordSize,
       records: bytes,
-    });
+    };
+    this.#ship(chunk);
     if (position !== 0n) ring.commit(position);
-    return records;
+    return chunk;
   }
 
   /**
@@ -113,12 +114,22 @@ export class Intake {
    * after them: a window that closes on a cap mid-chunk is spooled before the later one, so
    * the journal of the later one lets go last (a crash in between replays that chunk whole).
    */
-  #ship(chunk: JournalChunk): FlowRecord[] {
+  #ship(chunk: JournalChunk): number {
     const { shipper, journal } = this.#options;
-    const records = decodeFlows(chunk.records, chunk.clockOffsetNs, chunk.bootId);
-    for (const record of records) shipper.add(record);
+    const bytes = chunk.records;
+    if (bytes.length % RECORD_SIZE !== 0) {
+      throw new DecodeError(
+        `Cannot take ${bytes.length} bytes of flow records: not a multiple of ${RECORD_SIZE}`,
+      );
+    }
+    // Each record is encoded where it lies: no record object on the way to the batch.
+    const writer = new RecordWriter(bytes, chunk.clockOffsetNs, chunk.bootId);
+    for (let at = 0; at < bytes.length; at += RECORD_SIZE) {
+      writer.at = at;
+      shipper.addFlow(writer);
+    }
     journal.append(shipper.openWindow, chunk);
-    return records;
+    return bytes.length / RECORD_SIZE;
   }
 }
 

@@ -15,6 +15,7 @@
  * @module
  */
 
+import { DecodeError } from "./decode.ts";
 import type { FlowRecord } from "./flow.ts";
 import {
   BODY_CODINGS,
@@ -33,6 +34,8 @@ import {
   type BatchHeader,
   type BatchHost,
   encodeBatchHead,
+  type FlowWriter,
+  flowWriterOf,
   idempotencyKey,
   MAX_BATCH_BYTES,
   SCHEMA_VERSION,
@@ -252,12 +255,20 @@ export class Shipper {
    * @throws {Error} after `close()` was called: stop the producers first
    */
   add(record: FlowRecord): void {
+    this.addFlow(flowWriterOf(record));
+  }
+
+  /**
+   * Like {@linkcode add}, for a flow that writes its own encoding: a kernel record in place
+   * (lib/wire.ts's RecordWriter), with no record object on the way.
+   */
+  addFlow(flow: FlowWriter): void {
     if (this.#closing) throw new Error("Cannot add a flow: the shipper is closed");
     try {
-      this.#batcher.add(record);
+      this.#batcher.addFlow(flow);
       this.#stats.recordsAdded++;
     } catch (error) {
-      if (!(error instanceof WireFormatError)) throw error;
+      if (!(error instanceof WireFormatError) && !(error instanceof DecodeError)) throw error;
       const n = ++this.#stats.recordsInvalid;
       if (n === 1 || n % 1000 === 0) {
         this.#log("warn", `Dropped an invalid flow (${n} so far): ${error.message}`);

@@ -1,12 +1,16 @@
 /** The per-batch fan-out of the agent, with synthetic records and no kernel. */
 import assert from "node:assert/strict";
-import { decodeFlows } from "../lib/decode.ts";
-import { RecordFanout, tallyRecords } from "../lib/fanout.ts";
+import { type RecordChunk, RecordFanout, tallyRecords } from "../lib/fanout.ts";
 import { parseFlowJson } from "../lib/json_lines.ts";
 import { agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
 import { rawRecord, rawRecords } from "./_raw_records.ts";
 
 const BOOT = new Uint8Array(16).fill(7);
+
+/** One poll's records, as the intake hands them on. */
+function chunkOf(records: Uint8Array): RecordChunk {
+  return { records, clockOffsetNs: 0n, bootId: BOOT };
+}
 
 Deno.test("take() writes one JSON line per record and counts them", () => {
   const metrics = agentMetrics(new MetricsRegistry());
@@ -17,7 +21,7 @@ Deno.test("take() writes one JSON line per record and counts them", () => {
     onStdoutFailed: () => assert.fail("stdout works"),
     nowNs: () => 2_000_000_000n,
   });
-  fanout.take(decodeFlows(rawRecords(3, 10n), 0n, BOOT));
+  fanout.take(chunkOf(rawRecords(3, 10n)));
   const lines = out.join("").trimEnd().split("\n").map(parseFlowJson);
   assert.deepEqual(lines.map((l) => (l.flow_id as string).split(":")[1]), ["10", "11", "12"]);
   assert.equal(metrics.flowsCaptured.get(), 3);
@@ -36,8 +40,8 @@ Deno.test("a failing stdout stops the JSON lines, reports once, and the counting
     metrics,
     onStdoutFailed: (error) => failures.push(error),
   });
-  fanout.take(decodeFlows(rawRecords(2), 0n, BOOT));
-  fanout.take(decodeFlows(rawRecords(2, 5n), 0n, BOOT));
+  fanout.take(chunkOf(rawRecords(2)));
+  fanout.take(chunkOf(rawRecords(2, 5n)));
   assert.equal(writes, 1);
   assert.equal(failures.length, 1);
   assert.equal(fanout.writingJson, false);
@@ -50,8 +54,8 @@ Deno.test("tallyRecords() counts sources, records made at destroy, and the oldes
     ...rawRecord({ identitySource: 0, closeState: 0, tEndNs: 700n }),
     ...rawRecord({ identitySource: 3, tEndNs: 800n }),
   ]);
-  const tally = tallyRecords(decodeFlows(bytes, 0n, BOOT));
+  const tally = tallyRecords({ ...chunkOf(bytes), clockOffsetNs: 1_000n });
   assert.deepEqual(tally.bySource, { "port-map": 2, "ip-map": 0, host: 0, unknown: 1 });
   assert.equal(tally.recovered, 1);
-  assert.equal(tally.oldestEndNs, 700n);
+  assert.equal(tally.oldestEndNs, 1_700n, "the oldest end, on the wall clock");
 });

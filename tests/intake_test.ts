@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { CaptureJournal, type JournalChunk, readChunks } from "../lib/capture_journal.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
-import type { FlowRecord } from "../lib/flow.ts";
 import { Intake, type RingSource } from "../lib/intake.ts";
+import { decodeBatch, encodeBatch, type FlowWriter, SCHEMA_VERSION } from "../lib/wire.ts";
 import { rawRecords } from "./_raw_records.ts";
 
 const BOOT = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
@@ -29,6 +29,24 @@ class FakeRing implements RingSource {
   }
 }
 
+/** The cookie of the flow a writer writes, read back from its encoding. */
+function cookieOf(flow: FlowWriter): bigint {
+  const target = new Uint8Array(flow.room);
+  const end = flow.write(target, 0);
+  const body = encodeBatch({
+    schemaVersion: SCHEMA_VERSION,
+    exporterVersion: "test",
+    host: { hostname: "h", workloadId: "" },
+    sequence: 1,
+    windowStartNs: 0n,
+    windowEndNs: 0n,
+    recordCount: 1,
+    clockOffsetNs: 0n,
+    loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
+  }, [target.subarray(0, end)]);
+  return decodeBatch(body).flows[0].cookie;
+}
+
 /** A shipper whose windows close every `perWindow` flows, on the flow that fills them. */
 class FakeShipper {
   readonly windows: bigint[][] = [[]];
@@ -36,9 +54,10 @@ class FakeShipper {
   get openWindow(): number {
     return this.windows.length - 1;
   }
-  add(record: FlowRecord): void {
-    this.windows.at(-1)!.push(record.cookie);
-    this.events.push(`add ${record.cookie}`);
+  addFlow(flow: FlowWriter): void {
+    const cookie = cookieOf(flow);
+    this.windows.at(-1)!.push(cookie);
+    this.events.push(`add ${cookie}`);
     if (this.windows.at(-1)!.length === this.perWindow) this.windows.push([]);
   }
 }
@@ -99,9 +118,10 @@ Deno.test(
     const ring = new FakeRing(7, events);
     const shipper = new FakeShipper(100, events);
     const intake = intakeOf(ring, loggingJournal(journal, events), shipper, 10n);
-    const records = intake.receive(rawRecords(2, 1n), 528n);
-    assert.deepEqual(records.map((r) => r.cookie), [1n, 2n]);
-    assert.equal(records[0].bootId, BOOT, "records carry this boot's ID");
+    const received = intake.receive(rawRecords(2, 1n), 528n);
+    assert.equal(received.records.length, 2 * RECORD_SIZE);
+    assert.equal(received.bootId, BOOT, "records carry this boot's ID");
+    assert.equal(received.clockOffsetNs, 10n);
     assert.deepEqual(events, ["add 1", "add 2", "journal 2 in window 0", "commit 528"]);
   }),
 );

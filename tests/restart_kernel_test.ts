@@ -306,7 +306,7 @@ kernelTest(
       const result = await churn(grid, 1, 2000);
       second = await first.restart(flags);
       assert.equal(await second.stop({ keep: true }), 0);
-      const drops = Number(/kernel drops (\d+),/.exec(second.stderrLines.join("\n"))?.[1]);
+      const drops = Number(/kernel drops (\d+)/.exec(second.stderrLines.join("\n"))?.[1]);
       assert.ok(drops > 0, `the ring overflowed (${drops} drops)`);
       let reported = 0n;
       const spoolDir = `${first.workDir}/spool`;
