@@ -81,6 +81,7 @@ export async function runCollector(
       maxConcurrentIngests: v.maxConcurrentIngests,
       headerTimeoutSeconds: v.headerTimeoutSeconds,
       bodyTimeoutSeconds: v.bodyTimeoutSeconds,
+      maxClockSkewSeconds: v.maxClockSkewSeconds,
       holdSeconds: v.holdSeconds,
       maxHeld: v.maxHeld,
       mergeGapSeconds: v.mergeGapSeconds,

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
 import { DatabaseSync } from "node:sqlite";
-import { batchBody, makeFlow, nsAt, postBatch } from "./_batches.ts";
+import { batchBody, batchCbor, makeFlow, nsAt, postBatch, rawCbor } from "./_batches.ts";
 import {
   type CollectorOptions,
   isLoopback,
@@ -160,6 +160,92 @@ Deno.test("other content under a stored (hostname, sequence) gets 409, never a s
       db.exec("UPDATE batches SET digest = NULL");
       const other = batchBody("node-a", 7, flows("api", 30));
       assert.equal((await (await post(other)).json()).status, "duplicate");
+    });
+  });
+});
+
+/** A valid batch of `flows("api")` with its raw CBOR changed by `mutate`, gzipped. */
+function tamperedBody(
+  mutate: (top: Map<number, unknown>, flows: Map<number, unknown>[]) => void,
+): Uint8Array {
+  const top = rawCbor.decoder.decode(batchCbor("node-a", 1, flows("api"))) as Map<number, unknown>;
+  mutate(top, top.get(9) as Map<number, unknown>[]);
+  return gzipSync(rawCbor.encoder.encode(top));
+}
+
+Deno.test("values that cannot be true get 400 naming the field, and nothing is stored", async (t) => {
+  // Before: flows ending before they start, windows ending before they begin and times far in
+  // the future were stored, and 64-bit counters above 2^63 - 1 were stored capped.
+  await withCollector({}, async ({ post, collector }) => {
+    const refused = async (body: Uint8Array) => {
+      const message = await oneLine(await post(body), 400);
+      assert.deepEqual(collector.store.counts().batches, 0);
+      return message;
+    };
+    await t.step("a flow that ends before it starts", async () => {
+      const message = await refused(tamperedBody((_, f) => f[1].set(3, nsAt(10))));
+      assert.equal(
+        message,
+        `Flow 1: t_end_ns ${nsAt(10)} is before t_start_ns ${
+          nsAt(11)
+        } (a flow cannot end before it starts)`,
+      );
+    });
+    await t.step("a window that ends before it starts", async () => {
+      const message = await refused(tamperedBody((top) => top.set(5, nsAt(-1))));
+      assert.equal(
+        message,
+        `Batch: window_end_ns ${nsAt(-1)} is before window_start_ns ${
+          nsAt(0)
+        } (a window cannot end before it starts)`,
+      );
+    });
+    await t.step("a loss counter above 2^63 - 1", async () => {
+      const message = await refused(
+        tamperedBody((top) => (top.get(8) as Map<number, unknown>).set(0, (1n << 64n) - 1n)),
+      );
+      assert.equal(
+        message,
+        "Batch: loss.kernel_drops must be an unsigned integer up to 9223372036854775807, got 18446744073709551615",
+      );
+    });
+    // The collector's clock says nsAt(60); the default skew allowed is one day.
+    const day = 86_400;
+    await t.step("a flow that ends more than a day after the collector's now", async () => {
+      const message = await refused(tamperedBody((_, f) => f[0].set(3, nsAt(60 + day + 1))));
+      assert.equal(
+        message,
+        `Flow 0: t_end_ns ${
+          nsAt(60 + day + 1)
+        } is 86401 s ahead of the collector's clock, more than the 86400 s allowed (check the exporter's clock; collector --max-clock-skew-seconds)`,
+      );
+    });
+    await t.step("a window that ends more than a day after the collector's now", async () => {
+      const message = await refused(tamperedBody((top) => top.set(5, nsAt(60 + 2 * day))));
+      assert.match(message, /^Batch: window_end_ns \d+ is 172800 s ahead of the collector's clock/);
+    });
+    await t.step("a day ahead exactly is still accepted", async () => {
+      const body = tamperedBody((top, f) => {
+        top.set(5, nsAt(60 + day));
+        f[1].set(3, nsAt(60 + day));
+      });
+      assert.equal((await (await post(body)).json()).status, "stored");
+    });
+  });
+  await t.step("the skew allowed is the collector's option", async () => {
+    await withCollector({ maxClockSkewSeconds: 30 }, async ({ post }) => {
+      const message = await oneLine(
+        await post(tamperedBody((_, f) => f[0].set(3, nsAt(91)))),
+        400,
+      );
+      assert.match(
+        message,
+        /^Flow 0: t_end_ns \d+ is 31 s ahead of the collector's clock, more than the 30 s allowed/,
+      );
+      assert.equal(
+        (await (await post(tamperedBody((_, f) => f[0].set(3, nsAt(90))))).json()).status,
+        "stored",
+      );
     });
   });
 });
