@@ -62,80 +62,80 @@ Deno.test("the names of an option come from its schema: flag, variable, config k
   assert.equal(agent("config"), "--config / FLOWEXPORTER_CONFIG", "no key: the file's own path");
 });
 
+/** A path that cannot be used: what it is, the options that give it, the line expected. */
+type Case = [step: string, args: string[], line: string];
+
 Deno.test("flowexporter run names the option of each path it cannot use", async (t) => {
   await withDir(async (dir) => {
-    // Usable paths for everything but the one under test; each case stops before the capture.
-    const run = (...args: string[]) => [
-      "run",
-      "--lock-file",
-      `${dir}/flowexporter.lock`,
-      "--spool-dir",
-      `${dir}/spool`,
-      "--collector-url",
-      "http://127.0.0.1:9/v1/batches",
-      ...args,
-    ];
-    await t.step("a spool directory that is a file", async () => {
-      // Before: "Not a directory (os error 20): mkdir '…/journal'".
-      await failsWith(
-        run("--spool-dir", `${dir}/file`),
-        `Cannot use spool directory ${dir}/file (${
+    const file = `${dir}/file`;
+    const folder = `${dir}/dir`;
+    const missing = `${dir}/missing.pem`;
+    const isDir = "it is a directory, not a file";
+    // Before, e.g. for the spool: "Not a directory (os error 20): mkdir '…/journal'".
+    const cases: Case[] = [
+      [
+        "a spool directory that is a file",
+        ["--spool-dir", file],
+        `Cannot use spool directory ${file} (${
           agent("spool_dir")
         }): not a directory; choose a writable directory`,
-      );
-    });
-    await t.step("a spool directory under a file", async () => {
-      await failsWith(
-        run("--spool-dir", `${dir}/file/spool`),
-        `Cannot use spool directory ${dir}/file/spool (${
+      ],
+      [
+        "a spool directory under a file",
+        ["--spool-dir", `${file}/spool`],
+        `Cannot use spool directory ${file}/spool (${
           agent("spool_dir")
         }): not a directory; choose a writable directory`,
-      );
-    });
-    await t.step("a lock file that is a directory", async () => {
-      await failsWith(
-        run("--lock-file", `${dir}/dir`),
-        `Cannot use lock file ${dir}/dir (${
+      ],
+      [
+        "a lock file that is a directory",
+        ["--lock-file", folder],
+        `Cannot use lock file ${folder} (${
           agent("lock_file")
-        }): it is a directory, not a file; choose a writable file on a local file system`,
-      );
-    });
-    await t.step("a pin directory that is a file", async () => {
-      await failsWith(
-        run("--pin-dir", `${dir}/file`),
-        `Cannot use pin directory ${dir}/file (${
+        }): ${isDir}; choose a writable file on a local file system`,
+      ],
+      [
+        "a pin directory that is a file",
+        ["--pin-dir", file],
+        `Cannot use pin directory ${file} (${
           agent("pin_dir")
         }): a file is in the way; choose a directory on the BPF file system (/sys/fs/bpf)`,
-      );
-    });
-    await t.step("a CA file that does not exist", async () => {
-      await failsWith(
-        run("--ca-file", `${dir}/missing.pem`),
-        `Cannot use CA file ${dir}/missing.pem (${
+      ],
+      [
+        "a CA file that does not exist",
+        ["--ca-file", missing],
+        `Cannot use CA file ${missing} (${
           agent("ca_file")
         }): no such file or directory; choose a readable file`,
-      );
-    });
-    await t.step("a client key that is a directory", async () => {
-      await failsWith(
-        run("--client-cert", `${dir}/file`, "--client-key", `${dir}/dir`),
-        `Cannot use client key ${dir}/dir (${
+      ],
+      [
+        "a client key that is a directory",
+        ["--client-cert", file, "--client-key", folder],
+        `Cannot use client key ${folder} (${
           agent("client_key")
-        }): it is a directory, not a file; choose a readable file`,
-      );
-    });
-    await t.step("a token file that is a directory", async () => {
-      await failsWith(
-        run("--token-file", `${dir}/dir`),
-        `Cannot use token file ${dir}/dir (${
+        }): ${isDir}; choose a readable file`,
+      ],
+      [
+        "a token file that is a directory",
+        ["--token-file", folder],
+        `Cannot use token file ${folder} (${
           agent("token_file")
-        }): it is a directory, not a file; choose a readable file`,
-      );
-    });
+        }): ${isDir}; choose a readable file`,
+      ],
+    ];
+    // Usable paths for everything but the one under test; each case stops before the capture.
+    const run = (args: string[]) => [
+      "run",
+      ...["--lock-file", `${dir}/flowexporter.lock`, "--spool-dir", `${dir}/spool`],
+      ...["--collector-url", "http://127.0.0.1:9/v1/batches", ...args],
+    ];
+    for (const [step, args, line] of cases) {
+      await t.step(step, async () => await failsWith(run(args), line));
+    }
     await t.step("a config file that is a directory: a usage error, exit 2", async () => {
-      const { code, stderr } = await flowexporter(run("--config", `${dir}/dir`));
+      const { code, stderr } = await flowexporter(run(["--config", folder]));
       assert.deepEqual(stderr.trimEnd().split("\n"), [
-        `flowexporter: Cannot read config file ${dir}/dir: it is a directory, not a file (fix --config)`,
+        `flowexporter: Cannot read config file ${folder}: ${isDir} (fix --config)`,
       ]);
       assert.equal(code, 2);
     });
@@ -144,47 +144,47 @@ Deno.test("flowexporter run names the option of each path it cannot use", async 
 
 Deno.test("flowexporter collector names the option of each path it cannot use", async (t) => {
   await withDir(async (dir) => {
-    const serve = (...args: string[]) => [
-      "collector",
-      "--listen",
-      "127.0.0.1:0",
-      "--db",
-      `${dir}/flows.db`,
-      ...args,
-    ];
-    await t.step("a database that is a directory", async () => {
-      // Before: "Cannot open database …: unable to open database file: …".
-      await failsWith(
-        serve("--db", `${dir}/dir`),
-        `Cannot use database ${dir}/dir (${
+    const folder = `${dir}/dir`;
+    const missing = `${dir}/missing.pem`;
+    // Before, for the database: "Cannot open database …: unable to open database file: …".
+    const cases: Case[] = [
+      [
+        "a database that is a directory",
+        ["--db", folder],
+        `Cannot use database ${folder} (${
           collector("db")
         }): it is a directory, not a file; choose a writable file`,
-      );
-    });
-    await t.step("a database under a file", async () => {
-      await failsWith(
-        serve("--db", `${dir}/file/flows.db`),
+      ],
+      [
+        "a database under a file",
+        ["--db", `${dir}/file/flows.db`],
         `Cannot use database ${dir}/file/flows.db (${
           collector("db")
         }): not a directory; choose a writable file`,
-      );
-    });
-    await t.step("a TLS key that does not exist", async () => {
-      await failsWith(
-        serve("--tls-cert", `${dir}/file`, "--tls-key", `${dir}/missing.pem`),
-        `Cannot use TLS key ${dir}/missing.pem (${
+      ],
+      [
+        "a TLS key that does not exist",
+        ["--tls-cert", `${dir}/file`, "--tls-key", missing],
+        `Cannot use TLS key ${missing} (${
           collector("tls_key")
         }): no such file or directory; choose a readable file`,
-      );
-    });
-    await t.step("a token file that is a directory", async () => {
-      await failsWith(
-        serve("--token-file", `${dir}/dir`),
-        `Cannot use token file ${dir}/dir (${
+      ],
+      [
+        "a token file that is a directory",
+        ["--token-file", folder],
+        `Cannot use token file ${folder} (${
           collector("token_file")
         }): it is a directory, not a file; choose a readable file`,
-      );
-    });
+      ],
+    ];
+    for (const [step, args, line] of cases) {
+      await t.step(step, async () => {
+        await failsWith(
+          ["collector", "--listen", "127.0.0.1:0", "--db", `${dir}/flows.db`, ...args],
+          line,
+        );
+      });
+    }
   });
 });
 
