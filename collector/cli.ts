@@ -48,15 +48,11 @@ const PATHS = {
 };
 
 /**
- * Opens each path once as the collector will (SQLite creates the database file and writes it),
- * so that the error names the option instead of SQLite's "unable to open database file".
+ * Opens each path once as the collector will, so that the error names the option instead of,
+ * for the database, SQLite's "unable to open database file". The database is opened for
+ * writing, created if missing and then removed again: a start that fails leaves nothing behind.
  */
 function checkPaths(v: OptionValues<typeof COLLECTOR_OPTIONS>): void {
-  withPath(
-    PATHS.db,
-    v.db,
-    () => Deno.openSync(v.db, { read: true, write: true, create: true }).close(),
-  );
   for (
     const [use, path] of [[PATHS.tokenFile, v.tokenFile], [PATHS.tlsCert, v.tlsCert], [
       PATHS.tlsKey,
@@ -64,6 +60,21 @@ function checkPaths(v: OptionValues<typeof COLLECTOR_OPTIONS>): void {
     ]] as const
   ) {
     if (path !== undefined) withPath(use, path, () => Deno.readFileSync(path));
+  }
+  withPath(PATHS.db, v.db, () => {
+    const existed = exists(v.db);
+    Deno.openSync(v.db, { read: true, write: true, create: true }).close();
+    if (!existed) Deno.removeSync(v.db);
+  });
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
   }
 }
 

@@ -7,9 +7,8 @@
  *   (`from`, `to`, `workload`, `ip`, `host`, `status`, `limit`);
  * - `GET /healthz`: `ok`.
  *
- * Refusals carry one line of text: 400 malformed gzip, CBOR or schema, or times beyond the
- * clock skew allowed; 401 missing or wrong
- * bearer token (when a token is configured); 403 flows asked for without a token on an address
+ * Refusals carry one line of text: 400 malformed gzip, CBOR or schema, or a time beyond the
+ * clock skew allowed; 401 missing or wrong bearer token (when a token is configured); 403 flows asked for without a token on an address
  * beyond loopback; 408 a head or body too slow; 409 a used (host, sequence) with other content;
  * 413 body, decompressed body or flow count over its limit; 415 wrong `Content-Type` or
  * `Content-Encoding`; 503 (with `Retry-After`) too many batches at once. The server keeps
