@@ -21,10 +21,13 @@ import { Shipper } from "../lib/shipper.ts";
 import { VERSION } from "../lib/version.ts";
 import type { BatchHost } from "../lib/wire.ts";
 import { writeAllSync } from "./_io.ts";
-import { type Config, OPTIONS_HELP } from "./config.ts";
+import { type Config, CONFIG_SCHEMA, OPTIONS_HELP } from "./config.ts";
 import { acquireInstanceLock } from "./instance_lock.ts";
 import { Liveness, registerProcessMetrics, startMetricsServer } from "./metrics_server.ts";
 import { errorText } from "../lib/error_text.ts";
+import { pathUse } from "../lib/options.ts";
+import { SenderConfigError } from "../lib/sender.ts";
+import { unusablePath, withPath } from "../lib/unusable_path.ts";
 
 /** `flowexporter run --help`. */
 export const RUN_HELP = `Usage: flowexporter run [options]
@@ -39,6 +42,52 @@ Precedence: flags > FLOWEXPORTER_* environment > config file > defaults.
 ${OPTIONS_HELP}`;
 
 const encoder = new TextEncoder();
+
+const WRITABLE_DIR = "choose a writable directory";
+const READABLE_FILE = "choose a readable file";
+/** How `run` uses its paths: a path it cannot use stops it with one line naming the option. */
+const PATHS = {
+  lockFile: pathUse(
+    CONFIG_SCHEMA,
+    "lock_file",
+    "lock file",
+    "choose a writable file on a local file system",
+  ),
+  spoolDir: pathUse(CONFIG_SCHEMA, "spool_dir", "spool directory", WRITABLE_DIR),
+  pinDir: pathUse(
+    CONFIG_SCHEMA,
+    "pin_dir",
+    "pin directory",
+    "choose a directory on the BPF file system (/sys/fs/bpf)",
+  ),
+  tokenFile: pathUse(CONFIG_SCHEMA, "token_file", "token file", READABLE_FILE),
+  caFile: pathUse(CONFIG_SCHEMA, "ca_file", "CA file", READABLE_FILE),
+  clientCert: pathUse(CONFIG_SCHEMA, "client_cert", "client certificate", READABLE_FILE),
+  clientKey: pathUse(CONFIG_SCHEMA, "client_key", "client key", READABLE_FILE),
+};
+
+/**
+ * Reads the shipper's TLS and token files once, so that an unusable one stops the start with
+ * the option to fix. A token file that does not exist yet is fine: the sender retries until it
+ * appears.
+ */
+function checkShippingFiles(v: Config): void {
+  for (
+    const [use, path] of [[PATHS.caFile, v.caFile], [PATHS.clientCert, v.clientCert], [
+      PATHS.clientKey,
+      v.clientKey,
+    ], [PATHS.tokenFile, v.tokenFile]] as const
+  ) {
+    if (path === undefined) continue;
+    withPath(use, path, () => {
+      try {
+        Deno.readFileSync(path);
+      } catch (error) {
+        if (!(use === PATHS.tokenFile && error instanceof Deno.errors.NotFound)) throw error;
+      }
+    });
+  }
+}
 
 /** Bytes of the host_workload value the BPF side copies into flows without a map entry. */
 function hostWorkloadValue(identity: HostIdentity): Uint8Array {
@@ -174,11 +223,22 @@ export async function run(v: Config): Promise<number> {
     write: (line) => writeAllSync(Deno.stderr, encoder.encode(line + "\n")),
   });
   // Before the agent opens anything: a second agent must not touch the pinned maps.
-  using _lock = acquireInstanceLock(v.lockFile);
+  using _lock = withPath(PATHS.lockFile, v.lockFile, () => acquireInstanceLock(v.lockFile));
+  // The paths before the capture, so that a bad one stops the start before anything is loaded.
+  using journal = withPath(
+    PATHS.spoolDir,
+    v.spoolDir,
+    () => CaptureJournal.open(`${v.spoolDir}/${JOURNAL_DIR}`),
+  );
+  checkShippingFiles(v);
+  withPath(
+    PATHS.pinDir,
+    v.pinDir,
+    () => Deno.mkdirSync(v.pinDir, { recursive: true, mode: 0o700 }),
+  );
   using capture = openCapture(v);
   const { agent } = capture;
   const bootId = parseBootId(Deno.readTextFileSync("/proc/sys/kernel/random/boot_id"));
-  using journal = CaptureJournal.open(`${v.spoolDir}/${JOURNAL_DIR}`);
   using watcher = await wireHostIdentity(v, capture.hostMap, log);
 
   const clock = new ClockAnchor(() => agent.clockReading());
@@ -226,7 +286,14 @@ export async function run(v: Config): Promise<number> {
       }
     },
   });
-  await shipper.start();
+  try {
+    await shipper.start();
+  } catch (error) {
+    // The TLS files were read above; anything else on disk that fails here is the spool's.
+    throw error instanceof SenderConfigError
+      ? error
+      : unusablePath(PATHS.spoolDir, v.spoolDir, error);
+  }
   const intake = new Intake({
     bootId,
     clockOffsetNs: () => clock.offsetNs(),

@@ -17,9 +17,12 @@ import {
   checkOptions,
   type CommandOutput,
   loadOptionsOrExit,
+  type OptionValues,
+  pathUse,
   type ReadTextFile,
 } from "../lib/options.ts";
-import { COLLECTOR_OPTIONS_HELP, COLLECTOR_SCHEMA } from "./config.ts";
+import { withPath } from "../lib/unusable_path.ts";
+import { COLLECTOR_OPTIONS, COLLECTOR_OPTIONS_HELP, COLLECTOR_SCHEMA } from "./config.ts";
 import { startCollector } from "./server.ts";
 
 /** The `--help` text of `flowexporter collector`. */
@@ -34,6 +37,46 @@ flow to a workload from the other hosts' heartbeats, and stores them in SQLite. 
 came from (flag, env, file or default). Exit status: 0 valid, 2 invalid (one line on stderr).
 
 ${COLLECTOR_OPTIONS_HELP}`;
+
+const READABLE_FILE = "choose a readable file";
+/** How the collector uses its paths: one it cannot use stops the start naming the option. */
+const PATHS = {
+  db: pathUse(COLLECTOR_SCHEMA, "db", "database", "choose a writable file"),
+  tokenFile: pathUse(COLLECTOR_SCHEMA, "token_file", "token file", READABLE_FILE),
+  tlsCert: pathUse(COLLECTOR_SCHEMA, "tls_cert", "TLS certificate", READABLE_FILE),
+  tlsKey: pathUse(COLLECTOR_SCHEMA, "tls_key", "TLS key", READABLE_FILE),
+};
+
+/**
+ * Opens each path once as the collector will, so that the error names the option instead of,
+ * for the database, SQLite's "unable to open database file". The database is opened for
+ * writing, created if missing and then removed again: a start that fails leaves nothing behind.
+ */
+function checkPaths(v: OptionValues<typeof COLLECTOR_OPTIONS>): void {
+  for (
+    const [use, path] of [[PATHS.tokenFile, v.tokenFile], [PATHS.tlsCert, v.tlsCert], [
+      PATHS.tlsKey,
+      v.tlsKey,
+    ]] as const
+  ) {
+    if (path !== undefined) withPath(use, path, () => Deno.readFileSync(path));
+  }
+  withPath(PATHS.db, v.db, () => {
+    const existed = exists(v.db);
+    Deno.openSync(v.db, { read: true, write: true, create: true }).close();
+    if (!existed) Deno.removeSync(v.db);
+  });
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
 
 /**
  * Runs `flowexporter collector` with `args` (the words after `collector`).
@@ -67,6 +110,7 @@ export async function runCollector(
   });
   let collector;
   try {
+    checkPaths(v);
     collector = await startCollector({
       dbPath: v.db,
       ...v.listen,
@@ -81,6 +125,7 @@ export async function runCollector(
       maxConcurrentIngests: v.maxConcurrentIngests,
       headerTimeoutSeconds: v.headerTimeoutSeconds,
       bodyTimeoutSeconds: v.bodyTimeoutSeconds,
+      maxClockSkewSeconds: v.maxClockSkewSeconds,
       holdSeconds: v.holdSeconds,
       maxHeld: v.maxHeld,
       mergeGapSeconds: v.mergeGapSeconds,

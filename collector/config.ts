@@ -124,6 +124,11 @@ export const COLLECTOR_OPTIONS = {
     help: "time a client has to send a request's body after its head, s (then 408)",
     group: "limits",
   }),
+  max_clock_skew_seconds: integer({
+    default: DEFAULT_LIMITS.maxClockSkewSeconds,
+    help: "how far past the collector's clock a window or flow may end, s (beyond: 400)",
+    group: "limits",
+  }),
   // Attribution
   hold_seconds: integer({
     default: 120,

@@ -28,6 +28,11 @@ export interface IngestOptions extends AttributorOptions {
   retentionNs?: bigint;
   /** Wall clock in ns since the epoch; injectable for tests. */
   now?: () => bigint;
+  /**
+   * How far past {@linkcode now} a batch's times may be: a later window end or flow end is
+   * refused with {@linkcode ImplausibleBatchError}. Default one day.
+   */
+  maxClockSkewNs?: bigint;
 }
 
 /** What one batch did. */
@@ -69,6 +74,21 @@ export class BatchConflictError extends Error {
 }
 
 /**
+ * A batch holds a time the collector's clock says cannot be true yet: the exporter's clock is
+ * wrong (or the batch forged). Nothing is stored; the HTTP server answers 400.
+ */
+export class ImplausibleBatchError extends Error {
+  /** Creates the error; `message` is one sentence-case line naming the field. */
+  constructor(message: string) {
+    super(message);
+    this.name = "ImplausibleBatchError";
+  }
+}
+
+/** Default of {@linkcode IngestOptions.maxClockSkewNs}: one day. */
+export const DEFAULT_MAX_CLOCK_SKEW_NS = 86_400_000_000_000n;
+
+/**
  * The digest {@linkcode Ingestor.ingest} compares: SHA-256 of the batch body (uncompressed
  * CBOR), as the exporter spooled it and sends it again on every retry.
  */
@@ -82,6 +102,7 @@ export class Ingestor {
   readonly #attributor: Attributor;
   readonly #retentionNs: bigint;
   readonly #now: () => bigint;
+  readonly #maxClockSkewNs: bigint;
   #lastPruneNs = 0n;
 
   private constructor(store: FlowStore, options: IngestOptions) {
@@ -89,6 +110,7 @@ export class Ingestor {
     this.#attributor = new Attributor(options);
     this.#retentionNs = options.retentionNs ?? 3_600_000_000_000n;
     this.#now = options.now ?? wallClockNs;
+    this.#maxClockSkewNs = options.maxClockSkewNs ?? DEFAULT_MAX_CLOCK_SKEW_NS;
   }
 
   /**
@@ -128,9 +150,12 @@ export class Ingestor {
    * @param batch the decoded batch
    * @param digest {@linkcode batchDigest} of its body, stored with it
    * @throws {BatchConflictError} when the stored batch has another digest (nothing is stored)
+   * @throws {ImplausibleBatchError} when a window or flow ends more than the clock skew allowed
+   *   after now (nothing is stored)
    */
   ingest(batch: DecodedBatch, digest?: Uint8Array): IngestResult {
     const { header, flows } = batch;
+    this.#checkNotInFuture(batch);
     const hostname = header.host.hostname;
     const base = { hostname, sequence: header.sequence, flows: flows.length };
     const stored = this.#store.batchDigest(hostname, header.sequence);
@@ -243,6 +268,24 @@ export class Ingestor {
     return expired.length;
   }
 
+  /**
+   * Ends are enough: the wire format holds every start to its end (`lib/wire.ts`).
+   */
+  #checkNotInFuture({ header, flows }: DecodedBatch): void {
+    const now = this.#now();
+    const latest = now + this.#maxClockSkewNs;
+    const refuse = (field: string, ns: bigint) =>
+      new ImplausibleBatchError(
+        `${field} ${ns} is ${seconds(ns - now)} s ahead of the collector's clock, more than the ${
+          seconds(this.#maxClockSkewNs)
+        } s allowed (check the exporter's clock; collector --max-clock-skew-seconds)`,
+      );
+    if (header.windowEndNs > latest) throw refuse("Batch: window_end_ns", header.windowEndNs);
+    for (let i = 0; i < flows.length; i++) {
+      if (flows[i].tEndNs > latest) throw refuse(`Flow ${i}: t_end_ns`, flows[i].tEndNs);
+    }
+  }
+
   #prune(now: bigint): void {
     this.#lastPruneNs = now;
     const horizon = now - this.#retentionNs;
@@ -261,6 +304,11 @@ export class Ingestor {
       );
     }
   }
+}
+
+/** Whole seconds of `ns`, rounded down, for messages. */
+function seconds(ns: bigint): bigint {
+  return ns / 1_000_000_000n;
 }
 
 function hex(bytes: Uint8Array): string {

@@ -7,8 +7,8 @@
  *   (`from`, `to`, `workload`, `ip`, `host`, `status`, `limit`);
  * - `GET /healthz`: `ok`.
  *
- * Refusals carry one line of text: 400 malformed zstd/gzip, CBOR or schema; 401 missing or wrong
- * bearer token (when a token is configured); 403 flows asked for without a token on an address
+ * Refusals carry one line of text: 400 malformed zstd/gzip, CBOR or schema, or a time beyond the
+ * clock skew allowed; 401 missing or wrong bearer token (when a token is configured); 403 flows asked for without a token on an address
  * beyond loopback; 408 a head or body too slow; 409 a used (host, sequence) with other content;
  * 413 body, decompressed body or flow count over its limit; 415 wrong `Content-Type` or
  * `Content-Encoding`; 503 (with `Retry-After`) too many batches at once. The server keeps
@@ -57,7 +57,14 @@ import { Log } from "../lib/log.ts";
 import { printable } from "../lib/printable.ts";
 import { errorText } from "../lib/error_text.ts";
 import { BodyBudget, decodeContent, HttpError, readBoundedBody } from "./_http_body.ts";
-import { BatchConflictError, batchDigest, Ingestor, type IngestResult } from "./ingest.ts";
+import {
+  BatchConflictError,
+  batchDigest,
+  DEFAULT_MAX_CLOCK_SKEW_NS,
+  ImplausibleBatchError,
+  Ingestor,
+  type IngestResult,
+} from "./ingest.ts";
 import { FilterError, formatStoredFlowJson, parseFlowFilter } from "./query.ts";
 import { FlowStore } from "./store.ts";
 
@@ -88,6 +95,8 @@ export const DEFAULT_LIMITS = {
   headerTimeoutSeconds: 10,
   /** Seconds a client has for a request's body, from the end of its head: 60. */
   bodyTimeoutSeconds: 60,
+  /** Seconds a window or flow may end after the collector's now: one day. */
+  maxClockSkewSeconds: Number(DEFAULT_MAX_CLOCK_SKEW_NS / 1_000_000_000n),
 } as const;
 
 /** Seconds a client refused with 503 is asked to wait (`Retry-After`). */
@@ -133,6 +142,11 @@ export interface CollectorOptions {
   headerTimeoutSeconds?: number;
   /** Seconds a client has to send a request's body after its head; then 408. Default 60. */
   bodyTimeoutSeconds?: number;
+  /**
+   * Seconds a batch's window or flows may end after the collector's clock; later gets 400
+   * naming the field. Default 86 400 (one day).
+   */
+  maxClockSkewSeconds?: number;
   /** How long a flow waits for its remote owner's heartbeat. Default 120. */
   holdSeconds?: number;
   /** Most flows held at once. Default 100 000. */
@@ -218,6 +232,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       mergeGapNs: seconds(options.mergeGapSeconds ?? 30),
       slackNs: seconds(options.slackSeconds ?? 1),
       retentionNs: seconds(options.retentionSeconds ?? 3600),
+      maxClockSkewNs: seconds(limits.maxClockSkewSeconds),
       now: options.now,
     });
   } catch (error) {
@@ -473,6 +488,7 @@ async function ingest(
     return ingestor.ingest(batch, batchDigest(cbor));
   } catch (error) {
     if (error instanceof BatchConflictError) throw new HttpError(409, error.message);
+    if (error instanceof ImplausibleBatchError) throw new HttpError(400, error.message);
     throw error;
   }
 }

@@ -36,6 +36,7 @@ import { parseArgs } from "node:util";
 import { optionalPath, type OptionSpec, type Source, ValueError } from "./option_kinds.ts";
 import { UsageError } from "./usage_error.ts";
 import { errorText } from "./error_text.ts";
+import { osProblem, type PathUse } from "./unusable_path.ts";
 
 /** The options of one command, keyed by their config file names (`ring_bytes`). */
 export type OptionTable = Record<string, OptionSpec<unknown>>;
@@ -122,6 +123,40 @@ export function flagOf(name: string): string {
 /** `FLOWEXPORTER_RING_BYTES` for `ring_bytes` under the prefix `FLOWEXPORTER_`. */
 export function envOf(schema: { envPrefix: string }, name: string): string {
   return schema.envPrefix + name.toUpperCase();
+}
+
+/**
+ * An option named every way it can be given, for a message about its value:
+ * `--spool-dir / FLOWEXPORTER_SPOOL_DIR / spool_dir` (no config key for one the file cannot set).
+ *
+ * @param schema the command's options
+ * @param name the option (its config file key)
+ */
+export function optionNames<O extends OptionTable>(
+  schema: Pick<OptionSchema<O>, "options" | "envPrefix">,
+  name: keyof O & string,
+): string {
+  const names = [flagOf(name), envOf(schema, name)];
+  if (schema.options[name].inFile) names.push(name);
+  return names.join(" / ");
+}
+
+/**
+ * How a command uses the path of option `name` ({@linkcode import("./unusable_path.ts").PathUse}),
+ * for a one-line error naming the option when the path cannot be used.
+ *
+ * @param schema the command's options
+ * @param name the option (its config file key)
+ * @param what what the path is: `spool directory`
+ * @param fix what to do: `choose a writable directory`
+ */
+export function pathUse<O extends OptionTable>(
+  schema: Pick<OptionSchema<O>, "options" | "envPrefix">,
+  name: keyof O & string,
+  what: string,
+  fix: string,
+): PathUse {
+  return { what, option: optionNames(schema, name), fix };
 }
 
 function camel(name: string): string {
@@ -290,11 +325,7 @@ function readConfigText(
     return { path, text: readFile(path) };
   } catch (error) {
     if (explicit === undefined && error instanceof Deno.errors.NotFound) return undefined;
-    const why = error instanceof Deno.errors.NotFound
-      ? "no such file"
-      : error instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : errorText(error);
+    const why = osProblem(error) ?? errorText(error);
     throw new ConfigError(
       `Cannot read config file ${path}: ${why} (${
         explicit === undefined ? "fix the file or its permissions" : `fix ${from}`

@@ -487,16 +487,17 @@ function readBatch(r: CborReader, { offsets, unknownKeyAt }: BatchLayout): Decod
     exporterVersion: text(at(1), "Batch", "exporter_version"),
     host,
     sequence: uint53(at(3), "Batch", "sequence"),
-    windowStartNs: uint64(at(4), "Batch", "window_start_ns"),
-    windowEndNs: uint64(at(5), "Batch", "window_end_ns"),
+    windowStartNs: time(at(4), "Batch", "window_start_ns"),
+    windowEndNs: time(at(5), "Batch", "window_end_ns"),
     recordCount: uint53(at(6), "Batch", "record_count"),
     clockOffsetNs: int64(at(7), "Batch", "clock_offset_ns"),
     loss: {
-      kernelDrops: uint64(lossMap[0], "Batch", "loss.kernel_drops"),
-      recursionMisses: uint64(lossMap[1], "Batch", "loss.recursion_misses"),
+      kernelDrops: uint63(lossMap[0], "Batch", "loss.kernel_drops"),
+      recursionMisses: uint63(lossMap[1], "Batch", "loss.recursion_misses"),
       spoolEvictions: uint53(lossMap[2], "Batch", "loss.spool_evictions"),
     },
   };
+  checkWindowOrder(header.windowStartNs, header.windowEndNs, "Batch");
   r.at = offsets[FLOWS_KEY];
   if (r.peekMajor() !== MAJOR_ARRAY) {
     throw new WireFormatError(`Batch: flows must be an array, got ${describeNext(r)}`);
@@ -725,7 +726,7 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
     !(localIp instanceof Uint8Array) || localIp.length !== ipLength ||
     !(remoteIp instanceof Uint8Array) || remoteIp.length !== ipLength ||
     typeof localWorkloadId !== "string" || typeof closeState !== "string" || closeState === "" ||
-    !isUint64(r.tStartNs) || !isUint64(r.tEndNs) ||
+    !isTime(r.tStartNs) || !isTime(r.tEndNs) || r.tEndNs < r.tStartNs ||
     !isUint32(r.localPort) || r.localPort > 0xffff ||
     !isUint32(r.remotePort) || r.remotePort > 0xffff ||
     identitySource === undefined || direction === undefined || end === undefined ||
@@ -843,7 +844,7 @@ const MAX_SAFE_HI = 0x1f_ffff;
  * for byte what {@linkcode encodeFlowInto} writes for the record lib/decode.ts makes, without
  * building the record: no object, no bigint, and the workload ID copied as it is when it is
  * ASCII. A record it cannot take that way (another family, a non-ASCII workload ID, a counter
- * past 2^53 - 1, a time out of range) is decoded and goes through encodeFlowInto, so the
+ * past 2^53 - 1, a time out of range or an end before the start) is decoded and goes through encodeFlowInto, so the
  * outcome, errors included, is theirs.
  *
  * @example
@@ -913,8 +914,17 @@ export class RecordWriter implements FlowWriter {
     if (view.getUint32(at + O.bytes_retrans + 4, true) > MAX_SAFE_HI) return -1;
     for (const field of [O.t_start_ns, O.t_end_ns]) {
       const approx = view.getUint32(at + field + 4, true) * TWO_32 + this.#offsetApprox;
-      // Well inside [0, 2^64): the exact 64-bit sum below cannot wrap.
-      if (!(approx > 2 ** 40 && approx < 2 ** 63)) return -1;
+      // Well inside [0, 2^63): the exact 64-bit sum below neither wraps nor passes INT64_MAX.
+      if (!(approx > 2 ** 40 && approx < 2 ** 62)) return -1;
+    }
+    const startHi = view.getUint32(at + O.t_start_ns + 4, true);
+    const endHi = view.getUint32(at + O.t_end_ns + 4, true);
+    if (
+      endHi < startHi ||
+      (endHi === startHi &&
+        view.getUint32(at + O.t_end_ns, true) < view.getUint32(at + O.t_start_ns, true))
+    ) {
+      return -1; // ends before it starts: the encoder's error
     }
     const state = b[at + O.close_state] < TCP_STATES.length ? b[at + O.close_state] : 0;
     const error = b[at + O.error];
@@ -987,7 +997,7 @@ export class RecordWriter implements FlowWriter {
   }
 }
 
-// The fast twins of uint(), uint53() and uint64() below: same ranges, declared types only.
+// The fast twins of uint(), uint53(), uint64() and time() below: same ranges, declared types only.
 function isUint32(n: number): boolean {
   return typeof n === "number" && n >>> 0 === n;
 }
@@ -998,6 +1008,10 @@ function isUint53(n: number): boolean {
 
 function isUint64(n: bigint): boolean {
   return typeof n === "bigint" && n >= 0n && n <= UINT64_MAX;
+}
+
+function isTime(n: bigint): boolean {
+  return typeof n === "bigint" && n >= 0n && n <= INT64_MAX;
 }
 
 /** A copy of a valid flow with bigint times and cookie and number counters, as declared. */
@@ -1043,8 +1057,8 @@ function decodeFlow(
     remotePort: uint(m[7], 0xffff, where, "remote_port"),
     localWorkloadId: text(m[1], where, "local_workload_id"),
     identitySource: enumeration(m[8], IDENTITY_SOURCES, where, "identity_source"),
-    tStartNs: uint64(m[2], where, "t_start_ns"),
-    tEndNs: uint64(m[3], where, "t_end_ns"),
+    tStartNs: time(m[2], where, "t_start_ns"),
+    tEndNs: time(m[3], where, "t_end_ns"),
     seeded: bool(m[9], where, "seeded"),
     direction: enumeration(m[10], DIRECTIONS, where, "direction"),
     closeState: typeof closeState === "string"
@@ -1067,6 +1081,7 @@ function decodeFlow(
   // Every field was checked as it was read but the addresses' lengths against the family.
   checkIp(record.localIp, family, where, "local_ip");
   checkIp(record.remoteIp, family, where, "remote_ip");
+  checkFlowOrder(record.tStartNs, record.tEndNs, where);
   return record;
 }
 
@@ -1081,8 +1096,9 @@ function checkFlow(r: FlowRecord, where: string): void {
   uint(r.remotePort, 0xffff, where, "remote_port");
   text(r.localWorkloadId, where, "local_workload_id");
   code(IDENTITY_SOURCE_CODES, r.identitySource, where, "identity_source");
-  uint64(r.tStartNs, where, "t_start_ns");
-  uint64(r.tEndNs, where, "t_end_ns");
+  time(r.tStartNs, where, "t_start_ns");
+  time(r.tEndNs, where, "t_end_ns");
+  checkFlowOrder(r.tStartNs, r.tEndNs, where);
   bool(r.seeded, where, "seeded");
   code(DIRECTION_CODES, r.direction, where, "direction");
   if (typeof r.closeState !== "string" || r.closeState === "") {
@@ -1135,12 +1151,13 @@ function checkHeader(h: BatchHeader): void {
   text(h.host.workloadId, where, "host.workload_id");
   if (h.host.instanceId !== undefined) text(h.host.instanceId, where, "host.instance_id");
   uint53(h.sequence, where, "sequence");
-  uint64(h.windowStartNs, where, "window_start_ns");
-  uint64(h.windowEndNs, where, "window_end_ns");
+  time(h.windowStartNs, where, "window_start_ns");
+  time(h.windowEndNs, where, "window_end_ns");
+  checkWindowOrder(h.windowStartNs, h.windowEndNs, where);
   uint53(h.recordCount, where, "record_count");
   int64(h.clockOffsetNs, where, "clock_offset_ns");
-  uint64(h.loss.kernelDrops, where, "loss.kernel_drops");
-  uint64(h.loss.recursionMisses, where, "loss.recursion_misses");
+  uint63(h.loss.kernelDrops, where, "loss.kernel_drops");
+  uint63(h.loss.recursionMisses, where, "loss.recursion_misses");
   uint53(h.loss.spoolEvictions, where, "loss.spool_evictions");
 }
 
@@ -1205,6 +1222,34 @@ function uint53(value: unknown, where: string, name: string): number {
 
 function uint64(value: unknown, where: string, name: string): bigint {
   return integer(value, 0n, UINT64_MAX, where, name, "an unsigned 64-bit integer");
+}
+
+/**
+ * A time (ns since the epoch) or a loss counter: unsigned, and at most 2^63 - 1 so that every
+ * reader can hold it in a signed 64-bit integer (SQL databases) instead of capping it.
+ */
+function uint63(value: unknown, where: string, name: string): bigint {
+  return integer(value, 0n, INT64_MAX, where, name, `an unsigned integer up to ${INT64_MAX}`);
+}
+
+const time = uint63;
+
+/** A flow cannot end before it starts. */
+function checkFlowOrder(startNs: bigint, endNs: bigint, where: string): void {
+  if (endNs < startNs) {
+    throw new WireFormatError(
+      `${where}: t_end_ns ${endNs} is before t_start_ns ${startNs} (a flow cannot end before it starts)`,
+    );
+  }
+}
+
+/** A window cannot end before it starts (it may end where it starts, closed at once). */
+function checkWindowOrder(startNs: bigint, endNs: bigint, where: string): void {
+  if (endNs < startNs) {
+    throw new WireFormatError(
+      `${where}: window_end_ns ${endNs} is before window_start_ns ${startNs} (a window cannot end before it starts)`,
+    );
+  }
 }
 
 function int64(value: unknown, where: string, name: string): bigint {

@@ -60,6 +60,11 @@ export class CollectorProcess implements AsyncDisposable {
     this.address = { hostname: hostname.replace(/^\[(.*)\]$/, "$1"), port: Number(port) };
   }
 
+  /** Its process ID, to read its memory from `/proc/<pid>/status`. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
   /** URL exporters post batches to. */
   get batchesUrl(): string {
     return `${this.url}/v1/batches`;

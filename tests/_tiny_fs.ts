@@ -28,6 +28,21 @@ export async function withTinyFs(bytes: number, fn: (dir: string) => Promise<voi
 }
 
 /**
+ * Like {@linkcode withTinyFs}, but the file system is mounted read-only once `prepare` has put
+ * what it wants on it: even root cannot write there (EROFS).
+ */
+export async function withReadOnlyFs(
+  prepare: (dir: string) => Promise<void>,
+  fn: (dir: string) => Promise<void>,
+): Promise<void> {
+  await withTinyFs(1024 * 1024, async (dir) => {
+    await prepare(dir);
+    await run("mount", ["-o", "remount,ro", dir]);
+    await fn(dir);
+  });
+}
+
+/**
  * Writes a file of zeros until the file system is full, then shortens it by `leave` bytes.
  *
  * @returns the file's path

@@ -36,6 +36,7 @@ Deno.test("the collector's options default to what the collector always used", (
     maxConcurrentIngests: DEFAULT_LIMITS.maxConcurrentIngests,
     headerTimeoutSeconds: DEFAULT_LIMITS.headerTimeoutSeconds,
     bodyTimeoutSeconds: DEFAULT_LIMITS.bodyTimeoutSeconds,
+    maxClockSkewSeconds: 86_400,
     holdSeconds: 120,
     maxHeld: 100_000,
     mergeGapSeconds: 30,

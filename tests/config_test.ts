@@ -197,7 +197,7 @@ Deno.test("loadConfig() names the key and its source in every error", async (t) 
     [
       "a missing explicit config file",
       () => loadConfig(["--config", "/nope.json"], {}, NO_FILES),
-      "Cannot read config file /nope.json: no such file (fix --config)",
+      "Cannot read config file /nope.json: no such file or directory (fix --config)",
     ],
     [
       "a config file that is not JSON",

@@ -27,8 +27,8 @@ import {
   SCHEMA_VERSION,
   WireFormatError,
 } from "../lib/wire.ts";
-import { startCollector } from "../collector/server.ts";
-import { batchBody, batchCbor, batchCborV2, nsAt } from "./_batches.ts";
+import { CollectorProcess } from "./_collector.ts";
+import { batchBody, batchCbor, batchCborV2 } from "./_batches.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 20_260_101);
@@ -239,6 +239,9 @@ Deno.test("fuzz: any valid batch survives encodeBatch() and decodeBatch() unchan
   const u32 = fc.nat({ max: 0xffff_ffff });
   const u53 = fc.maxSafeNat();
   const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
+  const u63 = fc.bigInt({ min: 0n, max: (1n << 63n) - 1n });
+  /** A start and an end not before it: what the wire format allows of times. */
+  const span = fc.tuple(u63, u63).map(([a, b]) => a <= b ? [a, b] : [b, a]);
   const flow: fc.Arbitrary<FlowRecord> = fc.record({
     family: fc.constantFrom(4 as const, 6 as const),
     bootId: bytes(16),
@@ -249,8 +252,7 @@ Deno.test("fuzz: any valid batch survives encodeBatch() and decodeBatch() unchan
     remotePort: fc.nat({ max: 0xffff }),
     localWorkloadId: fc.string({ unit: "grapheme", maxLength: 60 }),
     identitySource: fc.constantFrom(...IDENTITY_SOURCES),
-    tStartNs: u64,
-    tEndNs: u64,
+    times: span,
     seeded: fc.boolean(),
     direction: fc.constantFrom(...DIRECTIONS),
     closeState: fc.oneof(fc.constantFrom(...TCP_STATES), fc.constant("STATE_99")),
@@ -267,19 +269,18 @@ Deno.test("fuzz: any valid batch survives encodeBatch() and decodeBatch() unchan
     minRttUs: u32,
     delivered: u32,
     lost: u32,
-  }).map((f) =>
+  }).map(({ times: [tStartNs, tEndNs], ...f }) =>
     // a plain object (fast-check's have no prototype), IPv4 addresses of 4 bytes
     f.family === 4
-      ? { ...f, localIp: f.localIp.slice(0, 4), remoteIp: f.remoteIp.slice(0, 4) }
-      : { ...f }
+      ? { ...f, tStartNs, tEndNs, localIp: f.localIp.slice(0, 4), remoteIp: f.remoteIp.slice(0, 4) }
+      : { ...f, tStartNs, tEndNs }
   );
   const header = fc.record({
     hostname: fc.string({ unit: "grapheme", maxLength: 40 }),
     sequence: u53,
-    windowStartNs: u64,
-    windowEndNs: u64,
+    window: span,
     clockOffsetNs: fc.bigInt({ min: -(1n << 63n), max: (1n << 63n) - 1n }),
-    kernelDrops: u64,
+    kernelDrops: u63,
     spoolEvictions: u53,
   });
   fc.assert(
@@ -289,8 +290,8 @@ Deno.test("fuzz: any valid batch survives encodeBatch() and decodeBatch() unchan
         exporterVersion: "fuzz",
         host: { hostname: h.hostname, workloadId: "" },
         sequence: h.sequence,
-        windowStartNs: h.windowStartNs,
-        windowEndNs: h.windowEndNs,
+        windowStartNs: h.window[0],
+        windowEndNs: h.window[1],
         recordCount: flows.length,
         clockOffsetNs: h.clockOffsetNs,
         loss: { kernelDrops: h.kernelDrops, recursionMisses: 0n, spoolEvictions: h.spoolEvictions },
@@ -302,17 +303,27 @@ Deno.test("fuzz: any valid batch survives encodeBatch() and decodeBatch() unchan
   );
 });
 
-Deno.test("fuzz: the HTTP ingest answers mutated bodies with 4xx in time, and stores every valid batch sent between them", async () => {
+/** Bound of the collector's resident set, peak included, under the fuzzing below. */
+const MEMORY_BOUND_MIB = 256;
+/** Bound of the time to answer one request of a body up to {@linkcode LARGE_BODY_BYTES}. */
+const ANSWER_MS = 1000;
+/** The largest bodies sent: 64 KiB. */
+const LARGE_BODY_BYTES = 64 * 1024;
+
+/** VmRSS and VmHWM (the peak) of process `pid`, MiB, from `/proc/<pid>/status`. */
+async function memoryMiB(pid: number): Promise<{ rss: number; peak: number }> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  const kib = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB$`, "m").exec(status)![1]);
+  return { rss: kib("VmRSS") / 1024, peak: kib("VmHWM") / 1024 };
+}
+
+Deno.test("fuzz: the HTTP ingest answers mutated bodies with 4xx in time, within its memory bound, and stores every valid batch sent between them", async () => {
   const dir = await Deno.makeTempDir({ prefix: "fuzz_test_" });
-  const collector = await startCollector({
-    dbPath: `${dir}/flows.db`,
-    port: 0,
-    logger: () => {},
-    now: () => nsAt(60),
-  });
+  // A collector process of its own, so that /proc shows its memory and nothing else's.
+  const collector = await CollectorProcess.start(`${dir}/flows.db`);
   const post = async (body: Uint8Array, encoding: string) => {
     const start = performance.now();
-    const response = await fetch(`${collector.url}/v1/batches`, {
+    const response = await fetch(collector.batchesUrl, {
       method: "POST",
       body: body as BodyInit,
       headers: { "content-type": "application/cbor", "content-encoding": encoding },
@@ -320,8 +331,9 @@ Deno.test("fuzz: the HTTP ingest answers mutated bodies with 4xx in time, and st
     const text = await response.text();
     return { status: response.status, text, ms: performance.now() - start };
   };
-  const rss = Deno.memoryUsage().rss;
   let valid = 0;
+  let slowestMs = 0;
+  let largest = 0;
   try {
     const body = fc.oneof(
       // Mutated CBOR, sent gzipped or as is.
@@ -332,6 +344,15 @@ Deno.test("fuzz: the HTTP ingest answers mutated bodies with 4xx in time, and st
       fc.tuple(validBatch, fc.array(mutation, { minLength: 1, maxLength: 3 })).map((
         [cbor, mutations],
       ) => ({ bytes: mutate(gzipSync(cbor), mutations), encoding: "gzip" })),
+      // 64 KiB: a batch of some 600 flows mutated, or noise.
+      fc.tuple(fc.nat({ max: 100_000 }), fc.array(mutation, { minLength: 1, maxLength: 3 }))
+        .map(([first, mutations]) => {
+          const flows = Array.from({ length: 600 }, (_, i) => syntheticFlow(first + i));
+          const cbor = batchCbor("node-1", 43, flows).subarray(0, LARGE_BODY_BYTES);
+          return { bytes: mutate(cbor, mutations), encoding: "identity" };
+        }),
+      fc.uint8Array({ minLength: LARGE_BODY_BYTES, maxLength: LARGE_BODY_BYTES })
+        .map((bytes) => ({ bytes, encoding: "identity" })),
     );
     await fc.assert(
       fc.asyncProperty(body, async ({ bytes, encoding }) => {
@@ -345,20 +366,37 @@ Deno.test("fuzz: the HTTP ingest answers mutated bodies with 4xx in time, and st
           `HTTP ${hostile.status}: ${hostile.text}`,
         );
         assert.equal(hostile.text.trimEnd().split("\n").length, 1, "one line");
-        assert.ok(hostile.ms < 1000, `answered in ${hostile.ms} ms`);
+        assert.ok(hostile.ms < ANSWER_MS, `answered ${bytes.length} bytes in ${hostile.ms} ms`);
         assert.equal(good.status, 200, good.text);
         assert.equal(JSON.parse(good.text).status, "stored");
+        slowestMs = Math.max(slowestMs, hostile.ms);
+        largest = Math.max(largest, bytes.length);
       }),
       params(300),
     );
-    const stored = collector.store.flows({ hostname: "fuzz-valid", limit: 1_000_000 }).length;
-    assert.equal(stored, valid, "every valid batch sent between the hostile ones was stored");
+    const stored = await collector.flows({ host: "fuzz-valid" });
+    assert.equal(
+      stored.length,
+      valid,
+      "every valid batch sent between the hostile ones was stored",
+    );
     const health = await fetch(`${collector.url}/healthz`);
     assert.equal(await health.text(), "ok\n");
-    const growthMiB = (Deno.memoryUsage().rss - rss) / 2 ** 20;
-    assert.ok(growthMiB < 256, `the resident set grew by ${growthMiB} MiB`);
+    const memory = await memoryMiB(collector.pid);
+    assert.ok(
+      memory.peak < MEMORY_BOUND_MIB,
+      `the collector's resident set peaked at ${memory.peak} MiB (now ${memory.rss} MiB)`,
+    );
+    assert.ok(largest >= LARGE_BODY_BYTES, `bodies of up to ${largest} bytes were sent`);
+    console.log(
+      `fuzz: ${valid} hostile requests (up to ${largest} bytes) answered in ${
+        slowestMs.toFixed(0)
+      } ms at most; collector resident set ${memory.rss.toFixed(0)} MiB, peak ${
+        memory.peak.toFixed(0)
+      } MiB`,
+    );
   } finally {
-    await collector.close();
+    await collector.stop();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -5,6 +5,7 @@ import { Shipper, type ShipperOptions } from "../lib/shipper.ts";
 import { Spool } from "../lib/spool.ts";
 import { CAN_MOUNT_TMPFS, fillUp, withTinyFs } from "./_tiny_fs.ts";
 import { decodeBatch, type DecodedBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
+import { startCollector } from "../collector/server.ts";
 
 /**
  * A collector on 127.0.0.1 that decodes and keeps every batch it accepts; with `gzipOnly`, it
@@ -361,6 +362,59 @@ Deno.test("a 409 is set aside with what to check: a reused sequence number", asy
     } finally {
       await up.server.shutdown();
     }
+  });
+});
+
+Deno.test("a collector that finds a batch in its future (400) gets it set aside with one line; in step, it stores every batch", async (t) => {
+  const day = 86_400_000_000_000n;
+  const wallNs = () => BigInt(Date.now()) * 1_000_000n;
+  const ship = async (collectorNow: () => bigint) => {
+    const logs: string[] = [];
+    const dir = await Deno.makeTempDir({ prefix: "shipper_test_" });
+    const collector = await startCollector({
+      dbPath: `${dir}/flows.db`,
+      port: 0,
+      logger: () => {},
+      now: collectorNow,
+    });
+    try {
+      const shipper = new Shipper(
+        options(
+          `${dir}/spool`,
+          { collectorUrl: `${collector.url}/v1/batches`, maxRecords: 5 },
+          logs,
+        ),
+      );
+      await shipper.start();
+      for (let i = 0; i < 5; i++) shipper.add(syntheticFlow(i));
+      const stats = await shipper.close(5000);
+      const rejected = await Array.fromAsync(Deno.readDir(`${dir}/spool/rejected`));
+      return { stats, logs, rejected, stored: collector.store.counts() };
+    } finally {
+      await collector.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  };
+  await t.step("the collector's clock two days behind the agent's", async () => {
+    const { stats, logs, rejected, stored } = await ship(() => wallNs() - 2n * day);
+    assert.equal(stats.batchesRejected, 2, "the full batch and the shutdown batch");
+    assert.equal(rejected.length, 2, "both kept in rejected/");
+    assert.equal(stored.batches, 0);
+    const lines = logs.filter((l) => l.startsWith("error: "));
+    assert.equal(lines.length, 2, logs.join("\n"));
+    for (const line of lines) {
+      assert.match(
+        line,
+        /^error: Collector .* refused batch node-1:\d+ for good \(HTTP 400: Batch: window_end_ns \d+ is \d+ s ahead of the collector's clock, more than the 86400 s allowed \(check the exporter's clock; collector --max-clock-skew-seconds\)\): kept in .*rejected.*, not retried/,
+      );
+    }
+  });
+  await t.step("in step: every batch the agent makes is accepted", async () => {
+    const { stats, rejected, stored } = await ship(wallNs);
+    assert.equal(stats.batchesRejected, 0);
+    assert.equal(rejected.length, 0);
+    assert.equal(stats.batchesSent, 2);
+    assert.equal(stored.flows, 5);
   });
 });
 
