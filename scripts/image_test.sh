@@ -61,11 +61,11 @@ stage() {
   local arch
   arch="$(dpkg --print-architecture)"
   install -d "$src/var/cache/deno" "$src/app/build/$arch"
-  # The module graph deno resolves from the entry point and the worker: exactly what runs.
+  # The module graph deno resolves from the entry point: exactly what runs.
   local f
   # shellcheck disable=SC2016 # TypeScript, not shell
   for f in $("$DENO" eval --quiet '
-    for (const entry of ["main.ts", "ffi/poll_worker.ts"]) {
+    for (const entry of ["main.ts"]) {
       const cmd = new Deno.Command(Deno.execPath(), { args: ["info", "--json", entry] });
       const info = JSON.parse(new TextDecoder().decode(cmd.outputSync().stdout));
       for (const m of info.modules) {
