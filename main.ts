@@ -4,15 +4,8 @@
  *
  * @module
  */
-import { loadConfig, runConfigCheck } from "./cli/config.ts";
-import { detach, DETACH_HELP } from "./cli/detach.ts";
-import { runDev } from "./cli/dev.ts";
-import { runDoctor } from "./cli/doctor.ts";
-import { run, RUN_HELP } from "./cli/run.ts";
-import { runCollector } from "./collector/cli.ts";
-import { runQuery } from "./collector/query.ts";
-import { openPinnedMaps } from "./identity/ffi.ts";
-import { runIdentityCommand } from "./identity/mod.ts";
+// Each command's modules load when it runs: the agent, which runs on every host, does not hold
+// the collector's (HTTP server, SQLite, attribution) in its heap.
 import { errorText } from "./lib/error_text.ts";
 import { UsageError } from "./lib/usage_error.ts";
 import { VERSION } from "./lib/version.ts";
@@ -38,6 +31,10 @@ async function main(args: string[]): Promise<number> {
   const [command = "help", ...rest] = args;
   switch (command) {
     case "run": {
+      const [{ loadConfig }, { run, RUN_HELP }] = await Promise.all([
+        import("./cli/config.ts"),
+        import("./cli/run.ts"),
+      ]);
       const config = loadConfig(rest, Deno.env.toObject());
       if (config.help) {
         console.log(RUN_HELP);
@@ -46,6 +43,10 @@ async function main(args: string[]): Promise<number> {
       return await run(config.values);
     }
     case "detach": {
+      const [{ loadConfig }, { detach, DETACH_HELP }] = await Promise.all([
+        import("./cli/config.ts"),
+        import("./cli/detach.ts"),
+      ]);
       const config = loadConfig(rest, Deno.env.toObject());
       if (config.help) {
         console.log(DETACH_HELP);
@@ -54,22 +55,27 @@ async function main(args: string[]): Promise<number> {
       return detach(config.values);
     }
     case "dev":
-      return await runDev(rest);
-    case "identity":
+      return await (await import("./cli/dev.ts")).runDev(rest);
+    case "identity": {
+      const [{ runIdentityCommand }, { openPinnedMaps }] = await Promise.all([
+        import("./identity/mod.ts"),
+        import("./identity/ffi.ts"),
+      ]);
       return await runIdentityCommand(rest, openPinnedMaps);
+    }
     case "collector":
-      return await runCollector(rest);
+      return await (await import("./collector/cli.ts")).runCollector(rest);
     case "query":
-      return await runQuery(rest);
+      return await (await import("./collector/query.ts")).runQuery(rest);
     case "config":
       if (rest[0] !== "check") {
         throw new UsageError(
           `Unknown config command ${JSON.stringify(rest[0] ?? "")} (use flowexporter config check)`,
         );
       }
-      return await runConfigCheck(rest.slice(1));
+      return await (await import("./cli/config.ts")).runConfigCheck(rest.slice(1));
     case "doctor":
-      return await runDoctor(rest);
+      return await (await import("./cli/doctor.ts")).runDoctor(rest);
     case "help":
     case "--help":
     case "-h":

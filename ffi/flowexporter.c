@@ -589,8 +589,13 @@ static int open_ring(struct fe_ring *r, int map_fd)
 	if (p == MAP_FAILED)
 		return fail(-errno, "open the ring buffer: map its consumer page");
 	r->consumer = p;
-	/* Read-only: the producer page and the data, mapped twice by the kernel. */
-	p = mmap(NULL, r->page + 2 * r->size, PROT_READ, MAP_SHARED, map_fd, r->page);
+	/*
+	 * Read-only: the producer page and the data. The kernel offers the data twice in a row, so
+	 * that a record across the end reads as one piece; mapping it once costs a split copy of
+	 * such a record but halves the ring's share of the agent's resident memory (all of it is
+	 * mapped in at once).
+	 */
+	p = mmap(NULL, r->page + r->size, PROT_READ, MAP_SHARED, map_fd, r->page);
 	if (p == MAP_FAILED) {
 		munmap(r->consumer, r->page);
 		r->consumer = NULL;
@@ -610,7 +615,7 @@ static void close_ring(struct fe_ring *r)
 	if (r->epoll_fd >= 0)
 		close(r->epoll_fd);
 	if (r->producer)
-		munmap((void *)r->producer, r->page + 2 * r->size);
+		munmap((void *)r->producer, r->page + r->size);
 	if (r->consumer)
 		munmap(r->consumer, r->page);
 	memset(r, 0, sizeof(*r));
@@ -764,9 +769,18 @@ static void ring_read(struct fe_agent *a)
 		if (len & BPF_RINGBUF_BUSY_BIT)
 			break;
 		if (!(len & BPF_RINGBUF_DISCARD_BIT) && len >= sizeof(struct fe_flow)) {
+			/* Headers are 8-byte aligned in a power-of-two ring: only the record may wrap. */
+			size_t at = ((pos & (r->size - 1)) + BPF_RINGBUF_HDR_SZ) & (r->size - 1);
+			size_t first = r->size - at;
+
 			if (a->len + sizeof(struct fe_flow) > a->cap)
 				break;
-			memcpy(a->dst + a->len, hdr + 2, sizeof(struct fe_flow));
+			if (first >= sizeof(struct fe_flow)) {
+				memcpy(a->dst + a->len, r->data + at, sizeof(struct fe_flow));
+			} else {
+				memcpy(a->dst + a->len, r->data + at, first);
+				memcpy(a->dst + a->len + first, r->data, sizeof(struct fe_flow) - first);
+			}
 			a->len += sizeof(struct fe_flow);
 		}
 		pos += ring_record_bytes(len);

@@ -11,6 +11,7 @@
 
 const TWO_32 = 0x1_0000_0000;
 const UINT32_MAX_N = 0xffff_ffffn;
+const INT32_MAX_N = 0x7fff_ffffn;
 const MAJOR_BYTES = 0x40;
 const MAJOR_TEXT = 0x60;
 
@@ -98,6 +99,21 @@ export class CborWriter {
     const at = this.at;
     this.bytes[at] = 0x1b;
     this.#view.setBigUint64(at + 1, n);
+    this.at = at + 9;
+  }
+
+  /**
+   * A signed integer from -2^64 to 2^64 - 1 given as a bigint: as {@linkcode uint64} when not
+   * negative; a negative one in its shortest form down to -2^31, the 8-byte form below (as
+   * cbor-x writes a bigint). 1 to 9 bytes.
+   */
+  int64(n: bigint): void {
+    if (n >= 0n) return this.uint64(n);
+    const magnitude = -1n - n;
+    if (magnitude <= INT32_MAX_N) return this.head(0x20, Number(magnitude));
+    const at = this.at;
+    this.bytes[at] = 0x3b;
+    this.#view.setBigUint64(at + 1, magnitude);
     this.at = at + 9;
   }
 

@@ -8,7 +8,8 @@
 import type { JournalChunk } from "./capture_journal.ts";
 import { toWallNs } from "./clock.ts";
 import {
-  decodeFlows,
+  DecodeError,
+  decodeFlow,
   RECORD_OFFSETS,
   RECORD_SIZE,
   recordCloseState,
@@ -69,6 +70,22 @@ export function tallyRecords(chunk: RecordChunk): RecordTally {
   return { bySource, recovered, oldestEndNs };
 }
 
+/**
+ * A poll's records as objects, for JSON only (the batches are encoded from the raw bytes). A
+ * record the decoder refuses is left out here: the shipper counts and logs it.
+ */
+function jsonRecords(chunk: RecordChunk): FlowRecord[] {
+  const records: FlowRecord[] = [];
+  for (let at = 0; at + RECORD_SIZE <= chunk.records.length; at += RECORD_SIZE) {
+    try {
+      records.push(decodeFlow(chunk.records, at, chunk.clockOffsetNs, chunk.bootId));
+    } catch (error) {
+      if (!(error instanceof DecodeError)) throw error;
+    }
+  }
+  return records;
+}
+
 /** UTF-8 takes at most 3 bytes per UTF-16 unit. */
 const MAX_UTF8_PER_UNIT = 3;
 /** Records per encoded slice: one multi-megabyte string costs more than many small ones. */
@@ -107,9 +124,7 @@ export class RecordFanout {
     if (chunk.records.length === 0) return;
     if (this.#writeStdout) {
       try {
-        // Records as objects only here, for JSON: the batches are encoded from the raw bytes.
-        const records = decodeFlows(chunk.records, chunk.clockOffsetNs, chunk.bootId);
-        this.#writeJson(records, this.#writeStdout);
+        this.#writeJson(jsonRecords(chunk), this.#writeStdout);
       } catch (error) {
         this.#writeStdout = undefined;
         this.#options.onStdoutFailed(error);

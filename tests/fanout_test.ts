@@ -59,3 +59,14 @@ Deno.test("tallyRecords() counts sources, records made at destroy, and the oldes
   assert.equal(tally.recovered, 1);
   assert.equal(tally.oldestEndNs, 1_700n, "the oldest end, on the wall clock");
 });
+
+Deno.test("a record the decoder refuses is left out of the JSON lines, not fatal", () => {
+  const out: string[] = [];
+  const fanout = new RecordFanout({
+    writeStdout: (bytes) => out.push(new TextDecoder().decode(bytes)),
+    metrics: agentMetrics(new MetricsRegistry()),
+    onStdoutFailed: () => assert.fail("stdout works"),
+  });
+  fanout.take(chunkOf(new Uint8Array([...rawRecord(), ...rawRecord({ family: 9 as 4 })])));
+  assert.equal(out.join("").trimEnd().split("\n").length, 1);
+});

@@ -18,6 +18,7 @@ import {
   type BatchHeader,
   decodeBatch,
   encodeBatch,
+  encodeBatchHead,
   encodeFlow,
   encodeFlowInto,
   idempotencyKey,
@@ -965,4 +966,57 @@ Deno.test("MIN_FLOW_BYTES is the size of the smallest flow any version allows", 
       2 * MIN_FLOW_BYTES - 1
     } bytes that follow hold 1 flows at most (${MIN_FLOW_BYTES} bytes each at least)`,
   );
+});
+
+Deno.test("encodeBatchHead() writes the bytes cbor-x wrote for the batch head, edge values included", () => {
+  const int = (n: number | bigint) =>
+    typeof n === "number"
+      ? (n > 0xffff_ffff ? BigInt(n) : n)
+      : (n >= -0x8000_0000n && n <= 0xffff_ffffn ? Number(n) : n);
+  const cborX = (h: BatchHeader) => {
+    const host = new Map<number, unknown>([[0, h.host.hostname], [1, h.host.workloadId]]);
+    if (h.host.instanceId !== undefined) host.set(2, h.host.instanceId);
+    const map = rawCbor.encoder.encode(
+      new Map<number, unknown>([
+        [0, h.schemaVersion],
+        [1, h.exporterVersion],
+        [2, host],
+        [3, int(h.sequence)],
+        [4, int(h.windowStartNs)],
+        [5, int(h.windowEndNs)],
+        [6, int(h.recordCount)],
+        [7, int(h.clockOffsetNs)],
+        [
+          8,
+          new Map([[0, int(h.loss.kernelDrops)], [1, int(h.loss.recursionMisses)], [
+            2,
+            int(h.loss.spoolEvictions),
+          ]]),
+        ],
+        [9, []],
+      ]),
+    );
+    // The flow array's head for recordCount flows instead of the empty array.
+    const body = new Uint8Array(map.subarray(0, map.length - 1));
+    return [...body, ...encodeBatch(h, []).subarray(body.length)];
+  };
+  const cases: BatchHeader[] = [
+    header(0),
+    header(3, { clockOffsetNs: -5n }),
+    header(70_000, { clockOffsetNs: -(2n ** 31n) }),
+    header(24, { clockOffsetNs: -(2n ** 31n) - 1n, sequence: 2 ** 40 }),
+    header(1, { host: { hostname: "höst-ñ", workloadId: "k8s://ns/pod", instanceId: "i-0abc" } }),
+    header(2, {
+      loss: { kernelDrops: 2n ** 40n, recursionMisses: 7n, spoolEvictions: 2 ** 33 },
+      windowStartNs: 0n,
+      windowEndNs: 2n ** 63n - 1n,
+    }),
+  ];
+  for (const h of cases) {
+    assert.deepEqual(
+      [...encodeBatchHead(h, 0)],
+      cborX(h),
+      JSON.stringify(h, (_, v) => typeof v === "bigint" ? `${v}` : v),
+    );
+  }
 });
