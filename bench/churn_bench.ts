@@ -53,8 +53,8 @@ Options:
   --servers N        churn server threads (default 2)
   --concurrency N    connections in flight per client thread (default 64)
   --port-base P      first churn listening port (default 20000)
-  --tools LIST       comma list of agent,agent-none,agent-perf,agent-restart,agent-kill,
-                     tcplife,bare (default all)
+  --tools LIST       comma list of agent,agent-none,agent-collector,agent-perf,agent-restart,
+                     agent-kill,tcplife,bare (default all)
   --agent-args=ARGS  extra arguments for every agent run, e.g. --agent-args="--poll-ms 10"
   --hog              a busy loop pinned to one CPU during every measurement, untraced too
   --hog-cpu N        the CPU the busy loop runs on (default 0)
@@ -147,6 +147,14 @@ const VARIANTS: Record<string, Variant> = {
     tracer: "agent",
     agentArgs: ["--output", "none"],
   },
+  // The default configuration on a host: a collector configured, so no JSON (output auto).
+  // The collector is a sink in this process that takes each batch and answers 200; the URL is
+  // set once it listens.
+  "agent-collector": {
+    label: "flowexporter, collector configured",
+    tracer: "agent",
+    agentArgs: ["--output", "none", "--collector-url"],
+  },
   "agent-perf": {
     label: "flowexporter --perf-buffer",
     tracer: "agent",
@@ -170,7 +178,7 @@ const VARIANTS: Record<string, Variant> = {
 };
 const TOOLS = Object.keys(VARIANTS).filter((n) => n !== "baseline");
 /** With --ref-main, these variants run twice: as `ref-<name>` with the reference agent too. */
-const REF_TWINS = ["agent", "agent-none"];
+const REF_TWINS = ["agent", "agent-none", "agent-collector"];
 for (const name of REF_TWINS) {
   VARIANTS[`ref-${name}`] = {
     ...VARIANTS[name],
@@ -179,8 +187,12 @@ for (const name of REF_TWINS) {
   };
 }
 
-/** Aims from the issue "Capture every closed TCP socket". */
-const AIM = { completeness: 1, ratio: 0.85, cpuMsPer1000: 3 };
+/**
+ * Aims of the issue "An agent as light as the best C agents" (the completeness one is from
+ * "No closed socket is ever lost"): every flow, at least 0.9 of the untraced churn rate, at
+ * most 1.5 ms CPU per 1000 flows (median) and 80 MiB peak RSS (worst repetition).
+ */
+const AIM = { completeness: 1, ratio: 0.9, cpuMsPer1000: 1.5, peakRssMiB: 80 };
 
 /** Things to undo if the run ends early. */
 const live = new Set<() => Promise<void>>();
@@ -637,7 +649,8 @@ const HEADER = [
   "Drops",
   "Recursion misses",
   "CPU ms/1000 flows (median)",
-  "Peak RSS MiB",
+  "CPU ms/1000 flows (worst)",
+  "Peak RSS MiB (worst)",
   "Meets aims",
 ];
 
@@ -657,6 +670,7 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
     0,
   );
   const cpu = median(ms.map(cpuPer1000));
+  const peakRssMiB = Math.max(...ms.map((m) => m.tracer!.peakRssKiB)) / 1024;
   const sum = (f: (t: TracerFigures) => number | undefined) =>
     ms.some((m) => f(m.tracer!) !== undefined)
       ? int(ms.reduce((n, m) => n + (f(m.tracer!) ?? 0), 0))
@@ -670,7 +684,8 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
   // A restart runs at a fixed rate: its aims are every flow, once after SIGTERM.
   const meets = v.restart
     ? worst >= AIM.completeness && (v.restart === "SIGKILL" || duplicates === "0")
-    : worst >= AIM.completeness && ratio >= AIM.ratio && cpu < AIM.cpuMsPer1000;
+    : worst >= AIM.completeness && ratio >= AIM.ratio && cpu <= AIM.cpuMsPer1000 &&
+      peakRssMiB <= AIM.peakRssMiB;
   return [
     ...row,
     pct(median(ms.map(completeness))) + star,
@@ -680,7 +695,8 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
     sum((t) => t.drops),
     sum((t) => t.recursionMisses),
     cpu.toFixed(2),
-    (Math.max(...ms.map((m) => m.tracer!.peakRssKiB)) / 1024).toFixed(0),
+    Math.max(...ms.map(cpuPer1000)).toFixed(2),
+    peakRssMiB.toFixed(0),
     v.tracer === "agent" ? (meets ? "yes" : "no") : "",
   ];
 }
@@ -760,6 +776,16 @@ async function main(): Promise<number> {
     } else commands.set(name, prepared.command);
   }
   const names = ["baseline", ...TOOLS.filter((n) => o.tools.includes(n))];
+  if (names.includes("agent-collector")) {
+    const sink = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (r) => {
+      await r.arrayBuffer();
+      return new Response(null, { status: 200 });
+    });
+    live.add(() => sink.shutdown());
+    for (const name of ["agent-collector", "ref-agent-collector"]) {
+      VARIANTS[name].agentArgs!.push(`http://127.0.0.1:${sink.addr.port}/v1/batches`);
+    }
+  }
   if (o.refMain) {
     names.push(...REF_TWINS.filter((n) => o.tools.includes(n)).map((n) => `ref-${n}`));
   }
@@ -826,7 +852,7 @@ async function main(): Promise<number> {
           "in untraced runs too. "
         : "") +
       `Aims: ${pct(AIM.completeness)} complete, ratio >= ${AIM.ratio}, ` +
-      `< ${AIM.cpuMsPer1000} ms CPU/1000 flows.`,
+      `<= ${AIM.cpuMsPer1000} ms CPU/1000 flows (median), <= ${AIM.peakRssMiB} MiB peak RSS (worst).`,
   );
   if (names.some((n) => VARIANTS[n].restart)) {
     console.log(

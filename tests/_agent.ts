@@ -86,6 +86,11 @@ export class AgentProcess implements AsyncDisposable {
     return agent;
   }
 
+  /** The agent's process ID (its /proc entry). */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
   /** Waits until a stderr line matches; throws with the log when the agent exits or time runs out. */
   waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
     return waitForLine("Agent", this.stderrLines, pattern, () => this.#exited, timeoutMs);
