@@ -153,7 +153,7 @@ const VARIANTS: Record<string, Variant> = {
   "agent-collector": {
     label: "flowexporter, collector configured",
     tracer: "agent",
-    agentArgs: ["--output", "none", "--collector-url"],
+    agentArgs: [], // set once the sink listens
   },
   "agent-perf": {
     label: "flowexporter --perf-buffer",
@@ -782,8 +782,9 @@ async function main(): Promise<number> {
       return new Response(null, { status: 200 });
     });
     live.add(() => sink.shutdown());
+    const url = `http://127.0.0.1:${sink.addr.port}/v1/batches`;
     for (const name of ["agent-collector", "ref-agent-collector"]) {
-      VARIANTS[name].agentArgs!.push(`http://127.0.0.1:${sink.addr.port}/v1/batches`);
+      VARIANTS[name].agentArgs = ["--output", "none", "--collector-url", url];
     }
   }
   if (o.refMain) {
