@@ -10,6 +10,7 @@ import { runDev } from "./cli/dev.ts";
 import { runDoctor } from "./cli/doctor.ts";
 import { run, RUN_HELP } from "./cli/run.ts";
 import { runCollector } from "./collector/cli.ts";
+import { runGraph } from "./collector/graph_cli.ts";
 import { runQuery } from "./collector/query.ts";
 import { openPinnedMaps } from "./identity/ffi.ts";
 import { runIdentityCommand } from "./identity/mod.ts";
@@ -28,6 +29,7 @@ Commands:
   collector     run the reference collector (HTTP ingest, SQLite, remote-side attribution);
                 "collector check" validates its configuration
   query         list attributed flows from a collector's database
+  graph         the workload dependency map of a collector's database (JSON or Graphviz DOT)
   config check  validate a configuration and print the effective one
   doctor        check this host's readiness and explain what to fix
   dev           the agent and a local collector together (deno task dev)
@@ -61,6 +63,8 @@ async function main(args: string[]): Promise<number> {
       return await runCollector(rest);
     case "query":
       return await runQuery(rest);
+    case "graph":
+      return runGraph(rest);
     case "config":
       if (rest[0] !== "check") {
         throw new UsageError(

@@ -696,10 +696,11 @@ function prepareWriters(db: DatabaseSync) {
 }
 
 /**
- * A row of `flows_attributed` as a flow; `sameBoot` is shared with the flow when its boot ID
- * is the same (see {@linkcode decodeFlowId}).
+ * A row of `flows_attributed` (with `batch_sequence`) as a flow; `sameBoot` is shared with the
+ * flow when its boot ID is the same (see {@linkcode decodeFlowId}). Rows read with
+ * `setReadBigInts(true)`.
  */
-function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): StoredFlow {
+export function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): StoredFlow {
   const { bootId, cookie } = r.flow_id === null
     ? { bootId: NO_BOOT_ID, cookie: 0n }
     : decodeFlowId(r.flow_id as Uint8Array, sameBoot);

@@ -1,0 +1,191 @@
+/**
+ * The dependency map's aggregation over the collector's SQLite database (collector/store.ts):
+ * one `GROUP BY` over `flows_attributed` in the time range, on a read-only connection of its
+ * own, so that a long aggregation never holds the writer's connection. Two functions written
+ * in TypeScript run inside the query: the address group of an unattributed remote end
+ * ({@linkcode addressGroup}) and the RTT percentiles of an edge (nearest rank over its flows).
+ *
+ * @example
+ * ```ts
+ * import { SqliteGraphSource } from "./graph_sqlite.ts";
+ * using source = SqliteGraphSource.open("flows.db");
+ * const edges = source.edgeStats({ fromNs: 0n }); // [{ source: "workload:web", target: "workload:db", flows: 12, ... }]
+ * ```
+ *
+ * @module
+ */
+
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { NO_BOOT_ID } from "../lib/flow_id.ts";
+import {
+  addressGroup,
+  type EdgeStats,
+  type GraphSource,
+  GROUP_NODES,
+  type TimeRange,
+  workloadNode,
+} from "./graph.ts";
+import { FlowStore, type StoredFlow, StoreError, toStoredFlow } from "./store.ts";
+
+/** Flow ends that count as a failed connect, and as a reset (lib/flow.ts's `FlowEnd`). */
+const FAILED_ENDS = "('refused', 'timeout', 'failed')";
+const RESET_ENDS = "('reset', 'aborted')";
+
+const sql = (text: string) => `'${text.replaceAll("'", "''")}'`;
+
+/**
+ * Each flow of the range as (client, server) node IDs with its bytes each way; an inbound flow
+ * from an attributed client is left out (the client's own agent reported it as outbound).
+ */
+const EDGE_ROWS = `
+SELECT f.*,
+  CASE WHEN direction = 'inbound' THEN peer ELSE reporter END AS client,
+  CASE WHEN direction = 'inbound' THEN reporter ELSE peer END AS server,
+  CASE WHEN direction = 'inbound' THEN bytes_received ELSE bytes_acked END AS to_server,
+  CASE WHEN direction = 'inbound' THEN bytes_acked ELSE bytes_received END AS to_client
+FROM (
+  SELECT f.*,
+    CASE WHEN local_workload_id <> '' THEN ${sql(workloadNode(""))} || local_workload_id
+      ELSE 'unidentified:' || hostname END AS reporter,
+    CASE attribution
+      WHEN 'attributed' THEN ${sql(workloadNode(""))} || remote_workload_id
+      WHEN 'ambiguous' THEN ${sql(GROUP_NODES.ambiguous)}
+      WHEN 'pending' THEN ${sql(GROUP_NODES.pending)}
+      ELSE graph_address_group(remote_ip) END AS peer
+  FROM flows_attributed AS f
+  WHERE t_start_ns >= ? AND t_start_ns < ?
+    AND NOT (direction = 'inbound' AND attribution = 'attributed')
+) AS f`;
+
+const EDGE_STATS = `
+SELECT client, server, count(*) AS flows, total(to_server) AS to_server,
+  total(to_client) AS to_client, total(flow_end IN ${FAILED_ENDS}) AS failed,
+  total(flow_end IN ${RESET_ENDS}) AS resets, graph_rtt_percentiles(srtt_us) AS rtt
+FROM (${EDGE_ROWS})
+GROUP BY client, server`;
+
+const EDGE_FLOWS = `
+SELECT e.*, b.sequence AS batch_sequence
+FROM (${EDGE_ROWS}) AS e JOIN batches AS b ON b.id = e.batch_id
+WHERE client = ? AND server = ?
+ORDER BY t_start_ns DESC, e.id DESC
+LIMIT ?`;
+
+const INT64_MAX = (1n << 63n) - 1n;
+
+/**
+ * The aggregate `graph_rtt_percentiles(srtt_us)`: "p50 p99" (nearest rank) of the RTTs above 0,
+ * or null. node:sqlite keeps the accumulator (an array) as a JavaScript value, though its types
+ * ask for an SQL value.
+ */
+const RTT_PERCENTILES = {
+  start: () => [] as number[],
+  step: (values: number[], rtt: unknown) => {
+    if (Number(rtt) > 0) values.push(Number(rtt));
+    return values;
+  },
+  result: (values: number[]) => {
+    if (values.length === 0) return null;
+    values.sort((a, b) => a - b);
+    return `${nearestRank(values, 0.5)} ${nearestRank(values, 0.99)}`;
+  },
+} as unknown as Parameters<DatabaseSync["aggregate"]>[1];
+
+/** {@linkcode GraphSource} over a collector database; see the module documentation. */
+export class SqliteGraphSource implements GraphSource {
+  readonly #db: DatabaseSync;
+  readonly #stats: StatementSync;
+  readonly #flows: StatementSync;
+  #closed = false;
+
+  private constructor(db: DatabaseSync) {
+    this.#db = db;
+    db.function("graph_address_group", { deterministic: true }, (ip) => addressGroup(String(ip)));
+    db.aggregate("graph_rtt_percentiles", RTT_PERCENTILES);
+    this.#stats = db.prepare(EDGE_STATS);
+    this.#flows = db.prepare(EDGE_FLOWS);
+    this.#flows.setReadBigInts(true);
+  }
+
+  /**
+   * Opens the database at `path` read-only (the collector may be writing it).
+   *
+   * @throws {StoreError} when it cannot be opened or has another layout version
+   */
+  static open(path: string): SqliteGraphSource {
+    // The store's own checks (file present, layout version), with its messages.
+    FlowStore.open(path, { readOnly: true }).close();
+    let db: DatabaseSync | undefined;
+    try {
+      db = new DatabaseSync(path, { readOnly: true });
+      db.exec("PRAGMA busy_timeout = 5000");
+      return new SqliteGraphSource(db);
+    } catch (cause) {
+      db?.close();
+      throw new StoreError(`Cannot open database ${path} for the graph: ${String(cause)}`, {
+        cause,
+      });
+    }
+  }
+
+  /** See {@linkcode GraphSource.edgeStats}. */
+  edgeStats(range: TimeRange): EdgeStats[] {
+    this.#check();
+    const rows = this.#stats.all(...bounds(range)) as Record<string, unknown>[];
+    return rows.map((r) => {
+      const rtt = r.rtt === null ? null : String(r.rtt).split(" ").map(Number);
+      return {
+        source: r.client as string,
+        target: r.server as string,
+        flows: Number(r.flows),
+        bytesToTarget: Number(r.to_server),
+        bytesToSource: Number(r.to_client),
+        failed: Number(r.failed),
+        resets: Number(r.resets),
+        rttP50Us: rtt?.[0] ?? null,
+        rttP99Us: rtt?.[1] ?? null,
+      };
+    });
+  }
+
+  /** See {@linkcode GraphSource.edgeFlows}. */
+  edgeFlows(source: string, target: string, range: TimeRange, limit: number): StoredFlow[] {
+    this.#check();
+    const rows = this.#flows.all(...bounds(range), source, target, limit) as Record<
+      string,
+      unknown
+    >[];
+    let bootId = NO_BOOT_ID;
+    return rows.map((row) => {
+      const flow = toStoredFlow(row, bootId);
+      bootId = flow.bootId;
+      return flow;
+    });
+  }
+
+  /** Closes the connection; safe to call twice. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#db.close();
+  }
+
+  /** Same as {@linkcode close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #check(): void {
+    if (this.#closed) throw new StoreError("Cannot read the graph: its database is closed");
+  }
+}
+
+/** The nearest-rank percentile `p` (0 to 1) of sorted `values`. */
+function nearestRank(values: readonly number[], p: number): number {
+  return values[Math.max(0, Math.ceil(p * values.length) - 1)];
+}
+
+function bounds(range: TimeRange): [bigint, bigint] {
+  const clamp = (v: bigint) => v < -INT64_MAX ? -INT64_MAX : v > INT64_MAX ? INT64_MAX : v;
+  return [clamp(range.fromNs ?? -INT64_MAX), clamp(range.toNs ?? INT64_MAX)];
+}
