@@ -15,6 +15,8 @@ const TOKEN_KEY = "flowexporter.token";
 /** Edges drawn at most: the whole map's largest, or a neighbourhood's nearest. */
 const OVERVIEW_EDGES = 300;
 const NEIGHBOURHOOD_EDGES = 600;
+/** Up to this many nodes, the whole map is laid out by force (cose); beyond, in rings. */
+const FORCE_LAYOUT_NODES = 150;
 /** Flows listed for an edge. */
 const EDGE_FLOWS = 50;
 const RANGE_MS = { "15m": 9e5, "1h": 3.6e6, "6h": 2.16e7, "1d": 8.64e7, "7d": 6.048e8 };
@@ -337,7 +339,9 @@ function draw(graph) {
     ],
     style: STYLE,
     layout: graph.focus === null
-      ? { name: "concentric", animate: false, concentric: (n) => n.degree(), minNodeSpacing: 20 }
+      ? graph.nodes.length <= FORCE_LAYOUT_NODES
+        ? { name: "cose", animate: false, randomize: false, nodeRepulsion: () => 8000 }
+        : { name: "concentric", animate: false, concentric: (n) => n.degree(), minNodeSpacing: 20 }
       : {
         name: "concentric",
         animate: false,
@@ -425,9 +429,13 @@ $("controls").addEventListener("submit", (event) => {
     view.range = $("range").value;
     view.depth = $("depth").value;
     if (view.range === "custom") {
-      const iso = (value) => value ? new Date(value).toISOString() : "";
-      view.from = iso($("from").value);
-      view.to = iso($("to").value);
+      // An input left as it was keeps its time exact (the inputs show whole seconds).
+      const typed = (input, was) => {
+        const iso = input.value ? new Date(input.value).toISOString() : "";
+        return localInput(iso) === localInput(was) ? was : iso;
+      };
+      view.from = typed($("from"), view.from);
+      view.to = typed($("to"), view.to);
     }
     const workload = searched();
     $("search").value = workload;
