@@ -129,9 +129,9 @@ export function cachedGraphSource(
   return {
     edgeStats(range) {
       const key = `${range.fromNs}-${range.toNs}`;
-      const atMs = nowMs();
-      if (last === undefined || last.key !== key || atMs - last.atMs > ttlMs) {
-        last = { key, atMs, stats: source.edgeStats(range) };
+      if (last === undefined || last.key !== key || nowMs() - last.atMs > ttlMs) {
+        const stats = source.edgeStats(range);
+        last = { key, atMs: nowMs(), stats }; // from its end: an aggregation may take seconds
       }
       return last.stats;
     },

@@ -10,7 +10,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import {
   buildGraph,
   DEFAULT_GRAPH_LIMIT,
@@ -23,6 +22,7 @@ import {
   parseGraphRequest,
 } from "./graph.ts";
 import { SqliteGraphSource } from "./graph_sqlite.ts";
+import { commandOptions, type QueryOutput } from "./query.ts";
 import { DEFAULT_DB_PATH } from "./store.ts";
 
 const HELP = `Usage: flowexporter graph [options]
@@ -47,44 +47,23 @@ Options:
   -h, --help         show this help
 `;
 
-/** Where {@linkcode runGraph} writes: one line at a time, without the newline. */
-export interface GraphOutput {
-  out(line: string): void;
-  err(line: string): void;
-}
-
 /**
  * Runs `flowexporter graph` with `args` (the words after `graph`).
  *
  * @returns the exit code: 0 on success, 2 for bad arguments, 1 when the database cannot be read
  */
-export function runGraph(args: string[], io: GraphOutput = consoleOutput): number {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        db: { type: "string", default: DEFAULT_DB_PATH },
-        from: { type: "string" },
-        to: { type: "string" },
-        workload: { type: "string" },
-        node: { type: "string" },
-        depth: { type: "string" },
-        limit: { type: "string" },
-        format: { type: "string", default: "json" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (error) {
-    io.err(`${(error as Error).message} (see flowexporter graph --help)`);
-    return 2;
-  }
-  if (values.help) {
-    for (const line of HELP.trimEnd().split("\n")) io.out(line);
-    return 0;
-  }
+export function runGraph(args: string[], io: QueryOutput = consoleOutput): number {
+  const values = commandOptions("graph", args, HELP, io, {
+    db: { type: "string", default: DEFAULT_DB_PATH },
+    from: { type: "string" },
+    to: { type: "string" },
+    workload: { type: "string" },
+    node: { type: "string" },
+    depth: { type: "string" },
+    limit: { type: "string" },
+    format: { type: "string", default: "json" },
+  });
+  if (typeof values === "number") return values;
   if (values.format !== "json" && values.format !== "dot") {
     io.err(`Invalid format ${JSON.stringify(values.format)}: use json or dot`);
     return 2;
@@ -115,7 +94,7 @@ export function runGraph(args: string[], io: GraphOutput = consoleOutput): numbe
   return 0;
 }
 
-const consoleOutput: GraphOutput = {
+const consoleOutput: QueryOutput = {
   out: (line) => console.log(line),
   err: (line) => console.error(line),
 };

@@ -1,9 +1,11 @@
 /**
  * The dependency map's aggregation over the collector's SQLite database (collector/store.ts):
  * one `GROUP BY` over `flows_attributed` in the time range, on a read-only connection of its
- * own, so that a long aggregation never holds the writer's connection. Two functions written
- * in TypeScript run inside the query: the address group of an unattributed remote end
- * ({@linkcode addressGroup}) and the RTT percentiles of an edge (nearest rank over its flows).
+ * own, so that a long aggregation never holds the writer's connection. A function written in
+ * TypeScript runs inside the query for unattributed remote ends: their address group
+ * ({@linkcode addressGroup}). The RTT percentiles of an edge (nearest rank over its flows) are
+ * worked out from its flows' RTTs, which the query hands over as one text per edge: an
+ * aggregate function written in TypeScript, called once a flow, costs more.
  *
  * @example
  * ```ts
@@ -16,7 +18,6 @@
  */
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
-import { NO_BOOT_ID } from "../lib/flow_id.ts";
 import {
   addressGroup,
   type EdgeStats,
@@ -25,7 +26,7 @@ import {
   type TimeRange,
   workloadNode,
 } from "./graph.ts";
-import { FlowStore, type StoredFlow, StoreError, toStoredFlow } from "./store.ts";
+import { FlowStore, type StoredFlow, StoreError, toStoredFlows } from "./store.ts";
 
 /** Flow ends that count as a failed connect, and as a reset (lib/flow.ts's `FlowEnd`). */
 const FAILED_ENDS = "('refused', 'timeout', 'failed')";
@@ -60,7 +61,8 @@ FROM (
 const EDGE_STATS = `
 SELECT client, server, count(*) AS flows, total(to_server) AS to_server,
   total(to_client) AS to_client, total(flow_end IN ${FAILED_ENDS}) AS failed,
-  total(flow_end IN ${RESET_ENDS}) AS resets, graph_rtt_percentiles(srtt_us) AS rtt
+  total(flow_end IN ${RESET_ENDS}) AS resets,
+  group_concat(CASE WHEN srtt_us > 0 THEN srtt_us END) AS rtts
 FROM (${EDGE_ROWS})
 GROUP BY client, server`;
 
@@ -73,24 +75,6 @@ LIMIT ?`;
 
 const INT64_MAX = (1n << 63n) - 1n;
 
-/**
- * The aggregate `graph_rtt_percentiles(srtt_us)`: "p50 p99" (nearest rank) of the RTTs above 0,
- * or null. node:sqlite keeps the accumulator (an array) as a JavaScript value, though its types
- * ask for an SQL value.
- */
-const RTT_PERCENTILES = {
-  start: () => [] as number[],
-  step: (values: number[], rtt: unknown) => {
-    if (Number(rtt) > 0) values.push(Number(rtt));
-    return values;
-  },
-  result: (values: number[]) => {
-    if (values.length === 0) return null;
-    values.sort((a, b) => a - b);
-    return `${nearestRank(values, 0.5)} ${nearestRank(values, 0.99)}`;
-  },
-} as unknown as Parameters<DatabaseSync["aggregate"]>[1];
-
 /** {@linkcode GraphSource} over a collector database; see the module documentation. */
 export class SqliteGraphSource implements GraphSource {
   readonly #db: DatabaseSync;
@@ -101,7 +85,6 @@ export class SqliteGraphSource implements GraphSource {
   private constructor(db: DatabaseSync) {
     this.#db = db;
     db.function("graph_address_group", { deterministic: true }, (ip) => addressGroup(String(ip)));
-    db.aggregate("graph_rtt_percentiles", RTT_PERCENTILES);
     this.#stats = db.prepare(EDGE_STATS);
     this.#flows = db.prepare(EDGE_FLOWS);
     this.#flows.setReadBigInts(true);
@@ -133,7 +116,10 @@ export class SqliteGraphSource implements GraphSource {
     this.#check();
     const rows = this.#stats.all(...bounds(range)) as Record<string, unknown>[];
     return rows.map((r) => {
-      const rtt = r.rtt === null ? null : String(r.rtt).split(" ").map(Number);
+      // RTTs above 0 (0: none measured, as for a refused connect), as "250,310,…".
+      const rtts = r.rtts === null
+        ? null
+        : Float64Array.from(String(r.rtts).split(","), Number).sort();
       return {
         source: r.client as string,
         target: r.server as string,
@@ -142,8 +128,8 @@ export class SqliteGraphSource implements GraphSource {
         bytesToSource: Number(r.to_client),
         failed: Number(r.failed),
         resets: Number(r.resets),
-        rttP50Us: rtt?.[0] ?? null,
-        rttP99Us: rtt?.[1] ?? null,
+        rttP50Us: rtts === null ? null : nearestRank(rtts, 0.5),
+        rttP99Us: rtts === null ? null : nearestRank(rtts, 0.99),
       };
     });
   }
@@ -151,16 +137,8 @@ export class SqliteGraphSource implements GraphSource {
   /** See {@linkcode GraphSource.edgeFlows}. */
   edgeFlows(source: string, target: string, range: TimeRange, limit: number): StoredFlow[] {
     this.#check();
-    const rows = this.#flows.all(...bounds(range), source, target, limit) as Record<
-      string,
-      unknown
-    >[];
-    let bootId = NO_BOOT_ID;
-    return rows.map((row) => {
-      const flow = toStoredFlow(row, bootId);
-      bootId = flow.bootId;
-      return flow;
-    });
+    const rows = this.#flows.all(...bounds(range), source, target, limit);
+    return toStoredFlows(rows as Record<string, unknown>[]);
   }
 
   /** Closes the connection; safe to call twice. */
@@ -181,7 +159,7 @@ export class SqliteGraphSource implements GraphSource {
 }
 
 /** The nearest-rank percentile `p` (0 to 1) of sorted `values`. */
-function nearestRank(values: readonly number[], p: number): number {
+function nearestRank(values: Float64Array, p: number): number {
   return values[Math.max(0, Math.ceil(p * values.length) - 1)];
 }
 

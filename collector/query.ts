@@ -11,7 +11,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { formatIp, parseIp } from "../lib/map_layout.ts";
 import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
@@ -188,33 +188,18 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
  * @returns the exit code: 0 on success, 2 for bad arguments, 1 when the database cannot be read
  */
 export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        db: { type: "string", default: DEFAULT_DB_PATH },
-        from: { type: "string" },
-        to: { type: "string" },
-        workload: { type: "string" },
-        ip: { type: "string" },
-        host: { type: "string" },
-        status: { type: "string" },
-        limit: { type: "string", default: "1000" },
-        format: { type: "string", default: "table" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (error) {
-    io.err(`${(error as Error).message} (see flowexporter query --help)`);
-    return Promise.resolve(2);
-  }
-  if (values.help) {
-    for (const line of HELP.trimEnd().split("\n")) io.out(line);
-    return Promise.resolve(0);
-  }
+  const values = commandOptions("query", args, HELP, io, {
+    db: { type: "string", default: DEFAULT_DB_PATH },
+    from: { type: "string" },
+    to: { type: "string" },
+    workload: { type: "string" },
+    ip: { type: "string" },
+    host: { type: "string" },
+    status: { type: "string" },
+    limit: { type: "string", default: "1000" },
+    format: { type: "string", default: "table" },
+  });
+  if (typeof values === "number") return Promise.resolve(values);
   if (values.format !== "table" && values.format !== "json") {
     io.err(`Invalid format ${JSON.stringify(values.format)}: use table or json`);
     return Promise.resolve(2);
@@ -237,6 +222,42 @@ export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promi
   if (values.format === "json") { for (const f of flows) io.out(formatStoredFlowJson(f)); }
   else for (const line of formatFlowTable(flows)) io.out(line);
   return Promise.resolve(0);
+}
+
+type OptionSpecs = NonNullable<ParseArgsConfig["options"]>;
+type OptionValues<T extends OptionSpecs> = ReturnType<
+  typeof parseArgs<{ args: string[]; strict: true; allowPositionals: false; options: T }>
+>["values"];
+
+/**
+ * The options of a command that reads the collector's database (`query`, `graph`) and also
+ * takes `-h`/`--help`: their values, or the exit code once the help (0) or what is wrong (2,
+ * naming `flowexporter <command> --help`) is printed.
+ */
+export function commandOptions<T extends OptionSpecs>(
+  command: string,
+  args: string[],
+  help: string,
+  io: QueryOutput,
+  options: T,
+): OptionValues<T> | number {
+  let values: Record<string, unknown>;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: { ...options, help: { type: "boolean", short: "h" } },
+    }));
+  } catch (error) {
+    io.err(`${(error as Error).message} (see flowexporter ${command} --help)`);
+    return 2;
+  }
+  if (values.help === true) {
+    for (const line of help.trimEnd().split("\n")) io.out(line);
+    return 0;
+  }
+  return values as OptionValues<T>;
 }
 
 const consoleOutput: QueryOutput = {

@@ -529,12 +529,7 @@ export class FlowStore {
       `JOIN batches AS b ON b.id = f.batch_id ` +
       (where.length > 0 ? `WHERE ${where.join(" AND ")} ` : "") +
       `ORDER BY t_start_ns, f.id LIMIT ?`;
-    let bootId = NO_BOOT_ID;
-    return this.#select(sql, params).map((row) => {
-      const flow = toStoredFlow(row, bootId);
-      bootId = flow.bootId;
-      return flow;
-    });
+    return toStoredFlows(this.#select(sql, params));
   }
 
   /** Row counts, for logs and tests. */
@@ -696,11 +691,23 @@ function prepareWriters(db: DatabaseSync) {
 }
 
 /**
- * A row of `flows_attributed` (with `batch_sequence`) as a flow; `sameBoot` is shared with the
- * flow when its boot ID is the same (see {@linkcode decodeFlowId}). Rows read with
- * `setReadBigInts(true)`.
+ * Rows of `flows_attributed` (with `batch_sequence`, read with `setReadBigInts(true)`) as flows;
+ * flows of one boot share one boot ID array.
  */
-export function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): StoredFlow {
+export function toStoredFlows(rows: readonly Record<string, unknown>[]): StoredFlow[] {
+  let bootId = NO_BOOT_ID;
+  return rows.map((row) => {
+    const flow = toStoredFlow(row, bootId);
+    bootId = flow.bootId;
+    return flow;
+  });
+}
+
+/**
+ * A row of `flows_attributed` as a flow; `sameBoot` is shared with the flow when its boot ID
+ * is the same (see {@linkcode decodeFlowId}).
+ */
+function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): StoredFlow {
   const { bootId, cookie } = r.flow_id === null
     ? { bootId: NO_BOOT_ID, cookie: 0n }
     : decodeFlowId(r.flow_id as Uint8Array, sameBoot);

@@ -84,6 +84,8 @@ export class HeadlessChromium implements AsyncDisposable {
         "--disable-component-update",
         "--disable-sync",
         "--disable-breakpad",
+        "--disable-crash-reporter",
+        `--crash-dumps-dir=${profile}/crashes`, // not the user's home; and found by close()
         "--disable-domain-reliability",
         "--disable-client-side-phishing-detection",
         "--no-pings",
