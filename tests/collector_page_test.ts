@@ -91,6 +91,7 @@ browserTest(
       const page = await chromium.browser.contexts()[0].newPage();
       const pageErrors: string[] = [];
       page.on("pageerror", (error) => pageErrors.push(String(error)));
+      page.setDefaultTimeout(WAIT_MS); // clicks and fills too, not only the waits
       await page.setViewportSize({ width: 1400, height: 900 });
       const range = `from=${SCENARIO_RANGE.fromNs}&to=${SCENARIO_RANGE.toNs}`;
 
