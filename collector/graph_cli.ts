@@ -22,8 +22,13 @@ import {
   parseGraphRequest,
 } from "./graph.ts";
 import { SqliteGraphSource } from "./graph_sqlite.ts";
-import { commandOptions, type QueryOutput } from "./query.ts";
-import { DEFAULT_DB_PATH } from "./store.ts";
+import {
+  commandOptions,
+  consoleOutput,
+  type QueryOutput,
+  READ_OPTIONS,
+  READ_OPTIONS_HELP,
+} from "./query.ts";
 
 const HELP = `Usage: flowexporter graph [options]
 
@@ -33,12 +38,7 @@ without a workload are grouped: "unattributed: <address block>", "external", "am
 "pending". The collector's page at / draws the same map.
 
 Options:
-  --db PATH          collector database (default ${DEFAULT_DB_PATH}), opened read-only
-  --from TIME        flows that started at or after TIME
-  --to TIME          flows that started before TIME
-                     TIME: RFC 3339 (2026-01-01T12:00:00Z), ns since the epoch, or an age
-                     such as 90s, 15m, 2h, 1d (that long before now)
-  --workload ID      only the neighbourhood of workload ID
+${READ_OPTIONS_HELP}  --workload ID      only the neighbourhood of workload ID
   --node NODE        only the neighbourhood of a node (workload:ID, unattributed:10.0.0.0/8,
                      external, ambiguous, pending, unidentified:HOST)
   --depth N          hops from the workload or node (default 1, at most ${MAX_GRAPH_DEPTH})
@@ -54,10 +54,7 @@ Options:
  */
 export function runGraph(args: string[], io: QueryOutput = consoleOutput): number {
   const values = commandOptions("graph", args, HELP, io, {
-    db: { type: "string", default: DEFAULT_DB_PATH },
-    from: { type: "string" },
-    to: { type: "string" },
-    workload: { type: "string" },
+    ...READ_OPTIONS,
     node: { type: "string" },
     depth: { type: "string" },
     limit: { type: "string" },
@@ -93,8 +90,3 @@ export function runGraph(args: string[], io: QueryOutput = consoleOutput): numbe
   else for (const line of formatGraphDot(graph)) io.out(line);
   return 0;
 }
-
-const consoleOutput: QueryOutput = {
-  out: (line) => console.log(line),
-  err: (line) => console.error(line),
-};

@@ -80,7 +80,6 @@ export class SqliteGraphSource implements GraphSource {
   readonly #db: DatabaseSync;
   readonly #stats: StatementSync;
   readonly #flows: StatementSync;
-  #closed = false;
 
   private constructor(db: DatabaseSync) {
     this.#db = db;
@@ -143,9 +142,7 @@ export class SqliteGraphSource implements GraphSource {
 
   /** Closes the connection; safe to call twice. */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#db.close();
+    if (this.#db.isOpen) this.#db.close();
   }
 
   /** Same as {@linkcode close}. */
@@ -154,7 +151,7 @@ export class SqliteGraphSource implements GraphSource {
   }
 
   #check(): void {
-    if (this.#closed) throw new StoreError("Cannot read the graph: its database is closed");
+    if (!this.#db.isOpen) throw new StoreError("Cannot read the graph: its database is closed");
   }
 }
 

@@ -67,17 +67,21 @@ const AGE_UNITS: Record<string, bigint> = {
   d: 86_400_000_000_000n,
 };
 
+/** The `--help` lines of the database and time range options ({@linkcode READ_OPTIONS}). */
+export const READ_OPTIONS_HELP =
+  `  --db PATH          collector database (default ${DEFAULT_DB_PATH}), opened read-only
+  --from TIME        flows that started at or after TIME
+  --to TIME          flows that started before TIME
+                     TIME: RFC 3339 (2026-01-01T12:00:00Z), ns since the epoch, or an age
+                     such as 90s, 15m, 2h, 1d (that long before now)
+`;
+
 const HELP = `Usage: flowexporter query [options]
 
 Lists the flows a collector stored, with the workload at the remote end, oldest first.
 
 Options:
-  --db PATH          collector database (default ${DEFAULT_DB_PATH}), opened read-only
-  --from TIME        flows that started at or after TIME
-  --to TIME          flows that started before TIME
-                     TIME: RFC 3339 (2026-01-01T12:00:00Z), ns since the epoch, or an age
-                     such as 90s, 15m, 2h, 1d (that long before now)
-  --workload ID      flows whose local or remote workload is ID
+${READ_OPTIONS_HELP}  --workload ID      flows whose local or remote workload is ID
   --ip ADDRESS       flows whose local or remote address is ADDRESS
   --host NAME        flows reported by host NAME
   --status STATUS    attributed, pending, unattributed or ambiguous
@@ -189,10 +193,7 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
  */
 export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promise<number> {
   const values = commandOptions("query", args, HELP, io, {
-    db: { type: "string", default: DEFAULT_DB_PATH },
-    from: { type: "string" },
-    to: { type: "string" },
-    workload: { type: "string" },
+    ...READ_OPTIONS,
     ip: { type: "string" },
     host: { type: "string" },
     status: { type: "string" },
@@ -223,6 +224,14 @@ export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promi
   else for (const line of formatFlowTable(flows)) io.out(line);
   return Promise.resolve(0);
 }
+
+/** The options of every command that reads the database: the file, the time range, a workload. */
+export const READ_OPTIONS = {
+  db: { type: "string", default: DEFAULT_DB_PATH },
+  from: { type: "string" },
+  to: { type: "string" },
+  workload: { type: "string" },
+} as const;
 
 type OptionSpecs = NonNullable<ParseArgsConfig["options"]>;
 type OptionValues<T extends OptionSpecs> = ReturnType<
@@ -260,7 +269,8 @@ export function commandOptions<T extends OptionSpecs>(
   return values as OptionValues<T>;
 }
 
-const consoleOutput: QueryOutput = {
+/** {@linkcode QueryOutput} to standard output and error. */
+export const consoleOutput: QueryOutput = {
   out: (line) => console.log(line),
   err: (line) => console.error(line),
 };

@@ -182,7 +182,20 @@ function cell(text, number = false) {
   return td;
 }
 
-/** The numbers of an edge as table cells, in the order of the tables' headers. */
+/** The headers of {@linkcode edgeCells}. */
+const EDGE_TITLES = ["flows", "bytes →", "bytes ←", "failed", "resets", "RTT p50", "RTT p99"];
+
+function tableWithHead(titles) {
+  const table = document.createElement("table");
+  table.createTHead().insertRow().append(...titles.map((title) => {
+    const th = document.createElement("th");
+    th.textContent = title;
+    return th;
+  }));
+  return table;
+}
+
+/** The numbers of an edge as table cells, in the order of {@linkcode EDGE_TITLES}. */
 function edgeCells(e) {
   return [
     cell(count(e.flows), true),
@@ -201,15 +214,7 @@ function edgeTable(caption, edges, other) {
   h.textContent = `${caption} (${edges.length})`;
   section.append(h);
   if (edges.length === 0) return section;
-  const table = document.createElement("table");
-  const head = table.createTHead().insertRow();
-  const titles = ["", "flows", "bytes →", "bytes ←", "failed", "resets", "RTT p50", "RTT p99"];
-  titles[0] = other === "target" ? "server" : "client";
-  for (const title of titles) {
-    const th = document.createElement("th");
-    th.textContent = title;
-    head.append(th);
-  }
+  const table = tableWithHead([other === "target" ? "server" : "client", ...EDGE_TITLES]);
   const body = table.createTBody();
   for (const e of edges) {
     const row = body.insertRow();
@@ -251,14 +256,7 @@ async function showEdge(e) {
   const details = $("details");
   const h = document.createElement("h2");
   h.textContent = `${label(e.source)} → ${label(e.target)}`;
-  const summary = document.createElement("table");
-  summary.createTHead().insertRow().append(
-    ...["flows", "bytes →", "bytes ←", "failed", "resets", "RTT p50", "RTT p99"].map((t) => {
-      const th = document.createElement("th");
-      th.textContent = t;
-      return th;
-    }),
-  );
+  const summary = tableWithHead(EDGE_TITLES);
   summary.createTBody().insertRow().append(...edgeCells(e));
   const caption = document.createElement("h3");
   caption.textContent = "Latest flows";
@@ -271,14 +269,17 @@ async function showEdge(e) {
     limit: EDGE_FLOWS,
   });
   if (mine !== clickSequence) return;
-  const table = document.createElement("table");
+  const table = tableWithHead([
+    "start (UTC)",
+    "host",
+    "local",
+    "dir",
+    "remote",
+    "end",
+    "sent",
+    "received",
+  ]);
   table.className = "flows";
-  const head = table.createTHead().insertRow();
-  for (const t of ["start (UTC)", "host", "local", "dir", "remote", "end", "sent", "received"]) {
-    const th = document.createElement("th");
-    th.textContent = t;
-    head.append(th);
-  }
   const body = table.createTBody();
   for (const f of flows) {
     const row = body.insertRow();
