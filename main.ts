@@ -64,7 +64,7 @@ async function main(args: string[]): Promise<number> {
     case "query":
       return await runQuery(rest);
     case "graph":
-      return runGraph(rest);
+      return await runGraph(rest);
     case "config":
       if (rest[0] !== "check") {
         throw new UsageError(

@@ -38,9 +38,9 @@ interface Row {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
 const worst = (xs: number[]) => Math.max(...xs);
 
-function time(body: () => unknown): number {
+async function time(body: () => unknown): Promise<number> {
   const t = performance.now();
-  body();
+  await body();
   return performance.now() - t;
 }
 
@@ -65,9 +65,9 @@ async function main(): Promise<void> {
   const dir = await Deno.makeTempDir({ dir: values.dir, prefix: "graph_bench_" });
   const db = `${dir}/flows.db`;
   const rows: Row[] = [];
-  const measure = (what: string, body: (rep: number) => unknown) => {
+  const measure = async (what: string, body: (rep: number) => unknown) => {
     const ms: number[] = [];
-    for (let rep = 0; rep < reps; rep++) ms.push(time(() => body(rep)));
+    for (let rep = 0; rep < reps; rep++) ms.push(await time(() => body(rep)));
     rows.push({ what, ms });
   };
   try {
@@ -85,14 +85,23 @@ async function main(): Promise<void> {
       const scan = raw.prepare(
         "SELECT count(*) AS n FROM flows_attributed WHERE t_start_ns >= ? AND t_start_ns < ?",
       );
-      measure("scan of the range (count(*)), 1 h", () => scan.get(whole.fromNs, whole.toNs));
-      measure("graph aggregation (SQL), 1 h", () => source.edgeStats(whole));
-      measure("scan of the range (count(*)), 6 min", () => scan.get(tenth.fromNs, tenth.toNs));
-      measure("graph aggregation (SQL), 6 min", () => source.edgeStats(tenth));
+      await measure("scan of the range (count(*)), 1 h", () => scan.get(whole.fromNs, whole.toNs));
+      await measure("graph aggregation (SQL), 1 h", () => source.edgeStats(whole));
+      await measure(
+        "scan of the range (count(*)), 6 min",
+        () => scan.get(tenth.fromNs, tenth.toNs),
+      );
+      await measure("graph aggregation (SQL), 6 min", () => source.edgeStats(tenth));
       raw.close();
-      stats = source.edgeStats(whole);
-      measure("buildGraph, whole map (300 largest edges)", () => buildGraph(stats, { limit: 300 }));
-      measure("buildGraph, neighbourhood depth 2", () => buildGraph(stats, { focus, depth: 2 }));
+      stats = await source.edgeStats(whole);
+      await measure(
+        "buildGraph, whole map (300 largest edges)",
+        () => buildGraph(stats, { limit: 300 }),
+      );
+      await measure(
+        "buildGraph, neighbourhood depth 2",
+        () => buildGraph(stats, { focus, depth: 2 }),
+      );
     }
     const collector = await startCollector({ dbPath: db, port: 0, logger: () => {} });
     let chromium: HeadlessChromium | undefined;

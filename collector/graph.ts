@@ -102,21 +102,24 @@ export interface EdgeStats {
 }
 
 /**
- * Where the graph's numbers come from: SQLite today ({@linkcode SqliteGraphSource}), another
- * store later. Both calls see the flows the way `GET /v1/flows` does (settlements and
- * revocations applied).
+ * Where the graph's numbers come from: SQLite today (collector/graph_sqlite.ts), another store
+ * later (asynchronous, for one reached over the network). Both calls see the flows the way
+ * `GET /v1/flows` does (settlements and revocations applied), and follow the module
+ * documentation's rules: node IDs, client → server, each connection once.
  */
 export interface GraphSource {
   /** One aggregate per (client, server) node pair of the flows that started in `range`. */
-  edgeStats(range: TimeRange): EdgeStats[];
+  edgeStats(range: TimeRange): Promise<EdgeStats[]>;
   /** The latest flows of one edge that started in `range`, newest first, at most `limit`. */
-  edgeFlows(source: string, target: string, range: TimeRange, limit: number): StoredFlow[];
+  edgeFlows(source: string, target: string, range: TimeRange, limit: number): Promise<StoredFlow[]>;
 }
 
 /**
- * `source` with its {@linkcode GraphSource.edgeStats} kept for `ttlMs` per time range: the
- * page asks for the same range again on every click (a node's lists, an edge's flows), and an
- * aggregation over a million flows takes seconds. Flows stored meanwhile show after `ttlMs`.
+ * `source` with its {@linkcode GraphSource.edgeStats} kept for `ttlMs` per time range, counted
+ * from the aggregation's end: the page asks for the same range again on every click (a node's
+ * lists, an edge's flows), and an aggregation over a million flows takes seconds. Asks for the
+ * range while its aggregation runs share it; a failed one is not kept. Flows stored meanwhile
+ * show after `ttlMs`.
  *
  * @param nowMs a monotonic clock in ms; injectable for tests
  */
@@ -125,15 +128,26 @@ export function cachedGraphSource(
   ttlMs: number,
   nowMs: () => number = () => performance.now(),
 ): GraphSource {
-  let last: { key: string; atMs: number; stats: EdgeStats[] } | undefined;
+  interface Entry {
+    key: string;
+    stats: Promise<EdgeStats[]>;
+    /** When the aggregation ended; undefined while it runs. */
+    doneMs?: number;
+  }
+  let last: Entry | undefined;
   return {
     edgeStats(range) {
       const key = `${range.fromNs}-${range.toNs}`;
-      if (last === undefined || last.key !== key || nowMs() - last.atMs > ttlMs) {
-        const stats = source.edgeStats(range);
-        last = { key, atMs: nowMs(), stats }; // from its end: an aggregation may take seconds
+      const stale = last === undefined || last.key !== key ||
+        (last.doneMs !== undefined && nowMs() - last.doneMs > ttlMs);
+      if (stale) {
+        const entry: Entry = { key, stats: source.edgeStats(range) };
+        entry.stats.then(() => entry.doneMs = nowMs(), () => {
+          if (last === entry) last = undefined;
+        });
+        last = entry;
       }
-      return last.stats;
+      return last!.stats;
     },
     edgeFlows: (...args) => source.edgeFlows(...args),
   };
@@ -530,12 +544,12 @@ function wholeNumber(text: string, name: string, max: number): number {
  *
  * @throws {FilterError} for a bad parameter (the server answers 400)
  */
-export function graphResponse(
+export async function graphResponse(
   path: "/v1/graph" | "/v1/graph/flows",
   params: URLSearchParams,
   source: GraphSource,
   nowNs: bigint,
-): string {
+): Promise<string> {
   const text = (names: readonly string[]) => {
     const values: Record<string, string> = {};
     for (const name of names) {
@@ -549,7 +563,7 @@ export function graphResponse(
       text(["from", "to", "workload", "node", "depth", "limit"]),
       nowNs,
     );
-    return formatGraphJson(buildGraph(source.edgeStats(request), request)) + "\n";
+    return formatGraphJson(buildGraph(await source.edgeStats(request), request)) + "\n";
   }
   const given = text(["source", "target", "from", "to", "limit"]);
   if (given.source === undefined || given.target === undefined) {
@@ -561,6 +575,6 @@ export function graphResponse(
   const limit = given.limit === undefined
     ? EDGE_FLOWS_LIMITS.default
     : wholeNumber(given.limit, "limit", EDGE_FLOWS_LIMITS.max);
-  const flows = source.edgeFlows(given.source, given.target, range, limit);
+  const flows = await source.edgeFlows(given.source, given.target, range, limit);
   return `[${flows.map(formatStoredFlowJson).join(",\n")}]\n`;
 }

@@ -52,7 +52,10 @@ ${READ_OPTIONS_HELP}  --workload ID      only the neighbourhood of workload ID
  *
  * @returns the exit code: 0 on success, 2 for bad arguments, 1 when the database cannot be read
  */
-export function runGraph(args: string[], io: QueryOutput = consoleOutput): number {
+export async function runGraph(
+  args: string[],
+  io: QueryOutput = consoleOutput,
+): Promise<number> {
   const values = commandOptions("graph", args, HELP, io, {
     ...READ_OPTIONS,
     node: { type: "string" },
@@ -75,7 +78,7 @@ export function runGraph(args: string[], io: QueryOutput = consoleOutput): numbe
   let graph: Graph;
   try {
     using source = SqliteGraphSource.open(values.db);
-    graph = buildGraph(source.edgeStats(request), request);
+    graph = buildGraph(await source.edgeStats(request), request);
   } catch (error) {
     io.err((error as Error).message);
     return 1;

@@ -110,11 +110,11 @@ export class SqliteGraphSource implements GraphSource {
     }
   }
 
-  /** See {@linkcode GraphSource.edgeStats}. */
-  edgeStats(range: TimeRange): EdgeStats[] {
+  /** See {@linkcode GraphSource.edgeStats}; SQLite answers at once. */
+  edgeStats(range: TimeRange): Promise<EdgeStats[]> {
     this.#check();
     const rows = this.#stats.all(...bounds(range)) as Record<string, unknown>[];
-    return rows.map((r) => {
+    return Promise.resolve(rows.map((r) => {
       // RTTs above 0 (0: none measured, as for a refused connect), as "250,310,…".
       const rtts = r.rtts === null
         ? null
@@ -130,14 +130,19 @@ export class SqliteGraphSource implements GraphSource {
         rttP50Us: rtts === null ? null : nearestRank(rtts, 0.5),
         rttP99Us: rtts === null ? null : nearestRank(rtts, 0.99),
       };
-    });
+    }));
   }
 
-  /** See {@linkcode GraphSource.edgeFlows}. */
-  edgeFlows(source: string, target: string, range: TimeRange, limit: number): StoredFlow[] {
+  /** See {@linkcode GraphSource.edgeFlows}; SQLite answers at once. */
+  edgeFlows(
+    source: string,
+    target: string,
+    range: TimeRange,
+    limit: number,
+  ): Promise<StoredFlow[]> {
     this.#check();
     const rows = this.#flows.all(...bounds(range), source, target, limit);
-    return toStoredFlows(rows as Record<string, unknown>[]);
+    return Promise.resolve(toStoredFlows(rows as Record<string, unknown>[]));
   }
 
   /** Closes the connection; safe to call twice. */

@@ -372,7 +372,7 @@ function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConf
     const peer = request.socket.remoteAddress ?? "unknown";
     let answer: Answer;
     try {
-      answer = route(request, url, store, config);
+      answer = await route(request, url, store, config);
       if (answer.status === 0) answer = await receive(request, ingestor, config);
     } catch (error) {
       if (error instanceof HttpError) {
@@ -398,7 +398,7 @@ function route(
   url: URL,
   store: FlowStore,
   config: HandlerConfig,
-): Answer {
+): Answer | Promise<Answer> {
   const path = url.pathname;
   if (path === "/healthz") return text(200, "ok");
   const asset = webAsset(path);
@@ -420,13 +420,12 @@ function route(
       );
     }
     if (path === "/v1/flows") return listFlows(url.searchParams, store, config.now());
-    try {
-      const body = graphResponse(path, url.searchParams, config.graph, config.now());
-      return { status: 200, body, headers: { "content-type": "application/json" } };
-    } catch (error) {
-      if (error instanceof FilterError) throw new HttpError(400, error.message);
-      throw error;
-    }
+    return graphResponse(path, url.searchParams, config.graph, config.now()).then(
+      (body) => ({ status: 200, body, headers: { "content-type": "application/json" } }),
+      (error) => {
+        throw error instanceof FilterError ? new HttpError(400, error.message) : error;
+      },
+    );
   }
   throw new HttpError(404, `No such endpoint ${path}: use /v1/batches, /v1/flows or /v1/graph`);
 }

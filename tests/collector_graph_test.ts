@@ -77,17 +77,20 @@ function edgeNames(graph: Graph): string[] {
 }
 
 Deno.test("the graph's edges run client to server with each connection's numbers once", async () => {
-  await withScenario((db) => {
+  await withScenario(async (db) => {
     using source = SqliteGraphSource.open(db);
-    const edges = source.edgeStats(SCENARIO_RANGE);
+    const edges = await source.edgeStats(SCENARIO_RANGE);
     assert.deepEqual(scenarioEdges(edges).sort(byEnds), [...SCENARIO_EDGES].sort(byEnds));
   });
 });
 
 Deno.test("the graph groups remote ends without a workload instead of hiding them", async () => {
-  await withScenario((db) => {
+  await withScenario(async (db) => {
     using source = SqliteGraphSource.open(db);
-    const graph = buildGraph(source.edgeStats(SCENARIO_RANGE), { ...SCENARIO_RANGE, limit: 0 });
+    const graph = buildGraph(await source.edgeStats(SCENARIO_RANGE), {
+      ...SCENARIO_RANGE,
+      limit: 0,
+    });
     const groups = graph.nodes.filter((n) => n.kind !== "workload").map((n) => n.label);
     assert.deepEqual(groups.sort(), [
       "ambiguous",
@@ -113,9 +116,9 @@ Deno.test("the graph groups remote ends without a workload instead of hiding the
 });
 
 Deno.test("a neighbourhood grows with depth and does not cross groups", async () => {
-  await withScenario((db) => {
+  await withScenario(async (db) => {
     using source = SqliteGraphSource.open(db);
-    const stats = source.edgeStats(SCENARIO_RANGE);
+    const stats = await source.edgeStats(SCENARIO_RANGE);
     const around = (depth: number) =>
       buildGraph(stats, { ...SCENARIO_RANGE, focus: "workload:frontend", depth });
     assert.deepEqual(edgeNames(around(1)), ["frontend -> checkout"]);
@@ -147,31 +150,46 @@ Deno.test("a neighbourhood grows with depth and does not cross groups", async ()
 });
 
 Deno.test("the graph counts only flows that started in its time range", async () => {
-  await withScenario((db) => {
+  await withScenario(async (db) => {
     using source = SqliteGraphSource.open(db);
-    const graph = buildGraph(source.edgeStats({ fromNs: nsAt(100), toNs: nsAt(140) }), {});
+    const graph = buildGraph(await source.edgeStats({ fromNs: nsAt(100), toNs: nsAt(140) }), {});
     // checkout's call at 115 s (no owner then), payments-v2's client from 130 s.
     assert.deepEqual(edgeNames(graph), [
       "checkout -> unattributed: 10.0.0.0/8",
       "unattributed: 10.0.0.0/8 -> payments-v2",
     ]);
-    assert.equal(source.edgeStats({ fromNs: nsAt(1000) }).length, 0);
+    assert.equal((await source.edgeStats({ fromNs: nsAt(1000) })).length, 0);
   });
 });
 
 Deno.test("an edge's latest flows are the query's rows of that edge, newest first", async () => {
-  await withScenario((db) => {
+  await withScenario(async (db) => {
     using source = SqliteGraphSource.open(db);
-    const flows = source.edgeFlows("workload:frontend", "workload:checkout", SCENARIO_RANGE, 10);
+    const flows = await source.edgeFlows(
+      "workload:frontend",
+      "workload:checkout",
+      SCENARIO_RANGE,
+      10,
+    );
     assert.deepEqual(flows.map((f) => [f.hostname, f.localPort, f.end]), [
       ["node-f", 50003, "reset"],
       ["node-f", 50002, "refused"],
       ["node-f", 50001, "normal"],
     ]);
     assert.equal(flows[0].remoteWorkloadId, "checkout");
-    const limited = source.edgeFlows("workload:frontend", "workload:checkout", SCENARIO_RANGE, 1);
+    const limited = await source.edgeFlows(
+      "workload:frontend",
+      "workload:checkout",
+      SCENARIO_RANGE,
+      1,
+    );
     assert.deepEqual(limited.map((f) => f.localPort), [50003]);
-    const grouped = source.edgeFlows("unattributed:10.0.0.0/8", "workload:db", SCENARIO_RANGE, 10);
+    const grouped = await source.edgeFlows(
+      "unattributed:10.0.0.0/8",
+      "workload:db",
+      SCENARIO_RANGE,
+      10,
+    );
     assert.deepEqual(grouped.map((f) => [f.hostname, f.direction, f.attribution]), [
       ["node-b", "inbound", "unattributed"],
     ]);
@@ -261,9 +279,9 @@ Deno.test("parseGraphRequest reads the range, focus, depth and limit, and names 
 });
 
 Deno.test("the graph prints as JSON and as Graphviz DOT", async () => {
-  await withScenario((db) => {
+  await withScenario(async (db) => {
     using source = SqliteGraphSource.open(db);
-    const graph = buildGraph(source.edgeStats(SCENARIO_RANGE), {
+    const graph = buildGraph(await source.edgeStats(SCENARIO_RANGE), {
       ...SCENARIO_RANGE,
       focus: "workload:frontend",
       depth: 1,
@@ -321,16 +339,16 @@ Deno.test("the graph prints as JSON and as Graphviz DOT", async () => {
 });
 
 Deno.test("flowexporter graph prints the map of a database, and explains bad arguments", async (t) => {
-  const run = (args: string[]) => {
+  const run = async (args: string[]) => {
     const out: string[] = [];
     const err: string[] = [];
-    const code = runGraph(args, { out: (l) => out.push(l), err: (l) => err.push(l) });
+    const code = await runGraph(args, { out: (l) => out.push(l), err: (l) => err.push(l) });
     return { code, out, err };
   };
   await withScenario(async (db) => {
     const range = ["--from", String(SCENARIO_RANGE.fromNs), "--to", String(SCENARIO_RANGE.toNs)];
-    await t.step("--format dot with a workload", () => {
-      const { code, out } = run([
+    await t.step("--format dot with a workload", async () => {
+      const { code, out } = await run([
         "--db",
         db,
         ...range,
@@ -343,50 +361,62 @@ Deno.test("flowexporter graph prints the map of a database, and explains bad arg
       assert.equal(out.filter((l) => l.includes(" -> ")).length, 1);
       assert.equal(out.at(-1), "}");
     });
-    await t.step("JSON by default, with a limit", () => {
-      const { code, out, err } = run(["--db", db, ...range, "--limit", "2"]);
+    await t.step("JSON by default, with a limit", async () => {
+      const { code, out, err } = await run(["--db", db, ...range, "--limit", "2"]);
       assert.equal(code, 0);
       const graph = JSON.parse(out.join("\n").replace(/"(from_ns|to_ns)":(\d+)/g, '"$1":"$2"'));
       assert.equal(graph.edges.length, 2);
       assert.equal(graph.truncated, true);
       assert.match(err[0], /^Showing 2 of \d+ edges \(raise --limit, 0 for all\)$/);
     });
-    await t.step("an unknown workload says so", () => {
-      const { code, err } = run(["--db", db, ...range, "--workload", "nobody"]);
+    await t.step("an unknown workload says so", async () => {
+      const { code, err } = await run(["--db", db, ...range, "--workload", "nobody"]);
       assert.equal(code, 0);
       assert.equal(err[0], "No flows of nobody in this time range (check --from and --to)");
     });
   });
-  await t.step("bad arguments exit 2, a missing database 1", () => {
-    assert.match(run(["--format", "svg"]).err[0], /^Invalid format "svg": use json or dot$/);
-    assert.equal(run(["--depth", "x"]).code, 2);
-    assert.match(run(["--colour"]).err[0], /see flowexporter graph --help/);
-    const missing = run(["--db", "/nonexistent/flows.db"]);
+  await t.step("bad arguments exit 2, a missing database 1", async () => {
+    assert.match(
+      (await run(["--format", "svg"])).err[0],
+      /^Invalid format "svg": use json or dot$/,
+    );
+    assert.equal((await run(["--depth", "x"])).code, 2);
+    assert.match((await run(["--colour"])).err[0], /see flowexporter graph --help/);
+    const missing = await run(["--db", "/nonexistent/flows.db"]);
     assert.equal(missing.code, 1);
     assert.match(
       missing.err[0],
       /^Cannot open database \/nonexistent\/flows\.db: .* \(check --db\)$/,
     );
-    assert.match(run(["--help"]).out[0], /^Usage: flowexporter graph/);
+    assert.match((await run(["--help"])).out[0], /^Usage: flowexporter graph/);
   });
 });
 
-Deno.test("cachedGraphSource reuses an aggregation of the same range until it is too old", () => {
+Deno.test("cachedGraphSource reuses an aggregation of the same range until it is too old", async () => {
   let calls = 0;
+  let fail = false;
   const source: GraphSource = {
-    edgeStats: () => (calls++, []),
-    edgeFlows: () => [],
+    edgeStats: () => {
+      calls++;
+      return fail ? Promise.reject(new Error("store down")) : Promise.resolve([]);
+    },
+    edgeFlows: () => Promise.resolve([]),
   };
   let nowMs = 0;
   const cached = cachedGraphSource(source, 1000, () => nowMs);
-  cached.edgeStats({ fromNs: 1n });
-  cached.edgeStats({ fromNs: 1n });
-  assert.equal(calls, 1);
-  cached.edgeStats({ fromNs: 2n });
+  await Promise.all([cached.edgeStats({ fromNs: 1n }), cached.edgeStats({ fromNs: 1n })]);
+  await cached.edgeStats({ fromNs: 1n });
+  assert.equal(calls, 1, "asked while running, and again within the time");
+  await cached.edgeStats({ fromNs: 2n });
   assert.equal(calls, 2, "another range");
   nowMs = 1001;
-  cached.edgeStats({ fromNs: 2n });
+  await cached.edgeStats({ fromNs: 2n });
   assert.equal(calls, 3, "too old");
+  fail = true;
+  await assert.rejects(cached.edgeStats({ fromNs: 3n }), /store down/);
+  fail = false;
+  await cached.edgeStats({ fromNs: 3n });
+  assert.equal(calls, 5, "a failure is not kept");
 });
 
 Deno.test("GET /v1/graph and /v1/graph/flows follow the token rules; the page needs none", async () => {
