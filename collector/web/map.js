@@ -171,7 +171,8 @@ function setStatus(text, error = false) {
   $("status").classList.toggle("error", error);
 }
 
-const count = (n) => n.toLocaleString("en");
+const NUMBER = new Intl.NumberFormat("en"); // one formatter: toLocaleString makes one a call
+const count = (n) => NUMBER.format(n);
 const rtt = (us) => us === null ? "–" : `${(us / 1000).toFixed(2)} ms`;
 const label = (id) => labels.get(id) ?? id;
 
