@@ -13,6 +13,7 @@ DENO := $(BUILD)/tools/node_modules/.bin/deno
 DENO_RUN_FLAGS := --allow-all
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
 	openssl iproute2 util-linux
+TEST_APT_PACKAGES := chromium
 
 BPF_TARGET_ARCH_amd64 := x86
 BPF_TARGET_ARCH_arm64 := arm64
@@ -39,16 +40,25 @@ all: build
 
 ## Host set-up -------------------------------------------------------------
 
-$(BUILD)/.apt-stamp:
-	$(msg) APT "$(APT_PACKAGES)"
-	$(Q)missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done; \
+# Installs those of the Debian packages $(1) (and npm) that are missing.
+apt_install = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done; \
 		command -v npm >/dev/null || echo npm); \
 	if [ -n "$$missing" ]; then \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
 			|| { echo "make: cannot install $$missing with apt-get (run as root on Debian/Ubuntu)" >&2; exit 1; }; \
 	fi
+
+$(BUILD)/.apt-stamp:
+	$(msg) APT "$(APT_PACKAGES)"
+	$(Q)$(call apt_install,$(APT_PACKAGES))
 	$(Q)mkdir -p $(BUILD) && touch $@
+
+# Only the tests need these: the browser the page test drives (tests/_chromium.ts).
+$(BUILD)/.apt-test-stamp: | $(BUILD)/.apt-stamp
+	$(msg) APT "$(TEST_APT_PACKAGES)"
+	$(Q)$(call apt_install,$(TEST_APT_PACKAGES))
+	$(Q)touch $@
 
 $(DENO): | $(BUILD)/.apt-stamp
 	$(msg) NPM deno@$(DENO_VERSION)
@@ -111,7 +121,7 @@ dev: build
 
 # The README's test command. Deno prints its own summary; CI reads it. Tests never touch the
 # host's real agent state: the default spool, pin directory and lock must be as they were.
-test: build $(BUILD)/churn
+test: build $(BUILD)/churn $(BUILD)/.apt-test-stamp
 	$(Q)scripts/host_state.sh > $(BUILD)/host-state.before
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 	$(Q)scripts/host_state.sh | diff -u $(BUILD)/host-state.before - >&2 || \

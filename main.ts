@@ -21,6 +21,7 @@ Commands:
   collector     run the reference collector (HTTP ingest, SQLite, remote-side attribution);
                 "collector check" validates its configuration
   query         list attributed flows from a collector's database
+  graph         the workload dependency map of a collector's database (JSON or Graphviz DOT)
   config check  validate a configuration and print the effective one
   doctor        check this host's readiness and explain what to fix
   dev           the agent and a local collector together (deno task dev)
@@ -67,6 +68,8 @@ async function main(args: string[]): Promise<number> {
       return await (await import("./collector/cli.ts")).runCollector(rest);
     case "query":
       return await (await import("./collector/query.ts")).runQuery(rest);
+    case "graph":
+      return await (await import("./collector/graph_cli.ts")).runGraph(rest);
     case "config":
       if (rest[0] !== "check") {
         throw new UsageError(

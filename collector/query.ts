@@ -11,7 +11,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { formatIp, parseIp } from "../lib/map_layout.ts";
 import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
@@ -67,17 +67,21 @@ const AGE_UNITS: Record<string, bigint> = {
   d: 86_400_000_000_000n,
 };
 
+/** The `--help` lines of the database and time range options ({@linkcode READ_OPTIONS}). */
+export const READ_OPTIONS_HELP =
+  `  --db PATH          collector database (default ${DEFAULT_DB_PATH}), opened read-only
+  --from TIME        flows that started at or after TIME
+  --to TIME          flows that started before TIME
+                     TIME: RFC 3339 (2026-01-01T12:00:00Z), ns since the epoch, or an age
+                     such as 90s, 15m, 2h, 1d (that long before now)
+`;
+
 const HELP = `Usage: flowexporter query [options]
 
 Lists the flows a collector stored, with the workload at the remote end, oldest first.
 
 Options:
-  --db PATH          collector database (default ${DEFAULT_DB_PATH}), opened read-only
-  --from TIME        flows that started at or after TIME
-  --to TIME          flows that started before TIME
-                     TIME: RFC 3339 (2026-01-01T12:00:00Z), ns since the epoch, or an age
-                     such as 90s, 15m, 2h, 1d (that long before now)
-  --workload ID      flows whose local or remote workload is ID
+${READ_OPTIONS_HELP}  --workload ID      flows whose local or remote workload is ID
   --ip ADDRESS       flows whose local or remote address is ADDRESS
   --host NAME        flows reported by host NAME
   --status STATUS    attributed, pending, unattributed or ambiguous
@@ -188,33 +192,15 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
  * @returns the exit code: 0 on success, 2 for bad arguments, 1 when the database cannot be read
  */
 export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        db: { type: "string", default: DEFAULT_DB_PATH },
-        from: { type: "string" },
-        to: { type: "string" },
-        workload: { type: "string" },
-        ip: { type: "string" },
-        host: { type: "string" },
-        status: { type: "string" },
-        limit: { type: "string", default: "1000" },
-        format: { type: "string", default: "table" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (error) {
-    io.err(`${(error as Error).message} (see flowexporter query --help)`);
-    return Promise.resolve(2);
-  }
-  if (values.help) {
-    for (const line of HELP.trimEnd().split("\n")) io.out(line);
-    return Promise.resolve(0);
-  }
+  const values = commandOptions("query", args, HELP, io, {
+    ...READ_OPTIONS,
+    ip: { type: "string" },
+    host: { type: "string" },
+    status: { type: "string" },
+    limit: { type: "string", default: "1000" },
+    format: { type: "string", default: "table" },
+  });
+  if (typeof values === "number") return Promise.resolve(values);
   if (values.format !== "table" && values.format !== "json") {
     io.err(`Invalid format ${JSON.stringify(values.format)}: use table or json`);
     return Promise.resolve(2);
@@ -239,7 +225,52 @@ export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promi
   return Promise.resolve(0);
 }
 
-const consoleOutput: QueryOutput = {
+/** The options of every command that reads the database: the file, the time range, a workload. */
+export const READ_OPTIONS = {
+  db: { type: "string", default: DEFAULT_DB_PATH },
+  from: { type: "string" },
+  to: { type: "string" },
+  workload: { type: "string" },
+} as const;
+
+type OptionSpecs = NonNullable<ParseArgsConfig["options"]>;
+type OptionValues<T extends OptionSpecs> = ReturnType<
+  typeof parseArgs<{ args: string[]; strict: true; allowPositionals: false; options: T }>
+>["values"];
+
+/**
+ * The options of a command that reads the collector's database (`query`, `graph`) and also
+ * takes `-h`/`--help`: their values, or the exit code once the help (0) or what is wrong (2,
+ * naming `flowexporter <command> --help`) is printed.
+ */
+export function commandOptions<T extends OptionSpecs>(
+  command: string,
+  args: string[],
+  help: string,
+  io: QueryOutput,
+  options: T,
+): OptionValues<T> | number {
+  let values: Record<string, unknown>;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: { ...options, help: { type: "boolean", short: "h" } },
+    }));
+  } catch (error) {
+    io.err(`${(error as Error).message} (see flowexporter ${command} --help)`);
+    return 2;
+  }
+  if (values.help === true) {
+    for (const line of help.trimEnd().split("\n")) io.out(line);
+    return 0;
+  }
+  return values as OptionValues<T>;
+}
+
+/** {@linkcode QueryOutput} to standard output and error. */
+export const consoleOutput: QueryOutput = {
   out: (line) => console.log(line),
   err: (line) => console.error(line),
 };

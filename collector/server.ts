@@ -5,6 +5,9 @@
  *   (same host, sequence and content) answers 200 without storing it again;
  * - `GET /v1/flows`: stored flows as a JSON array, with the filters of `flowexporter query`
  *   (`from`, `to`, `workload`, `ip`, `host`, `status`, `limit`);
+ * - `GET /v1/graph`, `GET /v1/graph/flows`: the workload dependency map and an edge's latest
+ *   flows (collector/graph.ts), under the same rules as `GET /v1/flows`;
+ * - `GET /`: the page that draws the map (collector/web.ts), served without a token;
  * - `GET /healthz`: `ok`.
  *
  * Refusals carry one line of text: 400 malformed zstd/gzip, CBOR or schema, or a time beyond the
@@ -67,6 +70,9 @@ import {
 } from "./ingest.ts";
 import { FilterError, formatStoredFlowJson, parseFlowFilter } from "./query.ts";
 import { FlowStore } from "./store.ts";
+import { cachedGraphSource, graphResponse, type GraphSource } from "./graph.ts";
+import { SqliteGraphSource } from "./graph_sqlite.ts";
+import { webAsset } from "./web.ts";
 
 /** Port the collector listens on by default. */
 export const DEFAULT_PORT = 9470;
@@ -203,6 +209,8 @@ export interface CollectorStats {
 }
 
 const MAX_QUERY_ROWS = 100_000;
+/** How long an aggregation of the dependency map is reused for the same time range. */
+const GRAPH_CACHE_MS = 10_000;
 /** How long `close()` waits for the requests in flight before it cuts their connections. */
 const CLOSE_GRACE_MS = 2000;
 /** Bytes of a refused body read and thrown away so that the client sees the answer. */
@@ -225,6 +233,13 @@ export async function startCollector(options: CollectorOptions): Promise<Running
   const open = !token && !isLoopback(hostname);
   const store = FlowStore.open(options.dbPath);
   let ingestor: Ingestor;
+  let graph: SqliteGraphSource;
+  try {
+    graph = SqliteGraphSource.open(options.dbPath);
+  } catch (error) {
+    store.close();
+    throw error;
+  }
   try {
     ingestor = Ingestor.open(store, {
       holdNs: seconds(options.holdSeconds ?? 120),
@@ -236,6 +251,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       now: options.now,
     });
   } catch (error) {
+    graph.close();
     store.close();
     throw error;
   }
@@ -248,6 +264,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
     ingesting: 0,
     now: options.now ?? (() => BigInt(Date.now()) * 1_000_000n),
     log,
+    graph: cachedGraphSource(graph, GRAPH_CACHE_MS),
   };
   const handler = createHandler(ingestor, store, config);
   const headerMs = limits.headerTimeoutSeconds * 1000;
@@ -284,6 +301,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       });
     });
   } catch (error) {
+    graph.close();
     store.close();
     throw new Error(`Cannot listen on ${hostname}:${port}: ${errorText(error)}`, {
       cause: error,
@@ -327,6 +345,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       try {
         ingestor.tick();
       } finally {
+        graph.close();
         store.close();
       }
     })();
@@ -351,6 +370,7 @@ interface HandlerConfig extends Limits {
   ingesting: number;
   now: () => bigint;
   log: Logger;
+  graph: GraphSource;
 }
 
 /** A response: status, one body, headers. */
@@ -367,7 +387,7 @@ function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConf
     const peer = request.socket.remoteAddress ?? "unknown";
     let answer: Answer;
     try {
-      answer = route(request, url, store, config);
+      answer = await route(request, url, store, config);
       if (answer.status === 0) answer = await receive(request, ingestor, config);
     } catch (error) {
       if (error instanceof HttpError) {
@@ -393,15 +413,20 @@ function route(
   url: URL,
   store: FlowStore,
   config: HandlerConfig,
-): Answer {
+): Answer | Promise<Answer> {
   const path = url.pathname;
   if (path === "/healthz") return text(200, "ok");
+  const asset = webAsset(path);
+  if (asset !== undefined) {
+    allow(request, "GET");
+    return { status: 200, ...asset, headers: { ...asset.headers } };
+  }
   authorize(request, config.tokenDigest);
   if (path === "/v1/batches") {
     allow(request, "POST");
     return { status: 0, body: "", headers: {} };
   }
-  if (path === "/v1/flows") {
+  if (path === "/v1/flows" || path === "/v1/graph" || path === "/v1/graph/flows") {
     allow(request, "GET");
     if (config.refuseFlows) {
       throw new HttpError(
@@ -409,9 +434,15 @@ function route(
         "Refusing to list flows without a token on an address beyond loopback (set --token-file, or --allow-unauthenticated to serve them to anyone)",
       );
     }
-    return listFlows(url.searchParams, store, config.now());
+    if (path === "/v1/flows") return listFlows(url.searchParams, store, config.now());
+    return graphResponse(path, url.searchParams, config.graph, config.now()).then(
+      (body) => ({ status: 200, body, headers: { "content-type": "application/json" } }),
+      (error) => {
+        throw error instanceof FilterError ? new HttpError(400, error.message) : error;
+      },
+    );
   }
-  throw new HttpError(404, `No such endpoint ${path}: use /v1/batches or /v1/flows`);
+  throw new HttpError(404, `No such endpoint ${path}: use /v1/batches, /v1/flows or /v1/graph`);
 }
 
 async function receive(

@@ -529,12 +529,7 @@ export class FlowStore {
       `JOIN batches AS b ON b.id = f.batch_id ` +
       (where.length > 0 ? `WHERE ${where.join(" AND ")} ` : "") +
       `ORDER BY t_start_ns, f.id LIMIT ?`;
-    let bootId = NO_BOOT_ID;
-    return this.#select(sql, params).map((row) => {
-      const flow = toStoredFlow(row, bootId);
-      bootId = flow.bootId;
-      return flow;
-    });
+    return toStoredFlows(this.#select(sql, params));
   }
 
   /** Row counts, for logs and tests. */
@@ -693,6 +688,19 @@ function prepareWriters(db: DatabaseSync) {
     pruneRanges: prepare("DELETE FROM ownership WHERE end_ns < ?"),
     pruneShared: prepare("DELETE FROM shared_addresses WHERE end_ns < ?"),
   };
+}
+
+/**
+ * Rows of `flows_attributed` (with `batch_sequence`, read with `setReadBigInts(true)`) as flows;
+ * flows of one boot share one boot ID array.
+ */
+export function toStoredFlows(rows: readonly Record<string, unknown>[]): StoredFlow[] {
+  let bootId = NO_BOOT_ID;
+  return rows.map((row) => {
+    const flow = toStoredFlow(row, bootId);
+    bootId = flow.bootId;
+    return flow;
+  });
 }
 
 /**

@@ -214,10 +214,12 @@ for arch in "${arches[@]}"; do
   runner_for "$arch"
   echo "  COMPILE  $exe"
   log="$work/compile-$target.log"
-  # The shim and its checksum are loaded by path, so they are named. Deno embeds
-  # every node_modules directory it finds: the npm-installed Deno in build/tools (95 MB) is not ours.
+  # The shim and its checksum are loaded by path, so they are named, and so is the collector's
+  # page (collector/web.ts reads its files, cytoscape's among them). Deno embeds every
+  # node_modules directory it finds: the npm-installed Deno in build/tools (95 MB) is not ours.
   # shellcheck disable=SC2086 # the permission flags are separate words
   if ! "${base[@]}" "$deno" compile --quiet --target "$target" --output "$exe" $flags \
+    --include collector/web --include node_modules/cytoscape/dist/cytoscape.esm.min.mjs \
     --include "build/$arch/libflowexporter.so" --include "build/$arch/libflowexporter.so.sha256" \
     --exclude build/tools/node_modules main.ts >"$log" 2>&1; then
     if grep -q 'Setting up base binary\|denort' "$log"; then
