@@ -9,14 +9,13 @@ import type { JournalChunk } from "./capture_journal.ts";
 import { toWallNs } from "./clock.ts";
 import {
   DecodeError,
-  decodeFlow,
   RECORD_OFFSETS,
   RECORD_SIZE,
   recordCloseState,
   recordIdentitySource,
 } from "./decode.ts";
-import type { FlowRecord, IdentitySource } from "./flow.ts";
-import { formatFlowJson } from "./json_lines.ts";
+import type { IdentitySource } from "./flow.ts";
+import { RecordJsonWriter } from "./json_lines.ts";
 import type { AgentMetrics } from "./metrics.ts";
 
 /** Options of {@linkcode RecordFanout}. */
@@ -71,27 +70,6 @@ export function tallyRecords(chunk: RecordChunk): RecordTally {
 }
 
 /**
- * A poll's records as objects, for JSON only (the batches are encoded from the raw bytes). A
- * record the decoder refuses is left out here: the shipper counts and logs it.
- */
-function jsonRecords(chunk: RecordChunk): FlowRecord[] {
-  const records: FlowRecord[] = [];
-  for (let at = 0; at + RECORD_SIZE <= chunk.records.length; at += RECORD_SIZE) {
-    try {
-      records.push(decodeFlow(chunk.records, at, chunk.clockOffsetNs, chunk.bootId));
-    } catch (error) {
-      if (!(error instanceof DecodeError)) throw error;
-    }
-  }
-  return records;
-}
-
-/** UTF-8 takes at most 3 bytes per UTF-16 unit. */
-const MAX_UTF8_PER_UNIT = 3;
-/** Records per encoded slice: one multi-megabyte string costs more than many small ones. */
-const JSON_SLICE = 256;
-
-/**
  * Writes each batch of records as JSON lines and counts it.
  *
  * @example
@@ -104,10 +82,9 @@ const JSON_SLICE = 256;
  */
 export class RecordFanout {
   readonly #options: FanoutOptions;
-  readonly #encoder = new TextEncoder();
   #writeStdout: ((bytes: Uint8Array) => void) | undefined;
-  /** Reused for every slice (an agent's output is its hottest allocation). */
-  #bytes = new Uint8Array(256 * 1024);
+  /** Reused for every poll's lines (an agent's output is its hottest allocation). */
+  readonly #bytes = new Uint8Array(256 * 1024);
 
   constructor(options: FanoutOptions) {
     this.#options = options;
@@ -124,7 +101,7 @@ export class RecordFanout {
     if (chunk.records.length === 0) return;
     if (this.#writeStdout) {
       try {
-        this.#writeJson(jsonRecords(chunk), this.#writeStdout);
+        this.#writeJson(chunk, this.#writeStdout);
       } catch (error) {
         this.#writeStdout = undefined;
         this.#options.onStdoutFailed(error);
@@ -141,15 +118,27 @@ export class RecordFanout {
     metrics.workerLag.observe(Number(nowNs - tally.oldestEndNs) / 1e9);
   }
 
-  #writeJson(records: readonly FlowRecord[], write: (bytes: Uint8Array) => void): void {
-    for (let i = 0; i < records.length; i += JSON_SLICE) {
-      let text = "";
-      for (const r of records.slice(i, i + JSON_SLICE)) text += formatFlowJson(r) + "\n";
-      if (text.length * MAX_UTF8_PER_UNIT > this.#bytes.length) {
-        this.#bytes = new Uint8Array(text.length * MAX_UTF8_PER_UNIT);
+  /**
+   * Writes the records as JSON lines straight from their bytes into one reused buffer, handed
+   * to `write` whenever the next line might not fit. A record the decoder refuses is left out
+   * (the shipper counts and logs it).
+   */
+  #writeJson(chunk: RecordChunk, write: (bytes: Uint8Array) => void): void {
+    const lines = new RecordJsonWriter(chunk.records, chunk.clockOffsetNs, chunk.bootId);
+    const out = this.#bytes;
+    let used = 0;
+    for (let at = 0; at + RECORD_SIZE <= chunk.records.length; at += RECORD_SIZE) {
+      if (used + RecordJsonWriter.ROOM > out.length) {
+        write(out.subarray(0, used));
+        used = 0;
       }
-      const { written } = this.#encoder.encodeInto(text, this.#bytes);
-      write(this.#bytes.subarray(0, written));
+      lines.at = at;
+      try {
+        used = lines.write(out, used);
+      } catch (error) {
+        if (!(error instanceof DecodeError)) throw error;
+      }
     }
+    if (used > 0) write(out.subarray(0, used));
   }
 }
