@@ -10,6 +10,7 @@
 
 import type { IncomingMessage } from "node:http";
 import { codingOfContentEncoding, decompress, DecompressError } from "../lib/compression.ts";
+import { concatBytes } from "../lib/bytes.ts";
 
 /** A request the server refuses with `status` and a one-line `message`. */
 export class HttpError extends Error {
@@ -132,7 +133,7 @@ export function readBoundedBody(
       stop();
       let released = false;
       resolve({
-        bytes: concat(chunks, total),
+        bytes: concatBytes(chunks),
         release: () => {
           if (!released) budget.give(total);
           released = true;
@@ -185,17 +186,6 @@ export async function decodeContent(
       `Cannot decompress ${known} body of ${body.length} bytes: ${error.message}`,
     );
   }
-}
-
-function concat(chunks: Uint8Array[], total: number): Uint8Array {
-  if (chunks.length === 1) return chunks[0];
-  const body = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    body.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return body;
 }
 
 function tooLarge(what: string, maxBytes: number, flag: string): HttpError {

@@ -11,6 +11,7 @@
  */
 
 import { setImmediate } from "node:timers";
+import { concatBytes } from "./bytes.ts";
 import type { Transform } from "node:stream";
 import {
   constants,
@@ -104,7 +105,7 @@ export function compress(
     const out: Uint8Array[] = [];
     stream.on("data", (chunk: Uint8Array) => out.push(chunk));
     stream.on("error", reject);
-    stream.on("end", () => resolve(concat(out)));
+    stream.on("end", () => resolve(concatBytes(out)));
     for (const part of parts) stream.write(part);
     stream.end();
   });
@@ -158,7 +159,7 @@ export async function decompress(
       await inflate(bytes.subarray(start, end), decoder, out, budget);
     }
   }
-  return concat(out);
+  return concatBytes(out);
 }
 
 /** Largest piece of output a decoder hands over at once. */
@@ -262,17 +263,4 @@ export function checkZstdFrames(bytes: Uint8Array): [number, number][] {
     frames.push([frameStart, at]);
   }
   return frames;
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) {
-    return new Uint8Array(parts[0].buffer, parts[0].byteOffset, parts[0].length);
-  }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }

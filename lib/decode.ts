@@ -229,3 +229,115 @@ export function decodeFlows(
   }
   return out;
 }
+
+const TWO_32 = 0x1_0000_0000;
+/** Largest high half of a 64-bit number below 2^53. */
+const MAX_SAFE_HI = 0x1f_ffff;
+
+/**
+ * A cursor over kernel records for the writers that read them where they lie (lib/wire.ts
+ * `RecordWriter`, lib/json_lines.ts `RecordJsonWriter`): the fields as numbers, times as 32-bit
+ * halves with the clock offset added, and the checks such a writer makes before taking a record
+ * that way. A record a check refuses goes through {@linkcode RecordCursor.decode} instead.
+ */
+export class RecordCursor {
+  /** Byte offset in `bytes` of the record to read. */
+  at = 0;
+  /** The high and low 32 bits of the last {@linkcode RecordCursor.wallTime}. */
+  hi = 0;
+  lo = 0;
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  readonly clockOffsetNs: bigint;
+  readonly bootId: Uint8Array;
+  readonly #offsetHi: number;
+  readonly #offsetLo: number;
+  readonly #offsetApprox: number;
+
+  /**
+   * @param bytes whole kernel records
+   * @param clockOffsetNs wall clock minus the kernel clock of their timestamps, ns
+   * @param bootId the boot ID they were captured in (16 bytes)
+   */
+  constructor(bytes: Uint8Array, clockOffsetNs: bigint, bootId: Uint8Array) {
+    this.bytes = bytes;
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.clockOffsetNs = clockOffsetNs;
+    this.bootId = bootId;
+    const offset = BigInt.asUintN(64, clockOffsetNs);
+    this.#offsetHi = Number(offset >> 32n);
+    this.#offsetLo = Number(offset & 0xffff_ffffn);
+    this.#offsetApprox = Number(clockOffsetNs);
+  }
+
+  /**
+   * Whether the record at {@linkcode RecordCursor.at} can be read field by field: it is whole,
+   * of family 4 or 6, with a 16-byte boot ID, and both its times lie well inside [2^40, 2^62)
+   * ns once offset (so their 64-bit sums neither wrap nor pass 2^63 - 1).
+   */
+  plausible(): boolean {
+    const { bytes, view, at } = this;
+    if (at < 0 || at + RECORD_SIZE > bytes.length || this.bootId.length !== 16) return false;
+    const family = bytes[at + OFFSET.family];
+    if (family !== 4 && family !== 6) return false;
+    for (const field of [OFFSET.t_start_ns, OFFSET.t_end_ns]) {
+      const approx = view.getUint32(at + field + 4, true) * TWO_32 + this.#offsetApprox;
+      if (!(approx > 2 ** 40 && approx < 2 ** 62)) return false;
+    }
+    return true;
+  }
+
+  /** Whether the u64 at `field` (a {@linkcode RECORD_OFFSETS} offset) is below 2^53. */
+  safe(field: number): boolean {
+    return this.view.getUint32(this.at + field + 4, true) <= MAX_SAFE_HI;
+  }
+
+  /** The u64 at `field` as a number: exact when {@linkcode RecordCursor.safe}. */
+  u64(field: number): number {
+    return u64(this.view, this.at + field);
+  }
+
+  /** The u32 at `field`. */
+  u32(field: number): number {
+    return this.view.getUint32(this.at + field, true);
+  }
+
+  /** The byte at `field`. */
+  u8(field: number): number {
+    return this.bytes[this.at + field];
+  }
+
+  /**
+   * The length of the workload ID when each of its bytes passes `plain` (so the bytes are their
+   * own text), -1 otherwise.
+   */
+  workloadLength(plain: (byte: number) => boolean): number {
+    const { bytes } = this;
+    const start = this.at + OFFSET.workload_id;
+    let length = 0;
+    if (bytes[start] === 0) return 0;
+    while (length < WORKLOAD_ID_LEN && bytes[start + length] !== 0) {
+      if (!plain(bytes[start + length])) return -1;
+      length++;
+    }
+    return length;
+  }
+
+  /**
+   * The kernel time at `field` plus the clock offset, in {@linkcode RecordCursor.hi} and
+   * {@linkcode RecordCursor.lo}: a 64-bit sum in 32-bit halves, exact for a
+   * {@linkcode RecordCursor.plausible} record.
+   */
+  wallTime(field: number): void {
+    let lo = this.view.getUint32(this.at + field, true) + this.#offsetLo;
+    const carry = lo >= TWO_32 ? 1 : 0;
+    lo -= carry * TWO_32;
+    this.hi = (this.view.getUint32(this.at + field + 4, true) + this.#offsetHi + carry) >>> 0;
+    this.lo = lo;
+  }
+
+  /** The record at {@linkcode RecordCursor.at}, decoded ({@linkcode decodeFlow}). */
+  decode(): FlowRecord {
+    return decodeFlow(this.bytes, this.at, this.clockOffsetNs, this.bootId);
+  }
+}

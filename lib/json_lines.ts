@@ -6,15 +6,7 @@
  * @module
  */
 import { formatIp } from "./map_layout.ts";
-import {
-  decodeFlow,
-  FLAG_SEEDED,
-  FLAG_SOCKOPS,
-  flowEnd,
-  RECORD_OFFSETS,
-  RECORD_SIZE,
-  WORKLOAD_ID_LEN,
-} from "./decode.ts";
+import { FLAG_SEEDED, FLAG_SOCKOPS, flowEnd, RECORD_OFFSETS, RecordCursor } from "./decode.ts";
 import { DIRECTIONS, FLOW_ENDS, type FlowRecord, IDENTITY_SOURCES, TCP_STATES } from "./flow.ts";
 import { BOOT_ID_BYTES, formatFlowId, hasFlowId } from "./flow_id.ts";
 
@@ -67,8 +59,6 @@ export function parseFlowJson(line: string): FlowJson {
 
 const encoder = new TextEncoder();
 const TWO_32 = 0x1_0000_0000;
-/** Largest high half of a 64-bit number below 2^53. */
-const MAX_SAFE_HI = 0x1f_ffff;
 const ascii = (text: string) => encoder.encode(text);
 /** Each name written in quotes, by its code: the enumerations' JSON, encoded once. */
 const quoted = (names: readonly string[]) => names.map((name) => ascii(`"${name}"`));
@@ -100,20 +90,30 @@ const KEYS = Object.fromEntries(
     ["error", ',"error":'],
     ["seededTrue", ',"seeded":true,"close_seen_by":'],
     ["seededFalse", ',"seeded":false,"close_seen_by":'],
-    ["bytesSent", ',"bytes_sent":'],
-    ["bytesRetrans", ',"bytes_retrans":'],
-    ["bytesAcked", ',"bytes_acked":'],
-    ["bytesReceived", ',"bytes_received":'],
-    ["segsOut", ',"segs_out":'],
-    ["segsIn", ',"segs_in":'],
-    ["totalRetrans", ',"total_retrans":'],
-    ["srtt", ',"srtt_us":'],
-    ["minRtt", ',"min_rtt_us":'],
-    ["delivered", ',"delivered":'],
-    ["lost", ',"lost":'],
     ["close", "}\n"],
   ].map(([name, text]) => [name, ascii(text)]),
 ) as Record<string, Uint8Array>;
+
+/** The counters after `close_seen_by`, in the order of formatFlowJson: key, record field. */
+const COUNTERS_64 = (
+  [
+    ["bytes_sent", RECORD_OFFSETS.bytes_sent],
+    ["bytes_retrans", RECORD_OFFSETS.bytes_retrans],
+    ["bytes_acked", RECORD_OFFSETS.bytes_acked],
+    ["bytes_received", RECORD_OFFSETS.bytes_received],
+  ] as const
+).map(([key, field]) => [ascii(`,"${key}":`), field] as const);
+const COUNTERS_32 = (
+  [
+    ["segs_out", RECORD_OFFSETS.segs_out],
+    ["segs_in", RECORD_OFFSETS.segs_in],
+    ["total_retrans", RECORD_OFFSETS.total_retrans],
+    ["srtt_us", RECORD_OFFSETS.srtt_us],
+    ["min_rtt_us", RECORD_OFFSETS.min_rtt_us],
+    ["delivered", RECORD_OFFSETS.delivered],
+    ["lost", RECORD_OFFSETS.lost],
+  ] as const
+).map(([key, field]) => [ascii(`,"${key}":`), field] as const);
 
 /**
  * Writes kernel records (`struct fe_flow`) as JSON lines straight into bytes, each exactly the
@@ -123,19 +123,10 @@ const KEYS = Object.fromEntries(
  * 2^53 - 1, a time out of range) is decoded and formatted, so the outcome, errors included, is
  * theirs.
  */
-export class RecordJsonWriter {
+export class RecordJsonWriter extends RecordCursor {
   /** The most bytes one line takes. */
   static readonly ROOM = 2048;
-  /** Byte offset of the record to write next in `bytes`. */
-  at = 0;
-  readonly #bytes: Uint8Array;
-  readonly #view: DataView;
-  readonly #clockOffsetNs: bigint;
-  readonly #bootId: Uint8Array;
   readonly #bootIdText: Uint8Array;
-  readonly #offsetHi: number;
-  readonly #offsetLo: number;
-  readonly #offsetApprox: number;
   #target: Uint8Array = new Uint8Array(0);
   #pos = 0;
 
@@ -145,19 +136,14 @@ export class RecordJsonWriter {
    * @param bootId the boot ID they were captured in (16 bytes)
    */
   constructor(bytes: Uint8Array, clockOffsetNs: bigint, bootId: Uint8Array) {
-    this.#bytes = bytes;
-    this.#view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    this.#clockOffsetNs = clockOffsetNs;
-    this.#bootId = bootId;
-    this.#bootIdText = ascii(bootId.length === BOOT_ID_BYTES ? formatFlowId(bootId, 0n) : "");
-    const offset = BigInt.asUintN(64, clockOffsetNs);
-    this.#offsetHi = Number(offset >> 32n);
-    this.#offsetLo = Number(offset & 0xffff_ffffn);
-    this.#offsetApprox = Number(clockOffsetNs);
+    super(bytes, clockOffsetNs, bootId);
+    // "<uuid>:" of formatFlowId, written before each cookie.
+    this.#bootIdText = ascii(bootId.length === BOOT_ID_BYTES ? formatFlowId(bootId, 0n) : "")
+      .slice(0, -1);
   }
 
   /**
-   * Writes the record at {@linkcode RecordJsonWriter.at} as one JSON line into `target` at
+   * Writes the record at {@linkcode RecordCursor.at} as one JSON line into `target` at
    * `offset`, which must have {@linkcode RecordJsonWriter.ROOM} bytes from there.
    *
    * @returns the offset past the line's newline
@@ -166,65 +152,46 @@ export class RecordJsonWriter {
   write(target: Uint8Array, offset: number): number {
     const end = this.#writeDirect(target, offset);
     if (end >= 0) return end;
-    const line = formatFlowJson(
-      decodeFlow(this.#bytes, this.at, this.#clockOffsetNs, this.#bootId),
-    );
-    return offset + encoder.encodeInto(line + "\n", target.subarray(offset)).written;
+    const line = formatFlowJson(this.decode()) + "\n";
+    return offset + encoder.encodeInto(line, target.subarray(offset)).written;
   }
 
   #writeDirect(target: Uint8Array, offset: number): number {
-    const b = this.#bytes;
-    const view = this.#view;
-    const at = this.at;
     const O = RECORD_OFFSETS;
-    if (at < 0 || at + RECORD_SIZE > b.length || this.#bootId.length !== BOOT_ID_BYTES) return -1;
-    const family = b[at + O.family];
-    if (family !== 4) return -1; // IPv6 text takes the general path
-    const workload = at + O.workload_id;
-    let workloadLength = 0;
-    if (b[workload] !== 0) {
-      while (workloadLength < WORKLOAD_ID_LEN && b[workload + workloadLength] !== 0) {
-        const c = b[workload + workloadLength];
-        if (c < 0x20 || c >= 0x80 || c === 0x22 || c === 0x5c) return -1; // needs escaping
-        workloadLength++;
-      }
-    }
-    for (
-      const field of [O.bytes_sent, O.bytes_retrans, O.bytes_acked, O.bytes_received, O.cookie]
-    ) {
-      if (view.getUint32(at + field + 4, true) > MAX_SAFE_HI) return -1;
-    }
-    const startHi = view.getUint32(at + O.t_start_ns + 4, true);
-    const startLo = view.getUint32(at + O.t_start_ns, true);
-    const endHi = view.getUint32(at + O.t_end_ns + 4, true);
-    const endLo = view.getUint32(at + O.t_end_ns, true);
-    for (const hi of [startHi, endHi]) {
-      const approx = hi * TWO_32 + this.#offsetApprox;
-      if (!(approx > 2 ** 40 && approx < 2 ** 62)) return -1;
-    }
+    // IPv6 text and escaped workload IDs take the general path.
+    if (!this.plausible() || this.u8(O.family) !== 4) return -1;
+    const safe = [O.bytes_sent, O.bytes_retrans, O.bytes_acked, O.bytes_received, O.cookie];
+    if (!safe.every((field) => this.safe(field))) return -1;
+    const workloadLength = this.workloadLength((c) =>
+      c >= 0x20 && c < 0x80 && c !== 0x22 && c !== 0x5c
+    );
+    if (workloadLength < 0) return -1;
+    const startHi = this.u32(O.t_start_ns + 4);
+    const endHi = this.u32(O.t_end_ns + 4);
     // The duration is exact as a double while the high halves differ by less than 2^20.
     if (Math.abs(endHi - startHi) >= 2 ** 20) return -1;
 
+    const { bytes, view, at } = this;
     this.#target = target;
     this.#pos = offset;
-    const stateCode = b[at + O.close_state] < TCP_STATES.length ? b[at + O.close_state] : 0;
-    const state = TCP_STATES[stateCode];
-    const error = b[at + O.error];
-    const identity = b[at + O.identity_source];
-    const direction = b[at + O.direction];
-    const flags = b[at + O.flags];
+    const stateCode = this.u8(O.close_state) < TCP_STATES.length ? this.u8(O.close_state) : 0;
+    const error = this.u8(O.error);
+    const identity = this.u8(O.identity_source);
+    const direction = this.u8(O.direction);
+    const flags = this.u8(O.flags);
     this.#put(KEYS.flowId);
-    this.#put(this.#bootIdText); // "<uuid>:" of formatFlowId(bootId, 0n) less its "0"
-    this.#pos--;
-    this.#uint(this.#u64(at + O.cookie));
+    this.#put(this.#bootIdText);
+    this.#uint(this.u64(O.cookie));
     this.#put(KEYS.tStart);
-    this.#wallTime(startHi, startLo);
+    this.#wallTime(O.t_start_ns);
     this.#put(KEYS.tEnd);
-    this.#wallTime(endHi, endLo);
+    this.#wallTime(O.t_end_ns);
     this.#put(KEYS.duration);
-    this.#text(String(((endHi - startHi) * TWO_32 + (endLo - startLo)) / 1e6));
+    this.#text(
+      String(((endHi - startHi) * TWO_32 + (this.u32(O.t_end_ns) - this.u32(O.t_start_ns))) / 1e6),
+    );
     this.#put(KEYS.family);
-    this.#uint(family);
+    this.#uint(4);
     this.#put(KEYS.localIp);
     this.#ipv4(at + O.local_ip + 12);
     this.#put(KEYS.localPort);
@@ -235,7 +202,7 @@ export class RecordJsonWriter {
     this.#uint(view.getUint16(at + O.remote_port, true));
     this.#put(KEYS.workload);
     target[this.#pos++] = 0x22;
-    target.set(b.subarray(workload, workload + workloadLength), this.#pos);
+    target.set(bytes.subarray(at + O.workload_id, at + O.workload_id + workloadLength), this.#pos);
     this.#pos += workloadLength;
     target[this.#pos++] = 0x22;
     this.#put(KEYS.identity);
@@ -245,7 +212,7 @@ export class RecordJsonWriter {
     this.#put(KEYS.state);
     this.#put(STATE_JSON[stateCode]);
     this.#put(KEYS.end);
-    this.#put(END_JSON.get(flowEnd(state, error))!);
+    this.#put(END_JSON.get(flowEnd(TCP_STATES[stateCode], error))!);
     this.#put(KEYS.error);
     this.#uint(error);
     this.#put((flags & FLAG_SEEDED) !== 0 ? KEYS.seededTrue : KEYS.seededFalse);
@@ -256,34 +223,16 @@ export class RecordJsonWriter {
         ? SEEN_BY_JSON.destroy
         : SEEN_BY_JSON.tracepoint,
     );
-    this.#put(KEYS.bytesSent);
-    this.#uint(this.#u64(at + O.bytes_sent));
-    this.#put(KEYS.bytesRetrans);
-    this.#uint(this.#u64(at + O.bytes_retrans));
-    this.#put(KEYS.bytesAcked);
-    this.#uint(this.#u64(at + O.bytes_acked));
-    this.#put(KEYS.bytesReceived);
-    this.#uint(this.#u64(at + O.bytes_received));
-    this.#put(KEYS.segsOut);
-    this.#uint(view.getUint32(at + O.segs_out, true));
-    this.#put(KEYS.segsIn);
-    this.#uint(view.getUint32(at + O.segs_in, true));
-    this.#put(KEYS.totalRetrans);
-    this.#uint(view.getUint32(at + O.total_retrans, true));
-    this.#put(KEYS.srtt);
-    this.#uint(view.getUint32(at + O.srtt_us, true));
-    this.#put(KEYS.minRtt);
-    this.#uint(view.getUint32(at + O.min_rtt_us, true));
-    this.#put(KEYS.delivered);
-    this.#uint(view.getUint32(at + O.delivered, true));
-    this.#put(KEYS.lost);
-    this.#uint(view.getUint32(at + O.lost, true));
+    for (const [key, field] of COUNTERS_64) {
+      this.#put(key);
+      this.#uint(this.u64(field));
+    }
+    for (const [key, field] of COUNTERS_32) {
+      this.#put(key);
+      this.#uint(this.u32(field));
+    }
     this.#put(KEYS.close);
     return this.#pos;
-  }
-
-  #u64(field: number): number {
-    return this.#view.getUint32(field, true) + this.#view.getUint32(field + 4, true) * TWO_32;
   }
 
   #put(bytes: Uint8Array): void {
@@ -314,7 +263,7 @@ export class RecordJsonWriter {
   }
 
   #ipv4(at: number): void {
-    const b = this.#bytes;
+    const b = this.bytes;
     for (let i = 0; i < 4; i++) {
       if (i > 0) this.#target[this.#pos++] = 0x2e;
       this.#uint(b[at + i]);
@@ -322,17 +271,15 @@ export class RecordJsonWriter {
   }
 
   /**
-   * The kernel time (two halves) plus the clock offset, in decimal: the 64-bit sum is divided
-   * by 10^9 over 16-bit limbs, each step exact in a double.
+   * The kernel time at `field` plus the clock offset, in decimal: the 64-bit sum is divided by
+   * 10^9 over 16-bit limbs, each step exact in a double.
    */
-  #wallTime(hi: number, lo: number): void {
-    let sumLo = lo + this.#offsetLo;
-    const carry = sumLo >= TWO_32 ? 1 : 0;
-    sumLo -= carry * TWO_32;
-    const sumHi = (hi + this.#offsetHi + carry) >>> 0;
+  #wallTime(field: number): void {
+    this.wallTime(field);
+    const { hi, lo } = this;
     let quotient = 0;
     let rest = 0;
-    for (const limb of [sumHi >>> 16, sumHi & 0xffff, sumLo >>> 16, sumLo & 0xffff]) {
+    for (const limb of [hi >>> 16, hi & 0xffff, lo >>> 16, lo & 0xffff]) {
       const current = rest * 0x1_0000 + limb;
       const digit = Math.floor(current / 1e9);
       rest = current - digit * 1e9;

@@ -36,6 +36,7 @@ import {
   SkippedItem,
 } from "./_cbor_reader.ts";
 import { CborWriter, textRoom } from "./_cbor_writer.ts";
+import { concatBytes } from "./bytes.ts";
 import {
   DIRECTIONS,
   FLOW_ENDS,
@@ -45,14 +46,7 @@ import {
   TCP_STATES,
 } from "./flow.ts";
 import { BOOT_ID_BYTES, decodeFlowId, FLOW_ID_BYTES, NO_BOOT_ID } from "./flow_id.ts";
-import {
-  decodeFlow as decodeRecord,
-  FLAG_SEEDED,
-  flowEnd,
-  RECORD_OFFSETS,
-  RECORD_SIZE,
-  WORKLOAD_ID_LEN,
-} from "./decode.ts";
+import { FLAG_SEEDED, flowEnd, RECORD_OFFSETS, RecordCursor, WORKLOAD_ID_LEN } from "./decode.ts";
 
 /**
  * Version of the batch schema this module writes (2 added the flow end `unknown`; 3 the flow's
@@ -235,14 +229,7 @@ export function maxFlowBytes(record: FlowRecord): number {
  * @throws {WireFormatError} when a header field is out of range or the body would be too large
  */
 export function encodeBatch(header: BatchHeader, flows: readonly Uint8Array[]): Uint8Array {
-  const parts = encodeBatchParts(header, flows);
-  const body = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    body.set(part, offset);
-    offset += part.length;
-  }
-  return body;
+  return concatBytes(encodeBatchParts(header, flows));
 }
 
 /**
@@ -808,7 +795,6 @@ export function flowWriterOf(record: FlowRecord): FlowWriter {
   };
 }
 
-const TWO_32 = 0x1_0000_0000;
 /** Record fields that are 64-bit counters on the wire (uint, at most 2^53 - 1 there). */
 const RECORD_COUNTERS_64 = [
   RECORD_OFFSETS.bytes_sent,
@@ -827,16 +813,14 @@ const RECORD_COUNTERS_32 = [
 ] as const;
 /** Wire code of the flow end of a clean close (error 0) from each TCP state code. */
 const END_CODE_BY_STATE = TCP_STATES.map((state) => FLOW_END_CODES.get(flowEnd(state, 0))!);
-/** Largest unsigned value below 2^53, as the high half of a 64-bit number. */
-const MAX_SAFE_HI = 0x1f_ffff;
 
 /**
  * Encodes kernel records (`struct fe_flow`, lib/decode.ts) straight into their wire form, byte
  * for byte what {@linkcode encodeFlowInto} writes for the record lib/decode.ts makes, without
  * building the record: no object, no bigint, and the workload ID copied as it is when it is
  * ASCII. A record it cannot take that way (another family, a non-ASCII workload ID, a counter
- * past 2^53 - 1, a time out of range or an end before the start) is decoded and goes through encodeFlowInto, so the
- * outcome, errors included, is theirs.
+ * past 2^53 - 1, a time out of range or an end before the start) is decoded and goes through
+ * encodeFlowInto, so the outcome, errors included, is theirs.
  *
  * @example
  * ```ts
@@ -847,80 +831,32 @@ const MAX_SAFE_HI = 0x1f_ffff;
  * const end = writer.write(target, 0);
  * ```
  */
-export class RecordWriter implements FlowWriter {
-  /** Byte offset of the record to write next in `bytes`. */
-  at = 0;
+export class RecordWriter extends RecordCursor implements FlowWriter {
   readonly room = FLOW_FIXED_ROOM + textRoom(WORKLOAD_ID_LEN) + textRoom(0);
-  readonly #bytes: Uint8Array;
-  readonly #view: DataView;
-  readonly #clockOffsetNs: bigint;
-  readonly #bootId: Uint8Array;
-  readonly #offsetHi: number;
-  readonly #offsetLo: number;
-  readonly #offsetApprox: number;
 
-  /**
-   * @param bytes whole kernel records
-   * @param clockOffsetNs wall clock minus the kernel clock of their timestamps, ns
-   * @param bootId the boot ID they were captured in (16 bytes)
-   */
-  constructor(bytes: Uint8Array, clockOffsetNs: bigint, bootId: Uint8Array) {
-    this.#bytes = bytes;
-    this.#view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    this.#clockOffsetNs = clockOffsetNs;
-    this.#bootId = bootId;
-    const offset = BigInt.asUintN(64, clockOffsetNs);
-    this.#offsetHi = Number(offset >> 32n);
-    this.#offsetLo = Number(offset & 0xffff_ffffn);
-    this.#offsetApprox = Number(clockOffsetNs);
-  }
-
-  /** Encodes the record at {@linkcode RecordWriter.at} into `target` at `offset`. */
+  /** Encodes the record at {@linkcode RecordCursor.at} into `target` at `offset`. */
   write(target: Uint8Array, offset: number): number {
     const end = this.#writeDirect(target, offset);
-    if (end >= 0) return end;
-    const record = decodeRecord(this.#bytes, this.at, this.#clockOffsetNs, this.#bootId);
-    return encodeFlowInto(record, target, offset);
+    return end >= 0 ? end : encodeFlowInto(this.decode(), target, offset);
   }
 
   #writeDirect(target: Uint8Array, offset: number): number {
-    const b = this.#bytes;
-    const view = this.#view;
-    const at = this.at;
     const O = RECORD_OFFSETS;
-    if (at < 0 || at + RECORD_SIZE > b.length || this.#bootId.length !== BOOT_ID_BYTES) return -1;
-    const family = b[at + O.family];
-    if (family !== 4 && family !== 6) return -1;
-    const workload = at + O.workload_id;
-    let workloadLength = 0;
-    if (b[workload] !== 0) {
-      while (workloadLength < WORKLOAD_ID_LEN && b[workload + workloadLength] !== 0) {
-        if (b[workload + workloadLength] >= 0x80) return -1;
-        workloadLength++;
-      }
-    }
-    for (const field of RECORD_COUNTERS_64) {
-      if (view.getUint32(at + field + 4, true) > MAX_SAFE_HI) return -1;
-    }
-    if (view.getUint32(at + O.bytes_retrans + 4, true) > MAX_SAFE_HI) return -1;
-    for (const field of [O.t_start_ns, O.t_end_ns]) {
-      const approx = view.getUint32(at + field + 4, true) * TWO_32 + this.#offsetApprox;
-      // Well inside [0, 2^63): the exact 64-bit sum below neither wraps nor passes INT64_MAX.
-      if (!(approx > 2 ** 40 && approx < 2 ** 62)) return -1;
-    }
-    const startHi = view.getUint32(at + O.t_start_ns + 4, true);
-    const endHi = view.getUint32(at + O.t_end_ns + 4, true);
-    if (
-      endHi < startHi ||
-      (endHi === startHi &&
-        view.getUint32(at + O.t_end_ns, true) < view.getUint32(at + O.t_start_ns, true))
-    ) {
+    if (!this.plausible() || !RECORD_COUNTERS_64.every((field) => this.safe(field))) return -1;
+    if (!this.safe(O.bytes_retrans)) return -1;
+    const workloadLength = this.workloadLength((byte) => byte < 0x80);
+    if (workloadLength < 0) return -1;
+    const { bytes, view, at } = this;
+    const startHi = this.u32(O.t_start_ns + 4);
+    const endHi = this.u32(O.t_end_ns + 4);
+    if (endHi < startHi || (endHi === startHi && this.u32(O.t_end_ns) < this.u32(O.t_start_ns))) {
       return -1; // ends before it starts: the encoder's error
     }
-    const state = b[at + O.close_state] < TCP_STATES.length ? b[at + O.close_state] : 0;
-    const error = b[at + O.error];
-    const identity = b[at + O.identity_source];
-    const direction = b[at + O.direction];
+    const family = this.u8(O.family);
+    const state = this.u8(O.close_state) < TCP_STATES.length ? this.u8(O.close_state) : 0;
+    const error = this.u8(O.error);
+    const identity = this.u8(O.identity_source);
+    const direction = this.u8(O.direction);
     const ipStart = family === 4 ? 12 : 0;
     const ipLength = family === 4 ? 4 : 16;
 
@@ -928,25 +864,27 @@ export class RecordWriter implements FlowWriter {
     w.reset(target, offset);
     w.head(0xa0, 26);
     w.tiny(0);
-    w.byteStringOf(b, at + O.local_ip + ipStart, ipLength);
+    w.byteStringOf(bytes, at + O.local_ip + ipStart, ipLength);
     w.tiny(1);
-    w.asciiTextOf(b, workload, workloadLength);
+    w.asciiTextOf(bytes, at + O.workload_id, workloadLength);
     w.tiny(2);
-    this.#wallTime(view, at + O.t_start_ns);
+    this.wallTime(O.t_start_ns);
+    w.uint64Halves(this.hi, this.lo);
     w.tiny(3);
-    this.#wallTime(view, at + O.t_end_ns);
+    this.wallTime(O.t_end_ns);
+    w.uint64Halves(this.hi, this.lo);
     w.tiny(4);
     w.tiny(family);
     w.tiny(5);
     w.head(0, view.getUint16(at + O.local_port, true));
     w.tiny(6);
-    w.byteStringOf(b, at + O.remote_ip + ipStart, ipLength);
+    w.byteStringOf(bytes, at + O.remote_ip + ipStart, ipLength);
     w.tiny(7);
     w.head(0, view.getUint16(at + O.remote_port, true));
     w.tiny(8);
     w.tiny(identity < IDENTITY_SOURCES.length ? identity : 0);
     w.tiny(9);
-    w.bool((b[at + O.flags] & FLAG_SEEDED) !== 0);
+    w.bool((this.u8(O.flags) & FLAG_SEEDED) !== 0);
     w.tiny(10);
     w.tiny(direction < DIRECTIONS.length ? direction : 0);
     w.tiny(11);
@@ -961,30 +899,18 @@ export class RecordWriter implements FlowWriter {
     w.head(0, error);
     for (let i = 0; i < RECORD_COUNTERS_64.length; i++) {
       w.tiny(14 + i);
-      const field = at + RECORD_COUNTERS_64[i];
-      w.uint64Halves(view.getUint32(field + 4, true), view.getUint32(field, true));
+      const field = RECORD_COUNTERS_64[i];
+      w.uint64Halves(this.u32(field + 4), this.u32(field));
     }
     for (let i = 0; i < RECORD_COUNTERS_32.length; i++) {
       w.tiny(17 + i);
-      w.head(0, view.getUint32(at + RECORD_COUNTERS_32[i], true));
+      w.head(0, this.u32(RECORD_COUNTERS_32[i]));
     }
     w.head(0, 24);
-    w.bytesThenReversed8(this.#bootId, b, at + O.cookie);
+    w.bytesThenReversed8(this.bootId, bytes, at + O.cookie);
     w.head(0, 25);
-    w.uint64Halves(
-      view.getUint32(at + O.bytes_retrans + 4, true),
-      view.getUint32(at + O.bytes_retrans, true),
-    );
+    w.uint64Halves(this.u32(O.bytes_retrans + 4), this.u32(O.bytes_retrans));
     return w.at;
-  }
-
-  /** The kernel time at `field` plus the clock offset, as a CBOR uint64 (two 32-bit halves). */
-  #wallTime(view: DataView, field: number): void {
-    let lo = view.getUint32(field, true) + this.#offsetLo;
-    const carry = lo >= TWO_32 ? 1 : 0;
-    lo -= carry * TWO_32;
-    const hi = (view.getUint32(field + 4, true) + this.#offsetHi + carry) >>> 0;
-    writer.uint64Halves(hi, lo);
   }
 }
 

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import fc from "fast-check";
 import { RECORD_OFFSETS as AT, RECORD_SIZE } from "../lib/decode.ts";
 
 /** Fields of a raw record; each has a realistic default. */
@@ -72,4 +73,54 @@ export function rawRecords(count: number, first = 1n): Uint8Array {
     out.set(rawRecord({ cookie: first + BigInt(i) }), i * RECORD_SIZE);
   }
   return out;
+}
+
+/** Wall clock minus the kernel clock of a host booted on 2026-01-01, ns. */
+export const WALL_OFFSET_NS = 1_767_225_600_000_000_000n;
+
+/**
+ * Random raw records for property tests of what reads them: every byte drawn at random, then
+ * the fields that steer a reader drawn from their edge cases (families, workload text, times and
+ * counters around 2^53 and 2^64, clock offsets of either sign), with the clock offset to read
+ * them with.
+ */
+export function arbitraryRawRecord(): fc.Arbitrary<{ record: Uint8Array; clockOffsetNs: bigint }> {
+  const u64 = fc.bigInt({ min: 0n, max: 2n ** 64n - 1n });
+  return fc.record({
+    family: fc.oneof(
+      fc.constant(4),
+      fc.constant(4),
+      fc.constant(6),
+      fc.integer({ min: 0, max: 9 }),
+    ),
+    bytes: fc.uint8Array({ minLength: RECORD_SIZE, maxLength: RECORD_SIZE }),
+    workload: fc.oneof(
+      fc.constant(""),
+      fc.string({ maxLength: 140 }),
+      fc.stringMatching(/^[a-z0-9:/._-]{1,128}$/),
+    ),
+    start: fc.oneof(fc.bigInt({ min: 0n, max: 2n ** 50n }), u64),
+    length: fc.oneof(fc.bigInt({ min: -(2n ** 40n), max: 2n ** 45n }), u64),
+    counters: fc.array(fc.oneof(fc.bigInt({ min: 0n, max: 2n ** 40n }), u64), {
+      minLength: 5,
+      maxLength: 5,
+    }),
+    offset: fc.oneof(
+      fc.constant(WALL_OFFSET_NS),
+      fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }),
+    ),
+  }).map(({ family, bytes, workload, start, length, counters, offset }) => {
+    const record = bytes.slice();
+    const view = new DataView(record.buffer);
+    record[AT.family] = family;
+    record.fill(0, AT.workload_id, AT.workload_id + 128);
+    record.set(new TextEncoder().encode(workload).subarray(0, 128), AT.workload_id);
+    view.setBigUint64(AT.t_start_ns, start, true);
+    view.setBigUint64(AT.t_end_ns, BigInt.asUintN(64, start + length), true);
+    [AT.bytes_sent, AT.bytes_acked, AT.bytes_received, AT.bytes_retrans, AT.cookie].forEach(
+      (field, i) => view.setBigUint64(field, counters[i], true),
+    );
+    if (family === 4) record.set(v4Mapped(record[AT.local_ip + 12], 7, 0, 1), AT.local_ip);
+    return { record, clockOffsetNs: offset };
+  });
 }
