@@ -13,6 +13,7 @@ DENO := $(BUILD)/tools/node_modules/.bin/deno
 DENO_RUN_FLAGS := --allow-all
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
 	openssl iproute2 util-linux
+CLUSTER_APT_PACKAGES := nats-server clickhouse-server
 
 BPF_TARGET_ARCH_amd64 := x86
 BPF_TARGET_ARCH_arm64 := arm64
@@ -34,21 +35,35 @@ Q := @
 msg := @printf '  %-8s %s\n' >&2
 endif
 
-.PHONY: all build run dev test fuzz bench tools deps check fmt clean
+.PHONY: all build run dev test fuzz bench tools deps cluster-deps check fmt clean
 all: build
 
 ## Host set-up -------------------------------------------------------------
 
-$(BUILD)/.apt-stamp:
-	$(msg) APT "$(APT_PACKAGES)"
-	$(Q)missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done; \
-		command -v npm >/dev/null || echo npm); \
+# $(call apt-install,PACKAGES,EXTRA): installs the Debian packages missing among PACKAGES (plus
+# EXTRA, shell words that print more missing package names).
+define apt-install
+	$(Q)missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done; \
+		$(2)); \
 	if [ -n "$$missing" ]; then \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
 			|| { echo "make: cannot install $$missing with apt-get (run as root on Debian/Ubuntu)" >&2; exit 1; }; \
 	fi
 	$(Q)mkdir -p $(BUILD) && touch $@
+endef
+
+$(BUILD)/.apt-stamp:
+	$(msg) APT "$(APT_PACKAGES)"
+	$(call apt-install,$(APT_PACKAGES),command -v npm >/dev/null || echo npm)
+
+# The servers of the cluster collector (collector/cluster/): its tests, its benchmark and
+# `scripts/cluster.sh` run them on loopback; the embedded SQLite collector needs neither.
+$(BUILD)/.cluster-apt-stamp: | $(BUILD)/.apt-stamp
+	$(msg) APT "$(CLUSTER_APT_PACKAGES)"
+	$(call apt-install,$(CLUSTER_APT_PACKAGES),true)
+
+cluster-deps: $(BUILD)/.cluster-apt-stamp
 
 $(DENO): | $(BUILD)/.apt-stamp
 	$(msg) NPM deno@$(DENO_VERSION)
@@ -111,7 +126,7 @@ dev: build
 
 # The README's test command. Deno prints its own summary; CI reads it. Tests never touch the
 # host's real agent state: the default spool, pin directory and lock must be as they were.
-test: build $(BUILD)/churn
+test: build $(BUILD)/churn $(BUILD)/.cluster-apt-stamp
 	$(Q)scripts/host_state.sh > $(BUILD)/host-state.before
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 	$(Q)scripts/host_state.sh | diff -u $(BUILD)/host-state.before - >&2 || \
