@@ -59,7 +59,7 @@ import { errorText } from "../lib/error_text.ts";
 import { BodyBudget, decodeContent, HttpError, readBoundedBody } from "./_http_body.ts";
 import { BatchConflictError, batchDigest, Ingestor, type IngestResult } from "./ingest.ts";
 import { FilterError, formatStoredFlowJson, parseFlowFilter } from "./query.ts";
-import { FlowStore } from "./store.ts";
+import { type FlowFilter, FlowStore, type StoredFlow } from "./store.ts";
 
 /** Port the collector listens on by default. */
 export const DEFAULT_PORT = 9470;
@@ -159,6 +159,51 @@ export interface CollectorOptions {
   tickMs?: number;
 }
 
+/**
+ * Where the HTTP server hands validated batches and reads flows from: the SQLite store
+ * ({@linkcode startCollector}), or a cluster node (collector/cluster/node.ts).
+ */
+export interface CollectorBackend {
+  /**
+   * Takes a validated batch; resolves once it is stored or durably handed on. Throws
+   * `HttpError` (collector/_http_body.ts) to refuse it, e.g. 503 while it cannot be stored.
+   *
+   * @param batch the decoded batch
+   * @param cbor its uncompressed body
+   * @param body the request body as received, with its `Content-Encoding` (null: none)
+   */
+  ingest(
+    batch: DecodedBatch,
+    cbor: Uint8Array,
+    body: { bytes: Uint8Array; encoding: string | null },
+  ): IngestResult | Promise<IngestResult>;
+  /** Stored flows matching `filter` (`GET /v1/flows`). */
+  flows(filter: FlowFilter): StoredFlow[] | Promise<StoredFlow[]>;
+  /** Periodic work, every `tickMs`. */
+  tick(): void;
+  /** Called once the server has stopped. */
+  close(): void | Promise<void>;
+}
+
+/** The options of {@linkcode serveCollector}: the HTTP side of {@linkcode CollectorOptions}. */
+export type ServeOptions = Omit<
+  CollectorOptions,
+  "dbPath" | "holdSeconds" | "maxHeld" | "mergeGapSeconds" | "slackSeconds" | "retentionSeconds"
+>;
+
+/** A running HTTP server of {@linkcode serveCollector}. */
+export interface CollectorServer {
+  /** Base URL, e.g. `http://127.0.0.1:9470`. */
+  readonly url: string;
+  /** Load figures: for metrics, and for tests that wait on a condition. */
+  stats(): CollectorStats;
+  /**
+   * Stops accepting requests, waits for those in flight (2 s at most: a client still sending
+   * then is cut off), then closes the backend.
+   */
+  close(): Promise<void>;
+}
+
 /** A running collector. */
 export interface RunningCollector {
   /** Base URL, e.g. `http://127.0.0.1:9470`. */
@@ -201,14 +246,7 @@ const MAX_DRAIN_BYTES = 64 * 1024 * 1024;
  * token, certificate or key cannot be read, or naming the option when a limit is out of range.
  */
 export async function startCollector(options: CollectorOptions): Promise<RunningCollector> {
-  const logger = options.logger ?? new Log({ write: (line) => console.error(line) }).logger;
-  const log: Logger = (level, message) => logger(level, printable(message));
-  const limits = checkLimits(options);
-  const token = options.token ?? (options.tokenFile && await readToken(options.tokenFile));
-  const tls = await readTls(options);
-  const hostname = options.hostname ?? "127.0.0.1";
-  const port = options.port ?? DEFAULT_PORT;
-  const open = !token && !isLoopback(hostname);
+  checkLimits(options);
   const store = FlowStore.open(options.dbPath);
   let ingestor: Ingestor;
   try {
@@ -224,6 +262,60 @@ export async function startCollector(options: CollectorOptions): Promise<Running
     store.close();
     throw error;
   }
+  const backend: CollectorBackend = {
+    ingest: (batch, cbor) => {
+      try {
+        return ingestor.ingest(batch, batchDigest(cbor));
+      } catch (error) {
+        if (error instanceof BatchConflictError) throw new HttpError(409, error.message);
+        throw error;
+      }
+    },
+    flows: (filter) => store.flows(filter),
+    tick: () => ingestor.tick(),
+    close: () => {
+      try {
+        ingestor.tick();
+      } finally {
+        store.close();
+      }
+    },
+  };
+  let server: CollectorServer;
+  try {
+    server = await serveCollector(options, backend);
+  } catch (error) {
+    store.close();
+    throw error;
+  }
+  return {
+    url: server.url,
+    ingestor,
+    store,
+    stats: server.stats,
+    close: server.close,
+    [Symbol.asyncDispose]: server.close,
+  };
+}
+
+/**
+ * Serves the collector's HTTP API (see the module documentation) in front of `backend`.
+ *
+ * @throws an `Error` naming the file when the token, certificate or key cannot be read, naming
+ * the option when a limit is out of range, or the address when it cannot listen.
+ */
+export async function serveCollector(
+  options: ServeOptions,
+  backend: CollectorBackend,
+): Promise<CollectorServer> {
+  const logger = options.logger ?? new Log({ write: (line) => console.error(line) }).logger;
+  const log: Logger = (level, message) => logger(level, printable(message));
+  const limits = checkLimits(options);
+  const token = options.token ?? (options.tokenFile && await readToken(options.tokenFile));
+  const tls = await readTls(options);
+  const hostname = options.hostname ?? "127.0.0.1";
+  const port = options.port ?? DEFAULT_PORT;
+  const open = !token && !isLoopback(hostname);
   const config: HandlerConfig = {
     ...limits,
     decode: batchDecoder({ maxRecords: limits.maxBatchRecords }),
@@ -234,7 +326,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
     now: options.now ?? (() => BigInt(Date.now()) * 1_000_000n),
     log,
   };
-  const handler = createHandler(ingestor, store, config);
+  const handler = createHandler(backend, config);
   const headerMs = limits.headerTimeoutSeconds * 1000;
   const serverOptions = {
     headersTimeout: headerMs,
@@ -269,7 +361,6 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       });
     });
   } catch (error) {
-    store.close();
     throw new Error(`Cannot listen on ${hostname}:${port}: ${errorText(error)}`, {
       cause: error,
     });
@@ -288,7 +379,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
   }
   const timer = setInterval(() => {
     try {
-      ingestor.tick();
+      backend.tick();
     } catch (error) {
       log("error", `Cannot expire held flows: ${errorText(error)}`);
     }
@@ -309,18 +400,14 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       for (const socket of sockets) socket.destroy();
       await Promise.allSettled([...inFlight]);
       await stopped;
-      try {
-        ingestor.tick();
-      } finally {
-        store.close();
-      }
+      await backend.close();
     })();
   const stats = (): CollectorStats => ({
     connections: sockets.size,
     ingesting: config.ingesting,
     pendingBodyBytes: config.budget.used,
   });
-  return { url, ingestor, store, stats, close, [Symbol.asyncDispose]: close };
+  return { url, stats, close };
 }
 
 type Limits = { -readonly [K in keyof typeof DEFAULT_LIMITS]: number };
@@ -345,15 +432,15 @@ interface Answer {
   headers: Record<string, string>;
 }
 
-function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConfig) {
+function createHandler(backend: CollectorBackend, config: HandlerConfig) {
   return async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const url = new URL(request.url ?? "/", "http://collector");
     const path = url.pathname;
     const peer = request.socket.remoteAddress ?? "unknown";
     let answer: Answer;
     try {
-      answer = route(request, url, store, config);
-      if (answer.status === 0) answer = await receive(request, ingestor, config);
+      answer = await route(request, url, backend, config);
+      if (answer.status === 0) answer = await receive(request, backend, config);
     } catch (error) {
       if (error instanceof HttpError) {
         if (error.status !== 404 && error.status !== 405) {
@@ -376,9 +463,9 @@ function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConf
 function route(
   request: IncomingMessage,
   url: URL,
-  store: FlowStore,
+  backend: CollectorBackend,
   config: HandlerConfig,
-): Answer {
+): Answer | Promise<Answer> {
   const path = url.pathname;
   if (path === "/healthz") return text(200, "ok");
   authorize(request, config.tokenDigest);
@@ -394,14 +481,14 @@ function route(
         "Refusing to list flows without a token on an address beyond loopback (set --token-file, or --allow-unauthenticated to serve them to anyone)",
       );
     }
-    return listFlows(url.searchParams, store, config.now());
+    return listFlows(url.searchParams, backend, config.now());
   }
   throw new HttpError(404, `No such endpoint ${path}: use /v1/batches or /v1/flows`);
 }
 
 async function receive(
   request: IncomingMessage,
-  ingestor: Ingestor,
+  backend: CollectorBackend,
   config: HandlerConfig,
 ): Promise<Answer> {
   const type = header(request, "content-type");
@@ -421,7 +508,7 @@ async function receive(
     if (config.ingesting >= config.maxConcurrentIngests) throw busy(config);
     config.ingesting++;
     try {
-      const result = await ingest(request, body.bytes, ingestor, config);
+      const result = await ingest(request, body.bytes, backend, config);
       config.log(
         "debug",
         `${
@@ -443,14 +530,11 @@ async function receive(
 async function ingest(
   request: IncomingMessage,
   body: Uint8Array,
-  ingestor: Ingestor,
+  backend: CollectorBackend,
   config: HandlerConfig,
 ): Promise<IngestResult> {
-  const cbor = await decodeContent(
-    body,
-    header(request, "content-encoding") ?? null,
-    config.maxDecompressedBytes,
-  );
+  const encoding = header(request, "content-encoding") ?? null;
+  const cbor = await decodeContent(body, encoding, config.maxDecompressedBytes);
   let batch: DecodedBatch;
   try {
     batch = config.decode(cbor);
@@ -469,12 +553,7 @@ async function ingest(
       `${IDEMPOTENCY_KEY_HEADER} ${JSON.stringify(key)} does not match the batch (${expected})`,
     );
   }
-  try {
-    return ingestor.ingest(batch, batchDigest(cbor));
-  } catch (error) {
-    if (error instanceof BatchConflictError) throw new HttpError(409, error.message);
-    throw error;
-  }
+  return await backend.ingest(batch, cbor, { bytes: body, encoding });
 }
 
 function busy(config: HandlerConfig): HttpError {
@@ -527,7 +606,11 @@ function drain(request: IncomingMessage, timeoutMs: number): void {
   request.resume();
 }
 
-function listFlows(params: URLSearchParams, store: FlowStore, nowNs: bigint): Answer {
+async function listFlows(
+  params: URLSearchParams,
+  backend: CollectorBackend,
+  nowNs: bigint,
+): Promise<Answer> {
   const textFilter: Record<string, string> = {};
   for (const name of ["from", "to", "workload", "ip", "host", "status", "limit"]) {
     const value = params.get(name);
@@ -542,7 +625,7 @@ function listFlows(params: URLSearchParams, store: FlowStore, nowNs: bigint): An
   }
   const limit = filter.limit ?? 1000;
   filter.limit = limit < 0 || limit > MAX_QUERY_ROWS ? MAX_QUERY_ROWS : limit; // -1: "all"
-  const flows = store.flows(filter);
+  const flows = await backend.flows(filter);
   return {
     status: 200,
     body: `[${flows.map(formatStoredFlowJson).join(",\n")}]\n`,
@@ -593,7 +676,7 @@ function digest(token: string): Uint8Array {
 }
 
 /** The limits with their defaults, each checked: a bad one names its option. */
-function checkLimits(options: CollectorOptions): Limits {
+function checkLimits(options: ServeOptions): Limits {
   const limits = { ...DEFAULT_LIMITS } as Limits;
   for (const name of Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]) {
     const value = options[name];
@@ -626,7 +709,7 @@ async function readToken(path: string): Promise<string> {
 }
 
 async function readTls(
-  options: CollectorOptions,
+  options: ServeOptions,
 ): Promise<{ cert: string; key: string } | undefined> {
   const { tlsCertFile: certFile, tlsKeyFile: keyFile } = options;
   if (certFile === undefined && keyFile === undefined) return undefined;
