@@ -21,6 +21,7 @@ import {
 } from "../lib/options.ts";
 import { COLLECTOR_OPTIONS_HELP, COLLECTOR_SCHEMA } from "./config.ts";
 import { startCollector } from "./server.ts";
+import { startClusterNode } from "./cluster/node.ts";
 
 /** The `--help` text of `flowexporter collector`. */
 export const COLLECTOR_HELP = `Usage: flowexporter collector [options]
@@ -65,34 +66,51 @@ export async function runCollector(
     level: v.logLevel,
     write: (line) => out.stderr(line),
   });
+  const serving = {
+    ...v.listen,
+    tokenFile: v.tokenFile,
+    allowUnauthenticated: v.allowUnauthenticated,
+    tlsCertFile: v.tlsCert,
+    tlsKeyFile: v.tlsKey,
+    maxBodyBytes: v.maxBodyBytes,
+    maxDecompressedBytes: v.maxDecompressedBytes,
+    maxBatchRecords: v.maxBatchRecords,
+    maxPendingBodyBytes: v.maxPendingBodyBytes,
+    maxConcurrentIngests: v.maxConcurrentIngests,
+    headerTimeoutSeconds: v.headerTimeoutSeconds,
+    bodyTimeoutSeconds: v.bodyTimeoutSeconds,
+    holdSeconds: v.holdSeconds,
+    maxHeld: v.maxHeld,
+    mergeGapSeconds: v.mergeGapSeconds,
+    slackSeconds: v.slackSeconds,
+    retentionSeconds: v.retentionSeconds,
+    logger: log.logger,
+  };
   let collector;
   try {
-    collector = await startCollector({
-      dbPath: v.db,
-      ...v.listen,
-      tokenFile: v.tokenFile,
-      allowUnauthenticated: v.allowUnauthenticated,
-      tlsCertFile: v.tlsCert,
-      tlsKeyFile: v.tlsKey,
-      maxBodyBytes: v.maxBodyBytes,
-      maxDecompressedBytes: v.maxDecompressedBytes,
-      maxBatchRecords: v.maxBatchRecords,
-      maxPendingBodyBytes: v.maxPendingBodyBytes,
-      maxConcurrentIngests: v.maxConcurrentIngests,
-      headerTimeoutSeconds: v.headerTimeoutSeconds,
-      bodyTimeoutSeconds: v.bodyTimeoutSeconds,
-      holdSeconds: v.holdSeconds,
-      maxHeld: v.maxHeld,
-      mergeGapSeconds: v.mergeGapSeconds,
-      slackSeconds: v.slackSeconds,
-      retentionSeconds: v.retentionSeconds,
-      logger: log.logger,
-    });
+    collector = v.nats.length === 0
+      ? await startCollector({ dbPath: v.db, ...serving })
+      : await startClusterNode({
+        ...serving,
+        natsServers: [...v.nats],
+        clickhouseUrl: v.clickhouseUrl,
+        nodeName: `${Deno.hostname()}:${Deno.pid}`,
+        streams: {
+          replicas: v.natsReplicas,
+          duplicateWindowSeconds: v.natsDedupWindowSeconds,
+        },
+        holdRetryMs: v.holdRetryMs,
+      });
   } catch (error) {
     log.error(errorText(error));
     return 1;
   }
-  log.info(`collector listening on ${collector.url}`, { db: v.db });
+  log.info(
+    `collector listening on ${collector.url}`,
+    v.nats.length === 0
+      ? { db: v.db }
+      : { nats: v.nats.join(","), clickhouse: v.clickhouseUrl ?? "" },
+  );
   const stop = Promise.withResolvers<string>();
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   const listeners = signals.map((signal) => {
