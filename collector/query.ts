@@ -17,6 +17,7 @@ import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
 import type { AttributionStatus } from "./attributor.ts";
 import { DEFAULT_DB_PATH, type FlowFilter, FlowStore, type StoredFlow } from "./store.ts";
+import { ClickHouseStore } from "./cluster/clickhouse_store.ts";
 
 /** A filter value cannot be used; the message names it and says what is accepted. */
 export class FilterError extends Error {
@@ -73,6 +74,7 @@ Lists the flows a collector stored, with the workload at the remote end, oldest 
 
 Options:
   --db PATH          collector database (default ${DEFAULT_DB_PATH}), opened read-only
+  --clickhouse URL   read a cluster's flows from ClickHouse (http://host:8123) instead
   --from TIME        flows that started at or after TIME
   --to TIME          flows that started before TIME
                      TIME: RFC 3339 (2026-01-01T12:00:00Z), ns since the epoch, or an age
@@ -187,7 +189,7 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
  * @param io where results and diagnostics go; standard output and error by default
  * @returns the exit code: 0 on success, 2 for bad arguments, 1 when the database cannot be read
  */
-export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promise<number> {
+export async function runQuery(args: string[], io: QueryOutput = consoleOutput): Promise<number> {
   let values;
   try {
     ({ values } = parseArgs({
@@ -196,6 +198,7 @@ export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promi
       allowPositionals: false,
       options: {
         db: { type: "string", default: DEFAULT_DB_PATH },
+        clickhouse: { type: "string" },
         from: { type: "string" },
         to: { type: "string" },
         workload: { type: "string" },
@@ -209,34 +212,39 @@ export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promi
     }));
   } catch (error) {
     io.err(`${(error as Error).message} (see flowexporter query --help)`);
-    return Promise.resolve(2);
+    return 2;
   }
   if (values.help) {
     for (const line of HELP.trimEnd().split("\n")) io.out(line);
-    return Promise.resolve(0);
+    return 0;
   }
   if (values.format !== "table" && values.format !== "json") {
     io.err(`Invalid format ${JSON.stringify(values.format)}: use table or json`);
-    return Promise.resolve(2);
+    return 2;
   }
   let filter: FlowFilter;
   try {
     filter = parseFlowFilter(values, BigInt(Date.now()) * 1_000_000n);
   } catch (error) {
     io.err((error as Error).message);
-    return Promise.resolve(2);
+    return 2;
   }
   let flows: StoredFlow[];
   try {
-    using store = FlowStore.open(values.db, { readOnly: true });
-    flows = store.flows(filter);
+    if (values.clickhouse !== undefined) {
+      await using store = await ClickHouseStore.open(values.clickhouse, { readOnly: true });
+      flows = await store.flows(filter);
+    } else {
+      using store = FlowStore.open(values.db, { readOnly: true });
+      flows = store.flows(filter);
+    }
   } catch (error) {
     io.err((error as Error).message);
-    return Promise.resolve(1);
+    return 1;
   }
   if (values.format === "json") { for (const f of flows) io.out(formatStoredFlowJson(f)); }
   else for (const line of formatFlowTable(flows)) io.out(line);
-  return Promise.resolve(0);
+  return 0;
 }
 
 const consoleOutput: QueryOutput = {

@@ -11,6 +11,7 @@ import { ClickHouseStore } from "../collector/cluster/clickhouse_store.ts";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { STREAMS } from "../collector/cluster/streams.ts";
+import { runQuery } from "../collector/query.ts";
 import type { Logger } from "../lib/logger.ts";
 import { postBatch } from "./_batches.ts";
 import { CollectorProcess } from "./_collector.ts";
@@ -138,6 +139,20 @@ Deno.test({
       assert.equal((await res.json()).length, 500);
     });
 
+    await t.step("flowexporter query --clickhouse reads the cluster's flows", async () => {
+      const out: string[] = [];
+      const err: string[] = [];
+      const args = ["--clickhouse", cluster.clickhouseUrl, "--host", "host-2", "--limit", "0"];
+      const io = { out: (line: string) => out.push(line), err: (line: string) => err.push(line) };
+      assert.equal(await runQuery([...args, "--format", "json"], io), 0, err.join("\n"));
+      assert.equal(out.length, 500);
+      const first = JSON.parse(out[0]);
+      assert.deepEqual([first.host, first.remote_workload_id], ["host-2", "api"]);
+      out.length = 0;
+      assert.equal(await runQuery([...args, "--status", "pending"], io), 0);
+      assert.equal(out.length, 1, "the table's header only");
+    });
+
     await t.step("an address handed over from A to B is A's before and B's after", async () => {
       // The client's flows first: they wait for the owners' heartbeats, then settle.
       const client = testBatch("client", 1, [
@@ -226,6 +241,53 @@ Deno.test({
       const flows = await flowsOf(store, "host-7");
       assert.equal(flows.length, 20);
       assert.equal(new Set(flows.map((f) => f.cookie)).size, 20);
+    });
+
+    await t.step("late evidence of a second owner revokes an attribution", async () => {
+      const owner = (host: string, workload: string, fromS: number, toS: number) =>
+        testBatch(host, 1, [
+          recentFlow({
+            local: "10.50.0.5:9000",
+            remote: "10.51.0.1:50000",
+            workload,
+            startS: fromS,
+            endS: toS,
+            direction: "inbound",
+          }),
+        ]);
+      await postUntilStored(() => [nodes[0].url], owner("host-x", "workload-x", 50, 150));
+      const client = testBatch("client-2", 1, [
+        recentFlow({
+          local: "10.52.0.1:40000",
+          remote: "10.50.0.5:9000",
+          workload: "caller",
+          startS: 100,
+          endS: 101,
+        }),
+      ]);
+      await postUntilStored(() => [nodes[1].url], client);
+      const verdict = async () =>
+        (await flowsOf(store, "client-2")).map((f) => [f.attribution, f.remoteWorkloadId]);
+      await waitUntil("the flow attributed", async () => (await verdict()).length === 1);
+      assert.deepEqual(await verdict(), [["attributed", "workload-x"]]);
+      await postUntilStored(() => [nodes[1].url], owner("host-y", "workload-y", 90, 160));
+      await waitUntil("the attribution revoked", async () => {
+        const [[status]] = await verdict();
+        return status !== "attributed";
+      });
+      assert.deepEqual(await verdict(), [["ambiguous", null]]);
+    });
+
+    await t.step("without ClickHouse, reads get 503 and batches are still taken", async () => {
+      await cluster.killClickHouse();
+      const res = await fetch(`${nodes[0].url}/v1/flows?limit=1`);
+      assert.equal(res.status, 503);
+      assert.ok(Number(res.headers.get("retry-after")) > 0);
+      assert.match(await res.text(), /^Cannot read flows: /);
+      assert.equal(
+        (await postUntilStored(() => [nodes[1].url], hostBatch(9, 1, 5))).status,
+        "stored",
+      );
     });
 
     await t.step("a node answers 503 with Retry-After while NATS is down", async () => {

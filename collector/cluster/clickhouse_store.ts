@@ -21,7 +21,7 @@
  */
 
 import { Readable } from "node:stream";
-import { type ClickHouseClient, createClient } from "@clickhouse/client";
+import { type ClickHouseClient, ClickHouseLogLevel, createClient } from "@clickhouse/client";
 import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "../../lib/flow.ts";
 import { decodeFlowId, encodeFlowId, hasFlowId, NO_BOOT_ID } from "../../lib/flow_id.ts";
 import { formatIp, parseIp } from "../../lib/map_layout.ts";
@@ -70,14 +70,20 @@ export class ClickHouseStore implements AsyncDisposable {
   }
 
   /**
-   * Connects and creates the tables that are missing.
+   * Connects and, unless `readOnly`, creates the tables that are missing.
    *
    * @param url ClickHouse's HTTP interface, `http://host:8123` (user and password in the URL)
    * @throws {ClickHouseError} naming the URL when ClickHouse cannot be reached
    */
-  static async open(url: string): Promise<ClickHouseStore> {
-    const client = createClient({ url, request_timeout: 30_000 });
+  static async open(url: string, options: { readOnly?: boolean } = {}): Promise<ClickHouseStore> {
+    // Its own log is off: every failure reaches the caller as a ClickHouseError.
+    const client = createClient({
+      url,
+      request_timeout: 30_000,
+      log: { level: ClickHouseLogLevel.OFF },
+    });
     const store = new ClickHouseStore(client, url);
+    if (options.readOnly) return store;
     try {
       const schema = await Deno.readTextFile(CLICKHOUSE_SCHEMA_URL);
       for (const statement of sqlStatements(schema)) await store.#command(statement);
