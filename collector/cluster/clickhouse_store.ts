@@ -56,6 +56,8 @@ export class ClickHouseError extends Error {
   }
 }
 
+/** Rows per piece of an INSERT's body. */
+const ROWS_PER_CHUNK = 1000;
 /** Most revocation keys asked for in one statement. */
 const KEYS_PER_QUERY = 1000;
 
@@ -97,7 +99,7 @@ export class ClickHouseStore implements AsyncDisposable {
   /** Writes flows in one INSERT. */
   async insertFlows(rows: readonly FlowRow[]): Promise<void> {
     if (rows.length === 0) return;
-    await this.#insert("flows", rows.map(flowRowJson));
+    await this.#insert("flows", rows, flowRowJson);
   }
 
   /** Writes revocations in one INSERT. */
@@ -105,12 +107,12 @@ export class ClickHouseStore implements AsyncDisposable {
     if (revocations.length === 0) return;
     await this.#insert(
       "revocations",
-      revocations.map((r) =>
+      revocations,
+      (r) =>
         `{"key":${JSON.stringify(r.key)},"by_address":${r.byAddress ? 1 : 0},` +
         `"from_ns":${r.fromNs},"to_ns":${r.toNs},"server_ends_only":${
           r.serverEndsOnly ? 1 : 0
-        },"status":"${r.status}"}`
-      ),
+        },"status":"${r.status}"}`,
     );
   }
 
@@ -222,16 +224,23 @@ export class ClickHouseStore implements AsyncDisposable {
     });
   }
 
-  async #insert(table: string, lines: string[]): Promise<void> {
+  /** One INSERT of `items` as JSONEachRow, written as the request body streams. */
+  async #insert<T>(table: string, items: readonly T[], json: (item: T) => string): Promise<void> {
+    // Rows go out in chunks made as the request is sent: no body-sized string in memory.
+    function* chunks() {
+      for (let i = 0; i < items.length; i += ROWS_PER_CHUNK) {
+        yield items.slice(i, i + ROWS_PER_CHUNK).map(json).join("\n") + "\n";
+      }
+    }
     try {
       const result = await this.#client.exec({
         query: `INSERT INTO ${table} FORMAT JSONEachRow`,
-        values: Readable.from([lines.join("\n")]),
+        values: Readable.from(chunks()),
       });
       result.stream.resume();
       await new Promise((resolve) => result.stream.once("close", resolve));
     } catch (error) {
-      throw this.#error(`insert ${lines.length} rows into ${table}`, error);
+      throw this.#error(`insert ${items.length} rows into ${table}`, error);
     }
   }
 

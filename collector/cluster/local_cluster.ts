@@ -7,8 +7,8 @@
  *
  * A JetStream cluster needs a configured route; with ports picked at start, the nodes have
  * none to name. So a fourth, route-only `nats-server` (`seed`, no JetStream, no streams) starts
- * first and every node routes to it; the nodes then find each other through it. Killing any
- * JetStream node leaves the other two a quorum.
+ * first and every node routes to it; the nodes then find each other through it. It does not
+ * advertise itself to clients. Killing any JetStream node leaves the other two a quorum.
  *
  * Run as a script (`scripts/cluster.sh start`) it prints the URLs as shell variables and keeps
  * the servers until SIGINT or SIGTERM.
@@ -67,6 +67,8 @@ export interface LocalCluster extends AsyncDisposable {
   readonly natsUrls: string[];
   /** ClickHouse's HTTP interface, `http://127.0.0.1:PORT`. */
   readonly clickhouseUrl: string;
+  /** PIDs of the servers that run now, by name (`seed`, `n1`…, `clickhouse`), for CPU figures. */
+  pids(): Record<string, number>;
   /** Kills a JetStream node (SIGKILL) and waits for it to exit. */
   killNats(name: string): Promise<void>;
   /** Starts a killed JetStream node again on its data; it picks new ports. */
@@ -127,6 +129,9 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     },
     get clickhouseUrl() {
       return clickhouseUrl;
+    },
+    pids() {
+      return Object.fromEntries(processes.flatMap((p) => p.child ? [[p.name, p.child.pid]] : []));
     },
     async killNats(name) {
       const node = nodes.find((n) => n.name === name);
@@ -194,6 +199,8 @@ function natsConfig(name: string, dir: string, routes: string[], jetstream: bool
     "cluster {",
     "  name: flowexporter",
     "  listen: 127.0.0.1:-1",
+    // Clients must not learn the seed's address: it has no JetStream to answer them.
+    ...jetstream ? [] : ["  no_advertise: true"],
     ...routes.length > 0 ? [`  routes: [${routes.map((r) => `"${r}"`).join(", ")}]`] : [],
     "}",
     "",

@@ -22,7 +22,7 @@
  */
 
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
+import { type Consumer, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
 import { batchDecoder, type DecodedBatch } from "../../lib/wire.ts";
 import { errorText } from "../../lib/error_text.ts";
 import { Log } from "../../lib/log.ts";
@@ -51,7 +51,7 @@ import {
   encodeHeld,
   encodeRevocations,
 } from "./messages.ts";
-import { OwnershipReplica } from "./ownership_replica.ts";
+import { OwnershipReplica, STALL_MS } from "./ownership_replica.ts";
 import {
   CONSUMERS,
   DEFAULT_STREAM_SETTINGS,
@@ -83,6 +83,11 @@ export interface ClusterNodeOptions extends ServeOptions {
   holdRetryMs?: number;
   /** How long a publish may wait for JetStream's acknowledgement, ms. Default 5000. */
   publishTimeoutMs?: number;
+  /**
+   * The shared work this node takes besides ingest: attribution (and the hold), and the sink
+   * (with `clickhouseUrl`). Default both; the benchmark measures each stage alone.
+   */
+  work?: { attribution?: boolean; sink?: boolean };
 }
 
 /** Counters of one node, for metrics and for tests that wait on a condition. */
@@ -135,8 +140,8 @@ export interface ClusterNode extends AsyncDisposable {
 
 /** How long each step of closing a node may take. */
 const CLOSE_STEP_MS = 3000;
-/** Most entries one sink insert takes. */
-const SINK_BATCH = 512;
+/** Most entries (batches) one sink insert takes. */
+const SINK_BATCH = 128;
 
 /**
  * Connects to NATS (and ClickHouse), creates missing streams and consumers, and starts serving.
@@ -315,7 +320,12 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     const attributeBatch = async (m: JsMsg) => {
       const body = { bytes: m.data, encoding: m.headers?.get(HEADERS.encoding) || null };
       const receivedNs = BigInt(m.headers?.get(HEADERS.receivedNs) || `${now()}`);
-      await replica.waitFor(Number(m.headers?.get(HEADERS.ownershipSeq) || 0));
+      const ownershipSeq = Number(m.headers?.get(HEADERS.ownershipSeq) || 0);
+      if (!await replica.waitFor(ownershipSeq, STALL_MS)) {
+        throw new Error(
+          `the ownership map has entry ${replica.applied}, the batch needs ${ownershipSeq}`,
+        );
+      }
       const batch = await decodeBody(body);
       const host = batch.header.host.hostname;
       const id = `${host}:${batch.header.sequence}`;
@@ -407,37 +417,49 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       batchSize: number,
     ) => {
       loops.push((async () => {
+        let consumer: Consumer | undefined;
         while (!stopping) {
+          const messages: JsMsg[] = [];
           try {
-            const consumer = await js.consumers.get(stream, consumerName);
+            consumer ??= await js.consumers.get(stream, consumerName);
             const batch = await consumer.fetch({ max_messages: batchSize, expires: 1000 });
-            const messages: JsMsg[] = [];
             for await (const m of batch) messages.push(m);
-            if (messages.length > 0 && !stopping) await handle(messages);
           } catch (error) {
-            if (stopping) break;
-            log("warn", `Consumer ${consumerName}: ${errorText(error)} (retrying)`);
+            // A pull cut short (missed heartbeats while this node was busy, a server lost):
+            // what did arrive is handled below, and the next pull starts afresh.
+            consumer = undefined;
+            if (!stopping) log("warn", `Consumer ${consumerName}: ${errorText(error)} (retrying)`);
+          }
+          if (stopping) {
+            for (const m of messages) m.nak();
+          } else if (messages.length > 0) {
+            await handle(messages);
+          } else if (consumer === undefined) {
             await new Promise((resolve) => setTimeout(resolve, 500));
           }
         }
       })());
     };
-    /** Handles entries one by one; one that fails is redelivered after a pause. */
+    /**
+     * Handles a pull's entries concurrently (their CPU work runs one after the other, their
+     * publishes overlap); one that fails is redelivered after a pause.
+     */
     const each = (handle: (m: JsMsg) => Promise<void>, what: string) => async (ms: JsMsg[]) => {
-      for (const m of ms) {
+      await Promise.all(ms.map(async (m) => {
         try {
           await handle(m);
         } catch (error) {
           log("warn", `Cannot ${what} entry ${m.seq}: ${errorText(error)} (redelivered)`);
           m.nak(1000);
         }
-      }
+      }));
     };
 
     replica.caughtUp.then(() => {
       if (stopping) return;
       stats.caughtUp = true;
       log("info", `Node ${name} has read the ownership log (${replica.applied} entries)`);
+      if (options.work?.attribution === false) return;
       runLoop(
         CONSUMERS.attribution.name,
         CONSUMERS.attribution.stream,
@@ -446,7 +468,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       );
       runLoop(CONSUMERS.hold.name, CONSUMERS.hold.stream, each(settleHeld, "settle"), 64);
     });
-    if (store !== undefined) {
+    if (store !== undefined && options.work?.sink !== false) {
       runLoop(CONSUMERS.sink.name, CONSUMERS.sink.stream, async (ms) => {
         try {
           await sinkEntries(ms);

@@ -8,7 +8,12 @@
  * @module
  */
 
-import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import {
+  type ConsumerMessages,
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
 import { errorText } from "../../lib/error_text.ts";
 import type { Logger } from "../../lib/logger.ts";
 import { Attributor, type AttributorOptions, type Revocation } from "../attributor.ts";
@@ -25,6 +30,9 @@ export interface ReplicaOptions extends AttributorOptions {
   now: () => bigint;
 }
 
+/** How long the reader may keep an entry that exists waiting before it is started again. */
+export const STALL_MS = 10_000;
+
 interface Waiter {
   sequence: number;
   resolve(): void;
@@ -34,18 +42,23 @@ interface Waiter {
 export class OwnershipReplica {
   /** The map (and the attribution rules over it). */
   readonly attributor: Attributor;
-  /** Resolves once every entry that existed at start is applied. */
-  readonly caughtUp: Promise<void>;
+  /** Resolves true once every entry that existed at start is applied (false if closed first). */
+  readonly caughtUp: Promise<boolean>;
   readonly #options: ReplicaOptions;
   #applied = 0;
   #appliedAtMs = 0;
   #waiters: Waiter[] = [];
+  #messages?: ConsumerMessages;
   #stop?: () => Promise<void>;
 
   private constructor(options: ReplicaOptions, target: number) {
     this.#options = options;
     this.attributor = new Attributor(options);
-    this.caughtUp = this.waitFor(target);
+    this.caughtUp = (async () => {
+      // Each wait that times out restarts a stalled reader (see waitFor).
+      while (!await this.waitFor(target, STALL_MS)) if (this.#stop === undefined) return false;
+      return true;
+    })();
   }
 
   /** Starts reading the log; see {@linkcode caughtUp}. */
@@ -56,15 +69,33 @@ export class OwnershipReplica {
   ): Promise<OwnershipReplica> {
     const info = await jsm.streams.info(STREAMS.ownership);
     const replica = new OwnershipReplica(options, info.state.last_seq);
-    const consumer = await js.consumers.get(STREAMS.ownership);
-    const messages = await consumer.consume({ max_messages: 1024 });
+    let stopped = false;
+    // The ordered consumer follows the log across server failures; should its messages end
+    // or stall (see waitFor), a new one starts after the last entry applied.
     const reading = (async () => {
-      for await (const m of messages) replica.#apply(m.seq, m.data);
-    })().catch((error) => {
-      options.log("error", `Cannot read the ownership log: ${errorText(error)}`);
-    });
+      while (!stopped) {
+        try {
+          const consumer = await js.consumers.get(
+            STREAMS.ownership,
+            replica.#applied > 0
+              ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: replica.#applied + 1 }
+              : {},
+          );
+          const messages = await consumer.consume({ max_messages: 1024 });
+          replica.#messages = messages;
+          if (stopped) await messages.close();
+          for await (const m of messages) replica.#apply(m.seq, m.data);
+        } catch (error) {
+          if (!stopped) {
+            options.log("warn", `Cannot read the ownership log: ${errorText(error)} (retrying)`);
+          }
+        }
+        if (!stopped) await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    })();
     replica.#stop = async () => {
-      await messages.close();
+      stopped = true;
+      await replica.#messages?.close();
       await reading;
     };
     return replica;
@@ -80,11 +111,33 @@ export class OwnershipReplica {
     return this.#appliedAtMs === 0 ? Infinity : Date.now() - this.#appliedAtMs;
   }
 
-  /** Resolves once the entry with stream sequence `sequence` (and all before) is applied. */
-  waitFor(sequence: number): Promise<void> {
-    if (sequence <= this.#applied) return Promise.resolve();
-    const { promise, resolve } = Promise.withResolvers<void>();
-    this.#waiters.push({ sequence, resolve });
+  /**
+   * Resolves once the entry with stream sequence `sequence` (and all before) is applied; with
+   * `timeoutMs`, resolves false if that takes longer.
+   */
+  waitFor(sequence: number, timeoutMs = Infinity): Promise<boolean> {
+    if (sequence <= this.#applied) return Promise.resolve(true);
+    const { promise, resolve } = Promise.withResolvers<boolean>();
+    const waiter: Waiter = { sequence, resolve: () => resolve(true) };
+    this.#waiters.push(waiter);
+    if (Number.isFinite(timeoutMs)) {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        resolve(false);
+        // An entry that exists did not arrive in time: the reader may be stuck on a consumer
+        // a lost server held (seen after killing a stream leader). Start a new one.
+        const messages = this.#messages;
+        this.#messages = undefined;
+        if (messages !== undefined) {
+          this.#options.log(
+            "warn",
+            `Ownership log reader stalled at entry ${this.#applied}: starting it again`,
+          );
+          messages.close().catch(() => {});
+        }
+      }, timeoutMs);
+      promise.then(() => clearTimeout(timer));
+    }
     return promise;
   }
 
