@@ -364,7 +364,7 @@ Deno.test({
       "every acknowledged flow in ClickHouse",
       async () => (stored = await store.countFlows()) >= expected,
       180_000,
-    ).catch(async (error) => {
+    ).catch((error) => {
       const lines = processes[1].stderrLines.filter((l) => !l.includes("Collector busy"));
       throw new Error(
         `${error.message}: ${stored} of ${expected} flows stored; the node left said:\n${
