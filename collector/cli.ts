@@ -22,6 +22,8 @@ import {
 import { COLLECTOR_OPTIONS_HELP, COLLECTOR_SCHEMA } from "./config.ts";
 import { startCollector } from "./server.ts";
 import { startClusterNode } from "./cluster/node.ts";
+import { checkCluster } from "./cluster/check.ts";
+import type { StreamSettings } from "./cluster/streams.ts";
 
 /** The `--help` text of `flowexporter collector`. */
 export const COLLECTOR_HELP = `Usage: flowexporter collector [options]
@@ -33,6 +35,8 @@ flow to a workload from the other hosts' heartbeats, and stores them in SQLite. 
 
 "check" prints the effective configuration as JSON instead: each option's value and where it
 came from (flag, env, file or default). Exit status: 0 valid, 2 invalid (one line on stderr).
+With --nats it also checks the cluster: NATS, the streams and consumers, and ClickHouse (one
+line on stderr per problem; exit status 1 if there is any).
 
 ${COLLECTOR_OPTIONS_HELP}`;
 
@@ -56,7 +60,18 @@ export async function runCollector(
 ): Promise<number> {
   const help = COLLECTOR_HELP;
   if (args[0] === "check") {
-    return checkOptions(COLLECTOR_SCHEMA, { args: args.slice(1), env, readFile, out, help });
+    const run = { args: args.slice(1), env, readFile, out, help };
+    const code = checkOptions(COLLECTOR_SCHEMA, run);
+    const loaded = code === 0 ? loadOptionsOrExit(COLLECTOR_SCHEMA, run) : code;
+    if (typeof loaded === "number" || loaded.values.nats.length === 0) return code;
+    const problems = await checkCluster({
+      natsServers: loaded.values.nats,
+      clickhouseUrl: loaded.values.clickhouseUrl,
+      streams: streamSettings(loaded.values),
+    });
+    for (const problem of problems) out.stderr(problem);
+    if (problems.length === 0) out.stderr("Cluster: streams, consumers and store as expected");
+    return problems.length === 0 ? 0 : 1;
   }
   const config = loadOptionsOrExit(COLLECTOR_SCHEMA, { args, env, readFile, out, help });
   if (typeof config === "number") return config;
@@ -95,10 +110,7 @@ export async function runCollector(
         natsServers: [...v.nats],
         clickhouseUrl: v.clickhouseUrl,
         nodeName: `${Deno.hostname()}:${Deno.pid}`,
-        streams: {
-          replicas: v.natsReplicas,
-          duplicateWindowSeconds: v.natsDedupWindowSeconds,
-        },
+        streams: streamSettings(v),
         holdRetryMs: v.holdRetryMs,
       });
   } catch (error) {
@@ -123,4 +135,15 @@ export async function runCollector(
   log.info("collector stopping", { signal });
   await collector.close();
   return 0;
+}
+
+/** The stream settings the collector options set. */
+function streamSettings(
+  v: { natsReplicas: number; natsDedupWindowSeconds: number; retentionSeconds: number },
+): Partial<StreamSettings> {
+  return {
+    replicas: v.natsReplicas,
+    duplicateWindowSeconds: v.natsDedupWindowSeconds,
+    retentionSeconds: v.retentionSeconds,
+  };
 }

@@ -5,7 +5,8 @@
  *   (same host, sequence and content) answers 200 without storing it again;
  * - `GET /v1/flows`: stored flows as a JSON array, with the filters of `flowexporter query`
  *   (`from`, `to`, `workload`, `ip`, `host`, `status`, `limit`);
- * - `GET /healthz`: `ok`.
+ * - `GET /healthz`: `ok`;
+ * - `GET /metrics`: a cluster node's figures (collector/cluster/node.ts), Prometheus text.
  *
  * Refusals carry one line of text: 400 malformed gzip, CBOR or schema; 401 missing or wrong
  * bearer token (when a token is configured); 403 flows asked for without a token on an address
@@ -55,6 +56,7 @@ import {
 import type { Logger } from "../lib/logger.ts";
 import { Log } from "../lib/log.ts";
 import { printable } from "../lib/printable.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import { errorText } from "../lib/error_text.ts";
 import { BodyBudget, decodeContent, HttpError, readBoundedBody } from "./_http_body.ts";
 import { BatchConflictError, batchDigest, Ingestor, type IngestResult } from "./ingest.ts";
@@ -181,6 +183,8 @@ export interface CollectorBackend {
   flows(filter: FlowFilter): StoredFlow[] | Promise<StoredFlow[]>;
   /** Periodic work, every `tickMs`. */
   tick(): void;
+  /** Its figures in the Prometheus text format, served at `GET /metrics` when present. */
+  metrics?(): Promise<string>;
   /** Called once the server has stopped. */
   close(): void | Promise<void>;
 }
@@ -472,6 +476,14 @@ function route(
   if (path === "/v1/batches") {
     allow(request, "POST");
     return { status: 0, body: "", headers: {} };
+  }
+  if (path === "/metrics" && backend.metrics !== undefined) {
+    allow(request, "GET");
+    return backend.metrics().then((body) => ({
+      status: 200,
+      body,
+      headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+    }));
   }
   if (path === "/v1/flows") {
     allow(request, "GET");

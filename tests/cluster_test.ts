@@ -12,6 +12,8 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { STREAMS } from "../collector/cluster/streams.ts";
 import { runQuery } from "../collector/query.ts";
+import { runCollector } from "../collector/cli.ts";
+import { NO_FILES } from "./_option_files.ts";
 import type { Logger } from "../lib/logger.ts";
 import { postBatch } from "./_batches.ts";
 import { CollectorProcess } from "./_collector.ts";
@@ -219,6 +221,49 @@ Deno.test({
         workload: "workload-b",
       });
     });
+
+    await t.step("each node serves its figures at /metrics", async () => {
+      const res = await fetch(`${nodes[0].url}/metrics`);
+      assert.equal(res.status, 200);
+      const text = await res.text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+      assert.equal(value("flowexporter_cluster_batches_in_total"), nodes[0].stats().batchesIn);
+      assert.equal(value("flowexporter_cluster_caught_up"), 1);
+      assert.ok(value("flowexporter_cluster_map_ranges") > 0);
+      for (const consumer of ["attribution", "hold", "clickhouse"]) {
+        const lag = value(`flowexporter_cluster_consumer_lag\\{consumer="${consumer}"\\}`);
+        assert.ok(Number.isInteger(lag) && lag >= 0, `${consumer} lag ${lag}`);
+      }
+    });
+
+    await t.step(
+      "collector check --nats finds the streams as nodes need them, or says what differs",
+      async () => {
+        const stderr: string[] = [];
+        const out = { stdout: () => {}, stderr: (line: string) => stderr.push(line) };
+        const args = [
+          "check",
+          ...["--nats", cluster.natsUrls.join(","), "--clickhouse-url", cluster.clickhouseUrl],
+          ...["--nats-dedup-window-seconds", String(DEDUP_WINDOW_SECONDS)],
+        ];
+        assert.equal(await runCollector(args, {}, NO_FILES, out), 0, stderr.join("\n"));
+        assert.deepEqual(stderr, ["Cluster: streams, consumers and store as expected"]);
+        const nc = await connect({ servers: cluster.natsUrls });
+        try {
+          const jsm = await jetstreamManager(nc);
+          const { config } = await jsm.streams.info(STREAMS.ownership);
+          await jsm.streams.update(STREAMS.ownership, { ...config, max_age: 60_000_000_000 });
+          stderr.length = 0;
+          assert.equal(await runCollector(args, {}, NO_FILES, out), 1);
+          assert.deepEqual(stderr, [
+            "Stream FLOW_OWNERSHIP keeps ownership 60 s, less than the retention 3600 s: a restarted node would rebuild less than the others know",
+          ]);
+          await jsm.streams.update(STREAMS.ownership, config);
+        } finally {
+          await nc.close();
+        }
+      },
+    );
 
     await t.step("a batch replayed after the deduplication window is stored once", async () => {
       const batch = hostBatch(7, 1, 20);

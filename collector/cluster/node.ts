@@ -28,6 +28,7 @@ import { errorText } from "../../lib/error_text.ts";
 import { Log } from "../../lib/log.ts";
 import type { Logger } from "../../lib/logger.ts";
 import { printable } from "../../lib/printable.ts";
+import { MetricsRegistry } from "../../lib/metrics.ts";
 import { decodeContent, HttpError } from "../_http_body.ts";
 import { ipKey } from "../_keys.ts";
 import type { Verdict } from "../attributor.ts";
@@ -237,6 +238,20 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     });
     closers.push(["the ownership log reader", () => replica.close()]);
     const attributor = replica.attributor;
+    const nodeStats = (): ClusterNodeStats => ({
+      ...stats,
+      ownershipApplied: replica.applied,
+      mapRanges: attributor.ownership.size,
+      mapAgeMs: replica.ageMs,
+    });
+    const lag = async (): Promise<Record<string, number>> => {
+      const out: Record<string, number> = {};
+      for (const { stream, name: consumer } of Object.values(CONSUMERS)) {
+        const info = await jsm.consumers.info(stream, consumer);
+        out[consumer] = info.num_pending + info.num_ack_pending;
+      }
+      return out;
+    };
 
     /** Publishes with JetStream's acknowledgement, or throws 503. */
     const publish = async (
@@ -310,6 +325,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         }
       },
       tick: () => replica.prune(),
+      metrics: async () => renderMetrics(nodeStats(), await lag().catch(() => ({}))),
       close: () => {},
     };
 
@@ -502,20 +518,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       name,
       replica,
       store,
-      stats: () => ({
-        ...stats,
-        ownershipApplied: replica.applied,
-        mapRanges: attributor.ownership.size,
-        mapAgeMs: replica.ageMs,
-      }),
-      async lag() {
-        const out: Record<string, number> = {};
-        for (const { stream, name: consumer } of Object.values(CONSUMERS)) {
-          const info = await jsm.consumers.info(stream, consumer);
-          out[consumer] = info.num_pending + info.num_ack_pending;
-        }
-        return out;
-      },
+      stats: nodeStats,
+      lag,
       close,
       [Symbol.asyncDispose]: close,
     };
@@ -527,4 +531,37 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
 
 function seconds(s: number): bigint {
   return BigInt(Math.round(s * 1e9));
+}
+
+/** A node's figures in the Prometheus text format (`GET /metrics`). */
+function renderMetrics(stats: ClusterNodeStats, lag: Record<string, number>): string {
+  const registry = new MetricsRegistry();
+  const prefix = "flowexporter_cluster_";
+  const counters: [keyof ClusterNodeStats, string, string][] = [
+    ["batchesIn", "batches_in_total", "Batches acknowledged to agents, repeats included."],
+    ["batchesRepeated", "batches_repeated_total", "Batches JetStream already had."],
+    ["batchesRefused", "batches_refused_total", "Batches refused with 503: JetStream unavailable."],
+    ["batchesAttributed", "batches_attributed_total", "Batches this node attributed."],
+    ["heldSettled", "held_settled_total", "Held batches this node settled."],
+    ["heldRetried", "held_retried_total", "Held batches this node put back to wait."],
+    ["sinkRows", "sink_rows_total", "Flows this node inserted into ClickHouse."],
+    ["sinkErrors", "sink_errors_total", "Failed ClickHouse inserts (redelivered)."],
+  ];
+  for (const [key, name, help] of counters) {
+    registry.counter(prefix + name, help).add(Number(stats[key]));
+  }
+  registry.gauge(prefix + "ownership_applied", "Last ownership log entry applied.")
+    .set(stats.ownershipApplied);
+  registry.gauge(prefix + "map_ranges", "Ranges in the ownership map.").set(stats.mapRanges);
+  registry.gauge(prefix + "map_age_seconds", "Seconds since the last ownership entry applied.")
+    .set(Number.isFinite(stats.mapAgeMs) ? stats.mapAgeMs / 1000 : -1);
+  registry.gauge(prefix + "caught_up", "1 once the node has read the ownership log.")
+    .set(stats.caughtUp ? 1 : 0);
+  const consumerLag = registry.gauge(
+    prefix + "consumer_lag",
+    "Entries not yet handled by a shared consumer (attribution: batches; hold: held batches; clickhouse: sink).",
+    ["consumer"],
+  );
+  for (const [consumer, n] of Object.entries(lag)) consumerLag.labels(consumer).set(n);
+  return registry.render();
 }
