@@ -3,7 +3,7 @@
  * ClickHouse on loopback, collector/cluster/local_cluster.ts), replaying synthetic batches from
  * many hosts whose workloads call each other's servers.
  *
- *   deno run -A bench/cluster_bench.ts [--hosts 1000] [--batches-per-host 2] [--flows 100]
+ *   deno run -A bench/cluster_bench.ts [--hosts 1000] [--batches-per-host 2] [--flows 200]
  *     [--reps 2] [--in-flight 8]
  *
  * For 1 and then 2 collector nodes (each a process of its own, bench/_cluster_node.ts), each
@@ -40,7 +40,7 @@ const { values } = parseArgs({
   options: {
     hosts: { type: "string", default: "1000" },
     "batches-per-host": { type: "string", default: "2" },
-    flows: { type: "string", default: "100" },
+    flows: { type: "string", default: "200" },
     reps: { type: "string", default: "2" },
     "in-flight": { type: "string", default: "8" },
   },
@@ -65,6 +65,8 @@ function flow(
   startNs: bigint,
   inbound: boolean,
 ): FlowRecord {
+  const i = Number(cookie);
+  const sent = 100 + (i * 7919) % 100_000;
   return {
     bootId: BOOT_ID,
     cookie: cookie++,
@@ -79,19 +81,19 @@ function flow(
     tEndNs: startNs + 2_000_000_000n,
     seeded: false,
     direction: inbound ? "inbound" : "outbound",
-    closeState: "FIN_WAIT2",
+    closeState: inbound ? "LAST_ACK" : "FIN_WAIT2",
     end: "normal",
     error: 0,
-    bytesSent: 1200,
+    bytesSent: sent,
     bytesRetrans: 0,
-    bytesAcked: 1200,
-    bytesReceived: 5400,
-    segsOut: 9,
-    segsIn: 11,
+    bytesAcked: sent,
+    bytesReceived: 60 + (i * 104_729) % 1_000_000,
+    segsOut: 2 + i % 90,
+    segsIn: 2 + i % 70,
     totalRetrans: 0,
-    srttUs: 250,
-    minRttUs: 120,
-    delivered: 5,
+    srttUs: 80 + i % 4000,
+    minRttUs: 40 + i % 2000,
+    delivered: 1 + i % 80,
     lost: 0,
   };
 }

@@ -22,12 +22,12 @@
 
 import { Readable } from "node:stream";
 import { type ClickHouseClient, ClickHouseLogLevel, createClient } from "@clickhouse/client";
-import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "../../lib/flow.ts";
-import { decodeFlowId, encodeFlowId, hasFlowId, NO_BOOT_ID } from "../../lib/flow_id.ts";
-import { formatIp, parseIp } from "../../lib/map_layout.ts";
+import type { FlowRecord } from "../../lib/flow.ts";
+import { encodeFlowId, hasFlowId, NO_BOOT_ID } from "../../lib/flow_id.ts";
+import { formatIp } from "../../lib/map_layout.ts";
 import { errorText } from "../../lib/error_text.ts";
-import type { AttributionStatus, Revocation, Verdict } from "../attributor.ts";
-import type { FlowFilter, StoredFlow } from "../store.ts";
+import type { Revocation, Verdict } from "../attributor.ts";
+import { type FlowFilter, type StoredFlow, toStoredFlow } from "../store.ts";
 
 /** The SQL of the tables, one source: `schema/clickhouse.sql`. */
 export const CLICKHOUSE_SCHEMA_URL = new URL("../../schema/clickhouse.sql", import.meta.url);
@@ -148,7 +148,7 @@ export class ClickHouseStore implements AsyncDisposable {
         `SELECT * FROM flows FINAL ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ` +
           `ORDER BY t_start_ns, hostname, flow_key LIMIT ${offset}, ${page}`,
       );
-      const flows = await this.#revoked(rows.map(toStoredFlow));
+      const flows = await this.#revoked(rows.map(toFlow));
       for (const flow of flows) {
         if (status !== undefined && flow.attribution !== status) continue;
         if (
@@ -307,46 +307,19 @@ function flowRowJson(r: FlowRow): string {
     `"received_ns":${r.receivedNs}}`;
 }
 
-/** A row of `flows` (64-bit integers arrive quoted) as a stored flow. */
-function toStoredFlow(r: Record<string, unknown>): StoredFlowWithKeys {
-  const { bootId, cookie } = r.flow_id === null
-    ? { bootId: NO_BOOT_ID, cookie: 0n }
-    : decodeFlowId(unhex(r.flow_id as string));
-  const n = (v: unknown) => Number(v);
+/** A row of `flows` (64-bit integers arrive quoted) as a stored flow, through the SQLite row's. */
+function toFlow(r: Record<string, unknown>): StoredFlowWithKeys {
+  const flow = toStoredFlow({
+    ...r,
+    id: r.flow_index,
+    flow_id: r.flow_id === null ? null : unhex(r.flow_id as string),
+    t_start_ns: BigInt(r.t_start_ns as string),
+    t_end_ns: BigInt(r.t_end_ns as string),
+    received_ns: BigInt(r.received_ns as string),
+    seeded: BigInt(r.seeded as number),
+  }, NO_BOOT_ID);
   return {
-    id: n(r.flow_index),
-    hostname: r.hostname as string,
-    batchSequence: n(r.batch_sequence),
-    bootId,
-    cookie,
-    family: n(r.family) as 4 | 6,
-    localIp: parseIp(r.local_ip as string),
-    localPort: n(r.local_port),
-    remoteIp: parseIp(r.remote_ip as string),
-    remotePort: n(r.remote_port),
-    localWorkloadId: r.local_workload_id as string,
-    identitySource: r.identity_source as IdentitySource,
-    tStartNs: BigInt(r.t_start_ns as string),
-    tEndNs: BigInt(r.t_end_ns as string),
-    seeded: n(r.seeded) === 1,
-    direction: r.direction as Direction,
-    closeState: r.close_state as string,
-    end: r.flow_end as FlowEnd,
-    error: n(r.error),
-    bytesSent: n(r.bytes_sent),
-    bytesRetrans: n(r.bytes_retrans ?? 0),
-    bytesAcked: n(r.bytes_acked),
-    bytesReceived: n(r.bytes_received),
-    segsOut: n(r.segs_out),
-    segsIn: n(r.segs_in),
-    totalRetrans: n(r.total_retrans),
-    srttUs: n(r.srtt_us),
-    minRttUs: n(r.min_rtt_us),
-    delivered: n(r.delivered),
-    lost: n(r.lost),
-    remoteWorkloadId: (r.remote_workload_id as string | null) ?? null,
-    attribution: r.attribution as AttributionStatus,
-    receivedNs: BigInt(r.received_ns as string),
+    ...flow,
     ownerKey: (r.owner_key as string | null) ?? "",
     remoteKey: r.remote_key as string,
   };

@@ -86,33 +86,18 @@ export function decodeHeartbeats(bytes: Uint8Array): Heartbeats {
 
 /** A held entry's bytes. */
 export function encodeHeld(entry: HeldEntry): Uint8Array {
-  return cbor.encoder.encode({
-    v: ENTRY_VERSION,
-    body: entry.body.bytes,
-    encoding: entry.body.encoding,
-    receivedNs: `${entry.receivedNs}`,
-    indexes: entry.indexes,
-  });
+  return cbor.encoder.encode(heldFields(entry));
 }
 
 /** A held entry from its bytes. */
 export function decodeHeld(bytes: Uint8Array): HeldEntry {
-  const entry = parseCbor(bytes, "held");
-  return {
-    body: { bytes: entry.body as Uint8Array, encoding: entry.encoding as string | null },
-    receivedNs: BigInt(entry.receivedNs as string),
-    indexes: entry.indexes as number[],
-  };
+  return fromHeldFields(parseCbor(bytes, "held"));
 }
 
 /** An attributed entry's bytes; verdicts as `[status, workload, owner key]`. */
 export function encodeAttributed(entry: AttributedEntry): Uint8Array {
   return cbor.encoder.encode({
-    v: ENTRY_VERSION,
-    body: entry.body.bytes,
-    encoding: entry.body.encoding,
-    receivedNs: `${entry.receivedNs}`,
-    indexes: entry.indexes,
+    ...heldFields(entry),
     version: entry.version,
     verdicts: entry.verdicts.map((v) => [v.status, v.workload ?? null, v.ownerKey ?? null]),
   });
@@ -122,13 +107,30 @@ export function encodeAttributed(entry: AttributedEntry): Uint8Array {
 export function decodeAttributed(bytes: Uint8Array): AttributedEntry {
   const entry = parseCbor(bytes, "attributed");
   return {
-    body: { bytes: entry.body as Uint8Array, encoding: entry.encoding as string | null },
-    receivedNs: BigInt(entry.receivedNs as string),
-    indexes: entry.indexes as number[],
+    ...fromHeldFields(entry),
     version: entry.version as 0 | 1,
     verdicts: (entry.verdicts as [Verdict["status"], string | null, string | null][]).map((
       [status, workload, ownerKey],
     ) => (workload === null ? { status } : { status, workload, ownerKey: ownerKey! })),
+  };
+}
+
+/** The fields held and attributed entries share, as encoded. */
+function heldFields(entry: HeldEntry): Record<string, unknown> {
+  return {
+    v: ENTRY_VERSION,
+    body: entry.body.bytes,
+    encoding: entry.body.encoding,
+    receivedNs: `${entry.receivedNs}`,
+    indexes: entry.indexes,
+  };
+}
+
+function fromHeldFields(entry: Record<string, unknown>): HeldEntry {
+  return {
+    body: { bytes: entry.body as Uint8Array, encoding: entry.encoding as string | null },
+    receivedNs: BigInt(entry.receivedNs as string),
+    indexes: entry.indexes as number[],
   };
 }
 

@@ -101,36 +101,25 @@ export function streamConfigs(
     max_msg_size: settings.maxMessageBytes,
     discard: DiscardPolicy.Old,
   };
-  return [
-    {
-      ...common,
-      name: STREAMS.batches,
-      subjects: [SUBJECTS.batches],
-      retention: RetentionPolicy.Workqueue,
-      max_age: settings.maxAgeSeconds * NS_PER_S,
-    },
-    {
-      ...common,
-      name: STREAMS.ownership,
-      subjects: [SUBJECTS.ownership],
-      retention: RetentionPolicy.Limits,
-      max_age: settings.retentionSeconds * NS_PER_S,
-    },
-    {
-      ...common,
-      name: STREAMS.held,
-      subjects: [SUBJECTS.held],
-      retention: RetentionPolicy.Workqueue,
-      max_age: settings.maxAgeSeconds * NS_PER_S,
-    },
-    {
-      ...common,
-      name: STREAMS.output,
-      subjects: [SUBJECTS.flows, SUBJECTS.revocations],
-      retention: RetentionPolicy.Limits,
-      max_age: settings.maxAgeSeconds * NS_PER_S,
-    },
+  const day = settings.maxAgeSeconds * NS_PER_S;
+  const streams: [string, string[], RetentionPolicy, number][] = [
+    [STREAMS.batches, [SUBJECTS.batches], RetentionPolicy.Workqueue, day],
+    [
+      STREAMS.ownership,
+      [SUBJECTS.ownership],
+      RetentionPolicy.Limits,
+      settings.retentionSeconds * NS_PER_S,
+    ],
+    [STREAMS.held, [SUBJECTS.held], RetentionPolicy.Workqueue, day],
+    [STREAMS.output, [SUBJECTS.flows, SUBJECTS.revocations], RetentionPolicy.Limits, day],
   ];
+  return streams.map(([name, subjects, retention, max_age]) => ({
+    ...common,
+    name,
+    subjects,
+    retention,
+    max_age,
+  }));
 }
 
 /** The configuration every durable consumer must have. */
