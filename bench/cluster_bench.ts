@@ -256,10 +256,10 @@ async function measure(nodes: NodeProcess[], body: () => Promise<void>): Promise
 
 const batches = makeBatches();
 const expected = batches.flows;
+const bodyBytes = [...batches.heartbeats, ...batches.traffic].reduce((n, b) => n + b.length, 0);
 console.error(
-  `${hosts} hosts, ${
-    batches.heartbeats.length + batches.traffic.length
-  } batches, ${expected} flows`,
+  `${hosts} hosts, ${batches.heartbeats.length + batches.traffic.length} batches, ${expected} ` +
+    `flows, ${bodyBytes} bytes compressed (${(bodyBytes / expected).toFixed(1)} per flow)`,
 );
 const rows: string[][] = [];
 const perK = (t: number) => (t / hz * 1000 / (expected / 1000)).toFixed(1);
