@@ -159,7 +159,7 @@ function parseJson(bytes: Uint8Array, kind: string): Record<string, unknown> {
   try {
     entry = JSON.parse(text.decoder.decode(bytes));
   } catch (error) {
-    throw new EntryError(`Cannot read a ${kind} entry: ${(error as Error).message}`);
+    throw new EntryError(`Cannot read ${article(kind)} entry: ${(error as Error).message}`);
   }
   return checked(entry, kind);
 }
@@ -169,7 +169,7 @@ function parseCbor(bytes: Uint8Array, kind: string): Record<string, unknown> {
   try {
     entry = cbor.decoder.decode(bytes);
   } catch (error) {
-    throw new EntryError(`Cannot read a ${kind} entry: ${(error as Error).message}`);
+    throw new EntryError(`Cannot read ${article(kind)} entry: ${(error as Error).message}`);
   }
   return checked(entry, kind);
 }
@@ -177,10 +177,15 @@ function parseCbor(bytes: Uint8Array, kind: string): Record<string, unknown> {
 function checked(entry: Record<string, unknown>, kind: string): Record<string, unknown> {
   if (entry === null || typeof entry !== "object" || entry.v !== ENTRY_VERSION) {
     throw new EntryError(
-      `Cannot read a ${kind} entry of version ${
+      `Cannot read ${article(kind)} entry of version ${
         JSON.stringify((entry as { v?: unknown } | null)?.v)
       }: this node reads version ${ENTRY_VERSION} (upgrade it)`,
     );
   }
   return entry;
+}
+
+/** `an ownership`, `a held`: the kind with its article. */
+function article(kind: string): string {
+  return `${/^[aeiou]/.test(kind) ? "an" : "a"} ${kind}`;
 }

@@ -23,7 +23,7 @@
 
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { type Consumer, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
-import { batchDecoder, type DecodedBatch } from "../../lib/wire.ts";
+import { batchDecoder, type DecodedBatch, WireFormatError } from "../../lib/wire.ts";
 import { errorText } from "../../lib/error_text.ts";
 import { Log } from "../../lib/log.ts";
 import type { Logger } from "../../lib/logger.ts";
@@ -31,7 +31,7 @@ import { printable } from "../../lib/printable.ts";
 import { MetricsRegistry } from "../../lib/metrics.ts";
 import { decodeContent, HttpError } from "../_http_body.ts";
 import { ipKey } from "../_keys.ts";
-import type { Verdict } from "../attributor.ts";
+import type { Revocation, Verdict } from "../attributor.ts";
 import type { IngestResult } from "../ingest.ts";
 import {
   type CollectorBackend,
@@ -51,6 +51,7 @@ import {
   encodeHeartbeats,
   encodeHeld,
   encodeRevocations,
+  EntryError,
 } from "./messages.ts";
 import { OwnershipReplica, STALL_MS } from "./ownership_replica.ts";
 import {
@@ -139,6 +140,8 @@ export interface ClusterNode extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** How long an entry of a newer version waits before it is offered to a node again. */
+const NEWER_ENTRY_DELAY_MS = 30_000;
 /** How long each step of closing a node may take. */
 const CLOSE_STEP_MS = 3000;
 /** Most entries (batches) one sink insert takes. */
@@ -220,8 +223,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       ? undefined
       : await ClickHouseStore.open(options.clickhouseUrl);
     if (store !== undefined) closers.push(["the ClickHouse client", () => store.close()]);
-    const publishRevocations = (sequence: number, revocations: readonly unknown[]) => {
-      js.publish(SUBJECTS.revocations, encodeRevocations({ revocations } as never), {
+    const publishRevocations = (sequence: number, revocations: readonly Revocation[]) => {
+      js.publish(SUBJECTS.revocations, encodeRevocations({ revocations }), {
         msgID: `revocations:${sequence}:${name}`,
       }).catch((error) =>
         log("error", `Cannot publish revocations of entry ${sequence}: ${errorText(error)}`)
@@ -465,8 +468,22 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         try {
           await handle(m);
         } catch (error) {
-          log("warn", `Cannot ${what} entry ${m.seq}: ${errorText(error)} (redelivered)`);
-          m.nak(1000);
+          // A batch that does not decode is dropped (ingest validated it: only a bug gets
+          // here); an entry of a newer version waits for a node that reads it; any other
+          // failure is tried again soon.
+          if (error instanceof WireFormatError) {
+            log("error", `Cannot ${what} entry ${m.seq}: ${errorText(error)} (dropped)`);
+            m.term();
+          } else if (error instanceof EntryError) {
+            log(
+              "warn",
+              `Cannot ${what} entry ${m.seq}: ${errorText(error)} (left for another node)`,
+            );
+            m.nak(NEWER_ENTRY_DELAY_MS);
+          } else {
+            log("warn", `Cannot ${what} entry ${m.seq}: ${errorText(error)} (redelivered)`);
+            m.nak(1000);
+          }
         }
       }));
     };
