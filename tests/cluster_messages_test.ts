@@ -4,17 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { Attributor } from "../collector/attributor.ts";
-import {
-  decodeAttributed,
-  decodeHeartbeats,
-  decodeHeld,
-  decodeRevocations,
-  encodeAttributed,
-  encodeHeartbeats,
-  encodeHeld,
-  encodeRevocations,
-  EntryError,
-} from "../collector/cluster/messages.ts";
+import * as entries from "../collector/cluster/messages.ts";
 import { batchBody, makeFlow, nsAt } from "./_batches.ts";
 
 Deno.test("a batch's heartbeats merge per key and workload, as observe() learns them", () => {
@@ -63,7 +53,7 @@ Deno.test("a batch's heartbeats merge per key and workload, as observe() learns 
   const observed = new Attributor({ mergeGapNs: 30_000_000_000n });
   observed.observe("node-a", flows);
   const learned = new Attributor({ mergeGapNs: 30_000_000_000n });
-  learned.learn(decodeHeartbeats(encodeHeartbeats(heartbeats)));
+  learned.learn(entries.decodeHeartbeats(entries.encodeHeartbeats(heartbeats)));
   for (const key of ["10.0.0.7", "[10.0.0.7]:8080", "[10.0.0.8]:9000", "10.0.0.9"]) {
     assert.deepEqual(learned.ownership.ranges(key), observed.ownership.ranges(key), key);
   }
@@ -73,7 +63,7 @@ Deno.test("a batch's heartbeats merge per key and workload, as observe() learns 
 Deno.test("held, attributed and revocations entries come back as they went", () => {
   const body = { bytes: batchBody("node-a", 7, []), encoding: "gzip" };
   const held = { body, receivedNs: nsAt(3), indexes: [0, 4] };
-  assert.deepEqual(decodeHeld(encodeHeld(held)), held);
+  assert.deepEqual(entries.decodeHeld(entries.encodeHeld(held)), held);
   const attributed = {
     ...held,
     version: 1 as const,
@@ -82,7 +72,7 @@ Deno.test("held, attributed and revocations entries come back as they went", () 
       { status: "unattributed" as const },
     ],
   };
-  assert.deepEqual(decodeAttributed(encodeAttributed(attributed)), attributed);
+  assert.deepEqual(entries.decodeAttributed(entries.encodeAttributed(attributed)), attributed);
   const revocations = {
     revocations: [{
       key: "10.0.0.9",
@@ -93,14 +83,14 @@ Deno.test("held, attributed and revocations entries come back as they went", () 
       status: "ambiguous" as const,
     }],
   };
-  assert.deepEqual(decodeRevocations(encodeRevocations(revocations)), revocations);
+  assert.deepEqual(entries.decodeRevocations(entries.encodeRevocations(revocations)), revocations);
 });
 
 Deno.test("an entry of another version is refused with what to do", () => {
   const newer = new TextEncoder().encode(JSON.stringify({ v: 2, r: [], s: [] }));
-  assert.throws(() => decodeHeartbeats(newer), {
-    name: EntryError.name,
+  assert.throws(() => entries.decodeHeartbeats(newer), {
+    name: entries.EntryError.name,
     message: "Cannot read an ownership entry of version 2: this node reads version 1 (upgrade it)",
   });
-  assert.throws(() => decodeHeld(new Uint8Array([0xff])), EntryError);
+  assert.throws(() => entries.decodeHeld(new Uint8Array([0xff])), entries.EntryError);
 });
