@@ -14,6 +14,7 @@ DENO_RUN_FLAGS := --allow-all
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
 	openssl iproute2 util-linux
 TEST_APT_PACKAGES := chromium
+CLUSTER_APT_PACKAGES := nats-server clickhouse-server
 
 BPF_TARGET_ARCH_amd64 := x86
 BPF_TARGET_ARCH_arm64 := arm64
@@ -35,7 +36,7 @@ Q := @
 msg := @printf '  %-8s %s\n' >&2
 endif
 
-.PHONY: all build run dev test fuzz bench tools deps check fmt clean
+.PHONY: all build run dev test fuzz bench tools deps cluster-deps check fmt clean
 all: build
 
 ## Host set-up -------------------------------------------------------------
@@ -53,6 +54,15 @@ $(BUILD)/.apt-stamp:
 	$(msg) APT "$(APT_PACKAGES)"
 	$(Q)$(call apt_install,$(APT_PACKAGES))
 	$(Q)mkdir -p $(BUILD) && touch $@
+
+# The servers of the cluster collector (collector/cluster/): its tests, its benchmark and
+# `scripts/cluster.sh` run them on loopback; the embedded SQLite collector needs neither.
+$(BUILD)/.cluster-apt-stamp: | $(BUILD)/.apt-stamp
+	$(msg) APT "$(CLUSTER_APT_PACKAGES)"
+	$(Q)$(call apt_install,$(CLUSTER_APT_PACKAGES))
+	$(Q)touch $@
+
+cluster-deps: $(BUILD)/.cluster-apt-stamp
 
 # Only the tests need these: the browser the page test drives (tests/_chromium.ts).
 $(BUILD)/.apt-test-stamp: | $(BUILD)/.apt-stamp
@@ -121,7 +131,7 @@ dev: build
 
 # The README's test command. Deno prints its own summary; CI reads it. Tests never touch the
 # host's real agent state: the default spool, pin directory and lock must be as they were.
-test: build $(BUILD)/churn $(BUILD)/.apt-test-stamp
+test: build $(BUILD)/churn $(BUILD)/.apt-test-stamp $(BUILD)/.cluster-apt-stamp
 	$(Q)scripts/host_state.sh > $(BUILD)/host-state.before
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 	$(Q)scripts/host_state.sh | diff -u $(BUILD)/host-state.before - >&2 || \

@@ -24,7 +24,8 @@ Commands:
   graph         the workload dependency map of a collector's database (JSON or Graphviz DOT)
   config check  validate a configuration and print the effective one
   doctor        check this host's readiness and explain what to fix
-  dev           the agent and a local collector together (deno task dev)
+  dev           the agent and a local collector together (deno task dev; --cluster: a
+                cluster node on a local NATS cluster and ClickHouse)
   help          this help; "flowexporter <command> --help" shows a command's options
 `;
 

@@ -94,6 +94,17 @@ export interface Observation {
   readonly revocations: readonly Revocation[];
 }
 
+/**
+ * What one host's flows say about ownership, merged: the input of {@linkcode Attributor.learn}.
+ * A cluster node publishes it for every batch, and every node learns it (collector/cluster/).
+ */
+export interface Heartbeats {
+  /** Merged ranges per key and workload (gaps up to `mergeGapNs` closed). */
+  readonly ranges: readonly OwnershipRange[];
+  /** Address keys with port-map heartbeats, with the latest end of those heartbeats. */
+  readonly shared: ReadonlyMap<string, bigint>;
+}
+
 /** Tuning of {@linkcode Attributor}. */
 export interface AttributorOptions extends OwnershipOptions {
   /** How long a flow is held waiting for its remote owner's heartbeat. Default 120 s. */
@@ -126,6 +137,7 @@ export class Attributor {
   readonly ownership: OwnershipMap;
   readonly #holdNs: bigint;
   readonly #maxHeld: number;
+  readonly #mergeGapNs: bigint;
   readonly #window: bigint;
   /** Address keys with port-map heartbeats → latest end of those heartbeats. */
   readonly #shared = new Map<string, bigint>();
@@ -143,6 +155,7 @@ export class Attributor {
     this.ownership = new OwnershipMap(options);
     this.#holdNs = options.holdNs ?? 120_000_000_000n;
     this.#maxHeld = options.maxHeld ?? 100_000;
+    this.#mergeGapNs = options.mergeGapNs ?? 30_000_000_000n;
     // A heartbeat at [s, e] changes lookups at most gap + slack outside it.
     this.#window = (options.mergeGapNs ?? 30_000_000_000n) + (options.slackNs ?? 1_000_000_000n);
   }
@@ -164,13 +177,20 @@ export class Attributor {
 
   /**
    * Learns the heartbeats in `flows`, reported by `host`. Call it for a batch before
-   * attributing the batch's own flows, then call {@linkcode retry}.
+   * attributing the batch's own flows, then call {@linkcode retry}. Same as
+   * `learn(heartbeats(host, flows))`.
    */
   observe(host: string, flows: readonly FlowRecord[]): Observation {
-    const changed = new Map<string, Set<string>>();
-    const contested: ContestedStretch[] = [];
-    const revocations: Revocation[] = [];
-    const sharedChanged = new Set<string>();
+    return this.learn(this.heartbeats(host, flows));
+  }
+
+  /**
+   * The heartbeats in `flows`, reported by `host`, merged per key and workload; learns nothing.
+   */
+  heartbeats(host: string, flows: readonly FlowRecord[]): Heartbeats {
+    const merged = new OwnershipMap({ mergeGapNs: this.#mergeGapNs, slackNs: 0n });
+    const keys = new Set<string>();
+    const shared = new Map<string, bigint>();
     let lastIp: Uint8Array | undefined;
     let lastKey = "";
     for (const flow of flows) {
@@ -182,29 +202,47 @@ export class Attributor {
       }
       const { tStartNs, tEndNs } = flow;
       if (flow.identitySource === "port-map") {
-        const latest = this.#shared.get(lastKey);
-        if (latest === undefined && this.#latestAttributedNs >= this.ownership.horizonNs) {
-          // Attributions of server ends by address alone may have missed this workload.
-          revocations.push({
-            key: lastKey,
-            byAddress: false,
-            fromNs: this.ownership.horizonNs,
-            toNs: this.#latestAttributedNs,
-            serverEndsOnly: true,
-            status: "unattributed",
-          });
-        }
-        if (latest === undefined || latest < tEndNs) {
-          this.#shared.set(lastKey, tEndNs);
-          sharedChanged.add(lastKey);
-        }
+        const latest = shared.get(lastKey);
+        if (latest === undefined || latest < tEndNs) shared.set(lastKey, tEndNs);
       } else {
-        this.#learn(lastKey, workload, tStartNs, tEndNs, changed, contested);
+        merged.add(lastKey, workload, tStartNs, tEndNs);
+        keys.add(lastKey);
       }
       if (flow.identitySource === "port-map" || flow.direction === "inbound") {
         const key = portKey(lastKey, flow.localPort);
-        this.#learn(key, workload, tStartNs, tEndNs, changed, contested);
+        merged.add(key, workload, tStartNs, tEndNs);
+        keys.add(key);
       }
+    }
+    return { ranges: [...keys].flatMap((key) => merged.ranges(key)), shared };
+  }
+
+  /** Learns merged heartbeats (of {@linkcode heartbeats}); then call {@linkcode retry}. */
+  learn(heartbeats: Heartbeats): Observation {
+    const changed = new Map<string, Set<string>>();
+    const contested: ContestedStretch[] = [];
+    const revocations: Revocation[] = [];
+    const sharedChanged = new Set<string>();
+    for (const [key, endNs] of heartbeats.shared) {
+      const latest = this.#shared.get(key);
+      if (latest === undefined && this.#latestAttributedNs >= this.ownership.horizonNs) {
+        // Attributions of server ends by address alone may have missed this workload.
+        revocations.push({
+          key,
+          byAddress: false,
+          fromNs: this.ownership.horizonNs,
+          toNs: this.#latestAttributedNs,
+          serverEndsOnly: true,
+          status: "unattributed",
+        });
+      }
+      if (latest === undefined || latest < endNs) {
+        this.#shared.set(key, endNs);
+        sharedChanged.add(key);
+      }
+    }
+    for (const r of heartbeats.ranges) {
+      this.#learn(r.key, r.workload, r.startNs, r.endNs, changed, contested);
     }
     for (const c of mergeContests(contested)) {
       // Two owners of one address taint every attribution to it, by port ones included.

@@ -24,6 +24,9 @@ import {
 import { withPath } from "../lib/unusable_path.ts";
 import { COLLECTOR_OPTIONS, COLLECTOR_OPTIONS_HELP, COLLECTOR_SCHEMA } from "./config.ts";
 import { startCollector } from "./server.ts";
+import { startClusterNode } from "./cluster/node.ts";
+import { checkCluster } from "./cluster/check.ts";
+import type { StreamSettings } from "./cluster/streams.ts";
 
 /** The `--help` text of `flowexporter collector`. */
 export const COLLECTOR_HELP = `Usage: flowexporter collector [options]
@@ -35,6 +38,8 @@ flow to a workload from the other hosts' heartbeats, and stores them in SQLite. 
 
 "check" prints the effective configuration as JSON instead: each option's value and where it
 came from (flag, env, file or default). Exit status: 0 valid, 2 invalid (one line on stderr).
+With --nats it also checks the cluster: NATS, the streams and consumers, and ClickHouse (one
+line on stderr per problem; exit status 1 if there is any).
 
 ${COLLECTOR_OPTIONS_HELP}`;
 
@@ -53,6 +58,7 @@ const PATHS = {
  * writing, created if missing and then removed again: a start that fails leaves nothing behind.
  */
 function checkPaths(v: OptionValues<typeof COLLECTOR_OPTIONS>): void {
+  // A cluster node keeps no database of its own.
   for (
     const [use, path] of [[PATHS.tokenFile, v.tokenFile], [PATHS.tlsCert, v.tlsCert], [
       PATHS.tlsKey,
@@ -61,6 +67,7 @@ function checkPaths(v: OptionValues<typeof COLLECTOR_OPTIONS>): void {
   ) {
     if (path !== undefined) withPath(use, path, () => Deno.readFileSync(path));
   }
+  if (v.nats.length > 0) return;
   withPath(PATHS.db, v.db, () => {
     const existed = exists(v.db);
     Deno.openSync(v.db, { read: true, write: true, create: true }).close();
@@ -98,7 +105,18 @@ export async function runCollector(
 ): Promise<number> {
   const help = COLLECTOR_HELP;
   if (args[0] === "check") {
-    return checkOptions(COLLECTOR_SCHEMA, { args: args.slice(1), env, readFile, out, help });
+    const run = { args: args.slice(1), env, readFile, out, help };
+    const code = checkOptions(COLLECTOR_SCHEMA, run);
+    const loaded = code === 0 ? loadOptionsOrExit(COLLECTOR_SCHEMA, run) : code;
+    if (typeof loaded === "number" || loaded.values.nats.length === 0) return code;
+    const problems = await checkCluster({
+      natsServers: loaded.values.nats,
+      clickhouseUrl: loaded.values.clickhouseUrl,
+      streams: streamSettings(loaded.values),
+    });
+    for (const problem of problems) out.stderr(problem);
+    if (problems.length === 0) out.stderr("Cluster: streams, consumers and store as expected");
+    return problems.length === 0 ? 0 : 1;
   }
   const config = loadOptionsOrExit(COLLECTOR_SCHEMA, { args, env, readFile, out, help });
   if (typeof config === "number") return config;
@@ -108,36 +126,50 @@ export async function runCollector(
     level: v.logLevel,
     write: (line) => out.stderr(line),
   });
+  const serving = {
+    ...v.listen,
+    tokenFile: v.tokenFile,
+    allowUnauthenticated: v.allowUnauthenticated,
+    tlsCertFile: v.tlsCert,
+    tlsKeyFile: v.tlsKey,
+    maxBodyBytes: v.maxBodyBytes,
+    maxDecompressedBytes: v.maxDecompressedBytes,
+    maxBatchRecords: v.maxBatchRecords,
+    maxPendingBodyBytes: v.maxPendingBodyBytes,
+    maxConcurrentIngests: v.maxConcurrentIngests,
+    headerTimeoutSeconds: v.headerTimeoutSeconds,
+    bodyTimeoutSeconds: v.bodyTimeoutSeconds,
+    maxClockSkewSeconds: v.maxClockSkewSeconds,
+    holdSeconds: v.holdSeconds,
+    maxHeld: v.maxHeld,
+    mergeGapSeconds: v.mergeGapSeconds,
+    slackSeconds: v.slackSeconds,
+    retentionSeconds: v.retentionSeconds,
+    logger: log.logger,
+  };
   let collector;
   try {
     checkPaths(v);
-    collector = await startCollector({
-      dbPath: v.db,
-      ...v.listen,
-      tokenFile: v.tokenFile,
-      allowUnauthenticated: v.allowUnauthenticated,
-      tlsCertFile: v.tlsCert,
-      tlsKeyFile: v.tlsKey,
-      maxBodyBytes: v.maxBodyBytes,
-      maxDecompressedBytes: v.maxDecompressedBytes,
-      maxBatchRecords: v.maxBatchRecords,
-      maxPendingBodyBytes: v.maxPendingBodyBytes,
-      maxConcurrentIngests: v.maxConcurrentIngests,
-      headerTimeoutSeconds: v.headerTimeoutSeconds,
-      bodyTimeoutSeconds: v.bodyTimeoutSeconds,
-      maxClockSkewSeconds: v.maxClockSkewSeconds,
-      holdSeconds: v.holdSeconds,
-      maxHeld: v.maxHeld,
-      mergeGapSeconds: v.mergeGapSeconds,
-      slackSeconds: v.slackSeconds,
-      retentionSeconds: v.retentionSeconds,
-      logger: log.logger,
-    });
+    collector = v.nats.length === 0
+      ? await startCollector({ dbPath: v.db, ...serving })
+      : await startClusterNode({
+        ...serving,
+        natsServers: [...v.nats],
+        clickhouseUrl: v.clickhouseUrl,
+        nodeName: `${Deno.hostname()}:${Deno.pid}`,
+        streams: streamSettings(v),
+        holdRetryMs: v.holdRetryMs,
+      });
   } catch (error) {
     log.error(errorText(error));
     return 1;
   }
-  log.info(`collector listening on ${collector.url}`, { db: v.db });
+  log.info(
+    `collector listening on ${collector.url}`,
+    v.nats.length === 0
+      ? { db: v.db }
+      : { nats: v.nats.join(","), clickhouse: v.clickhouseUrl ?? "" },
+  );
   const stop = Promise.withResolvers<string>();
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   const listeners = signals.map((signal) => {
@@ -150,4 +182,15 @@ export async function runCollector(
   log.info("collector stopping", { signal });
   await collector.close();
   return 0;
+}
+
+/** The stream settings the collector options set. */
+function streamSettings(
+  v: { natsReplicas: number; natsDedupWindowSeconds: number; retentionSeconds: number },
+): Partial<StreamSettings> {
+  return {
+    replicas: v.natsReplicas,
+    duplicateWindowSeconds: v.natsDedupWindowSeconds,
+    retentionSeconds: v.retentionSeconds,
+  };
 }

@@ -22,9 +22,19 @@
  */
 
 import { logOptions } from "../lib/log.ts";
-import { boolean, bytes, integer, listen, optionalPath, path } from "../lib/option_kinds.ts";
+import {
+  boolean,
+  bytes,
+  httpUrl,
+  integer,
+  listen,
+  optionalPath,
+  path,
+  urlList,
+} from "../lib/option_kinds.ts";
 import {
   checkSetTogether,
+  ConfigError,
   configFileOption,
   type OptionSchema,
   optionsHelp,
@@ -159,6 +169,39 @@ export const COLLECTOR_OPTIONS = {
     help: "how long ownership is remembered, s",
     group: "attribution",
   }),
+  // Cluster (collector/cluster/)
+  nats: urlList({
+    default: [],
+    schemes: ["nats:", "tls:"],
+    emptyMeans: "for the embedded SQLite collector",
+    help:
+      "NATS JetStream servers: run as a stateless cluster node (db is then unused; see docs/cluster.md)",
+    group: "cluster",
+  }),
+  clickhouse_url: httpUrl({
+    default: undefined,
+    emptyMeans: "for none",
+    help: "ClickHouse HTTP interface: this node also stores flows there and serves GET /v1/flows",
+    group: "cluster",
+  }),
+  nats_replicas: integer({
+    default: 3,
+    max: 5,
+    help: "replicas of each stream the node creates (3 survives one server's loss)",
+    group: "cluster",
+  }),
+  nats_dedup_window_seconds: integer({
+    default: 120,
+    help: "JetStream's window for dropping a repeated batch (hostname:sequence), s",
+    group: "cluster",
+  }),
+  hold_retry_ms: integer({
+    default: 5000,
+    min: 10,
+    max: 600_000,
+    help: "how often the cluster tries held flows again, ms",
+    group: "cluster",
+  }),
   ...logOptions("operations"),
 } as const satisfies OptionTable;
 
@@ -170,14 +213,21 @@ export const COLLECTOR_SCHEMA: OptionSchema<typeof COLLECTOR_OPTIONS> = {
     serving: "Serving",
     limits: "Limits",
     attribution: "Attribution",
+    cluster: "Cluster",
     operations: "Operations",
   },
   envPrefix: COLLECTOR_ENV_PREFIX,
   foreignEnv: AGENT_ENV_UNDER_COLLECTOR_PREFIX,
   helpHint: "see flowexporter collector --help",
   configFile: { option: "config", default: DEFAULT_COLLECTOR_CONFIG_FILE },
-  crossCheck: (config, origin) =>
-    checkSetTogether(config, origin, ["tls_cert", "tls_key"], "HTTPS"),
+  crossCheck: (config, origin) => {
+    checkSetTogether(config, origin, ["tls_cert", "tls_key"], "HTTPS");
+    if (config.values.clickhouseUrl !== undefined && config.values.nats.length === 0) {
+      throw new ConfigError(
+        `Invalid ${origin("clickhouse_url")}: ClickHouse is the cluster's store (set nats too)`,
+      );
+    }
+  },
 };
 
 /** The options part of `flowexporter collector --help`, grouped, with each default. */

@@ -28,11 +28,6 @@ export interface IngestOptions extends AttributorOptions {
   retentionNs?: bigint;
   /** Wall clock in ns since the epoch; injectable for tests. */
   now?: () => bigint;
-  /**
-   * How far past {@linkcode now} a batch's times may be: a later window end or flow end is
-   * refused with {@linkcode ImplausibleBatchError}. Default one day.
-   */
-  maxClockSkewNs?: bigint;
 }
 
 /** What one batch did. */
@@ -85,8 +80,34 @@ export class ImplausibleBatchError extends Error {
   }
 }
 
-/** Default of {@linkcode IngestOptions.maxClockSkewNs}: one day. */
+/** Default of {@linkcode checkNotInFuture}'s `maxClockSkewNs`: one day. */
 export const DEFAULT_MAX_CLOCK_SKEW_NS = 86_400_000_000_000n;
+
+/**
+ * Refuses a batch whose window or a flow ends more than `maxClockSkewNs` after `nowNs`: an
+ * exporter's clock that far ahead would make its flows look like the future. Ends are enough:
+ * the wire format holds every start to its end (lib/wire.ts). The HTTP server asks this of
+ * every batch, whichever backend stores it.
+ *
+ * @throws {ImplausibleBatchError} naming the field, its distance ahead and the option
+ */
+export function checkNotInFuture(
+  { header, flows }: DecodedBatch,
+  nowNs: bigint,
+  maxClockSkewNs: bigint = DEFAULT_MAX_CLOCK_SKEW_NS,
+): void {
+  const latest = nowNs + maxClockSkewNs;
+  const refuse = (field: string, ns: bigint) =>
+    new ImplausibleBatchError(
+      `${field} ${ns} is ${seconds(ns - nowNs)} s ahead of the collector's clock, more than the ${
+        seconds(maxClockSkewNs)
+      } s allowed (check the exporter's clock; collector --max-clock-skew-seconds)`,
+    );
+  if (header.windowEndNs > latest) throw refuse("Batch: window_end_ns", header.windowEndNs);
+  for (let i = 0; i < flows.length; i++) {
+    if (flows[i].tEndNs > latest) throw refuse(`Flow ${i}: t_end_ns`, flows[i].tEndNs);
+  }
+}
 
 /**
  * The digest {@linkcode Ingestor.ingest} compares: SHA-256 of the batch body (uncompressed
@@ -102,7 +123,6 @@ export class Ingestor {
   readonly #attributor: Attributor;
   readonly #retentionNs: bigint;
   readonly #now: () => bigint;
-  readonly #maxClockSkewNs: bigint;
   #lastPruneNs = 0n;
 
   private constructor(store: FlowStore, options: IngestOptions) {
@@ -110,7 +130,6 @@ export class Ingestor {
     this.#attributor = new Attributor(options);
     this.#retentionNs = options.retentionNs ?? 3_600_000_000_000n;
     this.#now = options.now ?? wallClockNs;
-    this.#maxClockSkewNs = options.maxClockSkewNs ?? DEFAULT_MAX_CLOCK_SKEW_NS;
   }
 
   /**
@@ -150,12 +169,9 @@ export class Ingestor {
    * @param batch the decoded batch
    * @param digest {@linkcode batchDigest} of its body, stored with it
    * @throws {BatchConflictError} when the stored batch has another digest (nothing is stored)
-   * @throws {ImplausibleBatchError} when a window or flow ends more than the clock skew allowed
-   *   after now (nothing is stored)
    */
   ingest(batch: DecodedBatch, digest?: Uint8Array): IngestResult {
     const { header, flows } = batch;
-    this.#checkNotInFuture(batch);
     const hostname = header.host.hostname;
     const base = { hostname, sequence: header.sequence, flows: flows.length };
     const stored = this.#store.batchDigest(hostname, header.sequence);
@@ -266,24 +282,6 @@ export class Ingestor {
     this.#store.resolve(expired);
     if (now - this.#lastPruneNs >= PRUNE_EVERY_NS) this.#prune(now);
     return expired.length;
-  }
-
-  /**
-   * Ends are enough: the wire format holds every start to its end (`lib/wire.ts`).
-   */
-  #checkNotInFuture({ header, flows }: DecodedBatch): void {
-    const now = this.#now();
-    const latest = now + this.#maxClockSkewNs;
-    const refuse = (field: string, ns: bigint) =>
-      new ImplausibleBatchError(
-        `${field} ${ns} is ${seconds(ns - now)} s ahead of the collector's clock, more than the ${
-          seconds(this.#maxClockSkewNs)
-        } s allowed (check the exporter's clock; collector --max-clock-skew-seconds)`,
-      );
-    if (header.windowEndNs > latest) throw refuse("Batch: window_end_ns", header.windowEndNs);
-    for (let i = 0; i < flows.length; i++) {
-      if (flows[i].tEndNs > latest) throw refuse(`Flow ${i}: t_end_ns`, flows[i].tEndNs);
-    }
   }
 
   #prune(now: bigint): void {

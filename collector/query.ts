@@ -17,6 +17,7 @@ import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
 import type { AttributionStatus } from "./attributor.ts";
 import { DEFAULT_DB_PATH, type FlowFilter, FlowStore, type StoredFlow } from "./store.ts";
+import { ClickHouseStore } from "./cluster/clickhouse_store.ts";
 
 /** A filter value cannot be used; the message names it and says what is accepted. */
 export class FilterError extends Error {
@@ -81,7 +82,8 @@ const HELP = `Usage: flowexporter query [options]
 Lists the flows a collector stored, with the workload at the remote end, oldest first.
 
 Options:
-${READ_OPTIONS_HELP}  --workload ID      flows whose local or remote workload is ID
+${READ_OPTIONS_HELP}  --clickhouse URL   read a cluster's flows from ClickHouse (http://host:8123) instead
+  --workload ID      flows whose local or remote workload is ID
   --ip ADDRESS       flows whose local or remote address is ADDRESS
   --host NAME        flows reported by host NAME
   --status STATUS    attributed, pending, unattributed or ambiguous
@@ -191,38 +193,44 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
  * @param io where results and diagnostics go; standard output and error by default
  * @returns the exit code: 0 on success, 2 for bad arguments, 1 when the database cannot be read
  */
-export function runQuery(args: string[], io: QueryOutput = consoleOutput): Promise<number> {
+export async function runQuery(args: string[], io: QueryOutput = consoleOutput): Promise<number> {
   const values = commandOptions("query", args, HELP, io, {
     ...READ_OPTIONS,
+    clickhouse: { type: "string" },
     ip: { type: "string" },
     host: { type: "string" },
     status: { type: "string" },
     limit: { type: "string", default: "1000" },
     format: { type: "string", default: "table" },
   });
-  if (typeof values === "number") return Promise.resolve(values);
+  if (typeof values === "number") return values;
   if (values.format !== "table" && values.format !== "json") {
     io.err(`Invalid format ${JSON.stringify(values.format)}: use table or json`);
-    return Promise.resolve(2);
+    return 2;
   }
   let filter: FlowFilter;
   try {
     filter = parseFlowFilter(values, BigInt(Date.now()) * 1_000_000n);
   } catch (error) {
     io.err((error as Error).message);
-    return Promise.resolve(2);
+    return 2;
   }
   let flows: StoredFlow[];
   try {
-    using store = FlowStore.open(values.db, { readOnly: true });
-    flows = store.flows(filter);
+    if (values.clickhouse !== undefined) {
+      await using store = await ClickHouseStore.open(values.clickhouse, { readOnly: true });
+      flows = await store.flows(filter);
+    } else {
+      using store = FlowStore.open(values.db, { readOnly: true });
+      flows = store.flows(filter);
+    }
   } catch (error) {
     io.err((error as Error).message);
-    return Promise.resolve(1);
+    return 1;
   }
   if (values.format === "json") { for (const f of flows) io.out(formatStoredFlowJson(f)); }
   else for (const line of formatFlowTable(flows)) io.out(line);
-  return Promise.resolve(0);
+  return 0;
 }
 
 /** The options of every command that reads the database: the file, the time range, a workload. */

@@ -8,7 +8,8 @@
  * - `GET /v1/graph`, `GET /v1/graph/flows`: the workload dependency map and an edge's latest
  *   flows (collector/graph.ts), under the same rules as `GET /v1/flows`;
  * - `GET /`: the page that draws the map (collector/web.ts), served without a token;
- * - `GET /healthz`: `ok`.
+ * - `GET /healthz`: `ok`;
+ * - `GET /metrics`: a cluster node's figures (collector/cluster/node.ts), Prometheus text.
  *
  * Refusals carry one line of text: 400 malformed zstd/gzip, CBOR or schema, or a time beyond the
  * clock skew allowed; 401 missing or wrong bearer token (when a token is configured); 403 flows asked for without a token on an address
@@ -58,18 +59,20 @@ import {
 import type { Logger } from "../lib/logger.ts";
 import { Log } from "../lib/log.ts";
 import { printable } from "../lib/printable.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import { errorText } from "../lib/error_text.ts";
 import { BodyBudget, decodeContent, HttpError, readBoundedBody } from "./_http_body.ts";
 import {
   BatchConflictError,
   batchDigest,
+  checkNotInFuture,
   DEFAULT_MAX_CLOCK_SKEW_NS,
   ImplausibleBatchError,
   Ingestor,
   type IngestResult,
 } from "./ingest.ts";
 import { FilterError, formatStoredFlowJson, parseFlowFilter } from "./query.ts";
-import { FlowStore } from "./store.ts";
+import { type FlowFilter, FlowStore, type StoredFlow } from "./store.ts";
 import { cachedGraphSource, graphResponse, type GraphSource } from "./graph.ts";
 import { SqliteGraphSource } from "./graph_sqlite.ts";
 import { webAsset } from "./web.ts";
@@ -179,6 +182,55 @@ export interface CollectorOptions {
   tickMs?: number;
 }
 
+/**
+ * Where the HTTP server hands validated batches and reads flows from: the SQLite store
+ * ({@linkcode startCollector}), or a cluster node (collector/cluster/node.ts).
+ */
+export interface CollectorBackend {
+  /**
+   * Takes a validated batch; resolves once it is stored or durably handed on. Throws
+   * `HttpError` (collector/_http_body.ts) to refuse it, e.g. 503 while it cannot be stored.
+   *
+   * @param batch the decoded batch
+   * @param cbor its uncompressed body
+   * @param body the request body as received, with its `Content-Encoding` (null: none)
+   */
+  ingest(
+    batch: DecodedBatch,
+    cbor: Uint8Array,
+    body: { bytes: Uint8Array; encoding: string | null },
+  ): IngestResult | Promise<IngestResult>;
+  /** Stored flows matching `filter` (`GET /v1/flows`). */
+  flows(filter: FlowFilter): StoredFlow[] | Promise<StoredFlow[]>;
+  /** The flows the dependency map aggregates (`GET /v1/graph`), where the backend has them. */
+  graph?: GraphSource;
+  /** Periodic work, every `tickMs`. */
+  tick(): void;
+  /** Its figures in the Prometheus text format, served at `GET /metrics` when present. */
+  metrics?(): Promise<string>;
+  /** Called once the server has stopped. */
+  close(): void | Promise<void>;
+}
+
+/** The options of {@linkcode serveCollector}: the HTTP side of {@linkcode CollectorOptions}. */
+export type ServeOptions = Omit<
+  CollectorOptions,
+  "dbPath" | "holdSeconds" | "maxHeld" | "mergeGapSeconds" | "slackSeconds" | "retentionSeconds"
+>;
+
+/** A running HTTP server of {@linkcode serveCollector}. */
+export interface CollectorServer {
+  /** Base URL, e.g. `http://127.0.0.1:9470`. */
+  readonly url: string;
+  /** Load figures: for metrics, and for tests that wait on a condition. */
+  stats(): CollectorStats;
+  /**
+   * Stops accepting requests, waits for those in flight (2 s at most: a client still sending
+   * then is cut off), then closes the backend.
+   */
+  close(): Promise<void>;
+}
+
 /** A running collector. */
 export interface RunningCollector {
   /** Base URL, e.g. `http://127.0.0.1:9470`. */
@@ -223,14 +275,7 @@ const MAX_DRAIN_BYTES = 64 * 1024 * 1024;
  * token, certificate or key cannot be read, or naming the option when a limit is out of range.
  */
 export async function startCollector(options: CollectorOptions): Promise<RunningCollector> {
-  const logger = options.logger ?? new Log({ write: (line) => console.error(line) }).logger;
-  const log: Logger = (level, message) => logger(level, printable(message));
-  const limits = checkLimits(options);
-  const token = options.token ?? (options.tokenFile && await readToken(options.tokenFile));
-  const tls = await readTls(options);
-  const hostname = options.hostname ?? "127.0.0.1";
-  const port = options.port ?? DEFAULT_PORT;
-  const open = !token && !isLoopback(hostname);
+  checkLimits(options);
   const store = FlowStore.open(options.dbPath);
   let ingestor: Ingestor;
   let graph: SqliteGraphSource;
@@ -247,7 +292,6 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       mergeGapNs: seconds(options.mergeGapSeconds ?? 30),
       slackNs: seconds(options.slackSeconds ?? 1),
       retentionNs: seconds(options.retentionSeconds ?? 3600),
-      maxClockSkewNs: seconds(limits.maxClockSkewSeconds),
       now: options.now,
     });
   } catch (error) {
@@ -255,6 +299,63 @@ export async function startCollector(options: CollectorOptions): Promise<Running
     store.close();
     throw error;
   }
+  const backend: CollectorBackend = {
+    ingest: (batch, cbor) => {
+      try {
+        return ingestor.ingest(batch, batchDigest(cbor));
+      } catch (error) {
+        if (error instanceof BatchConflictError) throw new HttpError(409, error.message);
+        throw error;
+      }
+    },
+    flows: (filter) => store.flows(filter),
+    graph: cachedGraphSource(graph, GRAPH_CACHE_MS),
+    tick: () => ingestor.tick(),
+    close: () => {
+      try {
+        ingestor.tick();
+      } finally {
+        graph.close();
+        store.close();
+      }
+    },
+  };
+  let server: CollectorServer;
+  try {
+    server = await serveCollector(options, backend);
+  } catch (error) {
+    graph.close();
+    store.close();
+    throw error;
+  }
+  return {
+    url: server.url,
+    ingestor,
+    store,
+    stats: server.stats,
+    close: server.close,
+    [Symbol.asyncDispose]: server.close,
+  };
+}
+
+/**
+ * Serves the collector's HTTP API (see the module documentation) in front of `backend`.
+ *
+ * @throws an `Error` naming the file when the token, certificate or key cannot be read, naming
+ * the option when a limit is out of range, or the address when it cannot listen.
+ */
+export async function serveCollector(
+  options: ServeOptions,
+  backend: CollectorBackend,
+): Promise<CollectorServer> {
+  const logger = options.logger ?? new Log({ write: (line) => console.error(line) }).logger;
+  const log: Logger = (level, message) => logger(level, printable(message));
+  const limits = checkLimits(options);
+  const token = options.token ?? (options.tokenFile && await readToken(options.tokenFile));
+  const tls = await readTls(options);
+  const hostname = options.hostname ?? "127.0.0.1";
+  const port = options.port ?? DEFAULT_PORT;
+  const open = !token && !isLoopback(hostname);
   const config: HandlerConfig = {
     ...limits,
     decode: batchDecoder({ maxRecords: limits.maxBatchRecords }),
@@ -264,9 +365,8 @@ export async function startCollector(options: CollectorOptions): Promise<Running
     ingesting: 0,
     now: options.now ?? (() => BigInt(Date.now()) * 1_000_000n),
     log,
-    graph: cachedGraphSource(graph, GRAPH_CACHE_MS),
   };
-  const handler = createHandler(ingestor, store, config);
+  const handler = createHandler(backend, config);
   const headerMs = limits.headerTimeoutSeconds * 1000;
   const serverOptions = {
     headersTimeout: headerMs,
@@ -301,8 +401,6 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       });
     });
   } catch (error) {
-    graph.close();
-    store.close();
     throw new Error(`Cannot listen on ${hostname}:${port}: ${errorText(error)}`, {
       cause: error,
     });
@@ -321,7 +419,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
   }
   const timer = setInterval(() => {
     try {
-      ingestor.tick();
+      backend.tick();
     } catch (error) {
       log("error", `Cannot expire held flows: ${errorText(error)}`);
     }
@@ -342,19 +440,14 @@ export async function startCollector(options: CollectorOptions): Promise<Running
       for (const socket of sockets) socket.destroy();
       await Promise.allSettled([...inFlight]);
       await stopped;
-      try {
-        ingestor.tick();
-      } finally {
-        graph.close();
-        store.close();
-      }
+      await backend.close();
     })();
   const stats = (): CollectorStats => ({
     connections: sockets.size,
     ingesting: config.ingesting,
     pendingBodyBytes: config.budget.used,
   });
-  return { url, ingestor, store, stats, close, [Symbol.asyncDispose]: close };
+  return { url, stats, close };
 }
 
 type Limits = { -readonly [K in keyof typeof DEFAULT_LIMITS]: number };
@@ -370,7 +463,6 @@ interface HandlerConfig extends Limits {
   ingesting: number;
   now: () => bigint;
   log: Logger;
-  graph: GraphSource;
 }
 
 /** A response: status, one body, headers. */
@@ -380,15 +472,15 @@ interface Answer {
   headers: Record<string, string>;
 }
 
-function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConfig) {
+function createHandler(backend: CollectorBackend, config: HandlerConfig) {
   return async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const url = new URL(request.url ?? "/", "http://collector");
     const path = url.pathname;
     const peer = request.socket.remoteAddress ?? "unknown";
     let answer: Answer;
     try {
-      answer = await route(request, url, store, config);
-      if (answer.status === 0) answer = await receive(request, ingestor, config);
+      answer = await route(request, url, backend, config);
+      if (answer.status === 0) answer = await receive(request, backend, config);
     } catch (error) {
       if (error instanceof HttpError) {
         if (error.status !== 404 && error.status !== 405) {
@@ -411,7 +503,7 @@ function createHandler(ingestor: Ingestor, store: FlowStore, config: HandlerConf
 function route(
   request: IncomingMessage,
   url: URL,
-  store: FlowStore,
+  backend: CollectorBackend,
   config: HandlerConfig,
 ): Answer | Promise<Answer> {
   const path = url.pathname;
@@ -426,6 +518,14 @@ function route(
     allow(request, "POST");
     return { status: 0, body: "", headers: {} };
   }
+  if (path === "/metrics" && backend.metrics !== undefined) {
+    allow(request, "GET");
+    return backend.metrics().then((body) => ({
+      status: 200,
+      body,
+      headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+    }));
+  }
   if (path === "/v1/flows" || path === "/v1/graph" || path === "/v1/graph/flows") {
     allow(request, "GET");
     if (config.refuseFlows) {
@@ -434,8 +534,14 @@ function route(
         "Refusing to list flows without a token on an address beyond loopback (set --token-file, or --allow-unauthenticated to serve them to anyone)",
       );
     }
-    if (path === "/v1/flows") return listFlows(url.searchParams, store, config.now());
-    return graphResponse(path, url.searchParams, config.graph, config.now()).then(
+    if (path === "/v1/flows") return listFlows(url.searchParams, backend, config.now());
+    if (backend.graph === undefined) {
+      throw new HttpError(
+        404,
+        `No dependency map on a cluster node yet: ${path} is served by the SQLite collector (collector --db)`,
+      );
+    }
+    return graphResponse(path, url.searchParams, backend.graph, config.now()).then(
       (body) => ({ status: 200, body, headers: { "content-type": "application/json" } }),
       (error) => {
         throw error instanceof FilterError ? new HttpError(400, error.message) : error;
@@ -447,7 +553,7 @@ function route(
 
 async function receive(
   request: IncomingMessage,
-  ingestor: Ingestor,
+  backend: CollectorBackend,
   config: HandlerConfig,
 ): Promise<Answer> {
   const type = header(request, "content-type");
@@ -467,7 +573,7 @@ async function receive(
     if (config.ingesting >= config.maxConcurrentIngests) throw busy(config);
     config.ingesting++;
     try {
-      const result = await ingest(request, body.bytes, ingestor, config);
+      const result = await ingest(request, body.bytes, backend, config);
       config.log(
         "debug",
         `${
@@ -489,14 +595,11 @@ async function receive(
 async function ingest(
   request: IncomingMessage,
   body: Uint8Array,
-  ingestor: Ingestor,
+  backend: CollectorBackend,
   config: HandlerConfig,
 ): Promise<IngestResult> {
-  const cbor = await decodeContent(
-    body,
-    header(request, "content-encoding") ?? null,
-    config.maxDecompressedBytes,
-  );
+  const encoding = header(request, "content-encoding") ?? null;
+  const cbor = await decodeContent(body, encoding, config.maxDecompressedBytes);
   let batch: DecodedBatch;
   try {
     batch = config.decode(cbor);
@@ -516,12 +619,12 @@ async function ingest(
     );
   }
   try {
-    return ingestor.ingest(batch, batchDigest(cbor));
+    checkNotInFuture(batch, config.now(), seconds(config.maxClockSkewSeconds));
   } catch (error) {
-    if (error instanceof BatchConflictError) throw new HttpError(409, error.message);
     if (error instanceof ImplausibleBatchError) throw new HttpError(400, error.message);
     throw error;
   }
+  return await backend.ingest(batch, cbor, { bytes: body, encoding });
 }
 
 function busy(config: HandlerConfig): HttpError {
@@ -574,7 +677,11 @@ function drain(request: IncomingMessage, timeoutMs: number): void {
   request.resume();
 }
 
-function listFlows(params: URLSearchParams, store: FlowStore, nowNs: bigint): Answer {
+async function listFlows(
+  params: URLSearchParams,
+  backend: CollectorBackend,
+  nowNs: bigint,
+): Promise<Answer> {
   const textFilter: Record<string, string> = {};
   for (const name of ["from", "to", "workload", "ip", "host", "status", "limit"]) {
     const value = params.get(name);
@@ -589,7 +696,7 @@ function listFlows(params: URLSearchParams, store: FlowStore, nowNs: bigint): An
   }
   const limit = filter.limit ?? 1000;
   filter.limit = limit < 0 || limit > MAX_QUERY_ROWS ? MAX_QUERY_ROWS : limit; // -1: "all"
-  const flows = store.flows(filter);
+  const flows = await backend.flows(filter);
   return {
     status: 200,
     body: `[${flows.map(formatStoredFlowJson).join(",\n")}]\n`,
@@ -640,7 +747,7 @@ function digest(token: string): Uint8Array {
 }
 
 /** The limits with their defaults, each checked: a bad one names its option. */
-function checkLimits(options: CollectorOptions): Limits {
+function checkLimits(options: ServeOptions): Limits {
   const limits = { ...DEFAULT_LIMITS } as Limits;
   for (const name of Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]) {
     const value = options[name];
@@ -673,7 +780,7 @@ async function readToken(path: string): Promise<string> {
 }
 
 async function readTls(
-  options: CollectorOptions,
+  options: ServeOptions,
 ): Promise<{ cert: string; key: string } | undefined> {
   const { tlsCertFile: certFile, tlsKeyFile: keyFile } = options;
   if (certFile === undefined && keyFile === undefined) return undefined;

@@ -705,9 +705,10 @@ export function toStoredFlows(rows: readonly Record<string, unknown>[]): StoredF
 
 /**
  * A row of `flows_attributed` as a flow; `sameBoot` is shared with the flow when its boot ID
- * is the same (see {@linkcode decodeFlowId}).
+ * is the same (see {@linkcode decodeFlowId}). Integers may come as numbers or bigints; `seeded`
+ * as 1n or 0n. The cluster's ClickHouse store reads its rows through it too.
  */
-function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): StoredFlow {
+export function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): StoredFlow {
   const { bootId, cookie } = r.flow_id === null
     ? { bootId: NO_BOOT_ID, cookie: 0n }
     : decodeFlowId(r.flow_id as Uint8Array, sameBoot);

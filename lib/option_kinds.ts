@@ -255,6 +255,45 @@ export function httpUrl(
   });
 }
 
+/**
+ * Comma-separated URLs whose scheme is one of `schemes` (`nats://a:4222,nats://b:4222`); ""
+ * (or an empty list in the file) means none.
+ */
+export function urlList(
+  common: Common<readonly string[]> & { schemes: readonly string[]; emptyMeans: string },
+): OptionSpec<readonly string[]> {
+  const expected = `expected comma-separated ${
+    common.schemes.map((s) => `${s}//`).join(" or ")
+  } URLs, or empty ${common.emptyMeans}`;
+  const check = (list: string[]) => {
+    for (const text of list) {
+      let url: URL;
+      try {
+        url = new URL(text);
+      } catch {
+        throw new ValueError(expected);
+      }
+      if (!common.schemes.includes(url.protocol)) throw new ValueError(expected);
+    }
+    return list;
+  };
+  const parse = (text: string) =>
+    check(text.split(",").map((s) => s.trim()).filter((s) => s !== ""));
+  return spec(
+    common,
+    "URL[,URL…]",
+    parse,
+    (v) => {
+      if (v === null) return [];
+      if (typeof v === "string") return parse(v);
+      if (!Array.isArray(v) || v.some((s) => typeof s !== "string")) throw new ValueError(expected);
+      return check(v as string[]);
+    },
+    (v) => [...v],
+    (v) => v.join(","),
+  );
+}
+
 /** A TCP listen address. */
 export interface ListenAddress {
   /** Without brackets: `127.0.0.1`, `::1`, `localhost`, `0.0.0.0` for all. */

@@ -42,6 +42,11 @@ Deno.test("the collector's options default to what the collector always used", (
     mergeGapSeconds: 30,
     slackSeconds: 1,
     retentionSeconds: 3600,
+    nats: [],
+    clickhouseUrl: undefined,
+    natsReplicas: 3,
+    natsDedupWindowSeconds: 120,
+    holdRetryMs: 5000,
     logFormat: "text",
     logLevel: "info",
   });
@@ -119,8 +124,34 @@ Deno.test("the collector's limits take sizes with units, and its switch no value
   assert.equal(v.bodyTimeoutSeconds, 5);
 });
 
+Deno.test("--nats takes NATS URLs from a flag, the environment or a file list", () => {
+  const nats = (args: string[], env: Record<string, string> = {}, file?: string) =>
+    loadCollectorConfig(
+      file === undefined ? args : ["--config", "c.json", ...args],
+      env,
+      (path) => path === "c.json" ? file! : NO_FILES(path),
+    ).values.nats;
+  assert.deepEqual(nats(["--nats", "nats://a:4222, nats://b:4222"]), [
+    "nats://a:4222",
+    "nats://b:4222",
+  ]);
+  assert.deepEqual(nats([], { FLOWEXPORTER_COLLECTOR_NATS: "tls://c:4222" }), ["tls://c:4222"]);
+  assert.deepEqual(nats([], {}, '{"nats": ["nats://d:4222"]}'), ["nats://d:4222"]);
+  assert.deepEqual(nats(["--nats="]), []);
+});
+
 Deno.test("each collector option error names the option and what to fix", async (t) => {
   const cases: [string, () => unknown, string][] = [
+    [
+      "a NATS URL of another scheme",
+      () => loadCollectorConfig(["--nats", "http://a:4222"], {}, NO_FILES),
+      'Invalid --nats "http://a:4222": expected comma-separated nats:// or tls:// URLs, or empty for the embedded SQLite collector',
+    ],
+    [
+      "ClickHouse without NATS",
+      () => loadCollectorConfig(["--clickhouse-url", "http://127.0.0.1:8123"], {}, NO_FILES),
+      "Invalid --clickhouse-url: ClickHouse is the cluster's store (set nats too)",
+    ],
     [
       "a listen address without a port",
       () => loadCollectorConfig(["--listen", "localhost"], {}, NO_FILES),

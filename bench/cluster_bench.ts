@@ -1,0 +1,372 @@
+/**
+ * Cluster collector throughput and cost per stage, on a local cluster (3 JetStream servers and
+ * ClickHouse on loopback, collector/cluster/local_cluster.ts), replaying synthetic batches from
+ * many hosts whose workloads call each other's servers.
+ *
+ *   deno run -A bench/cluster_bench.ts [--hosts 1000] [--batches-per-host 2] [--flows 200]
+ *     [--reps 2] [--in-flight 8]
+ *
+ * For 1 and then 2 collector nodes (each a process of its own, bench/_cluster_node.ts), each
+ * repetition runs on empty streams and tables:
+ * - the stages one at a time, on the same batches: ingest (nodes that only validate and
+ *   publish), attribution (nodes that only attribute what ingest left in the stream) and sink
+ *   (nodes that only insert the attributed flows into ClickHouse); for each, wall time, flows/s,
+ *   and CPU ms per 1000 flows of the nodes, of the three JetStream servers and of ClickHouse;
+ * - end to end: nodes doing all of it while the batches arrive, until ClickHouse holds every flow.
+ * Every figure of every repetition is printed; the summary gives the best and the worst.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { gzipSync } from "node:zlib";
+import { createClient } from "@clickhouse/client";
+import { connect } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { startLocalCluster } from "../collector/cluster/local_cluster.ts";
+import { ClickHouseStore } from "../collector/cluster/clickhouse_store.ts";
+import { CONSUMERS, STREAMS } from "../collector/cluster/streams.ts";
+import type { FlowRecord } from "../lib/flow.ts";
+import { parseBootId } from "../lib/flow_id.ts";
+import { encodeBatch, encodeFlow, SCHEMA_VERSION } from "../lib/wire.ts";
+import { clockTicksPerSecond, cpuTicks } from "./_proc.ts";
+
+const NODE = new URL("./_cluster_node.ts", import.meta.url).pathname;
+const BOOT_ID = parseBootId("7a1c9e52-3b4d-4f6a-8e2b-1c3d5e7f9a0b");
+const SERVER_PORT = 8443;
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    hosts: { type: "string", default: "1000" },
+    "batches-per-host": { type: "string", default: "2" },
+    flows: { type: "string", default: "200" },
+    reps: { type: "string", default: "2" },
+    "in-flight": { type: "string", default: "8" },
+  },
+});
+const hosts = Number(values.hosts);
+const batchesPerHost = Number(values["batches-per-host"]);
+const flowsPerBatch = Number(values.flows);
+const reps = Number(values.reps);
+const inFlight = Number(values["in-flight"]);
+const hz = await clockTicksPerSecond();
+
+/** Host h's address. */
+const ipOf = (h: number) => Uint8Array.of(10, 100 + (h >> 16), (h >> 8) & 0xff, h & 0xff);
+let cookie = 1n;
+const nowNs = BigInt(Date.now()) * 1_000_000n;
+
+function flow(
+  h: number,
+  localPort: number,
+  remote: number,
+  remotePort: number,
+  startNs: bigint,
+  inbound: boolean,
+): FlowRecord {
+  const i = Number(cookie);
+  const sent = 100 + (i * 7919) % 100_000;
+  return {
+    bootId: BOOT_ID,
+    cookie: cookie++,
+    family: 4,
+    localIp: ipOf(h),
+    localPort,
+    remoteIp: ipOf(remote),
+    remotePort,
+    localWorkloadId: `k8s://team-${h % 37}/service-${h}-7d9f8c6b5-x2x4z`,
+    identitySource: "ip-map",
+    tStartNs: startNs,
+    tEndNs: startNs + 2_000_000_000n,
+    seeded: false,
+    direction: inbound ? "inbound" : "outbound",
+    closeState: inbound ? "LAST_ACK" : "FIN_WAIT2",
+    end: "normal",
+    error: 0,
+    bytesSent: sent,
+    bytesRetrans: 0,
+    bytesAcked: sent,
+    bytesReceived: 60 + (i * 104_729) % 1_000_000,
+    segsOut: 2 + i % 90,
+    segsIn: 2 + i % 70,
+    totalRetrans: 0,
+    srttUs: 80 + i % 4000,
+    minRttUs: 40 + i % 2000,
+    delivered: 1 + i % 80,
+    lost: 0,
+  };
+}
+
+function body(h: number, sequence: number, flows: FlowRecord[]): Uint8Array {
+  return gzipSync(encodeBatch({
+    schemaVersion: SCHEMA_VERSION,
+    exporterVersion: "0.1.0",
+    host: { hostname: `host-${h}`, workloadId: `host:host-${h}` },
+    sequence,
+    windowStartNs: nowNs - 600_000_000_000n,
+    windowEndNs: nowNs,
+    recordCount: flows.length,
+    clockOffsetNs: 0n,
+    loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
+  }, flows.map(encodeFlow)));
+}
+
+/**
+ * Per host: one batch of its server's heartbeats (inbound on SERVER_PORT, over the whole
+ * run), then `batchesPerHost` batches of calls to the servers of other hosts, every one of
+ * which attribution can answer.
+ */
+function makeBatches(): { heartbeats: Uint8Array[]; traffic: Uint8Array[]; flows: number } {
+  const t0 = nowNs - 300_000_000_000n;
+  const heartbeats: Uint8Array[] = [];
+  const traffic: Uint8Array[] = [];
+  let flows = 0;
+  for (let h = 0; h < hosts; h++) {
+    heartbeats.push(body(h, 1, [flow(h, SERVER_PORT, (h + 1) % hosts, 40000, t0, true)]));
+    flows++;
+  }
+  for (let b = 0; b < batchesPerHost; b++) {
+    for (let h = 0; h < hosts; h++) {
+      const list: FlowRecord[] = [];
+      for (let i = 0; i < flowsPerBatch; i++) {
+        const server = (h + 1 + ((i * 7919 + b) % (hosts - 1))) % hosts;
+        const start = t0 + BigInt(b * flowsPerBatch + i) * 1_000_000_000n / BigInt(flowsPerBatch);
+        list.push(flow(h, 32768 + i, server, SERVER_PORT, start + 1_000_000_000n, false));
+      }
+      traffic.push(body(h, 2 + b, list));
+      flows += list.length;
+    }
+  }
+  return { heartbeats, traffic, flows };
+}
+
+interface NodeProcess {
+  url: string;
+  pid: number;
+  child: Deno.ChildProcess;
+}
+
+async function startNodes(
+  n: number,
+  natsUrls: string[],
+  clickhouseUrl: string,
+  work: string,
+): Promise<NodeProcess[]> {
+  return await Promise.all(Array.from({ length: n }, async (_, i) => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", NODE, natsUrls.join(","), clickhouseUrl, work, `bench-${i}`],
+      stdout: "piped",
+      stderr: "inherit",
+      stdin: "null",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`Bench node ${i} exited before it listened`);
+      text += value;
+    }
+    reader.releaseLock();
+    child.stdout.cancel().catch(() => {});
+    return { url: text.trim(), pid: child.pid, child };
+  }));
+}
+
+async function stopNodes(nodes: NodeProcess[]): Promise<void> {
+  for (const node of nodes) node.child.kill("SIGTERM");
+  await Promise.all(nodes.map((node) => node.child.status));
+}
+
+async function post(urls: string[], bodies: Uint8Array[]): Promise<void> {
+  let next = 0;
+  const lane = async (lane: number) => {
+    for (let i = next++; i < bodies.length; i = next++) {
+      for (let attempt = 0;; attempt++) {
+        const response = await fetch(`${urls[(i + lane) % urls.length]}/v1/batches`, {
+          method: "POST",
+          body: bodies[i] as BodyInit,
+          headers: { "content-type": "application/cbor", "content-encoding": "gzip" },
+        });
+        await response.body?.cancel();
+        if (response.status === 200) break;
+        if (attempt > 1000) throw new Error(`Batch ${i} refused: ${response.status}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, (_, i) => lane(i)));
+}
+
+const cluster = await startLocalCluster();
+const nc = await connect({ servers: cluster.natsUrls });
+const jsm = await jetstreamManager(nc);
+const clickhouse = createClient({ url: cluster.clickhouseUrl });
+
+/** CPU ticks of the processes named, now. */
+function ticks(pids: number[]): number {
+  return pids.reduce((sum, pid) => sum + cpuTicks(pid), 0);
+}
+const natsPids = () => Object.entries(cluster.pids()).filter(([n]) => /^n\d$/.test(n));
+const clickhousePid = () => cluster.pids().clickhouse;
+
+async function reset(): Promise<void> {
+  for (const stream of Object.values(STREAMS)) await jsm.streams.delete(stream).catch(() => {});
+  for (const table of ["flows", "revocations"]) {
+    await clickhouse.command({ query: `DROP TABLE IF EXISTS ${table}` });
+  }
+}
+
+async function lag(consumer: keyof typeof CONSUMERS): Promise<number> {
+  const { stream, name } = CONSUMERS[consumer];
+  const info = await jsm.consumers.info(stream, name);
+  return info.num_pending + info.num_ack_pending;
+}
+
+async function until(condition: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 600_000;
+  while (!await condition()) {
+    if (Date.now() > deadline) throw new Error("The bench stalled for 10 minutes");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+interface Stage {
+  ms: number;
+  nodeTicks: number;
+  natsTicks: number;
+  clickhouseTicks: number;
+}
+
+/** Runs `body` and measures wall time and CPU of the nodes, JetStream and ClickHouse. */
+async function measure(nodes: NodeProcess[], body: () => Promise<void>): Promise<Stage> {
+  const nodePids = nodes.map((n) => n.pid);
+  const nats = natsPids().map(([, pid]) => pid);
+  const before = [ticks(nodePids), ticks(nats), cpuTicks(clickhousePid())];
+  const started = performance.now();
+  await body();
+  const ms = performance.now() - started;
+  return {
+    ms,
+    nodeTicks: ticks(nodePids) - before[0],
+    natsTicks: ticks(nats) - before[1],
+    clickhouseTicks: cpuTicks(clickhousePid()) - before[2],
+  };
+}
+
+const batches = makeBatches();
+const expected = batches.flows;
+const bodyBytes = [...batches.heartbeats, ...batches.traffic].reduce((n, b) => n + b.length, 0);
+console.error(
+  `${hosts} hosts, ${batches.heartbeats.length + batches.traffic.length} batches, ${expected} ` +
+    `flows, ${bodyBytes} bytes compressed (${(bodyBytes / expected).toFixed(1)} per flow)`,
+);
+const rows: string[][] = [];
+const perK = (t: number) => (t / hz * 1000 / (expected / 1000)).toFixed(1);
+const record = (nodes: number, rep: number, name: string, s: Stage) => {
+  const flowsPerS = expected / (s.ms / 1000);
+  rows.push([
+    `${nodes}`,
+    `${rep}`,
+    name,
+    (s.ms / 1000).toFixed(2),
+    Math.round(flowsPerS).toString(),
+    perK(s.nodeTicks),
+    perK(s.natsTicks),
+    perK(s.clickhouseTicks),
+  ]);
+  console.error(rows.at(-1)!.join("\t"));
+};
+
+try {
+  for (const n of [1, 2]) {
+    for (let rep = 1; rep <= reps; rep++) {
+      await reset();
+      let nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "none");
+      const urls = nodes.map((node) => node.url);
+      record(
+        n,
+        rep,
+        "ingest",
+        await measure(nodes, async () => {
+          await post(urls, batches.heartbeats);
+          await post(urls, batches.traffic);
+        }),
+      );
+      await stopNodes(nodes);
+      nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "attribution");
+      record(
+        n,
+        rep,
+        "attribution",
+        await measure(nodes, async () => {
+          await until(async () => await lag("attribution") === 0 && await lag("hold") === 0);
+        }),
+      );
+      await stopNodes(nodes);
+      nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "sink");
+      const store = await ClickHouseStore.open(cluster.clickhouseUrl, { readOnly: true });
+      record(
+        n,
+        rep,
+        "sink",
+        await measure(nodes, async () => {
+          await until(async () => await lag("sink") === 0 && await store.countFlows() === expected);
+        }),
+      );
+      const attributed = (await store.flows({ attribution: "attributed", limit: -1 })).length;
+      if (attributed !== expected) {
+        throw new Error(`${expected - attributed} flows not attributed: the bench data is wrong`);
+      }
+      await stopNodes(nodes);
+      await reset();
+      nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "attribution,sink");
+      record(
+        n,
+        rep,
+        "end to end",
+        await measure(nodes, async () => {
+          await post(nodes.map((node) => node.url), batches.heartbeats);
+          await post(nodes.map((node) => node.url), batches.traffic);
+          await until(async () => await store.countFlows() === expected);
+        }),
+      );
+      await store.close();
+      await stopNodes(nodes);
+    }
+  }
+} finally {
+  await clickhouse.close();
+  await nc.close();
+  await cluster.close();
+}
+
+const header = [
+  "nodes",
+  "rep",
+  "stage",
+  "wall s",
+  "flows/s",
+  "node CPU ms/1k",
+  "JetStream CPU ms/1k",
+  "ClickHouse CPU ms/1k",
+];
+const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
+const line = (r: string[]) => `| ${r.map((cell, c) => cell.padEnd(widths[c])).join(" | ")} |`;
+console.log(line(header));
+console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`);
+for (const r of rows) console.log(line(r));
+console.log();
+console.log("Summary (best / worst of the repetitions):");
+for (const n of [1, 2]) {
+  for (const stage of ["ingest", "attribution", "sink", "end to end"]) {
+    const mine = rows.filter((r) => r[0] === `${n}` && r[2] === stage);
+    const rates = mine.map((r) => Number(r[4]));
+    const cpu = mine.map((r) => Number(r[5]));
+    console.log(
+      `  ${n} node(s) ${stage.padEnd(11)} ${Math.max(...rates)} / ${
+        Math.min(...rates)
+      } flows/s; node CPU ${Math.min(...cpu)} / ${Math.max(...cpu)} ms per 1000 flows`,
+    );
+  }
+}

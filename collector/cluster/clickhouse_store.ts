@@ -1,0 +1,352 @@
+/**
+ * The cluster collector's store: flows and revocations in ClickHouse (tables in
+ * `schema/clickhouse.sql`), written by the sink in batches and read by `flowexporter query
+ * --clickhouse` and a node's `GET /v1/flows`, through the official `@clickhouse/client` over
+ * HTTP. Only what ClickHouse has kept from 18.16 (Debian's) to current releases is used: no
+ * query parameters (values are quoted here), no newer types; rows go in as JSONEachRow, with
+ * 64-bit integers as JSON numbers so that none loses precision.
+ *
+ * Reads use `FINAL`, so a flow stored twice (a replay, a redelivery) or settled later (a held
+ * flow) is one row, its latest version; revocations are applied to what is read, as the
+ * SQLite collector's `flows_attributed` view does.
+ *
+ * @example
+ * ```ts
+ * import { ClickHouseStore } from "./clickhouse_store.ts";
+ * await using store = await ClickHouseStore.open("http://127.0.0.1:8123");
+ * const flows = await store.flows({ workload: "checkout", limit: 100 });
+ * ```
+ *
+ * @module
+ */
+
+import { Readable } from "node:stream";
+import { type ClickHouseClient, ClickHouseLogLevel, createClient } from "@clickhouse/client";
+import type { FlowRecord } from "../../lib/flow.ts";
+import { encodeFlowId, hasFlowId, NO_BOOT_ID } from "../../lib/flow_id.ts";
+import { formatIp } from "../../lib/map_layout.ts";
+import { errorText } from "../../lib/error_text.ts";
+import type { Revocation, Verdict } from "../attributor.ts";
+import { type FlowFilter, type StoredFlow, toStoredFlow } from "../store.ts";
+
+/** The SQL of the tables, one source: `schema/clickhouse.sql`. */
+export const CLICKHOUSE_SCHEMA_URL = new URL("../../schema/clickhouse.sql", import.meta.url);
+
+/** One flow as the sink writes it: the flow, where it came from, and its attribution. */
+export interface FlowRow {
+  readonly hostname: string;
+  readonly sequence: number;
+  /** Its index in the batch. */
+  readonly index: number;
+  /** 0 when its batch was attributed, 1 when the hold settled it. */
+  readonly version: number;
+  readonly flow: FlowRecord;
+  /** Address key of the remote end. */
+  readonly remoteKey: string;
+  readonly verdict: Verdict;
+  readonly receivedNs: bigint;
+}
+
+/** ClickHouse cannot be reached or refused a statement; the message says which. */
+export class ClickHouseError extends Error {
+  /** Creates the error; `message` is one sentence-case line. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ClickHouseError";
+  }
+}
+
+/** Rows per piece of an INSERT's body. */
+const ROWS_PER_CHUNK = 1000;
+/** Most revocation keys asked for in one statement. */
+const KEYS_PER_QUERY = 1000;
+
+/** Flows and revocations in ClickHouse; see the module documentation. */
+export class ClickHouseStore implements AsyncDisposable {
+  readonly #client: ClickHouseClient;
+  readonly #url: string;
+
+  private constructor(client: ClickHouseClient, url: string) {
+    this.#client = client;
+    this.#url = url;
+  }
+
+  /**
+   * Connects and, unless `readOnly`, creates the tables that are missing.
+   *
+   * @param url ClickHouse's HTTP interface, `http://host:8123` (user and password in the URL)
+   * @throws {ClickHouseError} naming the URL when ClickHouse cannot be reached
+   */
+  static async open(url: string, options: { readOnly?: boolean } = {}): Promise<ClickHouseStore> {
+    // Its own log is off: every failure reaches the caller as a ClickHouseError.
+    const client = createClient({
+      url,
+      request_timeout: 30_000,
+      log: { level: ClickHouseLogLevel.OFF },
+    });
+    const store = new ClickHouseStore(client, url);
+    if (options.readOnly) return store;
+    try {
+      const schema = await Deno.readTextFile(CLICKHOUSE_SCHEMA_URL);
+      for (const statement of sqlStatements(schema)) await store.#command(statement);
+    } catch (error) {
+      await client.close();
+      throw error;
+    }
+    return store;
+  }
+
+  /** Writes flows in one INSERT. */
+  async insertFlows(rows: readonly FlowRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    await this.#insert("flows", rows, flowRowJson);
+  }
+
+  /** Writes revocations in one INSERT. */
+  async insertRevocations(revocations: readonly Revocation[]): Promise<void> {
+    if (revocations.length === 0) return;
+    await this.#insert(
+      "revocations",
+      revocations,
+      (r) =>
+        `{"key":${JSON.stringify(r.key)},"by_address":${r.byAddress ? 1 : 0},` +
+        `"from_ns":${r.fromNs},"to_ns":${r.toNs},"server_ends_only":${
+          r.serverEndsOnly ? 1 : 0
+        },"status":"${r.status}"}`,
+    );
+  }
+
+  /** Flows matching `filter`, by start time, each once, with revocations applied. */
+  async flows(filter: FlowFilter = {}): Promise<StoredFlow[]> {
+    const where: string[] = [];
+    if (filter.fromNs !== undefined) where.push(`t_start_ns >= ${filter.fromNs}`);
+    if (filter.toNs !== undefined) where.push(`t_start_ns < ${filter.toNs}`);
+    if (filter.workload !== undefined) {
+      const w = quote(filter.workload);
+      where.push(`(local_workload_id = ${w} OR remote_workload_id = ${w})`);
+    }
+    if (filter.ip !== undefined) {
+      const ip = quote(filter.ip);
+      where.push(`(local_ip = ${ip} OR remote_ip = ${ip})`);
+    }
+    if (filter.hostname !== undefined) where.push(`hostname = ${quote(filter.hostname)}`);
+    // A revocation turns `attributed` into `ambiguous` or `unattributed`: those statuses
+    // are looked for among attributed flows too, and the filter applied after revocations.
+    const status = filter.attribution;
+    if (status !== undefined) {
+      where.push(
+        status === "ambiguous" || status === "unattributed"
+          ? `attribution IN (${quote(status)}, 'attributed')`
+          : `attribution = ${quote(status)}`,
+      );
+    }
+    const limit = filter.limit ?? 1000;
+    const out: StoredFlow[] = [];
+    const page = limit < 0 ? 100_000 : Math.max(limit, 1000);
+    for (let offset = 0;; offset += page) {
+      const rows = await this.#select(
+        `SELECT * FROM flows FINAL ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ` +
+          `ORDER BY t_start_ns, hostname, flow_key LIMIT ${offset}, ${page}`,
+      );
+      const flows = await this.#revoked(rows.map(toFlow));
+      for (const flow of flows) {
+        if (status !== undefined && flow.attribution !== status) continue;
+        if (
+          filter.workload !== undefined && flow.localWorkloadId !== filter.workload &&
+          flow.remoteWorkloadId !== filter.workload
+        ) continue;
+        out.push(flow);
+        if (limit >= 0 && out.length === limit) return out;
+      }
+      if (rows.length < page) return out;
+    }
+  }
+
+  /** Flows stored, each counted once (`FINAL`), for tests and metrics. */
+  async countFlows(): Promise<number> {
+    const rows = await this.#select("SELECT count() AS n FROM flows FINAL");
+    return Number(rows[0].n);
+  }
+
+  /** Closes the HTTP client; safe to call twice. */
+  async close(): Promise<void> {
+    await this.#client.close();
+  }
+
+  /** Same as {@linkcode close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /** The flows with the revocations that cover them applied (`flows_attributed`'s rules). */
+  async #revoked(flows: StoredFlow[]): Promise<StoredFlow[]> {
+    const attributed = flows.filter((f) => f.attribution === "attributed");
+    if (attributed.length === 0) return flows;
+    const keys = new Set<string>();
+    for (const f of attributed) {
+      keys.add((f as StoredFlowWithKeys).ownerKey);
+      keys.add((f as StoredFlowWithKeys).remoteKey);
+    }
+    const byKey = new Map<string, Revocation[]>();
+    const list = [...keys];
+    for (let i = 0; i < list.length; i += KEYS_PER_QUERY) {
+      const rows = await this.#select(
+        `SELECT * FROM revocations FINAL WHERE key IN (${
+          list.slice(i, i + KEYS_PER_QUERY).map(quote).join(",")
+        })`,
+      );
+      for (const r of rows) {
+        const revocation: Revocation = {
+          key: r.key as string,
+          byAddress: Number(r.by_address) === 1,
+          fromNs: BigInt(r.from_ns as string),
+          toNs: BigInt(r.to_ns as string),
+          serverEndsOnly: Number(r.server_ends_only) === 1,
+          status: r.status as Revocation["status"],
+        };
+        const slot = byKey.get(revocation.key);
+        if (slot === undefined) byKey.set(revocation.key, [revocation]);
+        else slot.push(revocation);
+      }
+    }
+    if (byKey.size === 0) return flows;
+    return flows.map((f) => {
+      if (f.attribution !== "attributed") return f;
+      const { ownerKey, remoteKey } = f as StoredFlowWithKeys;
+      const covers = (r: Revocation, byAddress: boolean) =>
+        r.byAddress === byAddress && r.fromNs <= f.tStartNs && r.toNs >= f.tStartNs &&
+        (!r.serverEndsOnly || f.direction !== "inbound");
+      const revocation = byKey.get(ownerKey)?.find((r) => covers(r, false)) ??
+        byKey.get(remoteKey)?.find((r) => covers(r, true));
+      return revocation === undefined
+        ? f
+        : { ...f, attribution: revocation.status, remoteWorkloadId: null };
+    });
+  }
+
+  /** One INSERT of `items` as JSONEachRow, written as the request body streams. */
+  async #insert<T>(table: string, items: readonly T[], json: (item: T) => string): Promise<void> {
+    // Rows go out in chunks made as the request is sent: no body-sized string in memory.
+    function* chunks() {
+      for (let i = 0; i < items.length; i += ROWS_PER_CHUNK) {
+        yield items.slice(i, i + ROWS_PER_CHUNK).map(json).join("\n") + "\n";
+      }
+    }
+    try {
+      const result = await this.#client.exec({
+        query: `INSERT INTO ${table} FORMAT JSONEachRow`,
+        values: Readable.from(chunks()),
+      });
+      result.stream.resume();
+      await new Promise((resolve) => result.stream.once("close", resolve));
+    } catch (error) {
+      throw this.#error(`insert ${items.length} rows into ${table}`, error);
+    }
+  }
+
+  async #command(query: string): Promise<void> {
+    try {
+      await this.#client.command({ query });
+    } catch (error) {
+      throw this.#error("create the tables", error);
+    }
+  }
+
+  async #select(query: string): Promise<Record<string, unknown>[]> {
+    try {
+      const result = await this.#client.query({ query, format: "JSONEachRow" });
+      return await result.json<Record<string, unknown>>();
+    } catch (error) {
+      throw this.#error("read flows", error);
+    }
+  }
+
+  #error(action: string, error: unknown): ClickHouseError {
+    return new ClickHouseError(
+      `Cannot ${action} in ClickHouse at ${redact(this.#url)}: ${errorText(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/** A stored flow as read here, with the keys revocations are matched by. */
+interface StoredFlowWithKeys extends StoredFlow {
+  readonly ownerKey: string;
+  readonly remoteKey: string;
+}
+
+/** The statements of a SQL file: split at `;`, comments dropped. */
+export function sqlStatements(sql: string): string[] {
+  return sql.split("\n").filter((line) => !line.trimStart().startsWith("--")).join("\n")
+    .split(";").map((s) => s.trim()).filter((s) => s !== "");
+}
+
+function flowRowJson(r: FlowRow): string {
+  const f = r.flow;
+  const known = hasFlowId(f);
+  const flowId = known ? hex(encodeFlowId(f.bootId, f.cookie)) : null;
+  const v = r.verdict;
+  return `{"hostname":${JSON.stringify(r.hostname)},` +
+    `"flow_key":"${flowId ?? `${r.sequence}:${r.index}`}",` +
+    `"version":${r.version},"batch_sequence":${r.sequence},"flow_index":${r.index},` +
+    `"flow_id":${flowId === null ? "null" : `"${flowId}"`},` +
+    `"t_start_ns":${f.tStartNs},"t_end_ns":${f.tEndNs},"family":${f.family},` +
+    `"local_ip":"${formatIp(f.localIp)}","local_port":${f.localPort},` +
+    `"remote_ip":"${formatIp(f.remoteIp)}","remote_port":${f.remotePort},` +
+    `"local_workload_id":${JSON.stringify(f.localWorkloadId)},` +
+    `"identity_source":"${f.identitySource}","seeded":${f.seeded ? 1 : 0},` +
+    `"direction":"${f.direction}","close_state":${JSON.stringify(f.closeState)},` +
+    `"flow_end":"${f.end}","error":${f.error},"bytes_sent":${f.bytesSent},` +
+    `"bytes_retrans":${known ? f.bytesRetrans : "null"},"bytes_acked":${f.bytesAcked},` +
+    `"bytes_received":${f.bytesReceived},"segs_out":${f.segsOut},"segs_in":${f.segsIn},` +
+    `"total_retrans":${f.totalRetrans},"srtt_us":${f.srttUs},"min_rtt_us":${f.minRttUs},` +
+    `"delivered":${f.delivered},"lost":${f.lost},"remote_key":${JSON.stringify(r.remoteKey)},` +
+    `"attribution":"${v.status}",` +
+    `"remote_workload_id":${v.workload === undefined ? "null" : JSON.stringify(v.workload)},` +
+    `"owner_key":${v.ownerKey === undefined ? "null" : JSON.stringify(v.ownerKey)},` +
+    `"received_ns":${r.receivedNs}}`;
+}
+
+/** A row of `flows` (64-bit integers arrive quoted) as a stored flow, through the SQLite row's. */
+function toFlow(r: Record<string, unknown>): StoredFlowWithKeys {
+  const flow = toStoredFlow({
+    ...r,
+    id: r.flow_index,
+    flow_id: r.flow_id === null ? null : unhex(r.flow_id as string),
+    t_start_ns: BigInt(r.t_start_ns as string),
+    t_end_ns: BigInt(r.t_end_ns as string),
+    received_ns: BigInt(r.received_ns as string),
+    seeded: BigInt(r.seeded as number),
+  }, NO_BOOT_ID);
+  return {
+    ...flow,
+    ownerKey: (r.owner_key as string | null) ?? "",
+    remoteKey: r.remote_key as string,
+  };
+}
+
+/** A ClickHouse string literal. */
+function quote(text: string): string {
+  return `'${text.replaceAll("\\", "\\\\").replaceAll("'", "\\'")}'`;
+}
+
+function hex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function unhex(text: string): Uint8Array {
+  const out = new Uint8Array(text.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(text.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+/** The URL without its password, for messages. */
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== "") u.password = "***";
+    return u.toString().replace(/\/$/, "");
+  } catch {
+    return "(invalid URL)";
+  }
+}

@@ -1,0 +1,584 @@
+/**
+ * A cluster collector node (`flowexporter collector --nats URL[,URL…]`): the collector's HTTP
+ * API (collector/server.ts, the same validation and limits) in front of a NATS JetStream
+ * cluster, with no state of its own. Any number of nodes sit behind any HTTP load balancer.
+ *
+ * - Ingest: a valid batch's merged heartbeats go to `FLOW_OWNERSHIP`, then its body to
+ *   `FLOW_BATCHES` with message ID `hostname:sequence` (JetStream drops a repeat within its
+ *   window); the node answers 200 only once JetStream has acknowledged both, and 503 with
+ *   `Retry-After` while it cannot (the agent's spool keeps the batch).
+ * - Ownership: every node reads all of `FLOW_OWNERSHIP` into its map (ownership_replica.ts)
+ *   and takes attribution work only once it has read what existed when it started.
+ * - Attribution: the nodes share the durable `attribution` consumer, so each batch is
+ *   attributed by one node, with the SQLite collector's rules (collector/attributor.ts). Its
+ *   flows go to `FLOW_OUTPUT` at once (held ones as `pending`); the held ones also go to
+ *   `FLOW_HELD`, whose shared `hold` consumer retries them (`nak` with a delay, so a node's loss
+ *   loses none) until their owner is known or the hold time is over (`unattributed`).
+ * - Revocations: evidence that makes earlier attributions doubtful goes to `FLOW_OUTPUT` too.
+ * - Sink (with `clickhouseUrl`): the shared `clickhouse` consumer inserts `FLOW_OUTPUT` into
+ *   ClickHouse in batches; `GET /v1/flows` reads from there.
+ *
+ * @module
+ */
+
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { type Consumer, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
+import { batchDecoder, type DecodedBatch, WireFormatError } from "../../lib/wire.ts";
+import { errorText } from "../../lib/error_text.ts";
+import { Log } from "../../lib/log.ts";
+import type { Logger } from "../../lib/logger.ts";
+import { printable } from "../../lib/printable.ts";
+import { MetricsRegistry } from "../../lib/metrics.ts";
+import { decodeContent, HttpError } from "../_http_body.ts";
+import { ipKey } from "../_keys.ts";
+import type { Revocation, Verdict } from "../attributor.ts";
+import type { IngestResult } from "../ingest.ts";
+import {
+  type CollectorBackend,
+  type CollectorServer,
+  DEFAULT_LIMITS,
+  RETRY_AFTER_SECONDS,
+  serveCollector,
+  type ServeOptions,
+} from "../server.ts";
+import { ClickHouseStore, type FlowRow } from "./clickhouse_store.ts";
+import {
+  type BatchBody,
+  decodeAttributed,
+  decodeHeld,
+  decodeRevocations,
+  encodeAttributed,
+  encodeHeartbeats,
+  encodeHeld,
+  encodeRevocations,
+  EntryError,
+} from "./messages.ts";
+import { OwnershipReplica, STALL_MS } from "./ownership_replica.ts";
+import {
+  CONSUMERS,
+  DEFAULT_STREAM_SETTINGS,
+  ensureStreams,
+  HEADERS,
+  type StreamSettings,
+  SUBJECTS,
+} from "./streams.ts";
+
+/** Options of {@linkcode startClusterNode}. */
+export interface ClusterNodeOptions extends ServeOptions {
+  /** NATS servers to connect to, `nats://host:4222`. */
+  natsServers: string[];
+  /** ClickHouse's HTTP interface: run the sink and serve `GET /v1/flows` from it. */
+  clickhouseUrl?: string;
+  /** This node's name, in revocation message IDs and logs. Default the host name. */
+  nodeName?: string;
+  /** Stream settings; see streams.ts. */
+  streams?: Partial<StreamSettings>;
+  /** How long a flow waits for its remote owner's heartbeat, s. Default 120. */
+  holdSeconds?: number;
+  /** Heartbeats of one workload at most this far apart merge, s. Default 30. */
+  mergeGapSeconds?: number;
+  /** Clock-skew tolerance around ownership ranges, s. Default 1. */
+  slackSeconds?: number;
+  /** How long ownership ranges are kept, s. Default 3600. */
+  retentionSeconds?: number;
+  /** How often a held batch is tried again, ms. Default 5000. */
+  holdRetryMs?: number;
+  /** How long a publish may wait for JetStream's acknowledgement, ms. Default 5000. */
+  publishTimeoutMs?: number;
+  /**
+   * The shared work this node takes besides ingest: attribution (and the hold), and the sink
+   * (with `clickhouseUrl`). Default both; the benchmark measures each stage alone.
+   */
+  work?: { attribution?: boolean; sink?: boolean };
+}
+
+/** Counters of one node, for metrics and for tests that wait on a condition. */
+export interface ClusterNodeStats {
+  /** Batches acknowledged to agents (repeats included). */
+  batchesIn: number;
+  /** Of those, repeats JetStream already had. */
+  batchesRepeated: number;
+  /** Batches refused with 503 because JetStream could not take them. */
+  batchesRefused: number;
+  /** Batches this node attributed. */
+  batchesAttributed: number;
+  /** Held batches this node settled. */
+  heldSettled: number;
+  /** Held batches this node tried and put back to wait. */
+  heldRetried: number;
+  /** Flows this node's sink inserted into ClickHouse. */
+  sinkRows: number;
+  /** Failed inserts (the entries are redelivered). */
+  sinkErrors: number;
+  /** Ownership entries applied (stream sequence of the last one). */
+  ownershipApplied: number;
+  /** Ranges in the ownership map. */
+  mapRanges: number;
+  /** Milliseconds since the last ownership entry was applied. */
+  mapAgeMs: number;
+  /** The node has read the ownership log and takes attribution work. */
+  caughtUp: boolean;
+}
+
+/** A running node. */
+export interface ClusterNode extends AsyncDisposable {
+  /** Base URL of its HTTP API. */
+  readonly url: string;
+  /** Its name. */
+  readonly name: string;
+  /** Its ownership map. */
+  readonly replica: OwnershipReplica;
+  /** The ClickHouse store, when it runs the sink. */
+  readonly store?: ClickHouseStore;
+  stats(): ClusterNodeStats;
+  /**
+   * Consumer lag: entries not yet delivered plus delivered and not yet acknowledged, per
+   * durable consumer (`attribution`, `hold`, `clickhouse`).
+   */
+  lag(): Promise<Record<string, number>>;
+  /** Stops serving, stops taking work (what it holds is redelivered), closes connections. */
+  close(): Promise<void>;
+}
+
+/** How long an entry of a newer version waits before it is offered to a node again. */
+const NEWER_ENTRY_DELAY_MS = 30_000;
+/** How long each step of closing a node may take. */
+const CLOSE_STEP_MS = 3000;
+/** Most entries (batches) one sink insert takes. */
+const SINK_BATCH = 128;
+
+/**
+ * Connects to NATS (and ClickHouse), creates missing streams and consumers, and starts serving.
+ *
+ * @throws an `Error` naming NATS, ClickHouse or the stream when one cannot be used
+ */
+export async function startClusterNode(options: ClusterNodeOptions): Promise<ClusterNode> {
+  const logger = options.logger ?? new Log({ write: (line) => console.error(line) }).logger;
+  const log: Logger = (level, message) => logger(level, printable(message));
+  const now = options.now ?? (() => BigInt(Date.now()) * 1_000_000n);
+  const name = options.nodeName ?? Deno.hostname();
+  const settings: StreamSettings = {
+    ...DEFAULT_STREAM_SETTINGS,
+    retentionSeconds: options.retentionSeconds ?? DEFAULT_STREAM_SETTINGS.retentionSeconds,
+    ...options.streams,
+  };
+  const holdNs = BigInt(Math.round((options.holdSeconds ?? 120) * 1e9));
+  const holdRetryMs = options.holdRetryMs ?? 5000;
+  const maxDecompressed = options.maxDecompressedBytes ?? DEFAULT_LIMITS.maxDecompressedBytes;
+  const decode = batchDecoder({ maxRecords: Infinity });
+  const stats: ClusterNodeStats = {
+    batchesIn: 0,
+    batchesRepeated: 0,
+    batchesRefused: 0,
+    batchesAttributed: 0,
+    heldSettled: 0,
+    heldRetried: 0,
+    sinkRows: 0,
+    sinkErrors: 0,
+    ownershipApplied: 0,
+    mapRanges: 0,
+    mapAgeMs: Infinity,
+    caughtUp: false,
+  };
+
+  let nc: NatsConnection;
+  try {
+    nc = await connect({
+      servers: options.natsServers,
+      name: `flowexporter-collector ${name}`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      timeout: 10_000,
+    });
+  } catch (error) {
+    throw new Error(
+      `Cannot connect to NATS at ${options.natsServers.join(",")}: ${
+        errorText(error)
+      } (check --nats)`,
+      { cause: error },
+    );
+  }
+  const closers: [string, () => Promise<void>][] = [["the NATS connection", () => nc.close()]];
+  // Without NATS, a close may wait on a server that is gone: each gets a few seconds.
+  const closeAll = async () => {
+    for (const [what, close] of closers.reverse()) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<string>((resolve) => {
+        timer = setTimeout(() => resolve("it took too long"), CLOSE_STEP_MS);
+      });
+      const why = await Promise.race([
+        close().then(() => "", (error) => errorText(error)),
+        late,
+      ]);
+      clearTimeout(timer);
+      if (why !== "") log("warn", `Cannot close ${what} cleanly: ${why}`);
+    }
+  };
+  try {
+    const publishTimeout = options.publishTimeoutMs ?? 5000;
+    const js = jetstream(nc, { timeout: publishTimeout });
+    const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+    await ensureStreams(jsm, settings);
+    const store = options.clickhouseUrl === undefined
+      ? undefined
+      : await ClickHouseStore.open(options.clickhouseUrl);
+    if (store !== undefined) closers.push(["the ClickHouse client", () => store.close()]);
+    const publishRevocations = (sequence: number, revocations: readonly Revocation[]) => {
+      js.publish(SUBJECTS.revocations, encodeRevocations({ revocations }), {
+        msgID: `revocations:${sequence}:${name}`,
+      }).catch((error) =>
+        log("error", `Cannot publish revocations of entry ${sequence}: ${errorText(error)}`)
+      );
+    };
+    const replica = await OwnershipReplica.start(js, jsm, {
+      holdNs,
+      mergeGapNs: seconds(options.mergeGapSeconds ?? 30),
+      slackNs: seconds(options.slackSeconds ?? 1),
+      retentionNs: seconds(settings.retentionSeconds),
+      onRevocations: publishRevocations,
+      log,
+      now,
+    });
+    closers.push(["the ownership log reader", () => replica.close()]);
+    const attributor = replica.attributor;
+    const nodeStats = (): ClusterNodeStats => ({
+      ...stats,
+      ownershipApplied: replica.applied,
+      mapRanges: attributor.ownership.size,
+      mapAgeMs: replica.ageMs,
+    });
+    const lag = async (): Promise<Record<string, number>> => {
+      const out: Record<string, number> = {};
+      for (const { stream, name: consumer } of Object.values(CONSUMERS)) {
+        const info = await jsm.consumers.info(stream, consumer);
+        out[consumer] = info.num_pending + info.num_ack_pending;
+      }
+      return out;
+    };
+
+    /** Publishes with JetStream's acknowledgement, or throws 503. */
+    const publish = async (
+      subject: string,
+      data: Uint8Array,
+      msgID: string,
+      h?: ReturnType<typeof headers>,
+    ) => {
+      try {
+        return await js.publish(subject, data, { msgID, headers: h, timeout: publishTimeout });
+      } catch (error) {
+        throw new HttpError(
+          503,
+          `Cannot store batch ${msgID}: JetStream cannot take writes now (${
+            errorText(error)
+          }); retry after ${RETRY_AFTER_SECONDS} s`,
+          { "retry-after": String(RETRY_AFTER_SECONDS) },
+        );
+      }
+    };
+
+    const backend: CollectorBackend = {
+      async ingest(batch, _cbor, body): Promise<IngestResult> {
+        const hostname = batch.header.host.hostname;
+        const id = `${hostname}:${batch.header.sequence}`;
+        try {
+          const heartbeats = attributor.heartbeats(hostname, batch.flows);
+          let ownershipSeq = 0;
+          if (heartbeats.ranges.length > 0 || heartbeats.shared.size > 0) {
+            ownershipSeq =
+              (await publish(SUBJECTS.ownership, encodeHeartbeats(heartbeats), id)).seq;
+          }
+          const h = headers();
+          h.set(HEADERS.receivedNs, `${now()}`);
+          h.set(HEADERS.ownershipSeq, `${ownershipSeq}`);
+          if (body.encoding !== null) h.set(HEADERS.encoding, body.encoding);
+          const ack = await publish(SUBJECTS.batches, body.bytes, id, h);
+          stats.batchesIn++;
+          if (ack.duplicate) stats.batchesRepeated++;
+          return {
+            duplicate: ack.duplicate,
+            hostname,
+            sequence: batch.header.sequence,
+            flows: batch.flows.length,
+            repeatedFlows: 0,
+            attributed: 0,
+            pending: 0,
+            unattributed: 0,
+            settled: 0,
+          };
+        } catch (error) {
+          if (error instanceof HttpError && error.status === 503) stats.batchesRefused++;
+          throw error;
+        }
+      },
+      async flows(filter) {
+        if (store === undefined) {
+          throw new HttpError(
+            404,
+            "This node stores no flows: query ClickHouse (start nodes with --clickhouse-url)",
+          );
+        }
+        try {
+          return await store.flows(filter);
+        } catch (error) {
+          throw new HttpError(
+            503,
+            `Cannot read flows: ${errorText(error)}; retry after ${RETRY_AFTER_SECONDS} s`,
+            { "retry-after": String(RETRY_AFTER_SECONDS) },
+          );
+        }
+      },
+      tick: () => replica.prune(),
+      metrics: async () => renderMetrics(nodeStats(), await lag().catch(() => ({}))),
+      close: () => {},
+    };
+
+    const decodeBody = async (body: BatchBody): Promise<DecodedBatch> =>
+      decode(await decodeContent(body.bytes, body.encoding, maxDecompressed));
+
+    /** Attributes one batch of `FLOW_BATCHES`; see the module documentation. */
+    const attributeBatch = async (m: JsMsg) => {
+      const body = { bytes: m.data, encoding: m.headers?.get(HEADERS.encoding) || null };
+      const receivedNs = BigInt(m.headers?.get(HEADERS.receivedNs) || `${now()}`);
+      const ownershipSeq = Number(m.headers?.get(HEADERS.ownershipSeq) || 0);
+      if (!await replica.waitFor(ownershipSeq, STALL_MS)) {
+        throw new Error(
+          `the ownership map has entry ${replica.applied}, the batch needs ${ownershipSeq}`,
+        );
+      }
+      const batch = await decodeBody(body);
+      const host = batch.header.host.hostname;
+      const id = `${host}:${batch.header.sequence}`;
+      const verdicts: Verdict[] = batch.flows.map((f) =>
+        attributor.attribute(attributor.endpoint(host, f))
+      );
+      const held = verdicts.flatMap((v, i) => v.status === "pending" ? [i] : []);
+      const indexes = batch.flows.map((_, i) => i);
+      await js.publish(
+        SUBJECTS.flows,
+        encodeAttributed({ body, receivedNs, indexes, version: 0, verdicts }),
+        { msgID: `${id}:0` },
+      );
+      if (held.length > 0) {
+        await js.publish(SUBJECTS.held, encodeHeld({ body, receivedNs, indexes: held }), {
+          msgID: id,
+        });
+      }
+      await m.ackAck();
+      stats.batchesAttributed++;
+    };
+
+    /** Tries the held flows of one batch of `FLOW_HELD` again. */
+    const settleHeld = async (m: JsMsg) => {
+      const entry = decodeHeld(m.data);
+      const batch = await decodeBody(entry.body);
+      const host = batch.header.host.hostname;
+      const expired = now() >= entry.receivedNs + holdNs;
+      const verdicts = entry.indexes.map((i) =>
+        attributor.attribute(attributor.endpoint(host, batch.flows[i]))
+      );
+      if (!expired && verdicts.some((v) => v.status === "pending")) {
+        m.nak(holdRetryMs);
+        stats.heldRetried++;
+        return;
+      }
+      await js.publish(
+        SUBJECTS.flows,
+        encodeAttributed({
+          ...entry,
+          version: 1,
+          verdicts: verdicts.map((v) => v.status === "pending" ? { status: "unattributed" } : v),
+        }),
+        { msgID: `${host}:${batch.header.sequence}:1` },
+      );
+      await m.ackAck();
+      stats.heldSettled++;
+    };
+
+    /** Inserts a run of `FLOW_OUTPUT` entries into ClickHouse, then acknowledges them. */
+    const sinkEntries = async (messages: JsMsg[]) => {
+      const rows: FlowRow[] = [];
+      const revocations = [];
+      for (const m of messages) {
+        if (m.subject === SUBJECTS.revocations) {
+          revocations.push(...decodeRevocations(m.data).revocations);
+          continue;
+        }
+        const entry = decodeAttributed(m.data);
+        const batch = await decodeBody(entry.body);
+        const host = batch.header.host.hostname;
+        entry.indexes.forEach((index, i) => {
+          const flow = batch.flows[index];
+          rows.push({
+            hostname: host,
+            sequence: batch.header.sequence,
+            index,
+            version: entry.version,
+            flow,
+            remoteKey: ipKey(host, flow.remoteIp),
+            verdict: entry.verdicts[i],
+            receivedNs: entry.receivedNs,
+          });
+        });
+      }
+      await store!.insertFlows(rows);
+      await store!.insertRevocations(revocations);
+      for (const m of messages) m.ack();
+      stats.sinkRows += rows.length;
+    };
+
+    // Each loop fetches for at most a second, so it sees `stopping` soon after close().
+    let stopping = false;
+    const loops: Promise<void>[] = [];
+    const runLoop = (
+      consumerName: string,
+      stream: string,
+      handle: (messages: JsMsg[]) => Promise<void>,
+      batchSize: number,
+    ) => {
+      loops.push((async () => {
+        let consumer: Consumer | undefined;
+        while (!stopping) {
+          const messages: JsMsg[] = [];
+          try {
+            consumer ??= await js.consumers.get(stream, consumerName);
+            const batch = await consumer.fetch({ max_messages: batchSize, expires: 1000 });
+            for await (const m of batch) messages.push(m);
+          } catch (error) {
+            // A pull cut short (missed heartbeats while this node was busy, a server lost):
+            // what did arrive is handled below, and the next pull starts afresh.
+            consumer = undefined;
+            if (!stopping) log("warn", `Consumer ${consumerName}: ${errorText(error)} (retrying)`);
+          }
+          if (stopping) {
+            for (const m of messages) m.nak();
+          } else if (messages.length > 0) {
+            await handle(messages);
+          } else if (consumer === undefined) {
+            await new Promise((resolve) => setTimeout(resolve, 500));
+          }
+        }
+      })());
+    };
+    /**
+     * Handles a pull's entries concurrently (their CPU work runs one after the other, their
+     * publishes overlap); one that fails is redelivered after a pause.
+     */
+    const each = (handle: (m: JsMsg) => Promise<void>, what: string) => async (ms: JsMsg[]) => {
+      await Promise.all(ms.map(async (m) => {
+        try {
+          await handle(m);
+        } catch (error) {
+          // A batch that does not decode is dropped (ingest validated it: only a bug gets
+          // here); an entry of a newer version waits for a node that reads it; any other
+          // failure is tried again soon.
+          if (error instanceof WireFormatError) {
+            log("error", `Cannot ${what} entry ${m.seq}: ${errorText(error)} (dropped)`);
+            m.term();
+          } else if (error instanceof EntryError) {
+            log(
+              "warn",
+              `Cannot ${what} entry ${m.seq}: ${errorText(error)} (left for another node)`,
+            );
+            m.nak(NEWER_ENTRY_DELAY_MS);
+          } else {
+            log("warn", `Cannot ${what} entry ${m.seq}: ${errorText(error)} (redelivered)`);
+            m.nak(1000);
+          }
+        }
+      }));
+    };
+
+    replica.caughtUp.then(() => {
+      if (stopping) return;
+      stats.caughtUp = true;
+      log("info", `Node ${name} has read the ownership log (${replica.applied} entries)`);
+      if (options.work?.attribution === false) return;
+      runLoop(
+        CONSUMERS.attribution.name,
+        CONSUMERS.attribution.stream,
+        each(attributeBatch, "attribute"),
+        64,
+      );
+      runLoop(CONSUMERS.hold.name, CONSUMERS.hold.stream, each(settleHeld, "settle"), 64);
+    });
+    if (store !== undefined && options.work?.sink !== false) {
+      runLoop(CONSUMERS.sink.name, CONSUMERS.sink.stream, async (ms) => {
+        try {
+          await sinkEntries(ms);
+        } catch (error) {
+          stats.sinkErrors++;
+          log("warn", `Cannot store ${ms.length} entries: ${errorText(error)} (redelivered)`);
+          for (const m of ms) m.nak(2000);
+        }
+      }, SINK_BATCH);
+    }
+    closers.push(["the consumers", async () => {
+      stopping = true;
+      await Promise.allSettled(loops);
+    }]);
+
+    let server: CollectorServer;
+    try {
+      server = await serveCollector(options, backend);
+    } catch (error) {
+      await closeAll();
+      throw error;
+    }
+    let closing: Promise<void> | undefined;
+    const close = () =>
+      closing ??= (async () => {
+        await server.close();
+        await closeAll();
+      })();
+    return {
+      url: server.url,
+      name,
+      replica,
+      store,
+      stats: nodeStats,
+      lag,
+      close,
+      [Symbol.asyncDispose]: close,
+    };
+  } catch (error) {
+    await closeAll();
+    throw error;
+  }
+}
+
+function seconds(s: number): bigint {
+  return BigInt(Math.round(s * 1e9));
+}
+
+/** A node's figures in the Prometheus text format (`GET /metrics`). */
+function renderMetrics(stats: ClusterNodeStats, lag: Record<string, number>): string {
+  const registry = new MetricsRegistry();
+  const prefix = "flowexporter_cluster_";
+  const counters: [keyof ClusterNodeStats, string, string][] = [
+    ["batchesIn", "batches_in_total", "Batches acknowledged to agents, repeats included."],
+    ["batchesRepeated", "batches_repeated_total", "Batches JetStream already had."],
+    ["batchesRefused", "batches_refused_total", "Batches refused with 503: JetStream unavailable."],
+    ["batchesAttributed", "batches_attributed_total", "Batches this node attributed."],
+    ["heldSettled", "held_settled_total", "Held batches this node settled."],
+    ["heldRetried", "held_retried_total", "Held batches this node put back to wait."],
+    ["sinkRows", "sink_rows_total", "Flows this node inserted into ClickHouse."],
+    ["sinkErrors", "sink_errors_total", "Failed ClickHouse inserts (redelivered)."],
+  ];
+  for (const [key, name, help] of counters) {
+    registry.counter(prefix + name, help).add(Number(stats[key]));
+  }
+  registry.gauge(prefix + "ownership_applied", "Last ownership log entry applied.")
+    .set(stats.ownershipApplied);
+  registry.gauge(prefix + "map_ranges", "Ranges in the ownership map.").set(stats.mapRanges);
+  registry.gauge(prefix + "map_age_seconds", "Seconds since the last ownership entry applied.")
+    .set(Number.isFinite(stats.mapAgeMs) ? stats.mapAgeMs / 1000 : -1);
+  registry.gauge(prefix + "caught_up", "1 once the node has read the ownership log.")
+    .set(stats.caughtUp ? 1 : 0);
+  const consumerLag = registry.gauge(
+    prefix + "consumer_lag",
+    "Entries not yet handled by a shared consumer (attribution: batches; hold: held batches; clickhouse: sink).",
+    ["consumer"],
+  );
+  for (const [consumer, n] of Object.entries(lag)) consumerLag.labels(consumer).set(n);
+  return registry.render();
+}

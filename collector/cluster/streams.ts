@@ -1,0 +1,251 @@
+/**
+ * The JetStream streams and durable consumers of a collector cluster, once: their names,
+ * subjects and configuration. Every node creates what is missing at start
+ * ({@linkcode ensureStreams}); `flowexporter collector check --nats` compares what exists with
+ * what is expected ({@linkcode checkStreams}).
+ *
+ * - `FLOW_BATCHES` (work queue): validated batch bodies as received, message ID
+ *   `hostname:sequence`; the durable `attribution` consumer shares them between nodes.
+ * - `FLOW_OWNERSHIP` (log, kept `retention` long): each batch's merged heartbeats; every node
+ *   reads all of it into its ownership map.
+ * - `FLOW_HELD` (work queue): flows whose remote owner was unknown, redelivered (`nak` with a
+ *   delay) until a heartbeat settles them or the hold time is over; durable `hold`.
+ * - `FLOW_OUTPUT` (log, for any downstream consumer): attributed flows by batch, settlements
+ *   of held flows, and revocations; the durable `clickhouse` consumer feeds the sink.
+ *
+ * @module
+ */
+
+import {
+  AckPolicy,
+  type ConsumerConfig,
+  DeliverPolicy,
+  DiscardPolicy,
+  type JetStreamManager,
+  RetentionPolicy,
+  StorageType,
+  type StreamConfig,
+} from "@nats-io/jetstream";
+import { errorText } from "../../lib/error_text.ts";
+
+/** Subjects the cluster publishes on. */
+export const SUBJECTS = {
+  batches: "flowexporter.batches",
+  ownership: "flowexporter.ownership",
+  held: "flowexporter.held",
+  flows: "flowexporter.flows",
+  revocations: "flowexporter.revocations",
+} as const;
+
+/** Stream names. */
+export const STREAMS = {
+  batches: "FLOW_BATCHES",
+  ownership: "FLOW_OWNERSHIP",
+  held: "FLOW_HELD",
+  output: "FLOW_OUTPUT",
+} as const;
+
+/** Durable consumer names, each on its stream. */
+export const CONSUMERS = {
+  attribution: { stream: STREAMS.batches, name: "attribution" },
+  hold: { stream: STREAMS.held, name: "hold" },
+  sink: { stream: STREAMS.output, name: "clickhouse" },
+} as const;
+
+/** Headers a node sets on what it publishes. */
+export const HEADERS = {
+  /** When the node received the batch, ns since the epoch. */
+  receivedNs: "Flowexporter-Received-Ns",
+  /** The batch's entry in `FLOW_OWNERSHIP`: attribute it once the map has it. */
+  ownershipSeq: "Flowexporter-Ownership-Seq",
+  /** The batch body's `Content-Encoding` (absent: none). */
+  encoding: "Flowexporter-Content-Encoding",
+} as const;
+
+/** What the streams are sized by. */
+export interface StreamSettings {
+  /** Replicas of every stream: 3 in production (a node may fail), 1 for a single server. */
+  replicas: number;
+  /** JetStream's window for message-ID deduplication, seconds. */
+  duplicateWindowSeconds: number;
+  /** How long ownership is kept (the collector's `retention_seconds`). */
+  retentionSeconds: number;
+  /** How long batches, held flows and output are kept at most, seconds. */
+  maxAgeSeconds: number;
+  /** Largest message, bytes (a compressed batch body); the servers' `max_payload` or less. */
+  maxMessageBytes: number;
+}
+
+/** Defaults of {@linkcode StreamSettings}. */
+export const DEFAULT_STREAM_SETTINGS: StreamSettings = {
+  replicas: 3,
+  duplicateWindowSeconds: 120,
+  retentionSeconds: 3600,
+  maxAgeSeconds: 86_400,
+  maxMessageBytes: 8 * 1024 * 1024,
+};
+
+/** How long a consumer waits for an acknowledgement before it redelivers, seconds. */
+export const ACK_WAIT_SECONDS = 30;
+
+const NS_PER_S = 1_000_000_000;
+
+/** The configuration every stream must have. */
+export function streamConfigs(
+  settings: StreamSettings,
+): (Partial<StreamConfig> & { name: string })[] {
+  const common = {
+    storage: StorageType.File,
+    num_replicas: settings.replicas,
+    duplicate_window: settings.duplicateWindowSeconds * NS_PER_S,
+    max_msg_size: settings.maxMessageBytes,
+    discard: DiscardPolicy.Old,
+  };
+  const day = settings.maxAgeSeconds * NS_PER_S;
+  const streams: [string, string[], RetentionPolicy, number][] = [
+    [STREAMS.batches, [SUBJECTS.batches], RetentionPolicy.Workqueue, day],
+    [
+      STREAMS.ownership,
+      [SUBJECTS.ownership],
+      RetentionPolicy.Limits,
+      settings.retentionSeconds * NS_PER_S,
+    ],
+    [STREAMS.held, [SUBJECTS.held], RetentionPolicy.Workqueue, day],
+    [STREAMS.output, [SUBJECTS.flows, SUBJECTS.revocations], RetentionPolicy.Limits, day],
+  ];
+  return streams.map(([name, subjects, retention, max_age]) => ({
+    ...common,
+    name,
+    subjects,
+    retention,
+    max_age,
+  }));
+}
+
+/** The configuration every durable consumer must have. */
+export function consumerConfigs(): { stream: string; config: Partial<ConsumerConfig> }[] {
+  return Object.values(CONSUMERS).map(({ stream, name }) => ({
+    stream,
+    config: {
+      durable_name: name,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: ACK_WAIT_SECONDS * NS_PER_S,
+      max_deliver: -1,
+      max_ack_pending: 20_000,
+    },
+  }));
+}
+
+/** The stream configuration could not be created or differs from what this node expects. */
+export class StreamConfigError extends Error {
+  /** Creates the error; `message` is one sentence-case line. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StreamConfigError";
+  }
+}
+
+/**
+ * Creates the streams and consumers that are missing; leaves existing ones as they are (an
+ * operator may have tuned them) unless they differ in a way that breaks the cluster, which
+ * {@linkcode checkStreams} reports.
+ *
+ * @throws {StreamConfigError} naming the stream when JetStream refuses it
+ */
+export async function ensureStreams(
+  jsm: JetStreamManager,
+  settings: StreamSettings,
+): Promise<void> {
+  for (const config of streamConfigs(settings)) {
+    try {
+      await jsm.streams.info(config.name);
+    } catch {
+      try {
+        await jsm.streams.add(config);
+      } catch (error) {
+        throw new StreamConfigError(
+          `Cannot create stream ${config.name}: ${
+            errorText(error)
+          } (a ${settings.replicas}-replica stream needs that many JetStream servers; see --nats-replicas)`,
+          { cause: error },
+        );
+      }
+    }
+  }
+  for (const { stream, config } of consumerConfigs()) {
+    try {
+      await jsm.consumers.info(stream, config.durable_name!);
+    } catch {
+      try {
+        await jsm.consumers.add(stream, config);
+      } catch (error) {
+        throw new StreamConfigError(
+          `Cannot create consumer ${config.durable_name} on ${stream}: ${errorText(error)}`,
+          { cause: error },
+        );
+      }
+    }
+  }
+}
+
+/**
+ * Compares the streams and consumers with what the cluster needs: one line per problem, empty
+ * when all is well.
+ */
+export async function checkStreams(
+  jsm: JetStreamManager,
+  settings: StreamSettings,
+): Promise<string[]> {
+  const problems: string[] = [];
+  for (const want of streamConfigs(settings)) {
+    let have: StreamConfig;
+    try {
+      have = (await jsm.streams.info(want.name)).config;
+    } catch (error) {
+      problems.push(`Stream ${want.name} is missing (${errorText(error)}): a node creates it`);
+      continue;
+    }
+    const differs = (field: keyof StreamConfig, why: string) => {
+      if (JSON.stringify(have[field]) !== JSON.stringify(want[field])) {
+        problems.push(
+          `Stream ${want.name} has ${field} ${JSON.stringify(have[field])}, expected ${
+            JSON.stringify(want[field])
+          }: ${why}`,
+        );
+      }
+    };
+    differs("subjects", "nodes publish and read these subjects");
+    differs("retention", "the work queues must drop what was handled; the logs must keep it");
+    differs("storage", "batches acknowledged to agents must survive a restart");
+    if (have.num_replicas < want.num_replicas!) {
+      problems.push(
+        `Stream ${want.name} has ${have.num_replicas} replicas, expected ${want.num_replicas}: a server failure would lose acknowledged batches`,
+      );
+    }
+    if (want.name === STREAMS.ownership && have.max_age < want.max_age!) {
+      problems.push(
+        `Stream ${want.name} keeps ownership ${
+          have.max_age / NS_PER_S
+        } s, less than the retention ${settings.retentionSeconds} s: a restarted node would rebuild less than the others know`,
+      );
+    }
+  }
+  for (const { stream, config } of consumerConfigs()) {
+    try {
+      const have = (await jsm.consumers.info(stream, config.durable_name!)).config;
+      if (have.ack_policy !== AckPolicy.Explicit) {
+        problems.push(
+          `Consumer ${config.durable_name} on ${stream} has ack_policy ${have.ack_policy}, expected explicit: work would be lost with a node`,
+        );
+      }
+    } catch (error) {
+      problems.push(
+        `Consumer ${config.durable_name} on ${stream} is missing (${
+          errorText(error)
+        }): a node creates it`,
+      );
+    }
+  }
+  return problems;
+}

@@ -1,0 +1,443 @@
+/**
+ * The cluster collector on a real local cluster (3 JetStream nodes, ClickHouse; no kernel):
+ * exactly-once storage across nodes, attribution across nodes, a rebuilt ownership map, a
+ * replay after the deduplication window, node and stream-leader failures, and 503 without NATS.
+ * Under CI the servers must be there: the tests fail without them.
+ */
+import assert from "node:assert/strict";
+import { startLocalCluster } from "../collector/cluster/local_cluster.ts";
+import { type ClusterNode, startClusterNode } from "../collector/cluster/node.ts";
+import { ClickHouseStore } from "../collector/cluster/clickhouse_store.ts";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { STREAMS } from "../collector/cluster/streams.ts";
+import { runQuery } from "../collector/query.ts";
+import { runCollector } from "../collector/cli.ts";
+import { NO_FILES } from "./_option_files.ts";
+import type { Logger } from "../lib/logger.ts";
+import { postBatch } from "./_batches.ts";
+import { CollectorProcess } from "./_collector.ts";
+import {
+  clusterServersInstalled,
+  postUntilStored,
+  recentFlow,
+  type TestBatch,
+  testBatch,
+  waitUntil,
+} from "./_cluster.ts";
+
+const ignore = !clusterServersInstalled() && Deno.env.get("CI") === undefined;
+const DEDUP_WINDOW_SECONDS = 2;
+
+/** Log lines of the in-process nodes, shown when a test fails. */
+const logLines: string[] = [];
+const logger: Logger = (level, message) => logLines.push(`${level} ${message}`);
+
+function startNode(natsUrls: string[], clickhouseUrl: string | undefined, name: string) {
+  return startClusterNode({
+    natsServers: natsUrls,
+    clickhouseUrl,
+    nodeName: name,
+    port: 0,
+    streams: { duplicateWindowSeconds: DEDUP_WINDOW_SECONDS },
+    holdSeconds: 30,
+    holdRetryMs: 200,
+    publishTimeoutMs: 2000,
+    logger,
+    tickMs: 200,
+  });
+}
+
+/** A host's batch of `n` flows from its workload on `ip`, to a server on `server`. */
+function hostBatch(host: number, sequence: number, n: number): TestBatch {
+  const ip = `10.20.${host}.1`;
+  const flows = Array.from({ length: n }, (_, i) =>
+    recentFlow({
+      local: `${ip}:${30000 + i}`,
+      remote: `10.99.0.1:443`,
+      workload: `app-${host}`,
+      startS: sequence * 10 + i * 0.01,
+      endS: sequence * 10 + i * 0.01 + 0.5,
+    }));
+  return testBatch(`host-${host}`, sequence, flows);
+}
+
+/** The server host's batch: inbound flows on 10.99.0.1:443, its heartbeats. */
+function serverBatch(sequence: number, fromS: number, toS: number): TestBatch {
+  return testBatch("server", sequence, [
+    recentFlow({
+      local: "10.99.0.1:443",
+      remote: "10.20.1.1:30000",
+      workload: "api",
+      startS: fromS,
+      endS: toS,
+      direction: "inbound",
+    }),
+  ]);
+}
+
+async function flowsOf(store: ClickHouseStore, host: string) {
+  return await store.flows({ hostname: host, limit: -1 });
+}
+
+Deno.test({
+  name: "cluster nodes store, attribute, rebuild and refuse as they must",
+  ignore,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async (t) => {
+  await using cluster = await startLocalCluster();
+  const nodes: ClusterNode[] = [];
+  try {
+    nodes.push(await startNode(cluster.natsUrls, cluster.clickhouseUrl, "a"));
+    nodes.push(await startNode(cluster.natsUrls, cluster.clickhouseUrl, "b"));
+    const store = await ClickHouseStore.open(cluster.clickhouseUrl);
+    /** Nothing waits for attribution or the sink (nor, with `hold`, in the hold). */
+    const settled = async (hold = false) => {
+      const lag = await nodes[0].lag();
+      return lag.attribution === 0 && lag.clickhouse === 0 && (!hold || lag.hold === 0);
+    };
+
+    await t.step("batches posted round-robin to two nodes are stored exactly once", async () => {
+      const server = serverBatch(1, 10, 400);
+      await postUntilStored(() => [nodes[0].url], server);
+      const batches: TestBatch[] = [];
+      for (let seq = 1; seq <= 10; seq++) {
+        for (let host = 1; host <= 4; host++) batches.push(hostBatch(host, seq, 50));
+      }
+      // Each batch to one node, and again (a retry) to the other: JetStream drops the retry
+      // within its window; after it, the retry is attributed again and the sink drops it.
+      let repeated = 0;
+      await Promise.all(batches.map(async (b, i) => {
+        assert.equal((await postUntilStored(() => [nodes[i % 2].url], b)).status, "stored");
+        const again = await postUntilStored(() => [nodes[(i + 1) % 2].url], b);
+        if (again.status === "duplicate") repeated++;
+      }));
+      const expected = batches.length * 50 + 1;
+      await waitUntil(
+        "every flow in ClickHouse",
+        async () => await store.countFlows() === expected && await settled(true),
+      );
+      for (let host = 1; host <= 4; host++) {
+        const flows = await flowsOf(store, `host-${host}`);
+        assert.equal(flows.length, 500, `host-${host}'s flows`);
+        assert.equal(new Set(flows.map((f) => f.cookie)).size, 500);
+        for (const f of flows) {
+          assert.equal(f.attribution, "attributed");
+          assert.equal(f.remoteWorkloadId, "api");
+        }
+      }
+      // Both nodes did attribution work and both answer queries.
+      const [a, b] = nodes.map((n) => n.stats());
+      assert.equal(a.batchesIn + b.batchesIn, 2 * batches.length + 1);
+      assert.equal(a.batchesRepeated + b.batchesRepeated, repeated);
+      assert.equal(
+        a.batchesAttributed + b.batchesAttributed,
+        batches.length + 1 + (batches.length - repeated),
+      );
+      assert.ok(a.batchesAttributed > 0 && b.batchesAttributed > 0, "both nodes attribute");
+      const res = await fetch(`${nodes[1].url}/v1/flows?host=host-3&limit=0`);
+      assert.equal(res.status, 200);
+      assert.equal((await res.json()).length, 500);
+    });
+
+    await t.step("flowexporter query --clickhouse reads the cluster's flows", async () => {
+      const out: string[] = [];
+      const err: string[] = [];
+      const args = ["--clickhouse", cluster.clickhouseUrl, "--host", "host-2", "--limit", "0"];
+      const io = { out: (line: string) => out.push(line), err: (line: string) => err.push(line) };
+      assert.equal(await runQuery([...args, "--format", "json"], io), 0, err.join("\n"));
+      assert.equal(out.length, 500);
+      const first = JSON.parse(out[0]);
+      assert.deepEqual([first.host, first.remote_workload_id], ["host-2", "api"]);
+      out.length = 0;
+      assert.equal(await runQuery([...args, "--status", "pending"], io), 0);
+      assert.equal(out.length, 1, "the table's header only");
+    });
+
+    await t.step("an address handed over from A to B is A's before and B's after", async () => {
+      // The client's flows first: they wait for the owners' heartbeats, then settle.
+      const client = testBatch("client", 1, [
+        recentFlow({
+          local: "10.30.0.9:40001",
+          remote: "10.40.0.5:8080",
+          workload: "client",
+          startS: 50,
+          endS: 51,
+        }),
+        recentFlow({
+          local: "10.30.0.9:40002",
+          remote: "10.40.0.5:8080",
+          workload: "client",
+          startS: 250,
+          endS: 251,
+        }),
+      ]);
+      await postUntilStored(() => [nodes[0].url], client);
+      const owner = (host: string, workload: string, fromS: number) =>
+        testBatch(host, 1, [
+          recentFlow({
+            local: "10.40.0.5:8080",
+            remote: "10.30.0.9:40000",
+            workload,
+            startS: fromS,
+            endS: fromS + 100,
+            direction: "inbound",
+          }),
+        ]);
+      await postUntilStored(() => [nodes[1].url], owner("host-a", "workload-a", 0));
+      await postUntilStored(() => [nodes[0].url], owner("host-b", "workload-b", 200));
+      await waitUntil("the client's flows settled", async () => {
+        const flows = await flowsOf(store, "client");
+        return flows.length === 2 && flows.every((f) => f.attribution !== "pending");
+      });
+      const flows = await flowsOf(store, "client");
+      assert.deepEqual(
+        flows.map((f) => [f.localPort, f.attribution, f.remoteWorkloadId]),
+        [[40001, "attributed", "workload-a"], [40002, "attributed", "workload-b"]],
+      );
+    });
+
+    await t.step("a node that starts rebuilds the ownership map from the log", async () => {
+      const node = await startNode(cluster.natsUrls, undefined, "c");
+      nodes.push(node);
+      assert.equal(await node.replica.caughtUp, true);
+      await waitUntil("the node to take attribution work", () => node.stats().caughtUp);
+      const before = nodes[0].replica.attributor.ownership;
+      const rebuilt = node.replica.attributor.ownership;
+      assert.equal(rebuilt.size, before.size);
+      for (const key of ["10.40.0.5", "[10.40.0.5]:8080", "10.99.0.1", "[10.99.0.1]:443"]) {
+        assert.deepEqual(rebuilt.ranges(key), before.ranges(key), key);
+      }
+      const at = (s: number) =>
+        recentFlow({ local: "1.1.1.1:1", remote: "1.1.1.1:1", workload: "", startS: s, endS: s })
+          .tStartNs;
+      assert.deepEqual(rebuilt.lookup("[10.40.0.5]:8080", at(50)), {
+        kind: "owned",
+        workload: "workload-a",
+      });
+      assert.deepEqual(rebuilt.lookup("[10.40.0.5]:8080", at(250)), {
+        kind: "owned",
+        workload: "workload-b",
+      });
+    });
+
+    await t.step("the dependency map is refused in one line: no cluster source yet", async () => {
+      const res = await fetch(`${nodes[0].url}/v1/graph`);
+      assert.equal(res.status, 404);
+      assert.equal(
+        (await res.text()).trimEnd(),
+        "No dependency map on a cluster node yet: /v1/graph is served by the SQLite collector (collector --db)",
+      );
+    });
+
+    await t.step("each node serves its figures at /metrics", async () => {
+      const res = await fetch(`${nodes[0].url}/metrics`);
+      assert.equal(res.status, 200);
+      const text = await res.text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+      assert.equal(value("flowexporter_cluster_batches_in_total"), nodes[0].stats().batchesIn);
+      assert.equal(value("flowexporter_cluster_caught_up"), 1);
+      assert.ok(value("flowexporter_cluster_map_ranges") > 0);
+      for (const consumer of ["attribution", "hold", "clickhouse"]) {
+        const lag = value(`flowexporter_cluster_consumer_lag\\{consumer="${consumer}"\\}`);
+        assert.ok(Number.isInteger(lag) && lag >= 0, `${consumer} lag ${lag}`);
+      }
+    });
+
+    await t.step(
+      "collector check --nats finds the streams as nodes need them, or says what differs",
+      async () => {
+        const stderr: string[] = [];
+        const out = { stdout: () => {}, stderr: (line: string) => stderr.push(line) };
+        const args = [
+          "check",
+          ...["--nats", cluster.natsUrls.join(","), "--clickhouse-url", cluster.clickhouseUrl],
+          ...["--nats-dedup-window-seconds", String(DEDUP_WINDOW_SECONDS)],
+        ];
+        assert.equal(await runCollector(args, {}, NO_FILES, out), 0, stderr.join("\n"));
+        assert.deepEqual(stderr, ["Cluster: streams, consumers and store as expected"]);
+        const nc = await connect({ servers: cluster.natsUrls });
+        try {
+          const jsm = await jetstreamManager(nc);
+          const { config } = await jsm.streams.info(STREAMS.ownership);
+          await jsm.streams.update(STREAMS.ownership, { ...config, max_age: 60_000_000_000 });
+          stderr.length = 0;
+          assert.equal(await runCollector(args, {}, NO_FILES, out), 1);
+          assert.deepEqual(stderr, [
+            "Stream FLOW_OWNERSHIP keeps ownership 60 s, less than the retention 3600 s: a restarted node would rebuild less than the others know",
+          ]);
+          await jsm.streams.update(STREAMS.ownership, config);
+        } finally {
+          await nc.close();
+        }
+      },
+    );
+
+    await t.step("a batch replayed after the deduplication window is stored once", async () => {
+      const batch = hostBatch(7, 1, 20);
+      await postUntilStored(() => [nodes[0].url], batch);
+      await waitUntil(
+        "the batch stored",
+        async () => (await flowsOf(store, "host-7")).length === 20,
+      );
+      const attributed = () => nodes.reduce((n, node) => n + node.stats().batchesAttributed, 0);
+      const before = attributed();
+      // JetStream takes it again once its window is over: a later post is "stored" again.
+      await waitUntil("JetStream's window over", async () => {
+        const res = await postBatch(nodes[1].url, batch.body);
+        return res.status === 200 && (await res.json()).status === "stored";
+      });
+      await waitUntil(
+        "the replay attributed and stored",
+        async () => attributed() > before && await settled(),
+      );
+      const flows = await flowsOf(store, "host-7");
+      assert.equal(flows.length, 20);
+      assert.equal(new Set(flows.map((f) => f.cookie)).size, 20);
+    });
+
+    await t.step("late evidence of a second owner revokes an attribution", async () => {
+      const owner = (host: string, workload: string, fromS: number, toS: number) =>
+        testBatch(host, 1, [
+          recentFlow({
+            local: "10.50.0.5:9000",
+            remote: "10.51.0.1:50000",
+            workload,
+            startS: fromS,
+            endS: toS,
+            direction: "inbound",
+          }),
+        ]);
+      await postUntilStored(() => [nodes[0].url], owner("host-x", "workload-x", 50, 150));
+      const client = testBatch("client-2", 1, [
+        recentFlow({
+          local: "10.52.0.1:40000",
+          remote: "10.50.0.5:9000",
+          workload: "caller",
+          startS: 100,
+          endS: 101,
+        }),
+      ]);
+      await postUntilStored(() => [nodes[1].url], client);
+      const verdict = async () =>
+        (await flowsOf(store, "client-2")).map((f) => [f.attribution, f.remoteWorkloadId]);
+      await waitUntil("the flow attributed", async () => (await verdict()).length === 1);
+      assert.deepEqual(await verdict(), [["attributed", "workload-x"]]);
+      await postUntilStored(() => [nodes[1].url], owner("host-y", "workload-y", 90, 160));
+      await waitUntil("the attribution revoked", async () => {
+        const [[status]] = await verdict();
+        return status !== "attributed";
+      });
+      assert.deepEqual(await verdict(), [["ambiguous", null]]);
+    });
+
+    await t.step("without ClickHouse, reads get 503 and batches are still taken", async () => {
+      await cluster.killClickHouse();
+      const res = await fetch(`${nodes[0].url}/v1/flows?limit=1`);
+      assert.equal(res.status, 503);
+      assert.ok(Number(res.headers.get("retry-after")) > 0);
+      assert.match(await res.text(), /^Cannot read flows: /);
+      assert.equal(
+        (await postUntilStored(() => [nodes[1].url], hostBatch(9, 1, 5))).status,
+        "stored",
+      );
+    });
+
+    await t.step("a node answers 503 with Retry-After while NATS is down", async () => {
+      for (const node of cluster.nodes) if (node.clientUrl) await cluster.killNats(node.name);
+      const res = await postBatch(nodes[0].url, hostBatch(8, 1, 5).body);
+      assert.equal(res.status, 503);
+      assert.ok(Number(res.headers.get("retry-after")) > 0);
+      assert.match(await res.text(), /JetStream cannot take writes/);
+    });
+    await store.close();
+  } catch (error) {
+    console.error(logLines.slice(-40).join("\n"));
+    throw error;
+  } finally {
+    await Promise.all(nodes.map((n) => n.close()));
+  }
+});
+
+Deno.test({
+  name:
+    "killing a collector node and the stream leader mid-run loses, repeats and misattributes nothing",
+  ignore,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  await using cluster = await startLocalCluster();
+  const dir = await Deno.makeTempDir({ prefix: "flowexporter-cluster-test-" });
+  const args = [
+    ...["--nats", cluster.natsUrls.join(","), "--clickhouse-url", cluster.clickhouseUrl],
+    ...["--hold-seconds", "20", "--hold-retry-ms", "200"],
+  ];
+  const processes = [
+    await CollectorProcess.start(`${dir}/unused-1.db`, { args }),
+    await CollectorProcess.start(`${dir}/unused-2.db`, { args }),
+  ];
+  const alive = new Set(processes.map((p) => p.url));
+  const store = await ClickHouseStore.open(cluster.clickhouseUrl);
+  try {
+    await postUntilStored(() => [...alive], serverBatch(1, 10, 2000));
+    const batches: TestBatch[] = [];
+    for (let seq = 1; seq <= 10; seq++) {
+      for (let host = 1; host <= 6; host++) batches.push(hostBatch(host, seq, 100));
+    }
+    let acknowledged = 0;
+    let killed: Promise<string> | undefined;
+    const killMidRun = async () => {
+      await processes[0].kill();
+      alive.delete(processes[0].url);
+      const nc = await connect({ servers: cluster.natsUrls });
+      try {
+        const jsm = await jetstreamManager(nc);
+        const leader = (await jsm.streams.info(STREAMS.batches)).cluster?.leader;
+        assert.ok(leader, "FLOW_BATCHES has a leader");
+        await cluster.killNats(leader);
+        return leader;
+      } finally {
+        await nc.close();
+      }
+    };
+    // Three agents at once, each retrying a batch until a node acknowledges it.
+    const queue = [...batches];
+    await Promise.all([0, 1, 2].map(async (agent) => {
+      for (let b = queue.shift(); b !== undefined; b = queue.shift()) {
+        await postUntilStored(() => [...alive].slice(agent % alive.size), b);
+        if (++acknowledged === 20) killed = killMidRun();
+      }
+    }));
+    assert.ok(killed, "the kill happened mid-run");
+    const leader = await killed;
+    assert.match(leader, /^n[123]$/);
+    const expected = batches.length * 100 + 1;
+    let stored = 0;
+    await waitUntil(
+      "every acknowledged flow in ClickHouse",
+      async () => (stored = await store.countFlows()) >= expected,
+      180_000,
+    ).catch((error) => {
+      const lines = processes[1].stderrLines.filter((l) => !l.includes("Collector busy"));
+      throw new Error(
+        `${error.message}: ${stored} of ${expected} flows stored; the node left said:\n${
+          lines.slice(-20).join("\n")
+        }`,
+      );
+    });
+    for (let host = 1; host <= 6; host++) {
+      const flows = await store.flows({ hostname: `host-${host}`, limit: -1 });
+      assert.equal(flows.length, 1000, `host-${host}'s flows`);
+      assert.equal(new Set(flows.map((f) => f.cookie)).size, 1000, `host-${host}: each once`);
+      for (const f of flows) {
+        assert.deepEqual([f.attribution, f.remoteWorkloadId], ["attributed", "api"]);
+      }
+    }
+    assert.equal(await store.countFlows(), expected);
+  } finally {
+    await store.close();
+    for (const p of processes) if (alive.has(p.url)) await p.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
