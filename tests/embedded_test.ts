@@ -273,16 +273,11 @@ Deno.test("main.ts --help works from a tree without build output", async () => {
 Deno.test("main.ts run refuses a damaged embedded library with one line and exit code 1", async () => {
   const bytes = Deno.readFileSync(BUILT_LIB);
   const tree = await compiledLayout(bytes, "f".repeat(64));
+  const pinDir = `/sys/fs/bpf/flowexporter-none-${crypto.randomUUID().slice(0, 8)}`;
   try {
     // Paths of its own: the agent takes its lock before it loads the library.
     const out = await agentCommand(tree, [
-      ...[
-        "run",
-        "--output",
-        "none",
-        "--pin-dir",
-        `/sys/fs/bpf/flowexporter-none-${crypto.randomUUID().slice(0, 8)}`,
-      ],
+      ...["run", "--output", "none", "--pin-dir", pinDir],
       ...["--spool-dir", `${tree}/spool`, "--lock-file", `${tree}/lock`],
       ...["--cert-path", `${tree}/no-identity.pem`],
     ]).output();
@@ -297,6 +292,8 @@ Deno.test("main.ts run refuses a damaged embedded library with one line and exit
       } recorded at build time (the binary is damaged: rebuild it with make dist)\n`,
     );
   } finally {
+    // The agent checks its pin directory (creating it) before it loads the library.
+    await Deno.remove(pinDir).catch(() => {});
     await Deno.remove(tree, { recursive: true });
   }
 });

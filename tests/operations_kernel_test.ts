@@ -104,6 +104,7 @@ kernelTest("doctor finds this machine ready and says so line by line", async () 
   // Paths of this test's own: the default lock file, spool and pin directory belong to a real
   // agent that may run on this host.
   const dir = await Deno.makeTempDir({ prefix: "flowexporter-doctor-" });
+  const pinDir = `/sys/fs/bpf/flowexporter-none-${crypto.randomUUID().slice(0, 8)}`;
   try {
     await makeCertificate(`${dir}/identity.pem`, { cn: "node-doctor", days: 90 });
     const out = await new Deno.Command(Deno.execPath(), {
@@ -114,7 +115,7 @@ kernelTest("doctor finds this machine ready and says so line by line", async () 
           MAIN,
           "doctor",
           "--pin-dir",
-          `/sys/fs/bpf/flowexporter-none-${crypto.randomUUID().slice(0, 8)}`,
+          pinDir,
         ],
         ...["--lock-file", `${dir}/lock`, "--spool-dir", `${dir}/spool`],
         ...["--cert-path", `${dir}/identity.pem`],
@@ -146,6 +147,7 @@ kernelTest("doctor finds this machine ready and says so line by line", async () 
     assert.match(text, /^pass +sock_ops +sock_ops on cgroup \S+ follows every socket there/m);
     assert.match(text, /^pass +instance +no agent running \(lock /m);
   } finally {
+    await Deno.remove(pinDir).catch(() => {}); // doctor creates it to check bpffs
     await Deno.remove(dir, { recursive: true });
   }
 });
