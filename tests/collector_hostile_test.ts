@@ -14,6 +14,7 @@ import {
 } from "../collector/server.ts";
 import { Log } from "../lib/log.ts";
 import type { FlowRecord } from "../lib/flow.ts";
+import { until } from "./_until.ts";
 
 interface Fixture {
   dir: string;
@@ -65,14 +66,6 @@ async function oneLine(response: Response, status: number): Promise<string> {
   assert.equal(response.status, status, text);
   assert.equal(text.trimEnd().split("\n").length, 1, `one line: ${JSON.stringify(text)}`);
   return text.trimEnd();
-}
-
-async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 Deno.test("a 65 KB body of 67 million empty maps is refused at once, and a valid batch still goes through", async () => {
@@ -371,7 +364,7 @@ Deno.test("beyond the concurrent ingests and the body budget, 503 with Retry-Aft
           /^Collector busy: 65500 bytes of request bodies in memory, the limit is 65536 \(collector --max-pending-body-bytes\)/,
         );
         // The hog is cut off at the body timeout, and its bytes are given back.
-        await until(() => collector.stats().pendingBodyBytes === 0, "the hog's timeout", 5000);
+        await until(() => collector.stats().pendingBodyBytes === 0, "the hog's timeout");
         hog.close();
         assert.equal(
           (await (await post(batchBody("node-a", 1, flows("api")))).json()).status,

@@ -11,6 +11,7 @@ import {
   startCollector,
 } from "../collector/server.ts";
 import type { FlowRecord } from "../lib/flow.ts";
+import { until } from "./_until.ts";
 
 /** One row of the table: the status and the text, `<…>` standing for what varies. */
 interface Row {
@@ -99,14 +100,6 @@ async function withCollector(
   } finally {
     await collector.close();
     await Deno.remove(dir, { recursive: true });
-  }
-}
-
-async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }
 

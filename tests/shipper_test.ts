@@ -6,6 +6,7 @@ import { Spool } from "../lib/spool.ts";
 import { CAN_MOUNT_TMPFS, fillUp, withTinyFs } from "./_tiny_fs.ts";
 import { decodeBatch, type DecodedBatch, MAX_BATCH_BYTES } from "../lib/wire.ts";
 import { startCollector } from "../collector/server.ts";
+import { until } from "./_until.ts";
 
 /**
  * A collector on 127.0.0.1 that decodes and keeps every batch it accepts; with `gzipOnly`, it
@@ -56,14 +57,6 @@ function unusedPort(): number {
   const port = listener.addr.port;
   listener.close();
   return port;
-}
-
-async function until(condition: () => boolean, what: string, timeoutMs = 5000) {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 async function withSpoolDir(fn: (dir: string) => Promise<void>) {

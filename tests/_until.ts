@@ -1,0 +1,20 @@
+/**
+ * Waiting on a condition in tests, never on a fixed sleep. The deadline only matters when the
+ * condition never comes: it is long, because a loaded 2-core CI host (the cluster's servers
+ * fsyncing, kernel tests churning) can stall a step that takes milliseconds for seconds.
+ *
+ * @module
+ */
+
+/** Resolves once `condition()` holds; throws naming `what` after `timeoutMs`. */
+export async function until(
+  condition: () => boolean,
+  what: string,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
