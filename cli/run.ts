@@ -222,6 +222,9 @@ export async function run(v: Config): Promise<number> {
     level: v.logLevel,
     write: (line) => writeAllSync(Deno.stderr, encoder.encode(line + "\n")),
   });
+  // First of all: a SIGTERM during the start (a supervisor, a quick restart) must stop the agent
+  // cleanly once it runs, not kill it by the signal's default action before its listener exists.
+  const signalled = terminationSignal();
   // Before the agent opens anything: a second agent must not touch the pinned maps.
   using _lock = withPath(PATHS.lockFile, v.lockFile, () => acquireInstanceLock(v.lockFile));
   // The paths before the capture, so that a bad one stops the start before anything is loaded.
@@ -341,7 +344,7 @@ export async function run(v: Config): Promise<number> {
   );
   let stopForOutput = () => {};
   const stopped = Promise.race([
-    terminationSignal(),
+    signalled,
     new Promise<void>((resolve) => stopForOutput = resolve),
   ]);
   const fanout = new RecordFanout({

@@ -147,6 +147,18 @@ export async function runCollector(
     retentionSeconds: v.retentionSeconds,
     logger: log.logger,
   };
+  // Before the start: a SIGTERM while it starts stops the collector cleanly once it serves,
+  // instead of killing it by the signal's default action before a listener exists.
+  const stop = Promise.withResolvers<string>();
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  const listeners = signals.map((signal) => {
+    const listener = () => stop.resolve(signal);
+    Deno.addSignalListener(signal, listener);
+    return [signal, listener] as const;
+  });
+  const unlisten = () => {
+    for (const [s, listener] of listeners) Deno.removeSignalListener(s, listener);
+  };
   let collector;
   try {
     checkPaths(v);
@@ -161,6 +173,7 @@ export async function runCollector(
         holdRetryMs: v.holdRetryMs,
       });
   } catch (error) {
+    unlisten();
     log.error(errorText(error));
     return 1;
   }
@@ -170,15 +183,8 @@ export async function runCollector(
       ? { db: v.db }
       : { nats: v.nats.join(","), clickhouse: v.clickhouseUrl ?? "" },
   );
-  const stop = Promise.withResolvers<string>();
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const listeners = signals.map((signal) => {
-    const listener = () => stop.resolve(signal);
-    Deno.addSignalListener(signal, listener);
-    return [signal, listener] as const;
-  });
   const signal = await stop.promise;
-  for (const [s, listener] of listeners) Deno.removeSignalListener(s, listener);
+  unlisten();
   log.info("collector stopping", { signal });
   await collector.close();
   return 0;
