@@ -276,20 +276,24 @@ export class RecordCursor {
    * ns once offset (so their 64-bit sums neither wrap nor pass 2^63 - 1).
    */
   plausible(): boolean {
-    const { bytes, view, at } = this;
+    const { bytes, at } = this;
     if (at < 0 || at + RECORD_SIZE > bytes.length || this.bootId.length !== 16) return false;
     const family = bytes[at + OFFSET.family];
     if (family !== 4 && family !== 6) return false;
-    for (const field of [OFFSET.t_start_ns, OFFSET.t_end_ns]) {
-      const approx = view.getUint32(at + field + 4, true) * TWO_32 + this.#offsetApprox;
-      if (!(approx > 2 ** 40 && approx < 2 ** 62)) return false;
-    }
-    return true;
+    return this.#timeInRange(OFFSET.t_start_ns) && this.#timeInRange(OFFSET.t_end_ns);
   }
 
-  /** Whether the u64 at `field` (a {@linkcode RECORD_OFFSETS} offset) is below 2^53. */
-  safe(field: number): boolean {
-    return this.view.getUint32(this.at + field + 4, true) <= MAX_SAFE_HI;
+  #timeInRange(field: number): boolean {
+    const approx = this.view.getUint32(this.at + field + 4, true) * TWO_32 + this.#offsetApprox;
+    return approx > 2 ** 40 && approx < 2 ** 62;
+  }
+
+  /** Whether each u64 at `fields` ({@linkcode RECORD_OFFSETS} offsets) is below 2^53. */
+  safe(fields: readonly number[]): boolean {
+    for (let i = 0; i < fields.length; i++) {
+      if (this.view.getUint32(this.at + fields[i] + 4, true) > MAX_SAFE_HI) return false;
+    }
+    return true;
   }
 
   /** The u64 at `field` as a number: exact when {@linkcode RecordCursor.safe}. */

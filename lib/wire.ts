@@ -801,6 +801,9 @@ const RECORD_COUNTERS_64 = [
   RECORD_OFFSETS.bytes_acked,
   RECORD_OFFSETS.bytes_received,
 ] as const;
+/** The 64-bit fields a flow holds as numbers (uint up to 2^53 - 1 on the wire). */
+const RECORD_SAFE_64 = [...RECORD_COUNTERS_64, RECORD_OFFSETS.bytes_retrans];
+const isAscii = (byte: number) => byte < 0x80;
 /** Record fields that are 32-bit counters, in wire-key order from key 17. */
 const RECORD_COUNTERS_32 = [
   RECORD_OFFSETS.segs_out,
@@ -842,9 +845,8 @@ export class RecordWriter extends RecordCursor implements FlowWriter {
 
   #writeDirect(target: Uint8Array, offset: number): number {
     const O = RECORD_OFFSETS;
-    if (!this.plausible() || !RECORD_COUNTERS_64.every((field) => this.safe(field))) return -1;
-    if (!this.safe(O.bytes_retrans)) return -1;
-    const workloadLength = this.workloadLength((byte) => byte < 0x80);
+    if (!this.plausible() || !this.safe(RECORD_SAFE_64)) return -1;
+    const workloadLength = this.workloadLength(isAscii);
     if (workloadLength < 0) return -1;
     const { bytes, view, at } = this;
     const startHi = this.u32(O.t_start_ns + 4);
