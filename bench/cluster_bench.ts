@@ -80,6 +80,7 @@ function flow(
     tStartNs: startNs,
     tEndNs: startNs + 2_000_000_000n,
     seeded: false,
+    recordKind: "final",
     direction: inbound ? "inbound" : "outbound",
     closeState: inbound ? "LAST_ACK" : "FIN_WAIT2",
     end: "normal",

@@ -226,6 +226,7 @@ function buildBatches(
       identitySource: "ip-map" as const,
       tStartNs,
       tEndNs,
+      recordKind: "final" as const,
       seeded: false,
       closeState: "FIN_WAIT2",
       end: "normal" as const,

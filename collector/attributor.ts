@@ -258,18 +258,25 @@ export class Attributor {
     return { changed, sharedChanged, revocations };
   }
 
-  /** Attributes one remote end with what is known now; `pending` means "hold it". */
+  /**
+   * Attributes one remote end with what is known now; `pending` means "hold it". A flow that
+   * started before the ownership horizon is attributed only through a range that heartbeats
+   * kept alive over it (interim records of long-lived connections), and a server end there only
+   * by its port: whether its address was shared then may have been forgotten. Held, it could
+   * never settle: it is `unattributed` at once.
+   */
   attribute(remote: RemoteEndpoint): Verdict {
     const t = remote.tStartNs;
-    if (t < this.ownership.horizonNs) return UNATTRIBUTED;
+    const forgotten = t < this.ownership.horizonNs;
     const byIp = this.ownership.lookup(remote.ipKey, t);
     if (byIp.kind === "ambiguous") return AMBIGUOUS;
     if (!remote.remoteIsClient) {
       const byPort = this.ownership.lookup(remote.portKey, t);
       if (byPort.kind === "owned") return this.#attributed(remote, byPort.workload, remote.portKey);
       if (byPort.kind === "ambiguous") return AMBIGUOUS;
+      if (forgotten) return UNATTRIBUTED;
     }
-    if (byIp.kind === "none") return PENDING;
+    if (byIp.kind === "none") return forgotten ? UNATTRIBUTED : PENDING;
     if (!remote.remoteIsClient && this.#shared.has(remote.ipKey)) return PENDING;
     return this.#attributed(remote, byIp.workload, remote.ipKey);
   }
@@ -342,7 +349,7 @@ export class Attributor {
 
   /**
    * Forgets ownership that ended before `horizonNs`; flows starting earlier resolve as
-   * `unattributed` from then on.
+   * `unattributed` from then on, but where heartbeats kept a range alive over them.
    */
   prune(horizonNs: bigint): void {
     this.ownership.prune(horizonNs);

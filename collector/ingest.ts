@@ -19,8 +19,10 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { batchDecoder, type DecodedBatch, type DecodeOptions } from "../lib/wire.ts";
 import { Attributor, type AttributorOptions, remoteEndpoint, type Verdict } from "./attributor.ts";
+import type { FlowRecord } from "../lib/flow.ts";
+import { encodeFlowId, formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import type { OwnershipRange } from "./ownership.ts";
-import type { FlowStore } from "./store.ts";
+import type { BatchWritten, FlowStore, LatestRecord } from "./store.ts";
 
 /** Tuning of {@linkcode Ingestor}. */
 export interface IngestOptions extends AttributorOptions {
@@ -43,6 +45,11 @@ export interface IngestResult {
    * in another batch); the counts below leave them out.
    */
   readonly repeatedFlows: number;
+  /**
+   * Records of this batch that moved a stored open flow on (a later interim record, or its final
+   * one); the counts below leave them out too: the flow was attributed by its first record.
+   */
+  readonly updatedFlows: number;
   /** Flows of this batch attributed at once. */
   readonly attributed: number;
   /** Flows of this batch held for a later heartbeat (stored as `pending`). */
@@ -138,10 +145,12 @@ export class Ingestor {
   static open(store: FlowStore, options: IngestOptions = {}): Ingestor {
     const ingestor = new Ingestor(store, options);
     const attributor = ingestor.#attributor;
+    // The horizon first: how far back the forgotten ranges of each key reached was not kept,
+    // so the replayed keys answer nothing before it (see OwnershipMap).
+    ingestor.#prune(ingestor.#now());
     for (const range of store.loadRanges()) attributor.restoreRange(range);
     for (const [ipKey, endNs] of store.loadShared()) attributor.restoreShared(ipKey, endNs);
     ingestor.#reloadHeld();
-    ingestor.#prune(ingestor.#now());
     return ingestor;
   }
 
@@ -192,12 +201,14 @@ export class Ingestor {
         ...base,
         duplicate: true,
         repeatedFlows: 0,
+        updatedFlows: 0,
         attributed: 0,
         pending: 0,
         unattributed: 0,
         settled: 0,
       };
     }
+    checkInterimCounters(this.#store, flows);
     const now = this.#now();
     const attributor = this.#attributor;
     const observation = attributor.observe(hostname, flows);
@@ -220,9 +231,9 @@ export class Ingestor {
     const shared = new Map<string, bigint>();
     const allShared = attributor.shared();
     for (const ipKey of observation.sharedChanged) shared.set(ipKey, allShared.get(ipKey)!);
-    let ids: number[];
+    let written: BatchWritten;
     try {
-      ids = this.#store.writeBatch({
+      written = this.#store.writeBatch({
         header,
         digest,
         flows,
@@ -239,9 +250,10 @@ export class Ingestor {
       this.#reloadHeld();
       throw error;
     }
-    // A repeated flow (id 0: its flow ID was stored before) is known only once written; its
-    // heartbeat and verdict above change nothing that its first copy did not.
-    let repeatedFlows = 0;
+    // A repeated or moved-on flow (id 0: its flow ID was stored before) is known only once
+    // written; its heartbeat above was learned, its verdict is its first record's.
+    const { ids, updated } = written;
+    let repeatedFlows = -updated;
     let attributed = 0;
     let pending = 0;
     for (let i = 0; i < flows.length; i++) {
@@ -263,9 +275,10 @@ export class Ingestor {
       ...base,
       duplicate: false,
       repeatedFlows,
+      updatedFlows: updated,
       attributed,
       pending,
-      unattributed: flows.length - repeatedFlows - attributed - pending,
+      unattributed: flows.length - repeatedFlows - updated - attributed - pending,
       settled: resolutions.length,
     };
   }
@@ -302,6 +315,56 @@ export class Ingestor {
       );
     }
   }
+}
+
+/** The counters {@linkcode checkInterimCounters} holds to order, with their wire names. */
+const MONOTONIC_COUNTERS = [
+  ["bytesSent", "bytes_sent"],
+  ["bytesRetrans", "bytes_retrans"],
+  ["bytesAcked", "bytes_acked"],
+  ["bytesReceived", "bytes_received"],
+] as const;
+
+/**
+ * Refuses an interim record whose counters go backwards against another record of its flow:
+ * the stored one, or one before it in the batch. A record later in time must not count fewer
+ * bytes, an earlier one not more. The 64-bit byte counters are checked; the 32-bit segment
+ * counters are not, as a flow open for days may wrap them. Final records are the kernel's last
+ * word on a flow and are taken as they are.
+ *
+ * @throws {ImplausibleBatchError} naming the flow, the field and both values
+ */
+function checkInterimCounters(store: FlowStore, flows: readonly FlowRecord[]): void {
+  const interim = new Set<string>();
+  for (const f of flows) if (f.recordKind === "interim" && hasFlowId(f)) interim.add(flowKey(f));
+  if (interim.size === 0) return;
+  const latest = new Map<string, LatestRecord>();
+  for (let i = 0; i < flows.length; i++) {
+    const f = flows[i];
+    if (!hasFlowId(f)) continue;
+    const key = flowKey(f);
+    if (!interim.has(key)) continue;
+    const known = latest.get(key) ?? store.latestRecord(encodeFlowId(f.bootId, f.cookie));
+    if (known !== undefined && f.recordKind === "interim") {
+      const later = f.tEndNs >= known.tEndNs;
+      for (const [field, name] of MONOTONIC_COUNTERS) {
+        if (later ? f[field] >= known[field] : f[field] <= known[field]) continue;
+        throw new ImplausibleBatchError(
+          `Flow ${i}: ${name} ${f[field]} is ${later ? "below" : "above"} the ${
+            known[field]
+          } that ${later ? "an earlier" : "a later"} record of flow ${
+            formatFlowId(f.bootId, f.cookie)
+          } reported at t_end_ns ${known.tEndNs} (the counters of one flow never go backwards)`,
+        );
+      }
+    }
+    if (known === undefined || f.tEndNs >= known.tEndNs) latest.set(key, f);
+    else latest.set(key, known);
+  }
+}
+
+function flowKey(f: FlowRecord): string {
+  return `${hex(f.bootId)}:${f.cookie}`;
 }
 
 /** Whole seconds of `ns`, rounded down, for messages. */

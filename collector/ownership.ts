@@ -9,6 +9,13 @@
  * between hosts, and a client's SYN_SENT preceding the server's SYN_RECV). A time that falls in
  * the ranges of two workloads is contested: the lookup answers `ambiguous`, never a guess.
  *
+ * {@linkcode OwnershipMap.prune} forgets ranges that ended before a horizon. A time before the
+ * horizon is still answered on a key whose ranges were all kept over it: a workload whose
+ * heartbeats (interim records of a long-lived connection) kept its range alive owns the key as
+ * far back as that range goes. Each key remembers how far its forgotten ranges reached, and a
+ * key learned after a prune starts with the horizon as that reach, so that a lookup never
+ * answers from part of the evidence.
+ *
  * @example
  * ```ts
  * import { OwnershipMap } from "./ownership.ts";
@@ -67,12 +74,18 @@ interface Span {
   end: bigint;
 }
 
+/** One key's ranges by workload, and how far (slack included) its forgotten ranges reached. */
+interface KeyRanges {
+  readonly workloads: Map<string, Span[]>;
+  forgottenUntil: bigint;
+}
+
 const NONE: Ownership = Object.freeze({ kind: "none" });
 const MIN_TIME = -(1n << 63n);
 
 /** Ownership ranges per key, merged from heartbeats; see the module documentation. */
 export class OwnershipMap {
-  readonly #byKey = new Map<string, Map<string, Span[]>>();
+  readonly #byKey = new Map<string, KeyRanges>();
   readonly #gap: bigint;
   readonly #slack: bigint;
   #horizon = MIN_TIME;
@@ -92,7 +105,10 @@ export class OwnershipMap {
     return this.#spans;
   }
 
-  /** Times before this were pruned: lookups there answer `none`. */
+  /**
+   * Ranges that ended (slack included) before this were pruned: a lookup before it answers only
+   * on a key whose ranges reach back over it (see the module documentation).
+   */
   get horizonNs(): bigint {
     return this.#horizon;
   }
@@ -114,11 +130,13 @@ export class OwnershipMap {
   ): boolean {
     if (endNs < startNs) [startNs, endNs] = [endNs, startNs];
     if (endNs + this.#slack < this.#horizon) return false;
-    let workloads = this.#byKey.get(key);
-    if (workloads === undefined) {
-      workloads = new Map();
-      this.#byKey.set(key, workloads);
+    let entry = this.#byKey.get(key);
+    if (entry === undefined) {
+      // What this key held before the horizon may have been forgotten already.
+      entry = { workloads: new Map(), forgottenUntil: this.#horizon - 1n };
+      this.#byKey.set(key, entry);
     }
+    const workloads = entry.workloads;
     let spans = workloads.get(workload);
     if (spans === undefined) {
       spans = [];
@@ -132,14 +150,16 @@ export class OwnershipMap {
     return true;
   }
 
-  /** Who held `key` at `tNs`: one workload, none, or several (`ambiguous`). */
+  /**
+   * Who held `key` at `tNs`: one workload, none, or several (`ambiguous`). `none` also when a
+   * range of the key that could have covered `tNs` was forgotten.
+   */
   lookup(key: string, tNs: bigint): Ownership {
-    if (tNs < this.#horizon) return NONE;
-    const workloads = this.#byKey.get(key);
-    if (workloads === undefined) return NONE;
+    const entry = this.#byKey.get(key);
+    if (entry === undefined || tNs <= entry.forgottenUntil) return NONE;
     let found: string | undefined;
     let more: string[] | undefined;
-    for (const [workload, spans] of workloads) {
+    for (const [workload, spans] of entry.workloads) {
       if (!this.#covers(spans, tNs)) continue;
       if (found === undefined) found = workload;
       else (more ??= [found]).push(workload);
@@ -151,7 +171,7 @@ export class OwnershipMap {
   /** The ranges of one key (all workloads, or one), sorted by start then workload. */
   ranges(key: string, workload?: string): OwnershipRange[] {
     const out: OwnershipRange[] = [];
-    for (const [w, spans] of this.#byKey.get(key) ?? []) {
+    for (const [w, spans] of this.#byKey.get(key)?.workloads ?? []) {
       if (workload !== undefined && w !== workload) continue;
       for (const s of spans) out.push({ key, workload: w, startNs: s.start, endNs: s.end });
     }
@@ -166,7 +186,7 @@ export class OwnershipMap {
    */
   timeline(key: string): TimelineSegment[] {
     const edges: { t: bigint; workload: string; delta: 1 | -1 }[] = [];
-    for (const [workload, spans] of this.#byKey.get(key) ?? []) {
+    for (const [workload, spans] of this.#byKey.get(key)?.workloads ?? []) {
       for (const s of spans) {
         edges.push({ t: s.start, workload, delta: 1 }, { t: s.end + 1n, workload, delta: -1 });
       }
@@ -195,20 +215,24 @@ export class OwnershipMap {
   }
 
   /**
-   * Forgets ranges that no lookup at or after `horizonNs` can reach, and makes lookups before
-   * it answer `none` (a forgotten range could have contested them).
+   * Forgets ranges that no lookup at or after `horizonNs` can reach. Lookups before it answer
+   * `none` where a forgotten range could have covered (or contested) them.
    *
    * @returns the number of ranges removed.
    */
   prune(horizonNs: bigint): number {
     if (horizonNs <= this.#horizon) return 0;
     this.#horizon = horizonNs;
+    const slack = this.#slack;
     let removed = 0;
-    for (const [key, workloads] of this.#byKey) {
+    for (const [key, entry] of this.#byKey) {
+      const workloads = entry.workloads;
       for (const [workload, spans] of workloads) {
         let n = 0;
-        while (n < spans.length && spans[n].end + this.#slack < horizonNs) n++;
+        while (n < spans.length && spans[n].end + slack < horizonNs) n++;
         if (n === 0) continue;
+        const reach = spans[n - 1].end + slack;
+        if (reach > entry.forgottenUntil) entry.forgottenUntil = reach;
         spans.splice(0, n);
         removed += n;
         if (spans.length === 0) workloads.delete(workload);

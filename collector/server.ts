@@ -305,6 +305,7 @@ export async function startCollector(options: CollectorOptions): Promise<Running
         return ingestor.ingest(batch, batchDigest(cbor));
       } catch (error) {
         if (error instanceof BatchConflictError) throw new HttpError(409, error.message);
+        if (error instanceof ImplausibleBatchError) throw new HttpError(400, error.message);
         throw error;
       }
     },
@@ -581,7 +582,8 @@ async function receive(
         } batch ${result.hostname}:${result.sequence}: ` +
           `${result.flows} flows, ${result.attributed} attributed, ${result.pending} held, ` +
           `${result.settled} held flows settled` +
-          (result.repeatedFlows > 0 ? `, ${result.repeatedFlows} flows already stored` : ""),
+          (result.repeatedFlows > 0 ? `, ${result.repeatedFlows} flows already stored` : "") +
+          (result.updatedFlows > 0 ? `, ${result.updatedFlows} open flows moved on` : ""),
       );
       return json(200, resultJson(result));
     } finally {
@@ -806,6 +808,7 @@ function resultJson(r: IngestResult): Record<string, unknown> {
     sequence: r.sequence,
     flows: r.flows,
     repeated_flows: r.repeatedFlows,
+    updated_flows: r.updatedFlows,
     attributed: r.attributed,
     pending: r.pending,
     unattributed: r.unattributed,

@@ -7,8 +7,13 @@
  * - `batches`: one row per accepted batch, unique per (hostname, sequence), with the SHA-256 of
  *   its body (to tell a retry from other content under a used sequence number);
  * - `flows`: one row per flow: every `FlowRecord` field, the batch, and the remote attribution
- *   as decided at ingest (`attribution`, `remote_workload_id`, `owner_key`); insert-only, and
- *   unique per flow ID (a flow sent again in another batch is stored once);
+ *   as decided at ingest (`attribution`, `remote_workload_id`, `owner_key`); unique per flow ID
+ *   (a flow sent again in another batch is stored once). A flow still open (its latest record
+ *   `interim`) has its counters, `t_end_ns` and end moved on by each later record; its
+ *   attribution stays the one its first record got (a flow's start does not move);
+ * - `flow_samples`: the cumulative byte and segment counters of each record of a flow that had
+ *   interim records, by record time; `flow_window_deltas` (view) turns them into what each
+ *   window added, and gives a flow without samples all its bytes at its end;
  * - `settlements`: the final verdict of flows stored `pending` (append-only, cheaper than
  *   updating `flows` rows in place);
  * - `revocations`: stretches in which later heartbeats showed that attributions through one
@@ -22,7 +27,7 @@
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import type { BatchHeader } from "../lib/wire.ts";
-import type { Direction, FlowEnd, FlowRecord, IdentitySource } from "../lib/flow.ts";
+import type { Direction, FlowEnd, FlowRecord, IdentitySource, RecordKind } from "../lib/flow.ts";
 import { decodeFlowId, encodeFlowId, hasFlowId, NO_BOOT_ID } from "../lib/flow_id.ts";
 import { formatIp, parseIp } from "../lib/map_layout.ts";
 import type { AttributionStatus, Resolution, Revocation, Verdict } from "./attributor.ts";
@@ -44,6 +49,10 @@ const UPGRADES = [
   // 3: the SHA-256 of each batch's body, to tell a retry from other content under a used
   // (hostname, sequence); NULL in the rows before, which are taken as retries.
   "ALTER TABLE batches ADD COLUMN digest BLOB;",
+  // 4: interim records (wire schema 4): each flow's latest record kind, `final` for the rows
+  // before; `flow_samples` and its view come with SCHEMA.
+  "ALTER TABLE flows ADD COLUMN record_kind TEXT NOT NULL DEFAULT 'final'; " +
+  "DROP VIEW IF EXISTS flows_attributed; DROP VIEW IF EXISTS flows_settled;",
 ];
 
 /**
@@ -61,7 +70,10 @@ export class StoreError extends Error {
   }
 }
 
-/** A flow as stored, with its attribution as the `flows_attributed` view reports it. */
+/**
+ * A flow as stored, with its attribution as the `flows_attributed` view reports it: its latest
+ * record's counters and times, and `recordKind` `interim` while it is open.
+ */
 export interface StoredFlow extends FlowRecord {
   readonly id: number;
   /** Name of the host that reported the flow. */
@@ -103,6 +115,43 @@ export interface PendingFlow {
   readonly receivedNs: bigint;
 }
 
+/** What each window added to one flow ({@linkcode FlowStore.windowDeltas}). */
+export interface WindowDelta {
+  /** The flow's row id (`StoredFlow.id`). */
+  readonly id: number;
+  /** Time of the record that closed the window: the snapshot, or the close. */
+  readonly tNs: bigint;
+  /** Kind of that record: `final` for the window the flow closed in. */
+  readonly recordKind: RecordKind;
+  readonly bytesSent: number;
+  readonly bytesRetrans: number;
+  readonly bytesAcked: number;
+  readonly bytesReceived: number;
+  readonly segsOut: number;
+  readonly segsIn: number;
+}
+
+/** What {@linkcode FlowStore.writeBatch} did with each flow of the batch. */
+export interface BatchWritten {
+  /**
+   * Per flow: its new row id, or 0 when it added no flow: its flow ID was stored already (a
+   * repeat, a later record of an open flow, or an older one).
+   */
+  readonly ids: number[];
+  /** Records that moved an open flow on (a later interim record, or its final one). */
+  readonly updated: number;
+}
+
+/** A flow's latest stored record, as {@linkcode FlowStore.latestRecord} reads it. */
+export interface LatestRecord {
+  readonly recordKind: RecordKind;
+  readonly tEndNs: bigint;
+  readonly bytesSent: number;
+  readonly bytesRetrans: number;
+  readonly bytesAcked: number;
+  readonly bytesReceived: number;
+}
+
 /** Everything one accepted batch writes, in one transaction. */
 export interface BatchWrite {
   readonly header: BatchHeader;
@@ -136,6 +185,7 @@ const FLOW_COLUMNS = [
   "batch_id",
   "hostname",
   "flow_id",
+  "record_kind",
   "t_start_ns",
   "t_end_ns",
   "family",
@@ -168,6 +218,39 @@ const FLOW_COLUMNS = [
   "received_ns",
 ];
 
+/**
+ * The columns a flow's later records move on (the rest, its identity, start and attribution,
+ * stay its first record's).
+ */
+const LATEST_COLUMNS = [
+  "record_kind",
+  "t_end_ns",
+  "close_state",
+  "flow_end",
+  "error",
+  "bytes_sent",
+  "bytes_retrans",
+  "bytes_acked",
+  "bytes_received",
+  "segs_out",
+  "segs_in",
+  "total_retrans",
+  "srtt_us",
+  "min_rtt_us",
+  "delivered",
+  "lost",
+];
+
+/** The counters a flow's records sample, cumulative since its start. */
+const SAMPLE_COUNTERS = [
+  "bytes_sent",
+  "bytes_retrans",
+  "bytes_acked",
+  "bytes_received",
+  "segs_out",
+  "segs_in",
+];
+
 /** The columns a settlement or revocation never changes. */
 const PLAIN_COLUMNS = FLOW_COLUMNS.filter((c) =>
   c !== "attribution" && c !== "remote_workload_id" && c !== "owner_key"
@@ -197,6 +280,7 @@ CREATE TABLE IF NOT EXISTS flows (
   batch_id INTEGER NOT NULL REFERENCES batches (id),
   hostname TEXT NOT NULL,
   flow_id BLOB,
+  record_kind TEXT NOT NULL,
   t_start_ns INTEGER NOT NULL,
   t_end_ns INTEGER NOT NULL,
   family INTEGER NOT NULL,
@@ -231,6 +315,20 @@ CREATE TABLE IF NOT EXISTS flows (
 CREATE INDEX IF NOT EXISTS flows_by_start ON flows (t_start_ns);
 CREATE INDEX IF NOT EXISTS flows_pending ON flows (id) WHERE attribution = 'pending';
 CREATE UNIQUE INDEX IF NOT EXISTS flows_by_flow_id ON flows (flow_id) WHERE flow_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS flow_samples (
+  flow INTEGER NOT NULL REFERENCES flows (id),
+  t_ns INTEGER NOT NULL,
+  record_kind TEXT NOT NULL,
+  ${SAMPLE_COUNTERS.map((c) => `${c} INTEGER NOT NULL`).join(",\n  ")},
+  PRIMARY KEY (flow, t_ns)
+) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS flow_window_deltas AS
+SELECT flow AS id, t_ns, record_kind,
+  ${SAMPLE_COUNTERS.map((c) => `${c} - coalesce(lag(${c}) OVER w, 0) AS ${c}`).join(",\n  ")}
+FROM flow_samples WINDOW w AS (PARTITION BY flow ORDER BY t_ns)
+UNION ALL
+SELECT id, t_end_ns, record_kind, ${SAMPLE_COUNTERS.map((c) => `coalesce(${c}, 0)`).join(", ")}
+FROM flows AS f WHERE NOT EXISTS (SELECT 1 FROM flow_samples WHERE flow = f.id);
 CREATE TABLE IF NOT EXISTS settlements (
   flow_id INTEGER PRIMARY KEY,
   attribution TEXT NOT NULL,
@@ -360,13 +458,32 @@ export class FlowStore {
   }
 
   /**
-   * Writes one accepted batch, its flows and the attribution updates it caused, in one
-   * transaction; returns the ids given to its flows (in order), 0 for a flow not stored
-   * because a flow with its flow ID already is (sent again in another batch).
+   * The latest stored record of the flow with this flow ID (`encodeFlowId`), if any: what a
+   * later record's counters may not fall below.
    */
-  writeBatch(w: BatchWrite): number[] {
+  latestRecord(flowId: Uint8Array): LatestRecord | undefined {
+    const row = this.#writers().latestRecord.get(flowId);
+    if (row === undefined) return undefined;
+    return {
+      recordKind: row.record_kind as RecordKind,
+      tEndNs: row.t_end_ns as bigint,
+      bytesSent: Number(row.bytes_sent),
+      bytesRetrans: Number(row.bytes_retrans ?? 0),
+      bytesAcked: Number(row.bytes_acked),
+      bytesReceived: Number(row.bytes_received),
+    };
+  }
+
+  /**
+   * Writes one accepted batch, its flows and the attribution updates it caused, in one
+   * transaction. A record whose flow ID is stored already adds no flow: it moves an open flow
+   * on when it is later than the stored record (or the final one), and is kept as a sample when
+   * its flow had interim records; else it is a repeat.
+   */
+  writeBatch(w: BatchWrite): BatchWritten {
     const s = this.#writers();
     const ids: number[] = new Array(w.flows.length);
+    let updated = 0;
     this.#transaction(() => {
       const h = w.header;
       const batchId = Number(
@@ -394,11 +511,12 @@ export class FlowStore {
         const f = w.flows[i];
         const v = w.verdicts[i];
         const known = hasFlowId(f);
-        const { changes } = insert.run(
+        const row = insert.get(
           id,
           batchId,
           hostname,
           known ? encodeFlowId(f.bootId, f.cookie) : null,
+          f.recordKind,
           i64(f.tStartNs),
           i64(f.tEndNs),
           f.family,
@@ -430,7 +548,23 @@ export class FlowStore {
           v.ownerKey ?? null,
           w.receivedNs,
         );
-        ids[i] = Number(changes) === 0 ? 0 : id++;
+        // No row: a repeat, or older than the stored record. Another id: an open flow moved on.
+        const stored = row === undefined ? 0 : Number(row.id);
+        ids[i] = stored === id ? id++ : 0;
+        if (stored !== 0 && stored !== ids[i]) updated++;
+        if (stored !== 0 && (f.recordKind === "interim" || ids[i] === 0)) {
+          s.insertSample.run(
+            stored,
+            i64(f.tEndNs),
+            f.recordKind,
+            f.bytesSent,
+            f.bytesRetrans,
+            f.bytesAcked,
+            f.bytesReceived,
+            f.segsOut,
+            f.segsIn,
+          );
+        }
       }
       this.#nextFlowId = id;
       this.#resolve(w.resolutions);
@@ -443,7 +577,7 @@ export class FlowStore {
       }
       for (const [ipKey, endNs] of w.shared) s.upsertShared.run(ipKey, i64(endNs));
     });
-    return ids;
+    return { ids, updated };
   }
 
   /** Records the final verdicts of held flows (expired or settled outside a batch). */
@@ -663,11 +797,25 @@ function prepareWriters(db: DatabaseSync) {
         "recursion_misses, spool_evictions, received_ns, digest) " +
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     ),
+    // RETURNING id: this row's id when inserted, the stored flow's when it moved it on, no
+    // row when it changed nothing. The stored flow moves on only while open, to a later record.
     insertFlow: prepare(
       `INSERT INTO flows (${FLOW_COLUMNS.join(", ")}) VALUES (${
         FLOW_COLUMNS.map(() => "?").join(",")
-      }) ON CONFLICT (flow_id) WHERE flow_id IS NOT NULL DO NOTHING`,
+      }) ON CONFLICT (flow_id) WHERE flow_id IS NOT NULL DO UPDATE SET ${
+        LATEST_COLUMNS.map((c) => `${c} = excluded.${c}`).join(", ")
+      } WHERE flows.record_kind = 'interim' AND ` +
+        `(excluded.record_kind = 'final' OR excluded.t_end_ns > flows.t_end_ns) RETURNING id`,
     ),
+    insertSample: prepare(
+      `INSERT OR IGNORE INTO flow_samples (flow, t_ns, record_kind, ${
+        SAMPLE_COUNTERS.join(", ")
+      }) VALUES (?,?,?,${SAMPLE_COUNTERS.map(() => "?").join(",")})`,
+    ),
+    latestRecord: readingBigInts(prepare(
+      "SELECT record_kind, t_end_ns, bytes_sent, bytes_retrans, bytes_acked, bytes_received " +
+        "FROM flows WHERE flow_id = ?",
+    )),
     resolveFlow: prepare(
       "INSERT OR IGNORE INTO settlements (attribution, remote_workload_id, owner_key, flow_id) " +
         "VALUES (?,?,?,?)",
@@ -727,6 +875,7 @@ export function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): 
     identitySource: r.identity_source as IdentitySource,
     tStartNs: r.t_start_ns as bigint,
     tEndNs: r.t_end_ns as bigint,
+    recordKind: (r.record_kind as RecordKind | undefined) ?? "final",
     seeded: r.seeded === 1n,
     direction: r.direction as Direction,
     closeState: r.close_state as string,
@@ -747,6 +896,11 @@ export function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): 
     attribution: r.attribution as AttributionStatus,
     receivedNs: r.received_ns as bigint,
   };
+}
+
+function readingBigInts(stmt: StatementSync): StatementSync {
+  stmt.setReadBigInts(true);
+  return stmt;
 }
 
 /** SQLite integers are signed 64-bit: saturate the (theoretical) larger unsigned values. */

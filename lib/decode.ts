@@ -19,7 +19,7 @@ import {
 export const RECORD_SIZE = 264;
 
 /** `FE_FLOW_VERSION` of the layout below; the agent refuses a library of another version. */
-export const RECORD_VERSION = 2;
+export const RECORD_VERSION = 3;
 
 /**
  * Byte offsets of `struct fe_flow` (host byte order: little endian on x86_64 and aarch64), in
@@ -60,6 +60,8 @@ export const WORKLOAD_ID_LEN = 128;
 export const FLAG_SEEDED = 1;
 /** The close was seen by sock_ops. */
 export const FLAG_SOCKOPS = 2;
+/** An interim record: a snapshot of a socket still open (`FE_FLAG_INTERIM`). */
+export const FLAG_INTERIM = 4;
 
 const ECONNRESET = 104;
 const ETIMEDOUT = 110;
@@ -97,6 +99,14 @@ export function flowEnd(closeState: string, error: number): FlowEnd {
       // Closed without a FIN handshake: close() with SO_LINGER 0 or unread data sends RST.
       return "aborted";
   }
+}
+
+/**
+ * How the flow of a record with these `flags` ended: `open` for an interim record, else
+ * {@linkcode flowEnd} of its state and error.
+ */
+export function recordEnd(flags: number, closeState: string, error: number): FlowEnd {
+  return (flags & FLAG_INTERIM) !== 0 ? "open" : flowEnd(closeState, error);
 }
 
 const decoder = new TextDecoder();
@@ -169,6 +179,8 @@ function decodeAt(
   const family = rawFamily as 4 | 6;
   const closeState = recordCloseState(bytes, at);
   const error = bytes[at + OFFSET.error];
+  const flags = bytes[at + OFFSET.flags];
+  const interim = (flags & FLAG_INTERIM) !== 0;
   return {
     bootId,
     cookie: view.getBigUint64(at + OFFSET.cookie, true),
@@ -181,15 +193,18 @@ function decodeAt(
     identitySource: recordIdentitySource(bytes, at),
     tStartNs: toWallNs(view.getBigUint64(at + OFFSET.t_start_ns, true), clockOffsetNs),
     tEndNs: toWallNs(view.getBigUint64(at + OFFSET.t_end_ns, true), clockOffsetNs),
-    seeded: (bytes[at + OFFSET.flags] & FLAG_SEEDED) !== 0,
-    closeSeenBy: (bytes[at + OFFSET.flags] & FLAG_SOCKOPS) !== 0
+    recordKind: interim ? "interim" : "final",
+    seeded: (flags & FLAG_SEEDED) !== 0,
+    closeSeenBy: interim
+      ? undefined
+      : (flags & FLAG_SOCKOPS) !== 0
       ? "sock_ops"
       : closeState === "UNKNOWN"
       ? "destroy"
       : "tracepoint",
     direction: DIRECTIONS[bytes[at + OFFSET.direction]] ?? "unknown",
     closeState,
-    end: flowEnd(closeState, error),
+    end: recordEnd(flags, closeState, error),
     error,
     bytesSent: u64(view, at + OFFSET.bytes_sent),
     bytesRetrans: u64(view, at + OFFSET.bytes_retrans),

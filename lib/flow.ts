@@ -1,6 +1,6 @@
 /**
- * The flow record: one closed TCP socket on this host, as every stage of the
- * pipeline (decode → batch → encode → ship) sees it.
+ * The flow record: one TCP socket on this host, closed or (an interim record) still open, as
+ * every stage of the pipeline (decode → batch → encode → ship) sees it.
  *
  * @module
  */
@@ -42,7 +42,10 @@ export const TCP_STATES = [
   "BOUND_INACTIVE",
 ] as const;
 
-/** Flow ends by wire code (`unknown` came with schema version 2). */
+/**
+ * Flow ends by wire code (`unknown` came with schema version 2, `open` with version 4, for
+ * interim records).
+ */
 export const FLOW_ENDS = [
   "normal",
   "reset",
@@ -51,6 +54,7 @@ export const FLOW_ENDS = [
   "timeout",
   "failed",
   "unknown",
+  "open",
 ] as const;
 
 /**
@@ -63,9 +67,21 @@ export const FLOW_ENDS = [
  * - `timeout`: the kernel gave up retransmitting (connect or data);
  * - `failed`: the connect failed for another reason (e.g. unreachable);
  * - `unknown`: the kernel skipped the program at the close (it would have nested on a CPU), so
- *   the record was made when the socket was destroyed; `closeState` is then "UNKNOWN".
+ *   the record was made when the socket was destroyed; `closeState` is then "UNKNOWN";
+ * - `open`: not ended: the record is an interim one (see {@linkcode RecordKind}).
  */
 export type FlowEnd = typeof FLOW_ENDS[number];
+
+/** Record kinds by wire code (schema version 4; every record before was `final`). */
+export const RECORD_KINDS = ["final", "interim"] as const;
+
+/**
+ * `final`: the record made when the socket closed, one per flow. `interim`: a snapshot of a flow
+ * still open, made at a batch window's end (its `tEndNs` is the snapshot time, `end` is `open`,
+ * its counters are cumulative since `tStartNs`); a flow has any number of them, then its final
+ * record.
+ */
+export type RecordKind = typeof RECORD_KINDS[number];
 
 /**
  * Which kernel program saw the close: `sock_ops` (the primary path, never skipped), `tracepoint`
@@ -77,7 +93,10 @@ export type CloseSeenBy = typeof CLOSE_SEEN_BY[number];
 /** The values of {@linkcode CloseSeenBy}. */
 export const CLOSE_SEEN_BY = ["sock_ops", "tracepoint", "destroy"] as const;
 
-/** One closed TCP socket. Times are wall-clock nanoseconds since the Unix epoch. */
+/**
+ * One TCP socket: closed (a `final` record) or still open (an `interim` one). Times are
+ * wall-clock nanoseconds since the Unix epoch.
+ */
 export interface FlowRecord {
   /**
    * The host's boot ID (16 bytes, /proc/sys/kernel/random/boot_id), shared by every record of
@@ -99,17 +118,25 @@ export interface FlowRecord {
   identitySource: IdentitySource;
   /** First state the agent saw (SYN_SENT or SYN_RECV), wall-clock ns. */
   tStartNs: bigint;
-  /** Transition to CLOSE, wall-clock ns. */
+  /** Transition to CLOSE, wall-clock ns; for an interim record, the snapshot time. */
   tEndNs: bigint;
+  /** Whether the socket had closed (`final`) or this is a snapshot of an open one (`interim`). */
+  recordKind: RecordKind;
   /** True when the socket predates the agent: the flow began before `tStartNs`. */
   seeded: boolean;
-  /** Which program saw the close; known where the record was captured, not carried on the wire. */
+  /**
+   * Which program saw the close; known where the record was captured, not carried on the wire;
+   * none for an interim record.
+   */
   closeSeenBy?: CloseSeenBy;
   direction: Direction;
-  /** Kernel TCP state the socket closed from, e.g. "FIN_WAIT2", "SYN_SENT". */
+  /**
+   * Kernel TCP state the socket closed from, e.g. "FIN_WAIT2", "SYN_SENT"; for an interim record,
+   * its state at the snapshot.
+   */
   closeState: string;
   end: FlowEnd;
-  /** Socket error at close (errno), 0 for none. */
+  /** Socket error at close (errno; at the snapshot for an interim record), 0 for none. */
   error: number;
   /** Payload bytes sent, retransmissions included: `bytesSent` = payload + `bytesRetrans`. */
   bytesSent: number;

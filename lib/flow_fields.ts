@@ -37,6 +37,14 @@ export const FLOW_FIELDS: readonly FlowField[] = [
       "the socket's identity: `<boot ID>:<socket cookie>`, unique on this host; two records never share one",
   },
   {
+    name: "record_kind",
+    record: ["flags"],
+    wire: true,
+    column: "record_kind",
+    meaning:
+      "`final`: made when the socket closed; `interim`: a snapshot of a flow still open, made at a batch window's end (`t_end_ns` is then the snapshot time, `end` is `open`, counters are cumulative); a flow has any number of interim records, then one final",
+  },
+  {
     name: "t_start_ns",
     record: ["t_start_ns"],
     wire: true,
@@ -49,7 +57,8 @@ export const FLOW_FIELDS: readonly FlowField[] = [
     record: ["t_end_ns"],
     wire: true,
     column: "t_end_ns",
-    meaning: "wall clock of the close, ns since the Unix epoch",
+    meaning:
+      "wall clock of the close, ns since the Unix epoch; of the snapshot, for an interim record",
   },
   {
     name: "duration_ms",
@@ -125,11 +134,11 @@ export const FLOW_FIELDS: readonly FlowField[] = [
   },
   {
     name: "end",
-    record: ["close_state", "error"],
+    record: ["close_state", "error", "flags"],
     wire: true,
     column: "flow_end",
     meaning:
-      "`normal`, `reset` (RST received), `aborted` (closed locally with RST: SO_LINGER 0 or unread data), `refused`, `timeout`, `failed`, `unknown` (close not seen)",
+      "`normal`, `reset` (RST received), `aborted` (closed locally with RST: SO_LINGER 0 or unread data), `refused`, `timeout`, `failed`, `unknown` (close not seen), `open` (an interim record)",
   },
   {
     name: "error",

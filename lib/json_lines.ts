@@ -6,7 +6,14 @@
  * @module
  */
 import { formatIp } from "./map_layout.ts";
-import { FLAG_SEEDED, FLAG_SOCKOPS, flowEnd, RECORD_OFFSETS, RecordCursor } from "./decode.ts";
+import {
+  FLAG_INTERIM,
+  FLAG_SEEDED,
+  FLAG_SOCKOPS,
+  RECORD_OFFSETS,
+  RecordCursor,
+  recordEnd,
+} from "./decode.ts";
 import { DIRECTIONS, FLOW_ENDS, type FlowRecord, IDENTITY_SOURCES, TCP_STATES } from "./flow.ts";
 import { BOOT_ID_BYTES, formatFlowId, hasFlowId } from "./flow_id.ts";
 
@@ -25,7 +32,7 @@ export function formatFlowJson(r: FlowRecord): string {
   // Built by hand: JSON.stringify cannot write bigint, and ns times exceed 2^53.
   const known = hasFlowId(r);
   return `{"flow_id":${known ? `"${formatFlowId(r.bootId, r.cookie)}"` : "null"},` +
-    `"t_start_ns":${r.tStartNs},"t_end_ns":${r.tEndNs},` +
+    `"record_kind":"${r.recordKind}","t_start_ns":${r.tStartNs},"t_end_ns":${r.tEndNs},` +
     `"duration_ms":${Number(r.tEndNs - r.tStartNs) / 1e6},` +
     `"family":${r.family},"local_ip":"${formatIp(r.localIp)}","local_port":${r.localPort},` +
     `"remote_ip":"${formatIp(r.remoteIp)}","remote_port":${r.remotePort},` +
@@ -74,7 +81,8 @@ const SEEN_BY_JSON = {
 const KEYS = Object.fromEntries(
   [
     ["flowId", '{"flow_id":"'],
-    ["tStart", '","t_start_ns":'],
+    ["finalThenStart", '","record_kind":"final","t_start_ns":'],
+    ["interimThenStart", '","record_kind":"interim","t_start_ns":'],
     ["tEnd", ',"t_end_ns":'],
     ["duration", ',"duration_ms":'],
     ["family", ',"family":'],
@@ -88,8 +96,9 @@ const KEYS = Object.fromEntries(
     ["state", ',"close_state":'],
     ["end", ',"end":'],
     ["error", ',"error":'],
-    ["seededTrue", ',"seeded":true,"close_seen_by":'],
-    ["seededFalse", ',"seeded":false,"close_seen_by":'],
+    ["seededTrue", ',"seeded":true'],
+    ["seededFalse", ',"seeded":false'],
+    ["seenBy", ',"close_seen_by":'],
     ["close", "}\n"],
   ].map(([name, text]) => [name, ascii(text)]),
 ) as Record<string, Uint8Array>;
@@ -186,10 +195,11 @@ export class RecordJsonWriter extends RecordCursor {
     const identity = this.u8(O.identity_source);
     const direction = this.u8(O.direction);
     const flags = this.u8(O.flags);
+    const interim = (flags & FLAG_INTERIM) !== 0;
     this.#put(KEYS.flowId);
     this.#put(this.#bootIdText);
     this.#uint(this.u64(O.cookie));
-    this.#put(KEYS.tStart);
+    this.#put(interim ? KEYS.interimThenStart : KEYS.finalThenStart);
     this.#wallTime(O.t_start_ns);
     this.#put(KEYS.tEnd);
     this.#wallTime(O.t_end_ns);
@@ -219,17 +229,20 @@ export class RecordJsonWriter extends RecordCursor {
     this.#put(KEYS.state);
     this.#put(STATE_JSON[stateCode]);
     this.#put(KEYS.end);
-    this.#put(END_JSON.get(flowEnd(TCP_STATES[stateCode], error))!);
+    this.#put(END_JSON.get(recordEnd(flags, TCP_STATES[stateCode], error))!);
     this.#put(KEYS.error);
     this.#uint(error);
     this.#put((flags & FLAG_SEEDED) !== 0 ? KEYS.seededTrue : KEYS.seededFalse);
-    this.#put(
-      (flags & FLAG_SOCKOPS) !== 0
-        ? SEEN_BY_JSON.sock_ops
-        : stateCode === 0
-        ? SEEN_BY_JSON.destroy
-        : SEEN_BY_JSON.tracepoint,
-    );
+    if (!interim) {
+      this.#put(KEYS.seenBy);
+      this.#put(
+        (flags & FLAG_SOCKOPS) !== 0
+          ? SEEN_BY_JSON.sock_ops
+          : stateCode === 0
+          ? SEEN_BY_JSON.destroy
+          : SEEN_BY_JSON.tracepoint,
+      );
+    }
     for (const [key, field] of COUNTERS_64) {
       this.#put(key);
       this.#uint(this.u64(field));

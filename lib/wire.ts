@@ -43,16 +43,25 @@ import {
   type FlowEnd,
   type FlowRecord,
   IDENTITY_SOURCES,
+  RECORD_KINDS,
   TCP_STATES,
 } from "./flow.ts";
 import { BOOT_ID_BYTES, decodeFlowId, FLOW_ID_BYTES, NO_BOOT_ID } from "./flow_id.ts";
-import { FLAG_SEEDED, flowEnd, RECORD_OFFSETS, RecordCursor, WORKLOAD_ID_LEN } from "./decode.ts";
+import {
+  FLAG_INTERIM,
+  FLAG_SEEDED,
+  flowEnd,
+  RECORD_OFFSETS,
+  RecordCursor,
+  WORKLOAD_ID_LEN,
+} from "./decode.ts";
 
 /**
  * Version of the batch schema this module writes (2 added the flow end `unknown`; 3 the flow's
- * `flow_id` and `bytes_retrans`).
+ * `flow_id` and `bytes_retrans`; 4 the flow's `record_kind`, for interim records, and the flow
+ * end `open`).
  */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** Oldest schema version `decodeBatch` still reads: agents may be upgraded after collectors. */
 export const OLDEST_READ_SCHEMA_VERSION = 1;
@@ -320,7 +329,7 @@ export interface DecodeOptions {
 
 /**
  * Fewest bytes a flow takes on the wire in any schema version (a version-1 or 2 flow of 24
- * keys, IPv4, every value in one byte); a version-3 flow takes 88 at least. `decodeBatch`
+ * keys, IPv4, every value in one byte); a version-3 flow takes 88 at least, a version-4 one 90. `decodeBatch`
  * refuses a `flows` array that declares more entries than its bytes can hold at this size.
  */
 export const MIN_FLOW_BYTES = 58;
@@ -587,6 +596,7 @@ function duplicateKey(
 const IDENTITY_SOURCE_CODES = codes(IDENTITY_SOURCES);
 const DIRECTION_CODES = codes(DIRECTIONS);
 const FLOW_END_CODES = codes(FLOW_ENDS);
+const RECORD_KIND_CODES = codes(RECORD_KINDS);
 const TCP_STATE_CODES = codes<string>(TCP_STATES);
 
 // Wire names by key, for messages and for rejecting unknown keys.
@@ -634,6 +644,7 @@ export const FLOW_KEYS = [
   "lost",
   "flow_id",
   "bytes_retrans",
+  "record_kind",
 ];
 
 /** What the flows of one schema version hold. */
@@ -645,11 +656,19 @@ interface FlowLayout {
 }
 /** Keys of the flows of versions 1 and 2: no `flow_id`, no `bytes_retrans`. */
 const FLOW_KEYS_V1 = FLOW_KEYS.slice(0, 24);
-/** Version 1 had no flow end `unknown`; version 3 added `flow_id` and `bytes_retrans`. */
+/** Keys of the flows of version 3: no `record_kind` (every record was final). */
+const FLOW_KEYS_V3 = FLOW_KEYS.slice(0, 26);
+/** Flow ends of final records; `open` is an interim record's. */
+const CLOSED_ENDS = FLOW_ENDS.filter((end) => end !== "open");
+/**
+ * Version 1 had no flow end `unknown`; version 3 added `flow_id` and `bytes_retrans`; version 4
+ * `record_kind` and the end `open`.
+ */
 const FLOW_LAYOUTS: Record<number, FlowLayout> = {
-  1: { ends: FLOW_ENDS.filter((end) => end !== "unknown"), keys: FLOW_KEYS_V1 },
-  2: { ends: FLOW_ENDS, keys: FLOW_KEYS_V1 },
-  3: { ends: FLOW_ENDS, keys: FLOW_KEYS },
+  1: { ends: CLOSED_ENDS.filter((end) => end !== "unknown"), keys: FLOW_KEYS_V1 },
+  2: { ends: CLOSED_ENDS, keys: FLOW_KEYS_V1 },
+  3: { ends: CLOSED_ENDS, keys: FLOW_KEYS_V3 },
+  4: { ends: FLOW_ENDS, keys: FLOW_KEYS },
 };
 
 /** The fields FlowRecord declares as bigint. */
@@ -671,11 +690,11 @@ const POOL_BYTES = 64 * 1024;
 let pool = new Uint8Array(POOL_BYTES);
 let poolUsed = 0;
 /**
- * Room for a flow but its two text strings: map head, 26 keys (two of 2 bytes), 2 addresses,
- * flow ID, 2 times, 4 byte counters, 7 uint32 counters, 2 ports, error, 5 one-byte values.
+ * Room for a flow but its two text strings: map head, 27 keys (three of 2 bytes), 2 addresses,
+ * flow ID, 2 times, 4 byte counters, 7 uint32 counters, 2 ports, error, 6 one-byte values.
  */
-const FLOW_FIXED_ROOM = 2 + 28 + 2 * 17 + 2 + FLOW_ID_BYTES + 2 * 9 + 4 * 9 + 7 * 5 + 2 * 3 +
-  5 + 5;
+const FLOW_FIXED_ROOM = 2 + 30 + 2 * 17 + 2 + FLOW_ID_BYTES + 2 * 9 + 4 * 9 + 7 * 5 + 2 * 3 +
+  5 + 6;
 
 function codes<T extends string>(names: readonly T[]): Map<T, number> {
   return new Map(names.map((name, i) => [name, i]));
@@ -688,7 +707,7 @@ function codes<T extends string>(names: readonly T[]): Map<T, number> {
 const HEADER_FIXED_ROOM = 3 + 14 + 8 * 9 + 9;
 
 /**
- * Writes a flow as cbor-x writes the map of keys 0 to 25 (a 26-entry map head, then each key
+ * Writes a flow as cbor-x writes the map of keys 0 to 26 (a 27-entry map head, then each key
  * and its value in key order), checking each field on the way.
  *
  * @returns the offset past the flow, or -1 (some bytes may have been written) when a field is
@@ -700,6 +719,7 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
   const identitySource = IDENTITY_SOURCE_CODES.get(r.identitySource);
   const direction = DIRECTION_CODES.get(r.direction);
   const end = FLOW_END_CODES.get(r.end);
+  const recordKind = RECORD_KIND_CODES.get(r.recordKind);
   if (
     !(localIp instanceof Uint8Array) || localIp.length !== ipLength ||
     !(remoteIp instanceof Uint8Array) || remoteIp.length !== ipLength ||
@@ -708,6 +728,7 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
     !isUint32(r.localPort) || r.localPort > 0xffff ||
     !isUint32(r.remotePort) || r.remotePort > 0xffff ||
     identitySource === undefined || direction === undefined || end === undefined ||
+    recordKind === undefined || (end === OPEN_END_CODE) !== (recordKind === INTERIM_CODE) ||
     typeof r.seeded !== "boolean" || !isUint32(r.error) ||
     !isUint53(r.bytesSent) || !isUint53(r.bytesAcked) || !isUint53(r.bytesReceived) ||
     !(bootId instanceof Uint8Array) || bootId.length !== BOOT_ID_BYTES || !isUint64(r.cookie) ||
@@ -719,7 +740,7 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
   }
   const w = writer;
   w.reset(target, offset);
-  w.head(0xa0, 26);
+  w.head(0xa0, 27);
   w.tiny(0);
   w.byteString(localIp);
   w.tiny(1);
@@ -774,6 +795,8 @@ function writeFlow(r: FlowRecord, target: Uint8Array, offset: number): number {
   w.bytesThenUint64(bootId, r.cookie);
   w.head(0, 25);
   w.uint(r.bytesRetrans);
+  w.head(0, 26);
+  w.tiny(recordKind);
   return w.at;
 }
 
@@ -816,6 +839,8 @@ const RECORD_COUNTERS_32 = [
 ] as const;
 /** Wire code of the flow end of a clean close (error 0) from each TCP state code. */
 const END_CODE_BY_STATE = TCP_STATES.map((state) => FLOW_END_CODES.get(flowEnd(state, 0))!);
+const OPEN_END_CODE = FLOW_END_CODES.get("open")!;
+const INTERIM_CODE = RECORD_KIND_CODES.get("interim")!;
 
 /**
  * Encodes kernel records (`struct fe_flow`, lib/decode.ts) straight into their wire form, byte
@@ -859,12 +884,13 @@ export class RecordWriter extends RecordCursor implements FlowWriter {
     const error = this.u8(O.error);
     const identity = this.u8(O.identity_source);
     const direction = this.u8(O.direction);
+    const interim = (this.u8(O.flags) & FLAG_INTERIM) !== 0;
     const ipStart = family === 4 ? 12 : 0;
     const ipLength = family === 4 ? 4 : 16;
 
     const w = writer;
     w.reset(target, offset);
-    w.head(0xa0, 26);
+    w.head(0xa0, 27);
     w.tiny(0);
     w.byteStringOf(bytes, at + O.local_ip + ipStart, ipLength);
     w.tiny(1);
@@ -893,7 +919,9 @@ export class RecordWriter extends RecordCursor implements FlowWriter {
     w.tiny(state);
     w.tiny(12);
     w.tiny(
-      error === 0
+      interim
+        ? OPEN_END_CODE
+        : error === 0
         ? END_CODE_BY_STATE[state]
         : FLOW_END_CODES.get(flowEnd(TCP_STATES[state], error))!,
     );
@@ -912,6 +940,8 @@ export class RecordWriter extends RecordCursor implements FlowWriter {
     w.bytesThenReversed8(this.bootId, bytes, at + O.cookie);
     w.head(0, 25);
     w.uint64Halves(this.u32(O.bytes_retrans + 4), this.u32(O.bytes_retrans));
+    w.head(0, 26);
+    w.tiny(interim ? INTERIM_CODE : 0);
     return w.at;
   }
 }
@@ -978,6 +1008,9 @@ function decodeFlow(
     identitySource: enumeration(m[8], IDENTITY_SOURCES, where, "identity_source"),
     tStartNs: time(m[2], where, "t_start_ns"),
     tEndNs: time(m[3], where, "t_end_ns"),
+    recordKind: layout.keys.length > 26
+      ? enumeration(m[26], RECORD_KINDS, where, "record_kind")
+      : "final",
     seeded: bool(m[9], where, "seeded"),
     direction: enumeration(m[10], DIRECTIONS, where, "direction"),
     closeState: typeof closeState === "string"
@@ -1000,7 +1033,8 @@ function decodeFlow(
   // Every field was checked as it was read but the addresses' lengths against the family.
   checkIp(record.localIp, family, where, "local_ip");
   checkIp(record.remoteIp, family, where, "remote_ip");
-  checkFlowOrder(record.tStartNs, record.tEndNs, where);
+  checkFlowOrder(record, where);
+  checkEndOfKind(record, where);
   return record;
 }
 
@@ -1017,7 +1051,7 @@ function checkFlow(r: FlowRecord, where: string): void {
   code(IDENTITY_SOURCE_CODES, r.identitySource, where, "identity_source");
   time(r.tStartNs, where, "t_start_ns");
   time(r.tEndNs, where, "t_end_ns");
-  checkFlowOrder(r.tStartNs, r.tEndNs, where);
+  checkFlowOrder(r, where);
   bool(r.seeded, where, "seeded");
   code(DIRECTION_CODES, r.direction, where, "direction");
   if (typeof r.closeState !== "string" || r.closeState === "") {
@@ -1026,6 +1060,8 @@ function checkFlow(r: FlowRecord, where: string): void {
     );
   }
   code(FLOW_END_CODES, r.end, where, "end");
+  code(RECORD_KIND_CODES, r.recordKind, where, "record_kind");
+  checkEndOfKind(r, where);
   uint(r.error, UINT32_MAX, where, "error");
   uint53(r.bytesSent, where, "bytes_sent");
   uint53(r.bytesRetrans, where, "bytes_retrans");
@@ -1153,11 +1189,26 @@ function uint63(value: unknown, where: string, name: string): bigint {
 
 const time = uint63;
 
-/** A flow cannot end before it starts. */
-function checkFlowOrder(startNs: bigint, endNs: bigint, where: string): void {
-  if (endNs < startNs) {
+/** A flow cannot end, nor be seen open, before it starts. */
+function checkFlowOrder(r: FlowRecord, where: string): void {
+  if (r.tEndNs < r.tStartNs) {
     throw new WireFormatError(
-      `${where}: t_end_ns ${endNs} is before t_start_ns ${startNs} (a flow cannot end before it starts)`,
+      `${where}: t_end_ns ${r.tEndNs} is before t_start_ns ${r.tStartNs} (${
+        r.recordKind === "interim"
+          ? "an interim record's snapshot cannot precede its flow's start"
+          : "a flow cannot end before it starts"
+      })`,
+    );
+  }
+}
+
+/** An interim record's flow has not ended (`open`); a final record's has. */
+function checkEndOfKind(r: FlowRecord, where: string): void {
+  if ((r.end === "open") !== (r.recordKind === "interim")) {
+    throw new WireFormatError(
+      r.end === "open"
+        ? `${where}: end is open, but record_kind is ${r.recordKind} (only an interim record's flow is open)`
+        : `${where}: end is ${r.end}, but record_kind is interim (an interim record's end is open)`,
     );
   }
 }

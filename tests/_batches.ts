@@ -63,6 +63,7 @@ export function makeFlow(spec: FlowSpec): FlowRecord {
     identitySource: spec.identitySource ?? (spec.workload === "" ? "unknown" : "ip-map"),
     tStartNs: nsAt(spec.startS),
     tEndNs: nsAt(spec.endS),
+    recordKind: "final",
     seeded: false,
     direction: spec.direction ?? "outbound",
     closeState: "FIN_WAIT2",
@@ -120,6 +121,7 @@ export function batchCborV2(
   for (const flow of top.get(9) as Map<number, unknown>[]) {
     flow.delete(24);
     flow.delete(25);
+    flow.delete(26);
   }
   return new Uint8Array(rawCbor.encoder.encode(top));
 }

@@ -51,6 +51,7 @@ export function syntheticFlow(i: number, baseNs = 1_767_225_600_000_000_000n): F
     identitySource: SOURCES[i % SOURCES.length],
     tStartNs: tEndNs - durationNs,
     tEndNs,
+    recordKind: "final",
     seeded: i % 50 === 0,
     direction: DIRECTIONS[i % DIRECTIONS.length],
     closeState: STATES[i % STATES.length],

@@ -191,12 +191,14 @@ Deno.test("a database of layout version 1 is upgraded by the collector, then rea
       using store = FlowStore.open(db);
       Ingestor.open(store).ingestBody(batchCbor("node-a", 1, [flow(1)]));
     }
-    // What the collector before flow IDs left: no flow_id or bytes_retrans column, no batch
-    // digest, layout 1.
+    // What the collector before flow IDs left: no flow_id, bytes_retrans or record_kind column,
+    // no batch digest, no samples, layout 1.
     {
       using raw = new DatabaseSync(db);
       raw.exec(
         "DROP VIEW flows_attributed; DROP VIEW flows_settled; DROP INDEX flows_by_flow_id; " +
+          "DROP VIEW flow_window_deltas; DROP TABLE flow_samples; " +
+          "ALTER TABLE flows DROP COLUMN record_kind; " +
           "ALTER TABLE flows DROP COLUMN flow_id; ALTER TABLE flows DROP COLUMN bytes_retrans; " +
           "ALTER TABLE batches DROP COLUMN digest; " +
           "CREATE VIEW flows_settled AS SELECT * FROM flows; " + // stand-ins for its views

@@ -147,6 +147,13 @@ async function sendEachRefusal(): Promise<Refusal[]> {
     await post(tampered((_, f) => f[1].set(3, nsAt(10))));
     await post(tampered((top) => top.set(5, nsAt(-1))));
     await post(tampered((_, f) => f[0].set(3, nsAt(60 + 86_401))));
+    await post(tampered((_, f) => f[0].set(26, 1).set(12, 7).set(3, nsAt(9))));
+    await post(tampered((_, f) => f[0].set(26, 1)));
+    // An open flow whose next interim record counts fewer bytes than its last one.
+    const open: FlowRecord = { ...flows(1)[0], recordKind: "interim", end: "open" };
+    assert.equal((await (await postBatch(url, batchBody("node-a", 10, [open]))).json()).flows, 1);
+    const later = { ...open, tEndNs: open.tEndNs + 1_000_000_000n, bytesSent: open.bytesSent - 1 };
+    await post(batchBody("node-a", 11, [later]));
     await post(batchBody("node-a", 1, flows(2)), { "idempotency-key": "node-a:2" });
     for (const query of ["from=yesterday", "status=lost", "limit=many", "ip=10.0.0"]) {
       got.push(await refusal(await fetch(`${url}/v1/flows?${query}`)));

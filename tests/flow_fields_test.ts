@@ -4,7 +4,7 @@
  * it here.
  */
 import assert from "node:assert/strict";
-import { decodeFlow, RECORD_OFFSETS } from "../lib/decode.ts";
+import { decodeFlow, FLAG_INTERIM, RECORD_OFFSETS } from "../lib/decode.ts";
 import { FLOW_FIELDS, flowFieldReference } from "../lib/flow_fields.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
 import { FLOW_KEYS } from "../lib/wire.ts";
@@ -16,6 +16,14 @@ Deno.test("the JSON writer writes the table's fields, in its order", () => {
   const record = decodeFlow(rawRecord(), 0, 0n, new Uint8Array(16));
   assert.ok(record.closeSeenBy, "a captured record says which program saw its close");
   assert.deepEqual(Object.keys(JSON.parse(formatFlowJson(record))), names);
+});
+
+Deno.test("an interim record's JSON line has every field but close_seen_by", () => {
+  const record = decodeFlow(rawRecord({ flags: FLAG_INTERIM }), 0, 0n, new Uint8Array(16));
+  const line = JSON.parse(formatFlowJson(record));
+  assert.deepEqual(Object.keys(line), names.filter((name) => name !== "close_seen_by"));
+  assert.equal(line.record_kind, "interim");
+  assert.equal(line.end, "open");
 });
 
 Deno.test("every member of struct fe_flow feeds a field", () => {

@@ -18,7 +18,7 @@ import { gzipSync } from "node:zlib";
 import fc from "fast-check";
 import { Encoder } from "cbor-x";
 import type { FlowRecord } from "../lib/flow.ts";
-import { DIRECTIONS, FLOW_ENDS, IDENTITY_SOURCES, TCP_STATES } from "../lib/flow.ts";
+import { DIRECTIONS, FLOW_ENDS, IDENTITY_SOURCES, RECORD_KINDS, TCP_STATES } from "../lib/flow.ts";
 import {
   type BatchHeader,
   decodeBatch,
@@ -257,6 +257,7 @@ Deno.test("fuzz: any valid batch survives encodeBatch() and decodeBatch() unchan
     direction: fc.constantFrom(...DIRECTIONS),
     closeState: fc.oneof(fc.constantFrom(...TCP_STATES), fc.constant("STATE_99")),
     end: fc.constantFrom(...FLOW_ENDS),
+    recordKind: fc.constantFrom(...RECORD_KINDS),
     error: u32,
     bytesSent: u53,
     bytesRetrans: u53,
@@ -269,12 +270,21 @@ Deno.test("fuzz: any valid batch survives encodeBatch() and decodeBatch() unchan
     minRttUs: u32,
     delivered: u32,
     lost: u32,
-  }).map(({ times: [tStartNs, tEndNs], ...f }) =>
-    // a plain object (fast-check's have no prototype), IPv4 addresses of 4 bytes
-    f.family === 4
-      ? { ...f, tStartNs, tEndNs, localIp: f.localIp.slice(0, 4), remoteIp: f.remoteIp.slice(0, 4) }
-      : { ...f, tStartNs, tEndNs }
-  );
+  }).map(({ times: [tStartNs, tEndNs], end, ...f }) => {
+    // a plain object (fast-check's have no prototype), IPv4 addresses of 4 bytes, and an end
+    // that fits the record's kind (only an interim record's flow is open)
+    const fitting = f.recordKind === "interim" ? "open" : end === "open" ? "normal" : end;
+    return f.family === 4
+      ? {
+        ...f,
+        end: fitting,
+        tStartNs,
+        tEndNs,
+        localIp: f.localIp.slice(0, 4),
+        remoteIp: f.remoteIp.slice(0, 4),
+      }
+      : { ...f, end: fitting, tStartNs, tEndNs };
+  });
   const header = fc.record({
     hostname: fc.string({ unit: "grapheme", maxLength: 40 }),
     sequence: u53,

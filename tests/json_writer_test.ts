@@ -43,6 +43,8 @@ Deno.test("realistic records: the straight JSON line is the decoded record's lin
     rawRecord({ tStartNs: 5_000_000n, tEndNs: 4_000_000n }),
     rawRecord({ family: 5 as 4 }), // the decoder's error
     rawRecord({ local: v4Mapped(0, 0, 0, 0), remote: v4Mapped(255, 255, 255, 255) }),
+    rawRecord({ flags: 4, closeState: 1 }), // interim: end open, no close_seen_by
+    rawRecord({ flags: 7, closeState: 8, family: 6 }),
   ];
   const joined = new Uint8Array(records.length * RECORD_SIZE);
   records.forEach((r, i) => joined.set(r, i * RECORD_SIZE));

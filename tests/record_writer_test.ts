@@ -43,6 +43,8 @@ Deno.test("realistic records: the straight path writes what the decoded path wri
     rawRecord({ family: 5 as 4 }), // the decoder's error
     rawRecord({ localPort: 0, remotePort: 65535, cookie: 2n ** 64n - 1n }),
     rawRecord({ tStartNs: 5_000n, tEndNs: 4_999n }), // ends before it starts: refused
+    rawRecord({ flags: 4, closeState: 1 }), // interim: end open, record_kind interim
+    rawRecord({ flags: 5, closeState: 8, error: 104, family: 6 }),
   ];
   const joined = new Uint8Array(records.length * RECORD_SIZE);
   records.forEach((r, i) => joined.set(r, i * RECORD_SIZE));
@@ -54,7 +56,20 @@ Deno.test("realistic records: the straight path writes what the decoded path wri
   const refused = records.map((_, i) =>
     "error" in outcomes(joined, i * RECORD_SIZE, WALL_OFFSET_NS).direct
   );
-  assert.deepEqual(refused, [false, false, false, false, false, true, false, true, false, true]);
+  assert.deepEqual(refused, [
+    false,
+    false,
+    false,
+    false,
+    false,
+    true,
+    false,
+    true,
+    false,
+    true,
+    false,
+    false,
+  ]);
 });
 
 Deno.test("random records: the straight path writes what the decoded path writes", () => {

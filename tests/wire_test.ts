@@ -84,6 +84,7 @@ Deno.test("decodeBatch() returns exactly what encodeBatch() was given, IPv4 and 
     identitySource: "port-map",
     tStartNs: 1_767_225_601_000_000_001n,
     tEndNs: 9_223_372_036_854_775_807n,
+    recordKind: "final",
     seeded: true,
     direction: "inbound",
     closeState: "LAST_ACK",
@@ -170,14 +171,15 @@ Deno.test("the wire layout uses small integer keys with the heartbeat key first"
   const record = syntheticFlow(3);
   const flowBytes = encodeFlow(record);
   const flow = rawCbor.decoder.decode(flowBytes) as Map<number, unknown>;
-  assert.deepEqual([...flow.keys()], Array.from({ length: 26 }, (_, i) => i));
+  assert.deepEqual([...flow.keys()], Array.from({ length: 27 }, (_, i) => i));
   assert.deepEqual([...(flow.get(0) as Uint8Array)], [...record.localIp]);
   assert.equal(flow.get(1), record.localWorkloadId);
   assert.equal(flow.get(2), record.tStartNs);
   assert.equal(flow.get(3), record.tEndNs);
   assert.deepEqual(flow.get(24), encodeFlowId(record.bootId, record.cookie));
   assert.equal(flow.get(25), record.bytesRetrans);
-  assert.deepEqual([...flowBytes.subarray(0, 2)], [0xb8, 26], "a map of 26 entries");
+  assert.equal(flow.get(26), 0, "record_kind final");
+  assert.deepEqual([...flowBytes.subarray(0, 2)], [0xb8, 27], "a map of 27 entries");
   assert.deepEqual([...flowBytes.subarray(2, 4)], [0x00, 0x44], "key 0, a 4-byte byte string");
   const top = rawCbor.decoder.decode(batchOf([record])) as Map<number, unknown>;
   assert.deepEqual([...top.keys()], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
@@ -214,10 +216,10 @@ Deno.test("decodeBatch() rejects truncated CBOR and trailing bytes", () => {
 });
 
 Deno.test("decodeBatch() rejects a schema version it does not read", () => {
-  for (const version of [0, 4, 7, 1.5]) {
+  for (const version of [0, 5, 7, 1.5]) {
     rejects(
       tampered((top) => top.set(0, version)),
-      `Unsupported schema version ${version} (this collector reads 1 to 3)`,
+      `Unsupported schema version ${version} (this collector reads 1 to 4)`,
     );
   }
   rejects(
@@ -250,7 +252,17 @@ Deno.test("decodeBatch() names the offending field for wrong types and values", 
       (_, f) => f[0].set(3, -1),
     ],
     ["Flow 0: seeded must be a boolean, got 1", (_, f) => f[0].set(9, 1)],
-    ["Flow 0: end must be an integer from 0 to 6, got 7", (_, f) => f[0].set(12, 7)],
+    ["Flow 0: end must be an integer from 0 to 7, got 8", (_, f) => f[0].set(12, 8)],
+    ["Flow 0: record_kind must be an integer from 0 to 1, got 2", (_, f) => f[0].set(26, 2)],
+    ["Flow 1: missing record_kind (key 26)", (_, f) => f[1].delete(26)],
+    [
+      "Flow 0: end is open, but record_kind is final (only an interim record's flow is open)",
+      (_, f) => f[0].set(12, 7),
+    ],
+    [
+      "Flow 1: end is normal, but record_kind is interim (an interim record's end is open)",
+      (_, f) => f[1].set(26, 1),
+    ],
     ["Flow 0: close_state must be an integer from 0 to 13, got 14", (_, f) => f[0].set(11, 14)],
     ["Flow 0: family must be 4 or 6, got 5", (_, f) => f[0].set(4, 5)],
     [
@@ -269,7 +281,7 @@ Deno.test("decodeBatch() names the offending field for wrong types and values", 
       "Flow 0: bytes_retrans must be an unsigned integer up to 9007199254740991, got -1",
       (_, f) => f[0].set(25, -1),
     ],
-    ["Flow 1: unknown key 26", (_, f) => f[1].set(26, 0)],
+    ["Flow 1: unknown key 27", (_, f) => f[1].set(27, 0)],
     ["Flow 0: the flow must be a map, got array", (_, f) => (f[0] as unknown as unknown[]) = []],
     ['Batch: sequence must be an unsigned integer up to 9007199254740991, got text string "x"', (
       top,
@@ -296,6 +308,16 @@ Deno.test("decodeBatch() refuses a flow that ends before it starts, naming the f
     `Flow 1: t_end_ns ${syntheticFlow(2).tStartNs - 1n} is before t_start_ns ${
       syntheticFlow(2).tStartNs
     } (a flow cannot end before it starts)`,
+  );
+  // Issue 14: an interim record's snapshot time before its start.
+  rejects(
+    tampered((_, f) => {
+      f[0].set(26, 1).set(12, 7);
+      f[0].set(3, BigInt(f[0].get(2) as bigint) - 1n);
+    }),
+    `Flow 0: t_end_ns ${syntheticFlow(1).tStartNs - 1n} is before t_start_ns ${
+      syntheticFlow(1).tStartNs
+    } (an interim record's snapshot cannot precede its flow's start)`,
   );
 });
 
@@ -370,16 +392,19 @@ Deno.test("encodeFlow() refuses a record that would spoil the batch", () => {
 Deno.test("encodeBatch() writes only the schema version it knows", () => {
   assert.throws(() => encodeBatch(header(0, { schemaVersion: 2 }), []), {
     name: "WireFormatError",
-    message: "Cannot encode schema version 2 (this exporter writes 3)",
+    message: "Cannot encode schema version 2 (this exporter writes 4)",
   });
 });
 
 Deno.test("decodeBatch() reads version 1 and 2 batches, whose flows have no flow ID", async (t) => {
-  /** A batch of `version` from a version-3 one: flows without keys 24 and 25. */
+  /** A batch of `version` from a version-4 one: flows without keys 24 to 26 (25 for 3). */
   const older = (version: number, mutate = (_flows: Map<number, unknown>[]) => {}) =>
     tampered((top, flows) => {
       top.set(0, version);
-      for (const flow of flows) (flow.delete(24), flow.delete(25));
+      for (const flow of flows) {
+        flow.delete(26);
+        if (version < 3) (flow.delete(24), flow.delete(25));
+      }
       mutate(flows);
     });
   const withoutFlowId = (r: FlowRecord): FlowRecord => ({
@@ -405,7 +430,17 @@ Deno.test("decodeBatch() reads version 1 and 2 batches, whose flows have no flow
     assert.deepEqual(v1.flows, [syntheticFlow(1), syntheticFlow(2)].map(withoutFlowId));
     rejects(older(1, unknownEnd), "Flow 0: end must be an integer from 0 to 5, got 6");
   });
-  await t.step("version 3: the flows of one boot share one boot ID", () => {
+  await t.step("version 3: flow IDs, no record_kind: every record is final", () => {
+    const v3 = decodeBatch(older(3));
+    assert.equal(v3.header.schemaVersion, 3);
+    assert.deepEqual(v3.flows, [syntheticFlow(1), syntheticFlow(2)]);
+    rejects(older(3, (flows) => flows[0].set(26, 0)), "Flow 0: unknown key 26");
+    rejects(
+      older(3, (flows) => flows[0].set(12, 7)),
+      "Flow 0: end must be an integer from 0 to 6, got 7",
+    );
+  });
+  await t.step("version 4: the flows of one boot share one boot ID", () => {
     const { flows } = decodeBatch(batchOf([syntheticFlow(1), syntheticFlow(2)]));
     assert.equal(flows[0].bootId, flows[1].bootId);
     assert.deepEqual(flows[0].bootId, SYNTHETIC_BOOT_ID);
@@ -466,7 +501,8 @@ Deno.test("idempotencyKey() joins hostname and sequence", () => {
 const CODES = {
   identitySource: ["unknown", "host", "ip-map", "port-map"],
   direction: ["unknown", "outbound", "inbound"],
-  end: ["normal", "reset", "aborted", "refused", "timeout", "failed", "unknown"],
+  end: ["normal", "reset", "aborted", "refused", "timeout", "failed", "unknown", "open"],
+  recordKind: ["final", "interim"],
   closeState: TCP_STATES as readonly string[],
 };
 
@@ -508,6 +544,7 @@ function cborXFlow(r: FlowRecord): Uint8Array {
     r.lost,
     encodeFlowId(r.bootId, r.cookie),
     int(r.bytesRetrans),
+    CODES.recordKind.indexOf(r.recordKind),
   ];
   return new Uint8Array(rawCbor.encoder.encode(new Map(values.map((v, key) => [key, v]))));
 }
@@ -579,6 +616,7 @@ function variedFlows(count: number, seed = 1): FlowRecord[] {
   return Array.from({ length: count }, () => {
     const family = pick([4, 6] as const);
     const [tStartNs, tEndNs] = [pick(TIMES), pick(TIMES)].sort((a, b) => a < b ? -1 : 1);
+    const end = pick(CODES.end) as FlowRecord["end"];
     return {
       bootId: ip(16),
       cookie: pick(COOKIES),
@@ -591,10 +629,11 @@ function variedFlows(count: number, seed = 1): FlowRecord[] {
       identitySource: pick(CODES.identitySource) as FlowRecord["identitySource"],
       tStartNs,
       tEndNs,
+      recordKind: end === "open" ? "interim" : "final",
       seeded: next(2) === 1,
       direction: pick(CODES.direction) as FlowRecord["direction"],
       closeState: pick(CLOSE_STATES),
-      end: pick(CODES.end) as FlowRecord["end"],
+      end,
       error: pick(UINT32S),
       bytesSent: pick(UINT53S),
       bytesRetrans: pick(UINT53S),
@@ -676,7 +715,8 @@ Deno.test("encodeFlow() refuses every out-of-range field, naming it", () => {
     ["seeded", "seeded", [1, "true", undefined]],
     ["direction", "direction", ["sideways", 1]],
     ["closeState", "close_state", ["", 7, undefined]],
-    ["end", "end", ["crash", 0]],
+    ["end", "end", ["crash", 0, "open"]],
+    ["recordKind", "record_kind", ["closed", 1, undefined]],
     ["error", "error", [-1, 2 ** 32, 0.5, 1n << 32n]],
     ["bytesSent", "bytes_sent", [-1, 2 ** 53, 1.5, Infinity, 1n << 53n]],
     ["bytesAcked", "bytes_acked", [-1, 2 ** 53]],
@@ -866,7 +906,7 @@ Deno.test("decodeBatch() refuses declared lengths longer than the bytes left", (
     } bytes follow)`,
   );
   // A flow's map claims 2^32 - 1 entries.
-  const flowAt = at([0xb8, 26]);
+  const flowAt = at([0xb8, 27]);
   const map = new Uint8Array([...good.subarray(0, flowAt), 0xba, 0xff, 0xff, 0xff, 0xff]);
   rejects(
     map,

@@ -300,6 +300,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
             sequence: batch.header.sequence,
             flows: batch.flows.length,
             repeatedFlows: 0,
+            updatedFlows: 0,
             attributed: 0,
             pending: 0,
             unattributed: 0,
