@@ -60,6 +60,7 @@ export interface IngestResult {
   readonly settled: number;
 }
 
+/** Ownership is pruned this often at most, and four times per retention period at least. */
 const PRUNE_EVERY_NS = 60_000_000_000n;
 
 /**
@@ -129,6 +130,7 @@ export class Ingestor {
   readonly #store: FlowStore;
   readonly #attributor: Attributor;
   readonly #retentionNs: bigint;
+  readonly #pruneEveryNs: bigint;
   readonly #now: () => bigint;
   #lastPruneNs = 0n;
 
@@ -136,6 +138,8 @@ export class Ingestor {
     this.#store = store;
     this.#attributor = new Attributor(options);
     this.#retentionNs = options.retentionNs ?? 3_600_000_000_000n;
+    const quarter = this.#retentionNs / 4n;
+    this.#pruneEveryNs = quarter < PRUNE_EVERY_NS ? quarter : PRUNE_EVERY_NS;
     this.#now = options.now ?? wallClockNs;
   }
 
@@ -253,12 +257,12 @@ export class Ingestor {
     // A repeated or moved-on flow (id 0: its flow ID was stored before) is known only once
     // written; its heartbeat above was learned, its verdict is its first record's.
     const { ids, updated } = written;
-    let repeatedFlows = -updated;
+    let notNew = 0;
     let attributed = 0;
     let pending = 0;
     for (let i = 0; i < flows.length; i++) {
       const status = verdicts[i].status;
-      if (ids[i] === 0) repeatedFlows++;
+      if (ids[i] === 0) notNew++;
       else if (status === "attributed") attributed++;
       else if (status === "pending") {
         pending++;
@@ -271,6 +275,7 @@ export class Ingestor {
       }
     }
     this.#store.resolve(attributor.expire(now));
+    const repeatedFlows = notNew - updated;
     return {
       ...base,
       duplicate: false,
@@ -285,7 +290,8 @@ export class Ingestor {
 
   /**
    * Periodic work: gives up on held flows past the hold delay (stored as `unattributed`) and,
-   * once a minute, forgets ownership older than the retention.
+   * once a minute (or a quarter of the retention, if shorter), forgets ownership older than the
+   * retention.
    *
    * @returns the number of held flows given up on.
    */
@@ -293,7 +299,7 @@ export class Ingestor {
     const now = this.#now();
     const expired = this.#attributor.expire(now);
     this.#store.resolve(expired);
-    if (now - this.#lastPruneNs >= PRUNE_EVERY_NS) this.#prune(now);
+    if (now - this.#lastPruneNs >= this.#pruneEveryNs) this.#prune(now);
     return expired.length;
   }
 

@@ -16,7 +16,13 @@ import { formatIp, parseIp } from "../lib/map_layout.ts";
 import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
 import type { AttributionStatus } from "./attributor.ts";
-import { DEFAULT_DB_PATH, type FlowFilter, FlowStore, type StoredFlow } from "./store.ts";
+import {
+  DEFAULT_DB_PATH,
+  type FlowFilter,
+  FlowStore,
+  type StoredFlow,
+  type WindowDelta,
+} from "./store.ts";
 import { ClickHouseStore } from "./cluster/clickhouse_store.ts";
 
 /** A filter value cannot be used; the message names it and says what is accepted. */
@@ -42,6 +48,8 @@ export interface FilterText {
   host?: string;
   /** `attributed`, `pending`, `unattributed` or `ambiguous`. */
   status?: string;
+  /** `open` (the latest record is interim) or `closed`. */
+  state?: string;
   /** Most rows; 0 for no limit. */
   limit?: string;
 }
@@ -87,6 +95,10 @@ ${READ_OPTIONS_HELP}  --clickhouse URL   read a cluster's flows from ClickHouse 
   --ip ADDRESS       flows whose local or remote address is ADDRESS
   --host NAME        flows reported by host NAME
   --status STATUS    attributed, pending, unattributed or ambiguous
+  --state STATE      open (seen by interim records, not closed yet) or closed
+  --per-window       what each batch window added to each flow: one row per interim
+                     record of a long-lived flow and per close, --from and --to
+                     applying to that record's time (not with --clickhouse)
   --limit N          at most N flows (default 1000, 0 for all)
   --format FORMAT    table (default) or json (one JSON object per line)
   -h, --help         show this help
@@ -119,6 +131,12 @@ export function parseFlowFilter(text: FilterText, nowNs: bigint): FlowFilter {
     }
     filter.attribution = text.status as AttributionStatus;
   }
+  if (text.state !== undefined) {
+    if (text.state !== "open" && text.state !== "closed") {
+      throw new FilterError(`Invalid state ${JSON.stringify(text.state)}: use open or closed`);
+    }
+    filter.recordKind = text.state === "open" ? "interim" : "final";
+  }
   if (text.limit !== undefined) {
     if (!/^[0-9]{1,9}$/.test(text.limit)) {
       throw new FilterError(
@@ -131,16 +149,65 @@ export function parseFlowFilter(text: FilterText, nowNs: bigint): FlowFilter {
 }
 
 /**
- * One flow as a JSON object on one line: the agent's JSON fields (`lib/json_lines.ts`; `flow_id`
- * and `bytes_retrans` are null for flows of wire schema 1 and 2) plus `id`, `host`,
- * `batch_sequence`, `remote_workload_id` (null unless attributed) and `attribution`.
+ * One flow as a JSON object on one line: the agent's JSON fields of its latest record
+ * (`lib/json_lines.ts`; `flow_id` and `bytes_retrans` are null for flows of wire schema 1 and 2)
+ * plus `id`, `host`, `batch_sequence`, `state` (`open` while its latest record is interim, else
+ * `closed`), `remote_workload_id` (null unless attributed) and `attribution`.
  */
 export function formatStoredFlowJson(flow: StoredFlow): string {
   const base = formatFlowJson(flow);
   return `{"id":${flow.id},"host":${JSON.stringify(flow.hostname)},` +
     `"batch_sequence":${flow.batchSequence},${base.slice(1, -1)},` +
+    `"state":"${flowState(flow)}",` +
     `"remote_workload_id":${JSON.stringify(flow.remoteWorkloadId)},` +
     `"attribution":"${flow.attribution}"}`;
+}
+
+/**
+ * What one window added to one flow, as a JSON object on one line: `id`, `host`, `flow_id`,
+ * `t_ns` (the record's time), `record_kind`, the flow's endpoints and workloads, its
+ * `attribution`, and the counters the window added.
+ */
+export function formatWindowDeltaJson(d: WindowDelta): string {
+  const f = d.flow;
+  return `{"id":${d.id},"host":${JSON.stringify(f.hostname)},"flow_id":${
+    hasFlowId(f) ? `"${formatFlowId(f.bootId, f.cookie)}"` : "null"
+  },"t_ns":${d.tNs},"record_kind":"${d.recordKind}",` +
+    `"local_ip":"${formatIp(f.localIp)}","local_port":${f.localPort},` +
+    `"local_workload_id":${JSON.stringify(f.localWorkloadId)},` +
+    `"remote_ip":"${formatIp(f.remoteIp)}","remote_port":${f.remotePort},` +
+    `"remote_workload_id":${JSON.stringify(f.remoteWorkloadId)},` +
+    `"attribution":"${f.attribution}","bytes_sent":${d.bytesSent},` +
+    `"bytes_retrans":${d.bytesRetrans},"bytes_acked":${d.bytesAcked},` +
+    `"bytes_received":${d.bytesReceived},"segs_out":${d.segsOut},"segs_in":${d.segsIn}}`;
+}
+
+/** What each window added, as an aligned text table, header first. */
+export function formatWindowDeltaTable(deltas: readonly WindowDelta[]): string[] {
+  return alignedTable([
+    ["TIME (UTC)", "HOST", "LOCAL", "LOCAL WORKLOAD", "REMOTE", "REMOTE WORKLOAD", "RECORD"]
+      .concat(["SENT", "RECEIVED", "FLOW ID"]),
+    ...deltas.map((d) => {
+      const f = d.flow;
+      return [
+        utcText(d.tNs),
+        f.hostname,
+        endpoint(f.localIp, f.localPort),
+        f.localWorkloadId || "-",
+        endpoint(f.remoteIp, f.remotePort),
+        f.remoteWorkloadId ?? `(${f.attribution})`,
+        d.recordKind,
+        String(d.bytesSent),
+        String(d.bytesReceived),
+        hasFlowId(f) ? formatFlowId(f.bootId, f.cookie) : "-",
+      ];
+    }),
+  ]);
+}
+
+/** `open` while a flow's latest record is interim, else `closed`. */
+function flowState(flow: StoredFlow): "open" | "closed" {
+  return flow.recordKind === "interim" ? "open" : "closed";
 }
 
 /**
@@ -167,7 +234,7 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
   for (const f of flows) {
     const known = hasFlowId(f);
     rows.push([
-      new Date(Number(f.tStartNs / 1_000_000n)).toISOString().replace("T", " ").slice(0, 23),
+      utcText(f.tStartNs),
       formatDuration(f.tEndNs - f.tStartNs),
       f.hostname,
       endpoint(f.localIp, f.localPort),
@@ -183,8 +250,16 @@ export function formatFlowTable(flows: readonly StoredFlow[]): string[] {
       known ? formatFlowId(f.bootId, f.cookie) : "-",
     ]);
   }
+  return alignedTable(rows);
+}
+
+function alignedTable(rows: readonly string[][]): string[] {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
   return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c])).join("  ").trimEnd());
+}
+
+function utcText(ns: bigint): string {
+  return new Date(Number(ns / 1_000_000n)).toISOString().replace("T", " ").slice(0, 23);
 }
 
 /**
@@ -200,6 +275,8 @@ export async function runQuery(args: string[], io: QueryOutput = consoleOutput):
     ip: { type: "string" },
     host: { type: "string" },
     status: { type: "string" },
+    state: { type: "string" },
+    "per-window": { type: "boolean" },
     limit: { type: "string", default: "1000" },
     format: { type: "string", default: "table" },
   });
@@ -214,6 +291,25 @@ export async function runQuery(args: string[], io: QueryOutput = consoleOutput):
   } catch (error) {
     io.err((error as Error).message);
     return 2;
+  }
+  if (values.clickhouse !== undefined && (values.state !== undefined || values["per-window"])) {
+    io.err(
+      "--state and --per-window read the SQLite collector's database: the cluster's ClickHouse tables keep closed flows only (drop --clickhouse)",
+    );
+    return 2;
+  }
+  if (values["per-window"]) {
+    let deltas: WindowDelta[];
+    try {
+      using store = FlowStore.open(values.db, { readOnly: true });
+      deltas = store.windowDeltas(filter);
+    } catch (error) {
+      io.err((error as Error).message);
+      return 1;
+    }
+    if (values.format === "json") { for (const d of deltas) io.out(formatWindowDeltaJson(d)); }
+    else for (const line of formatWindowDeltaTable(deltas)) io.out(line);
+    return 0;
   }
   let flows: StoredFlow[];
   try {

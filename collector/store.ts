@@ -101,6 +101,8 @@ export interface FlowFilter {
   hostname?: string;
   /** Attribution status. */
   attribution?: AttributionStatus;
+  /** Flows whose latest record is of this kind: `interim` for the ones still open. */
+  recordKind?: RecordKind;
   /** Most rows returned. Default 1000. */
   limit?: number;
 }
@@ -119,6 +121,8 @@ export interface PendingFlow {
 export interface WindowDelta {
   /** The flow's row id (`StoredFlow.id`). */
   readonly id: number;
+  /** The flow. */
+  readonly flow: StoredFlow;
   /** Time of the record that closed the window: the snapshot, or the close. */
   readonly tNs: bigint;
   /** Kind of that record: `final` for the window the flow closed in. */
@@ -632,32 +636,7 @@ export class FlowStore {
 
   /** Flows matching `filter`, by start time then id, with revocations applied. */
   flows(filter: FlowFilter = {}): StoredFlow[] {
-    const where: string[] = [];
-    const params: (string | bigint | number)[] = [];
-    if (filter.fromNs !== undefined) {
-      where.push("t_start_ns >= ?");
-      params.push(i64(filter.fromNs));
-    }
-    if (filter.toNs !== undefined) {
-      where.push("t_start_ns < ?");
-      params.push(i64(filter.toNs));
-    }
-    if (filter.workload !== undefined) {
-      where.push("(local_workload_id = ? OR remote_workload_id = ?)");
-      params.push(filter.workload, filter.workload);
-    }
-    if (filter.ip !== undefined) {
-      where.push("(local_ip = ? OR remote_ip = ?)");
-      params.push(filter.ip, filter.ip);
-    }
-    if (filter.hostname !== undefined) {
-      where.push("f.hostname = ?");
-      params.push(filter.hostname);
-    }
-    if (filter.attribution !== undefined) {
-      where.push("attribution = ?");
-      params.push(filter.attribution);
-    }
+    const { where, params } = flowConditions(filter, "t_start_ns");
     params.push(filter.limit ?? 1000);
     const sql = `SELECT f.*, b.sequence AS batch_sequence FROM flows_attributed AS f ` +
       `JOIN batches AS b ON b.id = f.batch_id ` +
@@ -666,6 +645,42 @@ export class FlowStore {
     return toStoredFlows(this.#select(sql, params));
   }
 
+  /**
+   * What each batch window added to the flows matching `filter`, oldest first: one entry per
+   * record of a flow that had interim records (the counters it added since the one before), and
+   * one per other flow (all of its counters, at its close). The time range of `filter` applies
+   * to the record's time, not to the flow's start.
+   */
+  windowDeltas(filter: FlowFilter = {}): WindowDelta[] {
+    const { where, params } = flowConditions(filter, "d.t_ns");
+    params.push(filter.limit ?? 1000);
+    const sql = `SELECT f.*, b.sequence AS batch_sequence, d.t_ns AS delta_t_ns, ` +
+      `d.record_kind AS delta_record_kind, ${
+        SAMPLE_COUNTERS.map((c) => `d.${c} AS delta_${c}`).join(", ")
+      } FROM flow_window_deltas AS d JOIN flows_attributed AS f ON f.id = d.id ` +
+      `JOIN batches AS b ON b.id = f.batch_id ` +
+      (where.length > 0 ? `WHERE ${where.join(" AND ")} ` : "") +
+      `ORDER BY d.t_ns, d.id LIMIT ?`;
+    let bootId = NO_BOOT_ID;
+    return this.#select(sql, params).map((r) => {
+      const flow = toStoredFlow(r, bootId);
+      bootId = flow.bootId;
+      return {
+        id: flow.id,
+        flow,
+        tNs: r.delta_t_ns as bigint,
+        recordKind: r.delta_record_kind as RecordKind,
+        bytesSent: Number(r.delta_bytes_sent),
+        bytesRetrans: Number(r.delta_bytes_retrans),
+        bytesAcked: Number(r.delta_bytes_acked),
+        bytesReceived: Number(r.delta_bytes_received),
+        segsOut: Number(r.delta_segs_out),
+        segsIn: Number(r.delta_segs_in),
+      };
+    });
+  }
+
+  /** Row counts, for logs and tests. */
   /** Row counts, for logs and tests. */
   counts(): { batches: number; flows: number; pending: number; revocations: number } {
     const one = (sql: string) => Number(this.#select(sql)[0].n);
@@ -785,6 +800,47 @@ export class FlowStore {
       this.#lastRevocation.set(slot, { id, from: r.fromNs, to: r.toNs });
     }
   }
+}
+
+/**
+ * The SQL conditions of `filter` on `flows_attributed AS f` (its limit aside), with its time
+ * range on `timeColumn`.
+ */
+function flowConditions(
+  filter: FlowFilter,
+  timeColumn: string,
+): { where: string[]; params: (string | bigint | number)[] } {
+  const where: string[] = [];
+  const params: (string | bigint | number)[] = [];
+  if (filter.fromNs !== undefined) {
+    where.push(`${timeColumn} >= ?`);
+    params.push(i64(filter.fromNs));
+  }
+  if (filter.toNs !== undefined) {
+    where.push(`${timeColumn} < ?`);
+    params.push(i64(filter.toNs));
+  }
+  if (filter.workload !== undefined) {
+    where.push("(f.local_workload_id = ? OR f.remote_workload_id = ?)");
+    params.push(filter.workload, filter.workload);
+  }
+  if (filter.ip !== undefined) {
+    where.push("(f.local_ip = ? OR f.remote_ip = ?)");
+    params.push(filter.ip, filter.ip);
+  }
+  if (filter.hostname !== undefined) {
+    where.push("f.hostname = ?");
+    params.push(filter.hostname);
+  }
+  if (filter.attribution !== undefined) {
+    where.push("f.attribution = ?");
+    params.push(filter.attribution);
+  }
+  if (filter.recordKind !== undefined) {
+    where.push("f.record_kind = ?");
+    params.push(filter.recordKind);
+  }
+  return { where, params };
 }
 
 function prepareWriters(db: DatabaseSync) {

@@ -126,6 +126,25 @@ export function batchCborV2(
   return new Uint8Array(rawCbor.encoder.encode(top));
 }
 
+/**
+ * An interim record of `flow` (same flow ID and start) taken at `atS` seconds, with `counters`
+ * as they were then.
+ */
+export function interimOf(
+  flow: FlowRecord,
+  atS: number,
+  counters: Partial<Pick<FlowRecord, "bytesSent" | "bytesAcked" | "bytesReceived">> = {},
+): FlowRecord {
+  return {
+    ...flow,
+    recordKind: "interim",
+    end: "open",
+    closeState: "ESTABLISHED",
+    tEndNs: nsAt(atS),
+    ...counters,
+  };
+}
+
 /** A gzip-compressed batch body, as exporters POST it. */
 export function batchBody(
   hostname: string,

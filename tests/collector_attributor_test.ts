@@ -262,6 +262,61 @@ Deno.test("Attributor holds unknown remote ends, settles them on a heartbeat, an
   });
 });
 
+Deno.test("Attributor attributes a flow older than the pruning horizon through ranges kept alive", async (t) => {
+  const a = attributor();
+  // node-b's database served one connection from 0 s to 1000 s, reported by interim records.
+  a.observe("node-b", [
+    makeFlow({
+      local: "10.0.0.2:5432",
+      remote: "10.0.0.1:40000",
+      workload: "db",
+      startS: 0,
+      endS: 1000,
+      direction: "inbound",
+    }),
+  ]);
+  a.prune(nsAt(500));
+  await t.step("a server end, by its port", () => {
+    const client = makeFlow({
+      local: "10.0.0.1:40000",
+      remote: "10.0.0.2:5432",
+      workload: "api",
+      startS: 100,
+      endS: 1000,
+    });
+    assert.deepEqual(a.attribute(a.endpoint("node-a", client)), {
+      status: "attributed",
+      workload: "db",
+      ownerKey: "[10.0.0.2]:5432",
+    });
+  });
+  await t.step("a client end, by its address", () => {
+    const server = makeFlow({
+      local: "10.0.0.1:8080",
+      remote: "10.0.0.2:41000",
+      workload: "api",
+      startS: 100,
+      endS: 1000,
+      direction: "inbound",
+    });
+    assert.deepEqual(a.attribute(a.endpoint("node-a", server)), {
+      status: "attributed",
+      workload: "db",
+      ownerKey: "10.0.0.2",
+    });
+  });
+  await t.step("a server end on a port nobody reported: the address alone is not enough", () => {
+    const other = makeFlow({
+      local: "10.0.0.1:40001",
+      remote: "10.0.0.2:6379",
+      workload: "api",
+      startS: 100,
+      endS: 1000,
+    });
+    assert.deepEqual(a.attribute(a.endpoint("node-a", other)), { status: "unattributed" });
+  });
+});
+
 Deno.test("Attributor answers unattributed for flows older than the pruning horizon", () => {
   const a = attributor();
   a.observe("node-b", [

@@ -118,6 +118,31 @@ Deno.test("OwnershipMap.prune() forgets old ranges and answers none before the h
   assert.equal(m.add("k", "a", at(10), at(20)), false, "heartbeats before the horizon are ignored");
 });
 
+Deno.test("OwnershipMap.prune() keeps answering before the horizon where a range lived on over it", () => {
+  const m = map();
+  m.add("k", "a", at(0), at(100));
+  m.add("k", "a", at(0), at(1000)); // interim records of one long connection kept it alive
+  // Another key's range ended and is forgotten: before its end, that key answers nothing.
+  m.add("j", "b", at(0), at(300));
+  m.add("j", "c", at(700), at(900));
+  assert.equal(m.prune(at(600)), 1);
+  assert.deepEqual(m.lookup("j", at(200)), { kind: "none" });
+  assert.deepEqual(m.lookup("j", at(650)), { kind: "none" }, "neither b nor c held it then");
+  assert.deepEqual(m.lookup("j", at(800)), { kind: "owned", workload: "c" });
+  assert.deepEqual(m.lookup("k", at(60)), { kind: "owned", workload: "a" });
+});
+
+Deno.test("OwnershipMap answers nothing before the horizon on a key learned after a prune", () => {
+  const m = map();
+  m.add("k", "a", at(0), at(100));
+  m.prune(at(500)); // forgets k entirely
+  // A long connection's first record reaches back over the horizon; "a" may have held k then.
+  m.add("k", "b", at(50), at(900));
+  assert.deepEqual(m.lookup("k", at(60)), { kind: "none" });
+  assert.deepEqual(m.lookup("k", at(499)), { kind: "none" });
+  assert.deepEqual(m.lookup("k", at(500)), { kind: "owned", workload: "b" });
+});
+
 Deno.test("OwnershipMap rejects negative tuning", () => {
   assert.throws(() => new OwnershipMap({ slackNs: -1n }), RangeError);
 });
