@@ -52,6 +52,7 @@ import {
   httpUrl,
   integer,
   isLoopbackHost,
+  optionalDuration,
   optionalListen,
   optionalPath,
   path,
@@ -167,6 +168,15 @@ export const OPTIONS = {
     min: MIN_INTERVAL_MS,
     max: MAX_INTERVAL_MS,
     help: "batch window, aligned to the wall clock",
+    group: "shipping",
+  }),
+  interim_interval: optionalDuration({
+    default: undefined,
+    min: 0,
+    max: 86_400_000,
+    emptyMeans: "for the batch interval",
+    help:
+      "at each batch window's end, an interim record of every socket open longer than this (empty: the batch interval; 0: none)",
     group: "shipping",
   }),
   batch_max_records: integer({

@@ -14,6 +14,7 @@ import { CaptureJournal, JOURNAL_DIR } from "../lib/capture_journal.ts";
 import { ClockAnchor } from "../lib/clock.ts";
 import { parseBootId } from "../lib/flow_id.ts";
 import { Intake } from "../lib/intake.ts";
+import { InterimSnapshots } from "../lib/interim.ts";
 import { RecordFanout } from "../lib/fanout.ts";
 import { Log } from "../lib/log.ts";
 import { type AgentMetrics, agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
@@ -215,6 +216,35 @@ function watchMapFill(maps: FdMap[], log: Log): Disposable {
   return { [Symbol.dispose]: () => clearInterval(timer) };
 }
 
+/** Bytes of interim records read per call of a pass: about a thousand records. */
+const INTERIM_BUFFER_BYTES = 256 * 1024;
+
+/**
+ * Starts the interim pass at each window end (issue 14), unless `interim_interval` is 0; the
+ * pass's records go to `take`.
+ */
+function startInterimPasses(
+  v: Config,
+  agent: Agent,
+  take: (bytes: Uint8Array) => void,
+  metrics: AgentMetrics,
+  log: Log,
+): InterimSnapshots | undefined {
+  const minAgeMs = v.interimInterval ?? v.batchInterval;
+  if (minAgeMs === 0) return undefined;
+  let buffer: Uint8Array | undefined;
+  return new InterimSnapshots({
+    windowMs: v.batchInterval,
+    minAgeMs,
+    snapshot: (minAgeNs, onRecords) =>
+      agent.snapshot(minAgeNs, buffer ??= new Uint8Array(INTERIM_BUFFER_BYTES), onRecords),
+    onRecords: take,
+    onPass: (_records, elapsedMs) => metrics.interimPassSeconds.set(elapsedMs / 1000),
+    onError: (error) =>
+      log.warn(`${error.message} (no interim records this window; the next window tries again)`),
+  });
+}
+
 /** Runs the capture until SIGINT/SIGTERM; returns the exit code. */
 export async function run(v: Config): Promise<number> {
   const log = new Log({
@@ -376,6 +406,15 @@ export async function run(v: Config): Promise<number> {
         log.error(err.message);
       },
     });
+    await using _interim = startInterimPasses(
+      v,
+      agent,
+      (bytes) => {
+        fanout.takeInterim(intake.receiveInterim(bytes));
+      },
+      metrics,
+      log,
+    );
     await stopped;
   }
   const shipped = await shipper.close(v.shutdownDeadline);

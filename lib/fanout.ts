@@ -23,7 +23,10 @@ export interface FanoutOptions {
   /** Writes bytes to stdout, all of them, or throws. Absent: no JSON lines. */
   writeStdout?: (bytes: Uint8Array) => void;
   /** Where the counts go. */
-  metrics: Pick<AgentMetrics, "flowsCaptured" | "bySource" | "flowsRecovered" | "workerLag">;
+  metrics: Pick<
+    AgentMetrics,
+    "flowsCaptured" | "bySource" | "flowsRecovered" | "workerLag" | "interimRecords"
+  >;
   /** Called once when stdout fails; JSON lines stop then. */
   onStdoutFailed: (error: unknown) => void;
   /** Wall clock now, ns (tests). */
@@ -99,14 +102,7 @@ export class RecordFanout {
   /** Writes (if asked) and counts one poll's records. */
   take(chunk: RecordChunk): void {
     if (chunk.records.length === 0) return;
-    if (this.#writeStdout) {
-      try {
-        this.#writeJson(chunk, this.#writeStdout);
-      } catch (error) {
-        this.#writeStdout = undefined;
-        this.#options.onStdoutFailed(error);
-      }
-    }
+    this.#write(chunk);
     const { metrics } = this.#options;
     const tally = tallyRecords(chunk);
     metrics.flowsCaptured.add(chunk.records.length / RECORD_SIZE);
@@ -116,6 +112,26 @@ export class RecordFanout {
     metrics.flowsRecovered.add(tally.recovered);
     const nowNs = this.#options.nowNs?.() ?? BigInt(Date.now()) * 1_000_000n;
     metrics.workerLag.observe(Number(nowNs - tally.oldestEndNs) / 1e9);
+  }
+
+  /**
+   * Writes (if asked) and counts a chunk of interim records (an interim pass's): they are no
+   * closed flows, and their lag is the pass's, not the pipeline's.
+   */
+  takeInterim(chunk: RecordChunk): void {
+    if (chunk.records.length === 0) return;
+    this.#write(chunk);
+    this.#options.metrics.interimRecords.add(chunk.records.length / RECORD_SIZE);
+  }
+
+  #write(chunk: RecordChunk): void {
+    if (!this.#writeStdout) return;
+    try {
+      this.#writeJson(chunk, this.#writeStdout);
+    } catch (error) {
+      this.#writeStdout = undefined;
+      this.#options.onStdoutFailed(error);
+    }
   }
 
   /**

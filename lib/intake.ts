@@ -7,6 +7,7 @@
  * @module
  */
 import type { CaptureJournal, JournalChunk } from "./capture_journal.ts";
+import type { RecordChunk } from "./fanout.ts";
 import { DecodeError, RECORD_SIZE } from "./decode.ts";
 import { type FlowWriter, RecordWriter } from "./wire.ts";
 
@@ -110,12 +111,37 @@ export class Intake {
   }
 
   /**
+   * Ships a chunk of interim records (an interim pass's) into the open window. They are not
+   * journaled: they are no ring records to give back, and the next window's pass (or the
+   * socket's close record) stands in for any a crash loses.
+   *
+   * @param bytes whole raw records
+   * @returns them as a chunk to read (boot ID and clock offset included), for stdout and metrics
+   */
+  receiveInterim(bytes: Uint8Array): RecordChunk {
+    const chunk = {
+      bootId: this.#options.bootId,
+      clockOffsetNs: this.#options.clockOffsetNs(),
+      records: bytes,
+    };
+    this.#encode(chunk);
+    return chunk;
+  }
+
+  /**
    * Adds a chunk's flows to the open window, then journals the chunk under the window open
    * after them: a window that closes on a cap mid-chunk is spooled before the later one, so
    * the journal of the later one lets go last (a crash in between replays that chunk whole).
    */
   #ship(chunk: JournalChunk): number {
+    const records = this.#encode(chunk);
     const { shipper, journal } = this.#options;
+    journal.append(shipper.openWindow, chunk);
+    return records;
+  }
+
+  /** Encodes a chunk's records into the open window; returns how many. */
+  #encode(chunk: RecordChunk): number {
     const bytes = chunk.records;
     if (bytes.length % RECORD_SIZE !== 0) {
       throw new DecodeError(
@@ -126,9 +152,8 @@ export class Intake {
     const writer = new RecordWriter(bytes, chunk.clockOffsetNs, chunk.bootId);
     for (let at = 0; at < bytes.length; at += RECORD_SIZE) {
       writer.at = at;
-      shipper.addFlow(writer);
+      this.#options.shipper.addFlow(writer);
     }
-    journal.append(shipper.openWindow, chunk);
     return bytes.length / RECORD_SIZE;
   }
 }

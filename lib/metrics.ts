@@ -302,6 +302,10 @@ export interface AgentMetrics {
   recursionMisses: Counter;
   /** Records made when the socket was destroyed because its close run was skipped. */
   flowsRecovered: Counter;
+  /** Interim records: snapshots of open sockets at window ends. */
+  interimRecords: Counter;
+  /** Duration of the latest interim pass, seconds. */
+  interimPassSeconds: Gauge;
   /** `labels(source)` for each {@linkcode IdentitySource}. */
   recordsByIdentitySource: Counter;
   batchesSent: Counter;
@@ -336,7 +340,10 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     registry.counter(p + name, help, labels);
   const gauge = (name: string, help: string, labels: string[] = []) =>
     registry.gauge(p + name, help, labels);
-  const flowsCaptured = counter("flows_captured_total", "Flow records decoded from the kernel.");
+  const flowsCaptured = counter(
+    "flows_captured_total",
+    "Flow records of closed sockets decoded from the kernel.",
+  );
   const kernelDrops = counter(
     "kernel_drops_total",
     "Flow records the kernel could not hand over because the buffer was full.",
@@ -362,6 +369,14 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     kernelDrops,
     recursionMisses,
     flowsRecovered,
+    interimRecords: counter(
+      "interim_records_total",
+      "Interim records: snapshots of sockets open longer than the interim interval, at window ends.",
+    ),
+    interimPassSeconds: gauge(
+      "interim_pass_seconds",
+      "How long the latest interim pass over the open sockets took.",
+    ),
     recordsByIdentitySource,
     bySource,
     batchesSent: counter("batches_sent_total", "Batches the collector accepted."),

@@ -208,6 +208,33 @@ export function duration(
   return withUnits(common, "DURATION", DURATION_UNITS, "ms", expected, check, showDuration);
 }
 
+/** A duration as {@linkcode duration}, or "" (null in the file) for `emptyMeans`. */
+export function optionalDuration(
+  common: Common<number | undefined> & { min: number; max: number; emptyMeans: string },
+): OptionSpec<number | undefined> {
+  const { min, max } = common;
+  const given = duration({ ...common, default: max });
+  const expected = `expected a duration from ${showDuration(min)} to ${showDuration(max)}, e.g. ${
+    showDuration(max)
+  } or ${max} (ms), or empty ${common.emptyMeans}`;
+  const checked = <T>(read: (v: T) => number) => (v: T) => {
+    try {
+      return read(v);
+    } catch (error) {
+      if (error instanceof ValueError) throw new ValueError(expected);
+      throw error;
+    }
+  };
+  return spec(
+    common,
+    "DURATION",
+    (text) => text === "" ? undefined : checked(given.parse)(text),
+    (v) => v === null ? undefined : checked(given.fromJson)(v),
+    (v) => v ?? null,
+    (v) => v === undefined ? "" : showDuration(v),
+  );
+}
+
 /** `1m`, `90s`, `250ms`: the largest unit that divides `ms`. */
 export function showDuration(ms: number): string {
   return inLargestUnit(ms, DURATION_UNITS, ["h", "m", "s"]) ?? `${ms}ms`;

@@ -113,6 +113,8 @@ Deno.test("agentMetrics() registers every agent metric, with all identity source
       "kernel_drops_total",
       "recursion_misses_total",
       "flows_recovered_total",
+      "interim_records_total",
+      "interim_pass_seconds",
       "records_by_identity_source_total",
       "batches_sent_total",
       "batches_failed_total",
