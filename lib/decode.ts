@@ -19,7 +19,7 @@ import {
 export const RECORD_SIZE = 264;
 
 /** `FE_FLOW_VERSION` of the layout below; the agent refuses a library of another version. */
-export const RECORD_VERSION = 2;
+export const RECORD_VERSION = 3;
 
 /**
  * Byte offsets of `struct fe_flow` (host byte order: little endian on x86_64 and aarch64), in
@@ -60,6 +60,11 @@ export const WORKLOAD_ID_LEN = 128;
 export const FLAG_SEEDED = 1;
 /** The close was seen by sock_ops. */
 export const FLAG_SOCKOPS = 2;
+/**
+ * An interim record: a snapshot of a socket still open. `t_end_ns` is the snapshot time,
+ * `close_state` the socket's state then; the counters are cumulative. Its final record follows.
+ */
+export const FLAG_INTERIM = 4;
 
 const ECONNRESET = 104;
 const ETIMEDOUT = 110;
