@@ -36,7 +36,7 @@ Q := @
 msg := @printf '  %-8s %s\n' >&2
 endif
 
-.PHONY: all build run dev test fuzz bench tools deps cluster-deps check fmt clean
+.PHONY: all build run dev test fuzz bench bench-interim tools deps cluster-deps check fmt clean
 all: build
 
 ## Host set-up -------------------------------------------------------------
@@ -147,6 +147,14 @@ $(BUILD)/churn: bench/churn.c | $(BUILD)/.apt-stamp
 
 bench: build $(BUILD)/churn
 	$(Q)$(DENO) run $(DENO_RUN_FLAGS) bench/churn_bench.ts $(ARGS)
+
+$(BUILD)/hold_connections: bench/hold_connections.c | $(BUILD)/.apt-stamp
+	$(msg) CC $@
+	$(Q)gcc -O2 -Wall -Wextra $< -o $@
+
+# The cost of one interim-record pass with 10 000 and 100 000 open connections.
+bench-interim: build $(BUILD)/hold_connections
+	$(Q)$(DENO) run $(DENO_RUN_FLAGS) bench/interim_bench.ts $(ARGS)
 
 check: tools
 	$(Q)$(DENO) task check

@@ -15,6 +15,9 @@
  *   - on_destroy_btf and on_destroy_tp, on tcp:tcp_destroy_sock: a close no
  *     program saw is recorded here, and the socket's state is deleted.
  *   - seed_flows, a TCP socket iterator: sockets already open at start.
+ *   - snapshot_flows, a TCP socket iterator the agent runs when it wants
+ *     interim records: one per open socket it tracks, written to the
+ *     iterator's file (never to the ring), off the per-event path.
  *
  * Per-socket state lives in `flows`, keyed by the socket cookie (never
  * reused within a boot). The maps, the buffer and the attachments are
@@ -41,6 +44,8 @@ const volatile __u64 wakeup_bytes = 1 << 20;
 
 /* Sockets the iterator seeded; read by the shim. */
 __u64 seeded = 0;
+/* snapshot_flows skips sockets younger than this; the shim sets it before each pass. */
+__u64 snapshot_min_age_ns = 0;
 
 
 
@@ -294,6 +299,50 @@ static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *s
 }
 
 /*
+ * Fills a record of the socket from its endpoints, its state (NULL: none)
+ * and its counters now: the fields a close record and an interim record
+ * share. `tcp_state` is the state the socket closed from, or is in at a
+ * snapshot.
+ */
+static __always_inline void fill_record(struct fe_flow *rec, const struct sock *sk, __u64 cookie,
+					const struct fe_sock_state *st, int tcp_state, __u8 flags)
+{
+	struct endpoints ep = {};
+
+	read_endpoints(sk, &ep);
+	rec->t_end_ns = now_ns();
+	rec->cookie = cookie;
+	rec->close_state = tcp_state;
+	rec->family = ep.family;
+	rec->local_port = ep.local_port;
+	rec->remote_port = ep.remote_port;
+	__builtin_memcpy(rec->local_ip, ep.local, 16);
+	__builtin_memcpy(rec->remote_ip, ep.remote, 16);
+	rec->_pad0 = 0;
+	__builtin_memset(rec->_pad1, 0, sizeof(rec->_pad1));
+	rec->lost = 0;
+
+	if (st) {
+		rec->t_start_ns = st->t_start_ns;
+		rec->direction = st->direction;
+		rec->flags = st->flags | flags;
+	} else {
+		/* Open before the agent and not seeded (another netns, or evicted). */
+		rec->t_start_ns = rec->t_end_ns;
+		rec->direction = tcp_state == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
+		rec->flags = FE_FLAG_SEEDED | flags;
+	}
+	if (st && st->resolved) {
+		rec->identity_source = st->identity_source;
+		__builtin_memcpy(rec->workload_id, st->workload.id, FE_WORKLOAD_ID_LEN);
+	} else {
+		/* Never established (failed connect, or a handshake under way): attribute now. */
+		rec->identity_source = resolve_workload(&ep, (struct fe_workload *)rec->workload_id);
+	}
+	fill_stats(rec, sk);
+}
+
+/*
  * Emits the record of a closing socket, once: the first path to see the
  * close emits and marks the state; later ones (the tracepoint after
  * sock_ops, an overlapping program during an upgrade, destroy) find the mark.
@@ -304,7 +353,6 @@ static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 co
 				      __u8 path_flags)
 {
 	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
-	struct endpoints ep = {};
 	struct fe_flow *rec;
 	__u32 *depth = NULL;
 	__u32 zero = 0, level;
@@ -325,37 +373,7 @@ static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 co
 		goto release;
 	}
 
-	read_endpoints(sk, &ep);
-	rec->t_end_ns = now_ns();
-	rec->cookie = cookie;
-	rec->close_state = oldstate;
-	rec->family = ep.family;
-	rec->local_port = ep.local_port;
-	rec->remote_port = ep.remote_port;
-	__builtin_memcpy(rec->local_ip, ep.local, 16);
-	__builtin_memcpy(rec->remote_ip, ep.remote, 16);
-	rec->_pad0 = 0;
-	__builtin_memset(rec->_pad1, 0, sizeof(rec->_pad1));
-	rec->lost = 0;
-
-	if (st) {
-		rec->t_start_ns = st->t_start_ns;
-		rec->direction = st->direction;
-		rec->flags = st->flags | path_flags;
-	} else {
-		/* Open before the agent and not seeded (another netns, or evicted). */
-		rec->t_start_ns = rec->t_end_ns;
-		rec->direction = oldstate == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
-		rec->flags = FE_FLAG_SEEDED | path_flags;
-	}
-	if (st && st->resolved) {
-		rec->identity_source = st->identity_source;
-		__builtin_memcpy(rec->workload_id, st->workload.id, FE_WORKLOAD_ID_LEN);
-	} else {
-		/* Never established (failed connect): attribute at close. */
-		rec->identity_source = resolve_workload(&ep, (struct fe_workload *)rec->workload_id);
-	}
-	fill_stats(rec, sk);
+	fill_record(rec, sk, cookie, st, oldstate, path_flags);
 
 	if (use_ringbuf) {
 		__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
@@ -514,6 +532,13 @@ int on_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/* Sockets the iterators walk: full sockets with a connection, not yet closed. */
+static __always_inline bool open_socket_state(__u8 state)
+{
+	return state != TCP_LISTEN && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV &&
+	       state != TCP_CLOSE;
+}
+
 /* Seeds sockets that were open before the agent attached (agent's netns). */
 SEC("iter/tcp")
 int seed_flows(struct bpf_iter__tcp *ctx)
@@ -528,8 +553,7 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	if (!skc)
 		return 0;
 	state = skc->skc_state;
-	if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV ||
-	    state == TCP_CLOSE)
+	if (!open_socket_state(state))
 		return 0;
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
@@ -547,6 +571,44 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	/* BPF_NOEXIST: the tracepoint may already have seen this socket. */
 	if (!bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST))
 		__sync_fetch_and_add(&seeded, 1);
+	return 0;
+}
+
+/*
+ * Interim records (FE_FLAG_INTERIM): one per open socket of the agent's netns
+ * that the agent tracks (a state in `flows` whose record is not out) and that
+ * is at least snapshot_min_age_ns old, written to the iterator's file. The
+ * cookie is read, not assigned: a socket without one is not tracked.
+ */
+SEC("iter/tcp")
+int snapshot_flows(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct fe_sock_state *st;
+	struct fe_flow rec = {};
+	struct tcp_sock *tp;
+	__u64 cookie, now;
+	__u8 state;
+
+	if (!skc)
+		return 0;
+	state = skc->skc_state;
+	if (!open_socket_state(state))
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	cookie = BPF_CORE_READ(skc, skc_cookie.counter);
+	if (!cookie)
+		return 0;
+	st = bpf_map_lookup_elem(&flows, &cookie);
+	if (!st || st->emitted)
+		return 0;
+	now = now_ns();
+	if (now < st->t_start_ns || now - st->t_start_ns < snapshot_min_age_ns)
+		return 0;
+	fill_record(&rec, (const struct sock *)tp, cookie, st, state, FE_FLAG_INTERIM);
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }
 

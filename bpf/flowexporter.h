@@ -5,8 +5,10 @@
  * lib/decode.ts and identity/, the TypeScript side.
  *
  * Three contracts live here and change only on purpose:
- *   - struct fe_flow: one closed TCP socket, as the kernel side emits it.
- *     Bump FE_FLOW_VERSION when it changes.
+ *   - struct fe_flow: one closed TCP socket, as the kernel side emits it,
+ *     or (FE_FLAG_INTERIM) a snapshot of one still open. Bump
+ *     FE_FLOW_VERSION when its layout or the meaning of a field or flag
+ *     changes.
  *   - struct fe_sock_state: what the kernel side keeps per open socket in
  *     the pinned `flows` map, which outlives the agent process so that a
  *     restart or upgrade loses nothing. Bump FE_STATE_VERSION when it, the
@@ -22,7 +24,7 @@
 #ifndef __FLOWEXPORTER_H
 #define __FLOWEXPORTER_H
 
-#define FE_FLOW_VERSION 2
+#define FE_FLOW_VERSION 3
 #define FE_MAPS_VERSION 1
 #define FE_STATE_VERSION 1
 
@@ -53,6 +55,13 @@ enum fe_identity_source {
 /* fe_flow.flags */
 #define FE_FLAG_SEEDED (1 << 0)  /* t_start is when the agent first saw the socket: the flow began earlier */
 #define FE_FLAG_SOCKOPS (1 << 1) /* the close was seen by the sock_ops program (not a tracepoint) */
+/*
+ * An interim record: a snapshot of a socket that is still open (taken by the
+ * snapshot_flows iterator). t_end_ns is the snapshot time, close_state the
+ * socket's state then, error its sk_err then; the counters are cumulative.
+ * The socket's final record (without this flag) follows at close.
+ */
+#define FE_FLAG_INTERIM (1 << 2)
 
 /* Per-CPU counters in the `drops` map. */
 enum fe_drop_reason {
@@ -62,7 +71,7 @@ enum fe_drop_reason {
 
 struct fe_flow {
 	__u64 t_start_ns;     /* CLOCK_BOOTTIME ns: first state seen (connect, or the accepted socket's handshake) */
-	__u64 t_end_ns;       /* CLOCK_BOOTTIME ns: transition to TCP_CLOSE */
+	__u64 t_end_ns;       /* CLOCK_BOOTTIME ns: transition to TCP_CLOSE (FE_FLAG_INTERIM: the snapshot) */
 	__u64 bytes_sent;     /* payload bytes sent, retransmissions included */
 	__u64 bytes_acked;    /* payload bytes the peer acknowledged (SYN/FIN excluded) */
 	__u64 bytes_received; /* payload bytes received in order (FIN excluded) */
@@ -82,7 +91,7 @@ struct fe_flow {
 	__u16 remote_port;    /* host order */
 	__u8 family;          /* FE_FAMILY_IPV4 or FE_FAMILY_IPV6 (v4-mapped IPv6 reported as IPv4) */
 	__u8 direction;       /* enum fe_direction */
-	__u8 close_state;     /* kernel TCP state the socket closed from (TCP_ESTABLISHED = 1, ...) */
+	__u8 close_state;     /* kernel TCP state the socket closed from (TCP_ESTABLISHED = 1, ...; FE_FLAG_INTERIM: its state at the snapshot) */
 	__u8 identity_source; /* enum fe_identity_source */
 	__u8 flags;           /* FE_FLAG_* */
 	__u8 error;           /* sk_err at close: ECONNREFUSED, ECONNRESET, ETIMEDOUT, or 0 */

@@ -1,6 +1,7 @@
 /**
  * The loaded and attached BPF side: open it, read its counters, close it.
- * Records are read by the poll loop (ffi/flow_source.ts) through {@linkcode Agent.poll}.
+ * Records are read by the poll loop (ffi/flow_source.ts) through {@linkcode Agent.poll}; interim
+ * records of open sockets, when wanted, through {@linkcode Agent.snapshot}.
  *
  * @module
  */
@@ -197,6 +198,65 @@ export class Agent implements Disposable {
     const n = await this.#native.fe_poll(this.#live(), timeoutMs, buffer, buffer.length, position);
     if (n < 0) throw new AgentLoadError(`Cannot poll the flow buffer: errno ${-n}`);
     return { bytes: n, position: position[0] };
+  }
+
+  /**
+   * Takes one snapshot pass: interim records (`FLAG_INTERIM`, lib/decode.ts) of the open TCP
+   * sockets of this agent's network namespace that the capture tracks and that opened at least
+   * `minAgeNs` ago, with their cumulative counters; `t_end_ns` is the snapshot time. The kernel
+   * walks the sockets on Deno's blocking thread pool (about 1 ms per 1000 sockets), so the event
+   * loop goes on meanwhile; each chunk of whole raw records goes to `onRecords` as a view of
+   * `buffer`, valid only during the call (copy what you keep). One pass at a time; do not close
+   * the agent before the promise settles. A throw from `onRecords` ends the pass and rejects.
+   *
+   * @example
+   * ```ts
+   * const n = await agent.snapshot(30_000_000_000n, new Uint8Array(1 << 20), (bytes) => {
+   *   journal.append(bytes);
+   * });
+   * ```
+   *
+   * @param minAgeNs skip sockets younger than this, ns (0: every tracked open socket)
+   * @param buffer where the records land; at least one record long, a multiple of
+   *   {@linkcode Agent.recordSize} fills best
+   * @param onRecords called with each chunk of whole records
+   * @returns the number of records the pass handed over
+   * @throws {AgentLoadError} when a pass cannot start (one is running, or the kernel has no TCP
+   *   socket iterator) or the kernel side fails during it
+   */
+  async snapshot(
+    minAgeNs: bigint,
+    buffer: Uint8Array,
+    onRecords: (bytes: Uint8Array) => void,
+  ): Promise<number> {
+    const handle = this.#live();
+    const recordSize = this.recordSize;
+    if (buffer.length < recordSize) {
+      throw new AgentLoadError(
+        `Cannot take an interim snapshot into ${buffer.length} bytes: a record is ${recordSize}`,
+      );
+    }
+    const begun = this.#native.fe_snapshot_begin(handle, minAgeNs);
+    if (begun < 0) {
+      throw new AgentLoadError(`Cannot ${nativeError(this.#native) || "start a snapshot pass"}`);
+    }
+    let records = 0;
+    try {
+      for (;;) {
+        const n = await this.#native.fe_snapshot_read(handle, buffer, buffer.length);
+        if (n < 0) {
+          throw new AgentLoadError(
+            `Cannot read the interim snapshot: ${ERRNO[-n] ?? `errno ${-n}`}`,
+          );
+        }
+        if (n === 0) return records;
+        records += n / recordSize;
+        onRecords(buffer.subarray(0, n));
+      }
+    } finally {
+      // Ends a pass cut short (a throw); after the last read it has nothing left to do.
+      if (this.#handle !== null) this.#native.fe_snapshot_end(handle);
+    }
   }
 
   /** The BPF side's counters. */

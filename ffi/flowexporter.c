@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * The native boundary of flowexporter: loads the BPF skeleton, attaches it,
- * and hands closed-flow records to the caller's buffer in bulk. A small C
+ * and hands closed-flow records (and, on request, interim records of open
+ * sockets: fe_snapshot_*) to the caller's buffer in bulk. A small C
  * ABI for Deno.dlopen (ffi/symbols.ts mirrors it): every function returns
  * 0 (or a count) on success and -errno on failure; nothing calls back into
  * JavaScript.
@@ -55,7 +56,7 @@
 FE_FLOW_FIELDS(FE_ASSERT_OFFSET)
 _Static_assert(sizeof(struct fe_flow) == 264,
 	       "struct fe_flow changed: bump FE_FLOW_VERSION and update lib/decode.ts");
-_Static_assert(FE_FLOW_VERSION == 2, "update lib/decode.ts with the record version");
+_Static_assert(FE_FLOW_VERSION == 3, "update lib/decode.ts with the record version");
 _Static_assert(sizeof(struct fe_port_key) == 8, "struct fe_port_key is a pinned-map contract");
 _Static_assert(sizeof(struct fe_workload) == FE_WORKLOAD_ID_LEN,
 	       "struct fe_workload is a pinned-map contract");
@@ -111,9 +112,21 @@ struct fe_ring {
 	uint32_t map_id;
 };
 
+/*
+ * A snapshot pass (fe_snapshot_begin .. fe_snapshot_read returning 0): the
+ * iterator's link and file, and the start of a record a read() cut off.
+ */
+struct fe_snapshot {
+	struct bpf_link *link;
+	int fd; /* -1: no pass running */
+	uint32_t part_len;
+	uint8_t part[sizeof(struct fe_flow)];
+};
+
 struct fe_agent {
 	struct flowexporter_bpf *skel;
 	struct fe_ring ring;
+	struct fe_snapshot snapshot;
 	struct perf_buffer *pb;
 	/* Destination of the current fe_poll(). */
 	uint8_t *dst;
@@ -128,6 +141,7 @@ struct fe_agent {
 	bool boot_clock;
 	bool sockops;
 	bool resumed;
+	bool iter_tcp;
 };
 
 /* The last part of libbpf's log (the verifier's last lines matter most). */
@@ -464,6 +478,7 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 		return fail(-EOPNOTSUPP, "find tp_btf/inet_sock_set_state in this kernel (Linux 5.5+)");
 	bpf_program__set_autoload(a->skel->progs.on_sockops, a->sockops);
 	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
+	bpf_program__set_autoload(a->skel->progs.snapshot_flows, a->iter_tcp);
 	/* Pinned maps outlive the process: the next agent reuses them, and what they hold. */
 	if (!(options & FE_OPT_NO_PIN)) {
 		for (i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++) {
@@ -659,6 +674,7 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	if (!a)
 		return fail(-ENOMEM, "allocate the agent");
 	a->ring.epoll_fd = -1;
+	a->snapshot.fd = -1;
 	/* Step 0 (probe): what the kernel offers decides the rest. */
 	vmlinux = btf__load_vmlinux_btf();
 	if (!vmlinux) {
@@ -690,7 +706,8 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	}
 	a->boot_clock = probed & FE_PROBE_BOOT_NS;
 	a->sockops = cgroup_path && cgroup_path[0] && (probed & FE_PROBE_SOCKOPS);
-	seed = !(options & FE_OPT_NO_SEED) && (probed & FE_PROBE_ITER_TCP);
+	a->iter_tcp = probed & FE_PROBE_ITER_TCP;
+	seed = !(options & FE_OPT_NO_SEED) && a->iter_tcp;
 	a->seeded = seed ? 0 : -1;
 
 	a->skel = flowexporter_bpf__open_opts(&open_opts);
@@ -939,10 +956,101 @@ FE_API int fe_map_fd(struct fe_agent *a, const char *name)
 	return fd < 0 ? -errno : fd;
 }
 
+/*
+ * Starts a snapshot pass: interim records (FE_FLAG_INTERIM) of the open
+ * sockets the capture tracks that are at least min_age_ns old, in the
+ * agent's network namespace. Read them with fe_snapshot_read(). One pass at
+ * a time: -EBUSY while one runs; -EOPNOTSUPP without the TCP iterator.
+ */
+FE_API int fe_snapshot_begin(struct fe_agent *a, uint64_t min_age_ns)
+{
+	struct fe_snapshot *s = &a->snapshot;
+	int err;
+
+	error_buf[0] = 0;
+	if (s->fd >= 0)
+		return fail(-EBUSY, "start a snapshot pass: one is running");
+	if (!a->iter_tcp)
+		return fail(-EOPNOTSUPP, "start a snapshot pass: this kernel has no TCP socket iterator (Linux 5.9+)");
+	a->skel->bss->snapshot_min_age_ns = min_age_ns;
+	s->link = bpf_program__attach_iter(a->skel->progs.snapshot_flows, NULL);
+	if (!s->link)
+		return fail(-errno, "start a snapshot pass: attach iter/tcp");
+	s->fd = bpf_iter_create(bpf_link__fd(s->link));
+	if (s->fd < 0) {
+		err = s->fd;
+		s->fd = -1;
+		bpf_link__destroy(s->link);
+		s->link = NULL;
+		return fail(err, "start a snapshot pass: create the iterator");
+	}
+	s->part_len = 0;
+	return 0;
+}
+
+/* Ends the running pass, if any (safe to call when none runs). */
+FE_API void fe_snapshot_end(struct fe_agent *a)
+{
+	struct fe_snapshot *s = &a->snapshot;
+
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+	bpf_link__destroy(s->link);
+	s->link = NULL;
+	s->part_len = 0;
+}
+
+/*
+ * Copies the pass's next interim records into buf: returns the bytes of
+ * whole records written (cap rounded down to a multiple of fe_record_size(),
+ * filled unless the pass ends first), 0 once the pass is over (it is then
+ * ended), or -errno (the pass is then ended too). Blocks while the kernel
+ * walks the sockets.
+ */
+FE_API int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)
+{
+	struct fe_snapshot *s = &a->snapshot;
+	const size_t size = sizeof(struct fe_flow);
+	size_t want = cap - cap % size, len = s->part_len, whole;
+	ssize_t n = 1;
+
+	if (s->fd < 0)
+		return -EBADF;
+	if (want == 0 || want > INT_MAX)
+		return -EINVAL;
+	memcpy(buf, s->part, s->part_len);
+	/* The kernel hands over whole records unless a read's size cuts one: keep that part. */
+	while (len < want) {
+		n = read(s->fd, buf + len, want - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += n;
+	}
+	if (n < 0) {
+		n = -errno;
+		fe_snapshot_end(a);
+		return (int)n;
+	}
+	whole = len - len % size;
+	s->part_len = len - whole;
+	memcpy(s->part, buf + whole, s->part_len);
+	if (n == 0 && s->part_len) {
+		fe_snapshot_end(a);
+		return -EIO; /* the iterator's file ended inside a record */
+	}
+	if (whole == 0)
+		fe_snapshot_end(a);
+	return (int)whole;
+}
+
 FE_API void fe_close(struct fe_agent *a)
 {
 	if (!a)
 		return;
+	fe_snapshot_end(a);
 	close_ring(&a->ring);
 	perf_buffer__free(a->pb);
 	flowexporter_bpf__destroy(a->skel);

@@ -53,6 +53,17 @@ export const SYMBOLS = {
   fe_stats: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // int fe_map_fd(struct fe_agent *a, const char *name)
   fe_map_fd: { parameters: ["pointer", "buffer"], result: "i32" },
+  // int fe_snapshot_begin(struct fe_agent *a, uint64_t min_age_ns)
+  fe_snapshot_begin: { parameters: ["pointer", "u64"], result: "i32" },
+  // int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)  [blocks: the kernel
+  //   walks the sockets, about 1 ms per 1000 (docs/benchmarks.md)]
+  fe_snapshot_read: {
+    parameters: ["pointer", "buffer", "u32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // void fe_snapshot_end(struct fe_agent *a)
+  fe_snapshot_end: { parameters: ["pointer"], result: "void" },
   // void fe_close(struct fe_agent *a)
   fe_close: { parameters: ["pointer"], result: "void" },
   // int64_t fe_clock_offset(uint32_t clock, int64_t *offset_ns)

@@ -60,7 +60,10 @@ export const WORKLOAD_ID_LEN = 128;
 export const FLAG_SEEDED = 1;
 /** The close was seen by sock_ops. */
 export const FLAG_SOCKOPS = 2;
-/** An interim record: a snapshot of a socket still open (`FE_FLAG_INTERIM`). */
+/**
+ * An interim record: a snapshot of a socket still open. `t_end_ns` is the snapshot time,
+ * `close_state` the socket's state then; the counters are cumulative. Its final record follows.
+ */
 export const FLAG_INTERIM = 4;
 
 const ECONNRESET = 104;

@@ -7,6 +7,7 @@
 
 const BPF_SOURCE = new URL("../bpf/flowexporter.bpf.c", import.meta.url);
 const SHIM_SOURCE = new URL("../ffi/flowexporter.c", import.meta.url);
+const BPF_HEADER = new URL("../bpf/flowexporter.h", import.meta.url);
 
 /** The value of a C constant expression of the forms the sources use: `131072`, `8 << 20`, `(1u << 3)`. */
 function constant(expr: string): number {
@@ -33,14 +34,24 @@ export function bpfConstant(name: string): number {
   return constant(m[1]);
 }
 
-/** The shim's `#define <prefix>NAME value` macros, by NAME. */
-export function shimDefines(prefix: string): Record<string, number> {
-  const source = Deno.readTextFileSync(SHIM_SOURCE);
+/** The `#define <prefix>NAME value` macros of the C file at `source`, by NAME. */
+function defines(source: URL, prefix: string): Record<string, number> {
+  const text = Deno.readTextFileSync(source);
   const found: Record<string, number> = {};
   for (
-    const m of source.matchAll(new RegExp(`^#define ${prefix}(\\w+)\\s+(\\([^)]*\\)|\\d+)`, "gm"))
+    const m of text.matchAll(new RegExp(`^#define ${prefix}(\\w+)\\s+(\\([^)]*\\)|\\d+)`, "gm"))
   ) {
     found[m[1]] = constant(m[2]);
   }
   return found;
+}
+
+/** The shim's `#define <prefix>NAME value` macros, by NAME. */
+export function shimDefines(prefix: string): Record<string, number> {
+  return defines(SHIM_SOURCE, prefix);
+}
+
+/** The shared header's (bpf/flowexporter.h) `#define <prefix>NAME value` macros, by NAME. */
+export function headerDefines(prefix: string): Record<string, number> {
+  return defines(BPF_HEADER, prefix);
 }

@@ -68,7 +68,8 @@ export function unreachableEndpoint(): { host: string; port: number } {
   return { host: uniqueLoopbackAddress(), port: 1 };
 }
 
-async function readExactly(conn: Deno.Conn, n: number): Promise<void> {
+/** Reads exactly `n` bytes from `conn`; throws if it ends first. */
+export async function readExactly(conn: Deno.Conn, n: number): Promise<void> {
   const buf = new Uint8Array(64 * 1024);
   for (let got = 0; got < n;) {
     const r = await conn.read(buf.subarray(0, Math.min(buf.length, n - got)));
@@ -77,12 +78,14 @@ async function readExactly(conn: Deno.Conn, n: number): Promise<void> {
   }
 }
 
-async function writeAll(conn: Deno.Conn, n: number): Promise<void> {
+/** Writes `n` bytes (0x61) to `conn`. */
+export async function writeAll(conn: Deno.Conn, n: number): Promise<void> {
   const payload = new Uint8Array(n).fill(0x61);
   for (let off = 0; off < n;) off += await conn.write(payload.subarray(off));
 }
 
-async function readEof(conn: Deno.Conn): Promise<void> {
+/** Reads from `conn` and expects the end of the stream. */
+export async function readEof(conn: Deno.Conn): Promise<void> {
   const r = await conn.read(new Uint8Array(16));
   if (r !== null) throw new Error(`Expected EOF, read ${r} bytes`);
 }

@@ -4,12 +4,16 @@ import {
   DecodeError,
   decodeFlow,
   decodeFlows,
+  FLAG_INTERIM,
+  FLAG_SEEDED,
+  FLAG_SOCKOPS,
   flowEnd,
   RECORD_OFFSETS,
   RECORD_SIZE,
   RECORD_VERSION,
 } from "../lib/decode.ts";
 import { SYMBOLS } from "../ffi/symbols.ts";
+import { headerDefines } from "./_c_source.ts";
 import { rawRecord, v4Mapped } from "./_raw_records.ts";
 import { formatFlowJson, parseFlowJson } from "../lib/json_lines.ts";
 
@@ -35,6 +39,15 @@ Deno.test("the decoder's record layout is the built library's, field by field", 
   } finally {
     lib.close();
   }
+});
+
+Deno.test("the decoder's flag bits and record version are the shared header's", () => {
+  assert.deepEqual(headerDefines("FE_FLAG_"), {
+    SEEDED: FLAG_SEEDED,
+    SOCKOPS: FLAG_SOCKOPS,
+    INTERIM: FLAG_INTERIM,
+  });
+  assert.equal(headerDefines("FE_FLOW_").VERSION, RECORD_VERSION);
 });
 
 Deno.test("decodeFlow() decodes every field of an IPv4 record", () => {
