@@ -46,7 +46,7 @@ export interface InterimOptions {
 export class InterimSnapshots implements AsyncDisposable {
   readonly #options: InterimOptions;
   readonly #now: () => number;
-  #timer: number | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
   #running: Promise<void> | undefined;
   #closed = false;
 

@@ -198,6 +198,16 @@ export async function waitForLine(
   }
 }
 
+/** Maps `ip` to `workload` in the agent's pinned IP map, as a host agent would. */
+export async function setIp(pinDir: string, ip: string, workload: string): Promise<void> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", MAIN, "identity", "set-ip", ip, workload, "--pin-dir", pinDir],
+  }).output();
+  if (out.code !== 0) {
+    throw new Error(`identity set-ip ${ip} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
 /** Resolves after `ms` milliseconds. */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

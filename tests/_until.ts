@@ -6,15 +6,20 @@
  * @module
  */
 
-/** Resolves once `condition()` holds; throws naming `what` after `timeoutMs`. */
+/**
+ * Resolves once `condition()` holds; throws naming `what` (read at the deadline, when a
+ * function) after `timeoutMs`.
+ */
 export async function until(
-  condition: () => boolean,
-  what: string,
+  condition: () => boolean | Promise<boolean>,
+  what: string | (() => string),
   timeoutMs = 30_000,
 ): Promise<void> {
   const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+  while (!(await condition())) {
+    if (performance.now() > deadline) {
+      throw new Error(`Timed out waiting for ${typeof what === "string" ? what : what()}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }

@@ -7,18 +7,9 @@ import assert from "node:assert/strict";
 import { formatIp } from "../lib/map_layout.ts";
 import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { AgentProcess, delay, kernelTest } from "./_agent.ts";
+import { AgentProcess, delay, kernelTest, setIp } from "./_agent.ts";
 import { CollectorProcess, storedLoss } from "./_collector.ts";
 import { churn, exchange, namedServerPort, uniqueLoopbackAddress } from "./_traffic.ts";
-
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-
-async function setIp(pinDir: string, ip: string, workload: string): Promise<void> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, "identity", "set-ip", ip, workload, "--pin-dir", pinDir],
-  }).output();
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-}
 
 /**
  * Waits until `check` holds, polling every `everyMs`; fails with `what` and what `seen`
