@@ -28,6 +28,23 @@ Deno.test("take() writes one JSON line per record and counts them", () => {
   assert.equal(metrics.bySource["ip-map"].get(), 3);
 });
 
+Deno.test("takeInterim() writes interim records as JSON lines and counts them apart", () => {
+  const metrics = agentMetrics(new MetricsRegistry());
+  const out: string[] = [];
+  const fanout = new RecordFanout({
+    writeStdout: (bytes) => out.push(new TextDecoder().decode(bytes)),
+    metrics,
+    onStdoutFailed: () => assert.fail("stdout works"),
+  });
+  const records = new Uint8Array([...rawRecord({ flags: 4, closeState: 1 })]);
+  fanout.takeInterim(chunkOf(records));
+  const [line] = out.join("").trimEnd().split("\n").map(parseFlowJson);
+  assert.equal(line.record_kind, "interim");
+  assert.equal(line.end, "open");
+  assert.equal(metrics.interimRecords.get(), 1);
+  assert.equal(metrics.flowsCaptured.get(), 0, "an open socket is no captured flow");
+});
+
 Deno.test("a failing stdout stops the JSON lines, reports once, and the counting goes on", () => {
   const metrics = agentMetrics(new MetricsRegistry());
   const failures: unknown[] = [];

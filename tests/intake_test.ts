@@ -127,6 +127,21 @@ Deno.test(
 );
 
 Deno.test(
+  "receiveInterim() ships an interim pass's records, and neither journals nor commits them",
+  withJournal((dir) => {
+    const events: string[] = [];
+    using journal = CaptureJournal.open(dir);
+    const shipper = new FakeShipper(100, events);
+    const intake = intakeOf(new FakeRing(7, events), loggingJournal(journal, events), shipper, 5n);
+    const chunk = intake.receiveInterim(rawRecords(2, 30n));
+    assert.deepEqual(events, ["add 30", "add 31"]);
+    assert.equal(chunk.bootId, BOOT);
+    assert.equal(chunk.clockOffsetNs, 5n);
+    assert.deepEqual(shipper.windows, [[30n, 31n]]);
+  }),
+);
+
+Deno.test(
   "the perf buffer's records are journaled but there is nothing to commit",
   withJournal((dir) => {
     const events: string[] = [];
