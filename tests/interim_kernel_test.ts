@@ -98,33 +98,28 @@ interface End {
   held: HeldConnection;
 }
 
+/** The client's end and the server's end of `held`, connection number `i`. */
 function endsOf(held: HeldConnection, i: number): End[] {
-  return [
-    {
-      name: `client of connection ${i}`,
-      key: portsKey(held.clientPort, held.serverPort),
-      direction: "outbound",
+  const end = (side: "client" | "server"): End => {
+    const client = side === "client";
+    const [local, remote] = client
+      ? [held.clientPort, held.serverPort]
+      : [held.serverPort, held.clientPort];
+    return {
+      name: `${side} of connection ${i}`,
+      key: portsKey(local, remote),
+      direction: client ? "outbound" : "inbound",
+      // What one end sent is what the other read.
       get sent() {
-        return held.serverRead;
+        return client ? held.serverRead : held.clientRead;
       },
       get received() {
-        return held.clientRead;
+        return client ? held.clientRead : held.serverRead;
       },
       held,
-    },
-    {
-      name: `server of connection ${i}`,
-      key: portsKey(held.serverPort, held.clientPort),
-      direction: "inbound",
-      get sent() {
-        return held.clientRead;
-      },
-      get received() {
-        return held.serverRead;
-      },
-      held,
-    },
-  ];
+    };
+  };
+  return [end("client"), end("server")];
 }
 
 /** One pass, with the wall-clock bounds around it. */
