@@ -6,7 +6,9 @@
  * the pass runs `--reps` times, alternating two kinds side by side:
  *   - `write`: minimum age 0, one interim record per tracked open socket;
  *   - `walk`: a minimum age no socket has, so the iterator walks and looks up every socket but
- *     writes nothing: the share of the pass that is the walk itself.
+ *     writes nothing: the share of the pass that is the walk itself;
+ *   - `idle`: no pass, a wait as long as the last `write` pass: the baseline of the process's
+ *     CPU time and of the event loop's lateness on this host.
  * Per pass it measures the wall time, the process's CPU time (user + sys of every thread, from
  * getrusage: the kernel's iterator time is sys of the worker thread that reads), and the longest
  * stall of the event loop (a 1 ms timer's worst lateness). Prints a table per 1000 sockets,
@@ -37,7 +39,7 @@ Options:
 `;
 
 interface Pass {
-  kind: "write" | "walk";
+  kind: "write" | "walk" | "idle";
   records: number;
   wallMs: number;
   cpuMs: number;
@@ -91,11 +93,16 @@ function cpuMicros(): { user: number; system: number } {
   return process.cpuUsage();
 }
 
-/** One pass, measured; `stallMs` is how late a 1 ms timer ran at worst meanwhile. */
+/**
+ * One pass, measured; `stallMs` is how late a 1 ms timer ran at worst meanwhile. Kind `idle`
+ * runs no pass but waits `idleMs` with the same timer: the baseline of the process's CPU and of
+ * the timer's lateness on this host.
+ */
 async function measurePass(
   agent: Agent,
   kind: Pass["kind"],
   buffer: Uint8Array,
+  idleMs = 0,
 ): Promise<Pass> {
   let stallMs = 0;
   let last = performance.now();
@@ -108,9 +115,11 @@ async function measurePass(
     const cpu0 = cpuMicros();
     const t0 = performance.now();
     let bytes = 0;
-    const records = await agent.snapshot(kind === "write" ? 0n : NEVER, buffer, (chunk) => {
-      bytes += chunk.length;
-    });
+    const records = kind === "idle"
+      ? await new Promise<number>((resolve) => setTimeout(() => resolve(0), idleMs))
+      : await agent.snapshot(kind === "write" ? 0n : NEVER, buffer, (chunk) => {
+        bytes += chunk.length;
+      });
     const wallMs = performance.now() - t0;
     const cpu1 = cpuMicros();
     if (bytes !== records * RECORD_SIZE) {
@@ -183,6 +192,8 @@ async function runSize(
     for (let rep = 0; rep < options.reps; rep++) {
       const order: Pass["kind"][] = rep % 2 ? ["walk", "write"] : ["write", "walk"];
       for (const kind of order) passes.push(await measurePass(agent, kind, buffer));
+      const written = passes.findLast((p) => p.kind === "write")!;
+      passes.push(await measurePass(agent, "idle", buffer, written.wallMs));
     }
   } finally {
     // The agent closes before the holders close their connections: no final records go to a
@@ -195,7 +206,7 @@ async function runSize(
 }
 
 function report(connections: number, passes: Pass[]): void {
-  for (const kind of ["write", "walk"] as const) {
+  for (const kind of ["write", "walk", "idle"] as const) {
     const mine = passes.filter((p) => p.kind === kind);
     const sockets = 2 * connections;
     const per1k = (x: number) => (x * 1000) / sockets;

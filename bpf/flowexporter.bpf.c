@@ -532,11 +532,20 @@ int on_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-/* Sockets the iterators walk: full sockets with a connection, not yet closed. */
-static __always_inline bool open_socket_state(__u8 state)
+/*
+ * The full TCP socket behind an iterator's entry, when it has a connection
+ * not yet closed (not LISTEN, TIME_WAIT, NEW_SYN_RECV or CLOSE); its state
+ * in *state.
+ */
+static __always_inline struct tcp_sock *open_tcp_sock(struct sock_common *skc, __u8 *state)
 {
-	return state != TCP_LISTEN && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV &&
-	       state != TCP_CLOSE;
+	if (!skc)
+		return NULL;
+	*state = skc->skc_state;
+	if (*state == TCP_LISTEN || *state == TCP_TIME_WAIT || *state == TCP_NEW_SYN_RECV ||
+	    *state == TCP_CLOSE)
+		return NULL;
+	return bpf_skc_to_tcp_sock(skc);
 }
 
 /* Seeds sockets that were open before the agent attached (agent's netns). */
@@ -550,12 +559,7 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	__u64 cookie;
 	__u8 state;
 
-	if (!skc)
-		return 0;
-	state = skc->skc_state;
-	if (!open_socket_state(state))
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
+	tp = open_tcp_sock(skc, &state);
 	if (!tp)
 		return 0;
 
@@ -590,12 +594,7 @@ int snapshot_flows(struct bpf_iter__tcp *ctx)
 	__u64 cookie, now;
 	__u8 state;
 
-	if (!skc)
-		return 0;
-	state = skc->skc_state;
-	if (!open_socket_state(state))
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
+	tp = open_tcp_sock(skc, &state);
 	if (!tp)
 		return 0;
 	cookie = BPF_CORE_READ(skc, skc_cookie.counter);

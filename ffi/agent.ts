@@ -204,10 +204,11 @@ export class Agent implements Disposable {
    * Takes one snapshot pass: interim records (`FLAG_INTERIM`, lib/decode.ts) of the open TCP
    * sockets of this agent's network namespace that the capture tracks and that opened at least
    * `minAgeNs` ago, with their cumulative counters; `t_end_ns` is the snapshot time. The kernel
-   * walks the sockets on Deno's blocking thread pool (about 1 ms per 1000 sockets), so the event
-   * loop goes on meanwhile; each chunk of whole raw records goes to `onRecords` as a view of
-   * `buffer`, valid only during the call (copy what you keep). One pass at a time; do not close
-   * the agent before the promise settles. A throw from `onRecords` ends the pass and rejects.
+   * walks the sockets on Deno's blocking thread pool (about 2 ms of CPU per 1000 sockets), so the
+   * event loop goes on meanwhile; each chunk of whole raw records goes to `onRecords` as a view
+   * of `buffer`, valid only during the call (copy what you keep). One pass at a time. A throw
+   * from `onRecords` ends the pass and rejects; so does closing the agent from `onRecords`.
+   * Do not close it elsewhere before the promise settles (a read may be running).
    *
    * @example
    * ```ts
@@ -252,6 +253,10 @@ export class Agent implements Disposable {
         if (n === 0) return records;
         records += n / recordSize;
         onRecords(buffer.subarray(0, n));
+        // fe_close() ended the pass with the agent: its handle is gone.
+        if (this.#handle === null) {
+          throw new AgentLoadError("The BPF agent was closed during a snapshot pass");
+        }
       }
     } finally {
       // Ends a pass cut short (a throw); after the last read it has nothing left to do.

@@ -1023,7 +1023,8 @@ FE_API int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)
 	/* The kernel hands over whole records unless a read's size cuts one: keep that part. */
 	while (len < want) {
 		n = read(s->fd, buf + len, want - len);
-		if (n < 0 && errno == EINTR)
+		/* EAGAIN: the kernel walked a million sockets without a record; it resumes from there. */
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n <= 0)
 			break;

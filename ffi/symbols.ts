@@ -56,7 +56,7 @@ export const SYMBOLS = {
   // int fe_snapshot_begin(struct fe_agent *a, uint64_t min_age_ns)
   fe_snapshot_begin: { parameters: ["pointer", "u64"], result: "i32" },
   // int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)  [blocks: the kernel
-  //   walks the sockets, about 1 ms per 1000 (docs/benchmarks.md)]
+  //   walks the sockets, about 2 ms per 1000 (docs/benchmarks.md)]
   fe_snapshot_read: {
     parameters: ["pointer", "buffer", "u32"],
     result: "i32",

@@ -98,33 +98,28 @@ interface End {
   held: HeldConnection;
 }
 
+/** The client's end and the server's end of `held`, connection number `i`. */
 function endsOf(held: HeldConnection, i: number): End[] {
-  return [
-    {
-      name: `client of connection ${i}`,
-      key: portsKey(held.clientPort, held.serverPort),
-      direction: "outbound",
+  const end = (side: "client" | "server"): End => {
+    const client = side === "client";
+    const [local, remote] = client
+      ? [held.clientPort, held.serverPort]
+      : [held.serverPort, held.clientPort];
+    return {
+      name: `${side} of connection ${i}`,
+      key: portsKey(local, remote),
+      direction: client ? "outbound" : "inbound",
+      // What one end sent is what the other read.
       get sent() {
-        return held.serverRead;
+        return client ? held.serverRead : held.clientRead;
       },
       get received() {
-        return held.clientRead;
+        return client ? held.clientRead : held.serverRead;
       },
       held,
-    },
-    {
-      name: `server of connection ${i}`,
-      key: portsKey(held.serverPort, held.clientPort),
-      direction: "inbound",
-      get sent() {
-        return held.clientRead;
-      },
-      get received() {
-        return held.serverRead;
-      },
-      held,
-    },
-  ];
+    };
+  };
+  return [end("client"), end("server")];
 }
 
 /** One pass, with the wall-clock bounds around it. */
@@ -241,133 +236,161 @@ async function finalRecords(
   return byPort;
 }
 
-kernelTest(
-  "snapshot() yields interim records of open sockets, then the final record at close",
-  async (t) => {
-    const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
-    const host = uniqueLoopbackAddress();
-    using listener = Deno.listen({ hostname: host, port: 0 });
-    // Open before the agent, which does not seed it: a socket the agent does not track.
-    const untracked = await HeldConnection.open(listener, host);
-    const held: HeldConnection[] = [];
-    try {
-      using agent = Agent.open({ pinDir, noPin: true, noSeed: true });
-      const clockOffsetNs = agent.clockReading().offsetNs;
-      await untracked.talk(10, 10);
-      for (let i = 0; i < 3; i++) held.push(await HeldConnection.open(listener, host));
-      const ends = held.flatMap(endsOf);
-      const listenerPort = (listener.addr as Deno.NetAddr).port;
-      const notTracked = (byPorts: Map<string, Seen[]>) => {
-        for (const key of endsOf(untracked, -1).map((e) => e.key)) {
-          assert.ok(!byPorts.has(key), `no record of a socket opened before the agent (${key})`);
-        }
-        assert.ok(!byPorts.has(portsKey(listenerPort, 0)), "no record of the listening socket");
-      };
-      let first: Map<string, Seen[]>;
+/**
+ * The scenario, with sock_ops following the sockets ("auto": the cgroup v2 root) or with the
+ * tracepoints alone (""): each path starts the sockets' states the pass reads.
+ */
+async function interimScenario(t: Deno.TestContext, cgroupPath: string): Promise<void> {
+  const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+  const host = uniqueLoopbackAddress();
+  using listener = Deno.listen({ hostname: host, port: 0 });
+  // Open before the agent, which does not seed it: a socket the agent does not track.
+  const untracked = await HeldConnection.open(listener, host);
+  const held: HeldConnection[] = [];
+  try {
+    using agent = Agent.open({ pinDir, cgroupPath, noPin: true, noSeed: true });
+    const clockOffsetNs = agent.clockReading().offsetNs;
+    await untracked.talk(10, 10);
+    for (let i = 0; i < 3; i++) held.push(await HeldConnection.open(listener, host));
+    const ends = held.flatMap(endsOf);
+    const listenerPort = (listener.addr as Deno.NetAddr).port;
+    const notTracked = (byPorts: Map<string, Seen[]>) => {
+      for (const key of endsOf(untracked, -1).map((e) => e.key)) {
+        assert.ok(!byPorts.has(key), `no record of a socket opened before the agent (${key})`);
+      }
+      assert.ok(!byPorts.has(portsKey(listenerPort, 0)), "no record of the listening socket");
+    };
+    let first: Map<string, Seen[]>;
 
-      await t.step(
-        "the first pass has one record per socket end with the payload so far",
-        async () => {
-          await Promise.all(held.map((h, i) => h.talk(1000 * (i + 1) + 7, 500 * (i + 1) + 3)));
-          const pass = await settledSnapshot(agent, clockOffsetNs, host, ends);
-          for (const end of ends) assertInterim(pass.byPort.get(end.key), end, pass);
-          assert.equal(
-            [...pass.byPort.values()].flat().length,
-            ends.length,
-            "no other socket on the test's address",
-          );
-          notTracked(pass.byPort);
-          // The two ends of a connection are two sockets.
-          const cookies = new Set(ends.map((e) => pass.byPort.get(e.key)![0].flow.cookie));
-          assert.equal(cookies.size, ends.length, "a cookie of its own for each socket end");
-          first = pass.byPort;
-        },
-      );
-
-      await t.step("a later pass after more traffic: counters grow and match exactly", async () => {
-        await Promise.all(held.map((h, i) => h.talk(70_000 + i, 3_000 * (i + 1))));
+    await t.step(
+      "the first pass has one record per socket end with the payload so far",
+      async () => {
+        await Promise.all(held.map((h, i) => h.talk(1000 * (i + 1) + 7, 500 * (i + 1) + 3)));
         const pass = await settledSnapshot(agent, clockOffsetNs, host, ends);
-        for (const end of ends) {
-          const now = assertInterim(pass.byPort.get(end.key), end, pass);
-          const before = first.get(end.key)![0];
-          assert.equal(now.flow.cookie, before.flow.cookie, `${end.name}: the same socket`);
-          assert.equal(now.flow.tStartNs, before.flow.tStartNs, `${end.name}: the same start`);
-          assert.ok(now.flow.tEndNs >= before.flow.tEndNs, `${end.name}: a later snapshot`);
-          assertNotBelow(now.flow, before.flow, end.name);
-        }
+        for (const end of ends) assertInterim(pass.byPort.get(end.key), end, pass);
+        assert.equal(
+          [...pass.byPort.values()].flat().length,
+          ends.length,
+          "no other socket on the test's address",
+        );
         notTracked(pass.byPort);
+        // The two ends of a connection are two sockets.
+        const cookies = new Set(ends.map((e) => pass.byPort.get(e.key)![0].flow.cookie));
+        assert.equal(cookies.size, ends.length, "a cookie of its own for each socket end");
         first = pass.byPort;
-      });
+      },
+    );
 
-      await t.step("a minimum age leaves out the connections younger than it", async () => {
-        const older = await snapshot(agent, 3_600_000_000_000n, clockOffsetNs);
-        assert.equal(onHost(older.records, host).size, 0, "none is an hour old");
-        // An age every connection has reached by now (the clock bound is below the true time).
-        const youngest = ends.reduce((t, e) => {
-          const start = first.get(e.key)![0].flow.tStartNs;
-          return start > t ? start : t;
-        }, 0n);
-        const reached = await snapshot(agent, lowerBoundNs() - youngest, clockOffsetNs);
-        assert.equal(onHost(reached.records, host).size, ends.length, "all have reached their age");
-      });
+    await t.step("a later pass after more traffic: counters grow and match exactly", async () => {
+      await Promise.all(held.map((h, i) => h.talk(70_000 + i, 3_000 * (i + 1))));
+      const pass = await settledSnapshot(agent, clockOffsetNs, host, ends);
+      for (const end of ends) {
+        const now = assertInterim(pass.byPort.get(end.key), end, pass);
+        const before = first.get(end.key)![0];
+        assert.equal(now.flow.cookie, before.flow.cookie, `${end.name}: the same socket`);
+        assert.equal(now.flow.tStartNs, before.flow.tStartNs, `${end.name}: the same start`);
+        assert.ok(now.flow.tEndNs >= before.flow.tEndNs, `${end.name}: a later snapshot`);
+        assertNotBelow(now.flow, before.flow, end.name);
+      }
+      notTracked(pass.byPort);
+      first = pass.byPort;
+    });
 
-      await t.step(
-        "a pass while one runs is refused; a throwing callback ends its pass",
-        async () => {
-          // One record per chunk: the first pass is still running when the second starts.
-          const running = snapshot(agent, 0n, clockOffsetNs, new Uint8Array(RECORD_SIZE));
-          await assert.rejects(
-            snapshot(agent, 0n, clockOffsetNs),
-            /^AgentLoadError: Cannot start a snapshot pass: one is running/,
-          );
-          assert.ok((await running).count >= ends.length);
-          await assert.rejects(
-            agent.snapshot(0n, new Uint8Array(RECORD_SIZE), () => {
-              throw new Error("stop here");
-            }),
-            /stop here/,
-          );
-          const after = await snapshot(agent, 0n, clockOffsetNs);
-          assert.equal(onHost(after.records, host).size, ends.length, "the next pass runs whole");
-        },
-      );
+    await t.step("a minimum age leaves out the connections younger than it", async () => {
+      const older = await snapshot(agent, 3_600_000_000_000n, clockOffsetNs);
+      assert.equal(onHost(older.records, host).size, 0, "none is an hour old");
+      // An age every connection has reached by now (the clock bound is below the true time).
+      const youngest = ends.reduce((t, e) => {
+        const start = first.get(e.key)![0].flow.tStartNs;
+        return start > t ? start : t;
+      }, 0n);
+      const reached = await snapshot(agent, lowerBoundNs() - youngest, clockOffsetNs);
+      assert.equal(onHost(reached.records, host).size, ends.length, "all have reached their age");
+    });
 
-      await t.step(
-        "the final record at close: same cookie, not interim, the whole payload",
-        async () => {
-          await Promise.all(held.map((h) => h.close()));
-          const finals = await finalRecords(agent, clockOffsetNs, host, ends);
-          for (const end of ends) {
-            const seen = finals.get(end.key)!;
-            assert.equal(seen.length, 1, `one final record of the ${end.name}`);
-            const { flags, flow } = seen[0];
-            const last = first.get(end.key)![0].flow;
-            assert.equal(flags & FLAG_INTERIM, 0, `the ${end.name}'s final record is not interim`);
-            assert.equal(flow.cookie, last.cookie, `${end.name}: the same socket`);
-            assert.equal(flow.tStartNs, last.tStartNs, `${end.name}: the same start`);
-            assert.equal(flow.bytesReceived, end.received, `${end.name}: bytes received`);
-            assert.equal(flow.bytesAcked, end.sent, `${end.name}: bytes acked`);
-            assert.equal(flow.bytesSent - flow.bytesRetrans, end.sent, `${end.name}: bytes sent`);
-            assertNotBelow(flow, last, end.name);
-          }
-          const pass = await snapshot(agent, 0n, clockOffsetNs);
-          const open = onHost(pass.records, host);
-          for (const end of ends) assert.ok(!open.has(end.key), `no interim record after close`);
-        },
-      );
-    } finally {
-      for (const h of held) {
-        for (const conn of [h.client, h.server]) {
-          try {
-            conn.close();
-          } catch {
-            // closed by the test
-          }
+    await t.step(
+      "a pass while one runs is refused; a throwing callback ends its pass",
+      async () => {
+        // One record per chunk: the first pass is still running when the second starts.
+        const running = snapshot(agent, 0n, clockOffsetNs, new Uint8Array(RECORD_SIZE));
+        await assert.rejects(
+          snapshot(agent, 0n, clockOffsetNs),
+          /^AgentLoadError: Cannot start a snapshot pass: one is running/,
+        );
+        assert.ok((await running).count >= ends.length);
+        await assert.rejects(
+          agent.snapshot(0n, new Uint8Array(RECORD_SIZE), () => {
+            throw new Error("stop here");
+          }),
+          /stop here/,
+        );
+        const after = await snapshot(agent, 0n, clockOffsetNs);
+        assert.equal(onHost(after.records, host).size, ends.length, "the next pass runs whole");
+      },
+    );
+
+    await t.step("closing the agent from the callback ends the pass", async () => {
+      // A second agent, so that the rest of the scenario keeps its own.
+      const otherPinDir = `${pinDir}-other`;
+      using other = Agent.open({ pinDir: otherPinDir, cgroupPath, noPin: true, noSeed: true });
+      const extra = await HeldConnection.open(listener, host);
+      try {
+        await assert.rejects(
+          other.snapshot(0n, new Uint8Array(RECORD_SIZE), () => other.close()),
+          /^AgentLoadError: The BPF agent was closed during a snapshot pass$/,
+        );
+      } finally {
+        extra.client.close();
+        extra.server.close();
+        await Deno.remove(otherPinDir, { recursive: true }).catch(() => {});
+      }
+    });
+
+    await t.step(
+      "the final record at close: same cookie, not interim, the whole payload",
+      async () => {
+        await Promise.all(held.map((h) => h.close()));
+        const finals = await finalRecords(agent, clockOffsetNs, host, ends);
+        for (const end of ends) {
+          const seen = finals.get(end.key)!;
+          assert.equal(seen.length, 1, `one final record of the ${end.name}`);
+          const { flags, flow } = seen[0];
+          const last = first.get(end.key)![0].flow;
+          assert.equal(flags & FLAG_INTERIM, 0, `the ${end.name}'s final record is not interim`);
+          assert.equal(flow.cookie, last.cookie, `${end.name}: the same socket`);
+          assert.equal(flow.tStartNs, last.tStartNs, `${end.name}: the same start`);
+          assert.equal(flow.bytesReceived, end.received, `${end.name}: bytes received`);
+          assert.equal(flow.bytesAcked, end.sent, `${end.name}: bytes acked`);
+          assert.equal(flow.bytesSent - flow.bytesRetrans, end.sent, `${end.name}: bytes sent`);
+          assertNotBelow(flow, last, end.name);
+        }
+        const pass = await snapshot(agent, 0n, clockOffsetNs);
+        const open = onHost(pass.records, host);
+        for (const end of ends) assert.ok(!open.has(end.key), `no interim record after close`);
+      },
+    );
+  } finally {
+    for (const h of held) {
+      for (const conn of [h.client, h.server]) {
+        try {
+          conn.close();
+        } catch {
+          // closed by the test
         }
       }
-      untracked.client.close();
-      untracked.server.close();
-      await Deno.remove(pinDir, { recursive: true }).catch(() => {});
     }
-  },
+    untracked.client.close();
+    untracked.server.close();
+    await Deno.remove(pinDir, { recursive: true }).catch(() => {});
+  }
+}
+
+kernelTest(
+  "snapshot() yields interim records of open sockets, then the final record at close",
+  (t) => interimScenario(t, "auto"),
+);
+
+kernelTest(
+  "with the tracepoints alone (no sock_ops) snapshot() yields the same interim records",
+  (t) => interimScenario(t, ""),
 );
