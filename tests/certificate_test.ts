@@ -9,6 +9,7 @@ import {
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
 import { certificatePem, makeCertificate } from "./_certs.ts";
+import { until } from "./_until.ts";
 
 const DAY_MS = 86_400_000;
 
@@ -29,15 +30,6 @@ async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
  */
 function skewedNow(skewMs: number): Date {
   return new Date(Date.now() + skewMs);
-}
-
-/** Waits until `check` is true, polling; fails after `ms`. */
-async function until(what: string, check: () => boolean, ms = 4000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 function throwsCertificate(fn: () => unknown, message: string | RegExp) {
@@ -235,7 +227,7 @@ Deno.test("HostIdentityWatcher starts unknown without a certificate and picks on
     const pem = await certificatePem({ uris: ["spiffe://example.org/host"] });
     await Deno.writeTextFile(`${dir}/.tmp`, pem);
     await Deno.rename(`${dir}/.tmp`, path);
-    await until("the new certificate", () => changes.length === 1);
+    await until(() => changes.length === 1, "the new certificate");
     const current = watcher.current();
     assert.equal(current.workloadId, "spiffe://example.org/host");
     assert.equal(current.source, "certificate");
@@ -259,7 +251,7 @@ Deno.test("HostIdentityWatcher follows rotations without a restart", async (t) =
     await t.step("a certificate renamed over the old file", async () => {
       await makeCertificate(`${dir}/new.pem`, { uris: ["spiffe://example.org/v2"] });
       await Deno.rename(`${dir}/new.pem`, path);
-      await until("v2", () => watcher.current().workloadId === "spiffe://example.org/v2");
+      await until(() => watcher.current().workloadId === "spiffe://example.org/v2", "v2");
     });
 
     await t.step("the file rewritten in place", async () => {
@@ -267,7 +259,7 @@ Deno.test("HostIdentityWatcher follows rotations without a restart", async (t) =
       const file = await Deno.open(path, { write: true, truncate: true });
       await file.write(new TextEncoder().encode(pem));
       file.close();
-      await until("v3", () => watcher.current().workloadId === "spiffe://example.org/v3");
+      await until(() => watcher.current().workloadId === "spiffe://example.org/v3", "v3");
     });
 
     await t.step("the file rewritten through another path, as through a bind mount", async () => {
@@ -280,7 +272,7 @@ Deno.test("HostIdentityWatcher follows rotations without a restart", async (t) =
         const file = await Deno.open(`${elsewhere}/identity.pem`, { write: true, truncate: true });
         await file.write(new TextEncoder().encode(pem));
         file.close();
-        await until("v4", () => watcher.current().workloadId === "spiffe://example.org/v4");
+        await until(() => watcher.current().workloadId === "spiffe://example.org/v4", "v4");
       });
     });
 
@@ -306,7 +298,7 @@ Deno.test("HostIdentityWatcher follows a Kubernetes-style symlink swap", async (
     await makeCertificate(`${dir}/..v2/identity.pem`, { cn: "v2" });
     await Deno.symlink("..v2", `${dir}/..data_tmp`);
     await Deno.rename(`${dir}/..data_tmp`, `${dir}/..data`);
-    await until("v2", () => watcher.current().workloadId === "v2");
+    await until(() => watcher.current().workloadId === "v2", "v2");
   });
 });
 
@@ -322,7 +314,7 @@ Deno.test("HostIdentityWatcher keeps the last good identity on a bad certificate
 
     const expectLog = async (pattern: RegExp) => {
       const before = logs.length;
-      await until(`a log line matching ${pattern}`, () => logs.length > before);
+      await until(() => logs.length > before, `a log line matching ${pattern}`);
       assert.equal(logs.length, before + 1, "one line per problem");
       assert.match(logs.at(-1)!, pattern);
       assert.ok(!logs.at(-1)!.includes("\n"));
@@ -361,7 +353,7 @@ Deno.test("HostIdentityWatcher keeps the last good identity on a bad certificate
 
     await t.step("a valid certificate again", async () => {
       await makeCertificate(path, { cn: "better", days: 10 });
-      await until("better", () => watcher.current().workloadId === "better");
+      await until(() => watcher.current().workloadId === "better", "better");
       assert.match(logs.at(-1)!, /^Host identity is "better" \(subject CN of /);
     });
     assert.deepEqual(changes.map((c) => c.workloadId), ["better"]);
@@ -392,10 +384,10 @@ Deno.test("HostIdentityWatcher polls: it sees changes and expiry without file ev
     });
     using _ = watcher;
     await makeCertificate(path, { cn: "b", days: 1 });
-    await until("b", () => watcher.current().workloadId === "b");
+    await until(() => watcher.current().workloadId === "b", "b");
 
     skew = 2 * DAY_MS;
-    await until("the expiry line", () => logs.some((l) => l.includes("expired")));
+    await until(() => logs.some((l) => l.includes("expired")), "the expiry line");
     await new Promise((resolve) => setTimeout(resolve, 150)); // several more polls
     assert.equal(logs.filter((l) => l.includes("expired")).length, 1, "logged once, not per poll");
     assert.match(logs.at(-1)!, /: expired at .*; keeping workload ID "b"$/);

@@ -103,15 +103,16 @@ kernelTest(
 );
 
 /**
- * Runs a collector keeping ownership for 3 s and an agent with 1 s windows, holds a connection
- * between two workloads' addresses open for 8 s, closes it, and returns how the collector
- * attributed its two ends.
+ * Runs a collector keeping ownership for 10 s and an agent with 1 s windows, holds a connection
+ * between two workloads' addresses open for 24 s, closes it, and returns how the collector
+ * attributed its two ends. The retention leaves a loaded host seconds of slack: each end's range
+ * lives on while its next interim record arrives within 10 s of the last one's snapshot.
  */
 async function attributionOfALongConnection(interimInterval: string): Promise<unknown[][]> {
   const dir = await Deno.makeTempDir({ prefix: "interim_agent_kernel_test_" });
   try {
     await using collector = await CollectorProcess.start(`${dir}/flows.db`, {
-      args: ["--retention-seconds", "3"],
+      args: ["--retention-seconds", "10"],
     });
     await using agent = await AgentProcess.start([
       ...["--collector-url", collector.batchesUrl, "--batch-interval", "1s"],
@@ -129,7 +130,7 @@ async function attributionOfALongConnection(interimInterval: string): Promise<un
       localAddress: clientIp,
     });
     const server = await listener.accept();
-    await delay(8000); // well past the collector's retention
+    await delay(24_000); // well past the collector's retention
     const closed = new Promise((resolve) => client.on("close", resolve).resume());
     client.end();
     await readEof(server);
