@@ -3,7 +3,9 @@
  * socket iterator) costs the agent process with many open connections. For each size, the agent
  * is opened first (so sock_ops tracks every new socket), build/hold_connections opens that many
  * idle loopback connections (both ends on this host: two tracked sockets each) and holds them, and
- * the pass runs `--reps` times, alternating two kinds side by side:
+ * the pass runs `--reps` times, alternating the kinds side by side:
+ *   - `ship`: the agent's whole pass: `write`, and each record encoded into a batch window and
+ *     compressed (zstd frames), as the agent's intake does;
  *   - `write`: minimum age 0, one interim record per tracked open socket;
  *   - `walk`: a minimum age no socket has, so the iterator walks and looks up every socket but
  *     writes nothing: the share of the pass that is the walk itself;
@@ -22,10 +24,14 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { Agent } from "../ffi/agent.ts";
+import { Batcher, MAX_BYTE_CAP } from "../lib/batcher.ts";
+import { compressFrame } from "../lib/compression.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
+import { RecordWriter } from "../lib/wire.ts";
 
 const HOLDER = new URL("../build/hold_connections", import.meta.url).pathname;
 const NEVER = 2n ** 64n - 1n;
+const BOOT_ID = new Uint8Array(16).fill(1);
 
 const HELP = `Usage: deno run --allow-all bench/interim_bench.ts [options]
 
@@ -39,7 +45,7 @@ Options:
 `;
 
 interface Pass {
-  kind: "write" | "walk" | "idle";
+  kind: "ship" | "write" | "walk" | "idle";
   records: number;
   wallMs: number;
   cpuMs: number;
@@ -115,11 +121,28 @@ async function measurePass(
     const cpu0 = cpuMicros();
     const t0 = performance.now();
     let bytes = 0;
+    // One window takes the whole pass, as a minute's window would at the agent's byte cap.
+    const batcher = kind === "ship"
+      ? new Batcher({
+        onWindow: () => {},
+        maxRecords: 2 ** 31,
+        maxBytes: MAX_BYTE_CAP,
+        compress: compressFrame,
+        intervalMs: 600_000,
+      })
+      : undefined;
     const records = kind === "idle"
       ? await new Promise<number>((resolve) => setTimeout(() => resolve(0), idleMs))
-      : await agent.snapshot(kind === "write" ? 0n : NEVER, buffer, (chunk) => {
+      : await agent.snapshot(kind === "walk" ? NEVER : 0n, buffer, (chunk) => {
         bytes += chunk.length;
+        if (batcher === undefined) return;
+        const writer = new RecordWriter(chunk, 0n, BOOT_ID);
+        for (let at = 0; at < chunk.length; at += RECORD_SIZE) {
+          writer.at = at;
+          batcher.addFlow(writer);
+        }
       });
+    batcher?.flush();
     const wallMs = performance.now() - t0;
     const cpu1 = cpuMicros();
     if (bytes !== records * RECORD_SIZE) {
@@ -188,9 +211,9 @@ async function runSize(
         `(${holders.length} holder processes); ${options.reps} passes of each kind`,
     );
     const buffer = new Uint8Array(options.chunk * RECORD_SIZE);
-    await measurePass(agent, "write", buffer); // warm-up: first touch of the buffer, JIT
+    await measurePass(agent, "ship", buffer); // warm-up: first touch of the buffer, JIT
     for (let rep = 0; rep < options.reps; rep++) {
-      const order: Pass["kind"][] = rep % 2 ? ["walk", "write"] : ["write", "walk"];
+      const order: Pass["kind"][] = rep % 2 ? ["walk", "write", "ship"] : ["ship", "write", "walk"];
       for (const kind of order) passes.push(await measurePass(agent, kind, buffer));
       const written = passes.findLast((p) => p.kind === "write")!;
       passes.push(await measurePass(agent, "idle", buffer, written.wallMs));
@@ -206,7 +229,7 @@ async function runSize(
 }
 
 function report(connections: number, passes: Pass[]): void {
-  for (const kind of ["write", "walk", "idle"] as const) {
+  for (const kind of ["ship", "write", "walk", "idle"] as const) {
     const mine = passes.filter((p) => p.kind === kind);
     const sockets = 2 * connections;
     const per1k = (x: number) => (x * 1000) / sockets;
