@@ -233,15 +233,26 @@ function startInterimPasses(
   const minAgeMs = v.interimInterval ?? v.batchInterval;
   if (minAgeMs === 0) return undefined;
   let buffer: Uint8Array | undefined;
+  // Logged once per incident (a kernel without the TCP iterator fails every window alike).
+  let failing = "";
   return new InterimSnapshots({
     windowMs: v.batchInterval,
     minAgeMs,
     snapshot: (minAgeNs, onRecords) =>
       agent.snapshot(minAgeNs, buffer ??= new Uint8Array(INTERIM_BUFFER_BYTES), onRecords),
     onRecords: take,
-    onPass: (_records, elapsedMs) => metrics.interimPassSeconds.set(elapsedMs / 1000),
-    onError: (error) =>
-      log.warn(`${error.message} (no interim records this window; the next window tries again)`),
+    onPass: (_records, elapsedMs) => {
+      metrics.interimPassSeconds.set(elapsedMs / 1000);
+      if (failing !== "") log.info("Interim records are taken again");
+      failing = "";
+    },
+    onError: (error) => {
+      if (error.message === failing) return;
+      failing = error.message;
+      log.warn(
+        `${error.message} (no interim records until a pass succeeds; each window tries again; interim_interval 0 turns them off)`,
+      );
+    },
   });
 }
 
