@@ -170,7 +170,7 @@ export function formatStoredFlowJson(flow: StoredFlow): string {
  */
 export function formatWindowDeltaJson(d: WindowDelta): string {
   const f = d.flow;
-  return `{"id":${d.id},"host":${JSON.stringify(f.hostname)},"flow_id":${
+  return `{"id":${f.id},"host":${JSON.stringify(f.hostname)},"flow_id":${
     hasFlowId(f) ? `"${formatFlowId(f.bootId, f.cookie)}"` : "null"
   },"t_ns":${d.tNs},"record_kind":"${d.recordKind}",` +
     `"local_ip":"${formatIp(f.localIp)}","local_port":${f.localPort},` +

@@ -119,9 +119,7 @@ export interface PendingFlow {
 
 /** What each window added to one flow ({@linkcode FlowStore.windowDeltas}). */
 export interface WindowDelta {
-  /** The flow's row id (`StoredFlow.id`). */
-  readonly id: number;
-  /** The flow. */
+  /** The flow (its latest record). */
   readonly flow: StoredFlow;
   /** Time of the record that closed the window: the snapshot, or the close. */
   readonly tNs: bigint;
@@ -666,7 +664,6 @@ export class FlowStore {
       const flow = toStoredFlow(r, bootId);
       bootId = flow.bootId;
       return {
-        id: flow.id,
         flow,
         tNs: r.delta_t_ns as bigint,
         recordKind: r.delta_record_kind as RecordKind,

@@ -88,7 +88,7 @@ Deno.test("an open flow is one row that each later record moves on, and its wind
     assert.equal(stored.tEndNs, flow.tEndNs);
     assert.deepEqual([stored.bytesSent, stored.bytesReceived], [350, 1600]);
 
-    const windows = store.windowDeltas().filter((d) => d.id === stored.id);
+    const windows = store.windowDeltas().filter((d) => d.flow.id === stored.id);
     assert.deepEqual(
       windows.map((d) => [d.tNs, d.recordKind, d.bytesSent, d.bytesReceived]),
       [
@@ -97,7 +97,7 @@ Deno.test("an open flow is one row that each later record moves on, and its wind
         [nsAt(150), "final", 50, 100],
       ],
     );
-    const short = store.windowDeltas().filter((d) => d.id !== stored.id);
+    const short = store.windowDeltas().filter((d) => d.flow.id !== stored.id);
     assert.deepEqual(short.map((d) => [d.recordKind, d.bytesSent]), [["final", 1200]]);
 
     // A retry and a late, older interim record change nothing.
