@@ -67,6 +67,7 @@ export function writeFleet(path: string, shape: FleetShape): number {
       resolutions: [],
       revocations: [],
       ranges: new Map(),
+      reach: new Map(),
       shared: new Map(),
     };
     store.writeBatch(write);

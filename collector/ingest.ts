@@ -149,10 +149,12 @@ export class Ingestor {
   static open(store: FlowStore, options: IngestOptions = {}): Ingestor {
     const ingestor = new Ingestor(store, options);
     const attributor = ingestor.#attributor;
-    // The horizon first: how far back the forgotten ranges of each key reached was not kept,
-    // so the replayed keys answer nothing before it (see OwnershipMap).
+    // The horizon first, then the ranges, then how far each key's forgotten ranges reached: a
+    // key answers as far back as it did before the restart, and one without a record of that
+    // nothing before the horizon (see OwnershipMap).
     ingestor.#prune(ingestor.#now());
     for (const range of store.loadRanges()) attributor.restoreRange(range);
+    for (const [key, untilNs] of store.loadReach()) attributor.ownership.restoreReach(key, untilNs);
     for (const [ipKey, endNs] of store.loadShared()) attributor.restoreShared(ipKey, endNs);
     ingestor.#reloadHeld();
     return ingestor;
@@ -225,7 +227,9 @@ export class Ingestor {
     }
     const resolutions = attributor.retry();
     const ranges = new Map<string, Map<string, OwnershipRange[]>>();
+    const reach = new Map<string, bigint>();
     for (const [key, workloads] of observation.changed) {
+      reach.set(key, attributor.ownership.reach(key)!);
       const byWorkload = new Map<string, OwnershipRange[]>();
       for (const workload of workloads) {
         byWorkload.set(workload, attributor.ownership.ranges(key, workload));
@@ -247,6 +251,7 @@ export class Ingestor {
         resolutions,
         revocations: observation.revocations,
         ranges,
+        reach,
         shared,
       });
     } catch (error) {
@@ -307,7 +312,7 @@ export class Ingestor {
     this.#lastPruneNs = now;
     const horizon = now - this.#retentionNs;
     this.#attributor.prune(horizon);
-    this.#store.pruneOwnership(horizon);
+    this.#store.pruneOwnership(horizon, this.#attributor.ownership.slackNs);
   }
 
   #reloadHeld(): void {

@@ -14,7 +14,7 @@
  * heartbeats (interim records of a long-lived connection) kept its range alive owns the key as
  * far back as that range goes. Each key remembers how far its forgotten ranges reached, and a
  * key learned after a prune starts with the horizon as that reach, so that a lookup never
- * answers from part of the evidence.
+ * answers from part of the evidence ({@linkcode OwnershipMap.reach}).
  *
  * @example
  * ```ts
@@ -100,6 +100,11 @@ export class OwnershipMap {
     }
   }
 
+  /** The tolerance around every range on lookup, ns. */
+  get slackNs(): bigint {
+    return this.#slack;
+  }
+
   /** Number of ranges held, all keys and workloads. */
   get size(): number {
     return this.#spans;
@@ -166,6 +171,23 @@ export class OwnershipMap {
     }
     if (more !== undefined) return { kind: "ambiguous", workloads: more.sort() };
     return found === undefined ? NONE : { kind: "owned", workload: found };
+  }
+
+  /**
+   * How far (slack included) the forgotten ranges of `key` reached: lookups at or before it
+   * answer `none`. Undefined for a key the map does not hold. Persist it with the key's ranges.
+   */
+  reach(key: string): bigint | undefined {
+    return this.#byKey.get(key)?.forgottenUntil;
+  }
+
+  /**
+   * Restores a persisted {@linkcode reach} of a key whose ranges were replayed (after a restart):
+   * the key answers again as far back as it did. Does nothing for a key the map does not hold.
+   */
+  restoreReach(key: string, forgottenUntil: bigint): void {
+    const entry = this.#byKey.get(key);
+    if (entry !== undefined) entry.forgottenUntil = forgottenUntil;
   }
 
   /** The ranges of one key (all workloads, or one), sorted by start then workload. */

@@ -20,7 +20,8 @@
  *   ownership key, or to one address, can no longer be trusted;
  * - `flows_attributed` (view): `flows` with settlements and revocations applied; always read
  *   attributions through it;
- * - `ownership`, `shared_addresses`: the attributor's state, replayed after a restart.
+ * - `ownership`, `ownership_reach`, `shared_addresses`: the attributor's state (ranges, how far
+ *   each key's forgotten ranges reached, shared addresses), replayed after a restart.
  *
  * @module
  */
@@ -170,6 +171,8 @@ export interface BatchWrite {
   readonly revocations: readonly Revocation[];
   /** Ranges to persist: for each key and workload, the full current list. */
   readonly ranges: ReadonlyMap<string, ReadonlyMap<string, readonly OwnershipRange[]>>;
+  /** How far the forgotten ranges of each key in `ranges` reached (`OwnershipMap.reach`). */
+  readonly reach: ReadonlyMap<string, bigint>;
   /** Shared addresses to persist, with the latest end of their port-map heartbeats. */
   readonly shared: ReadonlyMap<string, bigint>;
 }
@@ -181,6 +184,7 @@ export interface StoreOptions {
 }
 
 const INT64_MAX = (1n << 63n) - 1n;
+const INT64_MIN = -(1n << 63n);
 
 const FLOW_COLUMNS = [
   "id",
@@ -353,6 +357,10 @@ CREATE TABLE IF NOT EXISTS ownership (
   start_ns INTEGER NOT NULL,
   end_ns INTEGER NOT NULL,
   PRIMARY KEY (key, workload, start_ns)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ownership_reach (
+  key TEXT PRIMARY KEY,
+  forgotten_until_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shared_addresses (
   ip_key TEXT PRIMARY KEY,
@@ -577,6 +585,7 @@ export class FlowStore {
           for (const r of ranges) s.insertRange.run(key, workload, i64(r.startNs), i64(r.endNs));
         }
       }
+      for (const [key, untilNs] of w.reach) s.upsertReach.run(key, signed64(untilNs));
       for (const [ipKey, endNs] of w.shared) s.upsertShared.run(ipKey, i64(endNs));
     });
     return { ids, updated };
@@ -588,11 +597,17 @@ export class FlowStore {
     this.#transaction(() => this.#resolve(resolutions));
   }
 
-  /** Deletes persisted ranges and shared marks that ended before `horizonNs`. */
-  pruneOwnership(horizonNs: bigint): void {
+  /**
+   * Deletes persisted ranges that no lookup at or after `horizonNs` reaches (widened by
+   * `slackNs`, as `OwnershipMap.prune` does), noting how far they reached per key, and shared
+   * marks that ended before `horizonNs`.
+   */
+  pruneOwnership(horizonNs: bigint, slackNs: bigint): void {
     const s = this.#writers();
     this.#transaction(() => {
-      s.pruneRanges.run(i64(horizonNs));
+      s.reachOfPruned.run(i64(slackNs), i64(slackNs), i64(horizonNs));
+      s.pruneRanges.run(i64(slackNs), i64(horizonNs));
+      s.pruneReach.run();
       s.pruneShared.run(i64(horizonNs));
     });
   }
@@ -608,6 +623,12 @@ export class FlowStore {
       startNs: r.start_ns as bigint,
       endNs: r.end_ns as bigint,
     }));
+  }
+
+  /** How far the forgotten ranges of each persisted key reached (`OwnershipMap.reach`). */
+  loadReach(): Map<string, bigint> {
+    const rows = this.#select("SELECT key, forgotten_until_ns FROM ownership_reach");
+    return new Map(rows.map((r) => [r.key as string, r.forgotten_until_ns as bigint]));
   }
 
   /** The persisted shared addresses, with the latest end of their port-map heartbeats. */
@@ -886,7 +907,20 @@ function prepareWriters(db: DatabaseSync) {
       "INSERT INTO shared_addresses (ip_key, end_ns) VALUES (?, ?) " +
         "ON CONFLICT (ip_key) DO UPDATE SET end_ns = max(end_ns, excluded.end_ns)",
     ),
-    pruneRanges: prepare("DELETE FROM ownership WHERE end_ns < ?"),
+    upsertReach: prepare(
+      "INSERT INTO ownership_reach (key, forgotten_until_ns) VALUES (?, ?) " +
+        "ON CONFLICT (key) DO UPDATE SET forgotten_until_ns = excluded.forgotten_until_ns",
+    ),
+    reachOfPruned: prepare(
+      "INSERT INTO ownership_reach (key, forgotten_until_ns) " +
+        "SELECT key, max(end_ns) + ? FROM ownership WHERE end_ns + ? < ? GROUP BY key " +
+        "ON CONFLICT (key) DO UPDATE SET " +
+        "forgotten_until_ns = max(forgotten_until_ns, excluded.forgotten_until_ns)",
+    ),
+    pruneRanges: prepare("DELETE FROM ownership WHERE end_ns + ? < ?"),
+    pruneReach: prepare(
+      "DELETE FROM ownership_reach WHERE key NOT IN (SELECT key FROM ownership)",
+    ),
     pruneShared: prepare("DELETE FROM shared_addresses WHERE end_ns < ?"),
   };
 }
@@ -954,6 +988,11 @@ export function toStoredFlow(r: Record<string, unknown>, sameBoot: Uint8Array): 
 function readingBigInts(stmt: StatementSync): StatementSync {
   stmt.setReadBigInts(true);
   return stmt;
+}
+
+/** A signed time as SQLite holds it: the map's "before everything" saturates at -2^63. */
+function signed64(v: bigint): bigint {
+  return v < INT64_MIN ? INT64_MIN : i64(v);
 }
 
 /** SQLite integers are signed 64-bit: saturate the (theoretical) larger unsigned values. */

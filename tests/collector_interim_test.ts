@@ -25,8 +25,11 @@ async function withStore(
 }
 
 /** A clock the test moves, and an ingestor on it. */
-function clocked(store: FlowStore, options: { retentionS?: number } = {}) {
-  const clock = { nowNs: nsAt(0) };
+function clocked(
+  store: FlowStore,
+  options: { retentionS?: number; clock?: { nowNs: bigint } } = {},
+) {
+  const clock = options.clock ?? { nowNs: nsAt(0) };
   const ingestor = Ingestor.open(store, {
     holdNs: 5n * S,
     retentionNs: BigInt(options.retentionS ?? 3600) * S,
@@ -238,6 +241,59 @@ Deno.test("a connection longer than the retention is attributed through interim 
       );
     });
   });
+  await t.step(
+    "across a collector restart too: the keys answer as far back as before",
+    async () => {
+      await withStore((first, db) => {
+        const { client, server } = longConnection();
+        const clock = { nowNs: nsAt(0) };
+        let sequence = 0;
+        const minutes = (ingestor: Ingestor, from: number, to: number) => {
+          for (let s = from; s < to; s += 60) {
+            clock.nowNs = nsAt(s);
+            sequence++;
+            ingestor.ingestBody(batchCbor("node-a", sequence, [interimOf(client, s)]));
+            ingestor.ingestBody(batchCbor("node-b", sequence, [interimOf(server, s)]));
+            ingestor.tick();
+          }
+        };
+        minutes(clocked(first, { retentionS: 120, clock }).ingestor, 60, 300);
+        first.close();
+        using store = FlowStore.open(db);
+        const { ingestor } = clocked(store, { retentionS: 120, clock });
+        minutes(ingestor, 300, 600);
+        clock.nowNs = nsAt(600);
+        ingestor.ingestBody(batchCbor("node-a", ++sequence, [client]));
+        ingestor.ingestBody(batchCbor("node-b", sequence, [server]));
+        assert.deepEqual(store.flows().map((f) => [f.attribution, f.remoteWorkloadId]), [
+          ["attributed", "db"],
+          ["attributed", "api"],
+        ]);
+        // A third host's connection to the database, from 100 s, first reported after the
+        // restart: attributed through the range kept alive, as it would have been before.
+        const batch = makeFlow({
+          local: "10.0.0.3:40001",
+          remote: "10.0.0.2:5432",
+          workload: "batch",
+          startS: 100,
+          endS: 600,
+        });
+        ingestor.ingestBody(batchCbor("node-c", 1, [interimOf(batch, 590)]));
+        const third = store.flows({ hostname: "node-c" });
+        assert.deepEqual(third.map((f) => [f.attribution, f.remoteWorkloadId]), [
+          ["attributed", "db"],
+        ]);
+        // Its own address, first learned now, answers nothing before the horizon.
+        const ownership = ingestor.attributor.ownership;
+        assert.equal(ownership.reach("10.0.0.3"), ownership.horizonNs - 1n);
+        assert.deepEqual(ownership.lookup("10.0.0.3", nsAt(200)), { kind: "none" });
+        assert.deepEqual(ownership.lookup("10.0.0.3", nsAt(590)), {
+          kind: "owned",
+          workload: "batch",
+        });
+      });
+    },
+  );
   await t.step("without them, the same flows are unattributed", async () => {
     await withStore((store) => {
       const { clock, ingestor } = clocked(store, { retentionS: 120 });
@@ -253,5 +309,30 @@ Deno.test("a connection longer than the retention is attributed through interim 
         ["unattributed", null],
       ]);
     });
+  });
+});
+
+Deno.test("how far a key's pruned ranges reached survives a collector restart", async () => {
+  await withStore((first, db) => {
+    const clock = { nowNs: nsAt(0) };
+    const flow = (workload: string, startS: number, endS: number) =>
+      makeFlow({ local: "10.0.0.9:5000", remote: "10.0.0.1:40000", workload, startS, endS });
+    {
+      const { ingestor } = clocked(first, { retentionS: 120, clock });
+      clock.nowNs = nsAt(100);
+      ingestor.ingestBody(batchCbor("node-x", 1, [flow("a", 0, 100)]));
+      clock.nowNs = nsAt(620);
+      ingestor.ingestBody(batchCbor("node-y", 1, [flow("b", 50, 620)]));
+      ingestor.tick(); // horizon 500 s: a's range goes; "b" answers from just past its end
+      const ownership = ingestor.attributor.ownership;
+      assert.deepEqual(ownership.lookup("10.0.0.9", nsAt(60)), { kind: "none" });
+      assert.deepEqual(ownership.lookup("10.0.0.9", nsAt(300)), { kind: "owned", workload: "b" });
+      first.close();
+    }
+    using store = FlowStore.open(db);
+    const { ingestor } = clocked(store, { retentionS: 120, clock });
+    const ownership = ingestor.attributor.ownership;
+    assert.deepEqual(ownership.lookup("10.0.0.9", nsAt(60)), { kind: "none" }, "a contested it");
+    assert.deepEqual(ownership.lookup("10.0.0.9", nsAt(300)), { kind: "owned", workload: "b" });
   });
 });
