@@ -685,7 +685,7 @@ async function listFlows(
   nowNs: bigint,
 ): Promise<Answer> {
   const textFilter: Record<string, string> = {};
-  for (const name of ["from", "to", "workload", "ip", "host", "status", "limit"]) {
+  for (const name of ["from", "to", "workload", "ip", "host", "status", "state", "limit"]) {
     const value = params.get(name);
     if (value !== null) textFilter[name] = value;
   }

@@ -155,7 +155,9 @@ async function sendEachRefusal(): Promise<Refusal[]> {
     const later = { ...open, tEndNs: open.tEndNs + 1_000_000_000n, bytesSent: open.bytesSent - 1 };
     await post(batchBody("node-a", 11, [later]));
     await post(batchBody("node-a", 1, flows(2)), { "idempotency-key": "node-a:2" });
-    for (const query of ["from=yesterday", "status=lost", "limit=many", "ip=10.0.0"]) {
+    for (
+      const query of ["from=yesterday", "status=lost", "state=ajar", "limit=many", "ip=10.0.0"]
+    ) {
       got.push(await refusal(await fetch(`${url}/v1/flows?${query}`)));
     }
     got.push(await refusal(await fetch(`${url}/v1/nothing`)));
