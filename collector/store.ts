@@ -224,38 +224,19 @@ const FLOW_COLUMNS = [
   "received_ns",
 ];
 
+/** The columns of `flows` from `first` to `last`, both included. */
+function flowColumns(first: string, last: string): string[] {
+  return FLOW_COLUMNS.slice(FLOW_COLUMNS.indexOf(first), FLOW_COLUMNS.indexOf(last) + 1);
+}
+
 /**
  * The columns a flow's later records move on (the rest, its identity, start and attribution,
  * stay its first record's).
  */
-const LATEST_COLUMNS = [
-  "record_kind",
-  "t_end_ns",
-  "close_state",
-  "flow_end",
-  "error",
-  "bytes_sent",
-  "bytes_retrans",
-  "bytes_acked",
-  "bytes_received",
-  "segs_out",
-  "segs_in",
-  "total_retrans",
-  "srtt_us",
-  "min_rtt_us",
-  "delivered",
-  "lost",
-];
+const LATEST_COLUMNS = ["record_kind", "t_end_ns", ...flowColumns("close_state", "lost")];
 
 /** The counters a flow's records sample, cumulative since its start. */
-const SAMPLE_COUNTERS = [
-  "bytes_sent",
-  "bytes_retrans",
-  "bytes_acked",
-  "bytes_received",
-  "segs_out",
-  "segs_in",
-];
+const SAMPLE_COUNTERS = flowColumns("bytes_sent", "segs_in");
 
 /** The columns a settlement or revocation never changes. */
 const PLAIN_COLUMNS = FLOW_COLUMNS.filter((c) =>

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { makeFlow, nsAt } from "./_batches.ts";
 import { Attributor } from "../collector/attributor.ts";
+import type { Direction } from "../lib/flow.ts";
 
 const S = 1_000_000_000n;
 
@@ -276,44 +277,28 @@ Deno.test("Attributor attributes a flow older than the pruning horizon through r
     }),
   ]);
   a.prune(nsAt(500));
+  /** The verdict on node-a's flow of "api" from 100 s between these ends. */
+  const verdict = (local: string, remote: string, direction: Direction = "outbound") =>
+    a.attribute(a.endpoint(
+      "node-a",
+      makeFlow({ local, remote, workload: "api", startS: 100, endS: 1000, direction }),
+    ));
   await t.step("a server end, by its port", () => {
-    const client = makeFlow({
-      local: "10.0.0.1:40000",
-      remote: "10.0.0.2:5432",
-      workload: "api",
-      startS: 100,
-      endS: 1000,
-    });
-    assert.deepEqual(a.attribute(a.endpoint("node-a", client)), {
+    assert.deepEqual(verdict("10.0.0.1:40000", "10.0.0.2:5432"), {
       status: "attributed",
       workload: "db",
       ownerKey: "[10.0.0.2]:5432",
     });
   });
   await t.step("a client end, by its address", () => {
-    const server = makeFlow({
-      local: "10.0.0.1:8080",
-      remote: "10.0.0.2:41000",
-      workload: "api",
-      startS: 100,
-      endS: 1000,
-      direction: "inbound",
-    });
-    assert.deepEqual(a.attribute(a.endpoint("node-a", server)), {
+    assert.deepEqual(verdict("10.0.0.1:8080", "10.0.0.2:41000", "inbound"), {
       status: "attributed",
       workload: "db",
       ownerKey: "10.0.0.2",
     });
   });
   await t.step("a server end on a port nobody reported: the address alone is not enough", () => {
-    const other = makeFlow({
-      local: "10.0.0.1:40001",
-      remote: "10.0.0.2:6379",
-      workload: "api",
-      startS: 100,
-      endS: 1000,
-    });
-    assert.deepEqual(a.attribute(a.endpoint("node-a", other)), { status: "unattributed" });
+    assert.deepEqual(verdict("10.0.0.1:40001", "10.0.0.2:6379"), { status: "unattributed" });
   });
 });
 

@@ -12,7 +12,8 @@ function chunkOf(records: Uint8Array): RecordChunk {
   return { records, clockOffsetNs: 0n, bootId: BOOT };
 }
 
-Deno.test("take() writes one JSON line per record and counts them", () => {
+/** A fan-out to a working stdout, the lines it wrote, and its metrics. */
+function collectingFanout() {
   const metrics = agentMetrics(new MetricsRegistry());
   const out: string[] = [];
   const fanout = new RecordFanout({
@@ -21,24 +22,23 @@ Deno.test("take() writes one JSON line per record and counts them", () => {
     onStdoutFailed: () => assert.fail("stdout works"),
     nowNs: () => 2_000_000_000n,
   });
+  const lines = () => out.join("").trimEnd().split("\n").map(parseFlowJson);
+  return { fanout, metrics, lines };
+}
+
+Deno.test("take() writes one JSON line per record and counts them", () => {
+  const { fanout, metrics, lines: written } = collectingFanout();
   fanout.take(chunkOf(rawRecords(3, 10n)));
-  const lines = out.join("").trimEnd().split("\n").map(parseFlowJson);
+  const lines = written();
   assert.deepEqual(lines.map((l) => (l.flow_id as string).split(":")[1]), ["10", "11", "12"]);
   assert.equal(metrics.flowsCaptured.get(), 3);
   assert.equal(metrics.bySource["ip-map"].get(), 3);
 });
 
 Deno.test("takeInterim() writes interim records as JSON lines and counts them apart", () => {
-  const metrics = agentMetrics(new MetricsRegistry());
-  const out: string[] = [];
-  const fanout = new RecordFanout({
-    writeStdout: (bytes) => out.push(new TextDecoder().decode(bytes)),
-    metrics,
-    onStdoutFailed: () => assert.fail("stdout works"),
-  });
-  const records = new Uint8Array([...rawRecord({ flags: 4, closeState: 1 })]);
-  fanout.takeInterim(chunkOf(records));
-  const [line] = out.join("").trimEnd().split("\n").map(parseFlowJson);
+  const { fanout, metrics, lines } = collectingFanout();
+  fanout.takeInterim(chunkOf(rawRecord({ flags: 4, closeState: 1 })));
+  const [line] = lines();
   assert.equal(line.record_kind, "interim");
   assert.equal(line.end, "open");
   assert.equal(metrics.interimRecords.get(), 1);
