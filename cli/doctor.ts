@@ -36,6 +36,7 @@ import {
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
 import { DEFAULT_BODY_CODING } from "../lib/compression.ts";
+import { showDuration } from "../lib/option_kinds.ts";
 import { Sender } from "../lib/sender.ts";
 import { type Config, type EffectiveConfig, loadConfig, OPTIONS_HELP } from "./config.ts";
 import { ConfigError, type ReadTextFile } from "../lib/options.ts";
@@ -261,6 +262,7 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
     () => checkTracepoint(offers(Probe.tpBtf)),
     () => checkSockops(v, p, offers(Probe.sockops)),
     () => checkSeeding(v, offers(Probe.iterTcp)),
+    () => checkInterim(v, offers(Probe.iterTcp)),
     () => checkMount(p, "tracefs", TRACEFS_PATH, "the classic destroy tracepoint needs it"),
     () => checkMount(p, "bpf", BPFFS_PATH, `the identity maps are pinned under ${v.pinDir}`),
     () => checkPrivileges(p),
@@ -416,6 +418,28 @@ function checkSeeding(v: Config, iterTcp: Offer): CheckResult {
     detail: `${
       iterTcp === false ? "no TCP socket iterator (Linux 5.9+)" : cannotTell(iterTcp)
     }: sockets already open when the agent starts are not seeded`,
+  };
+}
+
+function checkInterim(v: Config, iterTcp: Offer): CheckResult {
+  const name = "interim";
+  const minAgeMs = v.interimInterval ?? v.batchInterval;
+  if (minAgeMs === 0) return { name, status: "skip", detail: "turned off by interim_interval 0" };
+  if (iterTcp === true) {
+    return {
+      name,
+      status: "pass",
+      detail: `sockets open longer than ${
+        showDuration(minAgeMs)
+      } get an interim record at each window end (TCP socket iterator)`,
+    };
+  }
+  return {
+    name,
+    status: "warn",
+    detail: `${
+      iterTcp === false ? "no TCP socket iterator (Linux 5.9+)" : cannotTell(iterTcp)
+    }: long-lived connections get no interim records, only their record at close`,
   };
 }
 

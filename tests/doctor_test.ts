@@ -92,7 +92,7 @@ Deno.test("runDoctor() passes a healthy host and says it is ready", async () => 
   );
   assert.equal(
     lines.at(-1),
-    "flowexporter doctor: ready (17 passed, 0 warnings, 0 failed, 0 skipped)",
+    "flowexporter doctor: ready (18 passed, 0 warnings, 0 failed, 0 skipped)",
   );
 });
 
@@ -139,6 +139,7 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
     tracepoint: ["fail", /^cannot tell \(the native library could not be loaded/],
     sock_ops: ["warn", /^no cgroup v2 mounted: tracepoints alone capture/],
     seeding: ["warn", /^cannot tell \(the native library .*\): sockets already open/],
+    interim: ["warn", /^cannot tell \(the native library .*\): long-lived connections get no/],
     tracefs: [
       "warn",
       /the agent mounts it at start \(or run: mount -t tracefs nodev \/sys\/kernel\/tracing\)/,
@@ -161,7 +162,7 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
   }
   assert.match(
     lines.at(-1)!,
-    /^flowexporter doctor: not ready \(\d+ passed, 8 warnings, 6 failed, 1 skipped\)$/,
+    /^flowexporter doctor: not ready \(\d+ passed, 9 warnings, 6 failed, 1 skipped\)$/,
   );
 });
 
@@ -195,9 +196,11 @@ Deno.test("runDoctor() reports what the shim's probe found, as the agent would a
     const { report: r } = await report({ probe: probeWithout(Probe.bootNs) });
     assert.match(r.get("clock")!.detail, /^no bpf_ktime_get_boot_ns \(Linux 5\.8\+\): flow times/);
   });
-  await t.step("no TCP iterator: no seeding", async () => {
+  await t.step("no TCP iterator: no seeding, no interim records", async () => {
     const { report: r } = await report({ probe: probeWithout(Probe.iterTcp) });
     assert.match(r.get("seeding")!.detail, /^no TCP socket iterator \(Linux 5\.9\+\)/);
+    assert.equal(r.get("interim")?.status, "warn");
+    assert.match(r.get("interim")!.detail, /^no TCP socket iterator \(Linux 5\.9\+\): long-lived/);
   });
   await t.step("no kernel BTF: nothing can be told, and BTF itself fails", async () => {
     const { code, report: r } = await report({
