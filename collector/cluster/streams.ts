@@ -12,6 +12,9 @@
  *   delay) until a heartbeat settles them or the hold time is over; durable `hold`.
  * - `FLOW_OUTPUT` (log, for any downstream consumer): attributed flows by batch, settlements
  *   of held flows, and revocations; the durable `clickhouse` consumer feeds the sink.
+ * - `FLOW_DIGESTS` (one entry per subject, kept `max_age` long): the SHA-256 of each batch
+ *   body under `hostname:sequence`, written only where none is (JetStream's expected last
+ *   subject sequence 0), so that a reused sequence with other content is refused (409).
  *
  * @module
  */
@@ -26,6 +29,7 @@ import {
   StorageType,
   type StreamConfig,
 } from "@nats-io/jetstream";
+import { Buffer } from "node:buffer";
 import { errorText } from "../../lib/error_text.ts";
 
 /** Subjects the cluster publishes on. */
@@ -35,7 +39,17 @@ export const SUBJECTS = {
   held: "flowexporter.held",
   flows: "flowexporter.flows",
   revocations: "flowexporter.revocations",
+  digests: "flowexporter.digests.>",
 } as const;
+
+/**
+ * The subject of batch `hostname:sequence`'s digest in `FLOW_DIGESTS`: the host name in
+ * base64url (a name may hold characters a subject may not).
+ */
+export function digestSubject(hostname: string, sequence: number): string {
+  const name = Buffer.from(hostname).toString("base64url");
+  return `${SUBJECTS.digests.slice(0, -1)}${name === "" ? "-" : name}.${sequence}`;
+}
 
 /** Stream names. */
 export const STREAMS = {
@@ -43,6 +57,7 @@ export const STREAMS = {
   ownership: "FLOW_OWNERSHIP",
   held: "FLOW_HELD",
   output: "FLOW_OUTPUT",
+  digests: "FLOW_DIGESTS",
 } as const;
 
 /** Durable consumer names, each on its stream. */
@@ -54,12 +69,8 @@ export const CONSUMERS = {
 
 /** Headers a node sets on what it publishes. */
 export const HEADERS = {
-  /** When the node received the batch, ns since the epoch. */
-  receivedNs: "Flowexporter-Received-Ns",
   /** The batch's entry in `FLOW_OWNERSHIP`: attribute it once the map has it. */
   ownershipSeq: "Flowexporter-Ownership-Seq",
-  /** The batch body's `Content-Encoding` (absent: none). */
-  encoding: "Flowexporter-Content-Encoding",
 } as const;
 
 /** What the streams are sized by. */
@@ -112,6 +123,7 @@ export function streamConfigs(
     ],
     [STREAMS.held, [SUBJECTS.held], RetentionPolicy.Workqueue, day],
     [STREAMS.output, [SUBJECTS.flows, SUBJECTS.revocations], RetentionPolicy.Limits, day],
+    [STREAMS.digests, [SUBJECTS.digests], RetentionPolicy.Limits, day],
   ];
   return streams.map(([name, subjects, retention, max_age]) => ({
     ...common,
@@ -119,6 +131,7 @@ export function streamConfigs(
     subjects,
     retention,
     max_age,
+    ...(name === STREAMS.digests ? { max_msgs_per_subject: 1 } : {}),
   }));
 }
 
