@@ -212,7 +212,7 @@ const clickhousePid = () => cluster.pids().clickhouse;
 
 async function reset(): Promise<void> {
   for (const stream of Object.values(STREAMS)) await jsm.streams.delete(stream).catch(() => {});
-  for (const table of ["flows", "revocations"]) {
+  for (const table of ["flows", "revocations", "batches"]) {
     await clickhouse.command({ query: `DROP TABLE IF EXISTS ${table}` });
   }
 }
