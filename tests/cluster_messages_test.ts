@@ -15,40 +15,43 @@ import { RowBinaryWriter } from "../collector/cluster/row_binary.ts";
 import { ipKey } from "../collector/_keys.ts";
 import { makeFlow, nsAt } from "./_batches.ts";
 
+/** Flows of node-a: outbound and inbound, by ip-map and port-map workloads. */
+const FLOWS = [
+  makeFlow({
+    local: "10.0.0.7:40000",
+    remote: "10.0.0.9:443",
+    workload: "web",
+    startS: 0,
+    endS: 10,
+  }),
+  makeFlow({
+    local: "10.0.0.7:40001",
+    remote: "10.0.0.9:443",
+    workload: "web",
+    startS: 20,
+    endS: 30,
+  }),
+  makeFlow({
+    local: "10.0.0.7:8080",
+    remote: "10.0.0.5:50000",
+    workload: "web",
+    startS: 5,
+    endS: 6,
+    direction: "inbound",
+  }),
+  makeFlow({
+    local: "10.0.0.8:9000",
+    remote: "10.0.0.5:50001",
+    workload: "db",
+    startS: 1,
+    endS: 2,
+    identitySource: "port-map",
+  }),
+  makeFlow({ local: "10.0.0.9:40002", remote: "10.0.0.5:443", workload: "", startS: 1, endS: 2 }),
+];
+
 Deno.test("a batch's heartbeats merge per key and workload, as observe() learns them", () => {
-  const flows = [
-    makeFlow({
-      local: "10.0.0.7:40000",
-      remote: "10.0.0.9:443",
-      workload: "web",
-      startS: 0,
-      endS: 10,
-    }),
-    makeFlow({
-      local: "10.0.0.7:40001",
-      remote: "10.0.0.9:443",
-      workload: "web",
-      startS: 20,
-      endS: 30,
-    }),
-    makeFlow({
-      local: "10.0.0.7:8080",
-      remote: "10.0.0.5:50000",
-      workload: "web",
-      startS: 5,
-      endS: 6,
-      direction: "inbound",
-    }),
-    makeFlow({
-      local: "10.0.0.8:9000",
-      remote: "10.0.0.5:50001",
-      workload: "db",
-      startS: 1,
-      endS: 2,
-      identitySource: "port-map",
-    }),
-    makeFlow({ local: "10.0.0.9:40002", remote: "10.0.0.5:443", workload: "", startS: 1, endS: 2 }),
-  ];
+  const flows = FLOWS;
   const attributor = new Attributor({ mergeGapNs: 30_000_000_000n });
   const heartbeats = attributor.heartbeats("node-a", flows);
   assert.deepEqual(heartbeats.ranges, [
@@ -69,23 +72,7 @@ Deno.test("a batch's heartbeats merge per key and workload, as observe() learns 
 });
 
 Deno.test("batch, held, attributed and revocations entries come back as they went", () => {
-  const flows = [
-    makeFlow({
-      local: "10.0.0.7:40000",
-      remote: "10.0.0.9:443",
-      workload: "web",
-      startS: 3,
-      endS: 4,
-    }),
-    makeFlow({
-      local: "10.0.0.7:8080",
-      remote: "10.0.0.5:50000",
-      workload: "web",
-      startS: 4,
-      endS: 5,
-      direction: "inbound",
-    }),
-  ];
+  const flows = FLOWS.slice(1, 3);
   const batch: entries.BatchEntry = {
     hostname: "node-a",
     sequence: 7,

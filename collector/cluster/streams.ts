@@ -4,7 +4,7 @@
  * ({@linkcode ensureStreams}); `flowexporter collector check --nats` compares what exists with
  * what is expected ({@linkcode checkStreams}).
  *
- * - `FLOW_BATCHES` (work queue): validated batch bodies as received, message ID
+ * - `FLOW_BATCHES` (work queue): validated batches as ingest prepared them, message ID
  *   `hostname:sequence`; the durable `attribution` consumer shares them between nodes.
  * - `FLOW_OWNERSHIP` (log, kept `retention` long): each batch's merged heartbeats; every node
  *   reads all of it into its ownership map.
