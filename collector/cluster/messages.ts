@@ -5,8 +5,8 @@
  *   gzip-compressed; clickhouse_store.ts), its `batches` row with the loss counters, and per
  *   flow the remote end attribution looks up (CBOR);
  * - a held entry: a batch entry with the indexes of the flows waiting for their remote owner;
- * - an attributed entry (`FLOW_OUTPUT`): a held entry with the verdict of each flow named, the
- *   rows passed on unchanged for the sink and any downstream consumer;
+ * - an attributed entry (`FLOW_OUTPUT`): the batch's rows, passed on unchanged for the sink
+ *   and any downstream consumer, with the indexes of the flows given verdicts and the verdicts;
  * - an ownership entry: a batch's merged heartbeats (JSON, times as decimal strings);
  * - a revocations entry (JSON).
  * Every entry names its version: a node refuses one of a version it does not know, and an
@@ -85,8 +85,14 @@ export interface HeldEntry {
   readonly indexes: readonly number[];
 }
 
+/** A batch's rows, as the sink and downstream consumers read them. */
+export type BatchRows = Omit<BatchEntry, "remoteKeys" | "endpoints">;
+
 /** Flows of one batch with their verdicts, in `FLOW_OUTPUT`. */
-export interface AttributedEntry extends HeldEntry {
+export interface AttributedEntry {
+  readonly batch: BatchRows;
+  /** Indexes, in the batch, of the flows given verdicts. */
+  readonly indexes: readonly number[];
   /** 0: the batch's first attribution (all its flows); 1: settled held flows. */
   readonly version: 0 | 1;
   /** The verdict of each flow in `indexes`, in that order. */
@@ -159,7 +165,9 @@ export function decodeHeld(bytes: Uint8Array): HeldEntry {
 /** An attributed entry's bytes; verdicts as `[status, workload, owner key]`. */
 export function encodeAttributed(entry: AttributedEntry): Uint8Array {
   return cbor.encoder.encode({
-    ...heldFields(entry),
+    v: ENTRY_VERSION,
+    batch: rowsFields(entry.batch),
+    indexes: entry.indexes,
     version: entry.version,
     verdicts: entry.verdicts.map((v) => [v.status, v.workload ?? null, v.ownerKey ?? null]),
   });
@@ -169,7 +177,8 @@ export function encodeAttributed(entry: AttributedEntry): Uint8Array {
 export function decodeAttributed(bytes: Uint8Array): AttributedEntry {
   const entry = parseCbor(bytes, "attributed", ENTRY_VERSION);
   return {
-    ...fromHeldFields(entry),
+    batch: fromRowsFields(entry.batch),
+    indexes: entry.indexes as number[],
     version: entry.version as 0 | 1,
     verdicts: (entry.verdicts as [Verdict["status"], string | null, string | null][]).map((
       [status, workload, ownerKey],
@@ -177,8 +186,8 @@ export function decodeAttributed(bytes: Uint8Array): AttributedEntry {
   };
 }
 
-/** A batch entry's fields as encoded; offsets as little-endian u32 bytes. */
-function batchFields(entry: BatchEntry): Record<string, unknown> {
+/** A batch's rows as encoded; offsets as little-endian u32 bytes. */
+function rowsFields(entry: BatchRows): Record<string, unknown> {
   const offsets = entry.rowOffsets;
   return {
     hostname: entry.hostname,
@@ -187,23 +196,32 @@ function batchFields(entry: BatchEntry): Record<string, unknown> {
     batchRow: entry.batchRow,
     flowRows: entry.flowRows,
     rowOffsets: new Uint8Array(offsets.buffer, offsets.byteOffset, offsets.byteLength),
-    remoteKeys: entry.remoteKeys,
-    endpoints: entry.endpoints,
   };
 }
 
-function fromBatchFields(value: unknown): BatchEntry {
+function fromRowsFields(value: unknown): BatchRows {
   const entry = value as Record<string, unknown>;
   const offsets = entry.rowOffsets as Uint8Array;
-  // Copied: the decoded bytes need not be 4-byte aligned.
-  const rowOffsets = new Uint32Array(offsets.slice().buffer);
   return {
     hostname: entry.hostname as string,
     sequence: entry.sequence as number,
     receivedNs: BigInt(entry.receivedNs as string),
     batchRow: entry.batchRow as Uint8Array,
     flowRows: entry.flowRows as Uint8Array,
-    rowOffsets,
+    // Copied: the decoded bytes need not be 4-byte aligned.
+    rowOffsets: new Uint32Array(offsets.slice().buffer),
+  };
+}
+
+/** A batch entry's fields as encoded: its rows and the remote ends. */
+function batchFields(entry: BatchEntry): Record<string, unknown> {
+  return { ...rowsFields(entry), remoteKeys: entry.remoteKeys, endpoints: entry.endpoints };
+}
+
+function fromBatchFields(value: unknown): BatchEntry {
+  const entry = value as Record<string, unknown>;
+  return {
+    ...fromRowsFields(entry),
     remoteKeys: entry.remoteKeys as string[],
     endpoints: entry.endpoints as Uint8Array,
   };
