@@ -3,13 +3,13 @@
  * API (collector/server.ts, the same validation and limits) in front of a NATS JetStream
  * cluster, with no state of its own. Any number of nodes sit behind any HTTP load balancer.
  *
- * - Ingest: a valid batch's SHA-256 goes to `FLOW_DIGESTS` unless one is there (another
- *   one there: 409, as the SQLite collector answers), its merged heartbeats to
- *   `FLOW_OWNERSHIP`, then the batch, decoded once here and prepared for the later stages
- *   (its ClickHouse rows and the remote ends attribution looks up, messages.ts), to
- *   `FLOW_BATCHES` with message ID `hostname:sequence` (JetStream drops a repeat within its
- *   window); the node answers 200 only once JetStream has acknowledged all, and 503 with
- *   `Retry-After` while it cannot (the agent's spool keeps the batch).
+ * - Ingest: a valid batch's merged heartbeats go to `FLOW_OWNERSHIP` on the batch's own
+ *   subject with the SHA-256 of its body, unless an entry is there (one of another digest:
+ *   409, as the SQLite collector answers); then the batch, decoded once here and prepared for
+ *   the later stages (its ClickHouse rows and the remote ends attribution looks up,
+ *   messages.ts), to `FLOW_BATCHES` with message ID `hostname:sequence` (JetStream drops a
+ *   repeat within its window); the node answers 200 only once JetStream has acknowledged
+ *   both, and 503 with `Retry-After` while it cannot (the agent's spool keeps the batch).
  * - Ownership: every node reads all of `FLOW_OWNERSHIP` into its map (ownership_replica.ts)
  *   and takes attribution work only once it has read what existed when it started.
  * - Attribution: the nodes share the durable `attribution` consumer, so each batch is
@@ -35,6 +35,7 @@ import {
   type JsMsg,
   type StoredMsg,
 } from "@nats-io/jetstream";
+import { Buffer } from "node:buffer";
 import { timingSafeEqual } from "node:crypto";
 import { gunzipSync, gzipSync } from "node:zlib";
 import type { DecodedBatch } from "../../lib/wire.ts";
@@ -75,9 +76,9 @@ import { OwnershipReplica, STALL_MS } from "./ownership_replica.ts";
 import {
   CONSUMERS,
   DEFAULT_STREAM_SETTINGS,
-  digestSubject,
   ensureStreams,
   HEADERS,
+  ownershipSubject,
   STREAMS,
   type StreamSettings,
   SUBJECTS,
@@ -301,34 +302,45 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       );
 
     /**
-     * Records `digest` as batch `hostname:sequence`'s unless one is recorded; throws 409 when
-     * another was (a reused sequence; the same one is a retry), 503 when JetStream fails.
+     * Publishes batch `hostname:sequence`'s ownership entry, with its digest, unless one is
+     * there: returns the entry's stream sequence (the earlier one's for a retry); throws 409
+     * when the entry there has another digest (a reused sequence), 503 when JetStream fails.
      */
-    const claimDigest = async (hostname: string, sequence: number, digest: Uint8Array) => {
+    const claimBatch = async (
+      hostname: string,
+      sequence: number,
+      digest: Uint8Array,
+      heartbeats: Uint8Array,
+    ): Promise<number> => {
       const id = `${hostname}:${sequence}`;
-      const subject = digestSubject(hostname, sequence);
+      const subject = ownershipSubject(hostname, sequence);
+      const h = headers();
+      h.set(HEADERS.digest, hex(digest));
       try {
-        await js.publish(subject, digest, {
+        const ack = await js.publish(subject, heartbeats, {
+          headers: h,
           expect: { lastSubjectSequence: 0 },
           timeout: publishTimeout,
         });
-        return;
+        return ack.seq;
       } catch (error) {
-        const recorded = error instanceof JetStreamApiError &&
+        const there = error instanceof JetStreamApiError &&
           error.code === JetStreamApiCodes.StreamWrongLastSequence;
-        if (!recorded) throw unavailable(id, error);
+        if (!there) throw unavailable(id, error);
       }
       let stored: StoredMsg | null;
       try {
-        stored = await jsm.streams.getMessage(STREAMS.digests, { last_by_subj: subject });
+        stored = await jsm.streams.getMessage(STREAMS.ownership, { last_by_subj: subject });
       } catch (error) {
         throw unavailable(id, error);
       }
-      // Gone since (past its age): nothing to compare with, as in the SQLite collector.
-      if (stored === null) return;
-      if (stored.data.length !== digest.length || !timingSafeEqual(stored.data, digest)) {
-        throw new HttpError(409, batchConflict(hostname, sequence, stored.data, digest).message);
+      // Gone since (past the retention): published again on the agent's next try.
+      if (stored === null) throw unavailable(id, new Error(`entry ${subject} expired`));
+      const storedDigest = unhex(stored.header.get(HEADERS.digest));
+      if (storedDigest.length !== digest.length || !timingSafeEqual(storedDigest, digest)) {
+        throw new HttpError(409, batchConflict(hostname, sequence, storedDigest, digest).message);
       }
+      return stored.seq;
     };
 
     const backend: CollectorBackend = {
@@ -338,13 +350,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         const id = `${hostname}:${sequence}`;
         try {
           const digest = batchDigest(cbor);
-          await claimDigest(hostname, sequence, digest);
-          const heartbeats = attributor.heartbeats(hostname, batch.flows);
-          let ownershipSeq = 0;
-          if (heartbeats.ranges.length > 0 || heartbeats.shared.size > 0) {
-            ownershipSeq =
-              (await publish(SUBJECTS.ownership, encodeHeartbeats(heartbeats), id)).seq;
-          }
+          const heartbeats = encodeHeartbeats(attributor.heartbeats(hostname, batch.flows));
+          const ownershipSeq = await claimBatch(hostname, sequence, digest, heartbeats);
           const h = headers();
           h.set(HEADERS.ownershipSeq, `${ownershipSeq}`);
           const entry = prepareBatch(batch, digest, now());
@@ -623,6 +630,14 @@ function prepareBatch(batch: DecodedBatch, digest: Uint8Array, receivedNs: bigin
     remoteKeys,
     endpoints: packEndpoints(flows),
   };
+}
+
+function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString("hex");
+}
+
+function unhex(text: string): Uint8Array {
+  return new Uint8Array(Buffer.from(text, "hex"));
 }
 
 function seconds(s: number): bigint {

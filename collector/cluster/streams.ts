@@ -6,15 +6,14 @@
  *
  * - `FLOW_BATCHES` (work queue): validated batches as ingest prepared them, message ID
  *   `hostname:sequence`; the durable `attribution` consumer shares them between nodes.
- * - `FLOW_OWNERSHIP` (log, kept `retention` long): each batch's merged heartbeats; every node
- *   reads all of it into its ownership map.
+ * - `FLOW_OWNERSHIP` (log, kept `retention` long): each batch's merged heartbeats, on a subject
+ *   of its own (`ownershipSubject`) with the SHA-256 of the batch body in a header, written only
+ *   where none is (JetStream's expected last subject sequence 0): a reused sequence with other
+ *   content is found there and refused (409). Every node reads all of it into its map.
  * - `FLOW_HELD` (work queue): flows whose remote owner was unknown, redelivered (`nak` with a
  *   delay) until a heartbeat settles them or the hold time is over; durable `hold`.
  * - `FLOW_OUTPUT` (log, for any downstream consumer): attributed flows by batch, settlements
  *   of held flows, and revocations; the durable `clickhouse` consumer feeds the sink.
- * - `FLOW_DIGESTS` (one entry per subject, kept `max_age` long): the SHA-256 of each batch
- *   body under `hostname:sequence`, written only where none is (JetStream's expected last
- *   subject sequence 0), so that a reused sequence with other content is refused (409).
  *
  * @module
  */
@@ -35,20 +34,19 @@ import { errorText } from "../../lib/error_text.ts";
 /** Subjects the cluster publishes on. */
 export const SUBJECTS = {
   batches: "flowexporter.batches",
-  ownership: "flowexporter.ownership",
+  ownership: "flowexporter.ownership.>",
   held: "flowexporter.held",
   flows: "flowexporter.flows",
   revocations: "flowexporter.revocations",
-  digests: "flowexporter.digests.>",
 } as const;
 
 /**
- * The subject of batch `hostname:sequence`'s digest in `FLOW_DIGESTS`: the host name in
+ * The subject of batch `hostname:sequence`'s entry in `FLOW_OWNERSHIP`: the host name in
  * base64url (a name may hold characters a subject may not).
  */
-export function digestSubject(hostname: string, sequence: number): string {
+export function ownershipSubject(hostname: string, sequence: number): string {
   const name = Buffer.from(hostname).toString("base64url");
-  return `${SUBJECTS.digests.slice(0, -1)}${name === "" ? "-" : name}.${sequence}`;
+  return `${SUBJECTS.ownership.slice(0, -1)}${name === "" ? "-" : name}.${sequence}`;
 }
 
 /** Stream names. */
@@ -57,7 +55,6 @@ export const STREAMS = {
   ownership: "FLOW_OWNERSHIP",
   held: "FLOW_HELD",
   output: "FLOW_OUTPUT",
-  digests: "FLOW_DIGESTS",
 } as const;
 
 /** Durable consumer names, each on its stream. */
@@ -71,6 +68,8 @@ export const CONSUMERS = {
 export const HEADERS = {
   /** The batch's entry in `FLOW_OWNERSHIP`: attribute it once the map has it. */
   ownershipSeq: "Flowexporter-Ownership-Seq",
+  /** SHA-256 of the batch body (hex), on its ownership entry. */
+  digest: "Flowexporter-Batch-Digest",
 } as const;
 
 /** What the streams are sized by. */
@@ -123,7 +122,6 @@ export function streamConfigs(
     ],
     [STREAMS.held, [SUBJECTS.held], RetentionPolicy.Workqueue, day],
     [STREAMS.output, [SUBJECTS.flows, SUBJECTS.revocations], RetentionPolicy.Limits, day],
-    [STREAMS.digests, [SUBJECTS.digests], RetentionPolicy.Limits, day],
   ];
   return streams.map(([name, subjects, retention, max_age]) => ({
     ...common,
@@ -131,7 +129,6 @@ export function streamConfigs(
     subjects,
     retention,
     max_age,
-    ...(name === STREAMS.digests ? { max_msgs_per_subject: 1 } : {}),
   }));
 }
 
