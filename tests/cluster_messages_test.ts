@@ -12,7 +12,6 @@ import {
   VERDICT_COLUMNS,
 } from "../collector/cluster/clickhouse_store.ts";
 import { RowBinaryWriter } from "../collector/cluster/row_binary.ts";
-import { ipKey } from "../collector/_keys.ts";
 import { makeFlow, nsAt } from "./_batches.ts";
 
 /** Flows of node-a: outbound and inbound, by ip-map and port-map workloads. */
@@ -80,7 +79,7 @@ Deno.test("batch, held, attributed and revocations entries come back as they wen
     batchRow: Uint8Array.of(1, 2, 3),
     flowRows: Uint8Array.of(4, 5),
     rowOffsets: Uint32Array.of(0, 70_000, 140_001),
-    remoteKeys: flows.map((f) => ipKey("node-a", f.remoteIp)),
+    remoteKeys: flows.map((f) => new Attributor().endpoint("node-a", f).ipKey),
     endpoints: entries.packEndpoints(flows),
   };
   const plain = (entry: entries.BatchEntry) => ({

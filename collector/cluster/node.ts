@@ -277,6 +277,16 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       return out;
     };
 
+    /** A publish failed: the batch is refused with 503 and the agent retries it. */
+    const unavailable = (id: string, error: unknown) =>
+      new HttpError(
+        503,
+        `Cannot store batch ${id}: JetStream cannot take writes now (${
+          errorText(error)
+        }); retry after ${RETRY_AFTER_SECONDS} s`,
+        { "retry-after": String(RETRY_AFTER_SECONDS) },
+      );
+
     /** Publishes with JetStream's acknowledgement, or throws 503. */
     const publish = async (
       subject: string,
@@ -290,16 +300,6 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         throw unavailable(msgID, error);
       }
     };
-
-    /** A publish failed: the batch is refused with 503 and the agent retries it. */
-    const unavailable = (id: string, error: unknown) =>
-      new HttpError(
-        503,
-        `Cannot store batch ${id}: JetStream cannot take writes now (${
-          errorText(error)
-        }); retry after ${RETRY_AFTER_SECONDS} s`,
-        { "retry-after": String(RETRY_AFTER_SECONDS) },
-      );
 
     /**
      * Publishes batch `hostname:sequence`'s ownership entry, with its digest, unless one is
@@ -315,7 +315,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       const id = `${hostname}:${sequence}`;
       const subject = ownershipSubject(hostname, sequence);
       const h = headers();
-      h.set(HEADERS.digest, hex(digest));
+      h.set(HEADERS.digest, Buffer.from(digest).toString("hex"));
       try {
         const ack = await js.publish(subject, heartbeats, {
           headers: h,
@@ -336,7 +336,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       }
       // Gone since (past the retention): published again on the agent's next try.
       if (stored === null) throw unavailable(id, new Error(`entry ${subject} expired`));
-      const storedDigest = unhex(stored.header.get(HEADERS.digest));
+      const storedDigest = Buffer.from(stored.header.get(HEADERS.digest), "hex");
       if (storedDigest.length !== digest.length || !timingSafeEqual(storedDigest, digest)) {
         throw new HttpError(409, batchConflict(hostname, sequence, storedDigest, digest).message);
       }
@@ -630,14 +630,6 @@ function prepareBatch(batch: DecodedBatch, digest: Uint8Array, receivedNs: bigin
     remoteKeys,
     endpoints: packEndpoints(flows),
   };
-}
-
-function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes).toString("hex");
-}
-
-function unhex(text: string): Uint8Array {
-  return new Uint8Array(Buffer.from(text, "hex"));
 }
 
 function seconds(s: number): bigint {
