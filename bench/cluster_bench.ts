@@ -4,7 +4,7 @@
  * many hosts whose workloads call each other's servers.
  *
  *   deno run -A bench/cluster_bench.ts [--hosts 1000] [--batches-per-host 2] [--flows 200]
- *     [--reps 2] [--in-flight 8]
+ *     [--reps 2] [--in-flight 4]
  *
  * For 1 and then 2 collector nodes (each a process of its own, bench/_cluster_node.ts), each
  * repetition runs on empty streams and tables:
@@ -42,7 +42,9 @@ const { values } = parseArgs({
     "batches-per-host": { type: "string", default: "2" },
     flows: { type: "string", default: "200" },
     reps: { type: "string", default: "2" },
-    "in-flight": { type: "string", default: "8" },
+    // Per node: the collector's default max_concurrent_ingests. More only draws 503s, which
+    // the bench retries at once where an agent would wait Retry-After.
+    "in-flight": { type: "string", default: "4" },
   },
 });
 const hosts = Number(values.hosts);
@@ -184,7 +186,8 @@ async function post(urls: string[], bodies: Uint8Array[]): Promise<void> {
   const lane = async (lane: number) => {
     for (let i = next++; i < bodies.length; i = next++) {
       for (let attempt = 0;; attempt++) {
-        const response = await fetch(`${urls[(i + lane) % urls.length]}/v1/batches`, {
+        // Each lane posts to one node: no node gets more than `inFlight` at once.
+        const response = await fetch(`${urls[lane % urls.length]}/v1/batches`, {
           method: "POST",
           body: bodies[i] as BodyInit,
           headers: { "content-type": "application/cbor", "content-encoding": "gzip" },
@@ -196,7 +199,7 @@ async function post(urls: string[], bodies: Uint8Array[]): Promise<void> {
       }
     }
   };
-  await Promise.all(Array.from({ length: inFlight }, (_, i) => lane(i)));
+  await Promise.all(Array.from({ length: inFlight * urls.length }, (_, i) => lane(i)));
 }
 
 const cluster = await startLocalCluster();
@@ -213,7 +216,7 @@ const clickhousePid = () => cluster.pids().clickhouse;
 
 async function reset(): Promise<void> {
   for (const stream of Object.values(STREAMS)) await jsm.streams.delete(stream).catch(() => {});
-  for (const table of ["flows", "revocations"]) {
+  for (const table of ["flows", "revocations", "batches"]) {
     await clickhouse.command({ query: `DROP TABLE IF EXISTS ${table}` });
   }
 }

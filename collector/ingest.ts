@@ -77,6 +77,25 @@ export class BatchConflictError extends Error {
 }
 
 /**
+ * The refusal of batch `hostname:sequence` whose digest is `digest` when `stored` is stored
+ * under that name; the cluster collector refuses with the same words.
+ */
+export function batchConflict(
+  hostname: string,
+  sequence: number,
+  stored: Uint8Array,
+  digest: Uint8Array,
+): BatchConflictError {
+  return new BatchConflictError(
+    `Batch ${hostname}:${sequence} is already stored with other content (SHA-256 ${
+      hex(stored).slice(0, 16)
+    }…, this one ${
+      hex(digest).slice(0, 16)
+    }…): the exporter reused a sequence number (two hosts named alike, or a spool restored from a copy)`,
+  );
+}
+
+/**
  * A batch holds a time the collector's clock says cannot be true yet: the exporter's clock is
  * wrong (or the batch forged). Nothing is stored; the HTTP server answers 400.
  */
@@ -195,13 +214,7 @@ export class Ingestor {
         stored !== null && digest !== undefined &&
         (stored.length !== digest.length || !timingSafeEqual(stored, digest))
       ) {
-        throw new BatchConflictError(
-          `Batch ${hostname}:${header.sequence} is already stored with other content (SHA-256 ${
-            hex(stored).slice(0, 16)
-          }…, this one ${
-            hex(digest).slice(0, 16)
-          }…): the exporter reused a sequence number (two hosts named alike, or a spool restored from a copy)`,
-        );
+        throw batchConflict(hostname, header.sequence, stored, digest);
       }
       return {
         ...base,

@@ -65,3 +65,28 @@ CREATE TABLE IF NOT EXISTS revocations (
   status String
 ) ENGINE = ReplacingMergeTree()
 ORDER BY (key, by_address, from_ns, to_ns, server_ends_only, status);
+
+-- batches: one row per batch, as the SQLite collector's batches table: who sent it, the window,
+-- and the losses the exporter counted since its previous batch (kernel_drops: records the
+-- kernel could not hand over; recursion_misses: BPF runs skipped; spool_evictions: batches of
+-- the host that will never arrive), with the SHA-256 of the body (hex). A batch stored twice
+-- (a replay after JetStream's window) is one row once read with FINAL; partitions are days of
+-- the window's start, which a replay keeps.
+CREATE TABLE IF NOT EXISTS batches (
+  hostname String,
+  sequence UInt64,
+  host_workload_id String,
+  instance_id Nullable(String),
+  exporter_version String,
+  window_start_ns Int64,
+  window_end_ns Int64,
+  record_count UInt64,
+  clock_offset_ns Int64,
+  kernel_drops UInt64,
+  recursion_misses UInt64,
+  spool_evictions UInt64,
+  received_ns Int64,
+  digest String
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(window_start_ns, 1000000000)))
+ORDER BY (hostname, sequence);

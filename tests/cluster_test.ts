@@ -15,6 +15,10 @@ import { runQuery } from "../collector/query.ts";
 import { runCollector } from "../collector/cli.ts";
 import { NO_FILES } from "./_option_files.ts";
 import type { Logger } from "../lib/logger.ts";
+import { Buffer } from "node:buffer";
+import { gunzipSync, gzipSync } from "node:zlib";
+import { batchConflict, batchDigest } from "../collector/ingest.ts";
+import { encodeBatch, encodeFlow, SCHEMA_VERSION } from "../lib/wire.ts";
 import { postBatch } from "./_batches.ts";
 import { CollectorProcess } from "./_collector.ts";
 import {
@@ -140,6 +144,94 @@ Deno.test({
       assert.equal(res.status, 200);
       assert.equal((await res.json()).length, 500);
     });
+
+    await t.step(
+      "a sequence reused with other content is refused with 409 by any node",
+      async () => {
+        const first = hostBatch(11, 1, 3);
+        const other = testBatch("host-11", 1, hostBatch(11, 2, 4).flows);
+        assert.equal((await postUntilStored(() => [nodes[0].url], first)).status, "stored");
+        const refused = await postBatch(nodes[1].url, other.body);
+        const digest = (body: Uint8Array) => batchDigest(gunzipSync(body));
+        assert.equal(refused.status, 409);
+        // The SQLite collector's words (collector/ingest.ts), with the two digests.
+        assert.equal(
+          (await refused.text()).trim(),
+          batchConflict("host-11", 1, digest(first.body), digest(other.body)).message,
+        );
+        // The batch as first sent is a retry, on either node; the refused one stored nothing.
+        for (const node of nodes) {
+          const again = await postBatch(node.url, first.body);
+          assert.equal(again.status, 200);
+          assert.equal((await again.json()).status, "duplicate");
+        }
+        await waitUntil("host-11's flows stored", async () => {
+          const flows = await flowsOf(store, "host-11");
+          return flows.length === 3 && await settled(true);
+        });
+        assert.deepEqual(
+          (await flowsOf(store, "host-11")).map((f) => f.cookie).sort(),
+          first.flows.map((f) => f.cookie).sort(),
+        );
+      },
+    );
+
+    await t.step(
+      "each batch's loss counters are stored in ClickHouse's batches table",
+      async () => {
+        const flows = hostBatch(12, 1, 2).flows;
+        const cbor = encodeBatch({
+          schemaVersion: SCHEMA_VERSION,
+          exporterVersion: "0.1.0",
+          host: { hostname: "host-12", workloadId: "host:host-12", instanceId: "i-0abc" },
+          sequence: 1,
+          windowStartNs: flows[0].tStartNs,
+          windowEndNs: flows[1].tEndNs,
+          recordCount: flows.length,
+          clockOffsetNs: 5n,
+          loss: { kernelDrops: 3n, recursionMisses: 1n, spoolEvictions: 2 },
+        }, flows.map(encodeFlow));
+        const body = gzipSync(cbor);
+        await postUntilStored(() => [nodes[1].url], {
+          hostname: "host-12",
+          sequence: 1,
+          flows,
+          body,
+        });
+        // A replay of the batch is one row too.
+        await postUntilStored(() => [nodes[0].url], {
+          hostname: "host-12",
+          sequence: 1,
+          flows,
+          body,
+        });
+        await waitUntil(
+          "host-12's batch stored",
+          async () =>
+            (await store.batches({ hostname: "host-12" })).length === 1 && await settled(),
+        );
+        const [batch] = await store.batches({ hostname: "host-12" });
+        assert.deepEqual(
+          { ...batch, receivedNs: typeof batch.receivedNs },
+          {
+            hostname: "host-12",
+            sequence: 1,
+            hostWorkloadId: "host:host-12",
+            instanceId: "i-0abc",
+            exporterVersion: "0.1.0",
+            windowStartNs: flows[0].tStartNs,
+            windowEndNs: flows[1].tEndNs,
+            recordCount: 2,
+            clockOffsetNs: 5n,
+            kernelDrops: 3n,
+            recursionMisses: 1n,
+            spoolEvictions: 2,
+            receivedNs: "bigint",
+            digest: Buffer.from(batchDigest(cbor)).toString("hex"),
+          },
+        );
+      },
+    );
 
     await t.step("flowexporter query --clickhouse reads the cluster's flows", async () => {
       const out: string[] = [];

@@ -3,8 +3,10 @@
  * `schema/clickhouse.sql`), written by the sink in batches and read by `flowexporter query
  * --clickhouse` and a node's `GET /v1/flows`, through the official `@clickhouse/client` over
  * HTTP. Only what ClickHouse has kept from 18.16 (Debian's) to current releases is used: no
- * query parameters (values are quoted here), no newer types; rows go in as JSONEachRow, with
- * 64-bit integers as JSON numbers so that none loses precision.
+ * query parameters (values are quoted here), no newer types. Flows and batches go in as
+ * RowBinary (row_binary.ts), written once at ingest ({@linkcode writeFlowRow},
+ * {@linkcode writeBatchRow}) and completed by the sink with the verdict
+ * ({@linkcode writeVerdict}): no JSON per flow, and 64-bit integers lose no precision.
  *
  * Reads use `FINAL`, so a flow stored twice (a replay, a redelivery) or settled later (a held
  * flow) is one row, its latest version; revocations are applied to what is read, as the
@@ -23,28 +25,155 @@
 import { Readable } from "node:stream";
 import { type ClickHouseClient, ClickHouseLogLevel, createClient } from "@clickhouse/client";
 import type { FlowRecord } from "../../lib/flow.ts";
+import type { BatchHeader } from "../../lib/wire.ts";
 import { encodeFlowId, hasFlowId, NO_BOOT_ID } from "../../lib/flow_id.ts";
 import { formatIp } from "../../lib/map_layout.ts";
 import { errorText } from "../../lib/error_text.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
 import { type FlowFilter, type StoredFlow, toStoredFlow } from "../store.ts";
+import type { RowBinaryWriter } from "./row_binary.ts";
 
 /** The SQL of the tables, one source: `schema/clickhouse.sql`. */
 export const CLICKHOUSE_SCHEMA_URL = new URL("../../schema/clickhouse.sql", import.meta.url);
 
-/** One flow as the sink writes it: the flow, where it came from, and its attribution. */
-export interface FlowRow {
+/**
+ * Columns of `flows` (schema/clickhouse.sql) that ingest writes, in this order, with
+ * {@linkcode writeFlowRow}: everything but the attribution.
+ */
+export const FLOW_ROW_COLUMNS = [
+  ...["hostname", "flow_key", "batch_sequence", "flow_index", "flow_id", "t_start_ns"],
+  ...["t_end_ns", "family", "local_ip", "local_port", "remote_ip", "remote_port"],
+  ...["local_workload_id", "identity_source", "seeded", "direction", "close_state"],
+  ...["flow_end", "error", "bytes_sent", "bytes_retrans", "bytes_acked", "bytes_received"],
+  ...["segs_out", "segs_in", "total_retrans", "srtt_us", "min_rtt_us", "delivered", "lost"],
+  ...["remote_key", "received_ns"],
+] as const;
+
+/** Columns of `flows` the sink appends to each row, with {@linkcode writeVerdict}. */
+export const VERDICT_COLUMNS = [
+  "version",
+  "attribution",
+  "remote_workload_id",
+  "owner_key",
+] as const;
+
+/** Columns of `batches`, in the order {@linkcode writeBatchRow} writes them. */
+export const BATCH_COLUMNS = [
+  "hostname",
+  "sequence",
+  "host_workload_id",
+  "instance_id",
+  "exporter_version",
+  "window_start_ns",
+  "window_end_ns",
+  "record_count",
+  "clock_offset_ns",
+  "kernel_drops",
+  "recursion_misses",
+  "spool_evictions",
+  "received_ns",
+  "digest",
+] as const;
+
+/**
+ * Appends the {@linkcode FLOW_ROW_COLUMNS} of one flow, RowBinary.
+ *
+ * @param index the flow's index in its batch
+ * @param remoteKey address key of its remote end
+ */
+export function writeFlowRow(
+  w: RowBinaryWriter,
+  host: string,
+  sequence: number,
+  index: number,
+  f: FlowRecord,
+  remoteKey: string,
+  receivedNs: bigint,
+): void {
+  const known = hasFlowId(f);
+  const flowId = known ? hex(encodeFlowId(f.bootId, f.cookie)) : null;
+  w.string(host);
+  w.string(flowId ?? `${sequence}:${index}`);
+  w.uint64(sequence);
+  w.int32(index);
+  w.nullableString(flowId);
+  w.int64(f.tStartNs);
+  w.int64(f.tEndNs);
+  w.uint8(f.family);
+  w.string(formatIp(f.localIp));
+  w.uint16(f.localPort);
+  w.string(formatIp(f.remoteIp));
+  w.uint16(f.remotePort);
+  w.string(f.localWorkloadId);
+  w.string(f.identitySource);
+  w.uint8(f.seeded ? 1 : 0);
+  w.string(f.direction);
+  w.string(f.closeState);
+  w.string(f.end);
+  w.int32(f.error);
+  w.uint64(f.bytesSent);
+  w.nullableUint64(known ? f.bytesRetrans : null);
+  w.uint64(f.bytesAcked);
+  w.uint64(f.bytesReceived);
+  w.uint64(f.segsOut);
+  w.uint64(f.segsIn);
+  w.uint64(f.totalRetrans);
+  w.uint64(f.srttUs);
+  w.uint64(f.minRttUs);
+  w.uint64(f.delivered);
+  w.uint64(f.lost);
+  w.string(remoteKey);
+  w.int64(receivedNs);
+}
+
+/** Appends the {@linkcode VERDICT_COLUMNS} of one flow, RowBinary. */
+export function writeVerdict(w: RowBinaryWriter, version: number, v: Verdict): void {
+  w.uint8(version);
+  w.string(v.status);
+  w.nullableString(v.workload);
+  w.nullableString(v.ownerKey);
+}
+
+/** Appends the {@linkcode BATCH_COLUMNS} of one batch, RowBinary; `digest` is SHA-256. */
+export function writeBatchRow(
+  w: RowBinaryWriter,
+  h: BatchHeader,
+  receivedNs: bigint,
+  digest: Uint8Array,
+): void {
+  w.string(h.host.hostname);
+  w.uint64(h.sequence);
+  w.string(h.host.workloadId);
+  w.nullableString(h.host.instanceId);
+  w.string(h.exporterVersion);
+  w.int64(h.windowStartNs);
+  w.int64(h.windowEndNs);
+  w.uint64(h.recordCount);
+  w.int64(h.clockOffsetNs);
+  w.uint64(h.loss.kernelDrops);
+  w.uint64(h.loss.recursionMisses);
+  w.uint64(h.loss.spoolEvictions);
+  w.int64(receivedNs);
+  w.string(hex(digest));
+}
+
+/** One stored batch as read back: its header fields and loss counters (`batches`). */
+export interface StoredBatch {
   readonly hostname: string;
   readonly sequence: number;
-  /** Its index in the batch. */
-  readonly index: number;
-  /** 0 when its batch was attributed, 1 when the hold settled it. */
-  readonly version: number;
-  readonly flow: FlowRecord;
-  /** Address key of the remote end. */
-  readonly remoteKey: string;
-  readonly verdict: Verdict;
+  readonly hostWorkloadId: string;
+  readonly instanceId: string | null;
+  readonly exporterVersion: string;
+  readonly windowStartNs: bigint;
+  readonly windowEndNs: bigint;
+  readonly recordCount: number;
+  readonly clockOffsetNs: bigint;
+  readonly kernelDrops: bigint;
+  readonly recursionMisses: bigint;
+  readonly spoolEvictions: number;
   readonly receivedNs: bigint;
+  /** SHA-256 of the batch body, hex. */
+  readonly digest: string;
 }
 
 /** ClickHouse cannot be reached or refused a statement; the message says which. */
@@ -96,10 +225,16 @@ export class ClickHouseStore implements AsyncDisposable {
     return store;
   }
 
-  /** Writes flows in one INSERT. */
-  async insertFlows(rows: readonly FlowRow[]): Promise<void> {
+  /** Writes flows, RowBinary of {@linkcode FLOW_ROW_COLUMNS} then {@linkcode VERDICT_COLUMNS}. */
+  async insertFlowRows(rows: Uint8Array): Promise<void> {
     if (rows.length === 0) return;
-    await this.#insert("flows", rows, flowRowJson);
+    await this.#insertBinary("flows", [...FLOW_ROW_COLUMNS, ...VERDICT_COLUMNS], rows);
+  }
+
+  /** Writes batches' rows, RowBinary of {@linkcode BATCH_COLUMNS}. */
+  async insertBatchRows(rows: Uint8Array): Promise<void> {
+    if (rows.length === 0) return;
+    await this.#insertBinary("batches", BATCH_COLUMNS, rows);
   }
 
   /** Writes revocations in one INSERT. */
@@ -168,6 +303,33 @@ export class ClickHouseStore implements AsyncDisposable {
     return Number(rows[0].n);
   }
 
+  /**
+   * Stored batches with their loss counters, each once, by host and sequence (the SQLite
+   * collector's `batches` table).
+   */
+  async batches(filter: { hostname?: string } = {}): Promise<StoredBatch[]> {
+    const where = filter.hostname === undefined ? "" : `WHERE hostname = ${quote(filter.hostname)}`;
+    const rows = await this.#select(
+      `SELECT * FROM batches FINAL ${where} ORDER BY hostname, sequence`,
+    );
+    return rows.map((r) => ({
+      hostname: r.hostname as string,
+      sequence: Number(r.sequence),
+      hostWorkloadId: r.host_workload_id as string,
+      instanceId: r.instance_id as string | null,
+      exporterVersion: r.exporter_version as string,
+      windowStartNs: BigInt(r.window_start_ns as string),
+      windowEndNs: BigInt(r.window_end_ns as string),
+      recordCount: Number(r.record_count),
+      clockOffsetNs: BigInt(r.clock_offset_ns as string),
+      kernelDrops: BigInt(r.kernel_drops as string),
+      recursionMisses: BigInt(r.recursion_misses as string),
+      spoolEvictions: Number(r.spool_evictions),
+      receivedNs: BigInt(r.received_ns as string),
+      digest: r.digest as string,
+    }));
+  }
+
   /** Closes the HTTP client; safe to call twice. */
   async close(): Promise<void> {
     await this.#client.close();
@@ -222,6 +384,20 @@ export class ClickHouseStore implements AsyncDisposable {
         ? f
         : { ...f, attribution: revocation.status, remoteWorkloadId: null };
     });
+  }
+
+  /** One INSERT of RowBinary rows of `columns`. */
+  async #insertBinary(table: string, columns: readonly string[], rows: Uint8Array): Promise<void> {
+    try {
+      const result = await this.#client.exec({
+        query: `INSERT INTO ${table} (${columns.join(", ")}) FORMAT RowBinary`,
+        values: Readable.from([rows]),
+      });
+      result.stream.resume();
+      await new Promise((resolve) => result.stream.once("close", resolve));
+    } catch (error) {
+      throw this.#error(`insert ${rows.length} bytes of rows into ${table}`, error);
+    }
   }
 
   /** One INSERT of `items` as JSONEachRow, written as the request body streams. */
@@ -281,32 +457,6 @@ export function sqlStatements(sql: string): string[] {
     .split(";").map((s) => s.trim()).filter((s) => s !== "");
 }
 
-function flowRowJson(r: FlowRow): string {
-  const f = r.flow;
-  const known = hasFlowId(f);
-  const flowId = known ? hex(encodeFlowId(f.bootId, f.cookie)) : null;
-  const v = r.verdict;
-  return `{"hostname":${JSON.stringify(r.hostname)},` +
-    `"flow_key":"${flowId ?? `${r.sequence}:${r.index}`}",` +
-    `"version":${r.version},"batch_sequence":${r.sequence},"flow_index":${r.index},` +
-    `"flow_id":${flowId === null ? "null" : `"${flowId}"`},` +
-    `"t_start_ns":${f.tStartNs},"t_end_ns":${f.tEndNs},"family":${f.family},` +
-    `"local_ip":"${formatIp(f.localIp)}","local_port":${f.localPort},` +
-    `"remote_ip":"${formatIp(f.remoteIp)}","remote_port":${f.remotePort},` +
-    `"local_workload_id":${JSON.stringify(f.localWorkloadId)},` +
-    `"identity_source":"${f.identitySource}","seeded":${f.seeded ? 1 : 0},` +
-    `"direction":"${f.direction}","close_state":${JSON.stringify(f.closeState)},` +
-    `"flow_end":"${f.end}","error":${f.error},"bytes_sent":${f.bytesSent},` +
-    `"bytes_retrans":${known ? f.bytesRetrans : "null"},"bytes_acked":${f.bytesAcked},` +
-    `"bytes_received":${f.bytesReceived},"segs_out":${f.segsOut},"segs_in":${f.segsIn},` +
-    `"total_retrans":${f.totalRetrans},"srtt_us":${f.srttUs},"min_rtt_us":${f.minRttUs},` +
-    `"delivered":${f.delivered},"lost":${f.lost},"remote_key":${JSON.stringify(r.remoteKey)},` +
-    `"attribution":"${v.status}",` +
-    `"remote_workload_id":${v.workload === undefined ? "null" : JSON.stringify(v.workload)},` +
-    `"owner_key":${v.ownerKey === undefined ? "null" : JSON.stringify(v.ownerKey)},` +
-    `"received_ns":${r.receivedNs}}`;
-}
-
 /** A row of `flows` (64-bit integers arrive quoted) as a stored flow, through the SQLite row's. */
 function toFlow(r: Record<string, unknown>): StoredFlowWithKeys {
   const flow = toStoredFlow({
@@ -330,8 +480,13 @@ function quote(text: string): string {
   return `'${text.replaceAll("\\", "\\\\").replaceAll("'", "\\'")}'`;
 }
 
+/** Two hex digits per byte value: a flow ID is written for every flow. */
+const HEX_BYTES = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+
 function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  let out = "";
+  for (let i = 0; i < bytes.length; i++) out += HEX_BYTES[bytes[i]];
+  return out;
 }
 
 function unhex(text: string): Uint8Array {

@@ -3,10 +3,13 @@
  * API (collector/server.ts, the same validation and limits) in front of a NATS JetStream
  * cluster, with no state of its own. Any number of nodes sit behind any HTTP load balancer.
  *
- * - Ingest: a valid batch's merged heartbeats go to `FLOW_OWNERSHIP`, then its body to
- *   `FLOW_BATCHES` with message ID `hostname:sequence` (JetStream drops a repeat within its
- *   window); the node answers 200 only once JetStream has acknowledged both, and 503 with
- *   `Retry-After` while it cannot (the agent's spool keeps the batch).
+ * - Ingest: a valid batch's merged heartbeats go to `FLOW_OWNERSHIP` on the batch's own
+ *   subject with the SHA-256 of its body, unless an entry is there (one of another digest:
+ *   409, as the SQLite collector answers); then the batch, decoded once here and prepared for
+ *   the later stages (its ClickHouse rows and the remote ends attribution looks up,
+ *   messages.ts), to `FLOW_BATCHES` with message ID `hostname:sequence` (JetStream drops a
+ *   repeat within its window); the node answers 200 only once JetStream has acknowledged
+ *   both, and 503 with `Retry-After` while it cannot (the agent's spool keeps the batch).
  * - Ownership: every node reads all of `FLOW_OWNERSHIP` into its map (ownership_replica.ts)
  *   and takes attribution work only once it has read what existed when it started.
  * - Attribution: the nodes share the durable `attribution` consumer, so each batch is
@@ -16,49 +19,67 @@
  *   loses none) until their owner is known or the hold time is over (`unattributed`).
  * - Revocations: evidence that makes earlier attributions doubtful goes to `FLOW_OUTPUT` too.
  * - Sink (with `clickhouseUrl`): the shared `clickhouse` consumer inserts `FLOW_OUTPUT` into
- *   ClickHouse in batches; `GET /v1/flows` reads from there.
+ *   ClickHouse in batches, the rows ingest wrote with each verdict appended, and each batch's
+ *   row (its loss counters) into `batches`; `GET /v1/flows` reads from there.
  *
  * @module
  */
 
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
-import { type Consumer, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
-import { batchDecoder, type DecodedBatch, WireFormatError } from "../../lib/wire.ts";
+import {
+  type Consumer,
+  jetstream,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  jetstreamManager,
+  type JsMsg,
+  type StoredMsg,
+} from "@nats-io/jetstream";
+import { Buffer } from "node:buffer";
+import { timingSafeEqual } from "node:crypto";
+import { gunzipSync, gzipSync } from "node:zlib";
+import type { DecodedBatch } from "../../lib/wire.ts";
 import { errorText } from "../../lib/error_text.ts";
 import { Log } from "../../lib/log.ts";
 import type { Logger } from "../../lib/logger.ts";
 import { printable } from "../../lib/printable.ts";
 import { MetricsRegistry } from "../../lib/metrics.ts";
-import { decodeContent, HttpError } from "../_http_body.ts";
+import { HttpError } from "../_http_body.ts";
 import { ipKey } from "../_keys.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
-import type { IngestResult } from "../ingest.ts";
+import { batchConflict, batchDigest, type IngestResult } from "../ingest.ts";
 import {
   type CollectorBackend,
   type CollectorServer,
-  DEFAULT_LIMITS,
   RETRY_AFTER_SECONDS,
   serveCollector,
   type ServeOptions,
 } from "../server.ts";
-import { ClickHouseStore, type FlowRow } from "./clickhouse_store.ts";
+import { ClickHouseStore, writeBatchRow, writeFlowRow, writeVerdict } from "./clickhouse_store.ts";
 import {
-  type BatchBody,
+  type BatchEntry,
   decodeAttributed,
+  decodeBatchEntry,
   decodeHeld,
   decodeRevocations,
   encodeAttributed,
+  encodeBatchEntry,
   encodeHeartbeats,
   encodeHeld,
   encodeRevocations,
+  endpointOf,
   EntryError,
+  packEndpoints,
 } from "./messages.ts";
+import { RowBinaryWriter } from "./row_binary.ts";
 import { OwnershipReplica, STALL_MS } from "./ownership_replica.ts";
 import {
   CONSUMERS,
   DEFAULT_STREAM_SETTINGS,
   ensureStreams,
   HEADERS,
+  ownershipSubject,
+  STREAMS,
   type StreamSettings,
   SUBJECTS,
 } from "./streams.ts";
@@ -144,6 +165,8 @@ export interface ClusterNode extends AsyncDisposable {
 const NEWER_ENTRY_DELAY_MS = 30_000;
 /** How long each step of closing a node may take. */
 const CLOSE_STEP_MS = 3000;
+/** zlib level of the rows a batch entry carries: the fastest; rows repeat much. */
+const ROWS_GZIP_LEVEL = 1;
 /** Most entries (batches) one sink insert takes. */
 const SINK_BATCH = 128;
 
@@ -164,8 +187,6 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
   };
   const holdNs = BigInt(Math.round((options.holdSeconds ?? 120) * 1e9));
   const holdRetryMs = options.holdRetryMs ?? 5000;
-  const maxDecompressed = options.maxDecompressedBytes ?? DEFAULT_LIMITS.maxDecompressedBytes;
-  const decode = batchDecoder({ maxRecords: Infinity });
   const stats: ClusterNodeStats = {
     batchesIn: 0,
     batchesRepeated: 0,
@@ -256,6 +277,16 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       return out;
     };
 
+    /** A publish failed: the batch is refused with 503 and the agent retries it. */
+    const unavailable = (id: string, error: unknown) =>
+      new HttpError(
+        503,
+        `Cannot store batch ${id}: JetStream cannot take writes now (${
+          errorText(error)
+        }); retry after ${RETRY_AFTER_SECONDS} s`,
+        { "retry-after": String(RETRY_AFTER_SECONDS) },
+      );
+
     /** Publishes with JetStream's acknowledgement, or throws 503. */
     const publish = async (
       subject: string,
@@ -266,38 +297,74 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       try {
         return await js.publish(subject, data, { msgID, headers: h, timeout: publishTimeout });
       } catch (error) {
-        throw new HttpError(
-          503,
-          `Cannot store batch ${msgID}: JetStream cannot take writes now (${
-            errorText(error)
-          }); retry after ${RETRY_AFTER_SECONDS} s`,
-          { "retry-after": String(RETRY_AFTER_SECONDS) },
-        );
+        throw unavailable(msgID, error);
       }
     };
 
+    /**
+     * Publishes batch `hostname:sequence`'s ownership entry, with its digest, unless one is
+     * there: returns the entry's stream sequence (the earlier one's for a retry); throws 409
+     * when the entry there has another digest (a reused sequence), 503 when JetStream fails.
+     */
+    const claimBatch = async (
+      hostname: string,
+      sequence: number,
+      digest: Uint8Array,
+      heartbeats: Uint8Array,
+    ): Promise<number> => {
+      const id = `${hostname}:${sequence}`;
+      const subject = ownershipSubject(hostname, sequence);
+      const h = headers();
+      h.set(HEADERS.digest, Buffer.from(digest).toString("hex"));
+      try {
+        const ack = await js.publish(subject, heartbeats, {
+          headers: h,
+          expect: { lastSubjectSequence: 0 },
+          timeout: publishTimeout,
+        });
+        return ack.seq;
+      } catch (error) {
+        const there = error instanceof JetStreamApiError &&
+          error.code === JetStreamApiCodes.StreamWrongLastSequence;
+        if (!there) throw unavailable(id, error);
+      }
+      let stored: StoredMsg | null;
+      try {
+        stored = await jsm.streams.getMessage(STREAMS.ownership, { last_by_subj: subject });
+      } catch (error) {
+        throw unavailable(id, error);
+      }
+      // Gone since (past the retention): published again on the agent's next try.
+      if (stored === null) throw unavailable(id, new Error(`entry ${subject} expired`));
+      const storedDigest = Buffer.from(stored.header.get(HEADERS.digest), "hex");
+      if (storedDigest.length !== digest.length || !timingSafeEqual(storedDigest, digest)) {
+        throw new HttpError(409, batchConflict(hostname, sequence, storedDigest, digest).message);
+      }
+      return stored.seq;
+    };
+
     const backend: CollectorBackend = {
-      async ingest(batch, _cbor, body): Promise<IngestResult> {
+      async ingest(batch, cbor): Promise<IngestResult> {
         const hostname = batch.header.host.hostname;
-        const id = `${hostname}:${batch.header.sequence}`;
+        const sequence = batch.header.sequence;
+        const id = `${hostname}:${sequence}`;
         try {
-          const heartbeats = attributor.heartbeats(hostname, batch.flows);
-          let ownershipSeq = 0;
-          if (heartbeats.ranges.length > 0 || heartbeats.shared.size > 0) {
-            ownershipSeq =
-              (await publish(SUBJECTS.ownership, encodeHeartbeats(heartbeats), id)).seq;
-          }
+          const digest = batchDigest(cbor);
+          const heartbeats = encodeHeartbeats(attributor.heartbeats(hostname, batch.flows));
+          const ownershipSeq = await claimBatch(hostname, sequence, digest, heartbeats);
           const h = headers();
-          h.set(HEADERS.receivedNs, `${now()}`);
           h.set(HEADERS.ownershipSeq, `${ownershipSeq}`);
-          if (body.encoding !== null) h.set(HEADERS.encoding, body.encoding);
-          const ack = await publish(SUBJECTS.batches, body.bytes, id, h);
+          const entry = prepareBatch(batch, digest, now());
+          const ack = await publish(SUBJECTS.batches, encodeBatchEntry(entry), id, h);
           stats.batchesIn++;
-          if (ack.duplicate) stats.batchesRepeated++;
+          // A retry the digest names but JetStream took again (its window was over) is stored
+          // again: the sink keeps one row per flow.
+          const duplicate = ack.duplicate;
+          if (duplicate) stats.batchesRepeated++;
           return {
-            duplicate: ack.duplicate,
+            duplicate,
             hostname,
-            sequence: batch.header.sequence,
+            sequence,
             flows: batch.flows.length,
             repeatedFlows: 0,
             updatedFlows: 0,
@@ -333,36 +400,32 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       close: () => {},
     };
 
-    const decodeBody = async (body: BatchBody): Promise<DecodedBatch> =>
-      decode(await decodeContent(body.bytes, body.encoding, maxDecompressed));
-
     /** Attributes one batch of `FLOW_BATCHES`; see the module documentation. */
     const attributeBatch = async (m: JsMsg) => {
-      const body = { bytes: m.data, encoding: m.headers?.get(HEADERS.encoding) || null };
-      const receivedNs = BigInt(m.headers?.get(HEADERS.receivedNs) || `${now()}`);
       const ownershipSeq = Number(m.headers?.get(HEADERS.ownershipSeq) || 0);
       if (!await replica.waitFor(ownershipSeq, STALL_MS)) {
         throw new Error(
           `the ownership map has entry ${replica.applied}, the batch needs ${ownershipSeq}`,
         );
       }
-      const batch = await decodeBody(body);
-      const host = batch.header.host.hostname;
-      const id = `${host}:${batch.header.sequence}`;
-      const verdicts: Verdict[] = batch.flows.map((f) =>
-        attributor.attribute(attributor.endpoint(host, f))
-      );
-      const held = verdicts.flatMap((v, i) => v.status === "pending" ? [i] : []);
-      const indexes = batch.flows.map((_, i) => i);
+      const batch = decodeBatchEntry(m.data);
+      const id = `${batch.hostname}:${batch.sequence}`;
+      const count = batch.remoteKeys.length;
+      const verdicts: Verdict[] = new Array(count);
+      const indexes: number[] = new Array(count);
+      const held: number[] = [];
+      for (let i = 0; i < count; i++) {
+        verdicts[i] = attributor.attribute(endpointOf(batch, i));
+        indexes[i] = i;
+        if (verdicts[i].status === "pending") held.push(i);
+      }
       await js.publish(
         SUBJECTS.flows,
-        encodeAttributed({ body, receivedNs, indexes, version: 0, verdicts }),
+        encodeAttributed({ batch, indexes, version: 0, verdicts }),
         { msgID: `${id}:0` },
       );
       if (held.length > 0) {
-        await js.publish(SUBJECTS.held, encodeHeld({ body, receivedNs, indexes: held }), {
-          msgID: id,
-        });
+        await js.publish(SUBJECTS.held, encodeHeld({ batch, indexes: held }), { msgID: id });
       }
       await m.ackAck();
       stats.batchesAttributed++;
@@ -371,12 +434,9 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     /** Tries the held flows of one batch of `FLOW_HELD` again. */
     const settleHeld = async (m: JsMsg) => {
       const entry = decodeHeld(m.data);
-      const batch = await decodeBody(entry.body);
-      const host = batch.header.host.hostname;
-      const expired = now() >= entry.receivedNs + holdNs;
-      const verdicts = entry.indexes.map((i) =>
-        attributor.attribute(attributor.endpoint(host, batch.flows[i]))
-      );
+      const { batch } = entry;
+      const expired = now() >= batch.receivedNs + holdNs;
+      const verdicts = entry.indexes.map((i) => attributor.attribute(endpointOf(batch, i)));
       if (!expired && verdicts.some((v) => v.status === "pending")) {
         m.nak(holdRetryMs);
         stats.heldRetried++;
@@ -389,42 +449,42 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
           version: 1,
           verdicts: verdicts.map((v) => v.status === "pending" ? { status: "unattributed" } : v),
         }),
-        { msgID: `${host}:${batch.header.sequence}:1` },
+        { msgID: `${batch.hostname}:${batch.sequence}:1` },
       );
       await m.ackAck();
       stats.heldSettled++;
     };
 
-    /** Inserts a run of `FLOW_OUTPUT` entries into ClickHouse, then acknowledges them. */
+    /**
+     * Inserts a run of `FLOW_OUTPUT` entries into ClickHouse, then acknowledges them: each
+     * flow's row as ingest wrote it with its verdict appended, and each batch's row once.
+     */
     const sinkEntries = async (messages: JsMsg[]) => {
-      const rows: FlowRow[] = [];
+      const flowRows = new RowBinaryWriter(1 << 20);
+      const batchRows = new RowBinaryWriter();
       const revocations = [];
+      let count = 0;
       for (const m of messages) {
         if (m.subject === SUBJECTS.revocations) {
           revocations.push(...decodeRevocations(m.data).revocations);
           continue;
         }
         const entry = decodeAttributed(m.data);
-        const batch = await decodeBody(entry.body);
-        const host = batch.header.host.hostname;
+        const { batch } = entry;
+        const rows = gunzipSync(batch.flowRows);
+        const offsets = batch.rowOffsets;
         entry.indexes.forEach((index, i) => {
-          const flow = batch.flows[index];
-          rows.push({
-            hostname: host,
-            sequence: batch.header.sequence,
-            index,
-            version: entry.version,
-            flow,
-            remoteKey: ipKey(host, flow.remoteIp),
-            verdict: entry.verdicts[i],
-            receivedNs: entry.receivedNs,
-          });
+          flowRows.raw(rows.subarray(offsets[index], offsets[index + 1]));
+          writeVerdict(flowRows, entry.version, entry.verdicts[i]);
         });
+        count += entry.indexes.length;
+        if (entry.version === 0) batchRows.raw(batch.batchRow);
       }
-      await store!.insertFlows(rows);
+      await store!.insertFlowRows(flowRows.bytes());
+      await store!.insertBatchRows(batchRows.bytes());
       await store!.insertRevocations(revocations);
       for (const m of messages) m.ack();
-      stats.sinkRows += rows.length;
+      stats.sinkRows += count;
     };
 
     // Each loop fetches for at most a second, so it sees `stopping` soon after close().
@@ -469,13 +529,9 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         try {
           await handle(m);
         } catch (error) {
-          // A batch that does not decode is dropped (ingest validated it: only a bug gets
-          // here); an entry of a newer version waits for a node that reads it; any other
-          // failure is tried again soon.
-          if (error instanceof WireFormatError) {
-            log("error", `Cannot ${what} entry ${m.seq}: ${errorText(error)} (dropped)`);
-            m.term();
-          } else if (error instanceof EntryError) {
+          // An entry of a newer version (or unreadable) waits for a node that reads it; any
+          // other failure is tried again soon.
+          if (error instanceof EntryError) {
             log(
               "warn",
               `Cannot ${what} entry ${m.seq}: ${errorText(error)} (left for another node)`,
@@ -545,6 +601,36 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     await closeAll();
     throw error;
   }
+}
+
+/**
+ * A validated batch as `FLOW_BATCHES` carries it: its rows for ClickHouse and the remote ends
+ * attribution looks up, so that no later stage decodes the batch again.
+ */
+function prepareBatch(batch: DecodedBatch, digest: Uint8Array, receivedNs: bigint): BatchEntry {
+  const { header, flows } = batch;
+  const hostname = header.host.hostname;
+  const rows = new RowBinaryWriter(flows.length * 320 + 64);
+  const rowOffsets = new Uint32Array(flows.length + 1);
+  const remoteKeys: string[] = new Array(flows.length);
+  for (let i = 0; i < flows.length; i++) {
+    rowOffsets[i] = rows.length;
+    remoteKeys[i] = ipKey(hostname, flows[i].remoteIp);
+    writeFlowRow(rows, hostname, header.sequence, i, flows[i], remoteKeys[i], receivedNs);
+  }
+  rowOffsets[flows.length] = rows.length;
+  const batchRow = new RowBinaryWriter(256);
+  writeBatchRow(batchRow, header, receivedNs, digest);
+  return {
+    hostname,
+    sequence: header.sequence,
+    receivedNs,
+    batchRow: batchRow.bytes(),
+    flowRows: gzipSync(rows.bytes(), { level: ROWS_GZIP_LEVEL }),
+    rowOffsets,
+    remoteKeys,
+    endpoints: packEndpoints(flows),
+  };
 }
 
 function seconds(s: number): bigint {

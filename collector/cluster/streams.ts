@@ -4,10 +4,12 @@
  * ({@linkcode ensureStreams}); `flowexporter collector check --nats` compares what exists with
  * what is expected ({@linkcode checkStreams}).
  *
- * - `FLOW_BATCHES` (work queue): validated batch bodies as received, message ID
+ * - `FLOW_BATCHES` (work queue): validated batches as ingest prepared them, message ID
  *   `hostname:sequence`; the durable `attribution` consumer shares them between nodes.
- * - `FLOW_OWNERSHIP` (log, kept `retention` long): each batch's merged heartbeats; every node
- *   reads all of it into its ownership map.
+ * - `FLOW_OWNERSHIP` (log, kept `retention` long): each batch's merged heartbeats, on a subject
+ *   of its own (`ownershipSubject`) with the SHA-256 of the batch body in a header, written only
+ *   where none is (JetStream's expected last subject sequence 0): a reused sequence with other
+ *   content is found there and refused (409). Every node reads all of it into its map.
  * - `FLOW_HELD` (work queue): flows whose remote owner was unknown, redelivered (`nak` with a
  *   delay) until a heartbeat settles them or the hold time is over; durable `hold`.
  * - `FLOW_OUTPUT` (log, for any downstream consumer): attributed flows by batch, settlements
@@ -26,16 +28,26 @@ import {
   StorageType,
   type StreamConfig,
 } from "@nats-io/jetstream";
+import { Buffer } from "node:buffer";
 import { errorText } from "../../lib/error_text.ts";
 
 /** Subjects the cluster publishes on. */
 export const SUBJECTS = {
   batches: "flowexporter.batches",
-  ownership: "flowexporter.ownership",
+  ownership: "flowexporter.ownership.>",
   held: "flowexporter.held",
   flows: "flowexporter.flows",
   revocations: "flowexporter.revocations",
 } as const;
+
+/**
+ * The subject of batch `hostname:sequence`'s entry in `FLOW_OWNERSHIP`: the host name in
+ * base64url (a name may hold characters a subject may not).
+ */
+export function ownershipSubject(hostname: string, sequence: number): string {
+  const name = Buffer.from(hostname).toString("base64url");
+  return `${SUBJECTS.ownership.slice(0, -1)}${name === "" ? "-" : name}.${sequence}`;
+}
 
 /** Stream names. */
 export const STREAMS = {
@@ -54,12 +66,10 @@ export const CONSUMERS = {
 
 /** Headers a node sets on what it publishes. */
 export const HEADERS = {
-  /** When the node received the batch, ns since the epoch. */
-  receivedNs: "Flowexporter-Received-Ns",
   /** The batch's entry in `FLOW_OWNERSHIP`: attribute it once the map has it. */
   ownershipSeq: "Flowexporter-Ownership-Seq",
-  /** The batch body's `Content-Encoding` (absent: none). */
-  encoding: "Flowexporter-Content-Encoding",
+  /** SHA-256 of the batch body (hex), on its ownership entry. */
+  digest: "Flowexporter-Batch-Digest",
 } as const;
 
 /** What the streams are sized by. */
