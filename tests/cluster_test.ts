@@ -19,7 +19,7 @@ import { Buffer } from "node:buffer";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { batchConflict, batchDigest } from "../collector/ingest.ts";
 import { encodeBatch, encodeFlow, SCHEMA_VERSION } from "../lib/wire.ts";
-import { postBatch } from "./_batches.ts";
+import { interimOf, postBatch } from "./_batches.ts";
 import { CollectorProcess } from "./_collector.ts";
 import {
   clusterServersInstalled,
@@ -289,6 +289,56 @@ Deno.test({
         [[40001, "attributed", "workload-a"], [40002, "attributed", "workload-b"]],
       );
     });
+
+    await t.step(
+      "interim records are heartbeats: a long flow is stored once, at its close",
+      async () => {
+        // A connection from 100 s to 500 s: interim records every 100 s, then the final ones.
+        const client = recentFlow({
+          local: "10.50.0.1:40000",
+          remote: "10.60.0.1:5432",
+          workload: "reporting",
+          startS: 100,
+          endS: 500,
+        });
+        const server = recentFlow({
+          local: "10.60.0.1:5432",
+          remote: "10.50.0.1:40000",
+          workload: "warehouse",
+          startS: 100,
+          endS: 500,
+          direction: "inbound",
+        });
+        const at = (s: number) => ({ tEndNs: client.tStartNs + BigInt(s - 100) * 1_000_000_000n });
+        let sequence = 0;
+        for (const s of [200, 300, 400]) {
+          sequence++;
+          await postUntilStored(
+            () => [nodes[sequence % 2].url],
+            testBatch("reporter", sequence, [{ ...interimOf(client, 0), ...at(s) }]),
+          );
+          await postUntilStored(
+            () => [nodes[(sequence + 1) % 2].url],
+            testBatch("warehouse", sequence, [{ ...interimOf(server, 0), ...at(s) }]),
+          );
+        }
+        await postUntilStored(() => [nodes[0].url], testBatch("reporter", 4, [client]));
+        await postUntilStored(() => [nodes[1].url], testBatch("warehouse", 4, [server]));
+        await waitUntil("both ends stored", async () => {
+          const rows = [...await flowsOf(store, "reporter"), ...await flowsOf(store, "warehouse")];
+          return rows.length === 2 && await settled(true);
+        });
+        const rows = [...await flowsOf(store, "reporter"), ...await flowsOf(store, "warehouse")];
+        assert.deepEqual(
+          rows.map((f) => [f.recordKind, f.end, f.tEndNs, f.attribution, f.remoteWorkloadId]),
+          [
+            ["final", "normal", client.tEndNs, "attributed", "warehouse"],
+            ["final", "normal", server.tEndNs, "attributed", "reporting"],
+          ],
+        );
+        assert.deepEqual(await store.flows({ recordKind: "interim" }), [], "none open");
+      },
+    );
 
     await t.step("a node that starts rebuilds the ownership map from the log", async () => {
       const node = await startNode(cluster.natsUrls, undefined, "c");

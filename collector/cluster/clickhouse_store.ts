@@ -253,6 +253,8 @@ export class ClickHouseStore implements AsyncDisposable {
 
   /** Flows matching `filter`, by start time, each once, with revocations applied. */
   async flows(filter: FlowFilter = {}): Promise<StoredFlow[]> {
+    // Nodes store closed flows only (interim records are heartbeats there): none is open.
+    if (filter.recordKind === "interim") return [];
     const where: string[] = [];
     if (filter.fromNs !== undefined) where.push(`t_start_ns >= ${filter.fromNs}`);
     if (filter.toNs !== undefined) where.push(`t_start_ns < ${filter.toNs}`);

@@ -608,7 +608,12 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
  * attribution looks up, so that no later stage decodes the batch again.
  */
 function prepareBatch(batch: DecodedBatch, digest: Uint8Array, receivedNs: bigint): BatchEntry {
-  const { header, flows } = batch;
+  const { header } = batch;
+  // Interim records of open connections are heartbeats only (learned at ingest): the cluster
+  // stores each flow once, at its close, attributed by its start like any other.
+  const flows = batch.flows.some((f) => f.recordKind === "interim")
+    ? batch.flows.filter((f) => f.recordKind === "final")
+    : batch.flows;
   const hostname = header.host.hostname;
   const rows = new RowBinaryWriter(flows.length * 320 + 64);
   const rowOffsets = new Uint32Array(flows.length + 1);

@@ -54,6 +54,9 @@ export class OwnershipReplica {
   private constructor(options: ReplicaOptions, target: number) {
     this.#options = options;
     this.attributor = new Attributor(options);
+    // The log holds what the retention kept, not what came before: a key it replays answers
+    // nothing before the horizon (see OwnershipMap), as no evidence before it is at hand.
+    this.attributor.prune(options.now() - options.retentionNs);
     this.caughtUp = (async () => {
       // Each wait that times out restarts a stalled reader (see waitFor).
       while (!await this.waitFor(target, STALL_MS)) if (this.#stop === undefined) return false;
