@@ -521,11 +521,12 @@ function readBatch(r: CborReader, { offsets, unknownKeyAt }: BatchLayout): Decod
   const layout = FLOW_LAYOUTS[version];
   const flows: FlowRecord[] = new Array(count);
   const slots: unknown[] = new Array(FLOW_KEYS.length);
+  const addresses = new AddressArena(count);
   let bootId = NO_BOOT_ID;
   for (let i = 0; i < count; i++) {
     const where = `Flow ${i}`;
     readEntries(r, layout.keys, slots, where, "the flow", "");
-    flows[i] = decodeFlow(slots, where, layout, bootId);
+    flows[i] = decodeFlow(slots, where, layout, bootId, addresses);
     bootId = flows[i].bootId;
   }
   return { header, flows };
@@ -981,12 +982,14 @@ function textLength(value: unknown): number {
  * Checks one flow of a batch, read into `m` by key (see {@linkcode readEntries}).
  *
  * @param previousBootId the previous flow's boot ID, shared with this flow when the same
+ * @param addresses where its addresses are copied to
  */
 function decodeFlow(
   m: readonly unknown[],
   where: string,
   layout: FlowLayout,
   previousBootId: Uint8Array,
+  addresses: AddressArena,
 ): FlowRecord {
   const family = m[4];
   if (family !== 4 && family !== 6) {
@@ -1000,9 +1003,9 @@ function decodeFlow(
     bootId,
     cookie,
     family,
-    localIp: bytes(m[0], where, "local_ip"),
+    localIp: addresses.copy(bytes(m[0], where, "local_ip")),
     localPort: uint(m[5], 0xffff, where, "local_port"),
-    remoteIp: bytes(m[6], where, "remote_ip"),
+    remoteIp: addresses.copy(bytes(m[6], where, "remote_ip")),
     remotePort: uint(m[7], 0xffff, where, "remote_port"),
     localWorkloadId: text(m[1], where, "local_workload_id"),
     identitySource: enumeration(m[8], IDENTITY_SOURCES, where, "identity_source"),
@@ -1158,7 +1161,32 @@ function bytes(value: unknown, where: string, name: string): Uint8Array {
   if (!(value instanceof Uint8Array)) {
     throw new WireFormatError(`${where}: ${name} must be a byte string, got ${describe(value)}`);
   }
-  return new Uint8Array(value); // a plain copy, not a view into the whole batch
+  return value;
+}
+
+/**
+ * The flows' addresses, copied out of the body into one buffer per batch (a copy each would cost
+ * a buffer of its own each, and a view of the body would keep the whole body alive).
+ */
+class AddressArena {
+  readonly #buffer: Uint8Array;
+  #used = 0;
+
+  /** @param flows flows to make room for: two addresses of at most 16 bytes each */
+  constructor(flows: number) {
+    this.#buffer = new Uint8Array(flows * 32);
+  }
+
+  /** A copy of `address` (a longer one, which the decoder refuses next, gets its own buffer). */
+  copy(address: Uint8Array): Uint8Array {
+    const start = this.#used;
+    if (address.length > 16 || start + address.length > this.#buffer.length) {
+      return new Uint8Array(address);
+    }
+    this.#buffer.set(address, start);
+    this.#used = start + address.length;
+    return this.#buffer.subarray(start, this.#used);
+  }
 }
 
 function uint(value: unknown, max: number, where: string, name: string): number {

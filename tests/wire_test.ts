@@ -396,6 +396,21 @@ Deno.test("encodeBatch() writes only the schema version it knows", () => {
   });
 });
 
+Deno.test("decodeBatch() copies the addresses out of the body", () => {
+  const records = [syntheticFlow(1), syntheticFlow(2)];
+  const body = batchOf(records);
+  const { flows } = decodeBatch(body);
+  for (const f of flows) {
+    assert.notEqual(f.localIp.buffer, body.buffer);
+    assert.notEqual(f.remoteIp.buffer, body.buffer);
+  }
+  body.fill(0);
+  assert.deepEqual(
+    flows.map((f) => [f.localIp, f.remoteIp]),
+    records.map((r) => [r.localIp, r.remoteIp]),
+  );
+});
+
 Deno.test("decodeBatch() reads version 1 and 2 batches, whose flows have no flow ID", async (t) => {
   /** A batch of `version` from a version-4 one: flows without keys 24 to 26 (25 for 3). */
   const older = (version: number, mutate = (_flows: Map<number, unknown>[]) => {}) =>
