@@ -220,8 +220,8 @@ function watchMapFill(maps: FdMap[], log: Log): Disposable {
 const INTERIM_BUFFER_BYTES = 256 * 1024;
 
 /**
- * Starts the interim pass at each window end (issue 14), unless `interim_interval` is 0; the
- * pass's records go to `take`.
+ * Starts the interim pass at each window end, unless `interim_interval` is 0; the pass's
+ * records go to `take`.
  */
 function startInterimPasses(
   v: Config,
