@@ -103,16 +103,17 @@ kernelTest(
 );
 
 /**
- * Runs a collector keeping ownership for 10 s and an agent with 1 s windows, holds a connection
- * between two workloads' addresses open for 24 s, closes it, and returns how the collector
- * attributed its two ends. The retention leaves a loaded host seconds of slack: each end's range
- * lives on while its next interim record arrives within 10 s of the last one's snapshot.
+ * Runs a collector keeping ownership for 30 s and an agent with 1 s windows, holds a connection
+ * between two workloads' addresses open for 45 s, closes it, and returns how the collector
+ * attributed its two ends. Each end's range lives on while its next interim record arrives within
+ * 30 s of the last one's snapshot. The agent ships every flow on the host: beside the suite's
+ * 20,000 flows/s churn its batches arrived over 10 s late once (a 10 s retention broke the chain).
  */
 async function attributionOfALongConnection(interimInterval: string): Promise<unknown[][]> {
   const dir = await Deno.makeTempDir({ prefix: "interim_agent_kernel_test_" });
   try {
     await using collector = await CollectorProcess.start(`${dir}/flows.db`, {
-      args: ["--retention-seconds", "10"],
+      args: ["--retention-seconds", "30"],
     });
     await using agent = await AgentProcess.start([
       ...["--collector-url", collector.batchesUrl, "--batch-interval", "1s"],
@@ -130,7 +131,7 @@ async function attributionOfALongConnection(interimInterval: string): Promise<un
       localAddress: clientIp,
     });
     const server = await listener.accept();
-    await delay(24_000); // well past the collector's retention
+    await delay(45_000); // past the collector's retention, and its pruning every 7.5 s
     const closed = new Promise((resolve) => client.on("close", resolve).resume());
     client.end();
     await readEof(server);
