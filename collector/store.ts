@@ -235,6 +235,9 @@ function flowColumns(first: string, last: string): string[] {
  */
 const LATEST_COLUMNS = ["record_kind", "t_end_ns", ...flowColumns("close_state", "lost")];
 
+/** Where each of {@linkcode LATEST_COLUMNS} is in a row's values (`FLOW_COLUMNS` order). */
+const LATEST_INDEXES = LATEST_COLUMNS.map((c) => FLOW_COLUMNS.indexOf(c));
+
 /** The counters a flow's records sample, cumulative since its start. */
 const SAMPLE_COUNTERS = flowColumns("bytes_sent", "segs_in");
 
@@ -502,11 +505,12 @@ export class FlowStore {
         const f = w.flows[i];
         const v = w.verdicts[i];
         const known = hasFlowId(f);
-        const row = insert.get(
+        const flowId = known ? encodeFlowId(f.bootId, f.cookie) : null;
+        const values = [
           id,
           batchId,
           hostname,
-          known ? encodeFlowId(f.bootId, f.cookie) : null,
+          flowId,
           f.recordKind,
           i64(f.tStartNs),
           i64(f.tEndNs),
@@ -538,11 +542,26 @@ export class FlowStore {
           v.workload ?? null,
           v.ownerKey ?? null,
           w.receivedNs,
-        );
-        // No row: a repeat, or older than the stored record. Another id: an open flow moved on.
-        const stored = row === undefined ? 0 : Number(row.id);
-        ids[i] = stored === id ? id++ : 0;
-        if (stored !== 0 && stored !== ids[i]) updated++;
+        ];
+        let stored = 0;
+        if (Number(insert.run(...values).changes) !== 0) {
+          stored = id;
+          ids[i] = id++;
+        } else {
+          // Its flow ID is stored: a later record of an open flow moves it on; a repeat, or a
+          // record older than the stored one, changes nothing.
+          ids[i] = 0;
+          const row = flowId === null ? undefined : s.moveOn.get(
+            ...LATEST_INDEXES.map((k) => values[k]),
+            flowId,
+            f.recordKind,
+            i64(f.tEndNs),
+          );
+          if (row !== undefined) {
+            stored = Number(row.id);
+            updated++;
+          }
+        }
         if (stored !== 0 && (f.recordKind === "interim" || ids[i] === 0)) {
           s.insertSample.run(
             stored,
@@ -852,15 +871,18 @@ function prepareWriters(db: DatabaseSync) {
         "recursion_misses, spool_evictions, received_ns, digest) " +
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     ),
-    // RETURNING id: this row's id when inserted, the stored flow's when it moved it on, no
-    // row when it changed nothing. The stored flow moves on only while open, to a later record.
     insertFlow: prepare(
       `INSERT INTO flows (${FLOW_COLUMNS.join(", ")}) VALUES (${
         FLOW_COLUMNS.map(() => "?").join(",")
-      }) ON CONFLICT (flow_id) WHERE flow_id IS NOT NULL DO UPDATE SET ${
-        LATEST_COLUMNS.map((c) => `${c} = excluded.${c}`).join(", ")
-      } WHERE flows.record_kind = 'interim' AND ` +
-        `(excluded.record_kind = 'final' OR excluded.t_end_ns > flows.t_end_ns) RETURNING id`,
+      }) ON CONFLICT (flow_id) WHERE flow_id IS NOT NULL DO NOTHING`,
+    ),
+    // A stored flow moves on only while open, to a later record (or its final one); RETURNING
+    // its id when it did. Run only when the insert found the flow ID stored: the common record
+    // (a new flow) costs the plain insert it always did.
+    moveOn: prepare(
+      `UPDATE flows SET ${LATEST_COLUMNS.map((c) => `${c} = ?`).join(", ")} ` +
+        "WHERE flow_id = ? AND record_kind = 'interim' AND (? = 'final' OR t_end_ns < ?) " +
+        "RETURNING id",
     ),
     insertSample: prepare(
       `INSERT OR IGNORE INTO flow_samples (flow, t_ns, record_kind, ${
