@@ -61,6 +61,28 @@ export interface IngestResult {
 }
 
 /** Ownership is pruned this often at most, and four times per retention period at least. */
+/**
+ * The result of a batch taken without ingesting its flows here: a repeat, or (`duplicate` false)
+ * a batch a cluster node handed on to the stage that attributes it.
+ */
+export function batchTaken(
+  batch: DecodedBatch,
+  duplicate: boolean,
+): IngestResult {
+  return {
+    duplicate,
+    hostname: batch.header.host.hostname,
+    sequence: batch.header.sequence,
+    flows: batch.flows.length,
+    repeatedFlows: 0,
+    updatedFlows: 0,
+    attributed: 0,
+    pending: 0,
+    unattributed: 0,
+    settled: 0,
+  };
+}
+
 const PRUNE_EVERY_NS = 60_000_000_000n;
 
 /**
@@ -207,7 +229,6 @@ export class Ingestor {
   ingest(batch: DecodedBatch, digest?: Uint8Array): IngestResult {
     const { header, flows } = batch;
     const hostname = header.host.hostname;
-    const base = { hostname, sequence: header.sequence, flows: flows.length };
     const stored = this.#store.batchDigest(hostname, header.sequence);
     if (stored !== undefined) {
       if (
@@ -216,16 +237,7 @@ export class Ingestor {
       ) {
         throw batchConflict(hostname, header.sequence, stored, digest);
       }
-      return {
-        ...base,
-        duplicate: true,
-        repeatedFlows: 0,
-        updatedFlows: 0,
-        attributed: 0,
-        pending: 0,
-        unattributed: 0,
-        settled: 0,
-      };
+      return batchTaken(batch, true);
     }
     checkInterimCounters(this.#store, flows);
     const now = this.#now();
@@ -295,8 +307,7 @@ export class Ingestor {
     this.#store.resolve(attributor.expire(now));
     const repeatedFlows = notNew - updated;
     return {
-      ...base,
-      duplicate: false,
+      ...batchTaken(batch, false),
       repeatedFlows,
       updatedFlows: updated,
       attributed,
@@ -359,15 +370,15 @@ const MONOTONIC_COUNTERS = [
  * @throws {ImplausibleBatchError} naming the flow, the field and both values
  */
 function checkInterimCounters(store: FlowStore, flows: readonly FlowRecord[]): void {
-  const interim = new Set<string>();
-  for (const f of flows) if (f.recordKind === "interim" && hasFlowId(f)) interim.add(flowKey(f));
+  // The cookies of the interim records pick the records to look at without a key for each.
+  const interim = new Set<bigint>();
+  for (const f of flows) if (f.recordKind === "interim" && hasFlowId(f)) interim.add(f.cookie);
   if (interim.size === 0) return;
   const latest = new Map<string, LatestRecord>();
   for (let i = 0; i < flows.length; i++) {
     const f = flows[i];
-    if (!hasFlowId(f)) continue;
-    const key = flowKey(f);
-    if (!interim.has(key)) continue;
+    if (!interim.has(f.cookie) || !hasFlowId(f)) continue;
+    const key = formatFlowId(f.bootId, f.cookie);
     const known = latest.get(key) ?? store.latestRecord(encodeFlowId(f.bootId, f.cookie));
     if (known !== undefined && f.recordKind === "interim") {
       const later = f.tEndNs >= known.tEndNs;
@@ -376,19 +387,15 @@ function checkInterimCounters(store: FlowStore, flows: readonly FlowRecord[]): v
         throw new ImplausibleBatchError(
           `Flow ${i}: ${name} ${f[field]} is ${later ? "below" : "above"} the ${
             known[field]
-          } that ${later ? "an earlier" : "a later"} record of flow ${
-            formatFlowId(f.bootId, f.cookie)
-          } reported at t_end_ns ${known.tEndNs} (the counters of one flow never go backwards)`,
+          } that ${
+            later ? "an earlier" : "a later"
+          } record of flow ${key} reported at t_end_ns ${known.tEndNs} (the counters of one flow never go backwards)`,
         );
       }
     }
     if (known === undefined || f.tEndNs >= known.tEndNs) latest.set(key, f);
     else latest.set(key, known);
   }
-}
-
-function flowKey(f: FlowRecord): string {
-  return `${hex(f.bootId)}:${f.cookie}`;
 }
 
 /** Whole seconds of `ns`, rounded down, for messages. */

@@ -113,26 +113,16 @@ const SAFE_64 = [
 ];
 /** A workload ID byte JSON.stringify writes as it is: printable ASCII but `"` and `\`. */
 const isPlainJson = (c: number) => c >= 0x20 && c < 0x80 && c !== 0x22 && c !== 0x5c;
-/** The counters after `close_seen_by`, in the order of formatFlowJson: key, record field. */
-const COUNTERS_64 = (
-  [
-    ["bytes_sent", RECORD_OFFSETS.bytes_sent],
-    ["bytes_retrans", RECORD_OFFSETS.bytes_retrans],
-    ["bytes_acked", RECORD_OFFSETS.bytes_acked],
-    ["bytes_received", RECORD_OFFSETS.bytes_received],
-  ] as const
-).map(([key, field]) => [ascii(`,"${key}":`), field] as const);
-const COUNTERS_32 = (
-  [
-    ["segs_out", RECORD_OFFSETS.segs_out],
-    ["segs_in", RECORD_OFFSETS.segs_in],
-    ["total_retrans", RECORD_OFFSETS.total_retrans],
-    ["srtt_us", RECORD_OFFSETS.srtt_us],
-    ["min_rtt_us", RECORD_OFFSETS.min_rtt_us],
-    ["delivered", RECORD_OFFSETS.delivered],
-    ["lost", RECORD_OFFSETS.lost],
-  ] as const
-).map(([key, field]) => [ascii(`,"${key}":`), field] as const);
+/**
+ * The counters after `close_seen_by`, in the order of formatFlowJson: each key (named as its
+ * record member) and the member's offset.
+ */
+const counterKeys = (members: readonly (keyof typeof RECORD_OFFSETS)[]) =>
+  members.map((member) => [ascii(`,"${member}":`), RECORD_OFFSETS[member]] as const);
+const COUNTERS_64 = counterKeys(["bytes_sent", "bytes_retrans", "bytes_acked", "bytes_received"]);
+const COUNTERS_32 = counterKeys(
+  ["segs_out", "segs_in", "total_retrans", "srtt_us", "min_rtt_us", "delivered", "lost"],
+);
 
 /**
  * Writes kernel records (`struct fe_flow`) as JSON lines straight into bytes, each exactly the

@@ -47,7 +47,7 @@ import { MetricsRegistry } from "../../lib/metrics.ts";
 import { HttpError } from "../_http_body.ts";
 import { ipKey } from "../_keys.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
-import { batchConflict, batchDigest, type IngestResult } from "../ingest.ts";
+import { batchConflict, batchDigest, batchTaken, type IngestResult } from "../ingest.ts";
 import {
   type CollectorBackend,
   type CollectorServer,
@@ -361,18 +361,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
           // again: the sink keeps one row per flow.
           const duplicate = ack.duplicate;
           if (duplicate) stats.batchesRepeated++;
-          return {
-            duplicate,
-            hostname,
-            sequence,
-            flows: batch.flows.length,
-            repeatedFlows: 0,
-            updatedFlows: 0,
-            attributed: 0,
-            pending: 0,
-            unattributed: 0,
-            settled: 0,
-          };
+          return batchTaken(batch, duplicate);
         } catch (error) {
           if (error instanceof HttpError && error.status === 503) stats.batchesRefused++;
           throw error;
