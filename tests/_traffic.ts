@@ -194,6 +194,94 @@ export async function churn(host: string, n: number, concurrency = 8): Promise<n
   return port;
 }
 
+/** A grid of listeners for the C churn generator: `addrs` addresses from `firstAddr` × `ports`. */
+export interface ChurnGrid {
+  firstAddr: string;
+  addrs: number;
+  portBase: number;
+  ports: number;
+}
+
+/** What the C churn generator reports (bench/churn.c). */
+export interface ChurnResult {
+  connections: number;
+  /** Connects that failed before their SYN: no socket state changed, so no record. */
+  unsent: number;
+  accepted: number;
+  /** Client sockets that started a connect plus accepted ones: one record each. */
+  sockets_closed: number;
+}
+
+const CHURN = new URL("../build/churn", import.meta.url).pathname;
+
+/**
+ * TCP states a socket leaves only by a later close: while one of the grid's sockets is in
+ * one, its record is still to come. TIME_WAIT follows a close; SYN_RECV here is a request
+ * socket no one accepted, which is not counted (and may wait a minute for SYN-ACK retries).
+ */
+const CLOSING_STATES = [
+  "syn-sent",
+  "established",
+  "fin-wait-1",
+  "fin-wait-2",
+  "close-wait",
+  "last-ack",
+  "closing",
+];
+
+/**
+ * Runs the C churn generator (`make test` builds it from bench/churn.c) on `grid`, at `rate`
+ * connections/s for `seconds`, and resolves once the kernel has closed every socket it counts.
+ * The generator exits when its last client has closed, but a client's close ends only when the
+ * server's ACK of its FIN arrives: on a busy host (a retransmit after a dropped loopback packet)
+ * that is a retransmission timeout later, after an agent stopped right away would have drained.
+ */
+export async function runChurn(
+  grid: ChurnGrid,
+  { seconds, rate }: { seconds: number; rate: number },
+): Promise<ChurnResult> {
+  const out = await new Deno.Command(CHURN, {
+    args: [
+      `--duration=${seconds}`,
+      `--rate=${rate}`,
+      `--first-addr=${grid.firstAddr}`,
+      `--addrs=${grid.addrs}`,
+      `--port-base=${grid.portBase}`,
+      `--ports=${grid.ports}`,
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output().catch((error) => {
+    throw new Error(`Cannot run ${CHURN} (make test builds it from bench/churn.c): ${error}`);
+  });
+  if (!out.success) throw new Error(`${CHURN} failed (exit ${out.code})`);
+  const result: ChurnResult = JSON.parse(new TextDecoder().decode(out.stdout));
+  await untilGridClosed(grid);
+  return result;
+}
+
+/** Waits until no socket to or from the grid's /24 is in a state that a close still ends. */
+async function untilGridClosed(grid: ChurnGrid, timeoutMs = 30_000): Promise<void> {
+  const net = `${grid.firstAddr.slice(0, grid.firstAddr.lastIndexOf("."))}.0/24`;
+  const args = ["-Htan", ...CLOSING_STATES.flatMap((s) => ["state", s])];
+  args.push(`( src ${net} or dst ${net} )`);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const out = await new Deno.Command("ss", { args, stdout: "piped", stderr: "inherit" }).output();
+    if (!out.success) throw new Error(`ss ${args.join(" ")} failed (exit ${out.code})`);
+    const open = new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean);
+    if (open.length === 0) return;
+    if (Date.now() > deadline) {
+      throw new Error(
+        `${open.length} sockets of the churn on ${net} still open after ${timeoutMs} ms: ${
+          open.slice(0, 3).join("; ")
+        }`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /**
  * A busy loop on one CPU (CPU 0 when `taskset` is there), the load under which the
  * suite must stay green: loopback retransmits, and the kernel skips tracing

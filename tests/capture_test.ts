@@ -7,12 +7,14 @@ import assert from "node:assert/strict";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
 import {
+  type ChurnResult,
   connectRefused,
   cpuHog,
   type Exchange,
   exchange,
   lowerBoundNs,
   resetByClient,
+  runChurn,
   unreachableEndpoint,
   upperBoundNs,
 } from "./_traffic.ts";
@@ -304,9 +306,6 @@ kernelTest(
   },
 );
 
-/** The C connection-churn generator of the benchmark, built by `make test`. */
-const CHURN = new URL("../build/churn", import.meta.url).pathname;
-
 kernelTest(
   "under connection churn and a busy CPU every closed socket yields exactly one record",
   async () => {
@@ -324,30 +323,17 @@ kernelTest(
     // 2 × 3000 × 2 s = 12 000 records, 3 MiB: they fit in any agent's buffer (8 MiB ring, or
     // 4 MiB of perf buffer per CPU here) even if its reader gets no CPU for the whole churn,
     // so no agent drops them, however busy the machine.
-    const churnArgs = { duration: 2, rate: 3000 };
+    const churnArgs = { seconds: 2, rate: 3000 };
     await using agent = await AgentProcess.start();
     assert.match(agent.stderrLines.join("\n"), /capturing TCP flows \(sock_ops, /);
-    let out: Deno.CommandOutput;
+    let churn: ChurnResult;
     {
       // A busy loop on CPU 0 for as long as the churn runs: tracing programs get skipped
       // under such load; sock_ops must not be.
       await using _hog = cpuHog();
-      out = await new Deno.Command(CHURN, {
-        args: [
-          ...["--duration", `${churnArgs.duration}`, "--rate", `${churnArgs.rate}`],
-          ...["--first-addr", `${net24}.1`],
-          ...["--addrs", `${grid.addrs}`, "--port-base", `${grid.portBase}`],
-          ...["--ports", `${grid.ports}`],
-        ],
-        stdout: "piped",
-        stderr: "inherit",
-      }).output().catch((error) => {
-        throw new Error(`Cannot run ${CHURN} (make test builds it from bench/churn.c): ${error}`);
-      });
+      churn = await runChurn({ firstAddr: `${net24}.1`, ...grid }, churnArgs);
     }
-    assert.ok(out.success, "the churn generator ran");
-    const churn = JSON.parse(new TextDecoder().decode(out.stdout));
-    const target = churnArgs.duration * churnArgs.rate;
+    const target = churnArgs.seconds * churnArgs.rate;
     assert.ok(churn.connections >= target / 2, `${churn.connections} of ${target} connections`);
     // A connect that fails before its SYN has no socket to count, and would have a record.
     assert.equal(churn.unsent, 0, "every connect sent its SYN");

@@ -5,9 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { AgentProcess, kernelTest } from "./_agent.ts";
+import { runChurn } from "./_traffic.ts";
 import { DEFAULT_RING_BYTES } from "../lib/capture_sizes.ts";
 
-const CHURN = new URL("../build/churn", import.meta.url).pathname;
 const MiB = 1024 * 1024;
 /** The window's byte cap for this test: windows close on it every few seconds at this rate. */
 const BATCH_MAX_BYTES = 4 * MiB;
@@ -41,19 +41,10 @@ kernelTest("30 s at 20 000 flows/s: peak RSS stays under the design's bound", as
     // The open window and the one being sealed hold at most the byte cap each (compressed, so
     // less), plus the poll buffer, the encoding chunk and V8's young generation.
     const bound = idle + 2 * BATCH_MAX_BYTES + POLL_BUFFER + CHUNK + YOUNG_GENERATION;
-    const out = await new Deno.Command(CHURN, {
-      args: [
-        "--duration=30",
-        "--rate=10000", // connections/s: two sockets closed each
-        "--first-addr=127.79.7.1",
-        "--addrs=2",
-        "--port-base=22600",
-        "--ports=2",
-      ],
-      stdout: "piped",
-    }).output();
-    assert.ok(out.success, "the churn generator ran");
-    const churn = JSON.parse(new TextDecoder().decode(out.stdout));
+    const churn = await runChurn(
+      { firstAddr: "127.79.7.1", addrs: 2, portBase: 22600, ports: 2 },
+      { seconds: 30, rate: 10_000 }, // connections/s: two sockets closed each
+    );
     const peak = status(agent.pid, "VmHWM");
     assert.equal(await agent.stop(), 0);
     const records = Number(/stopped \(records (\d+)/.exec(agent.stderrLines.join("\n"))?.[1]);

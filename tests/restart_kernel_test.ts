@@ -8,23 +8,9 @@ import type { FlowJson } from "../lib/json_lines.ts";
 import { formatFlowId } from "../lib/flow_id.ts";
 import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
 import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
+import { type ChurnGrid, type ChurnResult, runChurn } from "./_traffic.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const CHURN = new URL("../build/churn", import.meta.url).pathname;
-
-/** A churn grid of this file's own, so that other tests' flows never count here. */
-interface Grid {
-  firstAddr: string;
-  addrs: number;
-  portBase: number;
-  ports: number;
-}
-
-interface ChurnResult {
-  accepted: number;
-  sockets_closed: number;
-  connections: number;
-}
 
 /** A socket of the grid: a flow identity and which side it was. */
 interface GridSocket {
@@ -32,14 +18,14 @@ interface GridSocket {
   side: "server" | "client";
 }
 
-function onGrid(grid: Grid, ip: unknown, port: unknown): boolean {
+function onGrid(grid: ChurnGrid, ip: unknown, port: unknown): boolean {
   const prefix = grid.firstAddr.slice(0, grid.firstAddr.lastIndexOf(".") + 1);
   return typeof ip === "string" && ip.startsWith(prefix) &&
     Number(ip.slice(prefix.length)) <= grid.addrs && (port as number) >= grid.portBase &&
     (port as number) < grid.portBase + grid.ports;
 }
 
-function gridSocket(grid: Grid, r: FlowJson): GridSocket | undefined {
+function gridSocket(grid: ChurnGrid, r: FlowJson): GridSocket | undefined {
   // Server sockets have their local end on the grid; client sockets, their remote end.
   if (onGrid(grid, r.local_ip, r.local_port)) {
     return { flowId: r.flow_id as string, side: "server" };
@@ -48,26 +34,6 @@ function gridSocket(grid: Grid, r: FlowJson): GridSocket | undefined {
     return { flowId: r.flow_id as string, side: "client" };
   }
   return undefined;
-}
-
-/** Runs the C churn generator on `grid` at `rate` connections/s for `seconds`. */
-async function churn(grid: Grid, seconds: number, rate: number): Promise<ChurnResult> {
-  const out = await new Deno.Command(CHURN, {
-    args: [
-      `--duration=${seconds}`,
-      `--rate=${rate}`,
-      `--first-addr=${grid.firstAddr}`,
-      `--addrs=${grid.addrs}`,
-      `--port-base=${grid.portBase}`,
-      `--ports=${grid.ports}`,
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-  }).output().catch((error) => {
-    throw new Error(`Cannot run ${CHURN} (make test builds it from bench/churn.c): ${error}`);
-  });
-  assert.ok(out.success, "the churn generator ran");
-  return JSON.parse(new TextDecoder().decode(out.stdout));
 }
 
 /** Waits until `count()` reaches `want`, or fails after `timeoutMs` with `what`. */
@@ -109,7 +75,7 @@ kernelTest("a restart during churn loses no record and duplicates none", async (
   const first = await AgentProcess.start();
   let second: AgentProcess | undefined;
   try {
-    const running = churn(grid, 3, 2000);
+    const running = runChurn(grid, { seconds: 3, rate: 2000 });
     const mine = (a: AgentProcess) => a.records.filter((r) => gridSocket(grid, r));
     // Restart while the churn runs: once the first agent has seen some of it.
     await waitFor(() => mine(first).length, 500, "records before the restart");
@@ -176,7 +142,7 @@ kernelTest("a connection open across a restart keeps its start and its workload"
 });
 
 /** The flows of every batch in a spool directory, as grid sockets. */
-async function spooledSockets(grid: Grid, spoolDir: string): Promise<GridSocket[]> {
+async function spooledSockets(grid: ChurnGrid, spoolDir: string): Promise<GridSocket[]> {
   const sockets: GridSocket[] = [];
   for (const entry of Deno.readDirSync(spoolDir)) {
     if (!entry.isFile || !isSpooledBatch(entry.name)) continue;
@@ -199,7 +165,7 @@ kernelTest(
     const first = await AgentProcess.start(flags);
     let second: AgentProcess | undefined;
     try {
-      const running = churn(grid, 3, 2000);
+      const running = runChurn(grid, { seconds: 3, rate: 2000 });
       await waitFor(
         () => first.records.filter((r) => gridSocket(grid, r)).length,
         1000,
@@ -303,7 +269,7 @@ kernelTest(
     let second: AgentProcess | undefined;
     try {
       assert.equal(await first.stop({ keep: true }), 0);
-      const result = await churn(grid, 1, 2000);
+      const result = await runChurn(grid, { seconds: 1, rate: 2000 });
       second = await first.restart(flags);
       assert.equal(await second.stop({ keep: true }), 0);
       const drops = Number(/kernel drops (\d+)/.exec(second.stderrLines.join("\n"))?.[1]);
@@ -336,7 +302,7 @@ kernelTest("records across the end of a small ring arrive whole", async () => {
   const agent = await AgentProcess.start(["--ring-bytes", "64KiB", "--poll-ms", "5"]);
   try {
     const startNs = BigInt(Date.now() - 1000) * 1_000_000n;
-    const result = await churn(grid, 2, 1000);
+    const result = await runChurn(grid, { seconds: 2, rate: 1000 });
     const endNs = BigInt(Date.now() + 1000) * 1_000_000n;
     const mine = () => agent.records.filter((r) => gridSocket(grid, r));
     await waitFor(() => mine().length, result.sockets_closed, "the churn's records", 10_000)
