@@ -256,13 +256,16 @@ export async function runChurn(
   });
   if (!out.success) throw new Error(`${CHURN} failed (exit ${out.code})`);
   const result: ChurnResult = JSON.parse(new TextDecoder().decode(out.stdout));
-  await untilGridClosed(grid);
+  await untilGridClosed(grid.firstAddr);
   return result;
 }
 
-/** Waits until no socket to or from the grid's /24 is in a state that a close still ends. */
-async function untilGridClosed(grid: ChurnGrid, timeoutMs = 30_000): Promise<void> {
-  const net = `${grid.firstAddr.slice(0, grid.firstAddr.lastIndexOf("."))}.0/24`;
+/**
+ * Waits until no socket to or from the /24 of `firstAddr` (a churn grid's) is in a state that
+ * a close still ends: then the record of every socket the generator counted is out.
+ */
+export async function untilGridClosed(firstAddr: string, timeoutMs = 30_000): Promise<void> {
+  const net = `${firstAddr.slice(0, firstAddr.lastIndexOf("."))}.0/24`;
   const args = ["-Htan", ...CLOSING_STATES.flatMap((s) => ["state", s])];
   args.push(`( src ${net} or dst ${net} )`);
   const deadline = Date.now() + timeoutMs;
