@@ -66,6 +66,16 @@ export class SenderConfigError extends Error {
   }
 }
 
+/**
+ * A batch body to send: its bytes, or the file that holds them (a spooled batch). A file is
+ * read anew for each attempt and streamed in chunks: a body handed to fetch whole stays in
+ * memory, in V8's heap and again in the HTTP client, until a garbage collection.
+ */
+export type BatchBody = Uint8Array | { readonly path: string };
+
+/** Bytes read from a batch file per chunk of its upload. */
+const UPLOAD_CHUNK_BYTES = 64 * 1024;
+
 const RETRYABLE_4XX = new Set([408, 429]);
 const SNIPPET_CHARS = 200;
 /** Most bytes of a response body read for its snippet. */
@@ -150,14 +160,14 @@ export class Sender {
   /**
    * Sends one batch, retrying transient failures up to `maxAttempts` times in all.
    *
-   * @param body the compressed batch body
+   * @param body the compressed batch body, or the file holding it
    * @param coding how `body` is compressed (its `Content-Encoding`)
    * @param key the idempotency key, `<hostname>:<sequence>`
    * @param signal aborts the request in flight and any backoff
    * @returns delivered, rejected (do not retry), failed (retry later) or aborted
    */
   async send(
-    body: Uint8Array,
+    body: BatchBody,
     coding: BodyCoding,
     key: string,
     signal?: AbortSignal,
@@ -179,10 +189,11 @@ export class Sender {
           headers.set("Authorization", `Bearer ${await this.#readToken()}`);
         }
         const timeout = AbortSignal.timeout(timeoutMs);
+        using upload = await openBody(body);
         const response = await this.#fetch(this.#url, {
           method: "POST",
           headers,
-          body,
+          body: upload.body,
           signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
           client: this.#client,
         } as RequestInit);
@@ -266,6 +277,38 @@ export class Sender {
       });
     }
   }
+}
+
+/**
+ * The request body of one attempt. A file's is a stream (sent chunked, as it has no length
+ * fetch knows); disposing of it closes the file, once, whether or not the upload read it all.
+ */
+async function openBody(
+  body: BatchBody,
+): Promise<{ body: Uint8Array | ReadableStream<Uint8Array> } & Disposable> {
+  if (body instanceof Uint8Array) return { body, [Symbol.dispose]() {} };
+  const file = await Deno.open(body.path);
+  let open = true;
+  const close = () => {
+    if (open) {
+      open = false;
+      file.close();
+    }
+  };
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunk = new Uint8Array(UPLOAD_CHUNK_BYTES);
+      const n = await file.read(chunk);
+      if (n === null) {
+        close();
+        controller.close();
+      } else {
+        controller.enqueue(chunk.subarray(0, n));
+      }
+    },
+    cancel: close,
+  });
+  return { body: stream, [Symbol.dispose]: close };
 }
 
 /** Why reading a file failed, for a one-line error. */

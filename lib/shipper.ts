@@ -29,7 +29,7 @@ import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { Batcher, type ClosedWindow } from "./batcher.ts";
 import { Sender, type SenderOptions, type SendResult } from "./sender.ts";
-import { Spool } from "./spool.ts";
+import { Spool, type SpoolEntry } from "./spool.ts";
 import {
   type BatchHeader,
   type BatchHost,
@@ -417,17 +417,16 @@ export class Shipper {
   }
 
   /**
-   * Sends a batch spooled as `coding` as gzip, for a collector older than zstd support. The
-   * spooled file keeps its coding; it is recompressed for each attempt.
+   * Sends a spooled batch as gzip, for a collector older than zstd support. The spooled file
+   * keeps its coding; it is read and recompressed for each attempt.
    */
   async #sendAsGzip(
     sender: Sender,
-    body: Uint8Array,
-    coding: BodyCoding,
+    entry: SpoolEntry,
     key: string,
     signal: AbortSignal,
   ): Promise<SendResult> {
-    const plain = await decompress(body, coding, MAX_BATCH_BYTES);
+    const plain = await decompress(await Deno.readFile(entry.path), entry.coding, MAX_BATCH_BYTES);
     return sender.send(
       await compress([plain], "gzip", this.#options.gzipLevel),
       "gzip",
@@ -465,12 +464,11 @@ export class Shipper {
         continue;
       }
       try {
-        const body = await spool.read(entry);
-        if (!body || !entry.header) continue;
+        if (!(await spool.lease(entry)) || !entry.header) continue;
         const key = idempotencyKey(entry.header.host.hostname, entry.sequence);
         let result = this.#collectorGzipOnly && entry.coding !== "gzip"
-          ? await this.#sendAsGzip(sender, body, entry.coding, key, signal)
-          : await sender.send(body, entry.coding, key, signal);
+          ? await this.#sendAsGzip(sender, entry, key, signal)
+          : await sender.send({ path: entry.path }, entry.coding, key, signal);
         if (result.outcome === "rejected" && result.status === 415 && entry.coding !== "gzip") {
           this.#collectorGzipOnly = true;
           this.#log(
@@ -479,7 +477,7 @@ export class Shipper {
               BODY_CODINGS[entry.coding].contentEncoding
             } bodies (HTTP 415): sending gzip from now on, each batch recompressed on its way (upgrade the collector, or set compression gzip, to save that CPU)`,
           );
-          result = await this.#sendAsGzip(sender, body, entry.coding, key, signal);
+          result = await this.#sendAsGzip(sender, entry, key, signal);
         }
         this.#stats.batchesRetried += Math.max(0, result.attempts - 1);
         switch (result.outcome) {

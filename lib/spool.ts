@@ -271,25 +271,27 @@ export class Spool {
   }
 
   /**
-   * Reads a batch for sending and leases it: a leased batch is never evicted. A batch from an
-   * earlier run is checked first (checksum, schema, sequence); a bad one is moved to
-   * `corrupt/` with a log line.
+   * Leases a batch for sending: a leased batch is never evicted, and its file (`entry.path`) is
+   * what is sent. A batch from an earlier run is checked first (checksum, schema, sequence); a
+   * bad one is moved to `corrupt/` with a log line.
    *
    * @param entry a pending entry
-   * @returns the compressed body, or undefined when the file is gone or was set aside
+   * @returns false when the file is gone or was set aside
    */
-  read(entry: SpoolEntry): Promise<Uint8Array | undefined> {
+  lease(entry: SpoolEntry): Promise<boolean> {
     return this.#serial(async () => {
-      if (!this.#pending.includes(entry)) return undefined;
-      let body: Uint8Array;
+      if (!this.#pending.includes(entry)) return false;
+      const verified = this.#verified.has(entry);
+      let body: Uint8Array | undefined;
       try {
-        body = await Deno.readFile(entry.path);
+        if (verified) await Deno.stat(entry.path);
+        else body = await Deno.readFile(entry.path);
       } catch (error) {
         this.#log("warn", `Cannot read spooled batch ${entry.path}: ${errorText(error)} (skipped)`);
         this.#drop(entry);
-        return undefined;
+        return false;
       }
-      if (!this.#verified.has(entry)) {
+      if (body) {
         try {
           const { header } = decodeBatch(await decompress(body, entry.coding, MAX_BATCH_BYTES));
           if (header.sequence !== entry.sequence) {
@@ -300,11 +302,11 @@ export class Spool {
         } catch (error) {
           await this.#setAside(entry.path, CORRUPT, `is corrupt: ${errorText(error)}`);
           this.#drop(entry);
-          return undefined;
+          return false;
         }
       }
       this.#leased.add(entry);
-      return body;
+      return true;
     });
   }
 

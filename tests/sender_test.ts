@@ -303,3 +303,45 @@ Deno.test("Sender.create() explains a bad URL or TLS file", async () => {
     SenderConfigError,
   );
 });
+
+Deno.test("send() streams a batch file, read anew for each attempt and closed after each", async () => {
+  const dir = await Deno.makeTempDir();
+  // Five upload chunks and a bit: the body arrives in several.
+  const file = new Uint8Array(5 * 65_536 + 100);
+  for (let i = 0; i < file.length; i += 65_536) {
+    crypto.getRandomValues(file.subarray(i, i + 65_536));
+  }
+  const path = `${dir}/batch.cbor.zst`;
+  await Deno.writeFile(path, file);
+  const received: Uint8Array[] = [];
+  try {
+    await withCollector(async (request) => {
+      received.push(new Uint8Array(await request.arrayBuffer()));
+      // The first attempt fails after reading the whole body: the retry must send it again.
+      return new Response(null, { status: received.length === 1 ? 503 : 200 });
+    }, async (url) => {
+      using s = await sender(url);
+      assert.deepEqual(await s.send({ path }, "zstd", "node-1:42"), {
+        outcome: "delivered",
+        status: 200,
+        attempts: 2,
+      });
+      // A file gone is a failed round (the spool drops it when it leases it next).
+      const gone = await s.send({ path: `${dir}/gone` }, "zstd", "node-1:43");
+      assert.equal(gone.outcome, "failed");
+      assert.match(gone.reason, /No such file/);
+    });
+    assert.equal(received.length, 2);
+    for (const r of received) assert.deepEqual(r, file);
+    const open = [...Deno.readDirSync("/proc/self/fd")].filter((fd) => {
+      try {
+        return Deno.readLinkSync(`/proc/self/fd/${fd.name}`) === path;
+      } catch {
+        return false; // the directory's own descriptor, gone by now
+      }
+    });
+    assert.equal(open.length, 0, "every attempt closed the batch file");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

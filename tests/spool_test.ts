@@ -89,8 +89,8 @@ Deno.test("batches survive a restart and replay oldest first with sequence numbe
       assert.equal(spool.nextSequence, T0 + 3);
       const pending = spool.pending();
       assert.deepEqual(pending.map((e) => e.sequence), [T0, T0 + 1, T0 + 2]);
-      const body = await spool.read(pending[0]);
-      assert.ok(body);
+      assert.ok(await spool.lease(pending[0]));
+      const body = await Deno.readFile(pending[0].path);
       const { header: h, flows } = decodeBatch(await decompress(body, "zstd", MAX_BATCH_BYTES));
       assert.equal(h.sequence, T0);
       assert.deepEqual(flows, [syntheticFlow(0)]);
@@ -101,7 +101,7 @@ Deno.test("batches survive a restart and replay oldest first with sequence numbe
     await t.step("sequence numbers keep increasing once every batch was delivered", async () => {
       const spool = await open();
       for (const entry of spool.pending()) {
-        assert.ok(await spool.read(entry));
+        assert.ok(await spool.lease(entry));
         await spool.remove(entry);
       }
       const again = await open();
@@ -170,7 +170,7 @@ Deno.test("over the cap the oldest batches are evicted, counted and reported in 
     await t.step("a batch being sent is never evicted", async () => {
       const spool = await open({ maxBytes: cap });
       const [oldest] = spool.pending();
-      assert.ok(await spool.read(oldest));
+      assert.ok(await spool.lease(oldest));
       await spoolBatch(spool, 10);
       assert.equal(spool.pending()[0], oldest);
       spool.release(oldest);
@@ -192,8 +192,8 @@ Deno.test("corrupt and partial files are moved aside with a log line, never fata
     const reopened = await open();
     assert.deepEqual(reopened.pending().map((e) => e.sequence), [good.sequence, bad.sequence]);
     assert.equal(reopened.nextSequence, bad.sequence + 1, "derived from the batch files");
-    assert.ok(await reopened.read(reopened.pending()[0]));
-    assert.equal(await reopened.read(reopened.pending()[1]), undefined);
+    assert.ok(await reopened.lease(reopened.pending()[0]));
+    assert.equal(await reopened.lease(reopened.pending()[1]), false);
     assert.deepEqual(reopened.pending().map((e) => e.sequence), [good.sequence]);
     assert.deepEqual(await names(`${dir}/corrupt`), [
       ".tmp-batch-0000000000000009.cbor.gz",
@@ -220,8 +220,9 @@ Deno.test("batches an earlier version spooled as gzip are read back and keep the
     const reopened = await open();
     assert.deepEqual(reopened.pending().map((e) => e.coding), ["gzip", "zstd"]);
     assert.ok(reopened.pending()[0].path.endsWith(".cbor.gz"));
-    const body = await reopened.read(reopened.pending()[0]);
-    assert.ok(body);
+    const [entry] = reopened.pending();
+    assert.ok(await reopened.lease(entry));
+    const body = await Deno.readFile(entry.path);
     const decoded = decodeBatch(await decompress(body, "gzip", MAX_BATCH_BYTES));
     assert.equal(decoded.header.sequence, h.sequence);
     assert.equal(decoded.flows.length, 2);
