@@ -27,6 +27,9 @@ export interface FlowSourceOptions {
   onError?: (err: Error) => void;
 }
 
+/** Records drained per poll unless `bufferBytes` says otherwise. */
+export const POLL_RECORDS = 4096;
+
 /** How often an idle loop reports that it is alive, ms. */
 const IDLE_HEARTBEAT_MS = 1000;
 
@@ -42,7 +45,7 @@ export class FlowSource implements AsyncDisposable {
 
   async #pollLoop(agent: Agent, options: FlowSourceOptions): Promise<void> {
     const recordSize = agent.recordSize;
-    const buffer = new Uint8Array(options.bufferBytes ?? recordSize * 4096);
+    const buffer = new Uint8Array(options.bufferBytes ?? recordSize * POLL_RECORDS);
     const timeoutMs = options.timeoutMs ?? 100;
     let lastReport = performance.now();
     let full = false;
