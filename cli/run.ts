@@ -439,7 +439,9 @@ export async function run(v: Config): Promise<number> {
         : ""
     }, ` +
       `recursion misses ${end.recursionMisses}, recovered at destroy ${metrics.flowsRecovered.get()}, ` +
-      `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles})`,
+      `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles}, ` +
+      // Records that came after the last drain: the pinned ring keeps them for the next start.
+      `left in the ring ${end.ring.waiting})`,
   );
   if (end.transport === "ringbuf") {
     log.info(

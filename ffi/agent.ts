@@ -64,8 +64,11 @@ export interface AgentStats {
   attach: "sock_ops" | "tp_btf";
   /** True when this agent took over a capture an earlier agent left pinned (restart, upgrade). */
   resumed: boolean;
-  /** The ring buffer: its kernel map ID and the positions consumed and produced (0 for perf). */
-  ring: { id: number; consumed: bigint; produced: bigint };
+  /**
+   * The ring buffer: its kernel map ID, the positions consumed and produced, and the records
+   * between them, which the next reader gets (all 0 for perf).
+   */
+  ring: { id: number; consumed: bigint; produced: bigint; waiting: number };
   /** Kernel clock of record timestamps: 0 CLOCK_BOOTTIME, 1 CLOCK_MONOTONIC. */
   clock: 0 | 1;
   /** Sockets seeded at start; -1 when the kernel has no TCP iterator. */
@@ -281,6 +284,7 @@ export class Agent implements Disposable {
         id: Number(out[Stat.ringId]),
         consumed: out[Stat.ringConsumed],
         produced: out[Stat.ringProduced],
+        waiting: Number(out[Stat.ringWaiting]),
       },
     };
   }

@@ -81,6 +81,7 @@ enum fe_stat {
 	FE_STAT_RING_ID,	  /* kernel ID of the ring buffer map (0: perf buffer) */
 	FE_STAT_RING_CONSUMED,	  /* ring position committed as consumed */
 	FE_STAT_RING_PRODUCED,	  /* ring position the kernel has written up to */
+	FE_STAT_RING_WAITING,	  /* records past the consumed position: the next reader's */
 	FE_STAT_COUNT,
 };
 
@@ -890,6 +891,26 @@ FE_API int fe_commit(struct fe_agent *a, uint64_t pos)
 	return 0;
 }
 
+/* Records between the consumed position and what the kernel has written (reserved ones too). */
+static uint64_t ring_waiting(const struct fe_ring *r)
+{
+	uint64_t pos, end, n = 0;
+
+	if (!r->consumer)
+		return 0;
+	pos = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE);
+	end = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+	while (pos < end) {
+		uint32_t len = __atomic_load_n((const uint32_t *)(r->data + (pos & (r->size - 1))),
+					       __ATOMIC_ACQUIRE);
+
+		if (!(len & BPF_RINGBUF_DISCARD_BIT))
+			n++;
+		pos += ring_record_bytes(len);
+	}
+	return n;
+}
+
 static uint64_t sum_percpu(int map_fd, uint32_t key)
 {
 	int cpus = libbpf_num_possible_cpus();
@@ -938,6 +959,7 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 		a->ring.consumer ? __atomic_load_n(a->ring.consumer, __ATOMIC_ACQUIRE) : 0;
 	s[FE_STAT_RING_PRODUCED] =
 		a->ring.producer ? __atomic_load_n(a->ring.producer, __ATOMIC_ACQUIRE) : 0;
+	s[FE_STAT_RING_WAITING] = ring_waiting(&a->ring);
 	if (n > FE_STAT_COUNT)
 		n = FE_STAT_COUNT;
 	memcpy(out, s, n * sizeof(*out));

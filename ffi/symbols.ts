@@ -113,7 +113,8 @@ export const Stat = {
   ringId: 9,
   ringConsumed: 10,
   ringProduced: 11,
-  count: 12,
+  ringWaiting: 12,
+  count: 13,
 } as const;
 
 /** fe_probe() bits: what the running kernel offers. */

@@ -55,3 +55,11 @@ export function shimDefines(prefix: string): Record<string, number> {
 export function headerDefines(prefix: string): Record<string, number> {
   return defines(BPF_HEADER, prefix);
 }
+
+/** The member names of the shim's `enum <name> { … }`, in order. */
+export function shimEnum(name: string): string[] {
+  const text = Deno.readTextFileSync(SHIM_SOURCE);
+  const body = new RegExp(`enum ${name} \\{([^}]*)\\}`).exec(text)?.[1];
+  if (!body) throw new Error(`No enum ${name} in ${SHIM_SOURCE.pathname}`);
+  return [...body.replace(/\/\*[^]*?\*\//g, "").matchAll(/(\w+)\s*,/g)].map((m) => m[1]);
+}

@@ -262,9 +262,14 @@ export async function runChurn(
 
 /**
  * Waits until no socket to or from the /24 of `firstAddr` (a churn grid's) is in a state that
- * a close still ends: then the record of every socket the generator counted is out.
+ * a close still ends: then the record of every socket the generator counted is out. That can
+ * take the kernel's FIN timeout: a server socket in FIN_WAIT2 (a full one, when the ACK of its
+ * FIN came while its lock was held: its record is still to come) waits for the client's FIN,
+ * which a busy host sometimes loses, until the timeout ends it.
  */
-export async function untilGridClosed(firstAddr: string, timeoutMs = 30_000): Promise<void> {
+export async function untilGridClosed(firstAddr: string): Promise<void> {
+  const finTimeoutS = Number(Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_fin_timeout"));
+  const timeoutMs = (finTimeoutS + 15) * 1000;
   const net = `${firstAddr.slice(0, firstAddr.lastIndexOf("."))}.0/24`;
   const args = ["-Htan", ...CLOSING_STATES.flatMap((s) => ["state", s])];
   args.push(`( src ${net} or dst ${net} )`);

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { Agent, AgentLoadError } from "../ffi/agent.ts";
 import { kernelTest } from "./_agent.ts";
+import { churn, uniqueLoopbackAddress } from "./_traffic.ts";
 
 /** A pin directory of this test's own; removed, with whatever the agent pinned, at the end. */
 async function withPinDir(fn: (pinDir: string) => Promise<void> | void): Promise<void> {
@@ -79,5 +80,29 @@ kernelTest(
       using second = Agent.open({ pinDir, noSeed: true });
       assert.equal(second.stats().resumed, true);
       assert.equal(second.stats().ring.id, ring, "the same ring buffer");
+    }),
+);
+
+kernelTest(
+  "the records a reader has not consumed are counted as waiting in the ring",
+  () =>
+    withPinDir(async (pinDir) => {
+      using agent = Agent.open({ pinDir, noSeed: true });
+      const buffer = new Uint8Array(agent.recordSize * 4096);
+      const drain = async () => {
+        for (;;) {
+          const { bytes, position } = await agent.poll(buffer, 0);
+          if (bytes === 0) return;
+          agent.commit(position);
+        }
+      };
+      await drain();
+      // 40 connections: 80 sockets close, each a record, and nothing reads them yet.
+      await churn(uniqueLoopbackAddress(), 40);
+      // Other sockets of the host may close meanwhile: at least these are waiting.
+      const { waiting } = agent.stats().ring;
+      assert.ok(waiting >= 80, `${waiting} records waiting`);
+      await drain();
+      assert.ok(agent.stats().ring.waiting < 80, "the drain consumed them");
     }),
 );

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { AgentProcess, kernelTest } from "./_agent.ts";
 import { runChurn } from "./_traffic.ts";
+import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
 import { DEFAULT_RING_BYTES } from "../lib/capture_sizes.ts";
 import { CHUNK_BYTES } from "../lib/batcher.ts";
 import { COPY_CHUNK_BYTES } from "../lib/spool.ts";
@@ -28,6 +29,26 @@ function status(pid: number, field: "VmRSS" | "VmHWM"): number {
   return Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(text)![1]) * 1024;
 }
 
+/** The churn grid's /24: its servers' addresses. */
+const GRID_NET = "127.79.7";
+
+/** What the spooled batches hold, by side of the grid: where a shortfall is. */
+async function spoolAccount(dir: string): Promise<string> {
+  const count = { server: 0, client: 0, other: 0, recovered: 0, seeded: 0 };
+  for (const entry of Deno.readDirSync(dir)) {
+    if (!isSpooledBatch(entry.name)) continue;
+    for (const f of (await decodeSpooledBatch(`${dir}/${entry.name}`)).flows) {
+      if (f.localIp.join(".").startsWith(`${GRID_NET}.`)) count.server++;
+      else if (f.remoteIp.join(".").startsWith(`${GRID_NET}.`)) count.client++;
+      else count.other++;
+      if (f.closeSeenBy === "destroy") count.recovered++;
+      if (f.seeded) count.seeded++;
+    }
+  }
+  return `the spool holds ${count.server} server and ${count.client} client records of the ` +
+    `grid, ${count.other} others (${count.recovered} made at destroy, ${count.seeded} seeded)`;
+}
+
 kernelTest("30 s at 20 000 flows/s: peak RSS stays under the design's bound", async () => {
   const agent = await AgentProcess.start([
     "--output",
@@ -45,26 +66,33 @@ kernelTest("30 s at 20 000 flows/s: peak RSS stays under the design's bound", as
     // generation.
     const bound = idle + POLL_BUFFER + 2 * CHUNK_BYTES + COPY_CHUNK_BYTES + YOUNG_GENERATION;
     const churn = await runChurn(
-      { firstAddr: "127.79.7.1", addrs: 2, portBase: 22600, ports: 2 },
+      { firstAddr: `${GRID_NET}.1`, addrs: 2, portBase: 22600, ports: 2 },
       { seconds: 30, rate: 10_000 }, // connections/s: two sockets closed each
     );
     const peak = status(agent.pid, "VmHWM");
-    assert.equal(await agent.stop(), 0);
-    const records = Number(/stopped \(records (\d+)/.exec(agent.stderrLines.join("\n"))?.[1]);
+    // The spool stays until the end: a shortfall is told apart by side from it.
+    assert.equal(await agent.stop({ keep: true }), 0);
+    const stopLine = agent.stderrLines.find((l) => l.includes("stopped (")) ?? "";
+    // What reached the ring after the agent's last drain is the next start's (the capture stays
+    // pinned): not lost.
+    const leftInRing = Number(/left in the ring (\d+)/.exec(stopLine)?.[1]);
+    const records = Number(/stopped \(records (\d+)/.exec(stopLine)?.[1]) + leftInRing;
     // The target is 600 000 sockets. A loaded CI host reaches less (298 000 once, with other
     // suites' benchmarks beside it); the bound holds at any rate, and a quarter of the target
     // still fills several batch frames a second.
     assert.ok(churn.sockets_closed > 150_000, `${churn.sockets_closed} sockets closed in 30 s`);
-    assert.ok(
-      records >= churn.sockets_closed,
-      `${records} records of ${churn.sockets_closed} sockets (${
-        JSON.stringify(churn)
-      }); the agent: ${agent.stderrLines.find((l) => l.includes("stopped ("))}`,
-    );
+    if (records < churn.sockets_closed) {
+      assert.fail(
+        `${records} records of ${churn.sockets_closed} sockets (${
+          JSON.stringify(churn)
+        }); ${await spoolAccount(`${agent.workDir}/spool`)}; the agent: ${stopLine}`,
+      );
+    }
     const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
     console.log(
       `${Math.round(churn.sockets_closed / 30)} flows/s: idle ${mib(idle)} (ring ` +
-        `${mib(DEFAULT_RING_BYTES)}), peak ${mib(peak)}, bound ${mib(bound)}`,
+        `${mib(DEFAULT_RING_BYTES)}), peak ${mib(peak)}, bound ${mib(bound)}; ${leftInRing} ` +
+        "records left in the ring for the next start",
     );
     assert.ok(peak <= bound, `peak RSS ${mib(peak)} over the bound ${mib(bound)}`);
   } finally {

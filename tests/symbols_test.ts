@@ -3,8 +3,8 @@
  * ffi/flowexporter.c, so the doctor and the agent read the probe the way the shim writes it.
  */
 import assert from "node:assert/strict";
-import { OpenOption, Probe } from "../ffi/symbols.ts";
-import { shimDefines } from "./_c_source.ts";
+import { OpenOption, Probe, Stat } from "../ffi/symbols.ts";
+import { shimDefines, shimEnum } from "./_c_source.ts";
 
 /** `TP_BTF` → `tpBtf`. */
 function camel(name: string): string {
@@ -21,4 +21,10 @@ Deno.test("Probe holds the FE_PROBE_* bits of fe_probe()", () => {
 
 Deno.test("OpenOption holds the FE_OPT_* bits of fe_open()", () => {
   assert.deepEqual({ ...OpenOption }, byCamelName(shimDefines("FE_OPT_")));
+});
+
+Deno.test("Stat holds the indices of enum fe_stat, in order, and its count", () => {
+  const names = shimEnum("fe_stat").map((name) => camel(name.replace(/^FE_STAT_/, "")));
+  assert.deepEqual(Object.keys(Stat), names);
+  assert.deepEqual(Object.values(Stat), names.map((_, i) => i));
 });
