@@ -2,8 +2,7 @@
  * Groups flows into time windows, CBOR-encoding each flow as it arrives into one reused chunk,
  * and compressing each chunk as it fills: a window holds compressed bytes, never objects, so
  * memory stays bounded by the byte cap (divided by the compression ratio) whatever the flow
- * rate, and no fresh pages are touched per flow. With `onFrame` it holds none at all: each
- * frame goes out as it is made (the agent writes them to a file).
+ * rate, and no fresh pages are touched per flow.
  *
  * @module
  */
@@ -26,8 +25,7 @@ export interface ClosedWindow {
   byteLength: number;
   /**
    * The encoded flows (`encodeFlow` outputs, back to back), in pieces, each passed through the
-   * batcher's `compress`: decompressed and joined, they complete `encodeBatchHead`. Empty with
-   * `onFrame`, which had them.
+   * batcher's `compress`: decompressed and joined, they complete `encodeBatchHead`.
    */
   frames: Uint8Array[];
   /** Why the window closed. */
@@ -51,11 +49,6 @@ export interface BatcherOptions {
    * piece's buffer is reused as soon as this returns. Default: a copy, uncompressed.
    */
   compress?: (piece: Uint8Array) => Uint8Array;
-  /**
-   * Takes each frame as it is made, in order, instead of the window holding it: the frames
-   * given since the previous window closed are those of the window `onWindow` gets next.
-   */
-  onFrame?: (frame: Uint8Array) => void;
 }
 
 /** Default window length: one minute, aligned to the wall-clock minute. */
@@ -98,7 +91,6 @@ export class Batcher {
   readonly #maxBytes: number;
   readonly #now: () => number;
   readonly #compress: (piece: Uint8Array) => Uint8Array;
-  readonly #onFrame: (frame: Uint8Array) => void;
   #startMs: number;
   #endMs: number;
   #frames: Uint8Array[] = [];
@@ -123,7 +115,6 @@ export class Batcher {
     this.#maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
     this.#now = options.now ?? Date.now;
     this.#compress = options.compress ?? ((piece) => piece.slice());
-    this.#onFrame = options.onFrame ?? ((frame) => this.#frames.push(frame));
     const interval = this.#intervalMs;
     if (!Number.isInteger(interval) || interval < MIN_INTERVAL_MS || interval > MAX_INTERVAL_MS) {
       throw new RangeError(
@@ -249,7 +240,7 @@ export class Batcher {
   /** Compresses the open window's part of the chunk into its frames; the chunk stays in use. */
   #takeChunk(): void {
     if (this.#chunkUsed > this.#chunkStart) {
-      this.#onFrame(this.#compress(this.#chunk.subarray(this.#chunkStart, this.#chunkUsed)));
+      this.#frames.push(this.#compress(this.#chunk.subarray(this.#chunkStart, this.#chunkUsed)));
     }
     this.#chunkStart = this.#chunkUsed;
   }

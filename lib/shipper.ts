@@ -29,8 +29,7 @@ import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { Batcher, type ClosedWindow } from "./batcher.ts";
 import { Sender, type SenderOptions, type SendResult } from "./sender.ts";
-import { type BodyPart, Spool, type SpoolEntry } from "./spool.ts";
-import { removeOtherRuns, WindowFile } from "./window_file.ts";
+import { Spool, type SpoolEntry } from "./spool.ts";
 import {
   type BatchHeader,
   type BatchHost,
@@ -189,12 +188,6 @@ export class Shipper {
   #closing: Promise<ShipperStats> | undefined;
   #lossBase: KernelLossCounters = { kernelDrops: 0n, recursionMisses: 0n };
   #windowsClosed = 0;
-  /** Names this shipper's window files apart from those an earlier run left. */
-  readonly #run = crypto.randomUUID().replaceAll("-", "").slice(0, 12);
-  /** The frames of the open window, once it has any. */
-  #openFrames: WindowFile | undefined;
-  /** The last window's frames could not all be written: logged once per incident. */
-  #framesHeld = false;
   #lastHost: BatchHost | undefined;
   #lastClockOffsetNs = 0n;
   /** Coding of batches in the spool. */
@@ -219,16 +212,10 @@ export class Shipper {
       maxBytes: options.maxBytes,
       now: options.now,
       compress: (piece) => compressFrame(piece, this.#coding, options.gzipLevel),
-      onFrame: (frame) => {
-        this.#openFrames ??= new WindowFile(options.spoolDir, this.#run, this.#windowsClosed);
-        this.#openFrames.append(frame);
-      },
       onWindow: (window) => {
         const number = this.#windowsClosed++;
-        const frames = this.#openFrames;
-        this.#openFrames = undefined;
         this.#stats.windowsPending++;
-        this.#sealing = this.#sealing.then(() => this.#seal(window, number, frames));
+        this.#sealing = this.#sealing.then(() => this.#seal(window, number));
       },
     });
     this.#abort.signal.addEventListener("abort", () => this.#wake?.());
@@ -347,16 +334,12 @@ export class Shipper {
   }
 
   #openSpool(): Promise<Spool> {
-    this.#spoolOpening ??= (async () => {
-      const spool = await Spool.open({
-        dir: this.#options.spoolDir,
-        maxBytes: this.#options.spoolMaxBytes,
-        logger: this.#log,
-        now: this.#options.now,
-      });
-      await removeOtherRuns(this.#options.spoolDir, this.#run);
-      return this.#spool = spool;
-    })();
+    this.#spoolOpening ??= Spool.open({
+      dir: this.#options.spoolDir,
+      maxBytes: this.#options.spoolMaxBytes,
+      logger: this.#log,
+      now: this.#options.now,
+    }).then((spool) => (this.#spool = spool));
     return this.#spoolOpening;
   }
 
@@ -369,16 +352,8 @@ export class Shipper {
     }, Math.max(10, this.#batcher.msUntilClose()));
   }
 
-  async #seal(window: ClosedWindow, number: number, frames?: WindowFile): Promise<void> {
+  async #seal(window: ClosedWindow, number: number): Promise<void> {
     let sequence: number | undefined;
-    const parts: BodyPart[] = frames?.seal() ?? [];
-    if (frames?.failure && !this.#framesHeld) {
-      this.#log(
-        "warn",
-        `Cannot write the frames of window ${number} to ${frames.path}: ${frames.failure} (${frames.heldBytes} bytes held in memory instead, and so for later windows until the file system takes them again; check the spool directory's file system)`,
-      );
-    }
-    if (frames) this.#framesHeld = frames.failure !== undefined;
     try {
       const spool = await this.#openSpool();
       sequence = spool.nextSequence;
@@ -407,7 +382,7 @@ export class Shipper {
         this.#coding,
         this.#options.gzipLevel,
       );
-      await spool.write(header, [head, ...parts], this.#coding);
+      await spool.write(header, [head, ...window.frames], this.#coding);
       this.#lossBase = current;
       this.#stats.batchesSpooled++;
       if (this.#unspooled) {
@@ -437,7 +412,6 @@ export class Shipper {
         })`,
       );
     } finally {
-      await frames?.remove();
       this.#stats.windowsPending--;
     }
   }

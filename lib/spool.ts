@@ -7,9 +7,7 @@
  *   compressed with the coding the suffix names (lib/compression.ts);
  * - `state.json`: the next sequence number and the evictions not yet reported in a batch;
  * - `rejected/`: batches the collector refused for good (HTTP 4xx), kept for inspection;
- * - `corrupt/`: files that could not be read back, and leftovers of interrupted writes;
- * - `journal/` and `windows/`: the agent's capture journal and open windows
- *   (lib/capture_journal.ts, lib/window_file.ts), outside the spool's cap.
+ * - `corrupt/`: files that could not be read back, and leftovers of interrupted writes.
  *
  * Files are written to a temporary name, fsynced, renamed into place, and the directory is
  * fsynced. The byte cap covers all of it; when a write goes over, the oldest set-aside files
@@ -23,7 +21,6 @@
  */
 
 import { JOURNAL_DIR } from "./capture_journal.ts";
-import { WINDOW_DIR } from "./window_file.ts";
 import { BODY_CODINGS, type BodyCoding, decompress, hasMagic } from "./compression.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { decodeBatch, MAX_BATCH_BYTES } from "./wire.ts";
@@ -41,15 +38,6 @@ export interface SpoolOptions {
   /** Wall clock, ms since the epoch (injected for tests). */
   now?: () => number;
 }
-
-/**
- * A part of a batch body to write: bytes, or the first `bytes` bytes of a file (the frames a
- * window wrote as it filled, lib/window_file.ts), copied a chunk at a time.
- */
-export type BodyPart = Uint8Array | { readonly path: string; readonly bytes: number };
-
-/** Bytes copied at a time from a file part. */
-export const COPY_CHUNK_BYTES = 64 * 1024;
 
 /** A batch in the spool, waiting to be sent. */
 export interface SpoolEntry {
@@ -220,7 +208,7 @@ export class Spool {
    */
   write(
     header: BatchHeader,
-    body: readonly BodyPart[],
+    body: readonly Uint8Array[],
     coding: BodyCoding,
   ): Promise<SpoolEntry> {
     return this.#serial(async () => {
@@ -254,7 +242,7 @@ export class Spool {
         sequence: header.sequence,
         path,
         coding,
-        bytes: body.reduce((n, part) => n + partLength(part), 0),
+        bytes: body.reduce((n, part) => n + part.length, 0),
         createdMs: this.#now(),
         header,
       };
@@ -402,7 +390,7 @@ export class Spool {
       const path = `${this.#dir}/${item.name}`;
       if (
         item.name === STATE_FILE ||
-        (item.isDirectory && [REJECTED, CORRUPT, JOURNAL_DIR, WINDOW_DIR].includes(item.name))
+        (item.isDirectory && [REJECTED, CORRUPT, JOURNAL_DIR].includes(item.name))
       ) {
         continue;
       }
@@ -483,7 +471,7 @@ export class Spool {
    */
   async #writeWithRoom(
     path: string,
-    parts: readonly BodyPart[],
+    parts: readonly Uint8Array[],
     keep?: SpoolEntry,
   ): Promise<void> {
     for (;;) {
@@ -576,21 +564,18 @@ function isNoSpace(error: unknown): boolean {
 }
 
 /** Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one. */
-function partLength(part: BodyPart): number {
-  return part instanceof Uint8Array ? part.length : part.bytes;
-}
-
 async function writeDurably(
   dir: string,
   path: string,
-  parts: readonly BodyPart[],
+  parts: readonly Uint8Array[],
 ): Promise<void> {
   const temp = `${dir}/.tmp-${path.slice(path.lastIndexOf("/") + 1)}`;
   const file = await Deno.open(temp, { write: true, create: true, truncate: true, mode: 0o600 });
   try {
-    for (const part of parts) {
-      if (part instanceof Uint8Array) await writeAll(file, part);
-      else await copyInto(file, part);
+    for (const bytes of parts) {
+      for (let offset = 0; offset < bytes.length;) {
+        offset += await file.write(bytes.subarray(offset));
+      }
     }
     await file.sync();
   } catch (error) {
@@ -605,22 +590,6 @@ async function writeDurably(
     await directory.sync();
   } finally {
     directory.close();
-  }
-}
-
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
-  for (let offset = 0; offset < bytes.length;) offset += await file.write(bytes.subarray(offset));
-}
-
-/** Appends the first `part.bytes` bytes of the file at `part.path` to `file`. */
-async function copyInto(file: Deno.FsFile, part: { path: string; bytes: number }): Promise<void> {
-  using source = await Deno.open(part.path, { read: true });
-  const chunk = new Uint8Array(Math.min(COPY_CHUNK_BYTES, part.bytes));
-  for (let left = part.bytes; left > 0;) {
-    const n = await source.read(chunk.subarray(0, Math.min(chunk.length, left)));
-    if (n === null) throw new Error(`${part.path} ends ${left} bytes short`);
-    await writeAll(file, chunk.subarray(0, n));
-    left -= n;
   }
 }
 
