@@ -60,7 +60,6 @@ export interface IngestResult {
   readonly settled: number;
 }
 
-/** Ownership is pruned this often at most, and four times per retention period at least. */
 /**
  * The result of a batch taken without ingesting its flows here: a repeat, or (`duplicate` false)
  * a batch a cluster node handed on to the stage that attributes it.
@@ -83,6 +82,7 @@ export function batchTaken(
   };
 }
 
+/** Ownership is pruned this often at most, and four times per retention period at least. */
 const PRUNE_EVERY_NS = 60_000_000_000n;
 
 /**

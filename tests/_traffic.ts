@@ -7,6 +7,7 @@
  * @module
  */
 import net from "node:net";
+import type { FlowJson } from "../lib/json_lines.ts";
 
 /** Endpoints of one test connection and the wall clock before it began. */
 export interface Exchange {
@@ -210,6 +211,55 @@ export interface ChurnResult {
   accepted: number;
   /** Client sockets that started a connect plus accepted ones: one record each. */
   sockets_closed: number;
+}
+
+/** A socket of the grid: a flow identity and which side it was. */
+export interface GridSocket {
+  flowId: string;
+  side: "server" | "client";
+}
+
+/** True when `ip`:`port` (as a JSON line has them) is a listener of the grid. */
+export function onGrid(grid: ChurnGrid, ip: unknown, port: unknown): boolean {
+  const prefix = grid.firstAddr.slice(0, grid.firstAddr.lastIndexOf(".") + 1);
+  return typeof ip === "string" && ip.startsWith(prefix) &&
+    Number(ip.slice(prefix.length)) <= grid.addrs && (port as number) >= grid.portBase &&
+    (port as number) < grid.portBase + grid.ports;
+}
+
+/** The grid socket a JSON line is of, if any. */
+export function gridSocket(grid: ChurnGrid, r: FlowJson): GridSocket | undefined {
+  // Server sockets have their local end on the grid; client sockets, their remote end.
+  if (onGrid(grid, r.local_ip, r.local_port)) {
+    return { flowId: r.flow_id as string, side: "server" };
+  }
+  if (onGrid(grid, r.remote_ip, r.remote_port)) {
+    return { flowId: r.flow_id as string, side: "client" };
+  }
+  return undefined;
+}
+
+/** Grid sockets counted by side, each once, and the records that repeated one. */
+export interface GridTally {
+  server: number;
+  client: number;
+  duplicates: number;
+}
+
+/** Each grid socket once, and how many records repeated a flow ID already seen. */
+export function tally(sockets: GridSocket[]): GridTally {
+  const seen = new Map<string, GridSocket>();
+  let duplicates = 0;
+  for (const s of sockets) {
+    if (seen.has(s.flowId)) duplicates++;
+    else seen.set(s.flowId, s);
+  }
+  const unique = [...seen.values()];
+  return {
+    server: unique.filter((s) => s.side === "server").length,
+    client: unique.filter((s) => s.side === "client").length,
+    duplicates,
+  };
 }
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;

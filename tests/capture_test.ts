@@ -12,6 +12,7 @@ import {
   cpuHog,
   type Exchange,
   exchange,
+  gridSocket,
   lowerBoundNs,
   resetByClient,
   runChurn,
@@ -314,11 +315,7 @@ kernelTest(
     // ports: below the ephemeral range, on addresses nothing else binds.
     const [a, b] = crypto.getRandomValues(new Uint8Array(2));
     const net24 = `127.${100 + (a % 100)}.${b}`;
-    const grid = { addrs: 4, portBase: 21000, ports: 2 };
-    const addrs = new Set(Array.from({ length: grid.addrs }, (_, i) => `${net24}.${i + 1}`));
-    const onGrid = (ip: unknown, port: unknown) =>
-      addrs.has(ip as string) && (port as number) >= grid.portBase &&
-      (port as number) < grid.portBase + grid.ports;
+    const grid = { firstAddr: `${net24}.1`, addrs: 4, portBase: 21000, ports: 2 };
     // Every agent on the host records this churn, those of tests running beside this one too.
     // 2 × 3000 × 2 s = 12 000 records, 3 MiB: they fit in any agent's buffer (8 MiB ring, or
     // 4 MiB of perf buffer per CPU here) even if its reader gets no CPU for the whole churn,
@@ -331,15 +328,14 @@ kernelTest(
       // A busy loop on CPU 0 for as long as the churn runs: tracing programs get skipped
       // under such load; sock_ops must not be.
       await using _hog = cpuHog();
-      churn = await runChurn({ firstAddr: `${net24}.1`, ...grid }, churnArgs);
+      churn = await runChurn(grid, churnArgs);
     }
     const target = churnArgs.seconds * churnArgs.rate;
     assert.ok(churn.connections >= target / 2, `${churn.connections} of ${target} connections`);
     // A connect that fails before its SYN has no socket to count, and would have a record.
     assert.equal(churn.unsent, 0, "every connect sent its SYN");
-    // Server sockets have their local end on the grid; client sockets, their remote end.
-    const server = (r: FlowJson) => onGrid(r.local_ip, r.local_port);
-    const client = (r: FlowJson) => onGrid(r.remote_ip, r.remote_port);
+    const server = (r: FlowJson) => gridSocket(grid, r)?.side === "server";
+    const client = (r: FlowJson) => gridSocket(grid, r)?.side === "client";
     await agent.waitForRecords((r) => server(r) || client(r), churn.sockets_closed, 30_000);
     const servers = agent.records.filter(server);
     const clients = agent.records.filter(client);

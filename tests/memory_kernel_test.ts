@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { AgentProcess, kernelTest } from "./_agent.ts";
-import { runChurn } from "./_traffic.ts";
-import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
+import { runChurn, tally } from "./_traffic.ts";
+import { spooledSockets } from "./_spool_files.ts";
 import { DEFAULT_RING_BYTES } from "../lib/capture_sizes.ts";
 import { CHUNK_BYTES } from "../lib/batcher.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
@@ -28,25 +28,8 @@ function status(pid: number, field: "VmRSS" | "VmHWM"): number {
   return Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(text)![1]) * 1024;
 }
 
-/** The churn grid's /24: its servers' addresses. */
-const GRID_NET = "127.79.7";
-
-/** What the spooled batches hold, by side of the grid: where a shortfall is. */
-async function spoolAccount(dir: string): Promise<string> {
-  const count = { server: 0, client: 0, other: 0, recovered: 0, seeded: 0 };
-  for (const entry of Deno.readDirSync(dir)) {
-    if (!isSpooledBatch(entry.name)) continue;
-    for (const f of (await decodeSpooledBatch(`${dir}/${entry.name}`)).flows) {
-      if (f.localIp.join(".").startsWith(`${GRID_NET}.`)) count.server++;
-      else if (f.remoteIp.join(".").startsWith(`${GRID_NET}.`)) count.client++;
-      else count.other++;
-      if (f.closeSeenBy === "destroy") count.recovered++;
-      if (f.seeded) count.seeded++;
-    }
-  }
-  return `the spool holds ${count.server} server and ${count.client} client records of the ` +
-    `grid, ${count.other} others (${count.recovered} made at destroy, ${count.seeded} seeded)`;
-}
+/** The churn grid, of this test's own. */
+const GRID = { firstAddr: "127.79.7.1", addrs: 2, portBase: 22600, ports: 2 };
 
 kernelTest("30 s at 20 000 flows/s: peak RSS stays under the design's bound", async () => {
   const agent = await AgentProcess.start([
@@ -63,10 +46,7 @@ kernelTest("30 s at 20 000 flows/s: peak RSS stays under the design's bound", as
     // The open window and the one being sealed hold at most the byte cap each (compressed, so
     // less), plus the poll buffer, the encoding chunk and V8's young generation.
     const bound = idle + 2 * BATCH_MAX_BYTES + POLL_BUFFER + CHUNK_BYTES + YOUNG_GENERATION;
-    const churn = await runChurn(
-      { firstAddr: `${GRID_NET}.1`, addrs: 2, portBase: 22600, ports: 2 },
-      { seconds: 30, rate: 10_000 }, // connections/s: two sockets closed each
-    );
+    const churn = await runChurn(GRID, { seconds: 30, rate: 10_000 }); // 2 sockets each
     const peak = status(agent.pid, "VmHWM");
     // The spool stays until the end: a shortfall is told apart by side from it.
     assert.equal(await agent.stop({ keep: true }), 0);
@@ -80,10 +60,10 @@ kernelTest("30 s at 20 000 flows/s: peak RSS stays under the design's bound", as
     // still fills several batch frames a second.
     assert.ok(churn.sockets_closed > 150_000, `${churn.sockets_closed} sockets closed in 30 s`);
     if (records < churn.sockets_closed) {
+      const spooled = tally(await spooledSockets(GRID, `${agent.workDir}/spool`));
       assert.fail(
-        `${records} records of ${churn.sockets_closed} sockets (${
-          JSON.stringify(churn)
-        }); ${await spoolAccount(`${agent.workDir}/spool`)}; the agent: ${stopLine}`,
+        `${records} records of ${churn.sockets_closed} sockets (${JSON.stringify(churn)}); ` +
+          `the spool holds ${JSON.stringify(spooled)} of the grid; the agent: ${stopLine}`,
       );
     }
     const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;

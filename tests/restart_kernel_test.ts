@@ -4,37 +4,11 @@
  * connection open across a restart keeps its start and identity; `detach` ends it all.
  */
 import assert from "node:assert/strict";
-import type { FlowJson } from "../lib/json_lines.ts";
-import { formatFlowId } from "../lib/flow_id.ts";
-import { decodeSpooledBatch, isSpooledBatch } from "./_spool_files.ts";
+import { decodeSpooledBatch, isSpooledBatch, spooledSockets } from "./_spool_files.ts";
 import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
-import { type ChurnGrid, type ChurnResult, runChurn } from "./_traffic.ts";
+import { type ChurnResult, gridSocket, type GridTally, runChurn, tally } from "./_traffic.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
-
-/** A socket of the grid: a flow identity and which side it was. */
-interface GridSocket {
-  flowId: string;
-  side: "server" | "client";
-}
-
-function onGrid(grid: ChurnGrid, ip: unknown, port: unknown): boolean {
-  const prefix = grid.firstAddr.slice(0, grid.firstAddr.lastIndexOf(".") + 1);
-  return typeof ip === "string" && ip.startsWith(prefix) &&
-    Number(ip.slice(prefix.length)) <= grid.addrs && (port as number) >= grid.portBase &&
-    (port as number) < grid.portBase + grid.ports;
-}
-
-function gridSocket(grid: ChurnGrid, r: FlowJson): GridSocket | undefined {
-  // Server sockets have their local end on the grid; client sockets, their remote end.
-  if (onGrid(grid, r.local_ip, r.local_port)) {
-    return { flowId: r.flow_id as string, side: "server" };
-  }
-  if (onGrid(grid, r.remote_ip, r.remote_port)) {
-    return { flowId: r.flow_id as string, side: "client" };
-  }
-  return undefined;
-}
 
 /** Waits until `count()` reaches `want`, or fails after `timeoutMs` with `what`. */
 async function waitFor(count: () => number, want: number, what: string, timeoutMs = 30_000) {
@@ -45,23 +19,7 @@ async function waitFor(count: () => number, want: number, what: string, timeoutM
   }
 }
 
-/** Each grid socket once, and how many records repeated a flow ID already seen. */
-function tally(sockets: GridSocket[]): { server: number; client: number; duplicates: number } {
-  const seen = new Map<string, GridSocket>();
-  let duplicates = 0;
-  for (const s of sockets) {
-    if (seen.has(s.flowId)) duplicates++;
-    else seen.set(s.flowId, s);
-  }
-  const unique = [...seen.values()];
-  return {
-    server: unique.filter((s) => s.side === "server").length,
-    client: unique.filter((s) => s.side === "client").length,
-    duplicates,
-  };
-}
-
-function assertComplete(sockets: ReturnType<typeof tally>, result: ChurnResult): void {
+function assertComplete(sockets: GridTally, result: ChurnResult): void {
   assert.equal(sockets.server, result.accepted, "one record per accepted socket");
   assert.equal(
     sockets.client,
@@ -140,21 +98,6 @@ kernelTest("a connection open across a restart keeps its start and its workload"
     await second?.stop();
   }
 });
-
-/** The flows of every batch in a spool directory, as grid sockets. */
-async function spooledSockets(grid: ChurnGrid, spoolDir: string): Promise<GridSocket[]> {
-  const sockets: GridSocket[] = [];
-  for (const entry of Deno.readDirSync(spoolDir)) {
-    if (!entry.isFile || !isSpooledBatch(entry.name)) continue;
-    for (const f of (await decodeSpooledBatch(`${spoolDir}/${entry.name}`)).flows) {
-      const ip = (b: Uint8Array) => b.join(".");
-      const flowId = formatFlowId(f.bootId, f.cookie);
-      if (onGrid(grid, ip(f.localIp), f.localPort)) sockets.push({ flowId, side: "server" });
-      else if (onGrid(grid, ip(f.remoteIp), f.remotePort)) sockets.push({ flowId, side: "client" });
-    }
-  }
-  return sockets;
-}
 
 kernelTest(
   "an agent killed with SIGKILL during churn loses no record at its next start",
