@@ -39,7 +39,7 @@ const volatile bool use_ringbuf = true;
 /* sock_ops follows every new socket: the tracepoint then only closes what sock_ops does not follow. */
 const volatile bool sockops_attached = false;
 const volatile bool use_boot_clock = true;
-/* Force a ring buffer wakeup once this much data waits; below it the reader drains on a timer. */
+/* Force a ring buffer wakeup each time another this much data waits; below it the reader drains on a timer. */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
 /* Sockets the iterator seeded; read by the shim. */
@@ -376,9 +376,20 @@ static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 co
 	fill_record(rec, sk, cookie, st, oldstate, path_flags);
 
 	if (use_ringbuf) {
+		/*
+		 * Wake the reader when this record takes the data waiting across
+		 * a multiple of wakeup_bytes, not for every record past it: the
+		 * data waits until the agent commits it, and each forced wakeup
+		 * is an interrupt (a self-IPI; on a VM guest, an exit). A crossing
+		 * missed in a race with another CPU is caught at the next one, or
+		 * by the reader's timer.
+		 */
 		__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+		__u64 before = waiting - FE_RING_SPAN(sizeof(*rec));
+		bool crossed = waiting >= FE_RING_SPAN(sizeof(*rec)) &&
+			       waiting / wakeup_bytes != before / wakeup_bytes;
 
-		bpf_ringbuf_submit(rec, waiting >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_submit(rec, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	} else if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, sizeof(*rec))) {
 		count_drop(FE_DROP_OUTPUT);
 	}

@@ -99,6 +99,9 @@ struct fe_flow {
 	char workload_id[FE_WORKLOAD_ID_LEN]; /* NUL-padded; empty when identity_source is unknown */
 };
 
+/* Bytes a record of `len` bytes takes in a BPF ring buffer: its header, then the record, rounded to 8. */
+#define FE_RING_SPAN(len) (((len) + BPF_RINGBUF_HDR_SZ + 7) / 8 * 8)
+
 /* Key of the pinned `ip_workload` map: the socket's local address. */
 struct fe_ip_key {
 	__u8 addr[16]; /* network order; IPv4 as ::ffff:a.b.c.d */

@@ -770,7 +770,7 @@ cleanup:
 static size_t ring_record_bytes(uint32_t len)
 {
 	len &= ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
-	return ((size_t)len + BPF_RINGBUF_HDR_SZ + 7) / 8 * 8;
+	return FE_RING_SPAN((size_t)len);
 }
 
 /* Copies whole records from the read position into dst, without committing them. */

@@ -13,7 +13,8 @@ export const DEFAULT_RING_BYTES = 8 << 20;
 export const DEFAULT_FLOWS_MAX = 131072;
 
 /**
- * Default bytes waiting in the ring buffer before the kernel wakes the reader (the BPF program's
- * `wakeup_bytes`); below it the poll loop drains on its timer.
+ * Default step of the kernel's reader wakeups (the BPF program's `wakeup_bytes`): it wakes the
+ * reader each time the bytes waiting in the ring buffer cross a multiple of it; below the first,
+ * the poll loop drains on its timer.
  */
 export const DEFAULT_WAKEUP_BYTES = 1 << 20;

@@ -106,3 +106,31 @@ kernelTest(
       assert.ok(agent.stats().ring.waiting < 80, "the drain consumed them");
     }),
 );
+
+kernelTest(
+  "the kernel wakes a waiting reader at each step of uncommitted data, not only at the first",
+  () =>
+    withPinDir(async (pinDir) => {
+      // A 4 MiB ring: the wakeup step is a quarter of it, 1 MiB (about 3 900 records).
+      using agent = Agent.open({ pinDir, ringBytes: 4 << 20, noSeed: true });
+      const buffer = new Uint8Array(agent.recordSize * 4096);
+      for (;;) {
+        const { bytes, position } = await agent.poll(buffer, 0);
+        if (bytes === 0) break;
+        agent.commit(position);
+      }
+      await agent.poll(buffer, 1); // takes a wakeup left from before the drain, if any
+      // 5 000 connections: 10 000 records, 2.7 MiB, past the first two steps. Nothing is
+      // committed, so the data waiting only grows: each poll returns at the next step.
+      const churning = churn(uniqueLoopbackAddress(), 5000);
+      const timeoutMs = 60_000;
+      for (const step of ["first", "second"]) {
+        const started = performance.now();
+        const { bytes } = await agent.poll(buffer, timeoutMs);
+        const waited = performance.now() - started;
+        assert.ok(waited < timeoutMs / 2, `the ${step} step woke the reader (${waited} ms)`);
+        assert.ok(bytes > 0, `the ${step} wakeup found records`);
+      }
+      await churning;
+    }),
+);
