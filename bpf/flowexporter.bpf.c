@@ -128,6 +128,15 @@ struct {
 	__type(value, __u64);
 } reported_drops SEC(".maps");
 
+/*
+ * A field of a kernel object. `direct`: the verifier knows the pointer's type
+ * (a tp_btf argument, what bpf_skc_to_tcp_sock returns), so a plain load reads
+ * it; otherwise (a classic tracepoint's argument) bpf_probe_read_kernel does,
+ * a helper call per field. `direct` is a constant at every call site, so only
+ * one of the two is compiled in.
+ */
+#define FE_READ(direct, ptr, field) ((direct) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+
 static __always_inline __u64 now_ns(void)
 {
 	if (use_boot_clock)
@@ -169,23 +178,29 @@ static __always_inline void map_v4(__u8 *dst, __be32 addr)
 	w[3] = addr;
 }
 
-static __always_inline void read_endpoints(const struct sock *sk, struct endpoints *ep)
+static __always_inline void read_endpoints(const struct sock *sk, struct endpoints *ep, bool direct)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	const struct inet_sock *inet = (const struct inet_sock *)sk;
+	__u16 family = FE_READ(direct, sk, __sk_common.skc_family);
 
 	if (family == AF_INET) {
-		map_v4(ep->local, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		map_v4(ep->remote, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+		map_v4(ep->local, FE_READ(direct, sk, __sk_common.skc_rcv_saddr));
+		map_v4(ep->remote, FE_READ(direct, sk, __sk_common.skc_daddr));
 		ep->family = FE_FAMILY_IPV4;
 	} else {
-		BPF_CORE_READ_INTO(&ep->local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&ep->remote, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		if (direct) {
+			__builtin_memcpy(ep->local, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(ep->remote, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		} else {
+			BPF_CORE_READ_INTO(&ep->local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+			BPF_CORE_READ_INTO(&ep->remote, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		}
 		/* A dual-stack socket talking IPv4 is an IPv4 flow. */
 		ep->family = is_v4_mapped(ep->remote) ? FE_FAMILY_IPV4 : FE_FAMILY_IPV6;
 	}
 	/* Not skc_num: the kernel releases the port (zeroing it) before the CLOSE tracepoint. */
-	ep->local_port = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
-	ep->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	ep->local_port = bpf_ntohs(FE_READ(direct, inet, inet_sport));
+	ep->remote_port = bpf_ntohs(FE_READ(direct, sk, __sk_common.skc_dport));
 }
 
 /* Resolution order: (IPv4, port) map, IP map, host identity, unknown. */
@@ -242,7 +257,7 @@ static __always_inline void resolve_flow(const struct sock *sk, struct fe_sock_s
 
 	if (!st || st->resolved)
 		return;
-	read_endpoints(sk, &ep);
+	read_endpoints(sk, &ep, true);
 	st->identity_source = resolve_workload(&ep, &st->workload);
 	st->resolved = 1;
 }
@@ -257,13 +272,13 @@ static __always_inline void establish_flow(const struct sock *sk, __u64 cookie, 
 	resolve_flow(sk, st);
 }
 
-static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *sk)
+static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *sk, bool direct)
 {
 	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u32 min_rtt = BPF_CORE_READ(tp, rtt_min.s[0].v);
-	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
-	__u64 received = BPF_CORE_READ(tp, bytes_received);
-	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	__u32 min_rtt = FE_READ(direct, tp, rtt_min.s[0].v);
+	__u64 acked = FE_READ(direct, tp, bytes_acked);
+	__u64 received = FE_READ(direct, tp, bytes_received);
+	unsigned long sk_flags = FE_READ(direct, sk, __sk_common.skc_flags);
 	__u8 st = rec->close_state;
 
 	/*
@@ -275,27 +290,27 @@ static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *s
 	if (rec->direction == FE_DIR_OUTBOUND && st != TCP_SYN_SENT && acked > 0)
 		acked--;
 	if ((st == TCP_FIN_WAIT1 || st == TCP_FIN_WAIT2 || st == TCP_CLOSING || st == TCP_LAST_ACK) &&
-	    BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq) && acked > 0)
+	    FE_READ(direct, tp, snd_una) == FE_READ(direct, tp, write_seq) && acked > 0)
 		acked--;
 	if ((sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && received > 0)
 		received--;
 
-	rec->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
+	rec->bytes_sent = FE_READ(direct, tp, bytes_sent);
 	rec->bytes_retrans = 0;
 	/* Payload acked never exceeds payload sent; this also covers a FIN when the close was not seen. */
 	rec->bytes_acked = acked < rec->bytes_sent ? acked : rec->bytes_sent;
 	rec->bytes_received = received;
-	rec->segs_out = BPF_CORE_READ(tp, segs_out);
-	rec->segs_in = BPF_CORE_READ(tp, segs_in);
-	rec->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	rec->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3; /* stored as 8 * µs */
+	rec->segs_out = FE_READ(direct, tp, segs_out);
+	rec->segs_in = FE_READ(direct, tp, segs_in);
+	rec->total_retrans = FE_READ(direct, tp, total_retrans);
+	rec->srtt_us = FE_READ(direct, tp, srtt_us) >> 3; /* stored as 8 * µs */
 	rec->min_rtt_us = min_rtt == ~0U ? 0 : min_rtt;
-	rec->delivered = BPF_CORE_READ(tp, delivered);
+	rec->delivered = FE_READ(direct, tp, delivered);
 	if (bpf_core_field_exists(tp->lost))
-		rec->lost = BPF_CORE_READ(tp, lost);
-	rec->error = BPF_CORE_READ(sk, sk_err);
+		rec->lost = FE_READ(direct, tp, lost);
+	rec->error = FE_READ(direct, sk, sk_err);
 	if (bpf_core_field_exists(tp->bytes_retrans))
-		rec->bytes_retrans = BPF_CORE_READ(tp, bytes_retrans);
+		rec->bytes_retrans = FE_READ(direct, tp, bytes_retrans);
 }
 
 /*
@@ -305,11 +320,12 @@ static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *s
  * snapshot.
  */
 static __always_inline void fill_record(struct fe_flow *rec, const struct sock *sk, __u64 cookie,
-					const struct fe_sock_state *st, int tcp_state, __u8 flags)
+					const struct fe_sock_state *st, int tcp_state, __u8 flags,
+					bool direct)
 {
 	struct endpoints ep = {};
 
-	read_endpoints(sk, &ep);
+	read_endpoints(sk, &ep, direct);
 	rec->t_end_ns = now_ns();
 	rec->cookie = cookie;
 	rec->close_state = tcp_state;
@@ -339,7 +355,7 @@ static __always_inline void fill_record(struct fe_flow *rec, const struct sock *
 		/* Never established (failed connect, or a handshake under way): attribute now. */
 		rec->identity_source = resolve_workload(&ep, (struct fe_workload *)rec->workload_id);
 	}
-	fill_stats(rec, sk);
+	fill_stats(rec, sk, direct);
 }
 
 /*
@@ -350,7 +366,7 @@ static __always_inline void fill_record(struct fe_flow *rec, const struct sock *
  * that holds only the mark. The state itself goes at destroy.
  */
 static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 cookie, int oldstate,
-				      __u8 path_flags)
+				      __u8 path_flags, bool direct)
 {
 	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
 	struct fe_flow *rec;
@@ -373,7 +389,7 @@ static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 co
 		goto release;
 	}
 
-	fill_record(rec, sk, cookie, st, oldstate, path_flags);
+	fill_record(rec, sk, cookie, st, oldstate, path_flags, direct);
 
 	if (use_ringbuf) {
 		/*
@@ -424,7 +440,7 @@ static __always_inline int handle_state(void *ctx, const struct sock *sk, int ol
 	case TCP_CLOSE:
 		/* Listening sockets are not flows. */
 		if (oldstate != TCP_LISTEN)
-			emit_flow(ctx, sk, cookie, oldstate, 0);
+			emit_flow(ctx, sk, cookie, oldstate, 0, true);
 		break;
 	}
 	return 0;
@@ -442,11 +458,15 @@ static __always_inline bool wanted_state(int newstate)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state_btf, const struct sock *sk, const int oldstate, const int newstate)
 {
+	struct tcp_sock *tp;
+
 	if (!wanted_state(newstate))
 		return 0;
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+	/* NULL for other protocols; else a pointer typed tcp_sock, whose fields read directly. */
+	tp = bpf_skc_to_tcp_sock((void *)sk);
+	if (!tp)
 		return 0;
-	return handle_state(ctx, sk, oldstate, newstate);
+	return handle_state(ctx, (const struct sock *)tp, oldstate, newstate);
 }
 
 /*
@@ -458,9 +478,9 @@ int BPF_PROG(on_state_btf, const struct sock *sk, const int oldstate, const int 
  * nothing. The cookie is read, not assigned: a socket without one was never
  * followed.
  */
-static __always_inline int handle_destroy(void *ctx, const struct sock *sk)
+static __always_inline int handle_destroy(void *ctx, const struct sock *sk, bool direct)
 {
-	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u64 cookie = FE_READ(direct, sk, __sk_common.skc_cookie.counter);
 	struct fe_sock_state *st;
 
 	if (!cookie)
@@ -469,7 +489,7 @@ static __always_inline int handle_destroy(void *ctx, const struct sock *sk)
 	if (!st)
 		return 0;
 	if (!st->emitted)
-		emit_flow(ctx, sk, cookie, FE_STATE_UNKNOWN, 0);
+		emit_flow(ctx, sk, cookie, FE_STATE_UNKNOWN, 0, direct);
 	bpf_map_delete_elem(&flows, &cookie);
 	return 0;
 }
@@ -477,13 +497,16 @@ static __always_inline int handle_destroy(void *ctx, const struct sock *sk)
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(on_destroy_btf, const struct sock *sk)
 {
-	return handle_destroy(ctx, sk);
+	/* Typed tcp_sock, for the direct reads of emit_flow (the argument is typed sock). */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+
+	return tp ? handle_destroy(ctx, (const struct sock *)tp, true) : 0;
 }
 
 SEC("tracepoint/tcp/tcp_destroy_sock")
 int on_destroy_tp(struct trace_event_raw_tcp_event_sk *args)
 {
-	return handle_destroy(args, BPF_CORE_READ(args, skaddr));
+	return handle_destroy(args, BPF_CORE_READ(args, skaddr), false);
 }
 
 /*
@@ -537,7 +560,7 @@ int on_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[0] != BPF_TCP_LISTEN)
 			emit_flow(skops, (const struct sock *)tp, cookie, skops->args[0],
-				  FE_FLAG_SOCKOPS);
+				  FE_FLAG_SOCKOPS, true);
 		break;
 	}
 	return 1;
@@ -579,7 +602,7 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	st.flags = FE_FLAG_SEEDED;
 	st.direction = state == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
 	if (state != TCP_SYN_SENT && state != TCP_SYN_RECV) {
-		read_endpoints((const struct sock *)tp, &ep);
+		read_endpoints((const struct sock *)tp, &ep, true);
 		st.identity_source = resolve_workload(&ep, &st.workload);
 		st.resolved = 1;
 	}
@@ -608,7 +631,7 @@ int snapshot_flows(struct bpf_iter__tcp *ctx)
 	tp = open_tcp_sock(skc, &state);
 	if (!tp)
 		return 0;
-	cookie = BPF_CORE_READ(skc, skc_cookie.counter);
+	cookie = skc->skc_cookie.counter;
 	if (!cookie)
 		return 0;
 	st = bpf_map_lookup_elem(&flows, &cookie);
@@ -617,7 +640,7 @@ int snapshot_flows(struct bpf_iter__tcp *ctx)
 	now = now_ns();
 	if (now < st->t_start_ns || now - st->t_start_ns < snapshot_min_age_ns)
 		return 0;
-	fill_record(&rec, (const struct sock *)tp, cookie, st, state, FE_FLAG_INTERIM);
+	fill_record(&rec, (const struct sock *)tp, cookie, st, state, FE_FLAG_INTERIM, true);
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }
