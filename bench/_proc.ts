@@ -1,6 +1,7 @@
 /**
  * What the benchmark reads about a tracer process from /proc: CPU time of
- * the whole process (every thread), peak RSS, thread count; and the busy loop
+ * the whole process (every thread), peak RSS, thread count, its BPF programs'
+ * run time; and the busy loop
  * (`--hog`) that keeps one CPU occupied during a measurement.
  *
  * @module
@@ -60,6 +61,28 @@ export function countFds(pid: number, kind: string): number {
     }
   }
   return n;
+}
+
+/**
+ * Run time of the BPF programs a process holds, ns, summed over programs (each once, however many
+ * descriptors refer to it): what the kernel counts while `kernel.bpf_stats_enabled` is 1. The
+ * programs run in the context of whatever triggers them, so this time is not the process's CPU.
+ */
+export function bpfRunTimeNs(pid: number): number {
+  const byProgram = new Map<string, number>();
+  for (const entry of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    let info: string;
+    try {
+      if (!Deno.readLinkSync(`/proc/${pid}/fd/${entry.name}`).includes("bpf-prog")) continue;
+      info = Deno.readTextFileSync(`/proc/${pid}/fdinfo/${entry.name}`);
+    } catch {
+      continue; // the descriptor closed while we listed it
+    }
+    const id = /^prog_id:\s+(\d+)$/m.exec(info)?.[1];
+    const ns = /^run_time_ns:\s+(\d+)$/m.exec(info)?.[1];
+    if (id !== undefined && ns !== undefined) byProgram.set(id, Number(ns));
+  }
+  return [...byProgram.values()].reduce((sum, ns) => sum + ns, 0);
 }
 
 /**

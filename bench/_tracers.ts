@@ -29,6 +29,8 @@ export interface TracerStop {
   recursionMisses?: number;
   /** Agent: records made at destroy because the close run was skipped. */
   recovered?: number;
+  /** Agent: records that reached the pinned ring after its last drain, for the next start. */
+  leftInRing?: number;
   /** Agent: it took over the capture an earlier agent left pinned. */
   resumed?: boolean;
   /** Agent: flows an earlier (killed) agent journaled that this one shipped to the spool. */
@@ -172,6 +174,8 @@ export class Tracer implements AsyncDisposable {
         result.drops = Number(m[2]);
         result.recursionMisses = Number(m[3]);
         if (m[4] !== undefined) result.recovered = Number(m[4]);
+        const left = /, left in the ring (\d+)\)/.exec(line);
+        if (left) result.leftInRing = Number(left[1]);
       }
       if (/capturing TCP flows \(.*resumed the pinned capture/.test(line)) result.resumed = true;
       const replayed = /Capture journal: (\d+) flows/.exec(line);

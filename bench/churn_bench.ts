@@ -16,6 +16,7 @@
  */
 import { parseArgs } from "node:util";
 import {
+  bpfRunTimeNs,
   clockTicksPerSecond,
   cpuTicks,
   delay,
@@ -61,6 +62,9 @@ Options:
   --hog-cpu N        the CPU the busy loop runs on (default 0)
   --ref-main PATH    also run agent and agent-none from another built checkout's main.ts
                      (e.g. the previous commit), side by side in the same rotation
+  --bpf-stats        turn on kernel.bpf_stats_enabled for the run (restored after) and report
+                     the agent's BPF programs' run time per flow (the counting adds two clock
+                     reads to every program run, in every traced run alike)
   --no-install       do not install bpfcc-tools, kernel headers or bpftrace when missing
   --tmp-dir DIR      where tracer output goes, ideally tmpfs (default /dev/shm)
   -h, --help         show this help
@@ -92,6 +96,10 @@ interface TracerFigures {
   client: number;
   drops?: number;
   recursionMisses?: number;
+  /** Agent: records left in the pinned ring at its stop (counted in `captured`). */
+  leftInRing?: number;
+  /** Run time of the agent's BPF programs over the churn, ns (--bpf-stats). */
+  bpfNs?: number;
   /** Restart scenarios: records that came again under a flow ID already counted. */
   duplicates?: number;
 }
@@ -216,6 +224,7 @@ function parseOptions() {
       "hog-cpu": { type: "string", default: "0" },
       "ref-main": { type: "string", default: "" },
       "no-install": { type: "boolean", default: false },
+      "bpf-stats": { type: "boolean", default: false },
       "tmp-dir": { type: "string", default: "/dev/shm" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -265,6 +274,7 @@ function parseOptions() {
     hogCpu,
     refMain: values["ref-main"] === "" ? undefined : refMain(values["ref-main"]),
     install: !values["no-install"],
+    bpfStats: values["bpf-stats"],
     tmpDir: values["tmp-dir"],
   };
 }
@@ -420,9 +430,11 @@ async function measureTracer(
   try {
     tracer = await startTracer(name, o, ctx, workDir, pinDir);
     const cpu0 = cpuTicks(tracer.pid);
+    const bpf0 = o.bpfStats && v.tracer === "agent" ? bpfRunTimeNs(tracer.pid) : undefined;
     const churn = await runChurn(o, o.duration);
     await waitUntilIdle(tracer.pid);
     const cpuMs = (cpuTicks(tracer.pid) - cpu0) * 1000 / ctx.hz;
+    const bpfNs = bpf0 === undefined ? undefined : bpfRunTimeNs(tracer.pid) - bpf0;
     const rss = peakRssKiB(tracer.pid);
     const threads = threadCount(tracer.pid);
     const stop = await tracer.stop();
@@ -443,8 +455,10 @@ async function measureTracer(
         client: 0,
       };
     } else if (silent) {
-      // Nothing to match: the agent's count of every flow it decoded (nearly all the churn's).
-      figures = { captured: stop.records ?? 0, countedBy: "self", server: 0, client: 0 };
+      // Nothing to match: the agent's count of every flow it decoded (nearly all the churn's),
+      // and of those it left in the pinned ring for its next start.
+      const captured = (stop.records ?? 0) + (stop.leftInRing ?? 0);
+      figures = { captured, countedBy: "self", server: 0, client: 0 };
     } else {
       const sides = await countGridRecords(tracer.outputPath, tracer.format, ctx.grid);
       figures = { captured: sides.server + sides.client, countedBy: "output", ...sides };
@@ -460,6 +474,8 @@ async function measureTracer(
         ...figures,
         drops: stop.drops,
         recursionMisses: stop.recursionMisses,
+        leftInRing: stop.leftInRing,
+        bpfNs,
       },
     };
   } finally {
@@ -606,6 +622,12 @@ function cpuPer1000(m: Measurement): number {
   return m.tracer!.cpuMs / (m.churn.sockets_closed / 1000);
 }
 
+/** The agent's BPF run time per flow, ns; undefined without --bpf-stats. */
+function bpfNsPerFlow(m: Measurement): number | undefined {
+  const ns = m.tracer?.bpfNs;
+  return ns === undefined ? undefined : ns / m.churn.sockets_closed;
+}
+
 const int = (n: number) => Math.round(n).toLocaleString("en-US");
 const pct = (x: number) => `${(x * 100).toFixed(x === 1 ? 0 : 2)} %`;
 
@@ -626,6 +648,9 @@ function describe(m: Measurement, baseline: number): string {
   line += `, ${pct(completeness(m))} (${int(t.captured)}/${int(c.sockets_closed)}; ${how})`;
   line += `, ${cpuPer1000(m).toFixed(2)} ms CPU/1000 flows, drops ${t.drops ?? 0}`;
   if (t.recursionMisses !== undefined) line += `, recursion misses ${t.recursionMisses}`;
+  if (t.leftInRing) line += `, left in the ring ${t.leftInRing}`;
+  const bpf = bpfNsPerFlow(m);
+  if (bpf !== undefined) line += `, BPF ${bpf.toFixed(0)} ns/flow`;
   const r = m.restart;
   if (r) {
     line += `; stopped in ${int(r.stopMs)} ms, next agent capturing ${int(r.startMs)} ms later` +
@@ -654,6 +679,7 @@ const HEADER = [
   "CPU ms/1000 flows (median)",
   "CPU ms/1000 flows (worst)",
   "Peak RSS MiB (worst)",
+  "BPF ns/flow (median)",
   "Meets aims",
 ];
 
@@ -674,6 +700,7 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
   );
   const cpu = median(ms.map(cpuPer1000));
   const peakRssMiB = Math.max(...ms.map((m) => m.tracer!.peakRssKiB)) / 1024;
+  const bpf = ms.map(bpfNsPerFlow).filter((ns) => ns !== undefined);
   const sum = (f: (t: TracerFigures) => number | undefined) =>
     ms.some((m) => f(m.tracer!) !== undefined)
       ? int(ms.reduce((n, m) => n + (f(m.tracer!) ?? 0), 0))
@@ -700,6 +727,7 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
     cpu.toFixed(2),
     Math.max(...ms.map(cpuPer1000)).toFixed(2),
     peakRssMiB.toFixed(0),
+    bpf.length ? median(bpf).toFixed(0) : "",
     v.tracer === "agent" ? (meets ? "yes" : "no") : "",
   ];
 }
@@ -767,6 +795,12 @@ function preflight(): void {
 async function main(): Promise<number> {
   const o = parseOptions();
   preflight();
+  if (o.bpfStats) {
+    const sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    const before = Deno.readTextFileSync(sysctl).trim();
+    Deno.writeTextFileSync(sysctl, "1");
+    live.add(() => Deno.writeTextFile(sysctl, before));
+  }
   const skipped = new Map<string, string>();
   const commands = new Map<string, string>();
   const helpers = { tcplife: prepareTcplife, bare: prepareBpftrace };
@@ -850,6 +884,10 @@ async function main(): Promise<number> {
       "Ratio = conn/s / untraced conn/s of the same rep. " +
       "CPU = utime+stime of the tracer process (all threads) over the churn and its catch-up. " +
       "Drops: agent kernel drops, tcplife perf samples lost. " +
+      (o.bpfStats
+        ? "BPF = run time of the agent's BPF programs (kernel.bpf_stats_enabled) per flow, " +
+          "spent in the churn's context, not in the CPU column. "
+        : "") +
       "* = the tracer's own host-wide count (--output none and the bare counter write no records). " +
       (o.hog
         ? `Busy loop: pinned to CPU ${o.hogCpu} from before the tracer starts until it stopped, ` +
