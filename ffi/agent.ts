@@ -13,7 +13,7 @@ import {
 import type { ClockReading } from "../lib/clock.ts";
 import { MAPS_PIN_DIR } from "../lib/map_layout.ts";
 import { FdMap } from "./bpf_map.ts";
-import { cgroup2Root, hasNetAdmin, prepareKernel } from "./kernel_prereqs.ts";
+import { cgroup2Root, hasBpfPrivileges, hasNetAdmin, prepareKernel } from "./kernel_prereqs.ts";
 import {
   cString,
   type Native,
@@ -92,12 +92,26 @@ const ERRNO: Record<number, string> = {
   524: "not supported by this kernel",
 };
 
-function explainLoadFailure(err: number, step: string, log: string): string {
+/**
+ * The one line for a failed open: the step, the errno's meaning, what to do, and the end of
+ * libbpf's log. EPERM and EACCES mean missing privileges, unless the process has them: then the
+ * kernel's verifier refused a program (it answers EACCES too), and the log says why.
+ */
+export function explainLoadFailure(
+  err: number,
+  step: string,
+  log: string,
+  privileged = hasBpfPrivileges(),
+): string {
   const lines = log.trim().split("\n").filter((l) => l.trim() !== "");
   const tail = lines.slice(-6).join(" | ");
-  const hint = -err === 1 || -err === 13
-    ? " (run as root or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)"
-    : "";
+  const denied = -err === 1 || -err === 13;
+  const hint = !denied
+    ? ""
+    : privileged
+    ? " (the kernel's verifier refused a program: flowexporter doctor checks what this kernel " +
+      "supports; report the libbpf lines with the kernel version)"
+    : " (run as root or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)";
   const what = step || `load the BPF program: ${ERRNO[-err] ?? `errno ${-err}`}`;
   return `Cannot ${what}${hint}${tail ? `; libbpf: ${tail}` : ""}`;
 }
