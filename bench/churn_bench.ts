@@ -96,6 +96,8 @@ interface TracerFigures {
   client: number;
   drops?: number;
   recursionMisses?: number;
+  /** Agent: every record it read from the kernel, by its stop line (host-wide). */
+  read?: number;
   /** Agent: records left in the pinned ring at its stop (counted in `captured`). */
   leftInRing?: number;
   /** Run time of the agent's BPF programs over the churn, ns (--bpf-stats). */
@@ -463,6 +465,10 @@ async function measureTracer(
       const sides = await countGridRecords(tracer.outputPath, tracer.format, ctx.grid);
       figures = { captured: sides.server + sides.client, countedBy: "output", ...sides };
     }
+    if (v.tracer === "agent" && figures.captured < churn.sockets_closed) {
+      // What the agent said (a warning about a record it dropped, say) is the first clue.
+      log(`${v.label}, rep ${rep}, missed records; its log:\n${tracer.log.slice(-10).join("\n")}`);
+    }
     return {
       variant: name,
       rep,
@@ -474,6 +480,7 @@ async function measureTracer(
         ...figures,
         drops: stop.drops,
         recursionMisses: stop.recursionMisses,
+        read: stop.records,
         leftInRing: stop.leftInRing,
         bpfNs,
       },
@@ -649,6 +656,9 @@ function describe(m: Measurement, baseline: number): string {
   line += `, ${cpuPer1000(m).toFixed(2)} ms CPU/1000 flows, drops ${t.drops ?? 0}`;
   if (t.recursionMisses !== undefined) line += `, recursion misses ${t.recursionMisses}`;
   if (t.leftInRing) line += `, left in the ring ${t.leftInRing}`;
+  if (t.countedBy === "output" && t.read !== undefined && t.captured < c.sockets_closed) {
+    line += ` [the agent read ${int(t.read)} records, host-wide]`;
+  }
   const bpf = bpfNsPerFlow(m);
   if (bpf !== undefined) line += `, BPF ${bpf.toFixed(0)} ns/flow`;
   const r = m.restart;
