@@ -39,7 +39,7 @@ const volatile bool use_ringbuf = true;
 /* sock_ops follows every new socket: the tracepoint then only closes what sock_ops does not follow. */
 const volatile bool sockops_attached = false;
 const volatile bool use_boot_clock = true;
-/* Force a ring buffer wakeup each time another this much data waits; below it the reader drains on a timer. */
+/* Wake the reader each time the data waiting grows by this much; below it the reader drains on a timer. */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
 /* Sockets the iterator seeded; read by the shim. */
