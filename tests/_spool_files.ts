@@ -26,10 +26,10 @@ export async function decodeSpooledBatch(path: string, body?: Uint8Array): Promi
 /** The flows of every batch in a spool directory, as grid sockets. */
 export async function spooledSockets(grid: ChurnGrid, spoolDir: string): Promise<GridSocket[]> {
   const sockets: GridSocket[] = [];
+  const ip = (b: Uint8Array) => b.join("."); // the grid is IPv4
   for (const entry of Deno.readDirSync(spoolDir)) {
     if (!entry.isFile || !isSpooledBatch(entry.name)) continue;
     for (const f of (await decodeSpooledBatch(`${spoolDir}/${entry.name}`)).flows) {
-      const ip = (b: Uint8Array) => b.join(".");
       const flowId = formatFlowId(f.bootId, f.cookie);
       if (onGrid(grid, ip(f.localIp), f.localPort)) sockets.push({ flowId, side: "server" });
       else if (onGrid(grid, ip(f.remoteIp), f.remotePort)) sockets.push({ flowId, side: "client" });
