@@ -14,7 +14,14 @@ import {
   RecordCursor,
   recordEnd,
 } from "./decode.ts";
-import { DIRECTIONS, FLOW_ENDS, type FlowRecord, IDENTITY_SOURCES, TCP_STATES } from "./flow.ts";
+import {
+  DIRECTIONS,
+  FLOW_ENDS,
+  type FlowRecord,
+  IDENTITY_SOURCES,
+  RECORD_KINDS,
+  TCP_STATES,
+} from "./flow.ts";
 import { BOOT_ID_BYTES, formatFlowId, hasFlowId } from "./flow_id.ts";
 
 /**
@@ -67,41 +74,54 @@ export function parseFlowJson(line: string): FlowJson {
 const encoder = new TextEncoder();
 const TWO_32 = 0x1_0000_0000;
 const ascii = (text: string) => encoder.encode(text);
-/** Each name written in quotes, by its code: the enumerations' JSON, encoded once. */
-const quoted = (names: readonly string[]) => names.map((name) => ascii(`"${name}"`));
-const IDENTITY_JSON = quoted(IDENTITY_SOURCES);
-const DIRECTION_JSON = quoted(DIRECTIONS);
-const STATE_JSON = quoted(TCP_STATES);
-const END_JSON = new Map(FLOW_ENDS.map((end) => [end, ascii(`"${end}"`)]));
-const SEEN_BY_JSON = {
-  sock_ops: ascii(`"sock_ops"`),
-  destroy: ascii(`"destroy"`),
-  tracepoint: ascii(`"tracepoint"`),
+// The text of a line between its values, encoded once. Where a value is one of an enumeration,
+// its text runs from the value to the next number or address, by the value's code: fewer and
+// longer copies per line.
+const FLOW_ID_KEY = '{"flow_id":"';
+const KEYS = {
+  tEnd: ascii(',"t_end_ns":'),
+  duration: ascii(',"duration_ms":'),
+  familyThenLocalIp: ascii(',"family":4,"local_ip":"'),
+  localPort: ascii('","local_port":'),
+  remoteIp: ascii(',"remote_ip":"'),
+  remotePort: ascii('","remote_port":'),
+  workload: ascii(',"local_workload_id":"'),
+  close: ascii("}\n"),
 };
-const KEYS = Object.fromEntries(
-  [
-    ["flowId", '{"flow_id":"'],
-    ["finalThenStart", '","record_kind":"final","t_start_ns":'],
-    ["interimThenStart", '","record_kind":"interim","t_start_ns":'],
-    ["tEnd", ',"t_end_ns":'],
-    ["duration", ',"duration_ms":'],
-    ["family", ',"family":'],
-    ["localIp", ',"local_ip":"'],
-    ["localPort", '","local_port":'],
-    ["remoteIp", ',"remote_ip":"'],
-    ["remotePort", '","remote_port":'],
-    ["workload", ',"local_workload_id":'],
-    ["identity", ',"identity_source":'],
-    ["direction", ',"direction":'],
-    ["state", ',"close_state":'],
-    ["end", ',"end":'],
-    ["error", ',"error":'],
-    ["seededTrue", ',"seeded":true'],
-    ["seededFalse", ',"seeded":false'],
-    ["seenBy", ',"close_seen_by":'],
-    ["close", "}\n"],
-  ].map(([name, text]) => [name, ascii(text)]),
-) as Record<string, Uint8Array>;
+const KIND_THEN_START = RECORD_KINDS.map((kind) =>
+  ascii(`","record_kind":"${kind}","t_start_ns":`)
+);
+const FINAL_KIND = RECORD_KINDS.indexOf("final");
+const INTERIM_KIND = RECORD_KINDS.indexOf("interim");
+const IDENTITY_THEN_DIRECTION = IDENTITY_SOURCES.map((name) =>
+  ascii(`","identity_source":"${name}","direction":"`)
+);
+const DIRECTION_THEN_STATE = DIRECTIONS.map((name) => ascii(`${name}","close_state":"`));
+const STATE_THEN_END = TCP_STATES.map((name) => ascii(`${name}","end":"`));
+const END_THEN_ERROR = new Map(FLOW_ENDS.map((end) => [end, ascii(`${end}","error":`)]));
+/** From `seeded` to the first counter's key, by seeded and `close_seen_by` (none: interim). */
+const seededThenCounters = (seenBy: string | null) =>
+  [false, true].map((seeded) =>
+    ascii(
+      `,"seeded":${seeded}${seenBy === null ? "" : `,"close_seen_by":"${seenBy}"`},"bytes_sent":`,
+    )
+  );
+const SEEDED_THEN_COUNTERS = {
+  interim: seededThenCounters(null),
+  sock_ops: seededThenCounters("sock_ops"),
+  destroy: seededThenCounters("destroy"),
+  tracepoint: seededThenCounters("tracepoint"),
+};
+
+const INT32_MAX = 0x7fff_ffff;
+/** "00" to "99", two ASCII digits each: decimals are written two digits per division. */
+const DIGIT_PAIRS = ascii(Array.from({ length: 100 }, (_, n) => `${n}`.padStart(2, "0")).join(""));
+
+/** Digits of a decimal integer from 0 to 2^31 - 1. */
+function decimalDigits(n: number): number {
+  if (n < 100_000) return n < 10 ? 1 : n < 100 ? 2 : n < 1000 ? 3 : n < 10_000 ? 4 : 5;
+  return n < 1e6 ? 6 : n < 1e7 ? 7 : n < 1e8 ? 8 : n < 1e9 ? 9 : 10;
+}
 
 /** The 64-bit fields a line holds as numbers (exact below 2^53). */
 const SAFE_64 = [
@@ -114,12 +134,12 @@ const SAFE_64 = [
 /** A workload ID byte JSON.stringify writes as it is: printable ASCII but `"` and `\`. */
 const isPlainJson = (c: number) => c >= 0x20 && c < 0x80 && c !== 0x22 && c !== 0x5c;
 /**
- * The counters after `close_seen_by`, in the order of formatFlowJson: each key (named as its
- * record member) and the member's offset.
+ * The counters after `bytes_sent`, in the order of formatFlowJson: each key (named as its record
+ * member) and the member's offset.
  */
 const counterKeys = (members: readonly (keyof typeof RECORD_OFFSETS)[]) =>
   members.map((member) => [ascii(`,"${member}":`), RECORD_OFFSETS[member]] as const);
-const COUNTERS_64 = counterKeys(["bytes_sent", "bytes_retrans", "bytes_acked", "bytes_received"]);
+const COUNTERS_64 = counterKeys(["bytes_retrans", "bytes_acked", "bytes_received"]);
 const COUNTERS_32 = counterKeys(
   ["segs_out", "segs_in", "total_retrans", "srtt_us", "min_rtt_us", "delivered", "lost"],
 );
@@ -135,9 +155,12 @@ const COUNTERS_32 = counterKeys(
 export class RecordJsonWriter extends RecordCursor {
   /** The most bytes one line takes. */
   static readonly ROOM = 2048;
-  readonly #bootIdText: Uint8Array;
+  /** `{"flow_id":"<boot ID>:`, up to the cookie. */
+  readonly #lineStart: Uint8Array;
   #target: Uint8Array = new Uint8Array(0);
   #pos = 0;
+  /** The second of the last time written: its 64-bit ns start in halves, and its digits. */
+  readonly #second = { hi: 0, lo: 0, length: 0, digits: new Uint8Array(20) };
 
   /**
    * @param bytes whole kernel records
@@ -147,8 +170,8 @@ export class RecordJsonWriter extends RecordCursor {
   constructor(bytes: Uint8Array, clockOffsetNs: bigint, bootId: Uint8Array) {
     super(bytes, clockOffsetNs, bootId);
     // "<uuid>:" of formatFlowId, written before each cookie.
-    this.#bootIdText = ascii(bootId.length === BOOT_ID_BYTES ? formatFlowId(bootId, 0n) : "")
-      .slice(0, -1);
+    const bootIdText = bootId.length === BOOT_ID_BYTES ? formatFlowId(bootId, 0n).slice(0, -1) : "";
+    this.#lineStart = ascii(FLOW_ID_KEY + bootIdText);
   }
 
   /**
@@ -186,53 +209,40 @@ export class RecordJsonWriter extends RecordCursor {
     const direction = this.u8(O.direction);
     const flags = this.u8(O.flags);
     const interim = (flags & FLAG_INTERIM) !== 0;
-    this.#put(KEYS.flowId);
-    this.#put(this.#bootIdText);
+    this.#put(this.#lineStart);
     this.#uint(this.u64(O.cookie));
-    this.#put(interim ? KEYS.interimThenStart : KEYS.finalThenStart);
+    this.#put(KIND_THEN_START[interim ? INTERIM_KIND : FINAL_KIND]);
     this.#wallTime(O.t_start_ns);
     this.#put(KEYS.tEnd);
     this.#wallTime(O.t_end_ns);
     this.#put(KEYS.duration);
-    this.#text(
-      String(((endHi - startHi) * TWO_32 + (this.u32(O.t_end_ns) - this.u32(O.t_start_ns))) / 1e6),
+    this.#milliseconds(
+      (endHi - startHi) * TWO_32 + (this.u32(O.t_end_ns) - this.u32(O.t_start_ns)),
     );
-    this.#put(KEYS.family);
-    this.#uint(4);
-    this.#put(KEYS.localIp);
+    this.#put(KEYS.familyThenLocalIp);
     this.#ipv4(at + O.local_ip + 12);
     this.#put(KEYS.localPort);
-    this.#uint(view.getUint16(at + O.local_port, true));
+    this.#int32(view.getUint16(at + O.local_port, true));
     this.#put(KEYS.remoteIp);
     this.#ipv4(at + O.remote_ip + 12);
     this.#put(KEYS.remotePort);
-    this.#uint(view.getUint16(at + O.remote_port, true));
+    this.#int32(view.getUint16(at + O.remote_port, true));
     this.#put(KEYS.workload);
-    target[this.#pos++] = 0x22;
-    target.set(bytes.subarray(at + O.workload_id, at + O.workload_id + workloadLength), this.#pos);
-    this.#pos += workloadLength;
-    target[this.#pos++] = 0x22;
-    this.#put(KEYS.identity);
-    this.#put(IDENTITY_JSON[identity < IDENTITY_SOURCES.length ? identity : 0]);
-    this.#put(KEYS.direction);
-    this.#put(DIRECTION_JSON[direction < DIRECTIONS.length ? direction : 0]);
-    this.#put(KEYS.state);
-    this.#put(STATE_JSON[stateCode]);
-    this.#put(KEYS.end);
-    this.#put(END_JSON.get(recordEnd(flags, TCP_STATES[stateCode], error))!);
-    this.#put(KEYS.error);
-    this.#uint(error);
-    this.#put((flags & FLAG_SEEDED) !== 0 ? KEYS.seededTrue : KEYS.seededFalse);
-    if (!interim) {
-      this.#put(KEYS.seenBy);
-      this.#put(
-        (flags & FLAG_SOCKOPS) !== 0
-          ? SEEN_BY_JSON.sock_ops
-          : stateCode === 0
-          ? SEEN_BY_JSON.destroy
-          : SEEN_BY_JSON.tracepoint,
-      );
-    }
+    this.#putBytes(bytes, at + O.workload_id, workloadLength);
+    this.#put(IDENTITY_THEN_DIRECTION[identity < IDENTITY_SOURCES.length ? identity : 0]);
+    this.#put(DIRECTION_THEN_STATE[direction < DIRECTIONS.length ? direction : 0]);
+    this.#put(STATE_THEN_END[stateCode]);
+    this.#put(END_THEN_ERROR.get(recordEnd(flags, TCP_STATES[stateCode], error))!);
+    this.#int32(error);
+    const seenBy = interim
+      ? SEEDED_THEN_COUNTERS.interim
+      : (flags & FLAG_SOCKOPS) !== 0
+      ? SEEDED_THEN_COUNTERS.sock_ops
+      : stateCode === 0
+      ? SEEDED_THEN_COUNTERS.destroy
+      : SEEDED_THEN_COUNTERS.tracepoint;
+    this.#put(seenBy[(flags & FLAG_SEEDED) !== 0 ? 1 : 0]);
+    this.#uint(this.u64(O.bytes_sent));
     for (const [key, field] of COUNTERS_64) {
       this.#put(key);
       this.#uint(this.u64(field));
@@ -246,10 +256,8 @@ export class RecordJsonWriter extends RecordCursor {
   }
 
   #put(bytes: Uint8Array): void {
-    const t = this.#target;
-    let p = this.#pos;
-    for (let i = 0; i < bytes.length; i++) t[p++] = bytes[i];
-    this.#pos = p;
+    this.#target.set(bytes, this.#pos);
+    this.#pos += bytes.length;
   }
 
   #text(asciiText: string): void {
@@ -261,33 +269,94 @@ export class RecordJsonWriter extends RecordCursor {
 
   /** A safe integer in decimal. */
   #uint(n: number): void {
-    let digits = 1;
-    for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;
+    if (n <= INT32_MAX) return this.#int32(n);
+    // Below 2^53: at most 8 digits above the last 8, so both parts are 32-bit integers.
+    const high = Math.floor(n / 1e8);
+    this.#int32(high);
+    this.#padded(n - high * 1e8, 8);
+  }
+
+  /**
+   * An integer from 0 to 2^31 - 1 in decimal, two digits per step: the divisions are 32-bit
+   * integer ones, which V8 turns into multiplications.
+   */
+  #int32(n: number): void {
+    const t = this.#target;
+    let p = this.#pos + decimalDigits(n);
+    this.#pos = p;
+    while (n >= 100) {
+      const quotient = (n / 100) | 0;
+      const pair = (n - quotient * 100) << 1;
+      t[--p] = DIGIT_PAIRS[pair + 1];
+      t[--p] = DIGIT_PAIRS[pair];
+      n = quotient;
+    }
+    if (n >= 10) {
+      t[--p] = DIGIT_PAIRS[(n << 1) + 1];
+      t[--p] = DIGIT_PAIRS[n << 1];
+    } else {
+      t[--p] = 0x30 + n;
+    }
+  }
+
+  /** An integer from 0 to 10^`digits` - 1 (`digits` even or not), zero-padded to `digits`. */
+  #padded(n: number, digits: number): void {
     const t = this.#target;
     let p = this.#pos + digits;
     this.#pos = p;
-    do {
-      t[--p] = 0x30 + (n % 10);
-      n = Math.floor(n / 10);
-    } while (n > 0);
+    for (let left = digits; left > 1; left -= 2) {
+      const quotient = (n / 100) | 0;
+      const pair = (n - quotient * 100) << 1;
+      t[--p] = DIGIT_PAIRS[pair + 1];
+      t[--p] = DIGIT_PAIRS[pair];
+      n = quotient;
+    }
+    if (digits & 1) t[--p] = 0x30 + n;
   }
 
   #ipv4(at: number): void {
     const b = this.bytes;
     for (let i = 0; i < 4; i++) {
       if (i > 0) this.#target[this.#pos++] = 0x2e;
-      this.#uint(b[at + i]);
+      this.#int32(b[at + i]);
     }
   }
 
   /**
-   * The kernel time at `field` plus the clock offset, in decimal: the 64-bit sum is divided by
-   * 10^9 over 16-bit limbs, each step exact in a double.
+   * A duration of `ns` nanoseconds in ms, as `String(ns / 1e6)` writes it: below 10^15 ns
+   * (11 days) the quotient's shortest decimal is the ns with the point moved and trailing
+   * zeros dropped, since a decimal of 15 significant digits or fewer names one double.
+   */
+  #milliseconds(ns: number): void {
+    if (ns < 0 || ns >= 1e15) return this.#text(String(ns / 1e6));
+    const whole = Math.floor(ns / 1e6);
+    let fraction = ns - whole * 1e6;
+    this.#uint(whole);
+    if (fraction === 0) return;
+    let digits = 6;
+    while (fraction % 10 === 0) {
+      fraction /= 10;
+      digits--;
+    }
+    this.#target[this.#pos++] = 0x2e;
+    this.#padded(fraction, digits);
+  }
+
+  /**
+   * The kernel time at `field` plus the clock offset, in decimal. Records come in time order,
+   * so most share their second with the time before: the seconds' digits are kept from then and
+   * only the nanoseconds are written. A new second is found by dividing the 64-bit sum by 10^9
+   * over 16-bit limbs, each step exact in a double.
    */
   #wallTime(field: number): void {
     this.wallTime(field);
     const { hi, lo } = this;
-    // Four steps, one per limb, unrolled: this runs twice per record.
+    const second = this.#second;
+    if (hi === second.hi && lo >= second.lo && lo - second.lo < 1e9 && second.length > 0) {
+      this.#putBytes(second.digits, 0, second.length);
+      return this.#padded(lo - second.lo, 9);
+    }
+    // Four steps, one per limb, unrolled.
     let current = hi >>> 16;
     let quotient = Math.floor(current / 1e9);
     let rest = current - quotient * 1e9;
@@ -300,14 +369,22 @@ export class RecordJsonWriter extends RecordCursor {
     current = rest * 0x1_0000 + (lo & 0xffff);
     quotient = quotient * 0x1_0000 + Math.floor(current / 1e9);
     rest = current % 1e9;
-    if (quotient === 0) return this.#uint(rest);
+    if (quotient === 0) return this.#int32(rest);
+    const start = this.#pos;
     this.#uint(quotient);
+    // The second starts at lo - rest when that is in the same high half; else it is not kept.
+    second.hi = hi;
+    second.lo = lo - rest;
+    second.length = lo >= rest ? this.#pos - start : 0;
+    second.digits.set(this.#target.subarray(start, this.#pos));
+    this.#padded(rest, 9);
+  }
+
+  /** `length` bytes of `bytes` from `from`: a loop, as they are few (no view to make). */
+  #putBytes(bytes: Uint8Array, from: number, length: number): void {
     const t = this.#target;
-    let p = this.#pos + 9;
+    let p = this.#pos;
+    for (let i = 0; i < length; i++) t[p++] = bytes[from + i];
     this.#pos = p;
-    for (let i = 0; i < 9; i++) {
-      t[--p] = 0x30 + (rest % 10);
-      rest = Math.floor(rest / 10);
-    }
   }
 }
