@@ -96,7 +96,11 @@ export class Tracer implements AsyncDisposable {
   ): Promise<Tracer> {
     const command = [Deno.execPath(), "run", "--allow-all", main, "run", ...args];
     command.push("--pin-dir", pinDir, "--lock-file", `${workDir}/lock`);
-    command.push("--spool-dir", `${workDir}/spool`, "--cert-path", `${workDir}/no-identity.pem`);
+    // The certificate's directory is watched: one of its own, as on a host, so that the agent's
+    // stdout and spool beside it do not wake the watcher with every write.
+    const certDir = `${workDir}/identity`;
+    await Deno.mkdir(certDir, { recursive: true });
+    command.push("--spool-dir", `${workDir}/spool`, "--cert-path", `${certDir}/no-identity.pem`);
     // No config file from the host: the flags are the whole configuration.
     const t = new Tracer(name, "json", command, outputPath, "SIGTERM", { FLOWEXPORTER_CONFIG: "" });
     await t.#waitFor(() => t.log.some((l) => l.includes("capturing TCP flows")), 60_000);
