@@ -40,6 +40,8 @@ import { untilGridClosed } from "../tests/_traffic.ts";
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
 const FIRST_ADDR = "127.77.0.1";
+/** The settling churn's grid: another /24, so that no record of it is counted as the churn's. */
+const SETTLE_FIRST_ADDR = "127.78.0.1";
 const ADDRS = 8;
 const PORTS = 4;
 
@@ -49,6 +51,10 @@ Options:
   --reps N           repetitions of each measurement (default 5)
   --duration S       seconds of churn per measurement (default 5)
   --warmup S         untimed churn first, to reach a steady TIME_WAIT table (default 2)
+  --settle S         untimed churn before each measurement, the tracer already running, on a
+                     grid of its own: the measurement sees a long-running tracer's steady state
+                     (its code compiled, its buffers grown), as a host does; untraced runs get
+                     the same churn first (default 6; 0: measure from the tracer's start)
   --rate R           churn target, connections/s; 0 = flat out (default 0)
   --restart-rate R   churn target of agent-restart and agent-kill, connections/s (default 2000)
   --clients N        churn client threads (default 2)
@@ -94,9 +100,14 @@ interface TracerFigures {
   countedBy: "output" | "self" | "spool";
   server: number;
   client: number;
+  /** Kernel drops, over the tracer's whole run (the settling churn included). */
   drops?: number;
+  /** Recursion misses of the destroy program, over the tracer's whole run. */
   recursionMisses?: number;
-  /** Agent: every record it read from the kernel, by its stop line (host-wide). */
+  /**
+   * Agent: every record it read from the kernel, by its stop line (host-wide), but the settling
+   * churn's.
+   */
   read?: number;
   /** Agent: records left in the pinned ring at its stop (counted in `captured`). */
   leftInRing?: number;
@@ -214,6 +225,7 @@ function parseOptions() {
       reps: { type: "string", default: "5" },
       duration: { type: "string", default: "5" },
       warmup: { type: "string", default: "2" },
+      settle: { type: "string", default: "6" },
       rate: { type: "string", default: "0" },
       "restart-rate": { type: "string", default: "2000" },
       clients: { type: "string", default: "2" },
@@ -264,6 +276,7 @@ function parseOptions() {
     reps: Math.floor(num("reps", 1)),
     duration: num("duration", 0.5),
     warmup: num("warmup", 0),
+    settle: num("settle", 0),
     rate: num("rate", 0),
     restartRate: num("restart-rate", 1),
     clients: Math.floor(num("clients", 1)),
@@ -309,7 +322,12 @@ function log(line: string): void {
   console.error(`bench: ${line}`);
 }
 
-async function runChurn(o: Options, seconds: number, rate = o.rate): Promise<ChurnResult> {
+async function runChurn(
+  o: Options,
+  seconds: number,
+  rate = o.rate,
+  firstAddr = FIRST_ADDR,
+): Promise<ChurnResult> {
   const child = new Deno.Command(CHURN, {
     args: [
       `--duration=${seconds}`,
@@ -317,7 +335,7 @@ async function runChurn(o: Options, seconds: number, rate = o.rate): Promise<Chu
       `--clients=${o.clients}`,
       `--servers=${o.servers}`,
       `--concurrency=${o.concurrency}`,
-      `--first-addr=${FIRST_ADDR}`,
+      `--first-addr=${firstAddr}`,
       `--addrs=${ADDRS}`,
       `--port-base=${o.portBase}`,
       `--ports=${PORTS}`,
@@ -343,7 +361,7 @@ async function runChurn(o: Options, seconds: number, rate = o.rate): Promise<Chu
   }
   const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
   // A record still to come (a close waiting on a retransmitted FIN) is not a missing one.
-  await untilGridClosed(FIRST_ADDR);
+  await untilGridClosed(firstAddr);
   return JSON.parse(lines[lines.length - 1]) as ChurnResult;
 }
 
@@ -389,6 +407,7 @@ async function measure(o: Options, name: string, rep: number, ctx: Context): Pro
     const v = VARIANTS[name];
     let m: Measurement;
     if (v.tracer === "none") {
+      await settle(o);
       m = { variant: name, rep, churn: await runChurn(o, o.duration) };
     } else if (v.restart) m = await measureRestart(o, name, rep, ctx, endLoad);
     else m = await measureTracer(o, name, rep, ctx, endLoad);
@@ -398,6 +417,12 @@ async function measure(o: Options, name: string, rep: number, ctx: Context): Pro
     await endLoad();
     live.delete(endLoad);
   }
+}
+
+/** The settling churn (--settle) on its own grid; the sockets it closed, 0 without it. */
+async function settle(o: Options): Promise<number> {
+  if (o.settle === 0) return 0;
+  return (await runChurn(o, o.settle, o.rate, SETTLE_FIRST_ADDR)).sockets_closed;
 }
 
 /** A fresh work directory and the name of a bpffs pin directory of its own (the agent makes it). */
@@ -431,6 +456,8 @@ async function measureTracer(
   live.add(cleanup);
   try {
     tracer = await startTracer(name, o, ctx, workDir, pinDir);
+    const settled = await settle(o);
+    await waitUntilIdle(tracer.pid);
     const cpu0 = cpuTicks(tracer.pid);
     const bpf0 = o.bpfStats && v.tracer === "agent" ? bpfRunTimeNs(tracer.pid) : undefined;
     const churn = await runChurn(o, o.duration);
@@ -458,8 +485,8 @@ async function measureTracer(
       };
     } else if (silent) {
       // Nothing to match: the agent's count of every flow it decoded (nearly all the churn's),
-      // and of those it left in the pinned ring for its next start.
-      const captured = (stop.records ?? 0) + (stop.leftInRing ?? 0);
+      // and of those it left in the pinned ring for its next start, but the settling churn's.
+      const captured = (stop.records ?? 0) + (stop.leftInRing ?? 0) - settled;
       figures = { captured, countedBy: "self", server: 0, client: 0 };
     } else {
       const sides = await countGridRecords(tracer.outputPath, tracer.format, ctx.grid);
@@ -480,7 +507,7 @@ async function measureTracer(
         ...figures,
         drops: stop.drops,
         recursionMisses: stop.recursionMisses,
-        read: stop.records,
+        read: stop.records === undefined ? undefined : stop.records - settled,
         leftInRing: stop.leftInRing,
         bpfNs,
       },
@@ -854,7 +881,8 @@ async function main(): Promise<number> {
     : "";
   const hog = o.hog ? `, busy loop pinned to CPU ${o.hogCpu} during every measurement` : "";
   const setup = `churn ${o.clients} clients + ${o.servers} servers, ` +
-    `${o.concurrency} in flight per client, ${load}${restarts}, ${o.reps} x ${o.duration} s${hog}`;
+    `${o.concurrency} in flight per client, ${load}${restarts}, ${o.reps} x ${o.duration} s` +
+    `${o.settle > 0 ? ` after ${o.settle} s of settling churn` : ""}${hog}`;
   const cpus = navigator.hardwareConcurrency;
   const machine = `${cpus} CPUs (${cpuModel()}), kernel ${Deno.osRelease()}`;
   log(`${machine}; ${setup}`);
