@@ -11,6 +11,8 @@ DEPS := $(BUILD)/deps/$(ARCH)
 DENO := $(BUILD)/tools/node_modules/.bin/deno
 # FFI grants everything anyway, and Deno opens /proc, /sys and bpffs only with --allow-all.
 DENO_RUN_FLAGS := --allow-all
+# The agent's environment as packaged (the systemd unit's Environment= line), for `make run`.
+AGENT_ENV := $(shell sed -n 's/^Environment=//p' packaging/flowexporter.service)
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
 	openssl iproute2 util-linux
 TEST_APT_PACKAGES := chromium
@@ -124,7 +126,7 @@ build: tools $(LIB) $(LIB_LINK)
 ## Running, testing, benchmarking ------------------------------------------
 
 run: build
-	$(Q)$(DENO) run $(DENO_RUN_FLAGS) main.ts run $(ARGS)
+	$(Q)env $(AGENT_ENV) $(DENO) run $(DENO_RUN_FLAGS) main.ts run $(ARGS)
 
 dev: build
 	$(Q)$(DENO) task dev

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { packagedEnvironment } from "../tests/_packaging.ts";
 import { countFds, cpuTicks, delay, executable } from "./_proc.ts";
 import type { RecordFormat } from "./_records.ts";
 
@@ -101,8 +102,11 @@ export class Tracer implements AsyncDisposable {
     const certDir = `${workDir}/identity`;
     await Deno.mkdir(certDir, { recursive: true });
     command.push("--spool-dir", `${workDir}/spool`, "--cert-path", `${certDir}/no-identity.pem`);
-    // No config file from the host: the flags are the whole configuration.
-    const t = new Tracer(name, "json", command, outputPath, "SIGTERM", { FLOWEXPORTER_CONFIG: "" });
+    // The environment its build's unit gives the agent; no config file from the host: the flags
+    // are the whole configuration.
+    const unit = Deno.readTextFileSync(new URL("packaging/flowexporter.service", `file://${main}`));
+    const env = { ...packagedEnvironment(unit), FLOWEXPORTER_CONFIG: "" };
+    const t = new Tracer(name, "json", command, outputPath, "SIGTERM", env);
     await t.#waitFor(() => t.log.some((l) => l.includes("capturing TCP flows")), 60_000);
     const exe = executable(t.pid);
     const deno = Deno.realPathSync(Deno.execPath());
