@@ -478,7 +478,8 @@ async function measureTracer(
     let figures: Pick<TracerFigures, "captured" | "countedBy" | "server" | "client">;
     if (tracer.format === "count") {
       figures = {
-        captured: await readCount(tracer.outputPath),
+        // Host-wide, like the agent's own count: the settling churn's closes are taken out.
+        captured: await readCount(tracer.outputPath) - settled,
         countedBy: "self",
         server: 0,
         client: 0,
