@@ -372,10 +372,11 @@ export class RecordJsonWriter extends RecordCursor {
     if (quotient === 0) return this.#int32(rest);
     const start = this.#pos;
     this.#uint(quotient);
-    // The second starts at lo - rest when that is in the same high half; else it is not kept.
+    // Where the second starts, counted from this high half (below 0 when it began in the one
+    // before): the times of this high half within 10^9 of it are in the same second.
     second.hi = hi;
     second.lo = lo - rest;
-    second.length = lo >= rest ? this.#pos - start : 0;
+    second.length = this.#pos - start;
     second.digits.set(this.#target.subarray(start, this.#pos));
     this.#padded(rest, 9);
   }
