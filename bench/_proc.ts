@@ -63,13 +63,24 @@ export function countFds(pid: number, kind: string): number {
   return n;
 }
 
+/** What the kernel counted for one BPF program while `kernel.bpf_stats_enabled` was 1. */
+export interface BpfProgramStats {
+  /** The program's name (its function name in the BPF object). */
+  name: string;
+  /** Times it ran. */
+  runs: number;
+  /** Time it ran, ns. */
+  runTimeNs: number;
+}
+
 /**
- * Run time of the BPF programs a process holds, ns, summed over programs (each once, however many
- * descriptors refer to it): what the kernel counts while `kernel.bpf_stats_enabled` is 1. The
- * programs run in the context of whatever triggers them, so this time is not the process's CPU.
+ * The BPF programs a process holds (each once, however many descriptors refer to it), by
+ * program ID, with the run counts and times the kernel keeps while `kernel.bpf_stats_enabled` is
+ * 1 (read from each descriptor's fdinfo; names from `bpftool`). The programs run in the context
+ * of whatever triggers them, so this time is not the process's CPU.
  */
-export function bpfRunTimeNs(pid: number): number {
-  const byProgram = new Map<string, number>();
+export function bpfProgramStats(pid: number): Map<number, BpfProgramStats> {
+  const counted = new Map<number, { runs: number; runTimeNs: number }>();
   for (const entry of Deno.readDirSync(`/proc/${pid}/fd`)) {
     let info: string;
     try {
@@ -78,11 +89,29 @@ export function bpfRunTimeNs(pid: number): number {
     } catch {
       continue; // the descriptor closed while we listed it
     }
-    const id = /^prog_id:\s+(\d+)$/m.exec(info)?.[1];
-    const ns = /^run_time_ns:\s+(\d+)$/m.exec(info)?.[1];
-    if (id !== undefined && ns !== undefined) byProgram.set(id, Number(ns));
+    const field = (name: string) => new RegExp(`^${name}:\\s+(\\d+)$`, "m").exec(info)?.[1];
+    const id = field("prog_id");
+    const ns = field("run_time_ns");
+    if (id !== undefined && ns !== undefined) {
+      counted.set(Number(id), { runs: Number(field("run_cnt") ?? 0), runTimeNs: Number(ns) });
+    }
   }
-  return [...byProgram.values()].reduce((sum, ns) => sum + ns, 0);
+  const names = bpfProgramNames();
+  return new Map(
+    [...counted].map(([id, c]) => [id, { name: names.get(id) ?? `prog ${id}`, ...c }]),
+  );
+}
+
+/** Names of the loaded BPF programs by ID (`bpftool prog show`); empty if bpftool fails. */
+function bpfProgramNames(): Map<number, string> {
+  const out = new Deno.Command("bpftool", { args: ["--json", "prog", "show"], stderr: "null" })
+    .outputSync();
+  if (!out.success) return new Map();
+  const programs = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    id: number;
+    name?: string;
+  }[];
+  return new Map(programs.map((p) => [p.id, p.name ?? `prog ${p.id}`]));
 }
 
 /**

@@ -16,7 +16,8 @@
  */
 import { parseArgs } from "node:util";
 import {
-  bpfRunTimeNs,
+  type BpfProgramStats,
+  bpfProgramStats,
   clockTicksPerSecond,
   cpuTicks,
   delay,
@@ -69,8 +70,9 @@ Options:
   --ref-main PATH    also run agent and agent-none from another built checkout's main.ts
                      (e.g. the previous commit), side by side in the same rotation
   --bpf-stats        turn on kernel.bpf_stats_enabled for the run (restored after) and report
-                     the agent's BPF programs' run time per flow (the counting adds two clock
-                     reads to every program run, in every traced run alike)
+                     the agent's BPF programs' run time per flow, and each program's runs and
+                     time per run (the counting adds two clock reads to every program run, in
+                     every traced run alike)
   --no-install       do not install bpfcc-tools, kernel headers or bpftrace when missing
   --tmp-dir DIR      where tracer output goes, ideally tmpfs (default /dev/shm)
   -h, --help         show this help
@@ -113,6 +115,8 @@ interface TracerFigures {
   leftInRing?: number;
   /** Run time of the agent's BPF programs over the churn, ns (--bpf-stats). */
   bpfNs?: number;
+  /** The same by program, with their run counts, most time first (--bpf-stats). */
+  bpfPrograms?: BpfProgramStats[];
   /** Restart scenarios: records that came again under a flow ID already counted. */
   duplicates?: number;
 }
@@ -459,11 +463,14 @@ async function measureTracer(
     const settled = await settle(o);
     await waitUntilIdle(tracer.pid);
     const cpu0 = cpuTicks(tracer.pid);
-    const bpf0 = o.bpfStats && v.tracer === "agent" ? bpfRunTimeNs(tracer.pid) : undefined;
+    const bpf0 = o.bpfStats && v.tracer === "agent" ? bpfProgramStats(tracer.pid) : undefined;
     const churn = await runChurn(o, o.duration);
     await waitUntilIdle(tracer.pid);
     const cpuMs = (cpuTicks(tracer.pid) - cpu0) * 1000 / ctx.hz;
-    const bpfNs = bpf0 === undefined ? undefined : bpfRunTimeNs(tracer.pid) - bpf0;
+    const bpfPrograms = bpf0 === undefined
+      ? undefined
+      : bpfSince(bpf0, bpfProgramStats(tracer.pid));
+    const bpfNs = bpfPrograms?.reduce((sum, p) => sum + p.runTimeNs, 0);
     const rss = peakRssKiB(tracer.pid);
     const threads = threadCount(tracer.pid);
     const stop = await tracer.stop();
@@ -511,6 +518,7 @@ async function measureTracer(
         read: stop.records === undefined ? undefined : stop.records - settled,
         leftInRing: stop.leftInRing,
         bpfNs,
+        bpfPrograms,
       },
     };
   } finally {
@@ -657,6 +665,18 @@ function cpuPer1000(m: Measurement): number {
   return m.tracer!.cpuMs / (m.churn.sockets_closed / 1000);
 }
 
+/** What each program counted from `before` to `after`, most time first. */
+function bpfSince(
+  before: Map<number, BpfProgramStats>,
+  after: Map<number, BpfProgramStats>,
+): BpfProgramStats[] {
+  return [...after].map(([id, a]) => ({
+    name: a.name,
+    runs: a.runs - (before.get(id)?.runs ?? 0),
+    runTimeNs: a.runTimeNs - (before.get(id)?.runTimeNs ?? 0),
+  })).sort((x, y) => y.runTimeNs - x.runTimeNs);
+}
+
 /** The agent's BPF run time per flow, ns; undefined without --bpf-stats. */
 function bpfNsPerFlow(m: Measurement): number | undefined {
   const ns = m.tracer?.bpfNs;
@@ -689,6 +709,15 @@ function describe(m: Measurement, baseline: number): string {
   }
   const bpf = bpfNsPerFlow(m);
   if (bpf !== undefined) line += `, BPF ${bpf.toFixed(0)} ns/flow`;
+  if (t.bpfPrograms) {
+    // Per connection (two sockets): how often each program ran, and for how long a run.
+    const each = t.bpfPrograms.filter((p) => p.runs > 0).map((p) =>
+      `${p.name} ${(p.runs / c.connections).toFixed(1)} runs x ${
+        (p.runTimeNs / p.runs).toFixed(0)
+      } ns`
+    );
+    line += ` (per connection: ${each.join(", ")})`;
+  }
   const r = m.restart;
   if (r) {
     line += `; stopped in ${int(r.stopMs)} ms, next agent capturing ${int(r.startMs)} ms later` +
