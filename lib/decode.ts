@@ -7,6 +7,7 @@
  */
 import { toWallNs } from "./clock.ts";
 import {
+  type CloseSeenBy,
   DIRECTIONS,
   type FlowEnd,
   type FlowRecord,
@@ -112,6 +113,16 @@ export function recordEnd(flags: number, closeState: string, error: number): Flo
   return (flags & FLAG_INTERIM) !== 0 ? "open" : flowEnd(closeState, error);
 }
 
+/**
+ * Which program saw the close of a record with these `flags` ({@linkcode CloseSeenBy}); none for
+ * an interim record, whose socket is still open.
+ */
+export function recordCloseSeenBy(flags: number, closeState: string): CloseSeenBy | undefined {
+  if ((flags & FLAG_INTERIM) !== 0) return undefined;
+  if ((flags & FLAG_SOCKOPS) !== 0) return "sock_ops";
+  return closeState === "UNKNOWN" ? "destroy" : "tracepoint";
+}
+
 const decoder = new TextDecoder();
 
 function u64(view: DataView, offset: number): number {
@@ -198,13 +209,7 @@ function decodeAt(
     tEndNs: toWallNs(view.getBigUint64(at + OFFSET.t_end_ns, true), clockOffsetNs),
     recordKind: interim ? "interim" : "final",
     seeded: (flags & FLAG_SEEDED) !== 0,
-    closeSeenBy: interim
-      ? undefined
-      : (flags & FLAG_SOCKOPS) !== 0
-      ? "sock_ops"
-      : closeState === "UNKNOWN"
-      ? "destroy"
-      : "tracepoint",
+    closeSeenBy: recordCloseSeenBy(flags, closeState),
     direction: DIRECTIONS[bytes[at + OFFSET.direction]] ?? "unknown",
     closeState,
     end: recordEnd(flags, closeState, error),

@@ -9,12 +9,14 @@ import { formatIp } from "./map_layout.ts";
 import {
   FLAG_INTERIM,
   FLAG_SEEDED,
-  FLAG_SOCKOPS,
   RECORD_OFFSETS,
+  recordCloseSeenBy,
   RecordCursor,
   recordEnd,
 } from "./decode.ts";
 import {
+  CLOSE_SEEN_BY,
+  type CloseSeenBy,
   DIRECTIONS,
   FLOW_ENDS,
   type FlowRecord,
@@ -100,18 +102,15 @@ const DIRECTION_THEN_STATE = DIRECTIONS.map((name) => ascii(`${name}","close_sta
 const STATE_THEN_END = TCP_STATES.map((name) => ascii(`${name}","end":"`));
 const END_THEN_ERROR = new Map(FLOW_ENDS.map((end) => [end, ascii(`${end}","error":`)]));
 /** From `seeded` to the first counter's key, by seeded and `close_seen_by` (none: interim). */
-const seededThenCounters = (seenBy: string | null) =>
+const seededThenCounters = (seenBy: CloseSeenBy | undefined) =>
   [false, true].map((seeded) =>
     ascii(
-      `,"seeded":${seeded}${seenBy === null ? "" : `,"close_seen_by":"${seenBy}"`},"bytes_sent":`,
+      `,"seeded":${seeded}${seenBy ? `,"close_seen_by":"${seenBy}"` : ""},"bytes_sent":`,
     )
   );
-const SEEDED_THEN_COUNTERS = {
-  interim: seededThenCounters(null),
-  sock_ops: seededThenCounters("sock_ops"),
-  destroy: seededThenCounters("destroy"),
-  tracepoint: seededThenCounters("tracepoint"),
-};
+const SEEDED_THEN_COUNTERS = new Map(
+  [undefined, ...CLOSE_SEEN_BY].map((seenBy) => [seenBy, seededThenCounters(seenBy)]),
+);
 
 const INT32_MAX = 0x7fff_ffff;
 /** "00" to "99", two ASCII digits each: decimals are written two digits per division. */
@@ -234,13 +233,7 @@ export class RecordJsonWriter extends RecordCursor {
     this.#put(STATE_THEN_END[stateCode]);
     this.#put(END_THEN_ERROR.get(recordEnd(flags, TCP_STATES[stateCode], error))!);
     this.#int32(error);
-    const seenBy = interim
-      ? SEEDED_THEN_COUNTERS.interim
-      : (flags & FLAG_SOCKOPS) !== 0
-      ? SEEDED_THEN_COUNTERS.sock_ops
-      : stateCode === 0
-      ? SEEDED_THEN_COUNTERS.destroy
-      : SEEDED_THEN_COUNTERS.tracepoint;
+    const seenBy = SEEDED_THEN_COUNTERS.get(recordCloseSeenBy(flags, TCP_STATES[stateCode]))!;
     this.#put(seenBy[(flags & FLAG_SEEDED) !== 0 ? 1 : 0]);
     this.#uint(this.u64(O.bytes_sent));
     for (const [key, field] of COUNTERS_64) {
