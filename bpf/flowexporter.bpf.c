@@ -239,15 +239,28 @@ static __always_inline __u8 resolve_workload(const struct endpoints *ep, struct 
 
 static __always_inline struct fe_sock_state *start_flow(__u64 cookie, __u8 direction, __u8 flags)
 {
-	struct fe_sock_state st = {
+	struct fe_sock_state fresh = {
 		.t_start_ns = now_ns(),
 		.direction = direction,
 		.flags = flags,
 	};
+	struct fe_sock_state *st;
 
 	/* BPF_NOEXIST: the other path, or the program being replaced, may have started it. */
-	bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&flows, &cookie);
+	if (!bpf_map_update_elem(&flows, &cookie, &fresh, BPF_NOEXIST))
+		return bpf_map_lookup_elem(&flows, &cookie);
+	st = bpf_map_lookup_elem(&flows, &cookie);
+	if (st && st->emitted) {
+		/*
+		 * Its earlier connection is closed and out: the socket connects
+		 * again (after a failed connect, or connect(AF_UNSPEC)), and this
+		 * connection is a new flow. Only the socket's owner, holding its
+		 * lock, gets here, so nothing else writes the state meanwhile.
+		 */
+		fresh.connection = st->connection + 1;
+		*st = fresh;
+	}
+	return st;
 }
 
 /* Local port and address are final at ESTABLISHED: attribute the flow once, here. */
@@ -327,7 +340,7 @@ static __always_inline void fill_record(struct fe_flow *rec, const struct sock *
 
 	read_endpoints(sk, &ep, direct);
 	rec->t_end_ns = now_ns();
-	rec->cookie = cookie;
+	rec->cookie = st ? cookie | (__u64)st->connection << FE_CONNECTION_SHIFT : cookie;
 	rec->close_state = tcp_state;
 	rec->family = ep.family;
 	rec->local_port = ep.local_port;

@@ -28,6 +28,14 @@
 #define FE_MAPS_VERSION 1
 #define FE_STATE_VERSION 1
 
+/*
+ * A record's cookie carries fe_sock_state.connection from this bit up: a
+ * socket's second connection is a flow of its own, with an ID of its own.
+ * Kernel cookies count sockets from 1 and stay below 2^48 (a million sockets
+ * a second for 8 years); the first connection's cookie is the kernel's.
+ */
+#define FE_CONNECTION_SHIFT 48
+
 /* Workload IDs: UTF-8, at most 127 bytes, NUL-padded to 128 bytes. */
 #define FE_WORKLOAD_ID_LEN 128
 
@@ -76,7 +84,8 @@ struct fe_flow {
 	__u64 bytes_acked;    /* payload bytes the peer acknowledged (SYN/FIN excluded) */
 	__u64 bytes_received; /* payload bytes received in order (FIN excluded) */
 	__u64 bytes_retrans;  /* payload bytes retransmitted: bytes_sent = payload + bytes_retrans */
-	__u64 cookie;         /* socket cookie: unique per socket within one boot */
+	__u64 cookie;         /* socket cookie (unique per socket within one boot), with the socket's
+			       * earlier connections counted from bit FE_CONNECTION_SHIFT up */
 	__u32 segs_out;       /* segments sent, retransmissions and pure ACKs included */
 	__u32 segs_in;        /* segments received */
 	__u32 total_retrans;  /* segments retransmitted */
@@ -124,6 +133,12 @@ struct fe_workload {
  * socket whose record is out: the other capture path, or an overlapping
  * program during an upgrade, sees it and does not emit again. The entry
  * goes when the socket is destroyed.
+ *
+ * `connection` counts the connections the socket had before this one: a
+ * socket can connect() again after a failed connect or a disconnect
+ * (connect(AF_UNSPEC)), and each connection is a flow of its own. It came
+ * out of padding that every earlier program writes as zero, so states of
+ * either version read the same in the other: FE_STATE_VERSION stays.
  */
 struct fe_sock_state {
 	__u64 t_start_ns;
@@ -132,7 +147,8 @@ struct fe_sock_state {
 	__u8 identity_source;
 	__u8 resolved;
 	__u8 emitted;
-	__u8 _pad[3];
+	__u8 _pad;
+	__u16 connection;
 	struct fe_workload workload;
 };
 

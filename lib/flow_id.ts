@@ -1,8 +1,9 @@
 /**
- * The flow ID: which socket of which boot a {@linkcode FlowRecord} describes, the same however
- * often the record is sent. It joins the host's boot ID (16 bytes,
+ * The flow ID: which connection of which socket of which boot a {@linkcode FlowRecord}
+ * describes, the same however often the record is sent. It joins the host's boot ID (16 bytes,
  * `/proc/sys/kernel/random/boot_id`) and the kernel's socket cookie (unique per socket within
- * one boot). On the wire and in the collector's database it is 24 bytes
+ * one boot; a socket's later connections, after a failed connect or a disconnect, are counted
+ * from bit 48 up, FE_CONNECTION_SHIFT in bpf/flowexporter.h). On the wire and in the collector's database it is 24 bytes
  * ({@linkcode encodeFlowId}); in JSON, `<boot ID as a UUID>:<cookie>` ({@linkcode formatFlowId}).
  *
  * Flows of wire schema versions 1 and 2 carry neither a flow ID nor `bytes_retrans`: they are

@@ -161,6 +161,89 @@ export async function resetByClient(host: string, clientBytes: number): Promise<
   }
 }
 
+/** What {@linkcode reconnectAfterRefusal} did. */
+export interface Reconnect {
+  /** The endpoint that refused the first connect. */
+  refused: { host: string; port: number };
+  /** The listener the second connect reached, and the client's port then. */
+  serverPort: number;
+  clientPort: number;
+  beforeNs: bigint;
+}
+
+/**
+ * One IPv4 socket, two connections: connect() to an endpoint nothing listens on (refused),
+ * then connect() again, on the same socket, to a listener on `host`; the client sends one byte
+ * and closes first. Deno opens a new socket per connect, so this one is made through libc, as
+ * a client library that retries on the same descriptor does.
+ */
+export async function reconnectAfterRefusal(host: string): Promise<Reconnect> {
+  const libc = Deno.dlopen("libc.so.6", {
+    socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+    connect: { parameters: ["i32", "buffer", "u32"], result: "i32", nonblocking: true },
+    getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+    write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+    close: { parameters: ["i32"], result: "i32" },
+  });
+  try {
+    return await connectTwice(libc.symbols, host);
+  } finally {
+    libc.close();
+  }
+}
+
+async function connectTwice(
+  libc: {
+    socket(domain: number, type: number, protocol: number): number;
+    connect(fd: number, address: Uint8Array, length: number): Promise<number>;
+    getsockname(fd: number, address: Uint8Array, length: Uint32Array): number;
+    write(fd: number, bytes: Uint8Array, length: bigint): number | bigint;
+    close(fd: number): number;
+  },
+  host: string,
+): Promise<Reconnect> {
+  const AF_INET = 2, SOCK_STREAM = 1;
+  const sockaddr = (ip: string, port: number) => {
+    const out = new Uint8Array(16);
+    const view = new DataView(out.buffer);
+    view.setUint16(0, AF_INET, true);
+    view.setUint16(2, port, false);
+    out.set(ip.split(".").map(Number), 4);
+    return out;
+  };
+  const refused = unreachableEndpoint();
+  using listener = Deno.listen({ hostname: host, port: 0 });
+  const serverPort = (listener.addr as Deno.NetAddr).port;
+  const beforeNs = lowerBoundNs();
+  const fd = libc.socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw new Error("Cannot create a socket through libc");
+  let open = true;
+  const closeClient = () => {
+    if (open) libc.close(fd);
+    open = false;
+  };
+  try {
+    if (await libc.connect(fd, sockaddr(refused.host, refused.port), 16) === 0) {
+      throw new Error(`Port ${refused.port} on ${refused.host} accepted a connection`);
+    }
+    if (await libc.connect(fd, sockaddr(host, serverPort), 16) !== 0) {
+      throw new Error(`The second connect() of one socket to ${host}:${serverPort} failed`);
+    }
+    const local = new Uint8Array(16);
+    libc.getsockname(fd, local, Uint32Array.of(16));
+    const clientPort = new DataView(local.buffer).getUint16(2, false);
+    const server = await listener.accept();
+    if (Number(libc.write(fd, Uint8Array.of(1), 1n)) !== 1) throw new Error("Cannot write");
+    await readExactly(server, 1);
+    closeClient();
+    await readEof(server);
+    server.close();
+    return { refused, serverPort, clientPort, beforeNs };
+  } finally {
+    closeClient();
+  }
+}
+
 /** Connects to an endpoint nothing listens on and checks that the kernel refused it. */
 export async function connectRefused(host: string, port: number): Promise<void> {
   try {

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
+import { headerDefines } from "./_c_source.ts";
 import {
   type ChurnResult,
   connectRefused,
@@ -14,6 +15,7 @@ import {
   exchange,
   gridSocket,
   lowerBoundNs,
+  reconnectAfterRefusal,
   resetByClient,
   runChurn,
   unreachableEndpoint,
@@ -167,6 +169,38 @@ async function coreScenarios(
     "IPv6, server closes first",
     () => assertCleanExchange(agent, "::1", "server", closes),
   );
+  await t.step(
+    "a socket that connects again after a refusal is two flows, each with its own ID",
+    () => assertReconnect(agent, closes),
+  );
+}
+
+async function assertReconnect(agent: AgentProcess, closes: Closes): Promise<void> {
+  const x = await reconnectAfterRefusal("127.0.0.1");
+  const refusedMatch = (r: FlowJson) =>
+    r.remote_ip === x.refused.host && r.remote_port === x.refused.port;
+  const [refused, ...more] = await agent.waitForRecords(refusedMatch, 1);
+  assert.equal(more.length, 0, "one record for the refused connection");
+  const { client } = await pair(agent, x, closes);
+  const afterNs = upperBoundNs();
+  assert.equal(refused.end, "refused");
+  assert.equal(refused.direction, "outbound");
+  assert.equal(client.direction, "outbound");
+  assert.equal(client.bytes_sent, 1);
+  assert.notEqual(client.flow_id, refused.flow_id, "the second connection has an ID of its own");
+  const [boot, cookie] = (refused.flow_id as string).split(":");
+  const shift = BigInt(headerDefines("FE_").CONNECTION_SHIFT);
+  assert.equal(
+    client.flow_id,
+    `${boot}:${BigInt(cookie) | 1n << shift}`,
+    "the socket's cookie, with its one earlier connection counted from FE_CONNECTION_SHIFT",
+  );
+  assert.ok(
+    (refused.t_end_ns as bigint) <= (client.t_start_ns as bigint),
+    "the second flow starts after the first ended",
+  );
+  assertWithin(refused, x.beforeNs, afterNs);
+  assertWithin(client, x.beforeNs, afterNs);
 }
 
 /** The counters of the agent's stop line. */
