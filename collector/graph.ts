@@ -34,6 +34,7 @@
  * @module
  */
 
+import type { FlowEnd } from "../lib/flow.ts";
 import { parseIp } from "../lib/map_layout.ts";
 import { FilterError, formatStoredFlowJson, parseFlowFilter } from "./query.ts";
 import type { StoredFlow } from "./store.ts";
@@ -73,6 +74,11 @@ export const ADDRESS_BLOCKS: readonly string[] = [
   "fe80::/10",
   "::1/128",
 ];
+
+/** Flow ends that count as a failed connect on an edge (lib/flow.ts's `FlowEnd`). */
+export const FAILED_ENDS: readonly FlowEnd[] = ["refused", "timeout", "failed"];
+/** Flow ends that count as a reset on an edge. */
+export const RESET_ENDS: readonly FlowEnd[] = ["reset", "aborted"];
 
 /** A time range: flows that started at or after `fromNs` and before `toNs` (both optional). */
 export interface TimeRange {
@@ -205,6 +211,45 @@ export const MAX_GRAPH_DEPTH = 10;
 /** Default and largest number of flows `GET /v1/graph/flows` returns. */
 export const EDGE_FLOWS_LIMITS = { default: 50, max: 1000 } as const;
 
+const INT64_MAX = (1n << 63n) - 1n;
+
+/** `range` as the two bounds of a query on 64-bit start times, open ends as the extremes. */
+export function rangeBounds(range: TimeRange): [bigint, bigint] {
+  const clamp = (v: bigint) => v < -INT64_MAX ? -INT64_MAX : v > INT64_MAX ? INT64_MAX : v;
+  return [clamp(range.fromNs ?? -INT64_MAX), clamp(range.toNs ?? INT64_MAX)];
+}
+
+/**
+ * {@linkcode EdgeStats.rttP50Us} and {@linkcode EdgeStats.rttP99Us} of an edge's measured RTTs
+ * (nearest rank; any order), null without any.
+ */
+function rttPercentiles(
+  rtts: readonly number[],
+): Pick<EdgeStats, "rttP50Us" | "rttP99Us"> {
+  if (rtts.length === 0) return { rttP50Us: null, rttP99Us: null };
+  const sorted = Float64Array.from(rtts).sort();
+  const nearestRank = (p: number) => sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)];
+  return { rttP50Us: nearestRank(0.5), rttP99Us: nearestRank(0.99) };
+}
+
+/**
+ * The {@linkcode EdgeStats} of an aggregated row as both sources' queries name its columns
+ * (`client`, `server`, `flows`, `to_server`, `to_client`, `failed`, `resets`), with the edge's
+ * measured RTTs.
+ */
+export function edgeStatsOfRow(r: Record<string, unknown>, rtts: readonly number[]): EdgeStats {
+  return {
+    source: r.client as string,
+    target: r.server as string,
+    flows: Number(r.flows),
+    bytesToTarget: Number(r.to_server),
+    bytesToSource: Number(r.to_client),
+    failed: Number(r.failed),
+    resets: Number(r.resets),
+    ...rttPercentiles(rtts),
+  };
+}
+
 /** The node ID of a workload. */
 export function workloadNode(workloadId: string): string {
   return `workload:${workloadId}`;
@@ -230,13 +275,15 @@ export function nodeLabel(id: string): string {
   return kind === "workload" ? name : name === "" ? kind : `${kind}: ${name}`;
 }
 
-interface Block {
+/** One of {@linkcode ADDRESS_BLOCKS} parsed: its address bytes (4 or 16) and prefix length. */
+export interface AddressBlock {
   readonly cidr: string;
   readonly bytes: Uint8Array;
   readonly bits: number;
 }
 
-const BLOCKS: readonly Block[] = ADDRESS_BLOCKS.map((cidr) => {
+/** {@linkcode ADDRESS_BLOCKS}, parsed, in order: the first that holds an address is its group. */
+export const BLOCKS: readonly AddressBlock[] = ADDRESS_BLOCKS.map((cidr) => {
   const [ip, bits] = cidr.split("/");
   return { cidr, bytes: parseIp(ip), bits: Number(bits) };
 });
@@ -259,7 +306,7 @@ export function addressGroup(ip: string): string {
   return GROUP_NODES.external;
 }
 
-function inBlock(bytes: Uint8Array, block: Block): boolean {
+function inBlock(bytes: Uint8Array, block: AddressBlock): boolean {
   const whole = block.bits >> 3;
   for (let i = 0; i < whole; i++) if (bytes[i] !== block.bytes[i]) return false;
   const rest = block.bits & 7;

@@ -1,6 +1,7 @@
 /**
  * `flowexporter graph`: the workload dependency map (collector/graph.ts) of a collector's
- * database, opened read-only, as JSON or in Graphviz's DOT language.
+ * database, opened read-only, or of a cluster's flows in ClickHouse, as JSON or in Graphviz's
+ * DOT language.
  *
  * @example
  * ```sh
@@ -21,6 +22,7 @@ import {
   nodeLabel,
   parseGraphRequest,
 } from "./graph.ts";
+import { ClickHouseStore } from "./cluster/clickhouse_store.ts";
 import { SqliteGraphSource } from "./graph_sqlite.ts";
 import {
   commandOptions,
@@ -38,7 +40,8 @@ without a workload are grouped: "unattributed: <address block>", "external", "am
 "pending". The collector's page at / draws the same map.
 
 Options:
-${READ_OPTIONS_HELP}  --workload ID      only the neighbourhood of workload ID
+${READ_OPTIONS_HELP}  --clickhouse URL   the map of a cluster's flows in ClickHouse (http://host:8123) instead
+  --workload ID      only the neighbourhood of workload ID
   --node NODE        only the neighbourhood of a node (workload:ID, unattributed:10.0.0.0/8,
                      external, ambiguous, pending, unidentified:HOST)
   --depth N          hops from the workload or node (default 1, at most ${MAX_GRAPH_DEPTH})
@@ -58,6 +61,7 @@ export async function runGraph(
 ): Promise<number> {
   const values = commandOptions("graph", args, HELP, io, {
     ...READ_OPTIONS,
+    clickhouse: { type: "string" },
     node: { type: "string" },
     depth: { type: "string" },
     limit: { type: "string" },
@@ -77,8 +81,13 @@ export async function runGraph(
   }
   let graph: Graph;
   try {
-    using source = SqliteGraphSource.open(values.db);
-    graph = buildGraph(await source.edgeStats(request), request);
+    if (values.clickhouse !== undefined) {
+      await using store = await ClickHouseStore.open(values.clickhouse, { readOnly: true });
+      graph = buildGraph(await store.edgeStats(request), request);
+    } else {
+      using source = SqliteGraphSource.open(values.db);
+      graph = buildGraph(await source.edgeStats(request), request);
+    }
   } catch (error) {
     io.err((error as Error).message);
     return 1;

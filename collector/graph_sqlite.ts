@@ -21,18 +21,19 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import {
   addressGroup,
   type EdgeStats,
+  edgeStatsOfRow,
+  FAILED_ENDS,
   type GraphSource,
   GROUP_NODES,
+  rangeBounds,
+  RESET_ENDS,
   type TimeRange,
   workloadNode,
 } from "./graph.ts";
 import { FlowStore, type StoredFlow, StoreError, toStoredFlows } from "./store.ts";
 
-/** Flow ends that count as a failed connect, and as a reset (lib/flow.ts's `FlowEnd`). */
-const FAILED_ENDS = "('refused', 'timeout', 'failed')";
-const RESET_ENDS = "('reset', 'aborted')";
-
 const sql = (text: string) => `'${text.replaceAll("'", "''")}'`;
+const sqlList = (texts: readonly string[]) => `(${texts.map(sql).join(", ")})`;
 
 /**
  * Each flow of the range as (client, server) node IDs with its bytes each way; an inbound flow
@@ -60,8 +61,8 @@ FROM (
 
 const EDGE_STATS = `
 SELECT client, server, count(*) AS flows, total(to_server) AS to_server,
-  total(to_client) AS to_client, total(flow_end IN ${FAILED_ENDS}) AS failed,
-  total(flow_end IN ${RESET_ENDS}) AS resets,
+  total(to_client) AS to_client, total(flow_end IN ${sqlList(FAILED_ENDS)}) AS failed,
+  total(flow_end IN ${sqlList(RESET_ENDS)}) AS resets,
   group_concat(CASE WHEN srtt_us > 0 THEN srtt_us END) AS rtts
 FROM (${EDGE_ROWS})
 GROUP BY client, server`;
@@ -72,8 +73,6 @@ FROM (${EDGE_ROWS}) AS e JOIN batches AS b ON b.id = e.batch_id
 WHERE client = ? AND server = ?
 ORDER BY t_start_ns DESC, e.id DESC
 LIMIT ?`;
-
-const INT64_MAX = (1n << 63n) - 1n;
 
 /** {@linkcode GraphSource} over a collector database; see the module documentation. */
 export class SqliteGraphSource implements GraphSource {
@@ -113,23 +112,10 @@ export class SqliteGraphSource implements GraphSource {
   /** See {@linkcode GraphSource.edgeStats}; SQLite answers at once. */
   edgeStats(range: TimeRange): Promise<EdgeStats[]> {
     this.#check();
-    const rows = this.#stats.all(...bounds(range)) as Record<string, unknown>[];
+    const rows = this.#stats.all(...rangeBounds(range)) as Record<string, unknown>[];
     return Promise.resolve(rows.map((r) => {
       // RTTs above 0 (0: none measured, as for a refused connect), as "250,310,…".
-      const rtts = r.rtts === null
-        ? null
-        : Float64Array.from(String(r.rtts).split(","), Number).sort();
-      return {
-        source: r.client as string,
-        target: r.server as string,
-        flows: Number(r.flows),
-        bytesToTarget: Number(r.to_server),
-        bytesToSource: Number(r.to_client),
-        failed: Number(r.failed),
-        resets: Number(r.resets),
-        rttP50Us: rtts === null ? null : nearestRank(rtts, 0.5),
-        rttP99Us: rtts === null ? null : nearestRank(rtts, 0.99),
-      };
+      return edgeStatsOfRow(r, r.rtts === null ? [] : String(r.rtts).split(",").map(Number));
     }));
   }
 
@@ -141,7 +127,7 @@ export class SqliteGraphSource implements GraphSource {
     limit: number,
   ): Promise<StoredFlow[]> {
     this.#check();
-    const rows = this.#flows.all(...bounds(range), source, target, limit);
+    const rows = this.#flows.all(...rangeBounds(range), source, target, limit);
     return Promise.resolve(toStoredFlows(rows as Record<string, unknown>[]));
   }
 
@@ -158,14 +144,4 @@ export class SqliteGraphSource implements GraphSource {
   #check(): void {
     if (!this.#db.isOpen) throw new StoreError("Cannot read the graph: its database is closed");
   }
-}
-
-/** The nearest-rank percentile `p` (0 to 1) of sorted `values`. */
-function nearestRank(values: Float64Array, p: number): number {
-  return values[Math.max(0, Math.ceil(p * values.length) - 1)];
-}
-
-function bounds(range: TimeRange): [bigint, bigint] {
-  const clamp = (v: bigint) => v < -INT64_MAX ? -INT64_MAX : v > INT64_MAX ? INT64_MAX : v;
-  return [clamp(range.fromNs ?? -INT64_MAX), clamp(range.toNs ?? INT64_MAX)];
 }

@@ -262,7 +262,7 @@ export interface CollectorStats {
 
 const MAX_QUERY_ROWS = 100_000;
 /** How long an aggregation of the dependency map is reused for the same time range. */
-const GRAPH_CACHE_MS = 10_000;
+export const GRAPH_CACHE_MS = 10_000;
 /** How long `close()` waits for the requests in flight before it cuts their connections. */
 const CLOSE_GRACE_MS = 2000;
 /** Bytes of a refused body read and thrown away so that the client sees the answer. */
@@ -539,7 +539,7 @@ function route(
     if (backend.graph === undefined) {
       throw new HttpError(
         404,
-        `No dependency map on a cluster node yet: ${path} is served by the SQLite collector (collector --db)`,
+        `No dependency map on this node: ${path} needs the flows (start the cluster node with --clickhouse-url)`,
       );
     }
     return graphResponse(path, url.searchParams, backend.graph, config.now()).then(

@@ -24,7 +24,11 @@
  */
 
 import type { FlowRecord } from "../lib/flow.ts";
-import { makeFlow, nsAt } from "./_batches.ts";
+import assert from "node:assert/strict";
+import type { EdgeStats, GraphSource } from "../collector/graph.ts";
+import { Ingestor } from "../collector/ingest.ts";
+import { FlowStore } from "../collector/store.ts";
+import { batchCbor, makeFlow, nsAt } from "./_batches.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 
 /** One batch: who sends it and its flows. */
@@ -129,6 +133,17 @@ export function scenarioBatches(): ScenarioBatch[] {
   ];
 }
 
+/**
+ * Late evidence, posted last where a test asks for it: `impostor` (node-i) served on checkout's
+ * 10.1.0.1:8080 from 75 s to 95 s, so frontend's calls at 80 s and 90 s, attributed to
+ * checkout, are revoked as ambiguous; the one at 70 s stays.
+ */
+export const SCENARIO_IMPOSTOR_BATCH: ScenarioBatch = {
+  hostname: "node-i",
+  sequence: 1,
+  flows: [inbound("10.1.0.1:8080", "10.1.0.6:1", "impostor", 75, 95)],
+};
+
 /** The batch to post after the held flows expired: a call whose owner is not known yet. */
 export const SCENARIO_LATE_BATCH: ScenarioBatch = {
   hostname: "node-a",
@@ -200,3 +215,86 @@ export const SCENARIO_EDGES: readonly ExpectedEdge[] = [
   },
   { ...one("unattributed:10.0.0.0/8", "workload:db"), bytesToTarget: 5400, bytesToSource: 1200 },
 ];
+
+/**
+ * A database holding the scenario of tests/_graph_scenario.ts, attributed by the collector's
+ * own ingest path: the held flows expired before the late batch came; `after` comes last.
+ */
+export async function withScenario(
+  body: (db: string) => Promise<void> | void,
+  after: readonly ScenarioBatch[] = [],
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "collector_graph_test_" });
+  const db = `${dir}/flows.db`;
+  try {
+    using store = FlowStore.open(db);
+    let nowNs = nsAt(400);
+    const ingestor = Ingestor.open(store, { holdNs: 1_000_000_000n, now: () => nowNs });
+    for (const b of scenarioBatches()) {
+      ingestor.ingestBody(batchCbor(b.hostname, b.sequence, b.flows));
+    }
+    nowNs += 2_000_000_000n;
+    ingestor.tick();
+    for (const b of [SCENARIO_LATE_BATCH, ...after]) {
+      ingestor.ingestBody(batchCbor(b.hostname, b.sequence, b.flows));
+    }
+    await body(db);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** The edges between the scenario's own nodes (node-s's synthetic ones left out). */
+export function scenarioEdges(edges: readonly EdgeStats[]): ExpectedEdge[] {
+  const own = new Set(SCENARIO_EDGES.flatMap((e) => [e.source, e.target]));
+  return edges
+    .filter((e) => own.has(e.source) && own.has(e.target))
+    .map((e) => ({
+      source: e.source,
+      target: e.target,
+      flows: e.flows,
+      bytesToTarget: e.bytesToTarget,
+      bytesToSource: e.bytesToSource,
+      failed: e.failed,
+      resets: e.resets,
+      rttP50Us: e.rttP50Us,
+      rttP99Us: e.rttP99Us,
+    }));
+}
+
+export const byEnds = (
+  a: { source: string; target: string },
+  b: { source: string; target: string },
+) => a.source.localeCompare(b.source) || a.target.localeCompare(b.target);
+
+/** Checks `source`'s latest flows of three edges of the scenario (its batches, no `after`). */
+export async function assertScenarioEdgeFlows(source: GraphSource): Promise<void> {
+  const flows = await source.edgeFlows(
+    "workload:frontend",
+    "workload:checkout",
+    SCENARIO_RANGE,
+    10,
+  );
+  assert.deepEqual(flows.map((f) => [f.hostname, f.localPort, f.end]), [
+    ["node-f", 50003, "reset"],
+    ["node-f", 50002, "refused"],
+    ["node-f", 50001, "normal"],
+  ]);
+  assert.equal(flows[0].remoteWorkloadId, "checkout");
+  const limited = await source.edgeFlows(
+    "workload:frontend",
+    "workload:checkout",
+    SCENARIO_RANGE,
+    1,
+  );
+  assert.deepEqual(limited.map((f) => f.localPort), [50003]);
+  const grouped = await source.edgeFlows(
+    "unattributed:10.0.0.0/8",
+    "workload:db",
+    SCENARIO_RANGE,
+    10,
+  );
+  assert.deepEqual(grouped.map((f) => [f.hostname, f.direction, f.attribution]), [
+    ["node-b", "inbound", "unattributed"],
+  ]);
+}

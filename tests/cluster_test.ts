@@ -364,12 +364,12 @@ Deno.test({
       });
     });
 
-    await t.step("the dependency map is refused in one line: no cluster source yet", async () => {
-      const res = await fetch(`${nodes[0].url}/v1/graph`);
+    await t.step("a node without ClickHouse refuses the dependency map in one line", async () => {
+      const res = await fetch(`${nodes.at(-1)!.url}/v1/graph`);
       assert.equal(res.status, 404);
       assert.equal(
         (await res.text()).trimEnd(),
-        "No dependency map on a cluster node yet: /v1/graph is served by the SQLite collector (collector --db)",
+        "No dependency map on this node: /v1/graph needs the flows (start the cluster node with --clickhouse-url)",
       );
     });
 
@@ -480,6 +480,10 @@ Deno.test({
       assert.equal(res.status, 503);
       assert.ok(Number(res.headers.get("retry-after")) > 0);
       assert.match(await res.text(), /^Cannot read flows: /);
+      const graph = await fetch(`${nodes[0].url}/v1/graph?from=1h`);
+      assert.equal(graph.status, 503, "the dependency map too");
+      assert.ok(Number(graph.headers.get("retry-after")) > 0);
+      assert.match(await graph.text(), /^Cannot read flows: /);
       assert.equal(
         (await postUntilStored(() => [nodes[1].url], hostBatch(9, 1, 5))).status,
         "stored",

@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
 import { batchCbor, nsAt } from "./_batches.ts";
 import {
-  type ExpectedEdge,
+  assertScenarioEdgeFlows,
+  byEnds,
   SCENARIO_EDGES,
   SCENARIO_LATE_BATCH,
   SCENARIO_RANGE,
   scenarioBatches,
+  scenarioEdges,
+  withScenario,
 } from "./_graph_scenario.ts";
 import {
   addressGroup,
@@ -22,55 +25,8 @@ import {
 } from "../collector/graph.ts";
 import { runGraph } from "../collector/graph_cli.ts";
 import { SqliteGraphSource } from "../collector/graph_sqlite.ts";
-import { Ingestor } from "../collector/ingest.ts";
 import { FilterError } from "../collector/query.ts";
 import { startCollector } from "../collector/server.ts";
-import { FlowStore } from "../collector/store.ts";
-
-/**
- * A database holding the scenario of tests/_graph_scenario.ts, attributed by the collector's
- * own ingest path: the held flows expired before the late batch came.
- */
-async function withScenario(body: (db: string) => Promise<void> | void): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "collector_graph_test_" });
-  const db = `${dir}/flows.db`;
-  try {
-    using store = FlowStore.open(db);
-    let nowNs = nsAt(400);
-    const ingestor = Ingestor.open(store, { holdNs: 1_000_000_000n, now: () => nowNs });
-    for (const b of scenarioBatches()) {
-      ingestor.ingestBody(batchCbor(b.hostname, b.sequence, b.flows));
-    }
-    nowNs += 2_000_000_000n;
-    ingestor.tick();
-    const late = SCENARIO_LATE_BATCH;
-    ingestor.ingestBody(batchCbor(late.hostname, late.sequence, late.flows));
-    await body(db);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** The edges between the scenario's own nodes (node-s's synthetic ones left out). */
-function scenarioEdges(edges: readonly EdgeStats[]): ExpectedEdge[] {
-  const own = new Set(SCENARIO_EDGES.flatMap((e) => [e.source, e.target]));
-  return edges
-    .filter((e) => own.has(e.source) && own.has(e.target))
-    .map((e) => ({
-      source: e.source,
-      target: e.target,
-      flows: e.flows,
-      bytesToTarget: e.bytesToTarget,
-      bytesToSource: e.bytesToSource,
-      failed: e.failed,
-      resets: e.resets,
-      rttP50Us: e.rttP50Us,
-      rttP99Us: e.rttP99Us,
-    }));
-}
-
-const byEnds = (a: { source: string; target: string }, b: { source: string; target: string }) =>
-  a.source.localeCompare(b.source) || a.target.localeCompare(b.target);
 
 function edgeNames(graph: Graph): string[] {
   return graph.edges.map((e) => `${nodeLabel(e.source)} -> ${nodeLabel(e.target)}`).sort();
@@ -165,34 +121,7 @@ Deno.test("the graph counts only flows that started in its time range", async ()
 Deno.test("an edge's latest flows are the query's rows of that edge, newest first", async () => {
   await withScenario(async (db) => {
     using source = SqliteGraphSource.open(db);
-    const flows = await source.edgeFlows(
-      "workload:frontend",
-      "workload:checkout",
-      SCENARIO_RANGE,
-      10,
-    );
-    assert.deepEqual(flows.map((f) => [f.hostname, f.localPort, f.end]), [
-      ["node-f", 50003, "reset"],
-      ["node-f", 50002, "refused"],
-      ["node-f", 50001, "normal"],
-    ]);
-    assert.equal(flows[0].remoteWorkloadId, "checkout");
-    const limited = await source.edgeFlows(
-      "workload:frontend",
-      "workload:checkout",
-      SCENARIO_RANGE,
-      1,
-    );
-    assert.deepEqual(limited.map((f) => f.localPort), [50003]);
-    const grouped = await source.edgeFlows(
-      "unattributed:10.0.0.0/8",
-      "workload:db",
-      SCENARIO_RANGE,
-      10,
-    );
-    assert.deepEqual(grouped.map((f) => [f.hostname, f.direction, f.attribution]), [
-      ["node-b", "inbound", "unattributed"],
-    ]);
+    await assertScenarioEdgeFlows(source);
   });
 });
 

@@ -48,8 +48,8 @@ async function documentedRefusals(): Promise<Row[]> {
  */
 const NOT_SENT = [
   "Cannot read the body: <reason>",
-  // A cluster node's answer (tests/cluster_test.ts runs the cluster).
-  "No dependency map on a cluster node yet: <path> is served by the SQLite collector (collector --db)",
+  // A cluster node's answer without ClickHouse (tests/cluster_test.ts runs the cluster).
+  "No dependency map on this node: <path> needs the flows (start the cluster node with --clickhouse-url)",
   "Cannot handle request: <the error>",
   "Refusing to list flows without a token on an address beyond loopback (set --token-file, or --allow-unauthenticated to serve them to anyone)",
 ];

@@ -31,7 +31,9 @@ import { formatIp } from "../../lib/map_layout.ts";
 import { errorText } from "../../lib/error_text.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
 import { type FlowFilter, type StoredFlow, toStoredFlow } from "../store.ts";
+import { type EdgeStats, edgeStatsOfRow, type GraphSource, type TimeRange } from "../graph.ts";
 import type { RowBinaryWriter } from "./row_binary.ts";
+import { edgeFlowsQuery, edgeStatsQuery, quote, revocationsQuery } from "./clickhouse_graph.ts";
 
 /** The SQL of the tables, one source: `schema/clickhouse.sql`. */
 export const CLICKHOUSE_SCHEMA_URL = new URL("../../schema/clickhouse.sql", import.meta.url);
@@ -191,7 +193,7 @@ const ROWS_PER_CHUNK = 1000;
 const KEYS_PER_QUERY = 1000;
 
 /** Flows and revocations in ClickHouse; see the module documentation. */
-export class ClickHouseStore implements AsyncDisposable {
+export class ClickHouseStore implements AsyncDisposable, GraphSource {
   readonly #client: ClickHouseClient;
   readonly #url: string;
 
@@ -299,6 +301,29 @@ export class ClickHouseStore implements AsyncDisposable {
     }
   }
 
+  /**
+   * See {@linkcode GraphSource.edgeStats}: aggregated in ClickHouse, revocations applied
+   * (clickhouse_graph.ts).
+   */
+  async edgeStats(range: TimeRange): Promise<EdgeStats[]> {
+    const revocations = await this.#revocationsIn(range);
+    const rows = await this.#select(edgeStatsQuery(range, revocations));
+    // 64-bit integers arrive quoted.
+    return rows.map((r) => edgeStatsOfRow(r, (r.rtts as (string | number)[]).map(Number)));
+  }
+
+  /** See {@linkcode GraphSource.edgeFlows}. */
+  async edgeFlows(
+    source: string,
+    target: string,
+    range: TimeRange,
+    limit: number,
+  ): Promise<StoredFlow[]> {
+    const revocations = await this.#revocationsIn(range);
+    const rows = await this.#select(edgeFlowsQuery(source, target, range, revocations, limit));
+    return await this.#revoked(rows.map(toFlow));
+  }
+
   /** Flows stored, each counted once (`FINAL`), for tests and metrics. */
   async countFlows(): Promise<number> {
     const rows = await this.#select("SELECT count() AS n FROM flows FINAL");
@@ -360,14 +385,7 @@ export class ClickHouseStore implements AsyncDisposable {
         })`,
       );
       for (const r of rows) {
-        const revocation: Revocation = {
-          key: r.key as string,
-          byAddress: Number(r.by_address) === 1,
-          fromNs: BigInt(r.from_ns as string),
-          toNs: BigInt(r.to_ns as string),
-          serverEndsOnly: Number(r.server_ends_only) === 1,
-          status: r.status as Revocation["status"],
-        };
+        const revocation = toRevocation(r);
         const slot = byKey.get(revocation.key);
         if (slot === undefined) byKey.set(revocation.key, [revocation]);
         else slot.push(revocation);
@@ -386,6 +404,11 @@ export class ClickHouseStore implements AsyncDisposable {
         ? f
         : { ...f, attribution: revocation.status, remoteWorkloadId: null };
     });
+  }
+
+  /** The revocations whose stretch overlaps `range`. */
+  async #revocationsIn(range: TimeRange): Promise<Revocation[]> {
+    return (await this.#select(revocationsQuery(range))).map(toRevocation);
   }
 
   /** One INSERT of RowBinary rows of `columns`. */
@@ -459,6 +482,18 @@ export function sqlStatements(sql: string): string[] {
     .split(";").map((s) => s.trim()).filter((s) => s !== "");
 }
 
+/** A row of `revocations` (64-bit integers arrive quoted). */
+function toRevocation(r: Record<string, unknown>): Revocation {
+  return {
+    key: r.key as string,
+    byAddress: Number(r.by_address) === 1,
+    fromNs: BigInt(r.from_ns as string),
+    toNs: BigInt(r.to_ns as string),
+    serverEndsOnly: Number(r.server_ends_only) === 1,
+    status: r.status as Revocation["status"],
+  };
+}
+
 /** A row of `flows` (64-bit integers arrive quoted) as a stored flow, through the SQLite row's. */
 function toFlow(r: Record<string, unknown>): StoredFlowWithKeys {
   const flow = toStoredFlow({
@@ -475,11 +510,6 @@ function toFlow(r: Record<string, unknown>): StoredFlowWithKeys {
     ownerKey: (r.owner_key as string | null) ?? "",
     remoteKey: r.remote_key as string,
   };
-}
-
-/** A ClickHouse string literal. */
-function quote(text: string): string {
-  return `'${text.replaceAll("\\", "\\\\").replaceAll("'", "\\'")}'`;
 }
 
 /** Two hex digits per byte value: a flow ID is written for every flow. */

@@ -48,9 +48,11 @@ import { HttpError } from "../_http_body.ts";
 import { ipKey } from "../_keys.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
 import { batchConflict, batchDigest, batchTaken, type IngestResult } from "../ingest.ts";
+import { cachedGraphSource } from "../graph.ts";
 import {
   type CollectorBackend,
   type CollectorServer,
+  GRAPH_CACHE_MS,
   RETRY_AFTER_SECONDS,
   serveCollector,
   type ServeOptions,
@@ -277,6 +279,19 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       return out;
     };
 
+    /** A read of ClickHouse, answered with 503 when it fails: the client retries. */
+    const readable = async <T>(read: Promise<T>): Promise<T> => {
+      try {
+        return await read;
+      } catch (error) {
+        throw new HttpError(
+          503,
+          `Cannot read flows: ${errorText(error)}; retry after ${RETRY_AFTER_SECONDS} s`,
+          { "retry-after": String(RETRY_AFTER_SECONDS) },
+        );
+      }
+    };
+
     /** A publish failed: the batch is refused with 503 and the agent retries it. */
     const unavailable = (id: string, error: unknown) =>
       new HttpError(
@@ -374,16 +389,12 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
             "This node stores no flows: query ClickHouse (start nodes with --clickhouse-url)",
           );
         }
-        try {
-          return await store.flows(filter);
-        } catch (error) {
-          throw new HttpError(
-            503,
-            `Cannot read flows: ${errorText(error)}; retry after ${RETRY_AFTER_SECONDS} s`,
-            { "retry-after": String(RETRY_AFTER_SECONDS) },
-          );
-        }
+        return await readable(store.flows(filter));
       },
+      graph: store === undefined ? undefined : cachedGraphSource({
+        edgeStats: (range) => readable(store.edgeStats(range)),
+        edgeFlows: (...edge) => readable(store.edgeFlows(...edge)),
+      }, GRAPH_CACHE_MS),
       tick: () => replica.prune(),
       metrics: async () => renderMetrics(nodeStats(), await lag().catch(() => ({}))),
       close: () => {},
