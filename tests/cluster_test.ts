@@ -374,6 +374,7 @@ Deno.test({
     });
 
     await t.step("each node serves its figures at /metrics", async () => {
+      const before = nodes[0].stats();
       const res = await fetch(`${nodes[0].url}/metrics`);
       assert.equal(res.status, 200);
       const text = await res.text();
@@ -385,6 +386,25 @@ Deno.test({
         const lag = value(`flowexporter_cluster_consumer_lag\\{consumer="${consumer}"\\}`);
         assert.ok(Number.isInteger(lag) && lag >= 0, `${consumer} lag ${lag}`);
       }
+      // The hold may settle a batch meanwhile: each count lies between the node's before and after.
+      const after = nodes[0].stats();
+      const held = [["held_flows", "heldFlows"], [
+        "held_flows_settled",
+        "heldFlowsSettled",
+      ]] as const;
+      for (const [metric, key] of held) {
+        const served = value(`flowexporter_cluster_${metric}_total`);
+        assert.ok(before[key] <= served && served <= after[key], `${metric}: ${served}`);
+      }
+      const sum = (key: "heldFlows" | "heldFlowsSettled") =>
+        nodes.reduce((n, node) => n + node.stats()[key], 0);
+      assert.ok(sum("heldFlowsSettled") <= sum("heldFlows"), "only held flows are settled");
+      const doc = await Deno.readTextFile(new URL("../docs/cluster.md", import.meta.url));
+      const documented = [...doc.matchAll(/^\| `(flowexporter_cluster_\w+)` +\| (\w+) /gm)]
+        .map((m) => `${m[1]} ${m[2]}`);
+      const served = [...text.matchAll(/^# TYPE (flowexporter_cluster_\w+) (\w+)$/gm)]
+        .map((m) => `${m[1]} ${m[2]}`);
+      assert.deepEqual(documented.sort(), served.sort(), "docs/cluster.md lists every metric");
     });
 
     await t.step(

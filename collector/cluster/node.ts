@@ -129,6 +129,13 @@ export interface ClusterNodeStats {
   heldSettled: number;
   /** Held batches this node tried and put back to wait. */
   heldRetried: number;
+  /**
+   * Flows this node put on hold. Summed over the nodes, less {@linkcode heldFlowsSettled}'s sum:
+   * the flows the cluster holds (a batch redelivered after a node's loss counts again).
+   */
+  heldFlows: number;
+  /** Held flows this node gave a verdict (an owner, or `unattributed` after the hold). */
+  heldFlowsSettled: number;
   /** Flows this node's sink inserted into ClickHouse. */
   sinkRows: number;
   /** Failed inserts (the entries are redelivered). */
@@ -196,6 +203,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     batchesAttributed: 0,
     heldSettled: 0,
     heldRetried: 0,
+    heldFlows: 0,
+    heldFlowsSettled: 0,
     sinkRows: 0,
     sinkErrors: 0,
     ownershipApplied: 0,
@@ -429,6 +438,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       }
       await m.ackAck();
       stats.batchesAttributed++;
+      stats.heldFlows += held.length;
     };
 
     /** Tries the held flows of one batch of `FLOW_HELD` again. */
@@ -453,6 +463,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       );
       await m.ackAck();
       stats.heldSettled++;
+      stats.heldFlowsSettled += entry.indexes.length;
     };
 
     /**
@@ -653,6 +664,8 @@ function renderMetrics(stats: ClusterNodeStats, lag: Record<string, number>): st
     ["batchesAttributed", "batches_attributed_total", "Batches this node attributed."],
     ["heldSettled", "held_settled_total", "Held batches this node settled."],
     ["heldRetried", "held_retried_total", "Held batches this node put back to wait."],
+    ["heldFlows", "held_flows_total", "Flows this node put on hold."],
+    ["heldFlowsSettled", "held_flows_settled_total", "Held flows this node gave a verdict."],
     ["sinkRows", "sink_rows_total", "Flows this node inserted into ClickHouse."],
     ["sinkErrors", "sink_errors_total", "Failed ClickHouse inserts (redelivered)."],
   ];
