@@ -161,10 +161,10 @@ export async function resetByClient(host: string, clientBytes: number): Promise<
   }
 }
 
-/** What {@linkcode reconnectAfterRefusal} did. */
+/** What {@linkcode reconnect} did. */
 export interface Reconnect {
-  /** The endpoint that refused the first connect. */
-  refused: { host: string; port: number };
+  /** Where the first connect went. */
+  first: { host: string; port: number };
   /** The listener the second connect reached, and the client's port then. */
   serverPort: number;
   clientPort: number;
@@ -172,12 +172,16 @@ export interface Reconnect {
 }
 
 /**
- * One IPv4 socket, two connections: connect() to an endpoint nothing listens on (refused),
- * then connect() again, on the same socket, to a listener on `host`; the client sends one byte
- * and closes first. Deno opens a new socket per connect, so this one is made through libc, as
- * a client library that retries on the same descriptor does.
+ * One IPv4 socket, two connections. The first connect() is `refused` (an endpoint nothing
+ * listens on), or reaches a listener and is `disconnected` (connect(AF_UNSPEC), which resets
+ * it). Then connect() again, on the same socket, to a listener on `host`; the client sends one
+ * byte and closes first. Deno opens a new socket per connect, so this one is made through libc,
+ * as a client library that retries on the same descriptor does.
  */
-export async function reconnectAfterRefusal(host: string): Promise<Reconnect> {
+export async function reconnect(
+  host: string,
+  first: "refused" | "disconnected",
+): Promise<Reconnect> {
   const libc = Deno.dlopen("libc.so.6", {
     socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
     connect: { parameters: ["i32", "buffer", "u32"], result: "i32", nonblocking: true },
@@ -186,7 +190,7 @@ export async function reconnectAfterRefusal(host: string): Promise<Reconnect> {
     close: { parameters: ["i32"], result: "i32" },
   });
   try {
-    return await connectTwice(libc.symbols, host);
+    return await connectTwice(libc.symbols, host, first);
   } finally {
     libc.close();
   }
@@ -201,17 +205,26 @@ async function connectTwice(
     close(fd: number): number;
   },
   host: string,
+  firstKind: "refused" | "disconnected",
 ): Promise<Reconnect> {
-  const AF_INET = 2, SOCK_STREAM = 1;
-  const sockaddr = (ip: string, port: number) => {
+  const AF_UNSPEC = 0, AF_INET = 2, SOCK_STREAM = 1;
+  const sockaddr = (ip: string, port: number, family = AF_INET) => {
     const out = new Uint8Array(16);
     const view = new DataView(out.buffer);
-    view.setUint16(0, AF_INET, true);
+    view.setUint16(0, family, true);
     view.setUint16(2, port, false);
     out.set(ip.split(".").map(Number), 4);
     return out;
   };
-  const refused = unreachableEndpoint();
+  // The first connection's listener: on an address of its own, so that its record is the only
+  // one with this remote address.
+  using firstListener = firstKind === "disconnected"
+    ? Deno.listen({ hostname: uniqueLoopbackAddress(), port: 0 })
+    : undefined;
+  const first = firstListener === undefined ? unreachableEndpoint() : {
+    host: (firstListener.addr as Deno.NetAddr).hostname,
+    port: (firstListener.addr as Deno.NetAddr).port,
+  };
   using listener = Deno.listen({ hostname: host, port: 0 });
   const serverPort = (listener.addr as Deno.NetAddr).port;
   const beforeNs = lowerBoundNs();
@@ -223,8 +236,18 @@ async function connectTwice(
     open = false;
   };
   try {
-    if (await libc.connect(fd, sockaddr(refused.host, refused.port), 16) === 0) {
-      throw new Error(`Port ${refused.port} on ${refused.host} accepted a connection`);
+    const connected = await libc.connect(fd, sockaddr(first.host, first.port), 16) === 0;
+    if (connected !== (firstListener !== undefined)) {
+      throw new Error(`The first connect() to ${first.host}:${first.port} did not go as planned`);
+    }
+    if (firstListener !== undefined) {
+      const server = await firstListener.accept();
+      if (await libc.connect(fd, sockaddr("0.0.0.0", 0, AF_UNSPEC), 16) !== 0) {
+        throw new Error("connect(AF_UNSPEC) did not disconnect the socket");
+      }
+      // The disconnect reset the connection: the server reads the reset.
+      await readEof(server).catch(() => {});
+      server.close();
     }
     if (await libc.connect(fd, sockaddr(host, serverPort), 16) !== 0) {
       throw new Error(`The second connect() of one socket to ${host}:${serverPort} failed`);
@@ -238,7 +261,7 @@ async function connectTwice(
     closeClient();
     await readEof(server);
     server.close();
-    return { refused, serverPort, clientPort, beforeNs };
+    return { first, serverPort, clientPort, beforeNs };
   } finally {
     closeClient();
   }

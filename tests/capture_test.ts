@@ -15,7 +15,7 @@ import {
   exchange,
   gridSocket,
   lowerBoundNs,
-  reconnectAfterRefusal,
+  reconnect,
   resetByClient,
   runChurn,
   unreachableEndpoint,
@@ -171,24 +171,32 @@ async function coreScenarios(
   );
   await t.step(
     "a socket that connects again after a refusal is two flows, each with its own ID",
-    () => assertReconnect(agent, closes),
+    () => assertReconnect(agent, closes, "refused"),
+  );
+  await t.step(
+    "a socket that connects again after connect(AF_UNSPEC) is two flows, each with its own ID",
+    () => assertReconnect(agent, closes, "disconnected"),
   );
 }
 
-async function assertReconnect(agent: AgentProcess, closes: Closes): Promise<void> {
-  const x = await reconnectAfterRefusal("127.0.0.1");
-  const refusedMatch = (r: FlowJson) =>
-    r.remote_ip === x.refused.host && r.remote_port === x.refused.port;
-  const [refused, ...more] = await agent.waitForRecords(refusedMatch, 1);
-  assert.equal(more.length, 0, "one record for the refused connection");
+async function assertReconnect(
+  agent: AgentProcess,
+  closes: Closes,
+  firstKind: "refused" | "disconnected",
+): Promise<void> {
+  const x = await reconnect("127.0.0.1", firstKind);
+  const firstMatch = (r: FlowJson) =>
+    r.remote_ip === x.first.host && r.remote_port === x.first.port;
+  const [first, ...more] = await agent.waitForRecords(firstMatch, 1);
+  assert.equal(more.length, 0, "one record for the first connection");
   const { client } = await pair(agent, x, closes);
   const afterNs = upperBoundNs();
-  assert.equal(refused.end, "refused");
-  assert.equal(refused.direction, "outbound");
+  assert.equal(first.end, firstKind === "refused" ? "refused" : "aborted");
+  assert.equal(first.direction, "outbound");
   assert.equal(client.direction, "outbound");
   assert.equal(client.bytes_sent, 1);
-  assert.notEqual(client.flow_id, refused.flow_id, "the second connection has an ID of its own");
-  const [boot, cookie] = (refused.flow_id as string).split(":");
+  assert.notEqual(client.flow_id, first.flow_id, "the second connection has an ID of its own");
+  const [boot, cookie] = (first.flow_id as string).split(":");
   const shift = BigInt(headerDefines("FE_").CONNECTION_SHIFT);
   assert.equal(
     client.flow_id,
@@ -196,10 +204,10 @@ async function assertReconnect(agent: AgentProcess, closes: Closes): Promise<voi
     "the socket's cookie, with its one earlier connection counted from FE_CONNECTION_SHIFT",
   );
   assert.ok(
-    (refused.t_end_ns as bigint) <= (client.t_start_ns as bigint),
+    (first.t_end_ns as bigint) <= (client.t_start_ns as bigint),
     "the second flow starts after the first ended",
   );
-  assertWithin(refused, x.beforeNs, afterNs);
+  assertWithin(first, x.beforeNs, afterNs);
   assertWithin(client, x.beforeNs, afterNs);
 }
 
