@@ -4,10 +4,13 @@
  * many hosts whose workloads call each other's servers.
  *
  *   deno run -A bench/cluster_bench.ts [--hosts 1000] [--batches-per-host 2] [--flows 200]
- *     [--reps 2] [--in-flight 4]
+ *     [--reps 2] [--in-flight 4] [--settle-hosts 300]
  *
  * For 1 and then 2 collector nodes (each a process of its own, bench/_cluster_node.ts), each
- * repetition runs on empty streams and tables:
+ * repetition runs on empty streams and tables. Before each stage is measured, its nodes settle:
+ * they handle the batches of `--settle-hosts` other hosts (the same shape, one batch of calls
+ * each) untimed, so that the figures are a running node's, not those of a process that compiles
+ * its code and reads the ownership log as it starts (`--settle-hosts 0` measures that):
  * - the stages one at a time, on the same batches: ingest (nodes that only validate and
  *   publish), attribution (nodes that only attribute what ingest left in the stream) and sink
  *   (nodes that only insert the attributed flows into ClickHouse); for each, wall time, flows/s,
@@ -45,6 +48,7 @@ const { values } = parseArgs({
     // Per node: the collector's default max_concurrent_ingests. More only draws 503s, which
     // the bench retries at once where an agent would wait Retry-After.
     "in-flight": { type: "string", default: "4" },
+    "settle-hosts": { type: "string", default: "300" },
   },
 });
 const hosts = Number(values.hosts);
@@ -52,6 +56,7 @@ const batchesPerHost = Number(values["batches-per-host"]);
 const flowsPerBatch = Number(values.flows);
 const reps = Number(values.reps);
 const inFlight = Number(values["in-flight"]);
+const settleHosts = Number(values["settle-hosts"]);
 const hz = await clockTicksPerSecond();
 
 /** Host h's address. */
@@ -115,27 +120,37 @@ function body(h: number, sequence: number, flows: FlowRecord[]): Uint8Array {
   }, flows.map(encodeFlow)));
 }
 
+/** Batches of some hosts, in the order to post them. */
+interface HostBatches {
+  heartbeats: Uint8Array[];
+  traffic: Uint8Array[];
+  flows: number;
+}
+
 /**
- * Per host: one batch of its server's heartbeats (inbound on SERVER_PORT, over the whole
- * run), then `batchesPerHost` batches of calls to the servers of other hosts, every one of
- * which attribution can answer.
+ * Per host of `count` hosts from `first`: one batch of its server's heartbeats (inbound on
+ * SERVER_PORT, over the whole run), then `batches` batches of calls to the servers of the
+ * other hosts of the set, every one of which attribution can answer.
  */
-function makeBatches(): { heartbeats: Uint8Array[]; traffic: Uint8Array[]; flows: number } {
+function makeBatches(first: number, count: number, batches: number): HostBatches {
   const t0 = nowNs - 300_000_000_000n;
   const heartbeats: Uint8Array[] = [];
   const traffic: Uint8Array[] = [];
   let flows = 0;
-  for (let h = 0; h < hosts; h++) {
-    heartbeats.push(body(h, 1, [flow(h, SERVER_PORT, (h + 1) % hosts, 40000, t0, true)]));
+  const hostAt = (i: number) => first + (i % count);
+  for (let i = 0; i < count; i++) {
+    const h = hostAt(i);
+    heartbeats.push(body(h, 1, [flow(h, SERVER_PORT, hostAt(i + 1), 40000, t0, true)]));
     flows++;
   }
-  for (let b = 0; b < batchesPerHost; b++) {
-    for (let h = 0; h < hosts; h++) {
+  for (let b = 0; b < batches; b++) {
+    for (let i = 0; i < count; i++) {
+      const h = hostAt(i);
       const list: FlowRecord[] = [];
-      for (let i = 0; i < flowsPerBatch; i++) {
-        const server = (h + 1 + ((i * 7919 + b) % (hosts - 1))) % hosts;
-        const start = t0 + BigInt(b * flowsPerBatch + i) * 1_000_000_000n / BigInt(flowsPerBatch);
-        list.push(flow(h, 32768 + i, server, SERVER_PORT, start + 1_000_000_000n, false));
+      for (let f = 0; f < flowsPerBatch; f++) {
+        const server = hostAt(i + 1 + ((f * 7919 + b) % (count - 1)));
+        const start = t0 + BigInt(b * flowsPerBatch + f) * 1_000_000_000n / BigInt(flowsPerBatch);
+        list.push(flow(h, 32768 + f, server, SERVER_PORT, start + 1_000_000_000n, false));
       }
       traffic.push(body(h, 2 + b, list));
       flows += list.length;
@@ -236,21 +251,27 @@ async function until(condition: () => Promise<boolean>): Promise<void> {
 }
 
 interface Stage {
+  /** Flows the stage handled while measured. */
+  flows: number;
   ms: number;
   nodeTicks: number;
   natsTicks: number;
   clickhouseTicks: number;
 }
 
-/** Runs `body` and measures wall time and CPU of the nodes, JetStream and ClickHouse. */
-async function measure(nodes: NodeProcess[], body: () => Promise<void>): Promise<Stage> {
+/**
+ * Runs `body`, which resolves to the number of flows it saw handled, and measures wall time and
+ * CPU of the nodes, JetStream and ClickHouse.
+ */
+async function measure(nodes: NodeProcess[], body: () => Promise<number>): Promise<Stage> {
   const nodePids = nodes.map((n) => n.pid);
   const nats = natsPids().map(([, pid]) => pid);
   const before = [ticks(nodePids), ticks(nats), cpuTicks(clickhousePid())];
   const started = performance.now();
-  await body();
+  const flows = await body();
   const ms = performance.now() - started;
   return {
+    flows,
     ms,
     nodeTicks: ticks(nodePids) - before[0],
     natsTicks: ticks(nats) - before[1],
@@ -258,28 +279,39 @@ async function measure(nodes: NodeProcess[], body: () => Promise<void>): Promise
   };
 }
 
-const batches = makeBatches();
-const expected = batches.flows;
-const bodyBytes = [...batches.heartbeats, ...batches.traffic].reduce((n, b) => n + b.length, 0);
+const main = makeBatches(0, hosts, batchesPerHost);
+const settle = settleHosts > 1
+  ? makeBatches(hosts, settleHosts, 1)
+  : { heartbeats: [], traffic: [], flows: 0 };
+const mainBatches = main.heartbeats.length + main.traffic.length;
+const total = main.flows + settle.flows;
+/** Flows in the last `left` batches of `main` (posted heartbeats first, then traffic). */
+const flowsOfLast = (left: number) =>
+  Math.min(left, main.traffic.length) * flowsPerBatch + Math.max(0, left - main.traffic.length);
+const bodyBytes = [...main.heartbeats, ...main.traffic].reduce((n, b) => n + b.length, 0);
 console.error(
-  `${hosts} hosts, ${batches.heartbeats.length + batches.traffic.length} batches, ${expected} ` +
-    `flows, ${bodyBytes} bytes compressed (${(bodyBytes / expected).toFixed(1)} per flow)`,
+  `${hosts} hosts, ${mainBatches} batches, ${main.flows} flows, ${bodyBytes} bytes compressed ` +
+    `(${(bodyBytes / main.flows).toFixed(1)} per flow); settling on ${settle.flows} flows of ` +
+    `${settle.heartbeats.length} other hosts`,
 );
 const rows: string[][] = [];
-const perK = (t: number) => (t / hz * 1000 / (expected / 1000)).toFixed(1);
 const record = (nodes: number, rep: number, name: string, s: Stage) => {
-  const flowsPerS = expected / (s.ms / 1000);
+  const perK = (t: number) => (t / hz * 1000 / (s.flows / 1000)).toFixed(1);
   rows.push([
     `${nodes}`,
     `${rep}`,
     name,
     (s.ms / 1000).toFixed(2),
-    Math.round(flowsPerS).toString(),
+    Math.round(s.flows / (s.ms / 1000)).toString(),
     perK(s.nodeTicks),
     perK(s.natsTicks),
     perK(s.clickhouseTicks),
   ]);
   console.error(rows.at(-1)!.join("\t"));
+};
+const postAll = async (urls: string[], set: HostBatches) => {
+  await post(urls, set.heartbeats);
+  await post(urls, set.traffic);
 };
 
 try {
@@ -288,51 +320,62 @@ try {
       await reset();
       let nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "none");
       const urls = nodes.map((node) => node.url);
+      await postAll(urls, settle);
       record(
         n,
         rep,
         "ingest",
         await measure(nodes, async () => {
-          await post(urls, batches.heartbeats);
-          await post(urls, batches.traffic);
+          await postAll(urls, main);
+          return main.flows;
         }),
       );
       await stopNodes(nodes);
       nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "attribution");
+      // The settling batches come first in the stream.
+      await until(async () => await lag("attribution") <= mainBatches);
       record(
         n,
         rep,
         "attribution",
         await measure(nodes, async () => {
+          const left = await lag("attribution");
           await until(async () => await lag("attribution") === 0 && await lag("hold") === 0);
+          return flowsOfLast(left);
         }),
       );
       await stopNodes(nodes);
       nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "sink");
       const store = await ClickHouseStore.open(cluster.clickhouseUrl, { readOnly: true });
+      await until(async () => await lag("sink") <= mainBatches);
       record(
         n,
         rep,
         "sink",
         await measure(nodes, async () => {
-          await until(async () => await lag("sink") === 0 && await store.countFlows() === expected);
+          const stored = await store.countFlows();
+          await until(async () => await lag("sink") === 0 && await store.countFlows() === total);
+          return total - stored;
         }),
       );
       const attributed = (await store.flows({ attribution: "attributed", limit: -1 })).length;
-      if (attributed !== expected) {
-        throw new Error(`${expected - attributed} flows not attributed: the bench data is wrong`);
+      if (attributed !== total) {
+        throw new Error(`${total - attributed} flows not attributed: the bench data is wrong`);
       }
       await stopNodes(nodes);
       await reset();
       nodes = await startNodes(n, cluster.natsUrls, cluster.clickhouseUrl, "attribution,sink");
+      const all = nodes.map((node) => node.url);
+      await postAll(all, settle);
+      await until(async () => await store.countFlows() === settle.flows);
       record(
         n,
         rep,
         "end to end",
         await measure(nodes, async () => {
-          await post(nodes.map((node) => node.url), batches.heartbeats);
-          await post(nodes.map((node) => node.url), batches.traffic);
-          await until(async () => await store.countFlows() === expected);
+          await postAll(all, main);
+          await until(async () => await store.countFlows() === total);
+          return main.flows;
         }),
       );
       await store.close();
