@@ -12,6 +12,7 @@ import { addressGroupSql, quote } from "../collector/cluster/clickhouse_graph.ts
 import { addressGroup, BLOCKS, type EdgeStats, type GraphSource } from "../collector/graph.ts";
 import { runGraph } from "../collector/graph_cli.ts";
 import { SqliteGraphSource } from "../collector/graph_sqlite.ts";
+import { FlowStore, type StoredFlow } from "../collector/store.ts";
 import { formatIp } from "../lib/map_layout.ts";
 import { nsAt } from "./_batches.ts";
 import { clusterServersInstalled, postUntilStored, testBatch, waitUntil } from "./_cluster.ts";
@@ -119,7 +120,8 @@ Deno.test({
     const settled = async () =>
       await lagged("attribution") === 0 && await lagged("clickhouse") === 0;
     let i = 0;
-    for (const b of scenarioBatches()) {
+    const posted = [...scenarioBatches(), SCENARIO_LATE_BATCH];
+    for (const b of posted.slice(0, -1)) {
       const batch = testBatch(b.hostname, b.sequence, b.flows);
       await postUntilStored(() => [nodes[i++ % nodes.length].url], batch);
     }
@@ -146,6 +148,32 @@ Deno.test({
       });
       assert.deepEqual(await store.edgeStats({ fromNs: nsAt(1000) }), []);
     });
+
+    await t.step(
+      "every flow reads back from ClickHouse as from SQLite, field by field",
+      async () => {
+        const stored = await store.flows({ limit: -1 });
+        // Each scenario is built anew, with cookies of its own: those are held to what was posted.
+        assert.deepEqual(
+          stored.map((f) => `${f.hostname} ${f.cookie}`).sort(),
+          posted.flatMap((b) => b.flows.map((f) => `${b.hostname} ${f.cookie}`)).sort(),
+        );
+        // Where each store keeps a flow (its row ID) and when it came differ; nothing else may.
+        const comparable = (flows: StoredFlow[]) =>
+          flows.map(({ id: _id, receivedNs: _received, cookie: _cookie, ...f }) => ({
+            ...f,
+            ownerKey: undefined,
+            remoteKey: undefined,
+          })).sort((a, b) =>
+            a.hostname.localeCompare(b.hostname) || a.localPort - b.localPort ||
+            Number(a.tStartNs - b.tStartNs)
+          );
+        await withScenario((db) => {
+          using sqlite = FlowStore.open(db, { readOnly: true });
+          assert.deepEqual(comparable(stored), comparable(sqlite.flows({ limit: -1 })));
+        });
+      },
+    );
 
     await t.step("an edge's latest flows come newest first", async () => {
       await assertScenarioEdgeFlows(store);
