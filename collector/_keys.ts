@@ -11,7 +11,11 @@ import { formatIp } from "../lib/map_layout.ts";
 
 /** The key of an address as seen from `host`: `10.0.0.7`, `fd00::7`, `127.0.0.1%node-a`. */
 export function ipKey(host: string, ip: Uint8Array): string {
-  const text = formatIp(ip);
+  return ipKeyOfText(host, ip, formatIp(ip));
+}
+
+/** {@linkcode ipKey} of `ip` whose text (`formatIp(ip)`) the caller has made already. */
+export function ipKeyOfText(host: string, ip: Uint8Array, text: string): string {
   return isHostScoped(ip) ? `${text}%${host}` : text;
 }
 

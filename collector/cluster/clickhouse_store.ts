@@ -82,6 +82,7 @@ export const BATCH_COLUMNS = [
  *
  * @param index the flow's index in its batch
  * @param remoteKey address key of its remote end
+ * @param remoteIp its remote address as text (`formatIp`), made for the key already
  */
 export function writeFlowRow(
   w: RowBinaryWriter,
@@ -90,10 +91,11 @@ export function writeFlowRow(
   index: number,
   f: FlowRecord,
   remoteKey: string,
+  remoteIp: string,
   receivedNs: bigint,
 ): void {
   const known = hasFlowId(f);
-  const flowId = known ? hex(encodeFlowId(f.bootId, f.cookie)) : null;
+  const flowId = known ? flowIdHex(f.bootId, f.cookie) : null;
   w.string(host);
   w.string(flowId ?? `${sequence}:${index}`);
   w.uint64(sequence);
@@ -102,9 +104,9 @@ export function writeFlowRow(
   w.int64(f.tStartNs);
   w.int64(f.tEndNs);
   w.uint8(f.family);
-  w.string(formatIp(f.localIp));
+  w.string(localIpText(f.localIp));
   w.uint16(f.localPort);
-  w.string(formatIp(f.remoteIp));
+  w.string(remoteIp);
   w.uint16(f.remotePort);
   w.string(f.localWorkloadId);
   w.string(f.identitySource);
@@ -126,6 +128,42 @@ export function writeFlowRow(
   w.uint64(f.lost);
   w.string(remoteKey);
   w.int64(receivedNs);
+}
+
+/**
+ * The last boot ID's hex and the last local address's text: a batch's flows share one boot
+ * and mostly one or two local addresses, and every row writes both.
+ */
+const lastText = {
+  bootId: NO_BOOT_ID,
+  bootHex: "",
+  localIp: new Uint8Array(0),
+  local: "",
+};
+
+/**
+ * `hex(encodeFlowId(bootId, cookie))` (a decoded flow's cookie is a u64), the boot ID's part
+ * kept while it repeats.
+ */
+function flowIdHex(bootId: Uint8Array, cookie: bigint): string {
+  if (bootId !== lastText.bootId) {
+    // Through encodeFlowId, which checks that the boot ID is 16 bytes.
+    lastText.bootHex = hex(encodeFlowId(bootId, 0n).subarray(0, bootId.length));
+    lastText.bootId = bootId;
+  }
+  return lastText.bootHex + cookie.toString(16).padStart(16, "0");
+}
+
+/** `formatIp(ip)`, kept while the address repeats. */
+function localIpText(ip: Uint8Array): string {
+  const last = lastText.localIp;
+  let same = last.length === ip.length;
+  for (let i = 0; same && i < ip.length; i++) same = last[i] === ip[i];
+  if (!same) {
+    lastText.local = formatIp(ip);
+    lastText.localIp = ip.slice();
+  }
+  return lastText.local;
 }
 
 /** Appends the {@linkcode VERDICT_COLUMNS} of one flow, RowBinary. */

@@ -45,7 +45,8 @@ import type { Logger } from "../../lib/logger.ts";
 import { printable } from "../../lib/printable.ts";
 import { MetricsRegistry } from "../../lib/metrics.ts";
 import { HttpError } from "../_http_body.ts";
-import { ipKey } from "../_keys.ts";
+import { ipKeyOfText } from "../_keys.ts";
+import { formatIp } from "../../lib/map_layout.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
 import { batchConflict, batchDigest, batchTaken, type IngestResult } from "../ingest.ts";
 import { cachedGraphSource } from "../graph.ts";
@@ -630,9 +631,11 @@ function prepareBatch(batch: DecodedBatch, digest: Uint8Array, receivedNs: bigin
   const rowOffsets = new Uint32Array(flows.length + 1);
   const remoteKeys: string[] = new Array(flows.length);
   for (let i = 0; i < flows.length; i++) {
+    const f = flows[i];
     rowOffsets[i] = rows.length;
-    remoteKeys[i] = ipKey(hostname, flows[i].remoteIp);
-    writeFlowRow(rows, hostname, header.sequence, i, flows[i], remoteKeys[i], receivedNs);
+    const remoteIp = formatIp(f.remoteIp);
+    remoteKeys[i] = ipKeyOfText(hostname, f.remoteIp, remoteIp);
+    writeFlowRow(rows, hostname, header.sequence, i, f, remoteKeys[i], remoteIp, receivedNs);
   }
   rowOffsets[flows.length] = rows.length;
   const batchRow = new RowBinaryWriter(256);
