@@ -22,21 +22,16 @@
  */
 
 import { parseArgs } from "node:util";
-import { gzipSync } from "node:zlib";
 import { createClient } from "@clickhouse/client";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { startLocalCluster } from "../collector/cluster/local_cluster.ts";
 import { ClickHouseStore } from "../collector/cluster/clickhouse_store.ts";
 import { CONSUMERS, STREAMS } from "../collector/cluster/streams.ts";
-import type { FlowRecord } from "../lib/flow.ts";
-import { parseBootId } from "../lib/flow_id.ts";
-import { encodeBatch, encodeFlow, SCHEMA_VERSION } from "../lib/wire.ts";
 import { clockTicksPerSecond, cpuTicks } from "./_proc.ts";
+import { type FleetBatches, SyntheticFleet } from "./_cluster_fleet.ts";
 
 const NODE = new URL("./_cluster_node.ts", import.meta.url).pathname;
-const BOOT_ID = parseBootId("7a1c9e52-3b4d-4f6a-8e2b-1c3d5e7f9a0b");
-const SERVER_PORT = 8443;
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -59,105 +54,7 @@ const inFlight = Number(values["in-flight"]);
 const settleHosts = Number(values["settle-hosts"]);
 const hz = await clockTicksPerSecond();
 
-/** Host h's address. */
-const ipOf = (h: number) => Uint8Array.of(10, 100 + (h >> 16), (h >> 8) & 0xff, h & 0xff);
-let cookie = 1n;
-const nowNs = BigInt(Date.now()) * 1_000_000n;
-
-function flow(
-  h: number,
-  localPort: number,
-  remote: number,
-  remotePort: number,
-  startNs: bigint,
-  inbound: boolean,
-): FlowRecord {
-  const i = Number(cookie);
-  const sent = 100 + (i * 7919) % 100_000;
-  return {
-    bootId: BOOT_ID,
-    cookie: cookie++,
-    family: 4,
-    localIp: ipOf(h),
-    localPort,
-    remoteIp: ipOf(remote),
-    remotePort,
-    localWorkloadId: `k8s://team-${h % 37}/service-${h}-7d9f8c6b5-x2x4z`,
-    identitySource: "ip-map",
-    tStartNs: startNs,
-    tEndNs: startNs + 2_000_000_000n,
-    seeded: false,
-    recordKind: "final",
-    direction: inbound ? "inbound" : "outbound",
-    closeState: inbound ? "LAST_ACK" : "FIN_WAIT2",
-    end: "normal",
-    error: 0,
-    bytesSent: sent,
-    bytesRetrans: 0,
-    bytesAcked: sent,
-    bytesReceived: 60 + (i * 104_729) % 1_000_000,
-    segsOut: 2 + i % 90,
-    segsIn: 2 + i % 70,
-    totalRetrans: 0,
-    srttUs: 80 + i % 4000,
-    minRttUs: 40 + i % 2000,
-    delivered: 1 + i % 80,
-    lost: 0,
-  };
-}
-
-function body(h: number, sequence: number, flows: FlowRecord[]): Uint8Array {
-  return gzipSync(encodeBatch({
-    schemaVersion: SCHEMA_VERSION,
-    exporterVersion: "0.1.0",
-    host: { hostname: `host-${h}`, workloadId: `host:host-${h}` },
-    sequence,
-    windowStartNs: nowNs - 600_000_000_000n,
-    windowEndNs: nowNs,
-    recordCount: flows.length,
-    clockOffsetNs: 0n,
-    loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
-  }, flows.map(encodeFlow)));
-}
-
-/** Batches of some hosts, in the order to post them. */
-interface HostBatches {
-  heartbeats: Uint8Array[];
-  traffic: Uint8Array[];
-  flows: number;
-}
-
-/**
- * Per host of `count` hosts from `first`: one batch of its server's heartbeats (inbound on
- * SERVER_PORT, over the whole run), then `batches` batches of calls to the servers of the
- * other hosts of the set, every one of which attribution can answer.
- */
-function makeBatches(first: number, count: number, batches: number): HostBatches {
-  const t0 = nowNs - 300_000_000_000n;
-  const heartbeats: Uint8Array[] = [];
-  const traffic: Uint8Array[] = [];
-  let flows = 0;
-  const hostAt = (i: number) => first + (i % count);
-  for (let i = 0; i < count; i++) {
-    const h = hostAt(i);
-    heartbeats.push(body(h, 1, [flow(h, SERVER_PORT, hostAt(i + 1), 40000, t0, true)]));
-    flows++;
-  }
-  for (let b = 0; b < batches; b++) {
-    for (let i = 0; i < count; i++) {
-      const h = hostAt(i);
-      const list: FlowRecord[] = [];
-      for (let f = 0; f < flowsPerBatch; f++) {
-        const server = hostAt(i + 1 + ((f * 7919 + b) % (count - 1)));
-        const start = t0 + BigInt(b * flowsPerBatch + f) * 1_000_000_000n / BigInt(flowsPerBatch);
-        list.push(flow(h, 32768 + f, server, SERVER_PORT, start + 1_000_000_000n, false));
-      }
-      traffic.push(body(h, 2 + b, list));
-      flows += list.length;
-    }
-  }
-  return { heartbeats, traffic, flows };
-}
+const fleet = new SyntheticFleet(flowsPerBatch);
 
 interface NodeProcess {
   url: string;
@@ -279,9 +176,9 @@ async function measure(nodes: NodeProcess[], body: () => Promise<number>): Promi
   };
 }
 
-const main = makeBatches(0, hosts, batchesPerHost);
+const main = fleet.batches(0, hosts, batchesPerHost);
 const settle = settleHosts > 1
-  ? makeBatches(hosts, settleHosts, 1)
+  ? fleet.batches(hosts, settleHosts, 1)
   : { heartbeats: [], traffic: [], flows: 0 };
 const mainBatches = main.heartbeats.length + main.traffic.length;
 const total = main.flows + settle.flows;
@@ -309,7 +206,7 @@ const record = (nodes: number, rep: number, name: string, s: Stage) => {
   ]);
   console.error(rows.at(-1)!.join("\t"));
 };
-const postAll = async (urls: string[], set: HostBatches) => {
+const postAll = async (urls: string[], set: FleetBatches) => {
   await post(urls, set.heartbeats);
   await post(urls, set.traffic);
 };

@@ -619,7 +619,11 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
  * A validated batch as `FLOW_BATCHES` carries it: its rows for ClickHouse and the remote ends
  * attribution looks up, so that no later stage decodes the batch again.
  */
-function prepareBatch(batch: DecodedBatch, digest: Uint8Array, receivedNs: bigint): BatchEntry {
+export function prepareBatch(
+  batch: DecodedBatch,
+  digest: Uint8Array,
+  receivedNs: bigint,
+): BatchEntry {
   const { header } = batch;
   // Interim records of open connections are heartbeats only (learned at ingest): the cluster
   // stores each flow once, at its close, attributed by its start like any other.
