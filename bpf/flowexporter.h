@@ -32,7 +32,8 @@
  * A record's cookie carries fe_sock_state.connection from this bit up: a
  * socket's second connection is a flow of its own, with an ID of its own.
  * Kernel cookies count sockets from 1 and stay below 2^48 (a million sockets
- * a second for 8 years); the first connection's cookie is the kernel's.
+ * a second for 8 years); the first connection's cookie is the kernel's. The
+ * count wraps after 65 535 connections of one socket.
  */
 #define FE_CONNECTION_SHIFT 48
 

@@ -20,6 +20,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { batchDecoder, type DecodedBatch, type DecodeOptions } from "../lib/wire.ts";
 import { Attributor, type AttributorOptions, remoteEndpoint, type Verdict } from "./attributor.ts";
 import type { FlowRecord } from "../lib/flow.ts";
+import { hexOf } from "../lib/bytes.ts";
 import { encodeFlowId, formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import type { OwnershipRange } from "./ownership.ts";
 import type { BatchWritten, FlowStore, LatestRecord } from "./store.ts";
@@ -110,9 +111,9 @@ export function batchConflict(
 ): BatchConflictError {
   return new BatchConflictError(
     `Batch ${hostname}:${sequence} is already stored with other content (SHA-256 ${
-      hex(stored).slice(0, 16)
+      hexOf(stored).slice(0, 16)
     }…, this one ${
-      hex(digest).slice(0, 16)
+      hexOf(digest).slice(0, 16)
     }…): the exporter reused a sequence number (two hosts named alike, or a spool restored from a copy)`,
   );
 }
@@ -401,10 +402,6 @@ function checkInterimCounters(store: FlowStore, flows: readonly FlowRecord[]): v
 /** Whole seconds of `ns`, rounded down, for messages. */
 function seconds(ns: bigint): bigint {
   return ns / 1_000_000_000n;
-}
-
-function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function wallClockNs(): bigint {

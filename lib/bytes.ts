@@ -1,6 +1,6 @@
 /**
- * Joining byte arrays: bodies arrive and leave in parts (HTTP chunks, compressed frames, a
- * batch head and its flows).
+ * Joining byte arrays (bodies arrive and leave in parts: HTTP chunks, compressed frames, a
+ * batch head and its flows), and writing them as hex (digests, flow IDs).
  *
  * @module
  */
@@ -19,5 +19,18 @@ export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
     out.set(part, offset);
     offset += part.length;
   }
+  return out;
+}
+
+/** Two lower-case hex digits per byte value. */
+export const HEX_DIGITS: readonly string[] = Array.from(
+  { length: 256 },
+  (_, b) => b.toString(16).padStart(2, "0"),
+);
+
+/** `bytes` as lower-case hex, two digits per byte. */
+export function hexOf(bytes: Uint8Array): string {
+  let out = "";
+  for (let i = 0; i < bytes.length; i++) out += HEX_DIGITS[bytes[i]];
   return out;
 }

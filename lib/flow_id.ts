@@ -20,6 +20,7 @@
  * @module
  */
 
+import { HEX_DIGITS } from "./bytes.ts";
 import type { FlowRecord } from "./flow.ts";
 
 /** Bytes of a boot ID. */
@@ -35,7 +36,6 @@ export const FLOW_ID_BYTES = BOOT_ID_BYTES + 8;
 export const NO_BOOT_ID: Uint8Array = new Uint8Array(0);
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const HEX = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
 
 /** The boot ID {@linkcode formatFlowId} formatted last, and its text. */
 let lastBootId: Uint8Array | undefined;
@@ -143,7 +143,7 @@ function formatUuid(b: Uint8Array): string {
   }
   const h = (from: number, to: number) => {
     let text = "";
-    for (let i = from; i < to; i++) text += HEX[b[i]];
+    for (let i = from; i < to; i++) text += HEX_DIGITS[b[i]];
     return text;
   };
   return `${h(0, 4)}-${h(4, 6)}-${h(6, 8)}-${h(8, 10)}-${h(10, 16)}`;

@@ -13,6 +13,7 @@
  * @module
  */
 
+import { hexOf } from "../../lib/bytes.ts";
 import type { Revocation } from "../attributor.ts";
 import {
   BLOCKS,
@@ -30,7 +31,6 @@ export function quote(text: string): string {
 }
 
 const list = (texts: readonly string[]) => `(${texts.map(quote).join(", ")})`;
-const hex = (bytes: Uint8Array) => [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 
 /** The prefix of an IPv4-mapped IPv6 address as stored (canonical text, lib/map_layout.ts). */
 const MAPPED_PREFIX = "::ffff:";
@@ -62,7 +62,7 @@ export function addressGroupSql(ip: string): string {
       const parts = [`NOT ${v4}`];
       if (whole > 0) {
         parts.push(
-          `substring(${v6Bytes}, 1, ${whole}) = unhex('${hex(block.bytes.subarray(0, whole))}')`,
+          `substring(${v6Bytes}, 1, ${whole}) = unhex('${hexOf(block.bytes.subarray(0, whole))}')`,
         );
       }
       if (rest > 0) {

@@ -29,6 +29,7 @@ import type { BatchHeader } from "../../lib/wire.ts";
 import { encodeFlowId, hasFlowId, NO_BOOT_ID } from "../../lib/flow_id.ts";
 import { formatIp } from "../../lib/map_layout.ts";
 import { errorText } from "../../lib/error_text.ts";
+import { hexOf } from "../../lib/bytes.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
 import { type FlowFilter, type StoredFlow, toStoredFlow } from "../store.ts";
 import { type EdgeStats, edgeStatsOfRow, type GraphSource, type TimeRange } from "../graph.ts";
@@ -142,13 +143,13 @@ const lastText = {
 };
 
 /**
- * `hex(encodeFlowId(bootId, cookie))` (a decoded flow's cookie is a u64), the boot ID's part
+ * `hexOf(encodeFlowId(bootId, cookie))` (a decoded flow's cookie is a u64), the boot ID's part
  * kept while it repeats.
  */
 function flowIdHex(bootId: Uint8Array, cookie: bigint): string {
   if (bootId !== lastText.bootId) {
     // Through encodeFlowId, which checks that the boot ID is 16 bytes.
-    lastText.bootHex = hex(encodeFlowId(bootId, 0n).subarray(0, bootId.length));
+    lastText.bootHex = hexOf(encodeFlowId(bootId, 0n).subarray(0, bootId.length));
     lastText.bootId = bootId;
   }
   return lastText.bootHex + cookie.toString(16).padStart(16, "0");
@@ -194,7 +195,7 @@ export function writeBatchRow(
   w.uint64(h.loss.recursionMisses);
   w.uint64(h.loss.spoolEvictions);
   w.int64(receivedNs);
-  w.string(hex(digest));
+  w.string(hexOf(digest));
 }
 
 /** One stored batch as read back: its header fields and loss counters (`batches`). */
@@ -548,15 +549,6 @@ function toFlow(r: Record<string, unknown>): StoredFlowWithKeys {
     ownerKey: (r.owner_key as string | null) ?? "",
     remoteKey: r.remote_key as string,
   };
-}
-
-/** Two hex digits per byte value: a flow ID is written for every flow. */
-const HEX_BYTES = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
-
-function hex(bytes: Uint8Array): string {
-  let out = "";
-  for (let i = 0; i < bytes.length; i++) out += HEX_BYTES[bytes[i]];
-  return out;
 }
 
 function unhex(text: string): Uint8Array {
