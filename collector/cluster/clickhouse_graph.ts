@@ -50,15 +50,16 @@ export function addressGroupSql(ip: string): string {
   const v6Bytes = `IPv6StringToNum(${ip})`;
   const branches: string[] = [];
   for (const block of BLOCKS) {
-    const whole = block.bits >> 3;
-    const rest = block.bits & 7;
-    const mask = (0xff << (8 - rest)) & 0xff;
     let test: string;
     if (block.bytes.length === 4) {
       const bits = block.bits === 0 ? 0 : (0xffffffff << (32 - block.bits)) >>> 0;
       const net = new DataView(block.bytes.buffer, block.bytes.byteOffset).getUint32(0) & bits;
       test = `${v4} AND bitAnd(${v4Number}, ${bits}) = ${net >>> 0}`;
     } else {
+      // The whole bytes of the prefix, then the masked byte it ends in.
+      const whole = block.bits >> 3;
+      const rest = block.bits & 7;
+      const mask = (0xff << (8 - rest)) & 0xff;
       const parts = [`NOT ${v4}`];
       if (whole > 0) {
         parts.push(
@@ -101,7 +102,7 @@ export function revokedAttributionSql(revocations: readonly Revocation[]): strin
 /**
  * The flows of `range` as (client, server) node IDs with their bytes each way, an inbound flow
  * from an attributed client left out (graph_sqlite.ts's `EDGE_ROWS`); every column of `flows`
- * kept, the attribution as stored (`edgeFlows` applies revocations as `GET /v1/flows` does).
+ * kept, the attribution as stored, and `revoked`: the attribution with the revocations applied.
  */
 function edgeRows(range: TimeRange, revocations: readonly Revocation[]): string {
   const [from, to] = rangeBounds(range);

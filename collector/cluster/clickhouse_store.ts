@@ -360,7 +360,13 @@ export class ClickHouseStore implements AsyncDisposable, GraphSource {
   ): Promise<StoredFlow[]> {
     const revocations = await this.#revocationsIn(range);
     const rows = await this.#select(edgeFlowsQuery(source, target, range, revocations, limit));
-    return await this.#revoked(rows.map(toFlow));
+    // The query applied the revocations already (its `revoked`): no second read of them.
+    return rows.map((r) => {
+      const flow = toFlow(r);
+      return r.revoked === flow.attribution
+        ? flow
+        : { ...flow, attribution: r.revoked as StoredFlow["attribution"], remoteWorkloadId: null };
+    });
   }
 
   /** Flows stored, each counted once (`FINAL`), for tests and metrics. */
