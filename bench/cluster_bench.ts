@@ -4,7 +4,7 @@
  * many hosts whose workloads call each other's servers.
  *
  *   deno run -A bench/cluster_bench.ts [--hosts 1000] [--batches-per-host 2] [--flows 200]
- *     [--reps 2] [--in-flight 4] [--settle-hosts 300]
+ *     [--reps 2] [--in-flight 4] [--settle-hosts 300] [--partitions 1] [--nats-servers 3]
  *
  * For 1 and then 2 collector nodes (each a process of its own, bench/_cluster_node.ts), each
  * repetition runs on empty streams and tables. Before each stage is measured, its nodes settle:
@@ -16,6 +16,10 @@
  *   (nodes that only insert the attributed flows into ClickHouse); for each, wall time, flows/s,
  *   and CPU ms per 1000 flows of the nodes, of the three JetStream servers and of ClickHouse;
  * - end to end: nodes doing all of it while the batches arrive, until ClickHouse holds every flow.
+ * `--partitions` splits the batch, held and output streams (streams.ts); the last column gives
+ * the busiest JetStream server's share of JetStream's CPU, which with one partition is its
+ * streams' leader's. `--nats-servers` runs more JetStream servers than the three replicas: one
+ * partition's streams then live on three of them only.
  * Every figure of every repetition is printed; the summary gives the best and the worst.
  *
  * @module
@@ -27,7 +31,7 @@ import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { startLocalCluster } from "../collector/cluster/local_cluster.ts";
 import { ClickHouseStore } from "../collector/cluster/clickhouse_store.ts";
-import { CONSUMERS, STREAMS } from "../collector/cluster/streams.ts";
+import { consumerPlaces, CONSUMERS } from "../collector/cluster/streams.ts";
 import { clockTicksPerSecond, cpuTicks } from "./_proc.ts";
 import { type FleetBatches, SyntheticFleet } from "./_cluster_fleet.ts";
 
@@ -44,6 +48,8 @@ const { values } = parseArgs({
     // the bench retries at once where an agent would wait Retry-After.
     "in-flight": { type: "string", default: "4" },
     "settle-hosts": { type: "string", default: "300" },
+    partitions: { type: "string", default: "1" },
+    "nats-servers": { type: "string", default: "3" },
   },
 });
 const hosts = Number(values.hosts);
@@ -52,6 +58,7 @@ const flowsPerBatch = Number(values.flows);
 const reps = Number(values.reps);
 const inFlight = Number(values["in-flight"]);
 const settleHosts = Number(values["settle-hosts"]);
+const partitions = Number(values.partitions);
 const hz = await clockTicksPerSecond();
 
 const fleet = new SyntheticFleet(flowsPerBatch);
@@ -70,7 +77,10 @@ async function startNodes(
 ): Promise<NodeProcess[]> {
   return await Promise.all(Array.from({ length: n }, async (_, i) => {
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", NODE, natsUrls.join(","), clickhouseUrl, work, `bench-${i}`],
+      args: [
+        ...["run", "-A", NODE, natsUrls.join(","), clickhouseUrl, work, `bench-${i}`],
+        `${partitions}`,
+      ],
       stdout: "piped",
       stderr: "inherit",
       stdin: "null",
@@ -114,7 +124,7 @@ async function post(urls: string[], bodies: Uint8Array[]): Promise<void> {
   await Promise.all(Array.from({ length: inFlight * urls.length }, (_, i) => lane(i)));
 }
 
-const cluster = await startLocalCluster();
+const cluster = await startLocalCluster({ natsNodes: Number(values["nats-servers"]) });
 const nc = await connect({ servers: cluster.natsUrls });
 const jsm = await jetstreamManager(nc);
 const clickhouse = createClient({ url: cluster.clickhouseUrl });
@@ -127,16 +137,21 @@ const natsPids = () => Object.entries(cluster.pids()).filter(([n]) => /^n\d$/.te
 const clickhousePid = () => cluster.pids().clickhouse;
 
 async function reset(): Promise<void> {
-  for (const stream of Object.values(STREAMS)) await jsm.streams.delete(stream).catch(() => {});
+  for await (const stream of jsm.streams.names()) await jsm.streams.delete(stream);
   for (const table of ["flows", "revocations", "batches"]) {
     await clickhouse.command({ query: `DROP TABLE IF EXISTS ${table}` });
   }
 }
 
+/** Entries `consumer` has yet to handle, over every partition. */
 async function lag(consumer: keyof typeof CONSUMERS): Promise<number> {
-  const { stream, name } = CONSUMERS[consumer];
-  const info = await jsm.consumers.info(stream, name);
-  return info.num_pending + info.num_ack_pending;
+  let sum = 0;
+  for (const place of consumerPlaces(partitions)) {
+    if (place.consumer !== consumer) continue;
+    const info = await jsm.consumers.info(place.stream, place.name);
+    sum += info.num_pending + info.num_ack_pending;
+  }
+  return sum;
 }
 
 async function until(condition: () => Promise<boolean>): Promise<void> {
@@ -153,6 +168,8 @@ interface Stage {
   ms: number;
   nodeTicks: number;
   natsTicks: number;
+  /** The JetStream server that spent the most, its ticks. */
+  busiestNatsTicks: number;
   clickhouseTicks: number;
 }
 
@@ -164,6 +181,7 @@ async function measure(nodes: NodeProcess[], body: () => Promise<number>): Promi
   const nodePids = nodes.map((n) => n.pid);
   const nats = natsPids().map(([, pid]) => pid);
   const before = [ticks(nodePids), ticks(nats), cpuTicks(clickhousePid())];
+  const natsBefore = nats.map(cpuTicks);
   const started = performance.now();
   const flows = await body();
   const ms = performance.now() - started;
@@ -172,6 +190,7 @@ async function measure(nodes: NodeProcess[], body: () => Promise<number>): Promi
     ms,
     nodeTicks: ticks(nodePids) - before[0],
     natsTicks: ticks(nats) - before[1],
+    busiestNatsTicks: Math.max(...nats.map((pid, i) => cpuTicks(pid) - natsBefore[i])),
     clickhouseTicks: cpuTicks(clickhousePid()) - before[2],
   };
 }
@@ -203,6 +222,7 @@ const record = (nodes: number, rep: number, name: string, s: Stage) => {
     perK(s.nodeTicks),
     perK(s.natsTicks),
     perK(s.clickhouseTicks),
+    `${Math.round(s.busiestNatsTicks / s.natsTicks * 100)} %`,
   ]);
   console.error(rows.at(-1)!.join("\t"));
 };
@@ -294,6 +314,7 @@ const header = [
   "node CPU ms/1k",
   "JetStream CPU ms/1k",
   "ClickHouse CPU ms/1k",
+  "busiest JetStream server",
 ];
 const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
 const line = (r: string[]) => `| ${r.map((cell, c) => cell.padEnd(widths[c])).join(" | ")} |`;

@@ -192,10 +192,16 @@ export async function runCollector(
 
 /** The stream settings the collector options set. */
 function streamSettings(
-  v: { natsReplicas: number; natsDedupWindowSeconds: number; retentionSeconds: number },
+  v: {
+    natsReplicas: number;
+    natsPartitions: number;
+    natsDedupWindowSeconds: number;
+    retentionSeconds: number;
+  },
 ): Partial<StreamSettings> {
   return {
     replicas: v.natsReplicas,
+    partitions: v.natsPartitions,
     duplicateWindowSeconds: v.natsDedupWindowSeconds,
     retentionSeconds: v.retentionSeconds,
   };

@@ -190,6 +190,14 @@ export const COLLECTOR_OPTIONS = {
     help: "replicas of each stream the node creates (3 survives one server's loss)",
     group: "cluster",
   }),
+  nats_partitions: integer({
+    default: 1,
+    min: 1,
+    max: 64, // each is three streams with a consumer each, read by every node
+    help:
+      "partitions of the batch, held and output streams, one leader each; the same on every node",
+    group: "cluster",
+  }),
   nats_dedup_window_seconds: integer({
     default: 120,
     help: "JetStream's window for dropping a repeated batch (hostname:sequence), s",

@@ -10,7 +10,12 @@ import { type ClusterNode, startClusterNode } from "../collector/cluster/node.ts
 import { ClickHouseStore } from "../collector/cluster/clickhouse_store.ts";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { STREAMS } from "../collector/cluster/streams.ts";
+import {
+  partitionOf,
+  partitionStream,
+  StreamConfigError,
+  STREAMS,
+} from "../collector/cluster/streams.ts";
 import { runQuery } from "../collector/query.ts";
 import { runCollector } from "../collector/cli.ts";
 import { NO_FILES } from "./_option_files.ts";
@@ -526,19 +531,27 @@ Deno.test({
   }
 });
 
+/** The partitions of the test below: its hosts fall in all three (host-1 and server apart). */
+const PARTITIONS = 3;
+
 Deno.test({
   name:
-    "killing a collector node and the stream leader mid-run loses, repeats and misattributes nothing",
+    "on partitioned streams, killing a collector node and a stream leader mid-run loses, repeats and misattributes nothing",
   ignore,
   sanitizeResources: false,
   sanitizeOps: false,
-}, async () => {
+}, async (t) => {
   await using cluster = await startLocalCluster();
   const dir = await Deno.makeTempDir({ prefix: "flowexporter-cluster-test-" });
   const args = [
     ...["--nats", cluster.natsUrls.join(","), "--clickhouse-url", cluster.clickhouseUrl],
     ...["--hold-seconds", "20", "--hold-retry-ms", "200"],
+    ...["--nats-partitions", String(PARTITIONS)],
   ];
+  const hostNames = ["server", ...[1, 2, 3, 4, 5, 6].map((host) => `host-${host}`)];
+  const used = new Set(hostNames.map((host) => partitionOf(host, PARTITIONS)));
+  assert.equal(used.size, PARTITIONS, "the hosts fall in every partition");
+  assert.notEqual(partitionOf("host-1", PARTITIONS), partitionOf("server", PARTITIONS));
   const processes = [
     await CollectorProcess.start(`${dir}/unused-1.db`, { args }),
     await CollectorProcess.start(`${dir}/unused-2.db`, { args }),
@@ -559,8 +572,10 @@ Deno.test({
       const nc = await connect({ servers: cluster.natsUrls });
       try {
         const jsm = await jetstreamManager(nc);
-        const leader = (await jsm.streams.info(STREAMS.batches)).cluster?.leader;
-        assert.ok(leader, "FLOW_BATCHES has a leader");
+        // host-1's partition: its attribution needs the server's heartbeats, from another.
+        const stream = partitionStream("batches", partitionOf("host-1", PARTITIONS), PARTITIONS);
+        const leader = (await jsm.streams.info(stream)).cluster?.leader;
+        assert.ok(leader, `${stream} has a leader`);
         await cluster.killNats(leader);
         return leader;
       } finally {
@@ -601,6 +616,68 @@ Deno.test({
       }
     }
     assert.equal(await store.countFlows(), expected);
+    const nc = await connect({ servers: cluster.natsUrls });
+    try {
+      const jsm = await jetstreamManager(nc);
+      for (let p = 0; p < PARTITIONS; p++) {
+        const info = await jsm.streams.info(partitionStream("batches", p, PARTITIONS));
+        assert.ok(info.state.last_seq > 0, `partition ${p} took batches`);
+      }
+      await assert.rejects(jsm.streams.info(STREAMS.batches), "no stream of one partition");
+    } finally {
+      await nc.close();
+    }
+    for (const p of processes) if (alive.has(p.url)) await p.stop();
+    alive.clear();
+
+    await t.step(
+      "a node of another partition count refuses to start while work waits",
+      async () => {
+        const node = (partitions: number, work: { attribution: boolean; sink: boolean }) =>
+          startClusterNode({
+            natsServers: cluster.natsUrls,
+            clickhouseUrl: cluster.clickhouseUrl,
+            port: 0,
+            streams: { partitions },
+            holdSeconds: 20,
+            work,
+            logger,
+          });
+        const waiting = hostBatch(1, 11, 5);
+        const ingestOnly = await node(PARTITIONS, { attribution: false, sink: false });
+        try {
+          await postUntilStored(() => [ingestOnly.url], waiting);
+        } finally {
+          await ingestOnly.close();
+        }
+        const stream = partitionStream("batches", partitionOf("host-1", PARTITIONS), PARTITIONS);
+        const refusal =
+          `Stream ${stream} has 1 entries waiting, but nodes with 1 partition (--nats-partitions) do not read it: finish them with nodes of the partition count that made it, then change the count (docs/cluster.md, Upgrades)`;
+        await assert.rejects(node(1, { attribution: true, sink: true }), (error) => {
+          assert.ok(error instanceof StreamConfigError);
+          assert.equal(error.message, refusal);
+          return true;
+        });
+        const stderr: string[] = [];
+        const out = { stdout: () => {}, stderr: (line: string) => stderr.push(line) };
+        const check = ["check", "--nats", cluster.natsUrls.join(",")];
+        assert.equal(await runCollector(check, {}, NO_FILES, out), 1);
+        assert.ok(stderr.includes(refusal), stderr.join("\n"));
+        // Nodes of the count that made the streams finish the work; then the count may change.
+        const drain = await node(PARTITIONS, { attribution: true, sink: true });
+        try {
+          await waitUntil("the waiting batch stored", async () => {
+            const lag = await drain.lag();
+            return await store.countFlows() === expected + 5 && lag.attribution === 0 &&
+              lag.clickhouse === 0;
+          });
+        } finally {
+          await drain.close();
+        }
+        const after = await node(1, { attribution: true, sink: true });
+        await after.close();
+      },
+    );
   } finally {
     await store.close();
     for (const p of processes) if (alive.has(p.url)) await p.stop();

@@ -46,6 +46,7 @@ Deno.test("the collector's options default to what the collector always used", (
     clickhouseUrl: undefined,
     natsReplicas: 3,
     natsDedupWindowSeconds: 120,
+    natsPartitions: 1,
     holdRetryMs: 5000,
     logFormat: "text",
     logLevel: "info",

@@ -77,11 +77,15 @@ import {
 import { RowBinaryWriter } from "./row_binary.ts";
 import { OwnershipReplica, STALL_MS } from "./ownership_replica.ts";
 import {
+  consumerPlaces,
   CONSUMERS,
   DEFAULT_STREAM_SETTINGS,
   ensureStreams,
   HEADERS,
   ownershipSubject,
+  partitionOf,
+  partitionStream,
+  partitionSubject,
   STREAMS,
   type StreamSettings,
   SUBJECTS,
@@ -195,6 +199,12 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     retentionSeconds: options.retentionSeconds ?? DEFAULT_STREAM_SETTINGS.retentionSeconds,
     ...options.streams,
   };
+  const partitions = settings.partitions;
+  /** Where a host's batches, held flows and output go. */
+  const subjectOf = (
+    subject: "batches" | "held" | "flows",
+    hostname: string,
+  ) => partitionSubject(subject, partitionOf(hostname, partitions), partitions);
   const holdNs = BigInt(Math.round((options.holdSeconds ?? 120) * 1e9));
   const holdRetryMs = options.holdRetryMs ?? 5000;
   const stats: ClusterNodeStats = {
@@ -257,7 +267,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       : await ClickHouseStore.open(options.clickhouseUrl);
     if (store !== undefined) closers.push(["the ClickHouse client", () => store.close()]);
     const publishRevocations = (sequence: number, revocations: readonly Revocation[]) => {
-      js.publish(SUBJECTS.revocations, encodeRevocations({ revocations }), {
+      const subject = partitionSubject("revocations", sequence % partitions, partitions);
+      js.publish(subject, encodeRevocations({ revocations }), {
         msgID: `revocations:${sequence}:${name}`,
       }).catch((error) =>
         log("error", `Cannot publish revocations of entry ${sequence}: ${errorText(error)}`)
@@ -282,9 +293,9 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     });
     const lag = async (): Promise<Record<string, number>> => {
       const out: Record<string, number> = {};
-      for (const { stream, name: consumer } of Object.values(CONSUMERS)) {
-        const info = await jsm.consumers.info(stream, consumer);
-        out[consumer] = info.num_pending + info.num_ack_pending;
+      for (const { stream, name } of consumerPlaces(partitions)) {
+        const info = await jsm.consumers.info(stream, name);
+        out[name] = (out[name] ?? 0) + info.num_pending + info.num_ack_pending;
       }
       return out;
     };
@@ -380,7 +391,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
           const h = headers();
           h.set(HEADERS.ownershipSeq, `${ownershipSeq}`);
           const entry = prepareBatch(batch, digest, now());
-          const ack = await publish(SUBJECTS.batches, encodeBatchEntry(entry), id, h);
+          const subject = subjectOf("batches", hostname);
+          const ack = await publish(subject, encodeBatchEntry(entry), id, h);
           stats.batchesIn++;
           // A retry the digest names but JetStream took again (its window was over) is stored
           // again: the sink keeps one row per flow.
@@ -430,12 +442,13 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         if (verdicts[i].status === "pending") held.push(i);
       }
       await js.publish(
-        SUBJECTS.flows,
+        subjectOf("flows", batch.hostname),
         encodeAttributed({ batch, indexes, version: 0, verdicts }),
         { msgID: `${id}:0` },
       );
       if (held.length > 0) {
-        await js.publish(SUBJECTS.held, encodeHeld({ batch, indexes: held }), { msgID: id });
+        const subject = subjectOf("held", batch.hostname);
+        await js.publish(subject, encodeHeld({ batch, indexes: held }), { msgID: id });
       }
       await m.ackAck();
       stats.batchesAttributed++;
@@ -454,7 +467,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         return;
       }
       await js.publish(
-        SUBJECTS.flows,
+        subjectOf("flows", batch.hostname),
         encodeAttributed({
           ...entry,
           version: 1,
@@ -477,7 +490,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       const revocations = [];
       let count = 0;
       for (const m of messages) {
-        if (m.subject === SUBJECTS.revocations) {
+        if (m.subject.startsWith(SUBJECTS.revocations)) {
           revocations.push(...decodeRevocations(m.data).revocations);
           continue;
         }
@@ -502,6 +515,16 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     // Each loop fetches for at most a second, so it sees `stopping` soon after close().
     let stopping = false;
     const loops: Promise<void>[] = [];
+    /** Runs `consumer` on every partition of its stream. */
+    const runLoops = (
+      { stream: kind, name: consumerName }: (typeof CONSUMERS)[keyof typeof CONSUMERS],
+      handle: (messages: JsMsg[]) => Promise<void>,
+      batchSize: number,
+    ) => {
+      for (let p = 0; p < partitions; p++) {
+        runLoop(consumerName, partitionStream(kind, p, partitions), handle, batchSize);
+      }
+    };
     const runLoop = (
       consumerName: string,
       stream: string,
@@ -562,16 +585,11 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       stats.caughtUp = true;
       log("info", `Node ${name} has read the ownership log (${replica.applied} entries)`);
       if (options.work?.attribution === false) return;
-      runLoop(
-        CONSUMERS.attribution.name,
-        CONSUMERS.attribution.stream,
-        each(attributeBatch, "attribute"),
-        64,
-      );
-      runLoop(CONSUMERS.hold.name, CONSUMERS.hold.stream, each(settleHeld, "settle"), 64);
+      runLoops(CONSUMERS.attribution, each(attributeBatch, "attribute"), 64);
+      runLoops(CONSUMERS.hold, each(settleHeld, "settle"), 64);
     });
     if (store !== undefined && options.work?.sink !== false) {
-      runLoop(CONSUMERS.sink.name, CONSUMERS.sink.stream, async (ms) => {
+      runLoops(CONSUMERS.sink, async (ms) => {
         try {
           await sinkEntries(ms);
         } catch (error) {

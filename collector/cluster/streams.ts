@@ -15,6 +15,15 @@
  * - `FLOW_OUTPUT` (log, for any downstream consumer): attributed flows by batch, settlements
  *   of held flows, and revocations; the durable `clickhouse` consumer feeds the sink.
  *
+ * A JetStream stream has one leader, which takes every write to it: one stream of batches would
+ * be the cluster's single writer. With `partitions` above 1, the batch, held and output streams
+ * are split by host ({@linkcode partitionOf}): `FLOW_BATCHES_0` on `flowexporter.batches.0` and
+ * so on, each with its own leader, placed by JetStream across the servers, and its own durable
+ * consumers, which every node reads. A host's batches, held flows and output all go to its
+ * partition, so message-ID deduplication (by `hostname:sequence`) works within one stream as
+ * before. The ownership log is one stream: one small entry per batch, read whole by every node.
+ * One partition keeps the names above.
+ *
  * @module
  */
 
@@ -57,12 +66,55 @@ export const STREAMS = {
   output: "FLOW_OUTPUT",
 } as const;
 
-/** Durable consumer names, each on its stream. */
+/** The streams split into partitions (see the module documentation). */
+export type PartitionedStream = "batches" | "held" | "output";
+
+/** Durable consumer names, each on every partition of its stream. */
 export const CONSUMERS = {
-  attribution: { stream: STREAMS.batches, name: "attribution" },
-  hold: { stream: STREAMS.held, name: "hold" },
-  sink: { stream: STREAMS.output, name: "clickhouse" },
-} as const;
+  attribution: { stream: "batches", name: "attribution" },
+  hold: { stream: "held", name: "hold" },
+  sink: { stream: "output", name: "clickhouse" },
+} as const satisfies Record<string, { stream: PartitionedStream; name: string }>;
+
+/**
+ * The partition of a host's batches: FNV-1a (32-bit) of its name's UTF-8 bytes, modulo
+ * `partitions`. Every node and release must agree on it, or a retry would reach another stream,
+ * whose deduplication does not know the first copy.
+ */
+export function partitionOf(hostname: string, partitions: number): number {
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(hostname)) {
+    hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  }
+  return hash % partitions;
+}
+
+/** The name of partition `p` of stream `kind` (the plain name when there is one partition). */
+export function partitionStream(kind: PartitionedStream, p: number, partitions: number): string {
+  return partitions === 1 ? STREAMS[kind] : `${STREAMS[kind]}_${p}`;
+}
+
+/** The subject of partition `p` of `subject` (the plain subject when there is one partition). */
+export function partitionSubject(
+  subject: Exclude<keyof typeof SUBJECTS, "ownership">,
+  p: number,
+  partitions: number,
+): string {
+  return partitions === 1 ? SUBJECTS[subject] : `${SUBJECTS[subject]}.${p}`;
+}
+
+/** Every durable consumer of the cluster, on every partition: the stream it reads and its name. */
+export function consumerPlaces(
+  partitions: number,
+): { consumer: keyof typeof CONSUMERS; stream: string; name: string }[] {
+  return Object.entries(CONSUMERS).flatMap(([consumer, { stream, name }]) =>
+    Array.from({ length: partitions }, (_, p) => ({
+      consumer: consumer as keyof typeof CONSUMERS,
+      stream: partitionStream(stream, p, partitions),
+      name,
+    }))
+  );
+}
 
 /** Headers a node sets on what it publishes. */
 export const HEADERS = {
@@ -84,6 +136,11 @@ export interface StreamSettings {
   maxAgeSeconds: number;
   /** Largest message, bytes (a compressed batch body); the servers' `max_payload` or less. */
   maxMessageBytes: number;
+  /**
+   * Partitions of the batch, held and output streams (see the module documentation): every
+   * node of a cluster must have the same.
+   */
+  partitions: number;
 }
 
 /** Defaults of {@linkcode StreamSettings}. */
@@ -93,6 +150,7 @@ export const DEFAULT_STREAM_SETTINGS: StreamSettings = {
   retentionSeconds: 3600,
   maxAgeSeconds: 86_400,
   maxMessageBytes: 8 * 1024 * 1024,
+  partitions: 1,
 };
 
 /** How long a consumer waits for an acknowledgement before it redelivers, seconds. */
@@ -112,17 +170,37 @@ export function streamConfigs(
     discard: DiscardPolicy.Old,
   };
   const day = settings.maxAgeSeconds * NS_PER_S;
+  const n = settings.partitions;
   const streams: [string, string[], RetentionPolicy, number][] = [
-    [STREAMS.batches, [SUBJECTS.batches], RetentionPolicy.Workqueue, day],
     [
       STREAMS.ownership,
       [SUBJECTS.ownership],
       RetentionPolicy.Limits,
       settings.retentionSeconds * NS_PER_S,
     ],
-    [STREAMS.held, [SUBJECTS.held], RetentionPolicy.Workqueue, day],
-    [STREAMS.output, [SUBJECTS.flows, SUBJECTS.revocations], RetentionPolicy.Limits, day],
   ];
+  for (let p = 0; p < n; p++) {
+    streams.push(
+      [
+        partitionStream("batches", p, n),
+        [partitionSubject("batches", p, n)],
+        RetentionPolicy.Workqueue,
+        day,
+      ],
+      [
+        partitionStream("held", p, n),
+        [partitionSubject("held", p, n)],
+        RetentionPolicy.Workqueue,
+        day,
+      ],
+      [
+        partitionStream("output", p, n),
+        [partitionSubject("flows", p, n), partitionSubject("revocations", p, n)],
+        RetentionPolicy.Limits,
+        day,
+      ],
+    );
+  }
   return streams.map(([name, subjects, retention, max_age]) => ({
     ...common,
     name,
@@ -133,8 +211,10 @@ export function streamConfigs(
 }
 
 /** The configuration every durable consumer must have. */
-export function consumerConfigs(): { stream: string; config: Partial<ConsumerConfig> }[] {
-  return Object.values(CONSUMERS).map(({ stream, name }) => ({
+export function consumerConfigs(
+  settings: StreamSettings,
+): { stream: string; config: Partial<ConsumerConfig> }[] {
+  return consumerPlaces(settings.partitions).map(({ stream, name }) => ({
     stream,
     config: {
       durable_name: name,
@@ -167,6 +247,8 @@ export async function ensureStreams(
   jsm: JetStreamManager,
   settings: StreamSettings,
 ): Promise<void> {
+  const stray = await strayWork(jsm, settings);
+  if (stray.length > 0) throw new StreamConfigError(stray[0]);
   for (const config of streamConfigs(settings)) {
     try {
       await jsm.streams.info(config.name);
@@ -183,7 +265,7 @@ export async function ensureStreams(
       }
     }
   }
-  for (const { stream, config } of consumerConfigs()) {
+  for (const { stream, config } of consumerConfigs(settings)) {
     try {
       await jsm.consumers.info(stream, config.durable_name!);
     } catch {
@@ -207,7 +289,7 @@ export async function checkStreams(
   jsm: JetStreamManager,
   settings: StreamSettings,
 ): Promise<string[]> {
-  const problems: string[] = [];
+  const problems = await strayWork(jsm, settings);
   for (const want of streamConfigs(settings)) {
     let have: StreamConfig;
     try {
@@ -241,7 +323,7 @@ export async function checkStreams(
       );
     }
   }
-  for (const { stream, config } of consumerConfigs()) {
+  for (const { stream, config } of consumerConfigs(settings)) {
     try {
       const have = (await jsm.consumers.info(stream, config.durable_name!)).config;
       if (have.ack_policy !== AckPolicy.Explicit) {
@@ -254,6 +336,37 @@ export async function checkStreams(
         `Consumer ${config.durable_name} on ${stream} is missing (${
           errorText(error)
         }): a node creates it`,
+      );
+    }
+  }
+  return problems;
+}
+
+/** A partitioned stream's name: its kind's name, then `_` and the partition, or nothing. */
+const PARTITIONED_NAME = new RegExp(
+  `^(${[STREAMS.batches, STREAMS.held, STREAMS.output].join("|")})(_\\d+)?$`,
+);
+
+/**
+ * Work left in streams of another partition count than `settings.partitions` (a cluster that
+ * changed its count, or a node started with another): one line per stream whose consumers have
+ * entries to handle. No node of this count reads those streams, so nodes refuse to start until
+ * nodes of the old count have drained them.
+ */
+async function strayWork(jsm: JetStreamManager, settings: StreamSettings): Promise<string[]> {
+  const expected = new Set(streamConfigs(settings).map((config) => config.name));
+  const problems: string[] = [];
+  for await (const stream of jsm.streams.names()) {
+    if (expected.has(stream) || !PARTITIONED_NAME.test(stream)) continue;
+    let waiting = 0;
+    for await (const consumer of jsm.consumers.list(stream)) {
+      waiting += consumer.num_pending + consumer.num_ack_pending;
+    }
+    if (waiting > 0) {
+      problems.push(
+        `Stream ${stream} has ${waiting} entries waiting, but nodes with ${settings.partitions} partition${
+          settings.partitions === 1 ? "" : "s"
+        } (--nats-partitions) do not read it: finish them with nodes of the partition count that made it, then change the count (docs/cluster.md, Upgrades)`,
       );
     }
   }
