@@ -589,9 +589,32 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       runLoops(CONSUMERS.hold, each(settleHeld, "settle"), 64);
     });
     if (store !== undefined && options.work?.sink !== false) {
+      // One insert at a time for all partitions' loops: what they fetch while an insert runs
+      // goes into the next one together, so partitions do not make the inserts smaller.
+      let waiting: { messages: JsMsg[]; stored: PromiseWithResolvers<void> }[] = [];
+      let inserting = false;
+      const insertTogether = async (messages: JsMsg[]) => {
+        const stored = Promise.withResolvers<void>();
+        waiting.push({ messages, stored });
+        if (!inserting) {
+          inserting = true;
+          while (waiting.length > 0) {
+            const group = waiting;
+            waiting = [];
+            try {
+              await sinkEntries(group.flatMap((g) => g.messages));
+              for (const g of group) g.stored.resolve();
+            } catch (error) {
+              for (const g of group) g.stored.reject(error);
+            }
+          }
+          inserting = false;
+        }
+        await stored.promise;
+      };
       runLoops(CONSUMERS.sink, async (ms) => {
         try {
-          await sinkEntries(ms);
+          await insertTogether(ms);
         } catch (error) {
           stats.sinkErrors++;
           log("warn", `Cannot store ${ms.length} entries: ${errorText(error)} (redelivered)`);
