@@ -84,7 +84,6 @@ import {
   HEADERS,
   ownershipSubject,
   partitionOf,
-  partitionStream,
   partitionSubject,
   STREAMS,
   type StreamSettings,
@@ -517,12 +516,12 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
     const loops: Promise<void>[] = [];
     /** Runs `consumer` on every partition of its stream. */
     const runLoops = (
-      { stream: kind, name: consumerName }: (typeof CONSUMERS)[keyof typeof CONSUMERS],
+      consumer: keyof typeof CONSUMERS,
       handle: (messages: JsMsg[]) => Promise<void>,
       batchSize: number,
     ) => {
-      for (let p = 0; p < partitions; p++) {
-        runLoop(consumerName, partitionStream(kind, p, partitions), handle, batchSize);
+      for (const place of consumerPlaces(partitions)) {
+        if (place.consumer === consumer) runLoop(place.name, place.stream, handle, batchSize);
       }
     };
     const runLoop = (
@@ -585,8 +584,8 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
       stats.caughtUp = true;
       log("info", `Node ${name} has read the ownership log (${replica.applied} entries)`);
       if (options.work?.attribution === false) return;
-      runLoops(CONSUMERS.attribution, each(attributeBatch, "attribute"), 64);
-      runLoops(CONSUMERS.hold, each(settleHeld, "settle"), 64);
+      runLoops("attribution", each(attributeBatch, "attribute"), 64);
+      runLoops("hold", each(settleHeld, "settle"), 64);
     });
     if (store !== undefined && options.work?.sink !== false) {
       // One insert at a time for all partitions' loops: what they fetch while an insert runs
@@ -612,7 +611,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         }
         await stored.promise;
       };
-      runLoops(CONSUMERS.sink, async (ms) => {
+      runLoops("sink", async (ms) => {
         try {
           await insertTogether(ms);
         } catch (error) {

@@ -76,6 +76,8 @@ export const CONSUMERS = {
   sink: { stream: "output", name: "clickhouse" },
 } as const satisfies Record<string, { stream: PartitionedStream; name: string }>;
 
+const utf8 = new TextEncoder();
+
 /**
  * The partition of a host's batches: FNV-1a (32-bit) of its name's UTF-8 bytes, modulo
  * `partitions`. Every node and release must agree on it, or a retry would reach another stream,
@@ -83,7 +85,7 @@ export const CONSUMERS = {
  */
 export function partitionOf(hostname: string, partitions: number): number {
   let hash = 0x811c9dc5;
-  for (const byte of new TextEncoder().encode(hostname)) {
+  for (const byte of utf8.encode(hostname)) {
     hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
   }
   return hash % partitions;
