@@ -40,8 +40,7 @@ import {
   optionsHelp,
   type OptionTable,
 } from "../lib/options.ts";
-import { DEFAULT_LIMITS, DEFAULT_PORT } from "./server.ts";
-import { DEFAULT_DB_PATH } from "./store.ts";
+import { DEFAULT_DB_PATH, DEFAULT_LIMITS, DEFAULT_PORT } from "./defaults.ts";
 
 /** The config file read when neither `--config` nor `FLOWEXPORTER_COLLECTOR_CONFIG` names one. */
 export const DEFAULT_COLLECTOR_CONFIG_FILE = "/etc/flowexporter/collector.json";

@@ -24,6 +24,7 @@ import { hexOf } from "../lib/bytes.ts";
 import { encodeFlowId, formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import type { OwnershipRange } from "./ownership.ts";
 import type { BatchWritten, FlowStore, LatestRecord } from "./store.ts";
+import { DEFAULT_MAX_CLOCK_SKEW_NS } from "./defaults.ts";
 
 /** Tuning of {@linkcode Ingestor}. */
 export interface IngestOptions extends AttributorOptions {
@@ -129,9 +130,6 @@ export class ImplausibleBatchError extends Error {
     this.name = "ImplausibleBatchError";
   }
 }
-
-/** Default of {@linkcode checkNotInFuture}'s `maxClockSkewNs`: one day. */
-export const DEFAULT_MAX_CLOCK_SKEW_NS = 86_400_000_000_000n;
 
 /**
  * Refuses a batch whose window or a flow ends more than `maxClockSkewNs` after `nowNs`: an

@@ -16,13 +16,8 @@ import { formatIp, parseIp } from "../lib/map_layout.ts";
 import { formatFlowId, hasFlowId } from "../lib/flow_id.ts";
 import { formatFlowJson } from "../lib/json_lines.ts";
 import type { AttributionStatus } from "./attributor.ts";
-import {
-  DEFAULT_DB_PATH,
-  type FlowFilter,
-  FlowStore,
-  type StoredFlow,
-  type WindowDelta,
-} from "./store.ts";
+import { DEFAULT_DB_PATH } from "./defaults.ts";
+import { type FlowFilter, FlowStore, type StoredFlow, type WindowDelta } from "./store.ts";
 import { ClickHouseStore } from "./cluster/clickhouse_store.ts";
 
 /** A filter value cannot be used; the message names it and says what is accepted. */

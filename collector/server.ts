@@ -52,7 +52,6 @@ import {
   type DecodedBatch,
   IDEMPOTENCY_KEY_HEADER,
   idempotencyKey,
-  MAX_BATCH_BYTES,
   WireFormatError,
   WireLimitError,
 } from "../lib/wire.ts";
@@ -66,47 +65,16 @@ import {
   BatchConflictError,
   batchDigest,
   checkNotInFuture,
-  DEFAULT_MAX_CLOCK_SKEW_NS,
   ImplausibleBatchError,
   Ingestor,
   type IngestResult,
 } from "./ingest.ts";
+import { DEFAULT_LIMITS, DEFAULT_PORT } from "./defaults.ts";
 import { FilterError, formatStoredFlowJson, parseFlowFilter } from "./query.ts";
 import { type FlowFilter, FlowStore, type StoredFlow } from "./store.ts";
 import { cachedGraphSource, graphResponse, type GraphSource } from "./graph.ts";
 import { SqliteGraphSource } from "./graph_sqlite.ts";
 import { webAsset } from "./web.ts";
-
-/** Port the collector listens on by default. */
-export const DEFAULT_PORT = 9470;
-
-/**
- * Defaults of the limits in {@linkcode CollectorOptions}, for option tables and docs. Memory
- * in the worst case is about `maxPendingBodyBytes + maxConcurrentIngests *
- * maxDecompressedBytes` plus one decoded batch (about 700 bytes per flow, so 140 MiB at
- * `maxBatchRecords`) plus SQLite's 64 MiB page cache.
- */
-export const DEFAULT_LIMITS = {
-  /** Largest request body, compressed: 16 MiB. */
-  maxBodyBytes: 16 * 1024 * 1024,
-  /** Largest body after decompression: the wire format's limit, 64 MiB. */
-  maxDecompressedBytes: MAX_BATCH_BYTES,
-  /**
-   * Most flows in one batch: 200 000, above what an exporter's default caps allow (100 000
-   * flows, 16 MiB: at most 190 000 flows of the smallest kind).
-   */
-  maxBatchRecords: 200_000,
-  /** Compressed bodies in memory at once, all requests together: 128 MiB. */
-  maxPendingBodyBytes: 128 * 1024 * 1024,
-  /** Batches decompressed, decoded and stored at once: 4. */
-  maxConcurrentIngests: 4,
-  /** Seconds a client has for a request's head (line and headers): 10. */
-  headerTimeoutSeconds: 10,
-  /** Seconds a client has for a request's body, from the end of its head: 60. */
-  bodyTimeoutSeconds: 60,
-  /** Seconds a window or flow may end after the collector's now: one day. */
-  maxClockSkewSeconds: Number(DEFAULT_MAX_CLOCK_SKEW_NS / 1_000_000_000n),
-} as const;
 
 /** Seconds a client refused with 503 is asked to wait (`Retry-After`). */
 export const RETRY_AFTER_SECONDS = 5;

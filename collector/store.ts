@@ -35,9 +35,6 @@ import type { AttributionStatus, Resolution, Revocation, Verdict } from "./attri
 import type { OwnershipRange } from "./ownership.ts";
 import { errorText } from "../lib/error_text.ts";
 
-/** Database file the collector and `flowexporter query` use when `--db` is not given. */
-export const DEFAULT_DB_PATH = "flows.db";
-
 /**
  * Steps from each older layout version to the next, run before `SCHEMA` (which then adds the
  * new indexes and views): `UPGRADES[v - 1]` takes version v to v + 1.

@@ -658,7 +658,7 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 {
 	LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = pin_dir);
 	char capdir[PATH_MAX] = "";
-	struct btf *vmlinux = NULL;
+	struct btf *vmlinux;
 	struct fe_agent *a;
 	uint32_t probed;
 	bool perf, seed, pin;
@@ -683,6 +683,11 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 		goto cleanup;
 	}
 	probed = probe(vmlinux);
+	/*
+	 * Parsed kernel BTF takes about 8 MiB, and the load below parses a copy of its own: held
+	 * through it, ours set the agent's peak RSS.
+	 */
+	btf__free(vmlinux);
 	err = capture_dir(capdir, sizeof(capdir), pin_dir);
 	if (err) {
 		fail(err, "name the capture directory under %s", pin_dir);
@@ -761,7 +766,6 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	*out = a;
 	a = NULL;
 cleanup:
-	btf__free(vmlinux);
 	if (a)
 		fe_close(a);
 	return err;

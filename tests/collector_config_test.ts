@@ -10,7 +10,7 @@ import {
 import { CONFIG_SCHEMA } from "../cli/config.ts";
 import { envOf, loadOptions, optionsReference, type ReadTextFile } from "../lib/options.ts";
 import { MAX_BATCH_BYTES } from "../lib/wire.ts";
-import { DEFAULT_LIMITS } from "../collector/server.ts";
+import { DEFAULT_LIMITS } from "../collector/defaults.ts";
 import { configErrorOf, files, NO_FILES } from "./_option_files.ts";
 
 /** The collector's options from these arguments, environment and files. */

@@ -103,3 +103,36 @@ Deno.test("no _ module of the product is imported from outside its folder", () =
     [],
   );
 });
+
+/**
+ * What `flowexporter run` loads (main.ts imports cli/run.ts for it, and cli/run.ts the rest):
+ * the agent runs on every host, so it holds neither the collector's server, stores and clients
+ * nor any npm package in its heap. Importing the collector's option schema once brought all of
+ * them in (SQLite, node:http, @clickhouse/client): 8 MiB more RSS in an idle agent.
+ */
+Deno.test("the agent's modules leave out the collector's server, stores and npm packages", async () => {
+  const info = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", "cli/run.ts"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  assert.ok(info.success, "deno info cli/run.ts failed");
+  const specifiers = (JSON.parse(new TextDecoder().decode(info.stdout)) as {
+    modules: { specifier: string }[];
+  }).modules.map((m) =>
+    m.specifier.startsWith(ROOT.href) ? m.specifier.slice(ROOT.href.length) : m.specifier
+  );
+  assert.ok(specifiers.includes("ffi/agent.ts"), specifiers.join(" "));
+  // The agent's configuration keeps out of the collector's variables, so it reads the
+  // collector's option schema and its defaults, and nothing else of collector/.
+  const allowed = new Set(["collector/config.ts", "collector/defaults.ts"]);
+  assert.deepEqual(
+    specifiers.filter((s) =>
+      (folderOf(s) === "collector" && !allowed.has(s)) || s.startsWith("npm:") ||
+      s.includes("node_modules/") ||
+      ["node:sqlite", "node:http", "node:https", "node:net"].includes(s)
+    ),
+    [],
+  );
+});
