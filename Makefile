@@ -1,5 +1,5 @@
 # flowexporter build. `make run` and `make test` install what is missing
-# (Debian packages, Deno from npm, PIC static libbpf/libelf/zlib) and build first.
+# (Debian packages, Deno from npm, PIC static libbpf/libelf/zlib/zstd) and build first.
 # Quiet by default; V=1 shows the commands. Every build and install message goes to stderr:
 # `make run`'s stdout carries flow records only, on the first run as on later ones.
 # ./flowexporter.sh runs the same targets on a machine that has no make yet.
@@ -24,7 +24,7 @@ CC_amd64 := gcc
 CC_arm64 := aarch64-linux-gnu-gcc
 SHIM_CC := $(CC_$(ARCH))
 
-# The shared object the agent loads: shim + skeleton (BPF object embedded) + static libbpf/libelf/zlib.
+# The shared object the agent loads: shim + skeleton (BPF object embedded) + static libbpf/libelf/zlib/zstd.
 LIB := $(BUILD)/$(ARCH)/libflowexporter.so
 ifeq ($(ARCH),$(shell dpkg --print-architecture 2>/dev/null || echo amd64))
 LIB_LINK := $(BUILD)/libflowexporter.so
@@ -86,7 +86,7 @@ node_modules/.deno-stamp: package.json deno.lock $(DENO)
 tools: $(BUILD)/.apt-stamp $(DENO) node_modules/.deno-stamp
 
 $(DEPS)/.stamp: scripts/build_deps.sh | $(BUILD)/.apt-stamp
-	$(msg) DEPS "libbpf libelf zlib (PIC, $(ARCH))"
+	$(msg) DEPS "libbpf libelf zlib zstd (PIC, $(ARCH))"
 	$(Q)scripts/build_deps.sh --arch $(ARCH) --out $(DEPS) >&2
 	$(Q)test -f $@ || touch $@
 
@@ -115,7 +115,7 @@ $(LIB): ffi/flowexporter.c bpf/flowexporter.h $(BUILD)/flowexporter.skel.h $(DEP
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(SHIM_CC) -O2 -g -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden \
 		-I$(BUILD) -Ibpf -I$(DEPS)/include $< -o $@ \
-		$(DEPS)/lib/libbpf.a $(DEPS)/lib/libelf.a $(DEPS)/lib/libz.a \
+		$(DEPS)/lib/libbpf.a $(DEPS)/lib/libelf.a $(DEPS)/lib/libz.a $(DEPS)/lib/libzstd.a \
 		-Wl,--exclude-libs,ALL -Wl,-z,defs -Wl,-z,now -Wl,-z,relro
 
 $(BUILD)/libflowexporter.so: $(LIB)

@@ -15,19 +15,15 @@
 import { cpuUsage } from "node:process";
 import { parseArgs } from "node:util";
 import { gzip as zlibGzip } from "node:zlib";
-import {
-  type BodyCoding,
-  compress as compressBody,
-  decompress,
-  DEFAULT_BODY_CODING,
-  DEFAULT_GZIP_LEVEL,
-} from "../lib/compression.ts";
+import { type BodyCoding, DEFAULT_BODY_CODING, DEFAULT_GZIP_LEVEL } from "../lib/body_coding.ts";
+import { compress as compressBody, decompress } from "../lib/compression.ts";
 import { SYNTHETIC_BOOT_ID, syntheticFlow } from "../tests/_synthetic_flows.ts";
 import { Batcher, type ClosedWindow, DEFAULT_MAX_RECORDS } from "../lib/batcher.ts";
 import { decodeFlows, RECORD_OFFSETS, RECORD_SIZE } from "../lib/decode.ts";
 import { TCP_STATES } from "../lib/flow.ts";
 import type { FlowRecord } from "../lib/flow.ts";
 import { Shipper } from "../lib/shipper.ts";
+import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
 import { Spool } from "../lib/spool.ts";
 import {
   encodeBatchParts,
@@ -327,6 +323,7 @@ async function endToEnd(): Promise<EndToEnd> {
   const clock = { ms: T0_MS };
   const dir = await Deno.makeTempDir({ prefix: "pipeline_bench_" });
   try {
+    const compressFrame = nativeFrameCompressor();
     const shipper = new Shipper({
       spoolDir: dir,
       spoolMaxBytes: 8 * 1024 ** 3,
@@ -338,6 +335,7 @@ async function endToEnd(): Promise<EndToEnd> {
       maxRecords: MAX_RECORDS,
       compression: CODING,
       gzipLevel: GZIP_LEVEL,
+      compressFrame, // the agent's
     });
     await shipper.start();
     const rssStartMb = Deno.memoryUsage().rss / 2 ** 20;

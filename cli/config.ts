@@ -41,7 +41,7 @@ import {
   type BodyCoding,
   DEFAULT_BODY_CODING,
   DEFAULT_GZIP_LEVEL,
-} from "../lib/compression.ts";
+} from "../lib/body_coding.ts";
 import { logOptions } from "../lib/log.ts";
 import { DEFAULT_SPOOL_BYTES } from "../lib/spool.ts";
 import {

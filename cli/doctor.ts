@@ -35,7 +35,7 @@ import {
   type IdRule,
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
-import { DEFAULT_BODY_CODING } from "../lib/compression.ts";
+import { DEFAULT_BODY_CODING } from "../lib/body_coding.ts";
 import { showDuration } from "../lib/option_kinds.ts";
 import { Sender } from "../lib/sender.ts";
 import { type Config, type EffectiveConfig, loadConfig, OPTIONS_HELP } from "./config.ts";

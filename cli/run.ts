@@ -8,6 +8,7 @@
 import { Agent } from "../ffi/agent.ts";
 import type { FdMap } from "../ffi/bpf_map.ts";
 import { FlowSource } from "../ffi/flow_source.ts";
+import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
 import { type HostIdentity, HostIdentityWatcher } from "../identity/host_identity.ts";
 import { encodeWorkload, IP_WORKLOAD_MAP, PORT_WORKLOAD_MAP } from "../lib/map_layout.ts";
 import { CaptureJournal, JOURNAL_DIR } from "../lib/capture_journal.ts";
@@ -298,6 +299,7 @@ export async function run(v: Config): Promise<number> {
     collectorUrl: v.collectorUrl,
     exporterVersion: VERSION,
     userAgent: `flowexporter/${VERSION}`,
+    compressFrame: nativeFrameCompressor(),
     host: () => ({ ...host, workloadId: watcher.current().workloadId }),
     clockOffsetNs: () => clock.offsetNs(),
     lossCounters: () => {

@@ -9,7 +9,8 @@
  */
 
 import type { IncomingMessage } from "node:http";
-import { codingOfContentEncoding, decompress, DecompressError } from "../lib/compression.ts";
+import { codingOfContentEncoding } from "../lib/body_coding.ts";
+import { decompress, DecompressError } from "../lib/compression.ts";
 import { concatBytes } from "../lib/bytes.ts";
 
 /** A request the server refuses with `status` and a one-line `message`. */

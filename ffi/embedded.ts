@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
+import { sha256Hex } from "../lib/sha256.ts";
 import { errorText } from "../lib/error_text.ts";
 
 /** The library's file name, in the asset directory and in sha256sum's manifest. */
@@ -76,7 +76,7 @@ function extract(options: EmbeddedOptions): string | null {
   }
   const expected = parseManifest(manifestPath, manifest);
   const bytes = Deno.readFileSync(`${dir}/${LIB_NAME}`);
-  const actual = sha256(bytes);
+  const actual = sha256Hex(bytes);
   if (actual !== expected) {
     throw new EmbeddedLibraryError(
       `Cannot use the embedded ${LIB_NAME}: its SHA-256 ${actual} differs from ${expected} recorded at build time (the binary is damaged: rebuild it with make dist)`,
@@ -115,10 +115,6 @@ function parseManifest(path: string, text: string): string {
     );
   }
   return match[1];
-}
-
-function sha256(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
 }
 
 function refuseCopy(where: string, actual: string, expected: string): EmbeddedLibraryError {
@@ -174,7 +170,7 @@ function toMemfd(bytes: Uint8Array, expected: string): string | null {
       libc.symbols.close(fd);
       return null;
     }
-    const actual = sha256(Deno.readFileSync(path));
+    const actual = sha256Hex(Deno.readFileSync(path));
     if (actual !== expected) {
       libc.symbols.close(fd);
       throw refuseCopy(path, actual, expected);
@@ -264,5 +260,5 @@ function trustedCopy(path: string): string | null {
     return null;
   }
   if (!info.isFile || info.uid !== Deno.uid() || (info.mode! & 0o022) !== 0) return null;
-  return sha256(Deno.readFileSync(path));
+  return sha256Hex(Deno.readFileSync(path));
 }

@@ -30,13 +30,16 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <zlib.h>
+#include <zstd.h>
+#include <zstd_errors.h>
 #include "flowexporter.h"
 #include "flowexporter.skel.h"
 
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 2
+#define FE_ABI_VERSION 3
 
 /*
  * The record layout lib/decode.ts reads. A change here fails the build until
@@ -1192,4 +1195,79 @@ FE_API int fe_fd_close(int fd)
 FE_API int fe_mount(const char *fstype, const char *target)
 {
 	return mount(fstype, target, fstype, 0, NULL) ? -errno : 0;
+}
+
+/*
+ * Batch compression: each call writes one self-contained zstd frame or gzip member of src into
+ * dst (frames concatenate, so a window is compressed a piece at a time as it fills). The agent
+ * compresses here rather than through node:zlib, whose Node compatibility layer alone held about
+ * 4 MiB of an idle agent's memory. Decoders (the collector, the spool's checks) stay on
+ * node:zlib; tests/frame_compressor_test.ts holds the two together.
+ */
+
+/* Largest frame fe_zstd_frame() writes for len bytes. */
+FE_API uint64_t fe_zstd_bound(uint64_t len)
+{
+	return ZSTD_compressBound(len);
+}
+
+/*
+ * One zstd frame at level, with a content checksum (a flipped bit is caught, as by gzip's CRC).
+ * Returns its size, -ENOSPC when cap is short of fe_zstd_bound(len), or -EINVAL.
+ */
+FE_API int64_t fe_zstd_frame(const uint8_t *src, uint64_t len, uint8_t *dst, uint64_t cap,
+			     int32_t level)
+{
+	/* Kept per thread: its tables are allocated once, not for every 256 KiB piece. */
+	static __thread ZSTD_CCtx *cctx;
+	size_t n;
+
+	if (!cctx && !(cctx = ZSTD_createCCtx()))
+		return -ENOMEM;
+	ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
+	if (ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)) ||
+	    ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1)))
+		return -EINVAL;
+	n = ZSTD_compress2(cctx, dst, cap, src, len);
+	if (ZSTD_isError(n))
+		return ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EINVAL;
+	return (int64_t)n;
+}
+
+/* A gzip (RFC 1952) deflate stream at level: windowBits 15, plus 16 for the gzip wrapper. */
+static int gzip_init(z_stream *z, int32_t level)
+{
+	memset(z, 0, sizeof(*z));
+	return deflateInit2(z, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK ? 0 : -EINVAL;
+}
+
+/* Largest member fe_gzip_member() writes for len bytes at level; 0 for a level zlib refuses. */
+FE_API uint64_t fe_gzip_bound(uint64_t len, int32_t level)
+{
+	uint64_t bound;
+	z_stream z;
+
+	if (len > UINT32_MAX || gzip_init(&z, level))
+		return 0;
+	bound = deflateBound(&z, (uLong)len);
+	deflateEnd(&z);
+	return bound;
+}
+
+/* One gzip member at level. Returns its size, -ENOSPC when cap is short, or -EINVAL. */
+FE_API int64_t fe_gzip_member(const uint8_t *src, uint64_t len, uint8_t *dst, uint64_t cap,
+			      int32_t level)
+{
+	z_stream z;
+	int ret;
+
+	if (len > UINT32_MAX || gzip_init(&z, level))
+		return -EINVAL;
+	z.next_in = (Bytef *)src;
+	z.avail_in = (uInt)len;
+	z.next_out = dst;
+	z.avail_out = cap > UINT32_MAX ? UINT32_MAX : (uInt)cap;
+	ret = deflate(&z, Z_FINISH);
+	deflateEnd(&z);
+	return ret == Z_STREAM_END ? (int64_t)z.total_out : -ENOSPC;
 }

@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -86,6 +86,14 @@ export const SYMBOLS = {
   fe_mount: { parameters: ["buffer", "buffer"], result: "i32" },
   // int fe_fd_close(int fd)
   fe_fd_close: { parameters: ["i32"], result: "i32" },
+  // uint64_t fe_zstd_bound(uint64_t len)
+  fe_zstd_bound: { parameters: ["u64"], result: "u64" },
+  // int64_t fe_zstd_frame(const uint8_t *src, uint64_t len, uint8_t *dst, uint64_t cap, int32_t level)
+  fe_zstd_frame: { parameters: ["buffer", "u64", "buffer", "u64", "i32"], result: "i64" },
+  // uint64_t fe_gzip_bound(uint64_t len, int32_t level)
+  fe_gzip_bound: { parameters: ["u64", "i32"], result: "u64" },
+  // int64_t fe_gzip_member(const uint8_t *src, uint64_t len, uint8_t *dst, uint64_t cap, int32_t level)
+  fe_gzip_member: { parameters: ["buffer", "u64", "buffer", "u64", "i32"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded library's functions. */

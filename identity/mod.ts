@@ -40,7 +40,6 @@ export { type MapFill, type WorkloadEntry, WorkloadMaps } from "./workload_maps.
 export {
   CertificateError,
   type CertificateIdentity,
-  certificateIdentity,
   type CertificateOptions,
   DEFAULT_CERT_PATH,
   DEFAULT_ID_RULE,
@@ -53,5 +52,6 @@ export {
   parseIdRule,
   readCertificateIdentity,
 } from "./host_identity.ts";
+export { certificateIdentity } from "./certificate.ts";
 export { EXIT, IDENTITY_USAGE, runIdentityCommand } from "./cli.ts";
 export type { CommandOutput } from "../lib/options.ts";

@@ -1,11 +1,10 @@
 /**
- * The content codings of batch bodies, through node:zlib: zstd (the default) and gzip. One table
- * says, for each, its HTTP `Content-Encoding` token, its spool file suffix and its magic bytes.
- *
- * zstd level 1 compresses a window of flows about as small as gzip level 3 at about a third of
- * the CPU (docs/benchmarks.md, "Compression"): compression was the largest single cost of the
- * agent. gzip stays for collectors older than zstd support: the shipper falls back to it when a
- * collector answers 415.
+ * Batch bodies through node:zlib: zstd and gzip frames, streams, and the bounded decoder the
+ * collector and the spool's checks use. The agent compresses its windows in the shim instead
+ * (ffi/frame_compressor.ts), and loads this module only for the rare paths that decode (a spooled
+ * batch of an earlier run, a collector that wants gzip): node:zlib brings Node's compatibility
+ * layer, about 4 MiB of an idle agent. The codings' names, magic bytes and defaults are in
+ * body_coding.ts.
  *
  * @module
  */
@@ -22,53 +21,23 @@ import {
   gzipSync,
   zstdCompressSync,
 } from "node:zlib";
+import {
+  type BodyCoding,
+  DEFAULT_BODY_CODING,
+  DEFAULT_GZIP_LEVEL,
+  ZSTD_LEVEL,
+  ZSTD_WINDOW_LOG_MAX,
+} from "./body_coding.ts";
 
-/** A content coding of batch bodies. */
-export type BodyCoding = "zstd" | "gzip";
-
-/** What the agent compresses new batches with unless told otherwise. */
-export const DEFAULT_BODY_CODING: BodyCoding = "zstd";
-
-/** Default gzip level for batches (when gzip is the coding). */
-export const DEFAULT_GZIP_LEVEL = 3;
-
-/**
- * The largest zstd window a decoder accepts, as a power of two: 4 MiB. A frame may declare a
- * window of up to 2 GiB, which the decoder would allocate before producing a byte; the agent's
- * level 1 uses at most 512 KiB.
- */
-export const ZSTD_WINDOW_LOG_MAX = 22;
-
-/** zstd level 1 with a content checksum, so a flipped bit is caught as gzip's CRC catches it. */
-const ZSTD_PARAMS = { [constants.ZSTD_c_compressionLevel]: 1, [constants.ZSTD_c_checksumFlag]: 1 };
-
-/** Each coding's names and signature. */
-export const BODY_CODINGS: Readonly<
-  Record<BodyCoding, { contentEncoding: string; fileSuffix: string; magic: readonly number[] }>
-> = {
-  zstd: { contentEncoding: "zstd", fileSuffix: "zst", magic: [0x28, 0xb5, 0x2f, 0xfd] },
-  gzip: { contentEncoding: "gzip", fileSuffix: "gz", magic: [0x1f, 0x8b] },
+/** zstd at the batches' level with a content checksum, so a flipped bit is caught as gzip's CRC is. */
+const ZSTD_PARAMS = {
+  [constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL,
+  [constants.ZSTD_c_checksumFlag]: 1,
 };
 
-/** The coding named by an HTTP `Content-Encoding` token, if it is one of ours. */
-export function codingOfContentEncoding(token: string): BodyCoding | undefined {
-  const name = token.trim().toLowerCase();
-  if (name === "x-gzip") return "gzip";
-  return (Object.keys(BODY_CODINGS) as BodyCoding[]).find((coding) =>
-    BODY_CODINGS[coding].contentEncoding === name
-  );
-}
-
-/** True when `head` starts with the magic bytes of `coding`. */
-export function hasMagic(head: Uint8Array, coding: BodyCoding): boolean {
-  const magic = BODY_CODINGS[coding].magic;
-  return head.length >= magic.length && magic.every((byte, i) => head[i] === byte);
-}
-
 /**
- * Compresses one piece into a self-contained zstd frame or gzip member, at once (on the calling
- * thread). Frames concatenate: the concatenation of several decompresses to the concatenation
- * of their pieces, so a window can be compressed a piece at a time as it fills.
+ * The `FrameCompressor` (body_coding.ts) of node:zlib: one self-contained zstd frame or gzip member, at
+ * once (on the calling thread).
  *
  * @param piece the bytes to compress
  * @param coding zstd (level 1, checksummed) or gzip (level `gzipLevel`)

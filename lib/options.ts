@@ -32,7 +32,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { flagTokens } from "./flag_tokens.ts";
 import { optionalPath, type OptionSpec, type Source, ValueError } from "./option_kinds.ts";
 import { UsageError } from "./usage_error.ts";
 import { errorText } from "./error_text.ts";
@@ -230,23 +230,15 @@ function assemble<O extends OptionTable>(
 }
 
 function readFlags(schema: Naming, args: string[]): Layer | "help" {
-  const options: Record<string, { type: "boolean" | "string"; short?: string }> = {
-    help: { type: "boolean", short: "h" },
-  };
+  const takesValue = new Set<string>();
   const byFlag = new Map<string, string>();
   for (const [name, spec] of Object.entries(schema.options)) {
     const flag = name.replaceAll("_", "-");
     byFlag.set(flag, name);
-    options[flag] = { type: spec.arg === "" ? "boolean" : "string" };
+    if (spec.arg !== "") takesValue.add(flag);
   }
-  // Non-strict: this code reports unknown flags and missing values in its own words.
-  const { tokens } = parseArgs({
-    args,
-    options,
-    strict: false,
-    allowPositionals: true,
-    tokens: true,
-  });
+  // Tokens only: this code reports unknown flags and missing values in its own words.
+  const tokens = flagTokens(args, takesValue, { h: "help" });
   if (tokens.some((t) => t.kind === "option" && (t.name === "help" || t.name === "h"))) {
     return "help";
   }

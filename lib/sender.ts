@@ -10,7 +10,7 @@
  * @module
  */
 
-import { BODY_CODINGS, type BodyCoding } from "./compression.ts";
+import { BODY_CODINGS, type BodyCoding } from "./body_coding.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { CBOR_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER } from "./wire.ts";

@@ -20,11 +20,10 @@ import type { FlowRecord } from "./flow.ts";
 import {
   BODY_CODINGS,
   type BodyCoding,
-  compress,
-  compressFrame,
-  decompress,
   DEFAULT_BODY_CODING,
-} from "./compression.ts";
+  DEFAULT_GZIP_LEVEL,
+  type FrameCompressor,
+} from "./body_coding.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { Batcher, type ClosedWindow } from "./batcher.ts";
@@ -90,6 +89,11 @@ export interface ShipperOptions extends Omit<SenderOptions, "url"> {
   compression?: BodyCoding;
   /** Gzip level of batch bodies, 1 to 9, when the coding is gzip. */
   gzipLevel?: number;
+  /**
+   * Compresses each piece of a window as it fills, and each batch's head: the shim's in the
+   * agent (ffi/frame_compressor.ts), node:zlib's `compressFrame` (compression.ts) elsewhere.
+   */
+  compressFrame: FrameCompressor;
   /** Receives log lines. */
   logger?: Logger;
   /** Wall clock, ms since the epoch (tests). */
@@ -143,6 +147,7 @@ export interface ShipperStats {
  * @example
  * ```ts
  * import { Shipper } from "./shipper.ts";
+ * import { compressFrame } from "./compression.ts";
  * const shipper = new Shipper({
  *   spoolDir: "/var/lib/flowexporter/spool",
  *   collectorUrl: "https://collector.example:8443/v1/batches",
@@ -151,6 +156,7 @@ export interface ShipperStats {
  *   host: () => ({ hostname: Deno.hostname(), workloadId: "" }),
  *   clockOffsetNs: () => 0n,
  *   lossCounters: () => ({ kernelDrops: 0n, recursionMisses: 0n }),
+ *   compressFrame,
  *   logger: (level, message) => console.error(`${level}: ${message}`),
  * });
  * await shipper.start();
@@ -211,7 +217,7 @@ export class Shipper {
       maxRecords: options.maxRecords,
       maxBytes: options.maxBytes,
       now: options.now,
-      compress: (piece) => compressFrame(piece, this.#coding, options.gzipLevel),
+      compress: (piece) => this.#compressFrame(piece),
       onWindow: (window) => {
         const number = this.#windowsClosed++;
         this.#stats.windowsPending++;
@@ -377,11 +383,7 @@ export class Shipper {
           spoolEvictions: spool.unreportedEvictions,
         },
       };
-      const head = compressFrame(
-        encodeBatchHead(header, window.byteLength),
-        this.#coding,
-        this.#options.gzipLevel,
-      );
+      const head = this.#compressFrame(encodeBatchHead(header, window.byteLength));
       await spool.write(header, [head, ...window.frames], this.#coding);
       this.#lossBase = current;
       this.#stats.batchesSpooled++;
@@ -426,12 +428,22 @@ export class Shipper {
     key: string,
     signal: AbortSignal,
   ): Promise<SendResult> {
+    // node:zlib (and Node's compatibility layer) loads here, for old collectors only.
+    const { compress, decompress } = await import("./compression.ts");
     const plain = await decompress(await Deno.readFile(entry.path), entry.coding, MAX_BATCH_BYTES);
     return sender.send(
       await compress([plain], "gzip", this.#options.gzipLevel),
       "gzip",
       key,
       signal,
+    );
+  }
+
+  #compressFrame(piece: Uint8Array): Uint8Array {
+    return this.#options.compressFrame(
+      piece,
+      this.#coding,
+      this.#options.gzipLevel ?? DEFAULT_GZIP_LEVEL,
     );
   }
 

@@ -4,7 +4,7 @@
  *
  * Layout of the spool directory:
  * - `batch-<sequence, 16 digits>.cbor.zst` (or `.cbor.gz`): a batch waiting to be sent, its body
- *   compressed with the coding the suffix names (lib/compression.ts);
+ *   compressed with the coding the suffix names (lib/body_coding.ts);
  * - `state.json`: the next sequence number and the evictions not yet reported in a batch;
  * - `rejected/`: batches the collector refused for good (HTTP 4xx), kept for inspection;
  * - `corrupt/`: files that could not be read back, and leftovers of interrupted writes.
@@ -21,7 +21,7 @@
  */
 
 import { JOURNAL_DIR } from "./capture_journal.ts";
-import { BODY_CODINGS, type BodyCoding, decompress, hasMagic } from "./compression.ts";
+import { BODY_CODINGS, type BodyCoding, hasMagic } from "./body_coding.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { decodeBatch, MAX_BATCH_BYTES } from "./wire.ts";
 import type { BatchHeader } from "./wire.ts";
@@ -293,6 +293,8 @@ export class Spool {
       }
       if (body) {
         try {
+          // node:zlib (and Node's compatibility layer) loads here, for an earlier run's batches.
+          const { decompress } = await import("./compression.ts");
           const { header } = decodeBatch(await decompress(body, entry.coding, MAX_BATCH_BYTES));
           if (header.sequence !== entry.sequence) {
             throw new Error(`it holds batch ${header.sequence}`);

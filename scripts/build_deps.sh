@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Build position-independent static libbpf, libelf and zlib from Debian's source packages, so that
-# ffi/ can link them into one shared object that needs nothing but libc on the target host.
-# Debian's own libbpf.a, libelf.a and libz.a are built without -fPIC and cannot go into a .so.
+# Build position-independent static libbpf, libelf, zlib and zstd's compressor from Debian's source
+# packages, so that ffi/ can link them into one shared object that needs nothing but libc on the
+# target host. Debian's own archives are built without -fPIC and cannot go into a .so.
 #
 #   scripts/build_deps.sh --arch amd64|arm64 --out DIR     (V=1 for verbose, JOBS=N for parallelism)
 #
-# Result: DIR/lib/{libbpf.a,libelf.a,libz.a}, DIR/include/{bpf/*.h,libelf.h,gelf.h,nlist.h,zlib.h,
-# zconf.h}. DIR/build.log holds the full log, DIR/.stamp the versions built; a second run with the
+# Result: DIR/lib/{libbpf.a,libelf.a,libz.a,libzstd.a}, DIR/include/{bpf/*.h,libelf.h,gelf.h,nlist.h,
+# zlib.h,zconf.h,zstd.h,zstd_errors.h}. DIR/build.log holds the full log, DIR/.stamp the versions built; a second run with the
 # same source versions, compiler and script is a no-op. Downloaded source packages stay in DIR/src.
 set -Eeuo pipefail
 
-readonly SOURCES=(zlib elfutils libbpf)
+readonly SOURCES=(zlib elfutils libbpf libzstd)
 readonly OPT_CFLAGS="-O2 -fPIC"
 
 usage() {
@@ -136,16 +136,31 @@ install_missing() {
   "${cmd[@]}" || { apt_update && "${cmd[@]}"; }
 }
 
+# A mirror can lack a candidate (a security update its pool does not carry): then the newest other
+# version apt knows is taken, and the log says so.
 download_sources() {
   mkdir -p "$src"
   cd "$src"
-  apt-get source --download-only --only-source -qq "${SOURCES[@]}"
+  local name candidate other
+  for name in "${SOURCES[@]}"; do
+    candidate="${version[$name]}"
+    apt-get source --download-only --only-source -qq "${name}=${candidate}" && continue
+    for other in $(apt-cache showsrc --only-source "$name" | sed -n 's/^Version: //p' | sort -rV); do
+      [[ "$other" != "$candidate" ]] || continue
+      echo "Cannot download ${name} ${candidate}: taking ${other}"
+      apt-get source --download-only --only-source -qq "${name}=${other}" && continue 2
+    done
+    return 1
+  done
 }
 
-# Extracts NAME's .dsc (Debian patches applied) into $work/NAME.
+# Extracts NAME's .dsc (Debian patches applied) into $work/NAME: the candidate's, or the version
+# download_sources fell back to.
 extract() {
   local name="$1"
-  dpkg-source -x "$src/${name}_${version[$name]}.dsc" "$work/$name"
+  local dsc="$src/${name}_${version[$name]}.dsc"
+  [[ -f "$dsc" ]] || dsc="$(ls -v "$src/${name}_"*.dsc | tail -n1)"
+  dpkg-source -x "$dsc" "$work/$name"
 }
 
 build_zlib() {
@@ -156,6 +171,18 @@ build_zlib() {
   make -j"$jobs" libz.a
   install -D -m644 libz.a "$out/lib/libz.a"
   install -m644 zlib.h zconf.h "$out/include/"
+}
+
+# Only the compressor is built: the agent compresses its batches with it (the shim's
+# fe_frame_compress), and what reads them decompresses through node:zlib. No decompressor, legacy
+# formats, dictionary builder or threads.
+build_zstd() {
+  extract libzstd
+  cd "$work/libzstd/lib"
+  make -j"$jobs" V=1 CC="$cc" AR="$ar" CFLAGS="$OPT_CFLAGS" ZSTD_LIB_DECOMPRESSION=0 \
+    ZSTD_LIB_DICTBUILDER=0 ZSTD_LIB_DEPRECATED=0 ZSTD_LEGACY_SUPPORT=0 libzstd.a
+  install -D -m644 libzstd.a "$out/lib/libzstd.a"
+  install -m644 zstd.h zstd_errors.h "$out/include/"
 }
 
 # Only libelf/ is built: libelf.a needs nothing from the rest of elfutils (not even lib/libeu.a).
@@ -188,7 +215,7 @@ build_libbpf() {
   make -C "$work/libbpf/src" V=1 install_headers INCLUDEDIR="$out/include"
 }
 
-# The proof the archives are usable: every object of all three goes into one -shared object with
+# The proof the archives are usable: every object of all four goes into one -shared object with
 # no undefined symbols, for the right machine, needing only libc and the dynamic loader.
 verify() {
   local dir="$work/verify"
@@ -198,17 +225,20 @@ verify() {
 #include <bpf/libbpf.h>
 #include <libelf.h>
 #include <zlib.h>
+#include <zstd.h>
 
 int deps_probe(char *buf, size_t len) {
-  return snprintf(buf, len, "libbpf %u.%u, libelf EV %u, zlib %s", libbpf_major_version(),
-                  libbpf_minor_version(), elf_version(EV_CURRENT), zlibVersion());
+  return snprintf(buf, len, "libbpf %u.%u, libelf EV %u, zlib %s, zstd %s", libbpf_major_version(),
+                  libbpf_minor_version(), elf_version(EV_CURRENT), zlibVersion(),
+                  ZSTD_versionString());
 }
 EOF
   "$cc" $OPT_CFLAGS -shared -I"$out/include" -o "$dir/probe.so" "$dir/probe.c" \
     -Wl,--whole-archive "$out/lib/libbpf.a" "$out/lib/libelf.a" "$out/lib/libz.a" \
+    "$out/lib/libzstd.a" \
     -Wl,--no-whole-archive -Wl,--no-undefined
   local lib
-  for lib in libbpf libelf libz; do
+  for lib in libbpf libelf libz libzstd; do
     local machines
     machines="$(readelf -h "$out/lib/$lib.a" | sed -n 's/^ *Machine: *//p' | sort -u)"
     [[ "$machines" == "$machine" ]] ||
@@ -225,7 +255,7 @@ EOF
   echo "probe.so newest glibc symbol version:" \
     "$(readelf -W --dyn-syms "$dir/probe.so" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n1)"
   if [[ -z "$cross" ]]; then
-    # Native: load it and call into all three libraries.
+    # Native: load it and call into all four libraries.
     cat >"$dir/run.c" <<'EOF'
 #include <dlfcn.h>
 #include <stdio.h>
@@ -275,13 +305,13 @@ started=$SECONDS
 step "check apt sources and toolchain" prepare
 declare -A version
 while read -r name ver; do version[$name]="$ver"; done <"$out/.versions"
-summary="zlib ${version[zlib]}, elfutils ${version[elfutils]}, libbpf ${version[libbpf]}"
+summary="zlib ${version[zlib]}, elfutils ${version[elfutils]}, libbpf ${version[libbpf]}, zstd ${version[libzstd]}"
 key="arch=${arch}
 ${summary}
 cc=$("$cc" --version | head -n1)
 script=$(sha256sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)"
 if [[ -f "$out/.stamp" && "$(cat "$out/.stamp")" == "$key" && -f "$out/lib/libbpf.a" &&
-  -f "$out/lib/libelf.a" && -f "$out/lib/libz.a" ]]; then
+  -f "$out/lib/libelf.a" && -f "$out/lib/libz.a" && -f "$out/lib/libzstd.a" ]]; then
   touch "$out/.stamp" # a make rule comparing mtimes with this script can rest now
   echo "${tag} up to date (${summary})" | tee -a "$log"
   exit 0
@@ -293,7 +323,8 @@ step "download source packages" download_sources
 step "build zlib ${version[zlib]}" build_zlib
 step "build libelf (elfutils ${version[elfutils]})" build_libelf
 step "build libbpf ${version[libbpf]}" build_libbpf
-step "verify a -shared link of all three" verify
+step "build zstd's compressor ${version[libzstd]}" build_zstd
+step "verify a -shared link of all four" verify
 echo "$key" >"$out/.stamp"
 [[ "${KEEP_WORK:-0}" == 1 ]] || rm -rf "$work"
 echo "${tag} done in $((SECONDS - started))s: ${out}/lib, ${out}/include ($(grep -m1 '^Verified:' "$log"))"

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import {
   CertificateError,
-  certificateIdentity,
   type HostIdentity,
   HostIdentityWatcher,
   type HostIdentityWatcherOptions,
   parseIdRule,
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
+import { certificateIdentity } from "../identity/certificate.ts";
 import { certificatePem, makeCertificate } from "./_certs.ts";
 import { until } from "./_until.ts";
 

@@ -8,7 +8,8 @@ import { constants, zstdCompressSync } from "node:zlib";
 import { DatabaseSync } from "node:sqlite";
 import { batchCbor, makeFlow, nsAt, postBatch } from "./_batches.ts";
 import { startCollector } from "../collector/server.ts";
-import { compress, ZSTD_WINDOW_LOG_MAX } from "../lib/compression.ts";
+import { compress } from "../lib/compression.ts";
+import { ZSTD_WINDOW_LOG_MAX } from "../lib/body_coding.ts";
 
 const zstd = { "content-encoding": "zstd" };
 

@@ -1,16 +1,13 @@
 import assert from "node:assert/strict";
 import { constants, gzipSync, zstdCompressSync } from "node:zlib";
+import { checkZstdFrames, compress, compressFrame, decompress } from "../lib/compression.ts";
 import {
   BODY_CODINGS,
   type BodyCoding,
-  checkZstdFrames,
   codingOfContentEncoding,
-  compress,
-  compressFrame,
-  decompress,
   hasMagic,
   ZSTD_WINDOW_LOG_MAX,
-} from "../lib/compression.ts";
+} from "../lib/body_coding.ts";
 import { encodeFlow } from "../lib/wire.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { codingOfContentEncoding, decompress } from "../lib/compression.ts";
+import { codingOfContentEncoding } from "../lib/body_coding.ts";
+import { compressFrame, decompress } from "../lib/compression.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Shipper, type ShipperOptions } from "../lib/shipper.ts";
 import { Spool } from "../lib/spool.ts";
@@ -87,6 +88,7 @@ function options(
     host: () => ({ hostname: "node-1", workloadId: "k8s://kube-system/agent" }),
     clockOffsetNs: () => 1_767_000_000_000_000_000n,
     lossCounters: () => ({ kernelDrops: 0n, recursionMisses: 0n }),
+    compressFrame,
     baseDelayMs: 5,
     maxDelayMs: 50,
     maxAttempts: 2,
