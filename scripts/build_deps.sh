@@ -137,30 +137,30 @@ install_missing() {
 }
 
 # A mirror can lack a candidate (a security update its pool does not carry): then the newest other
-# version apt knows is taken, and the log says so.
+# version apt knows is taken, the log says so, and $out/.versions names the version taken.
 download_sources() {
   mkdir -p "$src"
   cd "$src"
-  local name candidate other
+  local name other
   for name in "${SOURCES[@]}"; do
-    candidate="${version[$name]}"
-    apt-get source --download-only --only-source -qq "${name}=${candidate}" && continue
+    apt-get source --download-only --only-source -qq "$name" && continue
+    # apt's versions carry the epoch ("1:1.2.13.dfsg-1"), file names and $out/.versions do not.
     for other in $(apt-cache showsrc --only-source "$name" | sed -n 's/^Version: //p' | sort -rV); do
-      [[ "$other" != "$candidate" ]] || continue
-      echo "Cannot download ${name} ${candidate}: taking ${other}"
-      apt-get source --download-only --only-source -qq "${name}=${other}" && continue 2
+      [[ "${other#*:}" != "${version[$name]}" ]] || continue
+      echo "Cannot download ${name} ${version[$name]}: taking ${other#*:}"
+      if apt-get source --download-only --only-source -qq "${name}=${other}"; then
+        sed -i "s/^${name} .*/${name} ${other#*:}/" "$out/.versions"
+        continue 2
+      fi
     done
     return 1
   done
 }
 
-# Extracts NAME's .dsc (Debian patches applied) into $work/NAME: the candidate's, or the version
-# download_sources fell back to.
+# Extracts NAME's .dsc (Debian patches applied) into $work/NAME.
 extract() {
   local name="$1"
-  local dsc="$src/${name}_${version[$name]}.dsc"
-  [[ -f "$dsc" ]] || dsc="$(ls -v "$src/${name}_"*.dsc | tail -n1)"
-  dpkg-source -x "$dsc" "$work/$name"
+  dpkg-source -x "$src/${name}_${version[$name]}.dsc" "$work/$name"
 }
 
 build_zlib() {
@@ -320,6 +320,7 @@ fi
 rm -rf "$work" "$out/lib" "$out/include" "$out/.stamp"
 mkdir -p "$work" "$out/lib" "$out/include"
 step "download source packages" download_sources
+while read -r name ver; do version[$name]="$ver"; done <"$out/.versions"
 step "build zlib ${version[zlib]}" build_zlib
 step "build libelf (elfutils ${version[elfutils]})" build_libelf
 step "build libbpf ${version[libbpf]}" build_libbpf
