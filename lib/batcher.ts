@@ -25,11 +25,17 @@ export interface ClosedWindow {
   byteLength: number;
   /**
    * The encoded flows (`encodeFlow` outputs, back to back), in pieces, each passed through the
-   * batcher's `compress`: decompressed and joined, they complete `encodeBatchHead`.
+   * batcher's `compress`: decompressed and joined, they complete `encodeBatchHead`. The pieces'
+   * frames lie back to back in one buffer of the batcher's, empty for a window without flows.
    */
   frames: Uint8Array[];
   /** Why the window closed. */
   reason: CloseReason;
+  /**
+   * Gives the frames' buffer back to the batcher, for a later window to fill: call it once the
+   * frames are written, and read them no more. A window never released is collected instead.
+   */
+  release(): void;
 }
 
 /** Options of {@linkcode Batcher}. */
@@ -93,7 +99,16 @@ export class Batcher {
   readonly #compress: (piece: Uint8Array) => Uint8Array;
   #startMs: number;
   #endMs: number;
-  #frames: Uint8Array[] = [];
+  /**
+   * The open window's frames, back to back. A closed window's buffer comes back through its
+   * release() and serves the next window: frames allocated per piece lived until the window was
+   * spooled, seconds, long enough to reach V8's old generation, and a busy agent held several
+   * windows of them (about 9 MiB at 50 000 flows/s) until a full collection.
+   */
+  #framed: Uint8Array = new Uint8Array(0);
+  #framedUsed = 0;
+  /** A released buffer, the largest, for the next window. */
+  #spare: Uint8Array | undefined;
   /**
    * Flows are encoded straight into this, reused once its content is compressed; the open
    * window's part starts at #chunkStart.
@@ -223,15 +238,24 @@ export class Batcher {
 
   #emit(endMs: number, reason: CloseReason): void {
     this.#takeChunk();
+    let buffer: Uint8Array | undefined = this.#framed;
     const window: ClosedWindow = {
       windowStartNs: msToNs(this.#startMs),
       windowEndNs: msToNs(endMs),
       recordCount: this.#records,
       byteLength: this.#bytes,
-      frames: this.#frames,
+      frames: this.#framedUsed > 0 ? [buffer.subarray(0, this.#framedUsed)] : [],
       reason,
+      release: () => {
+        // Once only: a second call must not hand over a buffer a later window fills by then.
+        if (buffer !== undefined && buffer.length > (this.#spare?.length ?? 0)) {
+          this.#spare = buffer;
+        }
+        buffer = undefined;
+      },
     };
-    this.#frames = [];
+    this.#framed = new Uint8Array(0);
+    this.#framedUsed = 0;
     this.#records = 0;
     this.#bytes = 0;
     this.#onWindow(window);
@@ -240,9 +264,24 @@ export class Batcher {
   /** Compresses the open window's part of the chunk into its frames; the chunk stays in use. */
   #takeChunk(): void {
     if (this.#chunkUsed > this.#chunkStart) {
-      this.#frames.push(this.#compress(this.#chunk.subarray(this.#chunkStart, this.#chunkUsed)));
+      this.#addFrame(this.#compress(this.#chunk.subarray(this.#chunkStart, this.#chunkUsed)));
     }
     this.#chunkStart = this.#chunkUsed;
+  }
+
+  #addFrame(frame: Uint8Array): void {
+    const need = this.#framedUsed + frame.length;
+    if (need > this.#framed.length) {
+      let buffer = this.#spare;
+      this.#spare = undefined;
+      if (buffer === undefined || buffer.length < need) {
+        buffer = new Uint8Array(Math.max(need, 2 * this.#framed.length, CHUNK_BYTES));
+      }
+      buffer.set(this.#framed.subarray(0, this.#framedUsed));
+      this.#framed = buffer;
+    }
+    this.#framed.set(frame, this.#framedUsed);
+    this.#framedUsed = need;
   }
 
   /** Compresses what the chunk holds and starts over at its beginning, with `room` bytes. */

@@ -414,6 +414,7 @@ export class Shipper {
         })`,
       );
     } finally {
+      window.release();
       this.#stats.windowsPending--;
     }
   }

@@ -182,3 +182,25 @@ Deno.test("a window compressed a chunk at a time decompresses to its flows, whic
     }
   }
 });
+
+Deno.test("a released window's buffer serves a later window; one not released is never reused", () => {
+  const { windows, batcher } = harness({ maxRecords: 300 });
+  const fill = (from: number) => {
+    for (let i = from; i < from + 300; i++) batcher.add(syntheticFlow(i));
+  };
+  fill(0);
+  fill(300); // the first window is not released yet: the second gets a buffer of its own
+  const [first, second] = windows;
+  assert.notEqual(second.frames[0].buffer, first.frames[0].buffer);
+  assert.deepEqual(flowsOf(first), Array.from({ length: 300 }, (_, i) => syntheticFlow(i)));
+  first.release();
+  fill(600);
+  const third = windows[2];
+  assert.equal(third.frames[0].buffer, first.frames[0].buffer, "the released buffer came back");
+  assert.deepEqual(flowsOf(third), Array.from({ length: 300 }, (_, i) => syntheticFlow(600 + i)));
+  first.release(); // a second call hands over nothing: the third window still holds the buffer
+  fill(900);
+  assert.notEqual(windows[3].frames[0].buffer, third.frames[0].buffer);
+  assert.deepEqual(flowsOf(third), Array.from({ length: 300 }, (_, i) => syntheticFlow(600 + i)));
+  assert.deepEqual(flowsOf(second), Array.from({ length: 300 }, (_, i) => syntheticFlow(300 + i)));
+});
