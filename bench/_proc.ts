@@ -32,10 +32,19 @@ export function cpuTicks(pid: number): number {
 
 /** Peak resident set size (VmHWM) of a process, KiB. */
 export function peakRssKiB(pid: number): number {
+  return statusKiB(pid, "VmHWM");
+}
+
+/** Resident set size now (VmRSS) of a process, KiB. */
+export function rssKiB(pid: number): number {
+  return statusKiB(pid, "VmRSS");
+}
+
+function statusKiB(pid: number, field: "VmHWM" | "VmRSS"): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const m = /^VmHWM:\s+(\d+) kB$/m.exec(status);
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, "m").exec(status);
   if (!m) {
-    throw new Error(`Cannot read VmHWM of process ${pid}: no such line in /proc/${pid}/status`);
+    throw new Error(`Cannot read ${field} of process ${pid}: no such line in /proc/${pid}/status`);
   }
   return Number(m[1]);
 }
