@@ -13,8 +13,6 @@ DENO := $(BUILD)/tools/node_modules/.bin/deno
 DENO_RUN_FLAGS := --allow-all
 # The agent's environment as packaged (the systemd unit's Environment= line), for `make run`.
 AGENT_ENV := $(shell sed -n 's/^Environment=//p' packaging/flowexporter.service)
-# A compiled executable does not read DENO_V8_FLAGS: make dist compiles the unit's in.
-AGENT_V8_FLAGS := $(shell sed -n 's/^Environment=.*DENO_V8_FLAGS=\([^ ]*\).*/\1/p' packaging/flowexporter.service)
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
 	openssl iproute2 util-linux
 TEST_APT_PACKAGES := chromium
