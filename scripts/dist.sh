@@ -171,7 +171,8 @@ check_loader() {
   fi
   local layout="$work/layout-$arch"
   mkdir -p "$layout/build/$arch"
-  cp -r ffi "$layout/"
+  # ffi/ and the lib/ modules it imports (the record layout, error texts, the SHA-256).
+  cp -r ffi lib "$layout/"
   cp "build/$arch/libflowexporter.so" "build/$arch/libflowexporter.so.sha256" "$layout/build/$arch/"
   local result
   # shellcheck disable=SC2016 # TypeScript, not shell
