@@ -117,12 +117,13 @@ export async function decompress(
   const out: Uint8Array[] = [];
   const budget = { left: maxBytes, maxBytes };
   if (coding === "gzip") {
-    await inflate(bytes, createGunzip({ chunkSize: INFLATE_CHUNK }), out, budget);
+    const chunkSize = inflateChunk(gzipDeclaredSize(bytes));
+    await inflate(bytes, createGunzip({ chunkSize }), out, budget);
   } else {
     // node:zlib's zstd stream stops after the first frame: each frame gets a decoder of its own.
-    for (const [start, end] of checkZstdFrames(bytes)) {
+    for (const [start, end, size] of checkZstdFrames(bytes)) {
       const decoder = createZstdDecompress({
-        chunkSize: INFLATE_CHUNK,
+        chunkSize: inflateChunk(size),
         params: { [constants.ZSTD_d_windowLogMax]: ZSTD_WINDOW_LOG_MAX },
       });
       await inflate(bytes.subarray(start, end), decoder, out, budget);
@@ -133,6 +134,33 @@ export async function decompress(
 
 /** Largest piece of output a decoder hands over at once. */
 const INFLATE_CHUNK = 256 * 1024;
+/** Smallest: a page. */
+const INFLATE_CHUNK_MIN = 4096;
+/** A gzip member's header (10 bytes) and trailer (CRC and size, 8). */
+const GZIP_MIN_BYTES = 18;
+
+/**
+ * The size gzip data says it inflates to: the last member's ISIZE (mod 2^32); -1 when the data
+ * is too short to say. Untrusted: it only sizes {@linkcode inflateChunk}.
+ */
+export function gzipDeclaredSize(bytes: Uint8Array): number {
+  if (bytes.length < GZIP_MIN_BYTES) return -1;
+  return new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true);
+}
+
+/**
+ * node:zlib's `chunkSize` for data that says it inflates to `size` bytes (-1: it does not say).
+ * Each piece of output is a new zeroed buffer, and one of 256 KiB (fresh pages, each a fault)
+ * for a 40 KiB batch cost more than the inflating itself (docs/cluster.md, "Fewer buffers per
+ * batch"). The size only chooses the piece: the caller's limit still bounds the
+ * output, and data that holds more than it says is inflated in more pieces. One byte more than
+ * the size, so that the decoder finds the end without a second piece.
+ */
+export function inflateChunk(size: number): number {
+  if (size < 0) return INFLATE_CHUNK;
+  const pages = Math.ceil((size + 1) / INFLATE_CHUNK_MIN) * INFLATE_CHUNK_MIN;
+  return Math.min(INFLATE_CHUNK, pages);
+}
 
 /** Runs `bytes` through `inflater` a slice at a time into `out`, within `budget.left` bytes. */
 async function inflate(
@@ -181,11 +209,12 @@ const ZSTD_RLE_BLOCK = 1;
  * produced so far looks like the whole body), so truncation must be caught here; corruption
  * inside a frame is caught by the content checksum the encoder adds.
  *
- * @returns where each data frame starts and ends (skippable frames left out)
+ * @returns where each data frame starts and ends, and the content size its header declares (-1
+ *   when it declares none; untrusted), skippable frames left out
  * @throws {DecompressError} saying where the data stops making sense
  */
-export function checkZstdFrames(bytes: Uint8Array): [number, number][] {
-  const frames: [number, number][] = [];
+export function checkZstdFrames(bytes: Uint8Array): [number, number, number][] {
+  const frames: [number, number, number][] = [];
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const need = (at: number, n: number, what: string) => {
     if (at + n > bytes.length) {
@@ -212,7 +241,10 @@ export function checkZstdFrames(bytes: Uint8Array): [number, number][] {
     const checksum = (descriptor & 0x04) !== 0;
     const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 0x03];
     const contentSizeBytes = [singleSegment ? 1 : 0, 2, 4, 8][descriptor >> 6];
-    at += 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes;
+    const contentSizeAt = at + 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes;
+    need(contentSizeAt, contentSizeBytes, "a frame header");
+    const contentSize = zstdContentSize(view, contentSizeAt, contentSizeBytes);
+    at = contentSizeAt + contentSizeBytes;
     for (let last = false; !last;) {
       need(at, 3, "a block header");
       const header = bytes[at] | (bytes[at + 1] << 8) | (bytes[at + 2] << 16);
@@ -229,7 +261,23 @@ export function checkZstdFrames(bytes: Uint8Array): [number, number][] {
       need(at, 4, "a frame checksum");
       at += 4;
     }
-    frames.push([frameStart, at]);
+    frames.push([frameStart, at, contentSize]);
   }
   return frames;
+}
+
+/** A zstd frame header's Frame_Content_Size field of `n` bytes at `at` (RFC 8878, 3.1.1.1.4). */
+function zstdContentSize(view: DataView, at: number, n: number): number {
+  switch (n) {
+    case 1:
+      return view.getUint8(at);
+    case 2:
+      return view.getUint16(at, true) + 256;
+    case 4:
+      return view.getUint32(at, true);
+    case 8:
+      return Number(view.getBigUint64(at, true));
+    default:
+      return -1;
+  }
 }

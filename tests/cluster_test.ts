@@ -7,7 +7,13 @@
 import assert from "node:assert/strict";
 import { startLocalCluster } from "../collector/cluster/local_cluster.ts";
 import { type ClusterNode, startClusterNode } from "../collector/cluster/node.ts";
-import { ClickHouseStore } from "../collector/cluster/clickhouse_store.ts";
+import {
+  ClickHouseStore,
+  writeFlowRow,
+  writeVerdict,
+} from "../collector/cluster/clickhouse_store.ts";
+import { RowBinaryWriter } from "../collector/cluster/row_binary.ts";
+import { formatIp } from "../lib/map_layout.ts";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import {
@@ -237,6 +243,25 @@ Deno.test({
         );
       },
     );
+
+    await t.step("a flows insert sent in pieces stores each row once", async () => {
+      // The sink sends a pull's rows as pieces of one insert (collector/cluster/node.ts).
+      const flows = hostBatch(13, 1, 3).flows;
+      const pieces = flows.map((f, i) => {
+        const w = new RowBinaryWriter();
+        // A routable remote address is its own ownership key.
+        const remoteIp = formatIp(f.remoteIp);
+        writeFlowRow(w, "host-13", 1, i, f, remoteIp, remoteIp, f.tEndNs);
+        writeVerdict(w, 0, { status: "unattributed" });
+        return w.bytes();
+      });
+      await store.insertFlowRows(pieces);
+      const stored = await flowsOf(store, "host-13");
+      assert.deepEqual(
+        stored.map((f) => [f.cookie, f.attribution]).sort(),
+        flows.map((f) => [f.cookie, "unattributed"]).sort(),
+      );
+    });
 
     await t.step("flowexporter query --clickhouse reads the cluster's flows", async () => {
       const out: string[] = [];

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
 import { BODY_CODINGS, type BodyCoding, DEFAULT_GZIP_LEVEL, hasMagic } from "../lib/body_coding.ts";
-import { compressFrame, decompress } from "../lib/compression.ts";
+import { checkZstdFrames, compressFrame, decompress } from "../lib/compression.ts";
 import { concatBytes } from "../lib/bytes.ts";
 import { encodeFlow } from "../lib/wire.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
@@ -24,6 +24,14 @@ Deno.test("node:zlib reads each frame the shim writes, for every coding", async 
       assert.ok(hasMagic(frame, coding), coding);
       assert.deepEqual(await decompress(frame, coding, piece.length), piece, coding);
     }
+  }
+});
+
+Deno.test("the shim's zstd frames declare their content size, which sizes the decoder's output", () => {
+  // The header's 1-byte (1 byte), 2-byte (1 000 bytes) and 4-byte content size fields.
+  for (const piece of [...PIECES, noise.subarray(0, 1000)]) {
+    const frame = native(piece, "zstd", DEFAULT_GZIP_LEVEL);
+    assert.deepEqual(checkZstdFrames(frame), [[0, frame.length, piece.length]]);
   }
 });
 

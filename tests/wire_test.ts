@@ -186,6 +186,25 @@ Deno.test("the wire layout uses small integer keys with the heartbeat key first"
   assert.ok(flowBytes.length < 180, `an IPv4 flow takes ${flowBytes.length} bytes`);
 });
 
+Deno.test("decodeBatch() reads the flows wherever the batch map puts them", () => {
+  // Exporters write the flows last, which the first pass leaves to the second; a map in any
+  // other order is walked whole first, and reads the same.
+  const records = [syntheticFlow(1), syntheticFlow(2)];
+  const body = batchOf(records);
+  const top = rawCbor.decoder.decode(body) as Map<number, unknown>;
+  const flowsFirst = new Map([[9, top.get(9)], ...[...top].filter(([key]) => key !== 9)]);
+  assert.deepEqual([...flowsFirst.keys()], [9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+  const reordered = new Uint8Array(rawCbor.encoder.encode(flowsFirst));
+  assert.notDeepEqual(reordered, body);
+  assert.deepEqual(decodeBatch(reordered), decodeBatch(body));
+  assert.deepEqual(decodeBatch(body).flows, records);
+  // Bytes after flows that come last are refused once the flows are read.
+  rejects(
+    Uint8Array.of(...body, 0xa0),
+    `Cannot decode batch: invalid CBOR (data after the end of the item at byte ${body.length}: 1 bytes)`,
+  );
+});
+
 Deno.test("decodeBatch() rejects truncated CBOR and trailing bytes", () => {
   const body = batchOf([syntheticFlow(1), syntheticFlow(2)]);
   rejects(

@@ -266,16 +266,17 @@ export class ClickHouseStore implements AsyncDisposable, GraphSource {
     return store;
   }
 
-  /** Writes flows, RowBinary of {@linkcode FLOW_ROW_COLUMNS} then {@linkcode VERDICT_COLUMNS}. */
-  async insertFlowRows(rows: Uint8Array): Promise<void> {
-    if (rows.length === 0) return;
-    await this.#insertBinary("flows", [...FLOW_ROW_COLUMNS, ...VERDICT_COLUMNS], rows);
+  /**
+   * Writes flows in one INSERT: RowBinary of {@linkcode FLOW_ROW_COLUMNS} then
+   * {@linkcode VERDICT_COLUMNS}, in pieces sent one after the other (whole rows each).
+   */
+  async insertFlowRows(pieces: readonly Uint8Array[]): Promise<void> {
+    await this.#insertBinary("flows", [...FLOW_ROW_COLUMNS, ...VERDICT_COLUMNS], pieces);
   }
 
   /** Writes batches' rows, RowBinary of {@linkcode BATCH_COLUMNS}. */
   async insertBatchRows(rows: Uint8Array): Promise<void> {
-    if (rows.length === 0) return;
-    await this.#insertBinary("batches", BATCH_COLUMNS, rows);
+    await this.#insertBinary("batches", BATCH_COLUMNS, [rows]);
   }
 
   /** Writes revocations in one INSERT. */
@@ -456,17 +457,23 @@ export class ClickHouseStore implements AsyncDisposable, GraphSource {
     return (await this.#select(revocationsQuery(range))).map(toRevocation);
   }
 
-  /** One INSERT of RowBinary rows of `columns`. */
-  async #insertBinary(table: string, columns: readonly string[], rows: Uint8Array): Promise<void> {
+  /** One INSERT of RowBinary rows of `columns`, sent piece by piece; none for no rows. */
+  async #insertBinary(
+    table: string,
+    columns: readonly string[],
+    pieces: readonly Uint8Array[],
+  ): Promise<void> {
+    const bytes = pieces.reduce((n, piece) => n + piece.length, 0);
+    if (bytes === 0) return;
     try {
       const result = await this.#client.exec({
         query: `INSERT INTO ${table} (${columns.join(", ")}) FORMAT RowBinary`,
-        values: Readable.from([rows]),
+        values: Readable.from(pieces),
       });
       result.stream.resume();
       await new Promise((resolve) => result.stream.once("close", resolve));
     } catch (error) {
-      throw this.#error(`insert ${rows.length} bytes of rows into ${table}`, error);
+      throw this.#error(`insert ${bytes} bytes of rows into ${table}`, error);
     }
   }
 

@@ -47,6 +47,7 @@ import { MetricsRegistry } from "../../lib/metrics.ts";
 import { HttpError } from "../_http_body.ts";
 import { ipKeyOfText } from "../_keys.ts";
 import { formatIp } from "../../lib/map_layout.ts";
+import { gzipDeclaredSize, inflateChunk } from "../../lib/compression.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
 import { batchConflict, batchDigest, batchTaken, type IngestResult } from "../ingest.ts";
 import { cachedGraphSource } from "../graph.ts";
@@ -182,6 +183,8 @@ const CLOSE_STEP_MS = 3000;
 const ROWS_GZIP_LEVEL = 1;
 /** Most entries (batches) one sink insert takes. */
 const SINK_BATCH = 128;
+/** A piece of a sink insert's rows: a new one starts once three quarters are written. */
+const SINK_PIECE_BYTES = 1 << 20;
 
 /**
  * Connects to NATS (and ClickHouse), creates missing streams and consumers, and starts serving.
@@ -484,7 +487,10 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
      * flow's row as ingest wrote it with its verdict appended, and each batch's row once.
      */
     const sinkEntries = async (messages: JsMsg[]) => {
-      const flowRows = new RowBinaryWriter(1 << 20);
+      // The pull's rows go in one insert (ClickHouse spends per insert), written in pieces: one
+      // buffer of tens of megabytes cost the node twice as much per flow (docs/cluster.md).
+      const pieces: Uint8Array[] = [];
+      let piece = new RowBinaryWriter(SINK_PIECE_BYTES);
       const batchRows = new RowBinaryWriter();
       const revocations = [];
       let count = 0;
@@ -495,16 +501,23 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         }
         const entry = decodeAttributed(m.data);
         const { batch } = entry;
-        const rows = gunzipSync(batch.flowRows);
+        const rows = gunzipSync(batch.flowRows, {
+          chunkSize: inflateChunk(gzipDeclaredSize(batch.flowRows)),
+        });
         const offsets = batch.rowOffsets;
         entry.indexes.forEach((index, i) => {
-          flowRows.raw(rows.subarray(offsets[index], offsets[index + 1]));
-          writeVerdict(flowRows, entry.version, entry.verdicts[i]);
+          piece.raw(rows.subarray(offsets[index], offsets[index + 1]));
+          writeVerdict(piece, entry.version, entry.verdicts[i]);
         });
         count += entry.indexes.length;
         if (entry.version === 0) batchRows.raw(batch.batchRow);
+        if (piece.length >= SINK_PIECE_BYTES * 3 / 4) {
+          pieces.push(piece.bytes());
+          piece = new RowBinaryWriter(SINK_PIECE_BYTES);
+        }
       }
-      await store!.insertFlowRows(flowRows.bytes());
+      pieces.push(piece.bytes());
+      await store!.insertFlowRows(pieces);
       await store!.insertBatchRows(batchRows.bytes());
       await store!.insertRevocations(revocations);
       for (const m of messages) m.ack();
