@@ -268,7 +268,7 @@ export class ClickHouseStore implements AsyncDisposable, GraphSource {
 
   /**
    * Writes flows in one INSERT: RowBinary of {@linkcode FLOW_ROW_COLUMNS} then
-   * {@linkcode VERDICT_COLUMNS}, in pieces sent one after the other (whole rows each).
+   * {@linkcode VERDICT_COLUMNS}, in pieces sent one after the other as one stream.
    */
   async insertFlowRows(pieces: readonly Uint8Array[]): Promise<void> {
     await this.#insertBinary("flows", [...FLOW_ROW_COLUMNS, ...VERDICT_COLUMNS], pieces);
