@@ -117,8 +117,7 @@ export async function decompress(
   const out: Uint8Array[] = [];
   const budget = { left: maxBytes, maxBytes };
   if (coding === "gzip") {
-    const chunkSize = inflateChunk(gzipDeclaredSize(bytes));
-    await inflate(bytes, createGunzip({ chunkSize }), out, budget);
+    await inflate(bytes, createGunzip({ chunkSize: gzipChunkSize(bytes) }), out, budget);
   } else {
     // node:zlib's zstd stream stops after the first frame: each frame gets a decoder of its own.
     for (const [start, end, size] of checkZstdFrames(bytes)) {
@@ -140,23 +139,25 @@ const INFLATE_CHUNK_MIN = 4096;
 const GZIP_MIN_BYTES = 18;
 
 /**
- * The size gzip data says it inflates to: the last member's ISIZE (mod 2^32); -1 when the data
- * is too short to say. Untrusted: it only sizes {@linkcode inflateChunk}.
+ * node:zlib's `chunkSize` for gzip data: sized from the size its last member says it inflates to
+ * (ISIZE, mod 2^32), see {@linkcode inflateChunk}.
  */
-export function gzipDeclaredSize(bytes: Uint8Array): number {
-  if (bytes.length < GZIP_MIN_BYTES) return -1;
-  return new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true);
+export function gzipChunkSize(bytes: Uint8Array): number {
+  if (bytes.length < GZIP_MIN_BYTES) return INFLATE_CHUNK;
+  return inflateChunk(
+    new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true),
+  );
 }
 
 /**
- * node:zlib's `chunkSize` for data that says it inflates to `size` bytes (-1: it does not say).
- * Each piece of output is a new zeroed buffer, and one of 256 KiB (fresh pages, each a fault)
- * for a 40 KiB batch cost more than the inflating itself (docs/cluster.md, "Fewer buffers per
- * batch"). The size only chooses the piece: the caller's limit still bounds the
- * output, and data that holds more than it says is inflated in more pieces. One byte more than
- * the size, so that the decoder finds the end without a second piece.
+ * node:zlib's `chunkSize` for data that says it inflates to `size` bytes (-1: it does not say;
+ * untrusted either way). Each piece of output is a new zeroed buffer, and one of 256 KiB (fresh
+ * pages, each a fault) for a 40 KiB batch cost more than the inflating itself (docs/cluster.md,
+ * "Fewer buffers per batch"). The size only chooses the piece: the caller's limit still bounds
+ * the output, and data that holds more than it says is inflated in more pieces. One byte more
+ * than the size, so that the decoder finds the end without a second piece.
  */
-export function inflateChunk(size: number): number {
+function inflateChunk(size: number): number {
   if (size < 0) return INFLATE_CHUNK;
   const pages = Math.ceil((size + 1) / INFLATE_CHUNK_MIN) * INFLATE_CHUNK_MIN;
   return Math.min(INFLATE_CHUNK, pages);

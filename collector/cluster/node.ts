@@ -47,7 +47,7 @@ import { MetricsRegistry } from "../../lib/metrics.ts";
 import { HttpError } from "../_http_body.ts";
 import { ipKeyOfText } from "../_keys.ts";
 import { formatIp } from "../../lib/map_layout.ts";
-import { gzipDeclaredSize, inflateChunk } from "../../lib/compression.ts";
+import { gzipChunkSize } from "../../lib/compression.ts";
 import type { Revocation, Verdict } from "../attributor.ts";
 import { batchConflict, batchDigest, batchTaken, type IngestResult } from "../ingest.ts";
 import { cachedGraphSource } from "../graph.ts";
@@ -501,9 +501,7 @@ export async function startClusterNode(options: ClusterNodeOptions): Promise<Clu
         }
         const entry = decodeAttributed(m.data);
         const { batch } = entry;
-        const rows = gunzipSync(batch.flowRows, {
-          chunkSize: inflateChunk(gzipDeclaredSize(batch.flowRows)),
-        });
+        const rows = gunzipSync(batch.flowRows, { chunkSize: gzipChunkSize(batch.flowRows) });
         const offsets = batch.rowOffsets;
         entry.indexes.forEach((index, i) => {
           piece.raw(rows.subarray(offsets[index], offsets[index + 1]));
