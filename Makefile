@@ -110,13 +110,23 @@ $(BUILD)/flowexporter.skel.h: $(BUILD)/flowexporter.bpf.o
 	$(msg) SKEL $@
 	$(Q)bpftool gen skeleton $< name flowexporter_bpf > $@.tmp && mv $@.tmp $@
 
+SHIM_BUILD = $(SHIM_CC) -O2 -g -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden \
+	-I$(BUILD) -Ibpf -I$(DEPS)/include $< -o $@ \
+	$(DEPS)/lib/libbpf.a $(DEPS)/lib/libelf.a $(DEPS)/lib/libz.a $(DEPS)/lib/libzstd.a \
+	-Wl,--exclude-libs,ALL -Wl,-z,defs -Wl,-z,now -Wl,-z,relro
+
 $(LIB): ffi/flowexporter.c bpf/flowexporter.h $(BUILD)/flowexporter.skel.h $(DEPS)/.stamp
 	$(msg) SHIM $@
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(SHIM_CC) -O2 -g -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden \
-		-I$(BUILD) -Ibpf -I$(DEPS)/include $< -o $@ \
-		$(DEPS)/lib/libbpf.a $(DEPS)/lib/libelf.a $(DEPS)/lib/libz.a $(DEPS)/lib/libzstd.a \
-		-Wl,--exclude-libs,ALL -Wl,-z,defs -Wl,-z,now -Wl,-z,relro
+	$(Q)$(SHIM_BUILD)
+
+# The upgrade test's stand-in for an agent of another capture state version: the same shim, but
+# it pins its capture as capture-v0 (tests/upgrade_kernel_test.ts).
+OTHER_STATE_LIB := $(BUILD)/other-state/libflowexporter.so
+$(OTHER_STATE_LIB): ffi/flowexporter.c bpf/flowexporter.h $(BUILD)/flowexporter.skel.h $(DEPS)/.stamp
+	$(msg) SHIM $@
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(SHIM_BUILD) -DFE_STATE_VERSION=0
 
 $(BUILD)/libflowexporter.so: $(LIB)
 	$(Q)cp $< $@
@@ -133,7 +143,7 @@ dev: build
 
 # The README's test command. Deno prints its own summary; CI reads it. Tests never touch the
 # host's real agent state: the default spool, pin directory and lock must be as they were.
-test: build $(BUILD)/churn $(BUILD)/.apt-test-stamp $(BUILD)/.cluster-apt-stamp
+test: build $(BUILD)/churn $(OTHER_STATE_LIB) $(BUILD)/.apt-test-stamp $(BUILD)/.cluster-apt-stamp
 	$(Q)scripts/host_state.sh > $(BUILD)/host-state.before
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 	$(Q)scripts/host_state.sh | diff -u $(BUILD)/host-state.before - >&2 || \

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Agent } from "../ffi/agent.ts";
+import { Agent, otherVersionCaptures, RetiringCapture } from "../ffi/agent.ts";
 import type { FdMap } from "../ffi/bpf_map.ts";
 import { FlowSource } from "../ffi/flow_source.ts";
 import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
@@ -15,6 +15,7 @@ import { CaptureJournal, JOURNAL_DIR } from "../lib/capture_journal.ts";
 import { ClockAnchor } from "../lib/clock.ts";
 import { parseBootId } from "../lib/flow_id.ts";
 import { Intake } from "../lib/intake.ts";
+import { RECORD_SIZE } from "../lib/decode.ts";
 import { InterimSnapshots } from "../lib/interim.ts";
 import { RecordFanout } from "../lib/fanout.ts";
 import { Log } from "../lib/log.ts";
@@ -123,6 +124,58 @@ interface Capture extends Disposable {
   portMap: FdMap;
   /** Kernel drops the agents of this capture reported so far (pinned with it). */
   reportedDrops: { read(): bigint; write(drops: bigint): void };
+}
+
+/**
+ * Retires the capture an agent of another state version left pinned in `dir` (an upgrade): its
+ * programs stop, now that this agent's run, and what its ring holds (closed during the restart,
+ * or while both ran) is shipped now, each socket once. Returns the drops its ring had that no
+ * batch reported. A capture that cannot be retired keeps running beside this one, and the next
+ * start tries again.
+ */
+function retireCapture(
+  dir: string,
+  agent: Agent,
+  intake: Intake,
+  fanout: RecordFanout,
+  log: Log,
+): bigint {
+  let old: RetiringCapture;
+  try {
+    old = RetiringCapture.open(dir);
+  } catch (error) {
+    log.warn(`${errorText(error)}; it goes on capturing beside this agent until the next start`);
+    return 0n;
+  }
+  try {
+    // Once the old programs have stopped, nothing the own ring gets from here on is theirs too.
+    const overlapEnd = agent.stats().ring.produced;
+    const buffer = new Uint8Array(RECORD_SIZE * 1024);
+    const records = intake.retire(
+      {
+        ringId: old.ringId,
+        recordSize: RECORD_SIZE,
+        commit: (position) => old.commit(position),
+        consumed: () => old.consumed(),
+        read: () => {
+          const { bytes, position } = old.read(buffer);
+          return { bytes: buffer.subarray(0, bytes), position };
+        },
+      },
+      overlapEnd,
+      (chunk) => fanout.take(chunk),
+    );
+    const { foreignRecords, unreportedDrops } = old;
+    old.remove();
+    log.info(
+      `retired the capture of another agent version in ${dir}: ${records} flows it held are shipped now${
+        foreignRecords ? `; ${foreignRecords} of another record version are lost` : ""
+      }${unreportedDrops ? `; it had dropped ${unreportedDrops}, reported in the next batch` : ""}`,
+    );
+    return unreportedDrops;
+  } finally {
+    old.close();
+  }
 }
 
 /** Opens, loads and attaches the BPF side, or takes over the pinned one, and its maps. */
@@ -294,6 +347,8 @@ export async function run(v: Config): Promise<number> {
   };
   // Kernel drops of this capture that batches reported: the next batch reports what came after.
   let reportedDrops = capture.reportedDrops.read();
+  // Drops of retired captures (an upgrade's) that no batch reported: the next batch adds them.
+  let retiredDrops = 0n;
   const shipper = new Shipper({
     spoolDir: v.spoolDir,
     collectorUrl: v.collectorUrl,
@@ -304,7 +359,7 @@ export async function run(v: Config): Promise<number> {
     clockOffsetNs: () => clock.offsetNs(),
     lossCounters: () => {
       const s = agent.stats();
-      return { kernelDrops: s.kernelDrops, recursionMisses: s.recursionMisses };
+      return { kernelDrops: s.kernelDrops + retiredDrops, recursionMisses: s.recursionMisses };
     },
     intervalMs: v.batchInterval,
     maxRecords: v.batchMaxRecords,
@@ -319,9 +374,9 @@ export async function run(v: Config): Promise<number> {
     logger: log.logger,
     lossReported: { kernelDrops: reportedDrops, recursionMisses: 0n },
     onSpooled: (window, reported) => {
-      reportedDrops = reported.kernelDrops;
+      reportedDrops = reported.kernelDrops - retiredDrops;
       try {
-        capture.reportedDrops.write(reported.kernelDrops);
+        capture.reportedDrops.write(reportedDrops);
         journal.sealed(window);
       } catch (error) {
         log.warn(
@@ -408,6 +463,9 @@ export async function run(v: Config): Promise<number> {
       stopForOutput();
     },
   });
+  for (const dir of otherVersionCaptures(v.pinDir)) {
+    retiredDrops += retireCapture(dir, agent, intake, fanout, log);
+  }
   {
     await using _source = new FlowSource(agent, {
       timeoutMs: v.pollMs,

@@ -21,6 +21,7 @@ import {
   nativeLog,
   openNative,
   OpenOption,
+  RetiringStat,
   Stat,
 } from "./symbols.ts";
 
@@ -134,6 +135,125 @@ export function pinnedCaptures(pinDir: string = MAPS_PIN_DIR): string[] {
       .map((e) => `${pinDir}/${e.name}`);
   } catch {
     return [];
+  }
+}
+
+/**
+ * Captures under `pinDir` that agents of another state version left pinned (an upgrade across
+ * `FE_STATE_VERSION`): this agent cannot take them over, so it retires them
+ * ({@linkcode RetiringCapture}).
+ */
+export function otherVersionCaptures(pinDir: string = MAPS_PIN_DIR): string[] {
+  const own = `${pinDir}/capture-v${openNative().fe_state_version()}`;
+  return pinnedCaptures(pinDir).filter((dir) => dir !== own);
+}
+
+/** How long {@linkcode RetiringCapture.open} waits for the kernel to release the old programs. */
+const RETIRE_WAIT_MS = 5_000;
+
+/**
+ * A capture another state version's agent left pinned, being retired by this agent once its own
+ * programs run: the old programs are detached when it opens, then its ring buffer is read to the
+ * end and committed as {@linkcode Agent.poll} and {@linkcode Agent.commit} do for the own ring.
+ * Close it, then remove its directory ({@linkcode RetiringCapture.remove}).
+ */
+export class RetiringCapture implements Disposable {
+  /** The capture's directory. */
+  readonly dir: string;
+  readonly #native: Native;
+  #handle: Deno.PointerObject | null;
+  readonly #position = new BigUint64Array(1);
+
+  private constructor(native: Native, handle: Deno.PointerObject, dir: string) {
+    this.#native = native;
+    this.#handle = handle;
+    this.dir = dir;
+  }
+
+  /**
+   * Detaches the programs of the capture in `dir` (waiting until the kernel no longer runs them)
+   * and opens its ring buffer.
+   *
+   * @throws {AgentLoadError} when its links cannot be unpinned, its programs stay attached
+   *   (something else holds them), or it has no readable ring buffer
+   */
+  static open(dir: string): RetiringCapture {
+    const native = openNative();
+    const out = new BigUint64Array(1);
+    const err = native.fe_retiring_open(cString(dir), RETIRE_WAIT_MS, out);
+    const handle = Deno.UnsafePointer.create(out[0]);
+    if (err !== 0 || handle === null) {
+      throw new AgentLoadError(
+        `Cannot ${nativeError(native) || `retire the capture ${dir}: errno ${-err}`}`,
+      );
+    }
+    return new RetiringCapture(native, handle, dir);
+  }
+
+  /** Kernel ID of its ring buffer map: the journal's name for the records read from it. */
+  get ringId(): number {
+    return Number(this.#stats()[RetiringStat.ringId]);
+  }
+
+  /** Records of another record version its ring held: unreadable, skipped. */
+  get foreignRecords(): number {
+    return Number(this.#stats()[RetiringStat.foreign]);
+  }
+
+  /** Records its ring lost (it was full) that no batch reported. */
+  get unreportedDrops(): bigint {
+    return this.#stats()[RetiringStat.unreportedDrops];
+  }
+
+  /** Position its ring has been consumed up to. */
+  consumed(): bigint {
+    return this.#stats()[RetiringStat.consumed];
+  }
+
+  /**
+   * Copies its next records into `buffer`, without committing them.
+   *
+   * @returns the bytes written (whole records; 0 at the end) and the ring position after them
+   */
+  read(buffer: Uint8Array): { bytes: number; position: bigint } {
+    const n = this.#native.fe_retiring_read(this.#live(), buffer, buffer.length, this.#position);
+    if (n < 0) throw new AgentLoadError(`Cannot read the retired capture ${this.dir}: errno ${-n}`);
+    return { bytes: n, position: this.#position[0] };
+  }
+
+  /** Gives its ring's space up to `position` back; false when out of range. */
+  commit(position: bigint): boolean {
+    return this.#native.fe_retiring_commit(this.#live(), position) === 0;
+  }
+
+  /** Unmaps its ring; safe to call twice. */
+  close(): void {
+    if (this.#handle === null) return;
+    this.#native.fe_retiring_close(this.#handle);
+    this.#handle = null;
+  }
+
+  /** Closes it and unpins what is left (its maps): the kernel frees them. */
+  remove(): void {
+    this.close();
+    Deno.removeSync(this.dir, { recursive: true });
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #stats(): BigUint64Array {
+    const out = new BigUint64Array(RetiringStat.count);
+    this.#native.fe_retiring_stats(this.#live(), out, RetiringStat.count);
+    return out;
+  }
+
+  #live(): Deno.PointerObject {
+    if (this.#handle === null) {
+      throw new AgentLoadError(`The retired capture ${this.dir} is closed`);
+    }
+    return this.#handle;
   }
 }
 

@@ -7,6 +7,7 @@
  * 0 (or a count) on success and -errno on failure; nothing calls back into
  * JavaScript.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -39,7 +40,7 @@
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 3
+#define FE_ABI_VERSION 4
 
 /*
  * The record layout lib/decode.ts reads. A change here fails the build until
@@ -780,10 +781,16 @@ static size_t ring_record_bytes(uint32_t len)
 	return FE_RING_SPAN((size_t)len);
 }
 
-/* Copies whole records from the read position into dst, without committing them. */
-static void ring_read(struct fe_agent *a)
+/*
+ * Copies whole records from the ring's read position into dst (cap bytes, *len
+ * of them already used), without committing them. Stops at a record the
+ * kernel has reserved but not yet submitted. A record of another length (an
+ * agent of another record version wrote it) cannot be read: it is skipped and
+ * counted in *foreign (NULL: the agent's own ring, written by its own programs).
+ */
+static void ring_read(struct fe_ring *r, uint8_t *dst, uint32_t cap, uint32_t *len_out,
+		      uint64_t *foreign)
 {
-	struct fe_ring *r = &a->ring;
 	uint64_t end = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
 	uint64_t pos = r->read_pos;
 
@@ -793,24 +800,35 @@ static void ring_read(struct fe_agent *a)
 
 		if (len & BPF_RINGBUF_BUSY_BIT)
 			break;
-		if (!(len & BPF_RINGBUF_DISCARD_BIT) && len >= sizeof(struct fe_flow)) {
+		if (!(len & BPF_RINGBUF_DISCARD_BIT) && len == sizeof(struct fe_flow)) {
 			/* Headers are 8-byte aligned in a power-of-two ring: only the record may wrap. */
 			size_t at = ((pos & (r->size - 1)) + BPF_RINGBUF_HDR_SZ) & (r->size - 1);
 			size_t first = r->size - at;
 
-			if (a->len + sizeof(struct fe_flow) > a->cap)
+			if (*len_out + sizeof(struct fe_flow) > cap)
 				break;
 			if (first >= sizeof(struct fe_flow)) {
-				memcpy(a->dst + a->len, r->data + at, sizeof(struct fe_flow));
+				memcpy(dst + *len_out, r->data + at, sizeof(struct fe_flow));
 			} else {
-				memcpy(a->dst + a->len, r->data + at, first);
-				memcpy(a->dst + a->len + first, r->data, sizeof(struct fe_flow) - first);
+				memcpy(dst + *len_out, r->data + at, first);
+				memcpy(dst + *len_out + first, r->data, sizeof(struct fe_flow) - first);
 			}
-			a->len += sizeof(struct fe_flow);
+			*len_out += sizeof(struct fe_flow);
+		} else if (foreign && !(len & BPF_RINGBUF_DISCARD_BIT)) {
+			(*foreign)++;
 		}
 		pos += ring_record_bytes(len);
 	}
 	r->read_pos = pos;
+}
+
+/* True when the record at the read position is reserved but not yet submitted. */
+static bool ring_busy(const struct fe_ring *r)
+{
+	uint64_t end = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+	const uint32_t *hdr = (const uint32_t *)(r->data + (r->read_pos & (r->size - 1)));
+
+	return r->read_pos < end && (__atomic_load_n(hdr, __ATOMIC_ACQUIRE) & BPF_RINGBUF_BUSY_BIT);
 }
 
 static int ring_poll(struct fe_agent *a, int timeout_ms)
@@ -827,7 +845,7 @@ static int ring_poll(struct fe_agent *a, int timeout_ms)
 	 */
 	if (timeout_ms > 0 && epoll_wait(a->ring.epoll_fd, &ev, 1, timeout_ms) < 0 && errno != EINTR)
 		return -errno;
-	ring_read(a);
+	ring_read(&a->ring, a->dst, a->cap, &a->len, NULL);
 	return 0;
 }
 
@@ -875,15 +893,8 @@ FE_API int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t ca
 	return a->len;
 }
 
-/*
- * Gives the ring's space up to pos back to the kernel: the records before it
- * are safe elsewhere. Also moves the read position forward when pos is past
- * it (records an earlier agent journaled but did not commit). A position
- * behind the committed one, or past what the kernel wrote, is refused.
- */
-FE_API int fe_commit(struct fe_agent *a, uint64_t pos)
+static int ring_commit(struct fe_ring *r, uint64_t pos)
 {
-	struct fe_ring *r = &a->ring;
 	uint64_t consumed, produced;
 
 	if (!r->consumer)
@@ -896,6 +907,17 @@ FE_API int fe_commit(struct fe_agent *a, uint64_t pos)
 	if (r->read_pos < pos)
 		r->read_pos = pos;
 	return 0;
+}
+
+/*
+ * Gives the ring's space up to pos back to the kernel: the records before it
+ * are safe elsewhere. Also moves the read position forward when pos is past
+ * it (records an earlier agent journaled but did not commit). A position
+ * behind the committed one, or past what the kernel wrote, is refused.
+ */
+FE_API int fe_commit(struct fe_agent *a, uint64_t pos)
+{
+	return ring_commit(&a->ring, pos);
 }
 
 /* Records between the consumed position and what the kernel has written (reserved ones too). */
@@ -1086,6 +1108,209 @@ FE_API void fe_close(struct fe_agent *a)
 	flowexporter_bpf__destroy(a->skel);
 	free(a->spill);
 	free(a);
+}
+
+/*
+ * A capture an agent of another state version left pinned, being retired by
+ * this one: its programs detached, its ring buffer read to the end. What its
+ * ring holds closed while no agent read it (the upgrade's restart) or while
+ * both versions' programs ran (the handover): the caller ships it.
+ */
+struct fe_retiring {
+	struct fe_ring ring;
+	uint64_t foreign;	   /* records of another length: another record version's, unreadable */
+	uint64_t unreported_drops; /* what its ring lost that no batch reported */
+};
+
+/* fe_retiring_stats() indices */
+enum fe_retiring_stat {
+	FE_RETIRING_RING_ID,	      /* kernel ID of its ring buffer map */
+	FE_RETIRING_FOREIGN,	      /* records of another record version, skipped */
+	FE_RETIRING_UNREPORTED_DROPS, /* its kernel drops no batch reported */
+	FE_RETIRING_CONSUMED,	      /* its ring position committed as consumed */
+	FE_RETIRING_COUNT,
+};
+
+/* Most programs one capture attaches: room to spare over this version's four. */
+#define FE_RETIRING_MAX_PROGS 16
+
+/* The kernel object behind a bpffs pin: "bpf-link", "bpf-map", "bpf-prog". */
+static bool pinned_is(int fd, const char *kind)
+{
+	char proc[64], target[64];
+	ssize_t n;
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	n = readlink(proc, target, sizeof(target) - 1);
+	if (n < 0)
+		return false;
+	target[n] = 0;
+	return strcmp(target + (strncmp(target, "anon_inode:", 11) ? 0 : 11), kind) == 0;
+}
+
+/*
+ * Unpins every link under capdir (whatever this version named them) and
+ * waits up to wait_ms until the kernel has released their programs.
+ */
+static int retire_links(const char *capdir, uint32_t wait_ms)
+{
+	uint32_t progs[FE_RETIRING_MAX_PROGS], n = 0, i, waited = 0;
+	char path[PATH_MAX];
+	struct dirent *e;
+	DIR *dir = opendir(capdir);
+	bool link;
+	int err = 0;
+
+	if (!dir)
+		return fail(-errno, "retire the capture %s: open it", capdir);
+	while ((e = readdir(dir))) {
+		struct bpf_link_info info = {};
+		uint32_t len = sizeof(info);
+		int fd;
+
+		if (e->d_name[0] == '.' || pin_path(path, sizeof(path), capdir, e->d_name))
+			continue;
+		fd = bpf_obj_get(path);
+		if (fd < 0)
+			continue;
+		link = pinned_is(fd, "bpf-link");
+		if (link && !bpf_obj_get_info_by_fd(fd, &info, &len) && n < FE_RETIRING_MAX_PROGS)
+			progs[n++] = info.prog_id;
+		close(fd);
+		/* The pin is the link's last holder: unpinned, it detaches its program. */
+		if (link && unlink(path)) {
+			err = fail(-errno, "retire the capture %s: unpin %s", capdir, e->d_name);
+			break;
+		}
+	}
+	closedir(dir);
+	if (err)
+		return err;
+	/* A released link's program goes once nothing holds it: then it no longer runs. */
+	for (i = 0; i < n;) {
+		int fd = bpf_prog_get_fd_by_id(progs[i]);
+
+		if (fd < 0) {
+			i++;
+			continue;
+		}
+		close(fd);
+		if (waited >= wait_ms)
+			return fail(-EBUSY, "retire the capture %s: program %u still runs after %u ms (something else holds it: bpftool prog show id %u)",
+				    capdir, progs[i], wait_ms, progs[i]);
+		usleep(2000);
+		waited += 2;
+	}
+	return 0;
+}
+
+/*
+ * Retires the capture an agent of another state version left pinned in
+ * capdir. Call it once this agent's own programs are attached, so that every
+ * close is seen by one of the two: it unpins the old links, waits up to
+ * wait_ms until their programs no longer run, and opens the old ring buffer
+ * for fe_retiring_read(). The maps stay pinned until the caller, having
+ * shipped what the ring held, closes the handle and removes capdir.
+ */
+FE_API int fe_retiring_open(const char *capdir, uint32_t wait_ms, struct fe_retiring **out)
+{
+	char path[PATH_MAX];
+	struct fe_retiring *r;
+	uint64_t drops = 0, reported = 0;
+	uint32_t zero = 0;
+	int err, fd;
+
+	*out = NULL;
+	err = retire_links(capdir, wait_ms);
+	if (err)
+		return err;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return fail(-ENOMEM, "retire the capture %s", capdir);
+	r->ring.epoll_fd = -1;
+	err = pin_path(path, sizeof(path), capdir, "events");
+	fd = err ? -1 : bpf_obj_get(path);
+	/* No ring (an agent that died before pinning it): nothing to read. */
+	if (fd < 0 && (err || errno != ENOENT)) {
+		err = fail(err ? err : -errno, "retire the capture %s: open its ring buffer", capdir);
+		free(r);
+		return err;
+	}
+	if (fd >= 0) {
+		err = open_ring(&r->ring, fd);
+		close(fd);
+		if (err) {
+			close_ring(&r->ring);
+			free(r);
+			return err;
+		}
+	}
+	/* Its drop counters, when this version had them where ours are. */
+	if (!pin_path(path, sizeof(path), capdir, "drops") && (fd = bpf_obj_get(path)) >= 0) {
+		drops = sum_percpu(fd, FE_DROP_OUTPUT);
+		close(fd);
+	}
+	if (!pin_path(path, sizeof(path), capdir, "reported_drops") &&
+	    (fd = bpf_obj_get(path)) >= 0) {
+		bpf_map_lookup_elem(fd, &zero, &reported);
+		close(fd);
+	}
+	r->unreported_drops = drops > reported ? drops - reported : 0;
+	*out = r;
+	return 0;
+}
+
+/*
+ * Copies the retired ring's next records into buf (cap bytes), without
+ * committing them; stores in *pos the ring position after them. Returns the
+ * bytes written: 0 once the ring is read to its end.
+ */
+FE_API int fe_retiring_read(struct fe_retiring *r, uint8_t *buf, uint32_t cap, uint64_t *pos)
+{
+	uint32_t len = 0;
+	int spins;
+
+	*pos = 0;
+	if (cap < sizeof(struct fe_flow))
+		return -EINVAL;
+	if (!r->ring.producer)
+		return 0;
+	/* A program that was mid-record when its link went finishes it within microseconds. */
+	for (spins = 0; spins < 1000 && ring_busy(&r->ring); spins++)
+		usleep(100);
+	ring_read(&r->ring, buf, cap, &len, &r->foreign);
+	*pos = r->ring.read_pos;
+	return (int)len;
+}
+
+/* Gives the retired ring's space up to pos back: the records before it are safe. */
+FE_API int fe_retiring_commit(struct fe_retiring *r, uint64_t pos)
+{
+	return ring_commit(&r->ring, pos);
+}
+
+/* Fills out[0..n) with FE_RETIRING_* values; returns how many it filled. */
+FE_API int fe_retiring_stats(struct fe_retiring *r, uint64_t *out, uint32_t n)
+{
+	uint64_t s[FE_RETIRING_COUNT];
+
+	s[FE_RETIRING_RING_ID] = r->ring.map_id;
+	s[FE_RETIRING_FOREIGN] = r->foreign;
+	s[FE_RETIRING_UNREPORTED_DROPS] = r->unreported_drops;
+	s[FE_RETIRING_CONSUMED] =
+		r->ring.consumer ? __atomic_load_n(r->ring.consumer, __ATOMIC_ACQUIRE) : 0;
+	if (n > FE_RETIRING_COUNT)
+		n = FE_RETIRING_COUNT;
+	memcpy(out, s, n * sizeof(*out));
+	return (int)n;
+}
+
+FE_API void fe_retiring_close(struct fe_retiring *r)
+{
+	if (!r)
+		return;
+	close_ring(&r->ring);
+	free(r);
 }
 
 static int64_t clock_ns(clockid_t id)

@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -66,6 +66,17 @@ export const SYMBOLS = {
   fe_snapshot_end: { parameters: ["pointer"], result: "void" },
   // void fe_close(struct fe_agent *a)
   fe_close: { parameters: ["pointer"], result: "void" },
+  // int fe_retiring_open(const char *capdir, uint32_t wait_ms, struct fe_retiring **out)  [blocks:
+  //   up to wait_ms, while the kernel releases the old programs]
+  fe_retiring_open: { parameters: ["buffer", "u32", "buffer"], result: "i32" },
+  // int fe_retiring_read(struct fe_retiring *r, uint8_t *buf, uint32_t cap, uint64_t *pos)
+  fe_retiring_read: { parameters: ["pointer", "buffer", "u32", "buffer"], result: "i32" },
+  // int fe_retiring_commit(struct fe_retiring *r, uint64_t pos)
+  fe_retiring_commit: { parameters: ["pointer", "u64"], result: "i32" },
+  // int fe_retiring_stats(struct fe_retiring *r, uint64_t *out, uint32_t n)
+  fe_retiring_stats: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
+  // void fe_retiring_close(struct fe_retiring *r)
+  fe_retiring_close: { parameters: ["pointer"], result: "void" },
   // int64_t fe_clock_offset(uint32_t clock, int64_t *offset_ns)
   fe_clock_offset: { parameters: ["u32", "buffer"], result: "i64" },
   // int fe_map_open_pinned(const char *path)
@@ -123,6 +134,15 @@ export const Stat = {
   ringProduced: 11,
   ringWaiting: 12,
   count: 13,
+} as const;
+
+/** fe_retiring_stats() indices. */
+export const RetiringStat = {
+  ringId: 0,
+  foreign: 1,
+  unreportedDrops: 2,
+  consumed: 3,
+  count: 4,
 } as const;
 
 /** fe_probe() bits: what the running kernel offers. */

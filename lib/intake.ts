@@ -8,7 +8,7 @@
  */
 import type { CaptureJournal, JournalChunk } from "./capture_journal.ts";
 import type { RecordChunk } from "./fanout.ts";
-import { DecodeError, RECORD_SIZE } from "./decode.ts";
+import { DecodeError, RECORD_OFFSETS, RECORD_SIZE } from "./decode.ts";
 import { type FlowWriter, RecordWriter } from "./wire.ts";
 
 /** Where records come from: the kernel side's ring buffer, as the agent sees it. */
@@ -21,6 +21,18 @@ export interface RingSource {
   commit(position: bigint): boolean;
   /** Position the ring has been consumed up to. */
   consumed(): bigint;
+}
+
+/**
+ * The ring of a capture another state version's agent left pinned, its programs detached: read to
+ * its end once, when this agent starts ({@linkcode Intake.retire}).
+ */
+export interface RetiringRing extends RingSource {
+  /**
+   * Its next whole records, not yet committed (a view valid until the next call), and the ring
+   * position after them; no bytes at the end.
+   */
+  read(): { bytes: Uint8Array; position: bigint };
 }
 
 /** Options of {@linkcode Intake}. */
@@ -58,6 +70,13 @@ export interface ReplayResult {
  */
 export class Intake {
   readonly #options: IntakeOptions;
+  /** Per ring ID: the position up to which the journal holds this boot's records. */
+  readonly #journaled = new Map<number, bigint>();
+  /**
+   * After a retired ring: the cookies of its records, which the own ring may hold again up to
+   * `until` (both versions' programs ran then).
+   */
+  #overlap: { cookies: Set<bigint>; until: bigint } | undefined;
 
   constructor(options: IntakeOptions) {
     this.#options = options;
@@ -72,20 +91,67 @@ export class Intake {
     const { journal, ring, bootId } = this.#options;
     let records = 0;
     let unreadable = 0;
-    let resumeAt = -1n;
     for (const chunk of journal.left) {
       if (chunk.recordSize !== RECORD_SIZE) {
         unreadable += chunk.records.length / chunk.recordSize;
         continue;
       }
       records += this.#ship(chunk);
-      if (chunk.ringId !== 0 && chunk.ringId === ring.ringId && sameBytes(chunk.bootId, bootId)) {
-        if (chunk.position > resumeAt) resumeAt = chunk.position;
+      if (chunk.ringId !== 0 && sameBytes(chunk.bootId, bootId)) {
+        const journaled = this.#journaled.get(chunk.ringId) ?? -1n;
+        if (chunk.position > journaled) this.#journaled.set(chunk.ringId, chunk.position);
       }
     }
     journal.dropLeft();
-    const resumedRing = resumeAt > ring.consumed() && ring.commit(resumeAt);
-    return { records, resumedRing, unreadable };
+    return { records, resumedRing: this.#resume(ring), unreadable };
+  }
+
+  /**
+   * Ships what a retired capture's ring holds (after {@linkcode replay}, before the first
+   * {@linkcode receive}), journaling and committing it like the own ring's records. Until the own
+   * ring has been read past `overlapEnd` (its written position once the retired programs had
+   * stopped), a record there of a socket the retired ring has a record of is dropped: both
+   * versions' programs saw that close.
+   *
+   * @param take gets each chunk shipped, as {@linkcode receive} returns them (for stdout and
+   *   metrics), a view valid only during the call
+   * @returns the records shipped
+   */
+  retire(old: RetiringRing, overlapEnd: bigint, take: (chunk: JournalChunk) => void): number {
+    const { bootId, clockOffsetNs } = this.#options;
+    this.#resume(old);
+    const cookies = this.#overlap?.cookies ?? new Set<bigint>();
+    let records = 0;
+    for (;;) {
+      const { bytes, position } = old.read();
+      if (bytes.length === 0) break;
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+      for (let at = 0; at + RECORD_SIZE <= bytes.length; at += RECORD_SIZE) {
+        cookies.add(view.getBigUint64(at + RECORD_OFFSETS.cookie, true));
+      }
+      const chunk = {
+        bootId,
+        ringId: old.ringId,
+        position,
+        clockOffsetNs: clockOffsetNs(),
+        recordSize: old.recordSize,
+        records: bytes,
+      };
+      records += this.#ship(chunk);
+      old.commit(position);
+      take(chunk);
+    }
+    this.#overlap = { cookies, until: overlapEnd };
+    return records;
+  }
+
+  /**
+   * Moves `ring` past what the journal holds of it (read, but not committed, before a crash);
+   * true when it moved.
+   */
+  #resume(ring: RingSource): boolean {
+    const journaled = this.#journaled.get(ring.ringId);
+    return journaled !== undefined && journaled > ring.consumed() && ring.commit(journaled);
   }
 
   /**
@@ -97,6 +163,11 @@ export class Intake {
    */
   receive(bytes: Uint8Array, position: bigint): JournalChunk {
     const { bootId, ring } = this.#options;
+    const overlap = this.#overlap;
+    if (overlap !== undefined) {
+      bytes = withoutCookies(bytes, overlap.cookies);
+      if (position >= overlap.until || overlap.cookies.size === 0) this.#overlap = undefined;
+    }
     const chunk = {
       bootId,
       ringId: ring.ringId,
@@ -156,6 +227,19 @@ export class Intake {
     }
     return bytes.length / RECORD_SIZE;
   }
+}
+
+/** `bytes` without the records whose cookie is in `cookies` (each taken out of it once seen). */
+function withoutCookies(bytes: Uint8Array, cookies: Set<bigint>): Uint8Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const kept: number[] = [];
+  for (let at = 0; at + RECORD_SIZE <= bytes.length; at += RECORD_SIZE) {
+    if (!cookies.delete(view.getBigUint64(at + RECORD_OFFSETS.cookie, true))) kept.push(at);
+  }
+  if (kept.length * RECORD_SIZE === bytes.length) return bytes;
+  const out = new Uint8Array(kept.length * RECORD_SIZE);
+  kept.forEach((at, i) => out.set(bytes.subarray(at, at + RECORD_SIZE), i * RECORD_SIZE));
+  return out;
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

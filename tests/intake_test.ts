@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { CaptureJournal, type JournalChunk, readChunks } from "../lib/capture_journal.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
-import { Intake, type RingSource } from "../lib/intake.ts";
+import { Intake, type RetiringRing, type RingSource } from "../lib/intake.ts";
 import { decodeBatch, encodeBatch, type FlowWriter, SCHEMA_VERSION } from "../lib/wire.ts";
 import { rawRecords } from "./_raw_records.ts";
 
@@ -269,5 +269,96 @@ Deno.test(
     journal.append(2, chunk()); // the open window's file is still usable
     journal.sealed(2);
     assert.deepEqual([...Deno.readDirSync(dir)], []);
+  }),
+);
+
+/** A retired capture's ring: hands out `chunks` (records, position after them) in turn. */
+class FakeRetiringRing extends FakeRing implements RetiringRing {
+  #next = 0;
+  constructor(ringId: number, events: string[], readonly chunks: [Uint8Array, bigint][]) {
+    super(ringId, events);
+  }
+  read(): { bytes: Uint8Array; position: bigint } {
+    // Past what is committed: a chunk the journal already holds is not read again.
+    while (this.#next < this.chunks.length && this.chunks[this.#next][1] <= this.committed) {
+      this.#next++;
+    }
+    const [bytes, position] = this.chunks[this.#next++] ?? [new Uint8Array(0), this.committed];
+    return { bytes, position };
+  }
+}
+
+Deno.test(
+  "retire() ships a retired ring's records, journals them under its ring ID, and commits them",
+  withJournal((dir) => {
+    const events: string[] = [];
+    using journal = CaptureJournal.open(dir);
+    const shipper = new FakeShipper(100, events);
+    const intake = intakeOf(new FakeRing(7, []), loggingJournal(journal, events), shipper, 4n);
+    const old = new FakeRetiringRing(9, events, [
+      [rawRecords(2, 50n), 528n],
+      [rawRecords(1, 52n), 792n],
+    ]);
+    const taken: JournalChunk[] = [];
+    assert.equal(intake.retire(old, 0n, (c) => taken.push(c)), 3);
+    assert.deepEqual(events, [
+      "add 50",
+      "add 51",
+      "journal 2 in window 0",
+      "commit 528",
+      "add 52",
+      "journal 1 in window 0",
+      "commit 792",
+    ]);
+    assert.deepEqual(taken.map((c) => [c.ringId, c.position, c.clockOffsetNs]), [
+      [9, 528n, 4n],
+      [9, 792n, 4n],
+    ]);
+  }),
+);
+
+Deno.test(
+  "after retire(), the own ring's records of the retired ring's sockets are dropped until the overlap ends",
+  withJournal((dir) => {
+    using journal = CaptureJournal.open(dir);
+    const shipper = new FakeShipper(100, []);
+    const intake = intakeOf(new FakeRing(7, []), journal, shipper);
+    // The retired programs wrote sockets 50 to 52; they stopped when the own ring was at 1000.
+    intake.retire(new FakeRetiringRing(9, [], [[rawRecords(3, 50n), 792n]]), 1000n, () => {});
+    // Both versions saw 50 to 52 close: the own ring's copies go.
+    const first = intake.receive(rawRecords(4, 49n), 800n); // 49, 50, 51, 52
+    assert.deepEqual(shipper.windows[0], [50n, 51n, 52n, 49n], "retired ring first, then 49");
+    assert.equal(first.records.length, RECORD_SIZE, "stdout and metrics get the one kept");
+    // Past the overlap, nothing is dropped any more (a socket closes once).
+    intake.receive(rawRecords(1, 60n), 1100n);
+    intake.receive(rawRecords(1, 50n), 1200n);
+    assert.deepEqual(shipper.windows[0], [50n, 51n, 52n, 49n, 60n, 50n]);
+  }),
+);
+
+Deno.test(
+  "retire() after a crash reads the retired ring from where the journal ends",
+  withJournal((dir) => {
+    {
+      // The earlier run journaled the retired ring's first chunk, then died before its commit.
+      using journal = CaptureJournal.open(dir);
+      const intake = intakeOf(new FakeRing(7, []), journal, new FakeShipper(100, []));
+      intake.retire(
+        new FakeRetiringRing(9, [], [[rawRecords(2, 50n), 528n]]),
+        0n,
+        () => {},
+      );
+    }
+    using journal = CaptureJournal.open(dir);
+    const shipper = new FakeShipper(100, []);
+    const intake = intakeOf(new FakeRing(7, []), journal, shipper);
+    intake.replay();
+    const old = new FakeRetiringRing(9, [], [
+      [rawRecords(2, 50n), 528n],
+      [rawRecords(1, 52n), 792n],
+    ]);
+    assert.equal(intake.retire(old, 0n, () => {}), 1);
+    assert.deepEqual(shipper.windows[0], [50n, 51n, 52n], "each record once");
+    assert.equal(old.committed, 792n);
   }),
 );

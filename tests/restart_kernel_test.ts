@@ -1,6 +1,7 @@
 /**
  * A capture that outlives the agent process: a restart (SIGTERM, then a new start) or a crash
- * (SIGKILL) during connection churn loses no record and, after SIGTERM, duplicates none; a
+ * (SIGKILL) during connection churn loses no record and, after SIGTERM, duplicates none; so does
+ * an upgrade to an agent of another capture state version, which retires the old capture; a
  * connection open across a restart keeps its start and identity; `detach` ends it all.
  */
 import assert from "node:assert/strict";
@@ -9,6 +10,9 @@ import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
 import { type ChurnResult, gridSocket, type GridTally, runChurn, tally } from "./_traffic.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
+/** The shim of another capture state version (capture-v0), built by `make test`. */
+const OTHER_STATE_LIB = new URL("../build/other-state/libflowexporter.so", import.meta.url)
+  .pathname;
 
 /** Waits until `count()` reaches `want`, or fails after `timeoutMs` with `what`. */
 async function waitFor(count: () => number, want: number, what: string, timeoutMs = 30_000) {
@@ -59,6 +63,72 @@ kernelTest("a restart during churn loses no record and duplicates none", async (
     await second?.stop();
   }
 });
+
+kernelTest(
+  "an upgrade across capture state versions retires the old capture, losing and doubling no record",
+  async () => {
+    assert.ok(
+      Deno.statSync(OTHER_STATE_LIB).isFile,
+      `${OTHER_STATE_LIB} (make build/other-state/libflowexporter.so)`,
+    );
+    const grid = { firstAddr: "127.79.6.1", addrs: 4, portBase: 22500, ports: 2 };
+    const first = await AgentProcess.start([], { FLOWEXPORTER_LIB: OTHER_STATE_LIB });
+    let second: AgentProcess | undefined;
+    try {
+      const old = `${first.pinDir}/capture-v0`;
+      const oldPrograms: number[] = [];
+      for (const name of ["link_sockops", "link_state", "link_destroy_btf", "link_destroy_tp"]) {
+        const link = await bpftool("link", "show", "pinned", `${old}/${name}`);
+        assert.ok(link, `the old agent pinned ${name} in ${old}`);
+        oldPrograms.push(link.prog_id as number);
+      }
+      const running = runChurn(grid, { seconds: 3, rate: 2000 });
+      const mine = (a: AgentProcess) => a.records.filter((r) => gridSocket(grid, r));
+      await waitFor(() => mine(first).length, 500, "records before the upgrade");
+      assert.equal(await first.stop({ keep: true }), 0);
+      // Closed while no agent runs: only the old capture's ring has them.
+      await new Promise((r) => setTimeout(r, 300));
+      second = await first.restart();
+      const retired = /retired the capture of another agent version in (\S+): (\d+) flows/.exec(
+        await second.waitForLog(/retired the capture/),
+      )!;
+      assert.equal(retired[1], old);
+      assert.ok(Number(retired[2]) > 0, "the old ring held the flows closed during the restart");
+      assert.doesNotMatch(
+        second.stderrLines.join("\n"),
+        /resumed the pinned capture/,
+        "a new capture, not the old one",
+      );
+      assert.deepEqual(
+        [...Deno.readDirSync(first.pinDir)].filter((e) => e.name.startsWith("capture-"))
+          .map((e) => e.name),
+        ["capture-v1"],
+        "the old capture is unpinned",
+      );
+      for (const id of oldPrograms) {
+        assert.equal(
+          await bpftool("prog", "show", "id", `${id}`),
+          undefined,
+          `program ${id} is gone`,
+        );
+      }
+      const result = await running;
+      await waitFor(
+        () => mine(first).length + mine(second!).length,
+        result.sockets_closed,
+        "records of the churn's sockets",
+      );
+      const counts = tally([...mine(first), ...mine(second)].map((r) => gridSocket(grid, r)!));
+      assertComplete(counts, result);
+      assert.equal(counts.duplicates, 0, "no socket recorded twice across the upgrade");
+      assert.equal(await second.stop({ keep: true }), 0);
+      assert.match(second.stderrLines.join("\n"), /kernel drops 0,/);
+    } finally {
+      await first.stop();
+      await second?.stop();
+    }
+  },
+);
 
 kernelTest("a connection open across a restart keeps its start and its workload", async () => {
   const first = await AgentProcess.start();

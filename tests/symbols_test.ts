@@ -3,7 +3,7 @@
  * ffi/flowexporter.c, so the doctor and the agent read the probe the way the shim writes it.
  */
 import assert from "node:assert/strict";
-import { OpenOption, Probe, Stat } from "../ffi/symbols.ts";
+import { OpenOption, Probe, RetiringStat, Stat } from "../ffi/symbols.ts";
 import { shimDefines, shimEnum } from "./_c_source.ts";
 
 /** `TP_BTF` → `tpBtf`. */
@@ -27,4 +27,12 @@ Deno.test("Stat holds the indices of enum fe_stat, in order, and its count", () 
   const names = shimEnum("fe_stat").map((name) => camel(name.replace(/^FE_STAT_/, "")));
   assert.deepEqual(Object.keys(Stat), names);
   assert.deepEqual(Object.values(Stat), names.map((_, i) => i));
+});
+
+Deno.test("RetiringStat holds the indices of enum fe_retiring_stat, in order, and its count", () => {
+  const names = shimEnum("fe_retiring_stat").map((name) =>
+    camel(name.replace(/^FE_RETIRING_/, ""))
+  );
+  assert.deepEqual(Object.keys(RetiringStat), names);
+  assert.deepEqual(Object.values(RetiringStat), names.map((_, i) => i));
 });
