@@ -278,13 +278,17 @@ function buildBatches(
   perHost.forEach((flows, h) => {
     for (let at = 0, seq = 1; at < flows.length; at += batchSize, seq++) {
       const chunk = flows.slice(at, at + batchSize);
+      // A host's flows come in connection order, not close order: the window spans them all.
+      const ends = chunk.map((f) => f.tEndNs);
+      const firstEnd = ends.reduce((a, b) => a < b ? a : b);
+      const lastEnd = ends.reduce((a, b) => a > b ? a : b);
       const cbor = encodeBatch({
         schemaVersion: SCHEMA_VERSION,
         exporterVersion: "bench",
         host: { hostname: `node-${h}`, workloadId: `host:node-${h}` },
         sequence: seq,
-        windowStartNs: chunk[0].tEndNs,
-        windowEndNs: chunk.at(-1)!.tEndNs + 1n,
+        windowStartNs: firstEnd,
+        windowEndNs: lastEnd + 1n,
         recordCount: chunk.length,
         clockOffsetNs: 0n,
         loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
