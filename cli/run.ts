@@ -128,10 +128,10 @@ interface Capture extends Disposable {
 
 /**
  * Retires the capture an agent of another state version left pinned in `dir` (an upgrade): its
- * programs stop, now that this agent's run, and what its ring holds (closed during the restart,
- * or while both ran) is shipped now, each socket once. Returns the drops its ring had that no
- * batch reported. A capture that cannot be retired keeps running beside this one, and the next
- * start tries again.
+ * programs stop, now that this agent's programs run, and what its ring holds (closed during the
+ * restart, or while both ran) is shipped now, each socket once. Returns the drops its ring had
+ * that no batch reported. A capture that cannot be retired keeps running beside this one, and the
+ * next start tries again.
  */
 function retireCapture(
   dir: string,
