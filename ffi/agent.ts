@@ -148,7 +148,7 @@ export function otherVersionCaptures(pinDir: string = MAPS_PIN_DIR): string[] {
   return pinnedCaptures(pinDir).filter((dir) => dir !== own);
 }
 
-/** How long {@linkcode RetiringCapture.open} waits for the kernel to release the old programs. */
+/** How long {@linkcode RetiringCapture.open} waits for the kernel to release the old links. */
 const RETIRE_WAIT_MS = 5_000;
 
 /**
@@ -171,11 +171,11 @@ export class RetiringCapture implements Disposable {
   }
 
   /**
-   * Detaches the programs of the capture in `dir` (waiting until the kernel no longer runs them)
-   * and opens its ring buffer.
+   * Detaches the programs of the capture in `dir` (waiting until the kernel has released its links
+   * and the runs under way have ended) and opens its ring buffer.
    *
-   * @throws {AgentLoadError} when its links cannot be unpinned, its programs stay attached
-   *   (something else holds them), or it has no readable ring buffer
+   * @throws {AgentLoadError} when its links cannot be unpinned or stay attached (another process
+   *   holds them), or its ring buffer cannot be opened
    */
   static open(dir: string): RetiringCapture {
     const native = openNative();

@@ -1131,8 +1131,14 @@ enum fe_retiring_stat {
 	FE_RETIRING_COUNT,
 };
 
-/* Most programs one capture attaches: room to spare over this version's four. */
-#define FE_RETIRING_MAX_PROGS 16
+/* Most links one capture pins: room to spare over this version's four. */
+#define FE_RETIRING_MAX_LINKS 16
+
+/*
+ * After its link is gone, a program that was already running finishes: a few
+ * microseconds, unless its task was preempted inside it. Wait this long.
+ */
+#define FE_RETIRING_GRACE_US 50000
 
 /* The kernel object behind a bpffs pin: "bpf-link", "bpf-map", "bpf-prog". */
 static bool pinned_is(int fd, const char *kind)
@@ -1149,12 +1155,13 @@ static bool pinned_is(int fd, const char *kind)
 }
 
 /*
- * Unpins every link under capdir (whatever this version named them) and
- * waits up to wait_ms until the kernel has released their programs.
+ * Unpins every link under capdir (whatever this version named them), waits
+ * up to wait_ms until the kernel has released them (each detaches its program
+ * as it goes), then lets programs already running finish.
  */
 static int retire_links(const char *capdir, uint32_t wait_ms)
 {
-	uint32_t progs[FE_RETIRING_MAX_PROGS], n = 0, i, waited = 0;
+	uint32_t links[FE_RETIRING_MAX_LINKS], n = 0, i, waited = 0;
 	char path[PATH_MAX];
 	struct dirent *e;
 	DIR *dir = opendir(capdir);
@@ -1174,10 +1181,10 @@ static int retire_links(const char *capdir, uint32_t wait_ms)
 		if (fd < 0)
 			continue;
 		link = pinned_is(fd, "bpf-link");
-		if (link && !bpf_obj_get_info_by_fd(fd, &info, &len) && n < FE_RETIRING_MAX_PROGS)
-			progs[n++] = info.prog_id;
+		if (link && !bpf_obj_get_info_by_fd(fd, &info, &len) && n < FE_RETIRING_MAX_LINKS)
+			links[n++] = info.id;
 		close(fd);
-		/* The pin is the link's last holder: unpinned, it detaches its program. */
+		/* The pin is the link's last holder: unpinned, the kernel releases it. */
 		if (link && unlink(path)) {
 			err = fail(-errno, "retire the capture %s: unpin %s", capdir, e->d_name);
 			break;
@@ -1186,9 +1193,8 @@ static int retire_links(const char *capdir, uint32_t wait_ms)
 	closedir(dir);
 	if (err)
 		return err;
-	/* A released link's program goes once nothing holds it: then it no longer runs. */
 	for (i = 0; i < n;) {
-		int fd = bpf_prog_get_fd_by_id(progs[i]);
+		int fd = bpf_link_get_fd_by_id(links[i]);
 
 		if (fd < 0) {
 			i++;
@@ -1196,11 +1202,13 @@ static int retire_links(const char *capdir, uint32_t wait_ms)
 		}
 		close(fd);
 		if (waited >= wait_ms)
-			return fail(-EBUSY, "retire the capture %s: program %u still runs after %u ms (something else holds it: bpftool prog show id %u)",
-				    capdir, progs[i], wait_ms, progs[i]);
+			return fail(-EBUSY, "retire the capture %s: its link %u is still attached after %u ms (another process holds it: bpftool link show id %u)",
+				    capdir, links[i], wait_ms, links[i]);
 		usleep(2000);
 		waited += 2;
 	}
+	if (n)
+		usleep(FE_RETIRING_GRACE_US);
 	return 0;
 }
 
@@ -1208,7 +1216,8 @@ static int retire_links(const char *capdir, uint32_t wait_ms)
  * Retires the capture an agent of another state version left pinned in
  * capdir. Call it once this agent's own programs are attached, so that every
  * close is seen by one of the two: it unpins the old links, waits up to
- * wait_ms until their programs no longer run, and opens the old ring buffer
+ * wait_ms until the kernel has released them and their programs no longer
+ * run, and opens the old ring buffer
  * for fe_retiring_read(). The maps stay pinned until the caller, having
  * shipped what the ring held, closes the handle and removes capdir.
  */

@@ -74,6 +74,9 @@ kernelTest(
     const grid = { firstAddr: "127.79.6.1", addrs: 4, portBase: 22500, ports: 2 };
     const first = await AgentProcess.start([], { FLOWEXPORTER_LIB: OTHER_STATE_LIB });
     let second: AgentProcess | undefined;
+    // Another tool holding an old program (pinned) must not hold the retirement up: once its
+    // links are gone, the program no longer runs.
+    const held = `/sys/fs/bpf/flowexporter-test-held-${crypto.randomUUID().slice(0, 8)}`;
     try {
       const old = `${first.pinDir}/capture-v0`;
       const oldPrograms: number[] = [];
@@ -82,6 +85,7 @@ kernelTest(
         assert.ok(link, `the old agent pinned ${name} in ${old}`);
         oldPrograms.push(link.prog_id as number);
       }
+      assert.ok(await bpftool("prog", "pin", "id", `${oldPrograms[0]}`, held) !== undefined);
       const running = runChurn(grid, { seconds: 3, rate: 2000 });
       const mine = (a: AgentProcess) => a.records.filter((r) => gridSocket(grid, r));
       await waitFor(() => mine(first).length, 500, "records before the upgrade");
@@ -105,12 +109,14 @@ kernelTest(
         ["capture-v1"],
         "the old capture is unpinned",
       );
+      // The kernel frees a released link's program once nothing holds it: shortly after.
+      Deno.removeSync(held);
+      const deadline = Date.now() + 5_000;
       for (const id of oldPrograms) {
-        assert.equal(
-          await bpftool("prog", "show", "id", `${id}`),
-          undefined,
-          `program ${id} is gone`,
-        );
+        while (await bpftool("prog", "show", "id", `${id}`)) {
+          assert.ok(Date.now() < deadline, `program ${id} is gone within 5 s`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
       }
       const result = await running;
       await waitFor(
@@ -124,6 +130,7 @@ kernelTest(
       assert.equal(await second.stop({ keep: true }), 0);
       assert.match(second.stderrLines.join("\n"), /kernel drops 0,/);
     } finally {
+      await Deno.remove(held).catch(() => {});
       await first.stop();
       await second?.stop();
     }
