@@ -17,7 +17,7 @@
  */
 
 import { dirname } from "node:path";
-import { pinnedCaptures } from "../ffi/agent.ts";
+import { otherVersionCaptures, pinnedCaptures } from "../ffi/agent.ts";
 import {
   BPFFS_PATH,
   BTF_PATH,
@@ -90,6 +90,11 @@ export interface DoctorProbes {
   instanceLock(path: string): LockState;
   /** Pinned captures under the pin directory (ffi/agent.ts `pinnedCaptures`). */
   pinnedCaptures(pinDir: string): string[];
+  /**
+   * Those of another state version than this agent's (ffi/agent.ts `otherVersionCaptures`);
+   * throws when the library cannot be loaded.
+   */
+  otherVersionCaptures(pinDir: string): string[];
   /** Reads the identity certificate (identity/host_identity.ts). */
   readCertificate(path: string, rule: IdRule, now: Date): Promise<CertificateIdentity>;
   /** `fetch` for the collector check. */
@@ -146,6 +151,7 @@ export function hostProbes(): DoctorProbes {
     },
     instanceLock: inspectInstanceLock,
     pinnedCaptures,
+    otherVersionCaptures,
     readCertificate: (path, rule, now) => readCertificateIdentity(path, { rule, now }),
     fetch: (input, init) => fetch(input, init),
     dirState,
@@ -546,11 +552,25 @@ function checkLock(p: DoctorProbes, path: string, pinDir: string): CheckResult {
     }
     return { name, status: "pass", detail: `no agent running (lock ${path} is free)` };
   }
-  return {
-    name,
-    status: "pass",
-    detail: `an agent is running${state.pid ? ` (pid ${state.pid})` : ""}: lock ${path} is held`,
-  };
+  const running = `an agent is running${
+    state.pid ? ` (pid ${state.pid})` : ""
+  }: lock ${path} is held`;
+  let others: string[] = [];
+  try {
+    others = p.otherVersionCaptures(pinDir);
+  } catch {
+    // The library check says why it cannot be loaded.
+  }
+  if (others.length > 0) {
+    return {
+      name,
+      status: "warn",
+      detail: `${running}, but a capture of another agent version still runs beside its own: ${
+        others.join(", ")
+      } (the agent could not retire it when it started: its log says why; restart the agent to try again)`,
+    };
+  }
+  return { name, status: "pass", detail: running };
 }
 
 async function checkCertificate(p: DoctorProbes, config: EffectiveConfig): Promise<CheckResult> {

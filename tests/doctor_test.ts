@@ -64,6 +64,7 @@ function healthyHost(lines: string[]): Partial<DoctorProbes> {
     loadLibrary: () => "/opt/flowexporter/libflowexporter.so",
     instanceLock: () => ({ held: false }),
     pinnedCaptures: () => [],
+    otherVersionCaptures: () => [],
     readCertificate: () => Promise.resolve(identity(new Date(NOW.getTime() + 90 * DAY_MS))),
     fetch: () => Promise.resolve(new Response(null, { status: 405 })),
     dirState: () => Promise.resolve({ state: "writable" }),
@@ -303,6 +304,22 @@ Deno.test("runDoctor() does not warn about a pinned capture while its agent runs
     status: "pass",
     detail: "an agent is running (pid 4242): lock /run/flowexporter.lock is held",
   });
+});
+
+Deno.test("runDoctor() warns while a capture of another version runs beside the agent's", async () => {
+  const lines: string[] = [];
+  const code = await runDoctor(["--pin-dir", "/sys/fs/bpf/fe-test"], {
+    ...healthyHost(lines),
+    instanceLock: () => ({ held: true, pid: 4242 }),
+    otherVersionCaptures: (pinDir) => [`${pinDir}/capture-v0`],
+  });
+  assert.equal(code, 0);
+  const instance = parseReport(lines).get("instance")!;
+  assert.equal(instance.status, "warn");
+  assert.match(
+    instance.detail,
+    /^an agent is running \(pid 4242\): lock \S+ is held, but a capture of another agent version still runs beside its own: \/sys\/fs\/bpf\/fe-test\/capture-v0 \(.*restart the agent to try again\)$/,
+  );
 });
 
 Deno.test("runDoctor() treats a missing default certificate as a warning, and a near expiry too", async (t) => {
