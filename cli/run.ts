@@ -347,8 +347,6 @@ export async function run(v: Config): Promise<number> {
   };
   // Kernel drops of this capture that batches reported: the next batch reports what came after.
   let reportedDrops = capture.reportedDrops.read();
-  // Drops of retired captures (an upgrade's) that no batch reported: the next batch adds them.
-  let retiredDrops = 0n;
   const shipper = new Shipper({
     spoolDir: v.spoolDir,
     collectorUrl: v.collectorUrl,
@@ -359,7 +357,7 @@ export async function run(v: Config): Promise<number> {
     clockOffsetNs: () => clock.offsetNs(),
     lossCounters: () => {
       const s = agent.stats();
-      return { kernelDrops: s.kernelDrops + retiredDrops, recursionMisses: s.recursionMisses };
+      return { kernelDrops: s.kernelDrops, recursionMisses: s.recursionMisses };
     },
     intervalMs: v.batchInterval,
     maxRecords: v.batchMaxRecords,
@@ -374,9 +372,9 @@ export async function run(v: Config): Promise<number> {
     logger: log.logger,
     lossReported: { kernelDrops: reportedDrops, recursionMisses: 0n },
     onSpooled: (window, reported) => {
-      reportedDrops = reported.kernelDrops - retiredDrops;
+      reportedDrops = reported.kernelDrops;
       try {
-        capture.reportedDrops.write(reportedDrops);
+        capture.reportedDrops.write(reported.kernelDrops);
         journal.sealed(window);
       } catch (error) {
         log.warn(
@@ -464,7 +462,7 @@ export async function run(v: Config): Promise<number> {
     },
   });
   for (const dir of otherVersionCaptures(v.pinDir)) {
-    retiredDrops += retireCapture(dir, agent, intake, fanout, log);
+    shipper.addUnreportedKernelDrops(retireCapture(dir, agent, intake, fanout, log));
   }
   {
     await using _source = new FlowSource(agent, {

@@ -127,7 +127,7 @@ export class Intake {
       if (bytes.length === 0) break;
       const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
       for (let at = 0; at + RECORD_SIZE <= bytes.length; at += RECORD_SIZE) {
-        cookies.add(view.getBigUint64(at + RECORD_OFFSETS.cookie, true));
+        cookies.add(cookieAt(view, at));
       }
       const chunk = {
         bootId,
@@ -229,12 +229,17 @@ export class Intake {
   }
 }
 
+/** The cookie of the raw record at `at`: which socket, and which of its connections, it is of. */
+function cookieAt(view: DataView, at: number): bigint {
+  return view.getBigUint64(at + RECORD_OFFSETS.cookie, true);
+}
+
 /** `bytes` without the records whose cookie is in `cookies` (each taken out of it once seen). */
 function withoutCookies(bytes: Uint8Array, cookies: Set<bigint>): Uint8Array {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   const kept: number[] = [];
   for (let at = 0; at + RECORD_SIZE <= bytes.length; at += RECORD_SIZE) {
-    if (!cookies.delete(view.getBigUint64(at + RECORD_OFFSETS.cookie, true))) kept.push(at);
+    if (!cookies.delete(cookieAt(view, at))) kept.push(at);
   }
   if (kept.length * RECORD_SIZE === bytes.length) return bytes;
   const out = new Uint8Array(kept.length * RECORD_SIZE);

@@ -283,6 +283,14 @@ export class Shipper {
   }
 
   /**
+   * Kernel drops counted outside `lossCounters()` that no batch reported (a retired capture's):
+   * the next batch reports them with its own.
+   */
+  addUnreportedKernelDrops(drops: bigint): void {
+    this.#lossBase = { ...this.#lossBase, kernelDrops: this.#lossBase.kernelDrops - drops };
+  }
+
+  /**
    * Number of the open window: windows are numbered from 0 as this shipper opens them. A flow
    * added now lands in this window or, when it closes the window on a cap, the next.
    */

@@ -292,6 +292,35 @@ Deno.test("each batch reports the loss counters' increase since the previous bat
   });
 });
 
+Deno.test("kernel drops counted elsewhere go into the next batch, and not into what is reported back", async () => {
+  await withSpoolDir(async (dir) => {
+    const counters = { kernelDrops: 5n, recursionMisses: 0n };
+    const reportedBack: bigint[] = [];
+    const shipper = new Shipper(
+      options(dir, {
+        maxRecords: 1,
+        lossCounters: () => ({ ...counters }),
+        lossReported: { kernelDrops: 5n, recursionMisses: 0n },
+        onSpooled: (_window, reported) => reportedBack.push(reported.kernelDrops),
+      }),
+    );
+    await shipper.start();
+    // A retired capture's ring had dropped 4 that no batch reported.
+    shipper.addUnreportedKernelDrops(4n);
+    const step = async (i: number, kernelDrops: bigint) => {
+      counters.kernelDrops = kernelDrops;
+      shipper.add(syntheticFlow(i));
+      await until(() => shipper.stats().batchesSpooled === i + 1, `batch ${i}`);
+    };
+    await step(0, 6n);
+    await step(1, 8n);
+    await shipper.close(0);
+    const loss = (await spooled(dir)).map((b) => b.header.loss.kernelDrops);
+    assert.deepEqual(loss.slice(0, 2), [5n, 2n], "1 of this capture and 4 retired, then 2");
+    assert.deepEqual(reportedBack.slice(0, 2), [6n, 8n], "this capture's own counts");
+  });
+});
+
 Deno.test("a batch the collector refuses is set aside, not retried", async () => {
   await withSpoolDir(async (dir) => {
     const logs: string[] = [];
