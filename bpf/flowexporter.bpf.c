@@ -237,7 +237,23 @@ static __always_inline __u8 resolve_workload(const struct endpoints *ep, struct 
 	return source;
 }
 
-static __always_inline struct fe_sock_state *start_flow(__u64 cookie, __u8 direction, __u8 flags)
+/* Local port and address are final at ESTABLISHED: attribute the flow once, then. */
+static __always_inline void resolve_flow(const struct sock *sk, struct fe_sock_state *st)
+{
+	struct endpoints ep = {};
+
+	read_endpoints(sk, &ep, true);
+	st->identity_source = resolve_workload(&ep, &st->workload);
+	st->resolved = 1;
+}
+
+/*
+ * Starts following a socket. With sk (the socket is established), the flow is
+ * attributed too, before its state is inserted: one map operation, not an
+ * insert and a lookup.
+ */
+static __always_inline void start_flow(const struct sock *sk, __u64 cookie, __u8 direction,
+				       __u8 flags)
 {
 	struct fe_sock_state fresh = {
 		.t_start_ns = now_ns(),
@@ -246,11 +262,15 @@ static __always_inline struct fe_sock_state *start_flow(__u64 cookie, __u8 direc
 	};
 	struct fe_sock_state *st;
 
+	if (sk)
+		resolve_flow(sk, &fresh);
 	/* BPF_NOEXIST: the other path, or the program being replaced, may have started it. */
 	if (!bpf_map_update_elem(&flows, &cookie, &fresh, BPF_NOEXIST))
-		return bpf_map_lookup_elem(&flows, &cookie);
+		return;
 	st = bpf_map_lookup_elem(&flows, &cookie);
-	if (st && st->emitted) {
+	if (!st)
+		return;
+	if (st->emitted) {
 		/*
 		 * Its earlier connection is closed and out: the socket connects
 		 * again (after a failed connect, or connect(AF_UNSPEC)), and this
@@ -259,30 +279,23 @@ static __always_inline struct fe_sock_state *start_flow(__u64 cookie, __u8 direc
 		 */
 		fresh.connection = st->connection + 1;
 		*st = fresh;
+	} else if (sk && !st->resolved) {
+		resolve_flow(sk, st);
 	}
-	return st;
 }
 
-/* Local port and address are final at ESTABLISHED: attribute the flow once, here. */
-static __always_inline void resolve_flow(const struct sock *sk, struct fe_sock_state *st)
-{
-	struct endpoints ep = {};
-
-	if (!st || st->resolved)
-		return;
-	read_endpoints(sk, &ep, true);
-	st->identity_source = resolve_workload(&ep, &st->workload);
-	st->resolved = 1;
-}
-
-/* ESTABLISHED without a known start: the handshake began before the agent attached. */
+/*
+ * ESTABLISHED: attributes the flow, started at connect or (the handshake
+ * began before the agent attached) now.
+ */
 static __always_inline void establish_flow(const struct sock *sk, __u64 cookie, __u8 direction)
 {
 	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
 
 	if (!st)
-		st = start_flow(cookie, direction, FE_FLAG_SEEDED);
-	resolve_flow(sk, st);
+		start_flow(sk, cookie, direction, FE_FLAG_SEEDED);
+	else if (!st->resolved)
+		resolve_flow(sk, st);
 }
 
 static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *sk, bool direct)
@@ -441,10 +454,10 @@ static __always_inline int handle_state(void *ctx, const struct sock *sk, int ol
 
 	switch (newstate) {
 	case TCP_SYN_SENT:
-		start_flow(cookie, FE_DIR_OUTBOUND, 0);
+		start_flow(NULL, cookie, FE_DIR_OUTBOUND, 0);
 		break;
 	case TCP_SYN_RECV:
-		start_flow(cookie, FE_DIR_INBOUND, 0);
+		start_flow(NULL, cookie, FE_DIR_INBOUND, 0);
 		break;
 	case TCP_ESTABLISHED:
 		establish_flow(sk, cookie,
@@ -533,7 +546,6 @@ SEC("sockops")
 int on_sockops(struct bpf_sock_ops *skops)
 {
 	__u32 op = skops->op;
-	struct fe_sock_state *st;
 	struct bpf_sock *bsk;
 	struct tcp_sock *tp;
 	__u64 cookie;
@@ -553,7 +565,7 @@ int on_sockops(struct bpf_sock_ops *skops)
 
 	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		start_flow(cookie, FE_DIR_OUTBOUND, 0);
+		start_flow(NULL, cookie, FE_DIR_OUTBOUND, 0);
 		bpf_sock_ops_cb_flags_set(skops,
 					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
@@ -565,8 +577,7 @@ int on_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		/* The accepted socket was born in this handshake: never seeded. */
-		st = start_flow(cookie, FE_DIR_INBOUND, 0);
-		resolve_flow((const struct sock *)tp, st);
+		start_flow((const struct sock *)tp, cookie, FE_DIR_INBOUND, 0);
 		bpf_sock_ops_cb_flags_set(skops,
 					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
