@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
 import { headerDefines } from "./_c_source.ts";
+import { openNative, Probe } from "../ffi/symbols.ts";
 import {
   type ChurnResult,
   connectRefused,
@@ -311,8 +312,13 @@ kernelTest("sockets open before the agent starts are seeded and still recorded",
   const clientPort = (client.localAddr as Deno.NetAddr).port;
   const beforeAgent = lowerBoundNs();
   await using agent = await AgentProcess.start();
-  const seeded = Number(/(\d+) open sockets seeded/.exec(agent.stderrLines.join("\n"))?.[1]);
+  const started = agent.stderrLines.join("\n");
+  const seeded = Number(/(\d+) open sockets seeded/.exec(started)?.[1]);
   assert.ok(seeded >= 2, `at least our two sockets seeded, got ${seeded}`);
+  // Where the kernel lets the iterator ask for their state callbacks, sock_ops follows the
+  // seeded sockets too, and the state tracepoint is detached: their closes reach sock_ops.
+  const followed = (openNative().fe_probe() & Probe.sockopsFollow) !== 0;
+  assert.equal(/all followed by sock_ops/.test(started), followed, started);
   await client.write(new Uint8Array(300));
   for (let got = 0; got < 300;) got += (await server.read(new Uint8Array(300))) ?? 300;
   client.close();
@@ -320,12 +326,15 @@ kernelTest("sockets open before the agent starts are seeded and still recorded",
   listener.close();
   const [rec] = await agent.waitForRecords(socketRecord(clientPort, serverPort), 1);
   assert.equal(rec.seeded, true);
+  assert.equal(rec.close_seen_by, followed ? "sock_ops" : "tracepoint");
+  assert.notEqual(rec.close_state, "UNKNOWN");
   assert.equal(rec.direction, "unknown");
   assert.ok((rec.t_start_ns as bigint) >= beforeAgent, "t_start is when the agent first saw it");
   // Byte counters are the socket's whole life, not only the part the agent saw.
   assertSent(rec, 300);
   const [srv] = await agent.waitForRecords(socketRecord(serverPort, clientPort), 1);
   assert.equal(srv.seeded, true);
+  assert.equal(srv.close_seen_by, followed ? "sock_ops" : "tracepoint");
   assert.equal(srv.bytes_received, 300);
   assert.notEqual(rec.flow_id, srv.flow_id);
 });
