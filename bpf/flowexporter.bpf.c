@@ -11,13 +11,10 @@
  *     asks for its state changes (BPF_SOCK_OPS_STATE_CB).
  *   - on_state_btf, on sock:inet_sock_set_state: the whole job where there
  *     is no sock_ops, and otherwise the closes of sockets sock_ops does not
- *     follow (seeded ones, those open before it attached). Where seed_flows
- *     can make sock_ops follow the seeded sockets too (follow_seeded), the
- *     shim detaches it once they are seeded: it ran 10 times a connection.
+ *     follow (seeded ones, those open before it attached).
  *   - on_destroy_btf and on_destroy_tp, on tcp:tcp_destroy_sock: a close no
  *     program saw is recorded here, and the socket's state is deleted.
- *   - seed_flows, a TCP socket iterator: sockets already open at start, and
- *     with follow_seeded their state callbacks asked for.
+ *   - seed_flows, a TCP socket iterator: sockets already open at start.
  *   - snapshot_flows, a TCP socket iterator the agent runs when it wants
  *     interim records: one per open socket it tracks, written to the
  *     iterator's file (never to the ring), off the per-event path.
@@ -36,25 +33,17 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
-#define SOL_TCP 6
 
 /* Set by the shim between open and load. */
 const volatile bool use_ringbuf = true;
 /* sock_ops follows every new socket: the tracepoint then only closes what sock_ops does not follow. */
 const volatile bool sockops_attached = false;
-/*
- * The seeding iterator asks for the state callbacks of the sockets it seeds
- * (TCP_BPF_SOCK_OPS_CB_FLAGS, 6.13), so that sock_ops follows those too.
- */
-const volatile bool follow_seeded = false;
 const volatile bool use_boot_clock = true;
 /* Wake the reader each time the data waiting grows by this much; below it the reader drains on a timer. */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
 /* Sockets the iterator seeded; read by the shim. */
 __u64 seeded = 0;
-/* Seeded sockets whose state callbacks follow_seeded could not ask for; read by the shim. */
-__u64 seeded_unfollowed = 0;
 /* snapshot_flows skips sockets younger than this; the shim sets it before each pass. */
 __u64 snapshot_min_age_ns = 0;
 
@@ -644,13 +633,6 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	/* BPF_NOEXIST: the tracepoint may already have seen this socket. */
 	if (!bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST))
 		__sync_fetch_and_add(&seeded, 1);
-	if (follow_seeded) {
-		/* The iterator holds the socket's lock, as bpf_setsockopt() requires. */
-		int cb_flags = tp->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG;
-
-		if (bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &cb_flags, sizeof(cb_flags)))
-			__sync_fetch_and_add(&seeded_unfollowed, 1);
-	}
 	return 0;
 }
 

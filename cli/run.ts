@@ -436,9 +436,7 @@ export async function run(v: Config): Promise<number> {
   log.info(
     `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
       stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`
-    }${stats.attach === "sock_ops" && !stats.stateTracepoint ? ", all followed by sock_ops" : ""}${
-      stats.resumed ? ", resumed the pinned capture" : ""
-    })`,
+    }${stats.resumed ? ", resumed the pinned capture" : ""})`,
   );
   let stopForOutput = () => {};
   const stopped = Promise.race([

@@ -74,11 +74,6 @@ export interface AgentStats {
   clock: 0 | 1;
   /** Sockets seeded at start; -1 when the kernel has no TCP iterator. */
   seeded: number;
-  /**
-   * False when sock_ops follows every socket, the seeded ones too: the state tracepoint, which
-   * catches the closes sock_ops does not see, was detached after seeding.
-   */
-  stateTracepoint: boolean;
 }
 
 /** Raised when the BPF side cannot be loaded or attached. */
@@ -419,7 +414,6 @@ export class Agent implements Disposable {
       clock: out[Stat.clock] === 0n ? 0 : 1,
       seeded: Number(BigInt.asIntN(64, out[Stat.seeded])),
       resumed: out[Stat.resumed] === 1n,
-      stateTracepoint: out[Stat.stateTracepoint] === 1n,
       ring: {
         id: Number(out[Stat.ringId]),
         consumed: out[Stat.ringConsumed],

@@ -40,7 +40,7 @@
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 5
+#define FE_ABI_VERSION 4
 
 /*
  * The record layout lib/decode.ts reads. A change here fails the build until
@@ -86,7 +86,6 @@ enum fe_stat {
 	FE_STAT_RING_CONSUMED,	  /* ring position committed as consumed */
 	FE_STAT_RING_PRODUCED,	  /* ring position the kernel has written up to */
 	FE_STAT_RING_WAITING,	  /* records past the consumed position: the next reader's */
-	FE_STAT_STATE_TRACEPOINT, /* 1 while the state tracepoint is attached (closes sock_ops misses) */
 	FE_STAT_COUNT,
 };
 
@@ -148,8 +147,6 @@ struct fe_agent {
 	bool sockops;
 	bool resumed;
 	bool iter_tcp;
-	bool follow_seeded;    /* seeding asks for the seeded sockets' sock_ops callbacks */
-	bool state_tracepoint; /* on_state_btf attached */
 };
 
 /* The last part of libbpf's log (the verifier's last lines matter most). */
@@ -336,24 +333,6 @@ static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_na
 	return false;
 }
 
-/* An enumerator of an anonymous enum: where the UAPI's constants are. */
-static bool kernel_has_constant(const struct btf *vmlinux, const char *value)
-{
-	int id, i, n = btf__type_cnt(vmlinux);
-
-	for (id = 1; id < n; id++) {
-		const struct btf_type *t = btf__type_by_id(vmlinux, id);
-		const struct btf_enum *e;
-
-		if (!btf_is_enum(t) || t->name_off)
-			continue;
-		for (i = 0, e = btf_enum(t); i < btf_vlen(t); i++, e++)
-			if (!strcmp(btf__name_by_offset(vmlinux, e->name_off), value))
-				return true;
-	}
-	return false;
-}
-
 /* fe_probe() bits: what this kernel offers the agent. doctor asks the same question. */
 #define FE_PROBE_BTF (1u << 0)	    /* kernel BTF (required) */
 #define FE_PROBE_TP_BTF (1u << 1)   /* BTF-typed inet_sock_set_state (required) */
@@ -361,8 +340,6 @@ static bool kernel_has_constant(const struct btf *vmlinux, const char *value)
 #define FE_PROBE_BOOT_NS (1u << 3)  /* bpf_ktime_get_boot_ns (else CLOCK_MONOTONIC) */
 #define FE_PROBE_ITER_TCP (1u << 4) /* TCP socket iterator: seeding */
 #define FE_PROBE_SOCKOPS (1u << 5)  /* sock_ops programs */
-/* A TCP iterator may ask for a socket's sock_ops callbacks (TCP_BPF_SOCK_OPS_CB_FLAGS, 6.13) */
-#define FE_PROBE_SOCKOPS_FOLLOW (1u << 6)
 
 static uint32_t probe(const struct btf *vmlinux)
 {
@@ -382,9 +359,6 @@ static uint32_t probe(const struct btf *vmlinux)
 	if (libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, NULL) == 1 &&
 	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_skc_to_tcp_sock"))
 		p |= FE_PROBE_SOCKOPS;
-	if ((p & FE_PROBE_SOCKOPS) && (p & FE_PROBE_ITER_TCP) &&
-	    kernel_has_constant(vmlinux, "TCP_BPF_SOCK_OPS_CB_FLAGS"))
-		p |= FE_PROBE_SOCKOPS_FOLLOW;
 	return p;
 }
 
@@ -493,7 +467,6 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 	a->skel->rodata->use_ringbuf = !perf;
 	a->skel->rodata->use_boot_clock = a->boot_clock;
 	a->skel->rodata->sockops_attached = a->sockops;
-	a->skel->rodata->follow_seeded = a->follow_seeded;
 	/* A threshold the ring can never reach would leave draining to the timer alone. */
 	a->skel->rodata->wakeup_bytes = wakeup_bytes < ring_bytes / 4 ? wakeup_bytes : ring_bytes / 4;
 	bpf_map__set_max_entries(a->skel->maps.flows, flows_max);
@@ -616,18 +589,6 @@ static int attach_all(struct fe_agent *a, const char *capdir, const char *cgroup
 		err = attach_pinned(skel->progs.on_destroy_tp, capdir, FE_LINK_DESTROY_TP, -1,
 				    "tracepoint/tcp/tcp_destroy_sock", &skel->links.on_destroy_tp);
 	return err;
-}
-
-/* Detaches on_state_btf, pinned or not (sock_ops follows every socket). */
-static void detach_state_tracepoint(struct fe_agent *a, const char *capdir)
-{
-	char path[PATH_MAX];
-
-	if (capdir && !pin_path(path, sizeof(path), capdir, FE_LINK_STATE))
-		unlink(path);
-	bpf_link__destroy(a->skel->links.on_state_btf);
-	a->skel->links.on_state_btf = NULL;
-	a->state_tracepoint = false;
 }
 
 /* Step 4 (open buffer): maps the ring buffer for fe_poll(), or opens the perf buffer. */
@@ -758,7 +719,6 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	a->iter_tcp = probed & FE_PROBE_ITER_TCP;
 	seed = !(options & FE_OPT_NO_SEED) && a->iter_tcp;
 	a->seeded = seed ? 0 : -1;
-	a->follow_seeded = a->sockops && seed && (probed & FE_PROBE_SOCKOPS_FOLLOW);
 
 	a->skel = flowexporter_bpf__open_opts(&open_opts);
 	if (!a->skel) {
@@ -780,19 +740,9 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	err = attach_all(a, pin ? capdir : NULL, cgroup_path);
 	if (err)
 		goto cleanup;
-	a->state_tracepoint = true;
 	if (seed) {
 		/* Seeding is best effort: an unseeded socket still yields a record at close. */
 		a->seeded = seed_existing(a) < 0 ? -1 : (int64_t)a->skel->bss->seeded;
-		/*
-		 * sock_ops now follows every socket of this network namespace: those
-		 * it saw begin, and the seeded ones. The state tracepoint, attached
-		 * through the seeding for closes meanwhile, has nothing left to catch
-		 * but sockets of other namespaces open since before the capture:
-		 * those are recorded at their destroy.
-		 */
-		if (a->follow_seeded && a->seeded >= 0 && !a->skel->bss->seeded_unfollowed)
-			detach_state_tracepoint(a, pin ? capdir : NULL);
 	}
 
 	if (perf) {
@@ -1039,7 +989,6 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 	s[FE_STAT_RING_PRODUCED] =
 		a->ring.producer ? __atomic_load_n(a->ring.producer, __ATOMIC_ACQUIRE) : 0;
 	s[FE_STAT_RING_WAITING] = ring_waiting(&a->ring);
-	s[FE_STAT_STATE_TRACEPOINT] = a->state_tracepoint ? 1 : 0;
 	if (n > FE_STAT_COUNT)
 		n = FE_STAT_COUNT;
 	memcpy(out, s, n * sizeof(*out));

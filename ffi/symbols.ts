@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 4;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -133,8 +133,7 @@ export const Stat = {
   ringConsumed: 10,
   ringProduced: 11,
   ringWaiting: 12,
-  stateTracepoint: 13,
-  count: 14,
+  count: 13,
 } as const;
 
 /** fe_retiring_stats() indices. */
@@ -154,7 +153,6 @@ export const Probe = {
   bootNs: 1 << 3,
   iterTcp: 1 << 4,
   sockops: 1 << 5,
-  sockopsFollow: 1 << 6,
 } as const;
 
 /** Raised when the shared object cannot be found, loaded or is of another ABI. */
