@@ -121,7 +121,7 @@ $(LIB): ffi/flowexporter.c bpf/flowexporter.h $(BUILD)/flowexporter.skel.h $(DEP
 	$(Q)$(SHIM_BUILD)
 
 # The upgrade test's stand-in for an agent of another capture state version: the same shim, but
-# it pins its capture as capture-v0 (tests/upgrade_kernel_test.ts).
+# it pins its capture as capture-v0 (tests/restart_kernel_test.ts, the upgrade test).
 OTHER_STATE_LIB := $(BUILD)/other-state/libflowexporter.so
 $(OTHER_STATE_LIB): ffi/flowexporter.c bpf/flowexporter.h $(BUILD)/flowexporter.skel.h $(DEPS)/.stamp
 	$(msg) SHIM $@

@@ -1217,9 +1217,9 @@ static int retire_links(const char *capdir, uint32_t wait_ms)
  * capdir. Call it once this agent's own programs are attached, so that every
  * close is seen by one of the two: it unpins the old links, waits up to
  * wait_ms until the kernel has released them and their programs no longer
- * run, and opens the old ring buffer
- * for fe_retiring_read(). The maps stay pinned until the caller, having
- * shipped what the ring held, closes the handle and removes capdir.
+ * run, and opens the old ring buffer for fe_retiring_read(). The maps stay
+ * pinned until the caller, having shipped what the ring held, closes the
+ * handle and removes capdir.
  */
 FE_API int fe_retiring_open(const char *capdir, uint32_t wait_ms, struct fe_retiring **out)
 {
