@@ -11,10 +11,19 @@
  *     asks for its state changes (BPF_SOCK_OPS_STATE_CB).
  *   - on_state_btf, on sock:inet_sock_set_state: the whole job where there
  *     is no sock_ops, and otherwise the closes of sockets sock_ops does not
- *     follow (seeded ones, those open before it attached).
+ *     follow (those open before it attached). Where seed_flows can make
+ *     sock_ops follow the seeded sockets too (follow_seeded), the shim
+ *     detaches it once no open socket is left unfollowed (count_unfollowed):
+ *     it ran 10 times a connection.
  *   - on_destroy_btf and on_destroy_tp, on tcp:tcp_destroy_sock: a close no
- *     program saw is recorded here, and the socket's state is deleted.
- *   - seed_flows, a TCP socket iterator: sockets already open at start.
+ *     program saw is recorded here, and the socket's state is deleted. With
+ *     the state tracepoint detached, on_destroy_btf also records a connected
+ *     socket nobody followed (an orphan of another network namespace, open
+ *     since before the capture), whose close no program saw.
+ *   - seed_flows, a TCP socket iterator: sockets already open at start, and
+ *     with follow_seeded their state callbacks asked for.
+ *   - count_unfollowed, a task file iterator: open TCP sockets that have a
+ *     file, in any network namespace, whose state callbacks nobody asked for.
  *   - snapshot_flows, a TCP socket iterator the agent runs when it wants
  *     interim records: one per open socket it tracks, written to the
  *     iterator's file (never to the ring), off the per-event path.
@@ -33,21 +42,31 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define SOL_TCP 6
 
 /* Set by the shim between open and load. */
 const volatile bool use_ringbuf = true;
 /* sock_ops follows every new socket: the tracepoint then only closes what sock_ops does not follow. */
 const volatile bool sockops_attached = false;
+/*
+ * The seeding iterator asks for the state callbacks of the sockets it seeds
+ * (TCP_BPF_SOCK_OPS_CB_FLAGS, 6.13), so that sock_ops follows those too.
+ */
+const volatile bool follow_seeded = false;
 const volatile bool use_boot_clock = true;
 /* Wake the reader each time the data waiting grows by this much; below it the reader drains on a timer. */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
 /* Sockets the iterator seeded; read by the shim. */
 __u64 seeded = 0;
+/* Seeded sockets whose state callbacks follow_seeded could not ask for; read by the shim. */
+__u64 seeded_unfollowed = 0;
+/* Open TCP sockets with a file that sock_ops does not follow, at the last count_unfollowed pass. */
+__u64 unfollowed = 0;
+/* Set by the shim when it detaches the state tracepoint: destroy then records unfollowed sockets. */
+bool state_tracepoint_detached = false;
 /* snapshot_flows skips sockets younger than this; the shim sets it before each pass. */
 __u64 snapshot_min_age_ns = 0;
-
-
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -503,19 +522,43 @@ int BPF_PROG(on_state_btf, const struct sock *sk, const int oldstate, const int 
  * may run for one socket: the first emits and deletes, the second finds
  * nothing. The cookie is read, not assigned: a socket without one was never
  * followed.
+ *
+ * `unfollowed_too` (on_destroy_btf, once the state tracepoint is detached):
+ * a socket without state that had a connection and whose state callbacks
+ * nobody asked for is one nobody followed, open since before the capture,
+ * whose close no program saw. The shim detaches the
+ * tracepoint only when no such socket has a file, so it is an orphan (its
+ * owner closed it already; its close and its destroy are one moment) of a
+ * network namespace the seeding could not reach. It is recorded here, and its
+ * cookie assigned; the state emit_flow marks it with goes at once, since the
+ * classic program may have run already.
  */
-static __always_inline int handle_destroy(void *ctx, const struct sock *sk, bool direct)
+static __always_inline int handle_destroy(void *ctx, const struct sock *sk, bool direct,
+					  bool unfollowed_too)
 {
 	__u64 cookie = FE_READ(direct, sk, __sk_common.skc_cookie.counter);
-	struct fe_sock_state *st;
+	struct fe_sock_state *st = NULL;
 
-	if (!cookie)
-		return 0;
-	st = bpf_map_lookup_elem(&flows, &cookie);
-	if (!st)
-		return 0;
-	if (!st->emitted)
-		emit_flow(ctx, sk, cookie, FE_STATE_UNKNOWN, 0, direct);
+	if (cookie)
+		st = bpf_map_lookup_elem(&flows, &cookie);
+	if (!st) {
+		/*
+		 * A socket sock_ops follows had its close recorded (the state may be
+		 * gone: the other destroy program ran first). A listener, or a socket
+		 * that never connected, has no remote port.
+		 */
+		if (!unfollowed_too ||
+		    FE_READ(direct, (const struct tcp_sock *)sk, bpf_sock_ops_cb_flags) &
+			    BPF_SOCK_OPS_STATE_CB_FLAG ||
+		    !FE_READ(direct, sk, __sk_common.skc_dport))
+			return 0;
+		if (!cookie)
+			cookie = bpf_get_socket_cookie((void *)sk);
+	} else if (st->emitted) {
+		goto forget;
+	}
+	emit_flow(ctx, sk, cookie, FE_STATE_UNKNOWN, 0, direct);
+forget:
 	bpf_map_delete_elem(&flows, &cookie);
 	return 0;
 }
@@ -526,13 +569,14 @@ int BPF_PROG(on_destroy_btf, const struct sock *sk)
 	/* Typed tcp_sock, for the direct reads of emit_flow (the argument is typed sock). */
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 
-	return tp ? handle_destroy(ctx, (const struct sock *)tp, true) : 0;
+	return tp ? handle_destroy(ctx, (const struct sock *)tp, true, state_tracepoint_detached) : 0;
 }
 
 SEC("tracepoint/tcp/tcp_destroy_sock")
 int on_destroy_tp(struct trace_event_raw_tcp_event_sk *args)
 {
-	return handle_destroy(args, BPF_CORE_READ(args, skaddr), false);
+	/* Its socket pointer is untyped: it cannot assign a cookie, so it records followed sockets only. */
+	return handle_destroy(args, BPF_CORE_READ(args, skaddr), false, false);
 }
 
 /*
@@ -633,6 +677,49 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	/* BPF_NOEXIST: the tracepoint may already have seen this socket. */
 	if (!bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST))
 		__sync_fetch_and_add(&seeded, 1);
+	if (follow_seeded) {
+		/* The iterator holds the socket's lock, as bpf_setsockopt() requires. */
+		int cb_flags = tp->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG;
+
+		if (bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &cb_flags, sizeof(cb_flags)))
+			__sync_fetch_and_add(&seeded_unfollowed, 1);
+	}
+	return 0;
+}
+
+/*
+ * Counts the open TCP sockets (the states open_tcp_sock() takes) that have a file,
+ * in every network namespace, whose state callbacks nobody asked for: the
+ * closes only the state tracepoint would see. A socket several descriptors
+ * share counts once for each; only zero matters.
+ */
+SEC("iter/task_file")
+int count_unfollowed(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	struct socket *sock;
+	struct sock *sk;
+	__u8 state;
+
+	if (!file)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	/*
+	 * A pointer walked from the file, which bpf_skc_to_tcp_sock() does not
+	 * take: the socket is told TCP by its protocol, and the flags are read.
+	 */
+	sk = sock->sk;
+	if (!sk || sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SOCK_STREAM)
+		return 0;
+	state = sk->__sk_common.skc_state;
+	if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV ||
+	    state == TCP_CLOSE)
+		return 0;
+	if (!(BPF_CORE_READ((struct tcp_sock *)sk, bpf_sock_ops_cb_flags) &
+	      BPF_SOCK_OPS_STATE_CB_FLAG))
+		__sync_fetch_and_add(&unfollowed, 1);
 	return 0;
 }
 

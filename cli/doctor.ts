@@ -219,7 +219,7 @@ function kernelOffers(p: DoctorProbes): (bit: number) => Offer {
     return () => ({ unknown });
   }
   if ((bits & Probe.btf) === 0) return () => ({ unknown: "no kernel BTF" });
-  const byLoading = Probe.ringbuf | Probe.sockops;
+  const byLoading = Probe.ringbuf | Probe.sockops | Probe.sockopsFollow;
   const privileged = hasBpfPrivileges(p.capabilities());
   return (bit) =>
     (bit & byLoading) !== 0 && !privileged
@@ -267,7 +267,7 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
     () => checkClock(offers(Probe.bootNs)),
     () => checkTracepoint(offers(Probe.tpBtf)),
     () => checkSockops(v, p, offers(Probe.sockops)),
-    () => checkSeeding(v, offers(Probe.iterTcp)),
+    () => checkSeeding(v, offers(Probe.iterTcp), offers(Probe.sockopsFollow)),
     () => checkInterim(v, offers(Probe.iterTcp)),
     () => checkMount(p, "tracefs", TRACEFS_PATH, "the classic destroy tracepoint needs it"),
     () => checkMount(p, "bpf", BPFFS_PATH, `the identity maps are pinned under ${v.pinDir}`),
@@ -408,14 +408,17 @@ function checkSockops(v: Config, p: DoctorProbes, sockops: Offer): CheckResult {
   };
 }
 
-function checkSeeding(v: Config, iterTcp: Offer): CheckResult {
+function checkSeeding(v: Config, iterTcp: Offer, sockopsFollow: Offer): CheckResult {
   const name = "seeding";
   if (v.noSeed) return { name, status: "skip", detail: "turned off by no_seed" };
   if (iterTcp === true) {
+    // The seeded sockets' closes then reach sock_ops: the state tracepoint is detached once no
+    // socket is left that sock_ops does not follow.
+    const followed = sockopsFollow === true ? ", and sock_ops follows them" : "";
     return {
       name,
       status: "pass",
-      detail: "sockets open at start are seeded (TCP socket iterator)",
+      detail: `sockets open at start are seeded (TCP socket iterator)${followed}`,
     };
   }
   return {

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Agent, otherVersionCaptures, RetiringCapture } from "../ffi/agent.ts";
+import { Agent, type AgentStats, otherVersionCaptures, RetiringCapture } from "../ffi/agent.ts";
 import type { FdMap } from "../ffi/bpf_map.ts";
 import { FlowSource } from "../ffi/flow_source.ts";
 import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
@@ -270,6 +270,35 @@ function watchMapFill(maps: FdMap[], log: Log): Disposable {
   return { [Symbol.dispose]: () => clearInterval(timer) };
 }
 
+/**
+ * While sockets open since before the capture keep the state tracepoint attached (the closes
+ * sock_ops does not see), checks every minute whether they are gone, and detaches it then.
+ */
+function watchUnfollowed(agent: Agent, log: Log): Disposable {
+  const timer = setInterval(() => {
+    const { stateTracepoint, unfollowed } = agent.stats();
+    if (!stateTracepoint || unfollowed <= 0) return clearInterval(timer);
+    try {
+      if (agent.followCheck() === 0) {
+        log.info("sock_ops follows every open socket now: the state tracepoint is detached");
+      }
+    } catch (error) {
+      // The tracepoint stays, so no close is missed; only its cost remains.
+      log.warn(`${errorText(error)} (the state tracepoint stays attached)`);
+      clearInterval(timer);
+    }
+  }, 60_000);
+  return { [Symbol.dispose]: () => clearInterval(timer) };
+}
+
+/** Which sockets sock_ops follows, for the start line. */
+function followedText(stats: AgentStats): string {
+  if (stats.attach !== "sock_ops") return "";
+  if (!stats.stateTracepoint) return ", all followed by sock_ops";
+  if (stats.unfollowed <= 0) return "";
+  return `, ${stats.unfollowed} open sockets of other network namespaces not followed by sock_ops yet`;
+}
+
 /** Bytes of interim records read per call of a pass: about a thousand records. */
 const INTERIM_BUFFER_BYTES = 256 * 1024;
 
@@ -436,8 +465,9 @@ export async function run(v: Config): Promise<number> {
   log.info(
     `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
       stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`
-    }${stats.resumed ? ", resumed the pinned capture" : ""})`,
+    }${followedText(stats)}${stats.resumed ? ", resumed the pinned capture" : ""})`,
   );
+  using _unfollowed = watchUnfollowed(agent, log);
   let stopForOutput = () => {};
   const stopped = Promise.race([
     signalled,

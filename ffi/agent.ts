@@ -74,6 +74,14 @@ export interface AgentStats {
   clock: 0 | 1;
   /** Sockets seeded at start; -1 when the kernel has no TCP iterator. */
   seeded: number;
+  /**
+   * True while the state tracepoint is attached: it catches the closes of sockets sock_ops does
+   * not follow (those open since before the capture). It is detached once sock_ops follows every
+   * open socket ({@linkcode Agent.followCheck}).
+   */
+  stateTracepoint: boolean;
+  /** Open sockets sock_ops did not follow at the last check; -1 when none could be made. */
+  unfollowed: number;
 }
 
 /** Raised when the BPF side cannot be loaded or attached. */
@@ -414,6 +422,8 @@ export class Agent implements Disposable {
       clock: out[Stat.clock] === 0n ? 0 : 1,
       seeded: Number(BigInt.asIntN(64, out[Stat.seeded])),
       resumed: out[Stat.resumed] === 1n,
+      stateTracepoint: out[Stat.stateTracepoint] === 1n,
+      unfollowed: Number(BigInt.asIntN(64, out[Stat.unfollowed])),
       ring: {
         id: Number(out[Stat.ringId]),
         consumed: out[Stat.ringConsumed],
@@ -421,6 +431,27 @@ export class Agent implements Disposable {
         waiting: Number(out[Stat.ringWaiting]),
       },
     };
+  }
+
+  /**
+   * Counts again the open sockets sock_ops does not follow (open since before the capture, in
+   * any network namespace) and, when none is left, detaches the state tracepoint that catches
+   * their closes. The agent's start makes the first check. It walks every task's descriptors in
+   * the kernel, on this thread.
+   *
+   * @returns the sockets counted: 0 once the tracepoint is detached, -1 where the kernel cannot
+   *   tell (before Linux 6.13, without sock_ops or seeding, outside the initial PID namespace)
+   * @throws {AgentLoadError} when the kernel side fails
+   */
+  followCheck(): number {
+    const n = Number(this.#native.fe_follow_check(this.#live()));
+    if (n === -95) return -1; // EOPNOTSUPP: the check cannot prove it here
+    if (n < 0) {
+      throw new AgentLoadError(
+        `Cannot count the unfollowed sockets: ${ERRNO[-n] ?? `errno ${-n}`}`,
+      );
+    }
+    return n;
   }
 
   /**

@@ -40,7 +40,7 @@
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 4
+#define FE_ABI_VERSION 5
 
 /*
  * The record layout lib/decode.ts reads. A change here fails the build until
@@ -86,6 +86,8 @@ enum fe_stat {
 	FE_STAT_RING_CONSUMED,	  /* ring position committed as consumed */
 	FE_STAT_RING_PRODUCED,	  /* ring position the kernel has written up to */
 	FE_STAT_RING_WAITING,	  /* records past the consumed position: the next reader's */
+	FE_STAT_STATE_TRACEPOINT, /* 1 while the state tracepoint is attached (closes sock_ops misses) */
+	FE_STAT_UNFOLLOWED,	  /* open sockets sock_ops does not follow at the last check, or -1 */
 	FE_STAT_COUNT,
 };
 
@@ -143,10 +145,16 @@ struct fe_agent {
 	size_t spill_cap;
 	uint64_t perf_lost;
 	int64_t seeded;
+	/* Open sockets with a file that sock_ops does not follow, at the last check; -1: no check. */
+	int64_t unfollowed;
+	/* The capture directory when the links are pinned; "" otherwise. */
+	char capdir[PATH_MAX];
 	bool boot_clock;
 	bool sockops;
 	bool resumed;
 	bool iter_tcp;
+	bool follow_seeded;    /* seeding asks for the seeded sockets' sock_ops callbacks */
+	bool state_tracepoint; /* on_state_btf attached */
 };
 
 /* The last part of libbpf's log (the verifier's last lines matter most). */
@@ -333,6 +341,24 @@ static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_na
 	return false;
 }
 
+/* An enumerator of an anonymous enum: where the UAPI's constants are. */
+static bool kernel_has_constant(const struct btf *vmlinux, const char *value)
+{
+	int id, i, n = btf__type_cnt(vmlinux);
+
+	for (id = 1; id < n; id++) {
+		const struct btf_type *t = btf__type_by_id(vmlinux, id);
+		const struct btf_enum *e;
+
+		if (!btf_is_enum(t) || t->name_off)
+			continue;
+		for (i = 0, e = btf_enum(t); i < btf_vlen(t); i++, e++)
+			if (!strcmp(btf__name_by_offset(vmlinux, e->name_off), value))
+				return true;
+	}
+	return false;
+}
+
 /* fe_probe() bits: what this kernel offers the agent. doctor asks the same question. */
 #define FE_PROBE_BTF (1u << 0)	    /* kernel BTF (required) */
 #define FE_PROBE_TP_BTF (1u << 1)   /* BTF-typed inet_sock_set_state (required) */
@@ -340,6 +366,12 @@ static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_na
 #define FE_PROBE_BOOT_NS (1u << 3)  /* bpf_ktime_get_boot_ns (else CLOCK_MONOTONIC) */
 #define FE_PROBE_ITER_TCP (1u << 4) /* TCP socket iterator: seeding */
 #define FE_PROBE_SOCKOPS (1u << 5)  /* sock_ops programs */
+/*
+ * A TCP iterator may ask for a socket's sock_ops callbacks
+ * (TCP_BPF_SOCK_OPS_CB_FLAGS, 6.13), and a task file iterator can count the
+ * sockets nobody asked them for (bpf_sock_from_file, 5.11).
+ */
+#define FE_PROBE_SOCKOPS_FOLLOW (1u << 6)
 
 static uint32_t probe(const struct btf *vmlinux)
 {
@@ -359,6 +391,11 @@ static uint32_t probe(const struct btf *vmlinux)
 	if (libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, NULL) == 1 &&
 	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_skc_to_tcp_sock"))
 		p |= FE_PROBE_SOCKOPS;
+	if ((p & FE_PROBE_SOCKOPS) && (p & FE_PROBE_ITER_TCP) &&
+	    kernel_has_constant(vmlinux, "TCP_BPF_SOCK_OPS_CB_FLAGS") &&
+	    kernel_has_type(vmlinux, "bpf_iter__task_file", BTF_KIND_STRUCT) &&
+	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_sock_from_file"))
+		p |= FE_PROBE_SOCKOPS_FOLLOW;
 	return p;
 }
 
@@ -377,13 +414,14 @@ FE_API uint32_t fe_probe(void)
 	return p;
 }
 
-static int seed_existing(struct fe_agent *a)
+/* Runs an iterator program once, over what it walks, discarding what it writes. */
+static int run_iterator(struct bpf_program *prog)
 {
 	struct bpf_link *link;
 	char buf[256];
 	int fd, err = 0;
 
-	link = bpf_program__attach_iter(a->skel->progs.seed_flows, NULL);
+	link = bpf_program__attach_iter(prog, NULL);
 	if (!link)
 		return -errno;
 	fd = bpf_iter_create(bpf_link__fd(link));
@@ -467,6 +505,7 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 	a->skel->rodata->use_ringbuf = !perf;
 	a->skel->rodata->use_boot_clock = a->boot_clock;
 	a->skel->rodata->sockops_attached = a->sockops;
+	a->skel->rodata->follow_seeded = a->follow_seeded;
 	/* A threshold the ring can never reach would leave draining to the timer alone. */
 	a->skel->rodata->wakeup_bytes = wakeup_bytes < ring_bytes / 4 ? wakeup_bytes : ring_bytes / 4;
 	bpf_map__set_max_entries(a->skel->maps.flows, flows_max);
@@ -484,6 +523,7 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 	bpf_program__set_autoload(a->skel->progs.on_sockops, a->sockops);
 	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
 	bpf_program__set_autoload(a->skel->progs.snapshot_flows, a->iter_tcp);
+	bpf_program__set_autoload(a->skel->progs.count_unfollowed, a->follow_seeded);
 	/* Pinned maps outlive the process: the next agent reuses them, and what they hold. */
 	if (!(options & FE_OPT_NO_PIN)) {
 		for (i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++) {
@@ -589,6 +629,55 @@ static int attach_all(struct fe_agent *a, const char *capdir, const char *cgroup
 		err = attach_pinned(skel->progs.on_destroy_tp, capdir, FE_LINK_DESTROY_TP, -1,
 				    "tracepoint/tcp/tcp_destroy_sock", &skel->links.on_destroy_tp);
 	return err;
+}
+
+/*
+ * The task iterator walks the tasks of the agent's PID namespace: only in the
+ * initial one does it see every socket's file.
+ */
+static bool in_initial_pid_namespace(void)
+{
+	struct stat st;
+
+	/* PROC_PID_INIT_INO: the kernel gives the initial namespace this inode number. */
+	return !stat("/proc/self/ns/pid", &st) && st.st_ino == 0xEFFFFFFCu;
+}
+
+/*
+ * The state tracepoint catches the closes of sockets sock_ops does not
+ * follow. Once the seeding has asked for the state callbacks of every socket
+ * it saw (the agent's network namespace), and no open socket with a file, in
+ * any namespace, is left unfollowed, it has nothing to catch but orphans of
+ * namespaces the seeding could not reach: on_destroy_btf records those
+ * (state_tracepoint_detached), and the tracepoint is detached. It ran 10
+ * times a connection. Returns the unfollowed sockets counted (0: detached,
+ * now or before), or -EOPNOTSUPP where the check cannot prove it.
+ */
+static int64_t follow_check(struct fe_agent *a)
+{
+	char path[PATH_MAX];
+	int err;
+
+	if (!a->state_tracepoint)
+		return 0;
+	if (!a->follow_seeded || a->seeded < 0 || a->skel->bss->seeded_unfollowed ||
+	    !in_initial_pid_namespace())
+		return -EOPNOTSUPP;
+	a->skel->bss->unfollowed = 0;
+	err = run_iterator(a->skel->progs.count_unfollowed);
+	if (err < 0)
+		return err;
+	a->unfollowed = (int64_t)a->skel->bss->unfollowed;
+	if (a->unfollowed)
+		return a->unfollowed;
+	/* Destroy takes over the unfollowed orphans before the tracepoint goes. */
+	a->skel->bss->state_tracepoint_detached = true;
+	if (a->capdir[0] && !pin_path(path, sizeof(path), a->capdir, FE_LINK_STATE))
+		unlink(path);
+	bpf_link__destroy(a->skel->links.on_state_btf);
+	a->skel->links.on_state_btf = NULL;
+	a->state_tracepoint = false;
+	return 0;
 }
 
 /* Step 4 (open buffer): maps the ring buffer for fe_poll(), or opens the perf buffer. */
@@ -719,6 +808,10 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	a->iter_tcp = probed & FE_PROBE_ITER_TCP;
 	seed = !(options & FE_OPT_NO_SEED) && a->iter_tcp;
 	a->seeded = seed ? 0 : -1;
+	a->unfollowed = -1;
+	a->follow_seeded = a->sockops && seed && (probed & FE_PROBE_SOCKOPS_FOLLOW);
+	if (pin)
+		snprintf(a->capdir, sizeof(a->capdir), "%s", capdir);
 
 	a->skel = flowexporter_bpf__open_opts(&open_opts);
 	if (!a->skel) {
@@ -740,9 +833,12 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	err = attach_all(a, pin ? capdir : NULL, cgroup_path);
 	if (err)
 		goto cleanup;
+	a->state_tracepoint = true;
 	if (seed) {
 		/* Seeding is best effort: an unseeded socket still yields a record at close. */
-		a->seeded = seed_existing(a) < 0 ? -1 : (int64_t)a->skel->bss->seeded;
+		a->seeded = run_iterator(a->skel->progs.seed_flows) < 0 ? -1
+									: (int64_t)a->skel->bss->seeded;
+		follow_check(a);
 	}
 
 	if (perf) {
@@ -967,6 +1063,17 @@ static uint64_t recursion_misses(const struct bpf_program *prog)
 	return info.recursion_misses;
 }
 
+/*
+ * Checks again whether sock_ops follows every open socket, and detaches the
+ * state tracepoint if so (follow_check). The agent calls it now and then
+ * while the tracepoint is attached: the sockets that kept it (open since
+ * before the capture, in other namespaces) close in their time.
+ */
+FE_API int64_t fe_follow_check(struct fe_agent *a)
+{
+	return follow_check(a);
+}
+
 /* Fills out[0..n) with FE_STAT_* values; returns how many it filled. */
 FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 {
@@ -989,6 +1096,8 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 	s[FE_STAT_RING_PRODUCED] =
 		a->ring.producer ? __atomic_load_n(a->ring.producer, __ATOMIC_ACQUIRE) : 0;
 	s[FE_STAT_RING_WAITING] = ring_waiting(&a->ring);
+	s[FE_STAT_STATE_TRACEPOINT] = a->state_tracepoint ? 1 : 0;
+	s[FE_STAT_UNFOLLOWED] = (uint64_t)a->unfollowed;
 	if (n > FE_STAT_COUNT)
 		n = FE_STAT_COUNT;
 	memcpy(out, s, n * sizeof(*out));

@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -49,6 +49,9 @@ export const SYMBOLS = {
   },
   // int fe_commit(struct fe_agent *a, uint64_t pos)
   fe_commit: { parameters: ["pointer", "u64"], result: "i32" },
+  // int64_t fe_follow_check(struct fe_agent *a)  [walks every task's descriptors: about 1 ms per
+  //   10 000 (docs/benchmarks.md)]
+  fe_follow_check: { parameters: ["pointer"], result: "i64" },
   // int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
   fe_stats: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // int fe_map_fd(struct fe_agent *a, const char *name)
@@ -133,7 +136,9 @@ export const Stat = {
   ringConsumed: 10,
   ringProduced: 11,
   ringWaiting: 12,
-  count: 13,
+  stateTracepoint: 13,
+  unfollowed: 14,
+  count: 15,
 } as const;
 
 /** fe_retiring_stats() indices. */
@@ -153,6 +158,7 @@ export const Probe = {
   bootNs: 1 << 3,
   iterTcp: 1 << 4,
   sockops: 1 << 5,
+  sockopsFollow: 1 << 6,
 } as const;
 
 /** Raised when the shared object cannot be found, loaded or is of another ABI. */

@@ -80,7 +80,7 @@ kernelTest(
     try {
       const old = `${first.pinDir}/capture-v0`;
       const oldPrograms: number[] = [];
-      for (const name of ["link_sockops", "link_state", "link_destroy_btf", "link_destroy_tp"]) {
+      for (const name of await pinnedLinks(first, old)) {
         const link = await bpftool("link", "show", "pinned", `${old}/${name}`);
         assert.ok(link, `the old agent pinned ${name} in ${old}`);
         oldPrograms.push(link.prog_id as number);
@@ -217,6 +217,17 @@ async function bpftool(...args: string[]): Promise<Record<string, unknown> | und
   return out.success ? JSON.parse(new TextDecoder().decode(out.stdout)) : undefined;
 }
 
+/**
+ * The links an agent's capture in `dir` pins. The state tracepoint's goes once sock_ops follows
+ * every open socket: it must be gone when the agent said so at its start.
+ */
+async function pinnedLinks(agent: AgentProcess, dir: string): Promise<string[]> {
+  const followed = agent.stderrLines.some((l) => l.includes("all followed by sock_ops"));
+  const state = await bpftool("link", "show", "pinned", `${dir}/link_state`);
+  if (followed) assert.equal(state, undefined, "the state tracepoint is detached");
+  return ["link_sockops", ...(state ? ["link_state"] : []), "link_destroy_btf", "link_destroy_tp"];
+}
+
 kernelTest("detach leaves no pinned object and no attached program", async (t) => {
   const agent = await AgentProcess.start();
   try {
@@ -238,7 +249,7 @@ kernelTest("detach leaves no pinned object and no attached program", async (t) =
     });
 
     const links: { id: number; prog: number }[] = [];
-    for (const name of ["link_sockops", "link_state", "link_destroy_btf", "link_destroy_tp"]) {
+    for (const name of await pinnedLinks(agent, capture)) {
       const link = await bpftool("link", "show", "pinned", `${capture}/${name}`);
       assert.ok(link, `link ${name} is pinned`);
       links.push({ id: link.id as number, prog: link.prog_id as number });
