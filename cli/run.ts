@@ -17,6 +17,7 @@ import { parseBootId } from "../lib/flow_id.ts";
 import { Intake } from "../lib/intake.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
 import { InterimSnapshots } from "../lib/interim.ts";
+import { UnfollowedWatch } from "../lib/unfollowed_watch.ts";
 import { RecordFanout } from "../lib/fanout.ts";
 import { Log } from "../lib/log.ts";
 import { type AgentMetrics, agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
@@ -270,27 +271,6 @@ function watchMapFill(maps: FdMap[], log: Log): Disposable {
   return { [Symbol.dispose]: () => clearInterval(timer) };
 }
 
-/**
- * While sockets open since before the capture keep the state tracepoint attached (the closes
- * sock_ops does not see), checks every minute whether they are gone, and detaches it then.
- */
-function watchUnfollowed(agent: Agent, log: Log): Disposable {
-  const timer = setInterval(() => {
-    const { stateTracepoint, unfollowed } = agent.stats();
-    if (!stateTracepoint || unfollowed <= 0) return clearInterval(timer);
-    try {
-      if (agent.followCheck() === 0) {
-        log.info("sock_ops follows every open socket now: the state tracepoint is detached");
-      }
-    } catch (error) {
-      // The tracepoint stays, so no close is missed; only its cost remains.
-      log.warn(`${errorText(error)} (the state tracepoint stays attached)`);
-      clearInterval(timer);
-    }
-  }, 60_000);
-  return { [Symbol.dispose]: () => clearInterval(timer) };
-}
-
 /** Which sockets sock_ops follows, for the start line. */
 function followedText(stats: AgentStats): string {
   if (stats.attach !== "sock_ops") return "";
@@ -467,7 +447,13 @@ export async function run(v: Config): Promise<number> {
       stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`
     }${followedText(stats)}${stats.resumed ? ", resumed the pinned capture" : ""})`,
   );
-  using _unfollowed = watchUnfollowed(agent, log);
+  await using _unfollowed = new UnfollowedWatch({
+    agent,
+    onDetached: () =>
+      log.info("sock_ops follows every open socket now: the state tracepoint is detached"),
+    // The tracepoint stays, so no close is missed; only its cost remains.
+    onError: (error) => log.warn(`${error.message} (the state tracepoint stays attached)`),
+  });
   let stopForOutput = () => {};
   const stopped = Promise.race([
     signalled,

@@ -437,14 +437,15 @@ export class Agent implements Disposable {
    * Counts again the open sockets sock_ops does not follow (open since before the capture, in
    * any network namespace) and, when none is left, detaches the state tracepoint that catches
    * their closes. The agent's start makes the first check. It walks every task's descriptors in
-   * the kernel, on this thread.
+   * the kernel, on Deno's blocking thread pool (about 7 ms per 10 000 sockets), so the event loop
+   * goes on meanwhile. Do not close the agent before the promise settles.
    *
    * @returns the sockets counted: 0 once the tracepoint is detached, -1 where the kernel cannot
    *   tell (before Linux 6.13, without sock_ops or seeding, outside the initial PID namespace)
    * @throws {AgentLoadError} when the kernel side fails
    */
-  followCheck(): number {
-    const n = Number(this.#native.fe_follow_check(this.#live()));
+  async followCheck(): Promise<number> {
+    const n = Number(await this.#native.fe_follow_check(this.#live()));
     if (n === -95) return -1; // EOPNOTSUPP: the check cannot prove it here
     if (n < 0) {
       throw new AgentLoadError(

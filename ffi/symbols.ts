@@ -49,9 +49,9 @@ export const SYMBOLS = {
   },
   // int fe_commit(struct fe_agent *a, uint64_t pos)
   fe_commit: { parameters: ["pointer", "u64"], result: "i32" },
-  // int64_t fe_follow_check(struct fe_agent *a)  [walks every task's descriptors: about 1 ms per
-  //   10 000 (docs/benchmarks.md)]
-  fe_follow_check: { parameters: ["pointer"], result: "i64" },
+  // int64_t fe_follow_check(struct fe_agent *a)  [blocks: walks every task's descriptors, about
+  //   7 ms per 10 000 sockets (docs/benchmarks.md)]
+  fe_follow_check: { parameters: ["pointer"], result: "i64", nonblocking: true },
   // int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
   fe_stats: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // int fe_map_fd(struct fe_agent *a, const char *name)

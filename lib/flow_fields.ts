@@ -160,7 +160,7 @@ export const FLOW_FIELDS: readonly FlowField[] = [
     record: ["flags", "close_state"],
     wire: false,
     meaning:
-      "the program that saw the close: `sock_ops` (the primary path), `tracepoint` (seeded sockets, or no cgroup v2), `destroy` (no program saw it; made at destroy)",
+      "the program that saw the close: `sock_ops` (the primary path), `tracepoint` (open before the agent and not followed by sock_ops, or no cgroup v2), `destroy` (made at destroy: no program saw the close)",
   },
   {
     name: "bytes_sent",

@@ -217,7 +217,7 @@ kernelTest(
       const first = agent.stats();
       if (!canFollowSeeded()) {
         assert.equal(first.stateTracepoint, true, "older kernels keep the tracepoint");
-        assert.equal(agent.followCheck(), -1);
+        assert.equal(await agent.followCheck(), -1);
         return;
       }
       if (followed === "no") {
@@ -226,14 +226,14 @@ kernelTest(
         assert.ok(first.unfollowed >= 2, `the holder's sockets counted: ${first.unfollowed}`);
         await holder.close();
         // Other namespaces of this host may still hold sockets of their own; the holder's are gone.
-        const left = agent.followCheck();
+        const left = await agent.followCheck();
         assert.ok(left === 0 || left <= first.unfollowed - 2, `${left} of ${first.unfollowed}`);
         assert.equal(agent.stats().stateTracepoint, left !== 0);
       } else {
         await holder.close();
       }
       if (!agent.stats().stateTracepoint) {
-        assert.equal(agent.followCheck(), 0, "once detached, it stays so");
+        assert.equal(await agent.followCheck(), 0, "once detached, it stays so");
         const capture = `${pinDir}/capture-v${openNative().fe_state_version()}`;
         const link = await Deno.stat(`${capture}/link_state`).catch(() => undefined);
         assert.equal(link, undefined, "its pinned link is gone");
