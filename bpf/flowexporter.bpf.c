@@ -634,18 +634,23 @@ int on_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/* A state of a connection not yet closed: not LISTEN, TIME_WAIT, NEW_SYN_RECV or CLOSE. */
+static __always_inline bool is_connection_state(__u8 state)
+{
+	return state != TCP_LISTEN && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV &&
+	       state != TCP_CLOSE;
+}
+
 /*
  * The full TCP socket behind an iterator's entry, when it has a connection
- * not yet closed (not LISTEN, TIME_WAIT, NEW_SYN_RECV or CLOSE); its state
- * in *state.
+ * not yet closed (is_connection_state()); its state in *state.
  */
 static __always_inline struct tcp_sock *open_tcp_sock(struct sock_common *skc, __u8 *state)
 {
 	if (!skc)
 		return NULL;
 	*state = skc->skc_state;
-	if (*state == TCP_LISTEN || *state == TCP_TIME_WAIT || *state == TCP_NEW_SYN_RECV ||
-	    *state == TCP_CLOSE)
+	if (!is_connection_state(*state))
 		return NULL;
 	return bpf_skc_to_tcp_sock(skc);
 }
@@ -688,7 +693,7 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 }
 
 /*
- * Counts the open TCP sockets (the states open_tcp_sock() takes) that have a file,
+ * Counts the TCP sockets with a connection not yet closed that have a file,
  * in every network namespace, whose state callbacks nobody asked for: the
  * closes only the state tracepoint would see. A socket several descriptors
  * share counts once for each; only zero matters.
@@ -699,7 +704,6 @@ int count_unfollowed(struct bpf_iter__task_file *ctx)
 	struct file *file = ctx->file;
 	struct socket *sock;
 	struct sock *sk;
-	__u8 state;
 
 	if (!file)
 		return 0;
@@ -713,9 +717,7 @@ int count_unfollowed(struct bpf_iter__task_file *ctx)
 	sk = sock->sk;
 	if (!sk || sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SOCK_STREAM)
 		return 0;
-	state = sk->__sk_common.skc_state;
-	if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV ||
-	    state == TCP_CLOSE)
+	if (!is_connection_state(sk->__sk_common.skc_state))
 		return 0;
 	if (!(BPF_CORE_READ((struct tcp_sock *)sk, bpf_sock_ops_cb_flags) &
 	      BPF_SOCK_OPS_STATE_CB_FLAG))

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { Agent } from "../ffi/agent.ts";
 import { openNative, Probe } from "../ffi/symbols.ts";
+import type { FlowJson } from "../lib/json_lines.ts";
 import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
 
 /**
@@ -130,6 +131,26 @@ function closePaths(followed: Followed, unfollowedPath: string): string[] {
   }[followed];
 }
 
+/** The one record of each of the holder's two sockets (client, then server); seeded both. */
+async function holderRecords(
+  agent: AgentProcess,
+  [client, server]: [number, number],
+  timeoutMs: number,
+): Promise<FlowJson[]> {
+  const found: FlowJson[] = [];
+  for (const [local, remote] of [[client, server], [server, client]]) {
+    const recs = await agent.waitForRecords(socketRecord(local, remote), 1, timeoutMs);
+    assert.equal(recs.length, 1, `one record of ${local} -> ${remote}`);
+    assert.equal(recs[0].seeded, true, "its start is unknown");
+    found.push(recs[0]);
+  }
+  return found;
+}
+
+function assertSeenBy(rec: FlowJson, expected: string[]): void {
+  assert.ok(expected.includes(rec.close_seen_by as string), `${rec.close_seen_by} in ${expected}`);
+}
+
 /** True when this kernel lets the agent make sock_ops follow seeded sockets (Linux 6.13+). */
 function canFollowSeeded(): boolean {
   return (openNative().fe_probe() & Probe.sockopsFollow) !== 0;
@@ -150,16 +171,8 @@ kernelTest(
       if (canFollowSeeded()) assert.match(started, /\d+ open sockets of other network namespaces/);
     }
     await holder.close();
-    const expected = closePaths(followed, "tracepoint");
-    for (const [local, remote] of [[clientPort, serverPort], [serverPort, clientPort]]) {
-      const recs = await agent.waitForRecords(socketRecord(local, remote), 1);
-      assert.equal(recs.length, 1, "one record");
-      const [rec] = recs;
-      assert.equal(rec.seeded, true, "its start is unknown");
-      assert.ok(
-        expected.includes(rec.close_seen_by as string),
-        `${rec.close_seen_by} in ${expected}`,
-      );
+    for (const rec of await holderRecords(agent, [clientPort, serverPort], 10_000)) {
+      assertSeenBy(rec, closePaths(followed, "tracepoint"));
       assert.notEqual(rec.close_state, "UNKNOWN");
     }
   },
@@ -189,16 +202,8 @@ kernelTest(
     await using agent = await AgentProcess.start();
     const detached = /all followed by sock_ops/.test(agent.stderrLines.join("\n"));
     await run("ip", "-n", ns.name, "link", "set", "lo", "up");
-    const expected = closePaths(followed, detached ? "destroy" : "tracepoint");
-    for (const [local, remote] of [[clientPort, serverPort], [serverPort, clientPort]]) {
-      const recs = await agent.waitForRecords(socketRecord(local, remote), 1, 30_000);
-      assert.equal(recs.length, 1, "one record");
-      const [rec] = recs;
-      assert.equal(rec.seeded, true, "its start is unknown");
-      assert.ok(
-        expected.includes(rec.close_seen_by as string),
-        `${rec.close_seen_by} in ${expected}`,
-      );
+    for (const rec of await holderRecords(agent, [clientPort, serverPort], 30_000)) {
+      assertSeenBy(rec, closePaths(followed, detached ? "destroy" : "tracepoint"));
       // Its destroy comes when its close does, but which state it closed from is not known there.
       if (rec.close_seen_by === "destroy") assert.equal(rec.close_state, "UNKNOWN");
     }
