@@ -65,6 +65,8 @@ __u64 seeded_unfollowed = 0;
 __u64 unfollowed = 0;
 /* Set by the shim when it detaches the state tracepoint: destroy then records unfollowed sockets. */
 bool state_tracepoint_detached = false;
+/* Sockets nobody followed that on_destroy_btf recorded (see handle_destroy); read by the shim. */
+__u64 unfollowed_at_destroy = 0;
 /* snapshot_flows skips sockets younger than this; the shim sets it before each pass. */
 __u64 snapshot_min_age_ns = 0;
 
@@ -554,6 +556,7 @@ static __always_inline int handle_destroy(void *ctx, const struct sock *sk, bool
 			return 0;
 		if (!cookie)
 			cookie = bpf_get_socket_cookie((void *)sk);
+		__sync_fetch_and_add(&unfollowed_at_destroy, 1);
 	} else if (st->emitted) {
 		goto forget;
 	}

@@ -241,6 +241,8 @@ function wireMetrics(capture: Capture, shipper: Shipper): {
     const s = capture.agent.stats();
     metrics.kernelDrops.setTotal(Number(s.kernelDrops));
     metrics.recursionMisses.setTotal(Number(s.recursionMisses));
+    metrics.stateTracepointAttached.set(s.stateTracepoint ? 1 : 0);
+    metrics.unfollowedAtDestroy.setTotal(Number(s.unfollowedAtDestroy));
     const ship = shipper.stats();
     metrics.batchesSent.setTotal(ship.batchesSent);
     metrics.batchesFailed.setTotal(ship.batchesFailed);
@@ -512,7 +514,8 @@ export async function run(v: Config): Promise<number> {
         ? ` (and ${unreported} since the last batch, for the next start to report)`
         : ""
     }, ` +
-      `recursion misses ${end.recursionMisses}, recovered at destroy ${metrics.flowsRecovered.get()}, ` +
+      `recursion misses ${end.recursionMisses}, recovered at destroy ${metrics.flowsRecovered.get()} ` +
+      `(${end.unfollowedAtDestroy} of them nobody followed), ` +
       `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles}, ` +
       // Records that came after the last drain: the pinned ring keeps them for the next start.
       `left in the ring ${end.ring.waiting})`,

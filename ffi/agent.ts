@@ -82,6 +82,11 @@ export interface AgentStats {
   stateTracepoint: boolean;
   /** Open sockets sock_ops did not follow at the last check; -1 when none could be made. */
   unfollowed: number;
+  /**
+   * Sockets nobody followed (orphans of other namespaces, open since before the capture) that
+   * were recorded at their destroy, once the state tracepoint was detached; cumulative.
+   */
+  unfollowedAtDestroy: bigint;
 }
 
 /** Raised when the BPF side cannot be loaded or attached. */
@@ -424,6 +429,7 @@ export class Agent implements Disposable {
       resumed: out[Stat.resumed] === 1n,
       stateTracepoint: out[Stat.stateTracepoint] === 1n,
       unfollowed: Number(BigInt.asIntN(64, out[Stat.unfollowed])),
+      unfollowedAtDestroy: out[Stat.unfollowedAtDestroy],
       ring: {
         id: Number(out[Stat.ringId]),
         consumed: out[Stat.ringConsumed],

@@ -88,6 +88,7 @@ enum fe_stat {
 	FE_STAT_RING_WAITING,	  /* records past the consumed position: the next reader's */
 	FE_STAT_STATE_TRACEPOINT, /* 1 while the state tracepoint is attached (closes sock_ops misses) */
 	FE_STAT_UNFOLLOWED,	  /* open sockets sock_ops does not follow at the last check, or -1 */
+	FE_STAT_UNFOLLOWED_AT_DESTROY, /* sockets nobody followed, recorded at their destroy */
 	FE_STAT_COUNT,
 };
 
@@ -1098,6 +1099,7 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 	s[FE_STAT_RING_WAITING] = ring_waiting(&a->ring);
 	s[FE_STAT_STATE_TRACEPOINT] = a->state_tracepoint ? 1 : 0;
 	s[FE_STAT_UNFOLLOWED] = (uint64_t)a->unfollowed;
+	s[FE_STAT_UNFOLLOWED_AT_DESTROY] = a->skel->bss->unfollowed_at_destroy;
 	if (n > FE_STAT_COUNT)
 		n = FE_STAT_COUNT;
 	memcpy(out, s, n * sizeof(*out));

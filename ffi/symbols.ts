@@ -138,7 +138,8 @@ export const Stat = {
   ringWaiting: 12,
   stateTracepoint: 13,
   unfollowed: 14,
-  count: 15,
+  unfollowedAtDestroy: 15,
+  count: 16,
 } as const;
 
 /** fe_retiring_stats() indices. */

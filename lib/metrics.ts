@@ -300,12 +300,16 @@ export interface AgentMetrics {
   flowsCaptured: Counter;
   kernelDrops: Counter;
   recursionMisses: Counter;
-  /** Records made when the socket was destroyed because its close run was skipped. */
+  /** Records made when the socket was destroyed (its close run skipped, or nobody followed it). */
   flowsRecovered: Counter;
+  /** Of those, sockets nobody followed (orphans open since before the capture). */
+  unfollowedAtDestroy: Counter;
   /** Interim records: snapshots of open sockets at window ends. */
   interimRecords: Counter;
   /** Duration of the latest interim pass, seconds. */
   interimPassSeconds: Gauge;
+  /** 1 while the state tracepoint is attached (docs/capture.md), else 0. */
+  stateTracepointAttached: Gauge;
   /** `labels(source)` for each {@linkcode IdentitySource}. */
   recordsByIdentitySource: Counter;
   batchesSent: Counter;
@@ -354,7 +358,7 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
   );
   const flowsRecovered = counter(
     "flows_recovered_total",
-    "Flow records made when the socket was destroyed, because the kernel skipped its close run.",
+    "Flow records made when the socket was destroyed: the kernel skipped its close run, or nobody followed the socket.",
   );
   const recordsByIdentitySource = counter(
     "records_by_identity_source_total",
@@ -369,6 +373,10 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     kernelDrops,
     recursionMisses,
     flowsRecovered,
+    unfollowedAtDestroy: counter(
+      "unfollowed_at_destroy_total",
+      "Sockets nobody followed (orphans open since before the capture) recorded at their destroy.",
+    ),
     interimRecords: counter(
       "interim_records_total",
       "Interim records: snapshots of sockets open longer than the interim interval, at window ends.",
@@ -376,6 +384,10 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     interimPassSeconds: gauge(
       "interim_pass_seconds",
       "How long the latest interim pass over the open sockets took.",
+    ),
+    stateTracepointAttached: gauge(
+      "state_tracepoint_attached",
+      "1 while the state tracepoint runs at every TCP state change: sockets sock_ops does not follow are open, or this host cannot count them.",
     ),
     recordsByIdentitySource,
     bySource,

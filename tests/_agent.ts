@@ -19,6 +19,26 @@ export function kernelTest(name: string, fn: (t: Deno.TestContext) => Promise<vo
   Deno.test({ name, ignore: !IS_ROOT && !Deno.env.get("CI"), fn });
 }
 
+/**
+ * The counters of a stopped agent's stop line: records, kernel drops, recursion misses, records
+ * made at destroy, and how many of those were of sockets nobody followed.
+ */
+export function stopLine(agent: AgentProcess): {
+  records: number;
+  drops: number;
+  misses: number;
+  recovered: number;
+  unfollowed: number;
+} {
+  const text = agent.stderrLines.join("\n");
+  const m =
+    /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+), recovered at destroy (\d+) \((\d+) of them nobody followed\)/
+      .exec(text);
+  if (!m) throw new Error(`No stop line with records, drops, misses and recoveries:\n${text}`);
+  const [records, drops, misses, recovered, unfollowed] = m.slice(1).map(Number);
+  return { records, drops, misses, recovered, unfollowed };
+}
+
 /** A running agent and the records it printed so far. */
 export class AgentProcess implements AsyncDisposable {
   readonly records: FlowJson[] = [];

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
+import { AgentProcess, kernelTest, socketRecord, stopLine } from "./_agent.ts";
 import { headerDefines } from "./_c_source.ts";
 import { openNative, Probe } from "../ffi/symbols.ts";
 import {
@@ -212,19 +212,6 @@ async function assertReconnect(
   assertWithin(client, x.beforeNs, afterNs);
 }
 
-/** The counters of the agent's stop line. */
-function stopLine(agent: AgentProcess) {
-  const m =
-    /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+), recovered at destroy (\d+)/
-      .exec(agent.stderrLines.join("\n"));
-  assert.ok(
-    m,
-    `the stop line reports records, drops, misses and recoveries:\n${agent.stderrLines.join("\n")}`,
-  );
-  const [records, drops, misses, recovered] = m.slice(1).map(Number);
-  return { records, drops, misses, recovered };
-}
-
 kernelTest(
   "agent records every closed TCP socket on the real kernel (ring buffer, sock_ops)",
   async (t) => {
@@ -404,6 +391,11 @@ kernelTest(
     assert.equal(await agent.stop(), 0);
     const stop = stopLine(agent);
     assert.equal(stop.drops, 0, "no kernel drops");
-    assert.ok(stop.recovered <= stop.misses, `${stop.recovered} recovered, ${stop.misses} misses`);
+    // Other tests' sockets count too: a record at destroy follows a skipped close run, or is that
+    // of a socket nobody followed (an orphan of another namespace, open before this agent).
+    assert.ok(
+      stop.recovered <= stop.misses + stop.unfollowed,
+      `${stop.recovered} recovered, ${stop.misses} misses, ${stop.unfollowed} nobody followed`,
+    );
   },
 );

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { Agent } from "../ffi/agent.ts";
 import { openNative, Probe } from "../ffi/symbols.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
+import { AgentProcess, kernelTest, socketRecord, stopLine } from "./_agent.ts";
 
 /**
  * Holds a loopback connection in its network namespace: prints "ready", connects at the first
@@ -202,11 +202,15 @@ kernelTest(
     await using agent = await AgentProcess.start();
     const detached = /all followed by sock_ops/.test(agent.stderrLines.join("\n"));
     await run("ip", "-n", ns.name, "link", "set", "lo", "up");
-    for (const rec of await holderRecords(agent, [clientPort, serverPort], 30_000)) {
+    const recs = await holderRecords(agent, [clientPort, serverPort], 30_000);
+    for (const rec of recs) {
       assertSeenBy(rec, closePaths(followed, detached ? "destroy" : "tracepoint"));
       // Its destroy comes when its close does, but which state it closed from is not known there.
       if (rec.close_seen_by === "destroy") assert.equal(rec.close_state, "UNKNOWN");
     }
+    assert.equal(await agent.stop(), 0);
+    const atDestroy = recs.filter((r) => r.close_seen_by === "destroy").length;
+    assert.ok(stopLine(agent).unfollowed >= atDestroy, "the stop line counts them");
   },
 );
 
