@@ -523,17 +523,17 @@ int BPF_PROG(on_state_btf, const struct sock *sk, const int oldstate, const int 
  * also the one place where a socket's state is deleted. Both destroy programs
  * may run for one socket: the first emits and deletes, the second finds
  * nothing. The cookie is read, not assigned: a socket without one was never
- * followed.
+ * followed, except as below.
  *
  * `unfollowed_too` (on_destroy_btf, once the state tracepoint is detached):
- * a socket without state that had a connection and whose state callbacks
- * nobody asked for is one nobody followed, open since before the capture,
- * whose close no program saw. The shim detaches the
- * tracepoint only when no such socket has a file, so it is an orphan (its
- * owner closed it already; its close and its destroy are one moment) of a
- * network namespace the seeding could not reach. It is recorded here, and its
- * cookie assigned; the state emit_flow marks it with goes at once, since the
- * classic program may have run already.
+ * a socket without state whose state callbacks nobody asked for, and that
+ * had a connection, is one nobody followed, open since before the capture,
+ * whose close no program saw. The shim detaches the tracepoint only when no
+ * such socket has a file, so it is, as a rule, an orphan (its owner closed it
+ * already: its close and its destroy are one moment) of a network namespace
+ * the seeding could not reach. It is recorded here, its cookie assigned if it
+ * had none; the mark emit_flow leaves goes at once, since the classic program
+ * may have run already.
  */
 static __always_inline int handle_destroy(void *ctx, const struct sock *sk, bool direct,
 					  bool unfollowed_too)
