@@ -154,8 +154,7 @@ struct fe_agent {
 	bool sockops;
 	bool resumed;
 	bool iter_tcp;
-	bool follow_seeded;    /* seeding asks for the seeded sockets' sock_ops callbacks */
-	bool state_tracepoint; /* on_state_btf attached */
+	bool follow_seeded; /* seeding asks for the seeded sockets' sock_ops callbacks */
 };
 
 /* The last part of libbpf's log (the verifier's last lines matter most). */
@@ -324,38 +323,38 @@ static bool kernel_has_type(const struct btf *vmlinux, const char *name, int kin
 	return vmlinux && btf__find_by_name_kind(vmlinux, name, kind) > 0;
 }
 
-static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_name,
-				  const char *value)
+/* An enumerator `value` of the enum type t. */
+static bool enum_has_value(const struct btf *vmlinux, const struct btf_type *t, const char *value)
 {
-	const struct btf_type *t;
-	const struct btf_enum *e;
-	int id, i;
+	const struct btf_enum *e = btf_enum(t);
+	int i;
 
-	id = vmlinux ? btf__find_by_name_kind(vmlinux, enum_name, BTF_KIND_ENUM) : -1;
-	if (id <= 0)
-		return false;
-	t = btf__type_by_id(vmlinux, id);
-	e = btf_enum(t);
 	for (i = 0; i < btf_vlen(t); i++, e++)
 		if (!strcmp(btf__name_by_offset(vmlinux, e->name_off), value))
 			return true;
 	return false;
 }
 
-/* An enumerator of an anonymous enum: where the UAPI's constants are. */
-static bool kernel_has_constant(const struct btf *vmlinux, const char *value)
+/*
+ * An enumerator `value` of the enum `enum_name` in the kernel's BTF, or with
+ * enum_name NULL of any anonymous enum (where the UAPI's constants are).
+ */
+static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_name,
+				  const char *value)
 {
-	int id, i, n = btf__type_cnt(vmlinux);
+	int id, n;
 
-	for (id = 1; id < n; id++) {
+	if (!vmlinux)
+		return false;
+	if (enum_name) {
+		id = btf__find_by_name_kind(vmlinux, enum_name, BTF_KIND_ENUM);
+		return id > 0 && enum_has_value(vmlinux, btf__type_by_id(vmlinux, id), value);
+	}
+	for (id = 1, n = btf__type_cnt(vmlinux); id < n; id++) {
 		const struct btf_type *t = btf__type_by_id(vmlinux, id);
-		const struct btf_enum *e;
 
-		if (!btf_is_enum(t) || t->name_off)
-			continue;
-		for (i = 0, e = btf_enum(t); i < btf_vlen(t); i++, e++)
-			if (!strcmp(btf__name_by_offset(vmlinux, e->name_off), value))
-				return true;
+		if (btf_is_enum(t) && !t->name_off && enum_has_value(vmlinux, t, value))
+			return true;
 	}
 	return false;
 }
@@ -393,7 +392,7 @@ static uint32_t probe(const struct btf *vmlinux)
 	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_skc_to_tcp_sock"))
 		p |= FE_PROBE_SOCKOPS;
 	if ((p & FE_PROBE_SOCKOPS) && (p & FE_PROBE_ITER_TCP) &&
-	    kernel_has_constant(vmlinux, "TCP_BPF_SOCK_OPS_CB_FLAGS") &&
+	    kernel_has_enum_value(vmlinux, NULL, "TCP_BPF_SOCK_OPS_CB_FLAGS") &&
 	    kernel_has_type(vmlinux, "bpf_iter__task_file", BTF_KIND_STRUCT) &&
 	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_sock_from_file"))
 		p |= FE_PROBE_SOCKOPS_FOLLOW;
@@ -659,7 +658,7 @@ static int64_t follow_check(struct fe_agent *a)
 	char path[PATH_MAX];
 	int err;
 
-	if (!a->state_tracepoint)
+	if (!a->skel->links.on_state_btf)
 		return 0;
 	if (!a->follow_seeded || a->seeded < 0 || a->skel->bss->seeded_unfollowed ||
 	    !in_initial_pid_namespace())
@@ -677,7 +676,6 @@ static int64_t follow_check(struct fe_agent *a)
 		unlink(path);
 	bpf_link__destroy(a->skel->links.on_state_btf);
 	a->skel->links.on_state_btf = NULL;
-	a->state_tracepoint = false;
 	return 0;
 }
 
@@ -834,7 +832,6 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	err = attach_all(a, pin ? capdir : NULL, cgroup_path);
 	if (err)
 		goto cleanup;
-	a->state_tracepoint = true;
 	if (seed) {
 		/* Seeding is best effort: an unseeded socket still yields a record at close. */
 		a->seeded = run_iterator(a->skel->progs.seed_flows) < 0 ? -1
@@ -1097,7 +1094,7 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 	s[FE_STAT_RING_PRODUCED] =
 		a->ring.producer ? __atomic_load_n(a->ring.producer, __ATOMIC_ACQUIRE) : 0;
 	s[FE_STAT_RING_WAITING] = ring_waiting(&a->ring);
-	s[FE_STAT_STATE_TRACEPOINT] = a->state_tracepoint ? 1 : 0;
+	s[FE_STAT_STATE_TRACEPOINT] = a->skel->links.on_state_btf ? 1 : 0;
 	s[FE_STAT_UNFOLLOWED] = (uint64_t)a->unfollowed;
 	s[FE_STAT_UNFOLLOWED_AT_DESTROY] = a->skel->bss->unfollowed_at_destroy;
 	if (n > FE_STAT_COUNT)

@@ -5,6 +5,7 @@
  * @module
  */
 import { type FlowJson, parseFlowJson } from "../lib/json_lines.ts";
+import { openNative, Probe } from "../ffi/symbols.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -17,6 +18,11 @@ export const IS_ROOT = Deno.uid() === 0;
  */
 export function kernelTest(name: string, fn: (t: Deno.TestContext) => Promise<void>): void {
   Deno.test({ name, ignore: !IS_ROOT && !Deno.env.get("CI"), fn });
+}
+
+/** True when this kernel lets the agent make sock_ops follow seeded sockets (Linux 6.13+). */
+export function canFollowSeeded(): boolean {
+  return (openNative().fe_probe() & Probe.sockopsFollow) !== 0;
 }
 
 /**

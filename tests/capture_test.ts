@@ -5,9 +5,8 @@
  */
 import assert from "node:assert/strict";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { AgentProcess, kernelTest, socketRecord, stopLine } from "./_agent.ts";
+import { AgentProcess, canFollowSeeded, kernelTest, socketRecord, stopLine } from "./_agent.ts";
 import { headerDefines } from "./_c_source.ts";
-import { openNative, Probe } from "../ffi/symbols.ts";
 import {
   type ChurnResult,
   connectRefused,
@@ -307,7 +306,7 @@ kernelTest("sockets open before the agent starts are seeded and still recorded",
   server.close();
   listener.close();
   // Where the kernel lets the seeding ask for their state callbacks, sock_ops sees their closes.
-  const followed = (openNative().fe_probe() & Probe.sockopsFollow) !== 0;
+  const followed = canFollowSeeded();
   const [rec] = await agent.waitForRecords(socketRecord(clientPort, serverPort), 1);
   assert.equal(rec.seeded, true);
   if (followed) assert.equal(rec.close_seen_by, "sock_ops");

@@ -7,9 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { Agent } from "../ffi/agent.ts";
-import { openNative, Probe } from "../ffi/symbols.ts";
+import { openNative } from "../ffi/symbols.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { AgentProcess, kernelTest, socketRecord, stopLine } from "./_agent.ts";
+import { AgentProcess, canFollowSeeded, kernelTest, socketRecord, stopLine } from "./_agent.ts";
 
 /**
  * Holds a loopback connection in its network namespace: prints "ready", connects at the first
@@ -149,11 +149,6 @@ async function holderRecords(
 
 function assertSeenBy(rec: FlowJson, expected: string[]): void {
   assert.ok(expected.includes(rec.close_seen_by as string), `${rec.close_seen_by} in ${expected}`);
-}
-
-/** True when this kernel lets the agent make sock_ops follow seeded sockets (Linux 6.13+). */
-function canFollowSeeded(): boolean {
-  return (openNative().fe_probe() & Probe.sockopsFollow) !== 0;
 }
 
 kernelTest(
