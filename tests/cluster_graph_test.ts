@@ -4,6 +4,7 @@
  * cluster (3 JetStream nodes, ClickHouse; no kernel). Under CI the servers must be there.
  */
 import assert from "node:assert/strict";
+import { isDeepStrictEqual } from "node:util";
 import { createClient } from "@clickhouse/client";
 import { startLocalCluster } from "../collector/cluster/local_cluster.ts";
 import { type ClusterNode, startClusterNode } from "../collector/cluster/node.ts";
@@ -121,11 +122,23 @@ Deno.test({
       await lagged("attribution") === 0 && await lagged("clickhouse") === 0;
     let i = 0;
     const posted = [...scenarioBatches(), SCENARIO_LATE_BATCH];
+    // Once, "no lag" was read with a flow of the late batch not yet in ClickHouse (probably a
+    // consumer's count, taken on its leader's copy of the replicated stream, trailing the
+    // publish): it is believed only once ClickHouse also holds every flow posted.
+    const stored = async (batches: typeof posted) => {
+      const keys = new Set(
+        (await store.flows({ limit: -1 })).map((f) => `${f.hostname} ${f.cookie}`),
+      );
+      return batches.every((b) => b.flows.every((f) => keys.has(`${b.hostname} ${f.cookie}`)));
+    };
     for (const b of posted.slice(0, -1)) {
       const batch = testBatch(b.hostname, b.sequence, b.flows);
       await postUntilStored(() => [nodes[i++ % nodes.length].url], batch);
     }
-    await waitUntil("the scenario attributed and stored", settled);
+    await waitUntil(
+      "the scenario attributed and stored",
+      async () => await stored(posted.slice(0, -1)) && await settled(),
+    );
     nowNs += 2_000_000_000n;
     await waitUntil("the held flows given up on", async () => await lagged("hold") === 0);
     const late = SCENARIO_LATE_BATCH;
@@ -133,11 +146,17 @@ Deno.test({
       () => [nodes[0].url],
       testBatch(late.hostname, late.sequence, late.flows),
     );
-    await waitUntil("the late batch stored", settled);
+    await waitUntil("the late batch stored", async () => await stored(posted) && await settled());
 
     await t.step("its edges are the SQLite collector's, numbers and all", async () => {
-      const edges = await store.edgeStats(SCENARIO_RANGE);
-      assert.deepEqual(scenarioEdges(edges).sort(byEnds), [...SCENARIO_EDGES].sort(byEnds));
+      // The given-up flows' verdicts come after their first rows, by the same lagging path.
+      const expected = [...SCENARIO_EDGES].sort(byEnds);
+      let edges: EdgeStats[] = [];
+      await waitUntil("the edges final", async () => {
+        edges = await store.edgeStats(SCENARIO_RANGE);
+        return isDeepStrictEqual(scenarioEdges(edges).sort(byEnds), expected);
+      }, 30_000).catch(() => {}); // the assertion below shows the difference
+      assert.deepEqual(scenarioEdges(edges).sort(byEnds), expected);
       await withScenario(async (db) => {
         using sqlite = SqliteGraphSource.open(db);
         assert.deepEqual(
