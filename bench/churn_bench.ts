@@ -1,9 +1,10 @@
 /**
  * Capture benchmark: how much connection churn survives tracing, and whether
  * every closed TCP socket becomes a record. Each repetition runs, in rotating
- * order, the churn generator (build/churn) untraced, under the agent (JSON
- * output, and --output none), under Debian's tcplife-bpfcc and under a bare
- * bpftrace counter; the agent with --perf-buffer runs once. The restart
+ * order, the churn generator (build/churn) under the agent (JSON output, and
+ * --output none), under Debian's tcplife-bpfcc and under a bare bpftrace
+ * counter, each between two untraced runs; the agent with --perf-buffer runs
+ * once. The restart
  * scenarios run the churn at a fixed rate while the agent is stopped (SIGTERM,
  * or SIGKILL) in the middle and started again at once on the same pinned
  * capture, spool and lock: the two agents' records together must hold every
@@ -38,6 +39,7 @@ import {
 } from "./_records.ts";
 import { endCapture, prepareBpftrace, prepareTcplife, Tracer } from "./_tracers.ts";
 import { errorText } from "../lib/error_text.ts";
+import { BPF_STATS_SYSCTL } from "../ffi/kernel_prereqs.ts";
 import { untilGridClosed } from "../tests/_traffic.ts";
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
@@ -73,7 +75,8 @@ Options:
   --bpf-stats        turn on kernel.bpf_stats_enabled for the run (restored after) and report
                      the agent's BPF programs' run time per flow, and each program's runs and
                      time per run (the counting adds two clock reads to every program run, in
-                     every traced run alike)
+                     every traced run alike); without it, stats another run left on are
+                     off for the run
   --no-install       do not install bpfcc-tools, kernel headers or bpftrace when missing
   --tmp-dir DIR      where tracer output goes, ideally tmpfs (default /dev/shm)
   -h, --help         show this help
@@ -154,6 +157,12 @@ interface Measurement {
   restart?: RestartFigures;
   /** Share of its CPU the busy loop used (--hog), about 1. */
   hogBusy?: number;
+  /**
+   * The untraced rate its ratio is set against: the mean of the untraced runs just before and
+   * just after it (unset for an untraced run: its own). The host's own speed drifts within a
+   * repetition; the runs beside a measurement are the fairest measure of it.
+   */
+  untracedRate?: number;
 }
 
 interface Variant {
@@ -693,11 +702,11 @@ function bpfNsPerFlow(m: Measurement): number | undefined {
 const int = (n: number) => Math.round(n).toLocaleString("en-US");
 const pct = (x: number) => `${(x * 100).toFixed(x === 1 ? 0 : 2)} %`;
 
-function describe(m: Measurement, baseline: number): string {
+function describe(m: Measurement): string {
   const c = m.churn;
   const failed = c.errors + c.unsent + c.abandoned;
   let line = `rep ${m.rep} ${m.variant}: ${int(c.rate)} conn/s`;
-  if (!m.restart) line += ` (${(c.rate / baseline).toFixed(2)})`;
+  if (!m.restart) line += ` (${ratioOf(m).toFixed(2)})`;
   if (failed) line += ` [churn: ${c.errors} failed, ${c.unsent} unsent, ${c.abandoned} abandoned]`;
   if (m.hogBusy !== undefined) line += ` [busy loop: ${pct(m.hogBusy)} of CPU]`;
   const t = m.tracer;
@@ -758,9 +767,13 @@ const HEADER = [
   "Meets aims",
 ];
 
-function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, number>): string[] {
+function ratioOf(m: Measurement): number {
+  return m.churn.rate / (m.untracedRate ?? m.churn.rate);
+}
+
+function tableRow(name: string, ms: Measurement[]): string[] {
   const v = VARIANTS[name];
-  const ratio = median(ms.map((m) => m.churn.rate / baselineOf.get(m.rep)!));
+  const ratio = median(ms.map(ratioOf));
   const row = [
     v.label,
     String(ms.length),
@@ -811,13 +824,10 @@ function tableRow(name: string, ms: Measurement[], baselineOf: Map<number, numbe
 }
 
 function table(results: Measurement[], names: string[], skipped: Map<string, string>): string {
-  const baselineOf = new Map(
-    results.filter((m) => m.variant === "baseline").map((m) => [m.rep, m.churn.rate]),
-  );
   const rows = [HEADER];
   for (const name of names) {
     const ms = results.filter((m) => m.variant === name);
-    if (ms.length > 0) rows.push(tableRow(name, ms, baselineOf));
+    if (ms.length > 0) rows.push(tableRow(name, ms));
     if (skipped.has(name)) {
       const note = `${VARIANTS[name].label}: skipped, ${skipped.get(name)}`;
       rows.push([note, ...HEADER.slice(1).map(() => "")]);
@@ -873,11 +883,18 @@ function preflight(): void {
 async function main(): Promise<number> {
   const o = parseOptions();
   preflight();
-  if (o.bpfStats) {
-    const sysctl = "/proc/sys/kernel/bpf_stats_enabled";
-    const before = Deno.readTextFileSync(sysctl).trim();
-    Deno.writeTextFileSync(sysctl, "1");
-    live.add(() => Deno.writeTextFile(sysctl, before));
+  // Run-time stats add two clock reads to every BPF program run: on only when asked for. A run
+  // that ended without restoring them (killed) would otherwise slow every later one unseen.
+  const before = Deno.readTextFileSync(BPF_STATS_SYSCTL).trim();
+  const wanted = o.bpfStats ? "1" : "0";
+  if (before !== wanted) {
+    if (!o.bpfStats) {
+      log(
+        "kernel.bpf_stats_enabled was on (left by another run or tool): off for this run, then restored",
+      );
+    }
+    Deno.writeTextFileSync(BPF_STATS_SYSCTL, wanted);
+    live.add(() => Deno.writeTextFile(BPF_STATS_SYSCTL, before));
   }
   const skipped = new Map<string, string>();
   const commands = new Map<string, string>();
@@ -931,23 +948,32 @@ async function main(): Promise<number> {
 
   const results: Measurement[] = [];
   for (let rep = 1; rep <= o.reps; rep++) {
-    const todo = names.filter((n) => !skipped.has(n) && (!VARIANTS[n].once || rep === o.reps));
-    // Rotate the order each repetition: no tool always runs first or after another.
+    const todo = names.filter((n) =>
+      n !== "baseline" && !skipped.has(n) && (!VARIANTS[n].once || rep === o.reps)
+    );
+    // Rotate the order each repetition: no tool always runs first or after another. An untraced
+    // run comes before the first and after each: every measurement lies between two.
     const order = todo.map((_, i) => todo[(i + rep - 1) % todo.length]);
-    const repResults: Measurement[] = [];
+    let before = await measure(o, "baseline", rep, ctx);
+    const repResults: Measurement[] = [before];
     for (const name of order) {
+      let m: Measurement | undefined;
       try {
-        repResults.push(await measure(o, name, rep, ctx));
+        m = await measure(o, name, rep, ctx);
       } catch (err) {
         // The agent is what is measured; a comparison tool that fails is left out.
-        if (VARIANTS[name].tracer === "agent" || VARIANTS[name].tracer === "none") throw err;
+        if (VARIANTS[name].tracer === "agent") throw err;
         skipped.set(name, errorText(err).split("\n")[0]);
         log(`${VARIANTS[name].label} skipped from now on: ${errorText(err)}`);
+        continue;
       }
       await delay(200);
+      const after = await measure(o, "baseline", rep, ctx);
+      m.untracedRate = (before.churn.rate + after.churn.rate) / 2;
+      repResults.push(m, after);
+      before = after;
     }
-    const baseline = repResults.find((m) => m.variant === "baseline")!.churn.rate;
-    for (const m of repResults) log(describe(m, baseline));
+    for (const m of repResults) log(describe(m));
     results.push(...repResults);
   }
 
@@ -960,7 +986,7 @@ async function main(): Promise<number> {
   console.log(
     "Flows = local TCP sockets closed by the churn (2 per connection). " +
       "Complete = records of those sockets / flows. " +
-      "Ratio = conn/s / untraced conn/s of the same rep. " +
+      "Ratio = conn/s / the mean of the untraced runs just before and after it. " +
       "CPU = utime+stime of the tracer process (all threads) over the churn and its catch-up. " +
       "Drops: agent kernel drops, tcplife perf samples lost. " +
       (o.bpfStats

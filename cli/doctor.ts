@@ -19,7 +19,9 @@
 import { dirname } from "node:path";
 import { otherVersionCaptures, pinnedCaptures } from "../ffi/agent.ts";
 import {
+  BPF_STATS_SYSCTL,
   BPFFS_PATH,
+  bpfStatsEnabled,
   BTF_PATH,
   cgroup2Root,
   effectiveCapabilities,
@@ -84,6 +86,8 @@ export interface DoctorProbes {
   capabilities(): bigint;
   /** Soft RLIMIT_MEMLOCK in bytes, or "unlimited". */
   memlockLimit(): number | "unlimited";
+  /** Whether the kernel times every BPF program run (ffi/kernel_prereqs.ts). */
+  bpfStatsEnabled(): boolean;
   /** Loads libflowexporter.so and returns its path; throws NativeLoadError. */
   loadLibrary(): string;
   /** Whether an agent holds the instance lock. */
@@ -116,7 +120,7 @@ const DAY_MS = 86_400_000;
 export const DOCTOR_HELP = `Usage: flowexporter doctor [options]
 
 Checks this host for what the agent needs: kernel version and BTF, ring buffer, tracepoint,
-mounts, privileges, memlock, the native library, the instance lock, the identity certificate,
+mounts, privileges, memlock, BPF run-time stats, the native library, the instance lock, the identity certificate,
 the collector and the spool directory. Takes the same options as "run" and checks the set-up
 they describe. Exit status: 0 ready (warnings allowed), 1 a check failed, 2 invalid options.
 
@@ -145,6 +149,7 @@ export function hostProbes(): DoctorProbes {
       const soft = /^Max locked memory\s+(\S+)/m.exec(limits)?.[1] ?? "unlimited";
       return soft === "unlimited" ? soft : Number(soft);
     },
+    bpfStatsEnabled,
     loadLibrary: () => {
       openNative();
       return nativePath() ?? "";
@@ -273,6 +278,7 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
     () => checkMount(p, "bpf", BPFFS_PATH, `the identity maps are pinned under ${v.pinDir}`),
     () => checkPrivileges(p),
     () => checkMemlock(p, kernel),
+    () => checkBpfStats(p),
     () => checkLibrary(p),
     () => checkLock(p, v.lockFile, v.pinDir),
     () => checkCertificate(p, config),
@@ -511,6 +517,20 @@ function checkMemlock(p: DoctorProbes, kernel: Version): CheckResult {
     detail: `RLIMIT_MEMLOCK ${
       mib(limit)
     } and BPF maps count against it before Linux 5.11: loading may fail (set LimitMEMLOCK=infinity in the unit, or grant CAP_SYS_RESOURCE)`,
+  };
+}
+
+/** The agent's programs run about 20 times per connection: sock_ops 17, each destroy program twice. */
+function checkBpfStats(p: DoctorProbes): CheckResult {
+  const name = "bpf_stats";
+  if (!p.bpfStatsEnabled()) {
+    return { name, status: "pass", detail: "off: BPF programs run without being timed" };
+  }
+  return {
+    name,
+    status: "warn",
+    detail:
+      `${BPF_STATS_SYSCTL} is 1: the kernel times every BPF program run, the agent's 20 or so per connection too (write 0 to it once profiling is done)`,
   };
 }
 

@@ -18,6 +18,17 @@ export const BTF_PATH = "/sys/kernel/btf/vmlinux";
 export const TRACEFS_PATH = "/sys/kernel/tracing";
 /** The bpffs mount the identity maps are pinned under. */
 export const BPFFS_PATH = "/sys/fs/bpf";
+/** 1 while the kernel times every BPF program run (two clock reads more in each). */
+export const BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled";
+
+/** Whether the kernel times every BPF program run; false where the sysctl is missing (before 5.8). */
+export function bpfStatsEnabled(): boolean {
+  try {
+    return Deno.readTextFileSync(BPF_STATS_SYSCTL).trim() !== "0";
+  } catch {
+    return false;
+  }
+}
 
 const CAP_NET_ADMIN = 12n;
 const CAP_SYS_ADMIN = 21n;

@@ -61,6 +61,7 @@ function healthyHost(lines: string[]): Partial<DoctorProbes> {
       ]),
     capabilities: () => CAP_BPF | CAP_PERFMON | CAP_NET_ADMIN,
     memlockLimit: () => 8 << 20,
+    bpfStatsEnabled: () => false,
     loadLibrary: () => "/opt/flowexporter/libflowexporter.so",
     instanceLock: () => ({ held: false }),
     pinnedCaptures: () => [],
@@ -93,8 +94,19 @@ Deno.test("runDoctor() passes a healthy host and says it is ready", async () => 
   );
   assert.equal(
     lines.at(-1),
-    "flowexporter doctor: ready (18 passed, 0 warnings, 0 failed, 0 skipped)",
+    "flowexporter doctor: ready (19 passed, 0 warnings, 0 failed, 0 skipped)",
   );
+});
+
+Deno.test("runDoctor() warns, without failing, when the kernel times every BPF program run", async () => {
+  const lines: string[] = [];
+  const code = await runDoctor([], { ...healthyHost(lines), bpfStatsEnabled: () => true });
+  assert.equal(code, 0, lines.join("\n"));
+  assert.deepEqual(parseReport(lines).get("bpf_stats"), {
+    status: "warn",
+    detail:
+      "/proc/sys/kernel/bpf_stats_enabled is 1: the kernel times every BPF program run, the agent's 20 or so per connection too (write 0 to it once profiling is done)",
+  });
 });
 
 Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do", async () => {
