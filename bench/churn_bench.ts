@@ -4,12 +4,11 @@
  * order, the churn generator (build/churn) under the agent (JSON output, and
  * --output none), under Debian's tcplife-bpfcc and under a bare bpftrace
  * counter, each between two untraced runs; the agent with --perf-buffer runs
- * once. The restart
- * scenarios run the churn at a fixed rate while the agent is stopped (SIGTERM,
- * or SIGKILL) in the middle and started again at once on the same pinned
- * capture, spool and lock: the two agents' records together must hold every
- * flow once. With --hog a busy loop pinned to one CPU runs during every
- * measurement. Prints a table of figures and ratios.
+ * once. The restart scenarios run the churn at a fixed rate while the agent is
+ * stopped (SIGTERM, or SIGKILL) in the middle and started again at once on the
+ * same pinned capture, spool and lock: the two agents' records together must
+ * hold every flow once. With --hog a busy loop pinned to one CPU runs during
+ * every measurement. Prints a table of figures and ratios.
  *
  * Run as root: `make bench` (or `deno task bench`); `--help` lists the flags.
  *
