@@ -884,16 +884,16 @@ async function main(): Promise<number> {
   preflight();
   // Run-time stats add two clock reads to every BPF program run: on only when asked for. A run
   // that ended without restoring them (killed) would otherwise slow every later one unseen.
-  const before = Deno.readTextFileSync(BPF_STATS_SYSCTL).trim();
+  const statsBefore = Deno.readTextFileSync(BPF_STATS_SYSCTL).trim();
   const wanted = o.bpfStats ? "1" : "0";
-  if (before !== wanted) {
+  if (statsBefore !== wanted) {
     if (!o.bpfStats) {
       log(
         "kernel.bpf_stats_enabled was on (left by another run or tool): off for this run, then restored",
       );
     }
     Deno.writeTextFileSync(BPF_STATS_SYSCTL, wanted);
-    live.add(() => Deno.writeTextFile(BPF_STATS_SYSCTL, before));
+    live.add(() => Deno.writeTextFile(BPF_STATS_SYSCTL, statsBefore));
   }
   const skipped = new Map<string, string>();
   const commands = new Map<string, string>();

@@ -122,7 +122,8 @@ export const DOCTOR_HELP = `Usage: flowexporter doctor [options]
 Checks this host for what the agent needs: kernel version and BTF, ring buffer, tracepoint,
 mounts, privileges, memlock, BPF run-time stats, the native library, the instance lock, the
 identity certificate, the collector and the spool directory. Takes the same options as "run"
-and checks the set-up they describe. Exit status: 0 ready (warnings allowed), 1 a check failed, 2 invalid options.
+and checks the set-up they describe. Exit status: 0 ready (warnings allowed), 1 a check
+failed, 2 invalid options.
 
 ${OPTIONS_HELP}`;
 
