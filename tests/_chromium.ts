@@ -68,6 +68,9 @@ export class HeadlessChromium implements AsyncDisposable {
   /** Starts chromium with a new profile and connects to it. */
   static async launch(): Promise<HeadlessChromium> {
     const profile = await Deno.makeTempDir({ prefix: "flowexporter-chromium-" });
+    // Chromium's singleton socket goes under TMPDIR, which a kill never cleans: keep it in the profile.
+    const tmp = `${profile}/tmp`;
+    await Deno.mkdir(tmp);
     const child = new Deno.Command("setsid", {
       args: [
         CHROMIUM_PATH,
@@ -92,6 +95,7 @@ export class HeadlessChromium implements AsyncDisposable {
         "--proxy-server=127.0.0.1:9", // nothing listens there: only loopback, never proxied, is reached
         "about:blank",
       ],
+      env: { TMPDIR: tmp },
       stdin: "null",
       stdout: "null",
       stderr: "piped",
