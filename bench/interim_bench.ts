@@ -1,6 +1,7 @@
 /**
- * Interim-record benchmark: what one snapshot pass (Agent.snapshot(), the `snapshot_flows` TCP
- * socket iterator) costs the agent process with many open connections. For each size, the agent
+ * Interim-record and sweep benchmark: what one snapshot pass (Agent.snapshot(), the
+ * `snapshot_flows` TCP socket iterator) and one sweep pass (Agent.sweep(), `sweep_flows` over the
+ * flow states) cost the agent process with many open connections. For each size, the agent
  * is opened first (so sock_ops tracks every new socket), build/hold_connections opens that many
  * idle loopback connections (both ends on this host: two tracked sockets each) and holds them, and
  * the pass runs `--reps` times, alternating the kinds side by side:
@@ -9,6 +10,7 @@
  *   - `write`: minimum age 0, one interim record per tracked open socket;
  *   - `walk`: a minimum age no socket has, so the iterator walks and looks up every socket but
  *     writes nothing: the share of the pass that is the walk itself;
+ *   - `sweep`: a sweep pass, which checks every flow state's socket (all open: no record);
  *   - `idle`: no pass, a wait as long as the last `write` pass: the baseline of the process's
  *     CPU time and of the event loop's lateness on this host.
  * Per pass it measures the wall time, the process's CPU time (user + sys of every thread, from
@@ -45,7 +47,7 @@ Options:
 `;
 
 interface Pass {
-  kind: "ship" | "write" | "walk" | "idle";
+  kind: "ship" | "write" | "walk" | "sweep" | "idle";
   records: number;
   wallMs: number;
   cpuMs: number;
@@ -133,6 +135,8 @@ async function measurePass(
       : undefined;
     const records = kind === "idle"
       ? await new Promise<number>((resolve) => setTimeout(() => resolve(0), idleMs))
+      : kind === "sweep"
+      ? await agent.sweep()
       : await agent.snapshot(kind === "walk" ? NEVER : 0n, buffer, (chunk) => {
         bytes += chunk.length;
         if (batcher === undefined) return;
@@ -145,7 +149,8 @@ async function measurePass(
     batcher?.flush();
     const wallMs = performance.now() - t0;
     const cpu1 = cpuMicros();
-    if (bytes !== records * RECORD_SIZE) {
+    // A sweep's records go to the ring, not through the pass.
+    if (kind !== "sweep" && bytes !== records * RECORD_SIZE) {
       throw new Error(`A pass handed over ${bytes} bytes for ${records} records`);
     }
     return {
@@ -213,7 +218,9 @@ async function runSize(
     const buffer = new Uint8Array(options.chunk * RECORD_SIZE);
     await measurePass(agent, "ship", buffer); // warm-up: first touch of the buffer, JIT
     for (let rep = 0; rep < options.reps; rep++) {
-      const order: Pass["kind"][] = rep % 2 ? ["walk", "write", "ship"] : ["ship", "write", "walk"];
+      const order: Pass["kind"][] = rep % 2
+        ? ["sweep", "walk", "write", "ship"]
+        : ["ship", "write", "walk", "sweep"];
       for (const kind of order) passes.push(await measurePass(agent, kind, buffer));
       const written = passes.findLast((p) => p.kind === "write")!;
       passes.push(await measurePass(agent, "idle", buffer, written.wallMs));
@@ -229,7 +236,7 @@ async function runSize(
 }
 
 function report(connections: number, passes: Pass[]): void {
-  for (const kind of ["ship", "write", "walk", "idle"] as const) {
+  for (const kind of ["ship", "write", "walk", "sweep", "idle"] as const) {
     const mine = passes.filter((p) => p.kind === kind);
     const sockets = 2 * connections;
     const per1k = (x: number) => (x * 1000) / sockets;
@@ -279,7 +286,7 @@ async function main(): Promise<void> {
   const results: [number, Pass[]][] = [];
   for (const size of sizes) results.push([size, await runSize(size, options)]);
   console.log(
-    `\nOne snapshot pass: median / worst of ${options.reps} (sockets: both ends of each connection)\n`,
+    `\nOne snapshot or sweep pass: median / worst of ${options.reps} (sockets: both ends of each connection)\n`,
   );
   console.log(
     "| connections | sockets | pass | records | wall ms | wall ms per 1000 sockets | CPU ms per 1000 sockets | of which sys | event loop stall ms |",

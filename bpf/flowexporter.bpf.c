@@ -27,6 +27,10 @@
  *   - snapshot_flows, a TCP socket iterator the agent runs when it wants
  *     interim records: one per open socket it tracks, written to the
  *     iterator's file (never to the ring), off the per-event path.
+ *   - sweep_flows, a map iterator the agent runs now and then, which walks
+ *     `flows`: a socket whose close and destroy no program saw (the kernel
+ *     skipped them) left its state behind; the sweep finds the socket gone
+ *     and records it from its state (FE_FLAG_SWEPT).
  *
  * Per-socket state lives in `flows`, keyed by the socket cookie (never
  * reused within a boot). The maps, the buffer and the attachments are
@@ -69,6 +73,14 @@ bool state_tracepoint_detached = false;
 __u64 unfollowed_at_destroy = 0;
 /* snapshot_flows skips sockets younger than this; the shim sets it before each pass. */
 __u64 snapshot_min_age_ns = 0;
+/* Records sweep_flows made, and states of gone sockets whose record was out that it deleted. */
+__u64 swept = 0;
+__u64 swept_stale = 0;
+/* When sweep_flows' last pass and the one before began (0: none). */
+__u64 sweep_started_ns = 0;
+__u64 sweep_previous_ns = 0;
+/* The kernel ID of `flows`, set by the shim: sweep_flows finds the map by it. */
+__u32 flows_map_id = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -180,15 +192,6 @@ static __always_inline bool is_v4_mapped(const __u8 *a)
 	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
 }
 
-/* Local and remote endpoint of a socket; IPv4 stored as ::ffff:a.b.c.d. */
-struct endpoints {
-	__u8 local[16];
-	__u8 remote[16];
-	__u16 local_port;
-	__u16 remote_port;
-	__u8 family;
-};
-
 static __always_inline void map_v4(__u8 *dst, __be32 addr)
 {
 	__u32 *w = (__u32 *)dst;
@@ -199,7 +202,7 @@ static __always_inline void map_v4(__u8 *dst, __be32 addr)
 	w[3] = addr;
 }
 
-static __always_inline void read_endpoints(const struct sock *sk, struct endpoints *ep, bool direct)
+static __always_inline void read_endpoints(const struct sock *sk, struct fe_endpoints *ep, bool direct)
 {
 	const struct inet_sock *inet = (const struct inet_sock *)sk;
 	__u16 family = FE_READ(direct, sk, __sk_common.skc_family);
@@ -225,7 +228,7 @@ static __always_inline void read_endpoints(const struct sock *sk, struct endpoin
 }
 
 /* Resolution order: (IPv4, port) map, IP map, host identity, unknown. */
-static __always_inline __u8 resolve_workload(const struct endpoints *ep, struct fe_workload *out)
+static __always_inline __u8 resolve_workload(const struct fe_endpoints *ep, struct fe_workload *out)
 {
 	struct fe_workload *w = NULL;
 	__u8 source = FE_ID_UNKNOWN;
@@ -261,30 +264,32 @@ static __always_inline __u8 resolve_workload(const struct endpoints *ep, struct 
 /* Local port and address are final at ESTABLISHED: attribute the flow once, then. */
 static __always_inline void resolve_flow(const struct sock *sk, struct fe_sock_state *st)
 {
-	struct endpoints ep = {};
-
-	read_endpoints(sk, &ep, true);
-	st->identity_source = resolve_workload(&ep, &st->workload);
+	read_endpoints(sk, &st->ends, true);
+	st->identity_source = resolve_workload(&st->ends, &st->workload);
 	st->resolved = 1;
 }
 
 /*
- * Starts following a socket. With sk (the socket is established), the flow is
- * attributed too, before its state is inserted: one map operation, not an
- * insert and a lookup.
+ * Starts following a socket: its address and endpoints are kept for the
+ * sweep. With `resolve` (the socket is established), the flow is attributed
+ * too, before its state is inserted: one map operation, not an insert and a
+ * lookup.
  */
 static __always_inline void start_flow(const struct sock *sk, __u64 cookie, __u8 direction,
-				       __u8 flags)
+				       __u8 flags, bool resolve)
 {
 	struct fe_sock_state fresh = {
 		.t_start_ns = now_ns(),
 		.direction = direction,
 		.flags = flags,
+		.sk = (__u64)sk,
 	};
 	struct fe_sock_state *st;
 
-	if (sk)
+	if (resolve)
 		resolve_flow(sk, &fresh);
+	else
+		read_endpoints(sk, &fresh.ends, true);
 	/* BPF_NOEXIST: the other path, or the program being replaced, may have started it. */
 	if (!bpf_map_update_elem(&flows, &cookie, &fresh, BPF_NOEXIST))
 		return;
@@ -300,7 +305,7 @@ static __always_inline void start_flow(const struct sock *sk, __u64 cookie, __u8
 		 */
 		fresh.connection = st->connection + 1;
 		*st = fresh;
-	} else if (sk && !st->resolved) {
+	} else if (resolve && !st->resolved) {
 		resolve_flow(sk, st);
 	}
 }
@@ -314,7 +319,7 @@ static __always_inline void establish_flow(const struct sock *sk, __u64 cookie, 
 	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
 
 	if (!st)
-		start_flow(sk, cookie, direction, FE_FLAG_SEEDED);
+		start_flow(sk, cookie, direction, FE_FLAG_SEEDED, true);
 	else if (!st->resolved)
 		resolve_flow(sk, st);
 }
@@ -361,26 +366,21 @@ static __always_inline void fill_stats(struct fe_flow *rec, const struct sock *s
 }
 
 /*
- * Fills a record of the socket from its endpoints, its state (NULL: none)
- * and its counters now: the fields a close record and an interim record
- * share. `tcp_state` is the state the socket closed from, or is in at a
- * snapshot.
+ * Fills the fields of a record that come from the socket's endpoints and its
+ * state (NULL: none), t_end_ns set already. `tcp_state` is the state the
+ * socket closed from, or is in at a snapshot.
  */
-static __always_inline void fill_record(struct fe_flow *rec, const struct sock *sk, __u64 cookie,
-					const struct fe_sock_state *st, int tcp_state, __u8 flags,
-					bool direct)
+static __always_inline void fill_flow(struct fe_flow *rec, __u64 cookie,
+				      const struct fe_sock_state *st, const struct fe_endpoints *ep,
+				      int tcp_state, __u8 flags)
 {
-	struct endpoints ep = {};
-
-	read_endpoints(sk, &ep, direct);
-	rec->t_end_ns = now_ns();
 	rec->cookie = st ? cookie | (__u64)st->connection << FE_CONNECTION_SHIFT : cookie;
 	rec->close_state = tcp_state;
-	rec->family = ep.family;
-	rec->local_port = ep.local_port;
-	rec->remote_port = ep.remote_port;
-	__builtin_memcpy(rec->local_ip, ep.local, 16);
-	__builtin_memcpy(rec->remote_ip, ep.remote, 16);
+	rec->family = ep->family;
+	rec->local_port = ep->local_port;
+	rec->remote_port = ep->remote_port;
+	__builtin_memcpy(rec->local_ip, ep->local, 16);
+	__builtin_memcpy(rec->remote_ip, ep->remote, 16);
 	rec->_pad0 = 0;
 	__builtin_memset(rec->_pad1, 0, sizeof(rec->_pad1));
 	rec->lost = 0;
@@ -400,9 +400,43 @@ static __always_inline void fill_record(struct fe_flow *rec, const struct sock *
 		__builtin_memcpy(rec->workload_id, st->workload.id, FE_WORKLOAD_ID_LEN);
 	} else {
 		/* Never established (failed connect, or a handshake under way): attribute now. */
-		rec->identity_source = resolve_workload(&ep, (struct fe_workload *)rec->workload_id);
+		rec->identity_source = resolve_workload(ep, (struct fe_workload *)rec->workload_id);
 	}
+}
+
+/*
+ * Fills a record of the socket from its endpoints, its state (NULL: none)
+ * and its counters now: the fields a close record and an interim record
+ * share.
+ */
+static __always_inline void fill_record(struct fe_flow *rec, const struct sock *sk, __u64 cookie,
+					const struct fe_sock_state *st, int tcp_state, __u8 flags,
+					bool direct)
+{
+	struct fe_endpoints ep = {};
+
+	read_endpoints(sk, &ep, direct);
+	rec->t_end_ns = now_ns();
+	fill_flow(rec, cookie, st, &ep, tcp_state, flags);
 	fill_stats(rec, sk, direct);
+}
+
+/*
+ * Hands a record to the ring buffer. The reader is woken when this record
+ * takes the data waiting across a multiple of wakeup_bytes, not for every
+ * record past it: the data waits until the agent commits it, and each forced
+ * wakeup is an interrupt (a self-IPI; on a VM guest, an exit). A crossing
+ * missed in a race with another CPU is caught at the next one, or by the
+ * reader's timer.
+ */
+static __always_inline void submit_record(struct fe_flow *rec)
+{
+	__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 before = waiting - FE_RING_SPAN(sizeof(*rec));
+	bool crossed = waiting >= FE_RING_SPAN(sizeof(*rec)) &&
+		       waiting / wakeup_bytes != before / wakeup_bytes;
+
+	bpf_ringbuf_submit(rec, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /*
@@ -438,24 +472,10 @@ static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 co
 
 	fill_record(rec, sk, cookie, st, oldstate, path_flags, direct);
 
-	if (use_ringbuf) {
-		/*
-		 * Wake the reader when this record takes the data waiting across
-		 * a multiple of wakeup_bytes, not for every record past it: the
-		 * data waits until the agent commits it, and each forced wakeup
-		 * is an interrupt (a self-IPI; on a VM guest, an exit). A crossing
-		 * missed in a race with another CPU is caught at the next one, or
-		 * by the reader's timer.
-		 */
-		__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-		__u64 before = waiting - FE_RING_SPAN(sizeof(*rec));
-		bool crossed = waiting >= FE_RING_SPAN(sizeof(*rec)) &&
-			       waiting / wakeup_bytes != before / wakeup_bytes;
-
-		bpf_ringbuf_submit(rec, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-	} else if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, sizeof(*rec))) {
+	if (use_ringbuf)
+		submit_record(rec);
+	else if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, sizeof(*rec)))
 		count_drop(FE_DROP_OUTPUT);
-	}
 release:
 	if (depth)
 		(*depth)--;
@@ -463,7 +483,7 @@ mark:
 	if (st) {
 		st->emitted = 1;
 	} else {
-		struct fe_sock_state mark = { .emitted = 1 };
+		struct fe_sock_state mark = { .emitted = 1, .sk = (__u64)sk };
 
 		bpf_map_update_elem(&flows, &cookie, &mark, BPF_NOEXIST);
 	}
@@ -475,10 +495,10 @@ static __always_inline int handle_state(void *ctx, const struct sock *sk, int ol
 
 	switch (newstate) {
 	case TCP_SYN_SENT:
-		start_flow(NULL, cookie, FE_DIR_OUTBOUND, 0);
+		start_flow(sk, cookie, FE_DIR_OUTBOUND, 0, false);
 		break;
 	case TCP_SYN_RECV:
-		start_flow(NULL, cookie, FE_DIR_INBOUND, 0);
+		start_flow(sk, cookie, FE_DIR_INBOUND, 0, false);
 		break;
 	case TCP_ESTABLISHED:
 		establish_flow(sk, cookie,
@@ -612,7 +632,7 @@ int on_sockops(struct bpf_sock_ops *skops)
 
 	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		start_flow(NULL, cookie, FE_DIR_OUTBOUND, 0);
+		start_flow((const struct sock *)tp, cookie, FE_DIR_OUTBOUND, 0, false);
 		bpf_sock_ops_cb_flags_set(skops,
 					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
@@ -624,7 +644,7 @@ int on_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		/* The accepted socket was born in this handshake: never seeded. */
-		start_flow((const struct sock *)tp, cookie, FE_DIR_INBOUND, 0);
+		start_flow((const struct sock *)tp, cookie, FE_DIR_INBOUND, 0, true);
 		bpf_sock_ops_cb_flags_set(skops,
 					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
@@ -663,7 +683,6 @@ SEC("iter/tcp")
 int seed_flows(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
-	struct endpoints ep = {};
 	struct fe_sock_state st = {};
 	struct tcp_sock *tp;
 	__u64 cookie;
@@ -677,11 +696,11 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	st.t_start_ns = now_ns();
 	st.flags = FE_FLAG_SEEDED;
 	st.direction = state == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
-	if (state != TCP_SYN_SENT && state != TCP_SYN_RECV) {
-		read_endpoints((const struct sock *)tp, &ep, true);
-		st.identity_source = resolve_workload(&ep, &st.workload);
-		st.resolved = 1;
-	}
+	st.sk = (__u64)tp;
+	if (state != TCP_SYN_SENT && state != TCP_SYN_RECV)
+		resolve_flow((const struct sock *)tp, &st);
+	else
+		read_endpoints((const struct sock *)tp, &st.ends, true);
 	/* BPF_NOEXIST: the tracepoint may already have seen this socket. */
 	if (!bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST))
 		__sync_fetch_and_add(&seeded, 1);
@@ -758,6 +777,118 @@ int snapshot_flows(struct bpf_iter__tcp *ctx)
 		return 0;
 	fill_record(&rec, (const struct sock *)tp, cookie, st, state, FE_FLAG_INTERIM, true);
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
+
+/* The counters of a record whose socket could not be read: unknown, so zero. */
+static __always_inline void clear_stats(struct fe_flow *rec)
+{
+	rec->bytes_sent = 0;
+	rec->bytes_acked = 0;
+	rec->bytes_received = 0;
+	rec->bytes_retrans = 0;
+	rec->segs_out = 0;
+	rec->segs_in = 0;
+	rec->total_retrans = 0;
+	rec->srtt_us = 0;
+	rec->min_rtt_us = 0;
+	rec->delivered = 0;
+	rec->lost = 0;
+	rec->error = 0;
+}
+
+static __always_inline __u64 cookie_at(const struct sock *sk)
+{
+	/* A faulting read gives 0, which no socket that has a state holds. */
+	return BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+}
+
+/*
+ * The sweep: a state whose record is not out, whose socket is gone, had its
+ * close and destroy skipped by the kernel (no program ran for them). The
+ * socket is gone when its address no longer holds its cookie (freed, and
+ * perhaps another socket's now: a new socket's cookie is 0 or its own), or
+ * holds it in TCP_CLOSE: a close's programs mark `emitted` before the kernel
+ * stores the state, so TCP_CLOSE without the mark is a close no program saw.
+ *
+ * Its record (FE_FLAG_SWEPT, close state unknown) ends when the agent last
+ * saw the socket open: the previous pass, which found it open, or its start
+ * if later. The counters are read when the address still holds the socket
+ * (checked again after reading them), else left zero. The state goes: the
+ * delete is the claim, so that a destroy running now emits instead, not as
+ * well. A socket still there keeps a mark for its destroy to delete.
+ *
+ * A state whose record is out and whose socket is freed lost its destroy: it
+ * is deleted too. Nothing else deletes it in an LRU map that stays under its
+ * size.
+ */
+static long sweep_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_state *st,
+		       void *unused)
+{
+	struct fe_sock_state copy;
+	const struct sock *sk;
+	struct fe_flow *rec;
+	__u64 cookie;
+	bool intact;
+
+	if (!st->sk)
+		return 0;
+	cookie = *key;
+	sk = (const struct sock *)st->sk;
+	intact = cookie_at(sk) == cookie;
+	if (intact && BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_CLOSE)
+		return 0;
+	/* Copied after the socket was read: see the mark above. */
+	__builtin_memcpy(&copy, st, sizeof(copy));
+	if (copy.emitted) {
+		if (!intact && !bpf_map_delete_elem(&flows, &cookie))
+			__sync_fetch_and_add(&swept_stale, 1);
+		return 0;
+	}
+	/* The ring is full: the state stays for the next pass. */
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec)
+		return 0;
+	if (bpf_map_delete_elem(&flows, &cookie)) {
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	if (intact && !copy.resolved)
+		read_endpoints(sk, &copy.ends, false);
+	rec->t_end_ns = copy.t_start_ns > sweep_previous_ns ? copy.t_start_ns : sweep_previous_ns;
+	fill_flow(rec, cookie, &copy, &copy.ends, FE_STATE_UNKNOWN, FE_FLAG_SWEPT);
+	if (intact)
+		fill_stats(rec, sk, false);
+	if (!intact || cookie_at(sk) != cookie)
+		clear_stats(rec);
+	submit_record(rec);
+	__sync_fetch_and_add(&swept, 1);
+	if (intact) {
+		struct fe_sock_state mark = {
+			.emitted = 1,
+			.connection = copy.connection,
+			.sk = copy.sk,
+		};
+
+		bpf_map_update_elem(&flows, &cookie, &mark, BPF_NOEXIST);
+	}
+	return 0;
+}
+
+/*
+ * A walk over every map that stops at `flows` (a map element iterator would
+ * walk it alone, but some kernels' policies refuse to load one).
+ */
+SEC("iter/bpf_map")
+int sweep_flows(struct bpf_iter__bpf_map *ctx)
+{
+	struct bpf_map *map = ctx->map;
+
+	if (!map || map->id != flows_map_id)
+		return 0;
+	sweep_previous_ns = sweep_started_ns;
+	sweep_started_ns = now_ns();
+	bpf_for_each_map_elem(&flows, sweep_flow, NULL, 0);
 	return 0;
 }
 

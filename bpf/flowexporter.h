@@ -24,7 +24,7 @@
 #ifndef __FLOWEXPORTER_H
 #define __FLOWEXPORTER_H
 
-#define FE_FLOW_VERSION 3
+#define FE_FLOW_VERSION 4
 #define FE_MAPS_VERSION 1
 /*
  * Only the upgrade test defines it otherwise: its shim of another state
@@ -32,7 +32,7 @@
  * upgraded from.
  */
 #ifndef FE_STATE_VERSION
-#define FE_STATE_VERSION 1
+#define FE_STATE_VERSION 2
 #endif
 
 /*
@@ -78,6 +78,14 @@ enum fe_identity_source {
  * The socket's final record (without this flag) follows at close.
  */
 #define FE_FLAG_INTERIM (1 << 2)
+/*
+ * No program saw the socket's close or destroy: the sweep (sweep_flows)
+ * found its state with the socket gone. close_state is FE_STATE_UNKNOWN;
+ * t_end_ns is when the agent last saw it open (its start, or the sweep
+ * before); endpoints are the state's; counters and error are read from the
+ * socket's memory when the kernel has not reused it yet, else zero.
+ */
+#define FE_FLAG_SWEPT (1 << 3)
 
 /* Per-CPU counters in the `drops` map. */
 enum fe_drop_reason {
@@ -136,17 +144,26 @@ struct fe_workload {
 	char id[FE_WORKLOAD_ID_LEN];
 };
 
+/* A socket's endpoints, kept in its state; IPv4 as ::ffff:a.b.c.d. */
+struct fe_endpoints {
+	__u8 local[16];	      /* network order */
+	__u8 remote[16];      /* network order */
+	__u16 local_port;     /* host order */
+	__u16 remote_port;    /* host order */
+	__u8 family;	      /* FE_FAMILY_IPV4 or FE_FAMILY_IPV6 */
+	__u8 _pad[3];
+};
+
 /*
  * Value of the pinned `flows` map (key: socket cookie). `emitted` marks a
  * socket whose record is out: the other capture path, or an overlapping
  * program during an upgrade, sees it and does not emit again. The entry
- * goes when the socket is destroyed.
+ * goes when the socket is destroyed or, when no program saw that, at the
+ * next sweep (sweep_flows).
  *
  * `connection` counts the connections the socket had before this one: a
  * socket can connect() again after a failed connect or a disconnect
- * (connect(AF_UNSPEC)), and each connection is a flow of its own. It came
- * out of padding that every earlier program writes as zero, so states of
- * either version read the same in the other: FE_STATE_VERSION stays.
+ * (connect(AF_UNSPEC)), and each connection is a flow of its own.
  */
 struct fe_sock_state {
 	__u64 t_start_ns;
@@ -157,6 +174,13 @@ struct fe_sock_state {
 	__u8 emitted;
 	__u8 _pad;
 	__u16 connection;
+	/*
+	 * The socket's kernel address and its endpoints: the sweep finds a
+	 * socket gone when that address no longer holds its cookie (or holds
+	 * it closed), and records it from these endpoints.
+	 */
+	__u64 sk;
+	struct fe_endpoints ends;
 	struct fe_workload workload;
 };
 

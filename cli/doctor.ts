@@ -275,6 +275,7 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
     () => checkSockops(v, p, offers(Probe.sockops)),
     () => checkSeeding(v, offers(Probe.iterTcp), offers(Probe.sockopsFollow)),
     () => checkInterim(v, offers(Probe.iterTcp)),
+    () => checkSweep(v, offers(Probe.sweep), offers(Probe.ringbuf)),
     () => checkMount(p, "tracefs", TRACEFS_PATH, "the classic destroy tracepoint needs it"),
     () => checkMount(p, "bpf", BPFFS_PATH, `the identity maps are pinned under ${v.pinDir}`),
     () => checkPrivileges(p),
@@ -456,6 +457,33 @@ function checkInterim(v: Config, iterTcp: Offer): CheckResult {
     detail: `${
       iterTcp === false ? "no TCP socket iterator (Linux 5.9+)" : cannotTell(iterTcp)
     }: long-lived connections get no interim records, only their record at close`,
+  };
+}
+
+function checkSweep(v: Config, sweep: Offer, ringbuf: Offer): CheckResult {
+  const name = "sweep";
+  if (v.perfBuffer || ringbuf === false) {
+    return {
+      name,
+      status: "warn",
+      detail:
+        "no sweep with the perf buffer: a close and destroy the kernel runs no program for loses its record",
+    };
+  }
+  if (sweep === true) {
+    return {
+      name,
+      status: "pass",
+      detail:
+        "a socket whose close and destroy the kernel ran no program for is recorded by the sweep (map iterator)",
+    };
+  }
+  return {
+    name,
+    status: "warn",
+    detail: `${
+      sweep === false ? "no map walk from an iterator (Linux 5.13+)" : cannotTell(sweep)
+    }: a close and destroy the kernel runs no program for loses its record`,
   };
 }
 

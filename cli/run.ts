@@ -18,6 +18,7 @@ import { Intake } from "../lib/intake.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
 import { InterimSnapshots } from "../lib/interim.ts";
 import { UnfollowedWatch } from "../lib/unfollowed_watch.ts";
+import { Sweeps } from "../lib/sweeps.ts";
 import { RecordFanout } from "../lib/fanout.ts";
 import { Log } from "../lib/log.ts";
 import { type AgentMetrics, agentMetrics, MetricsRegistry } from "../lib/metrics.ts";
@@ -243,6 +244,7 @@ function wireMetrics(capture: Capture, shipper: Shipper): {
     metrics.recursionMisses.setTotal(Number(s.recursionMisses));
     metrics.stateTracepointAttached.set(s.stateTracepoint ? 1 : 0);
     metrics.unfollowedAtDestroy.setTotal(Number(s.unfollowedAtDestroy));
+    metrics.flowsSwept.setTotal(Number(s.swept));
     const ship = shipper.stats();
     metrics.batchesSent.setTotal(ship.batchesSent);
     metrics.batchesFailed.setTotal(ship.batchesFailed);
@@ -502,6 +504,24 @@ export async function run(v: Config): Promise<number> {
       metrics,
       log,
     );
+    // Declared after the source, so disposed before it: the last pass's records are drained.
+    let sweepFailing = false;
+    await using _sweeps = new Sweeps({
+      sweep: async () => {
+        const records = await agent.sweep();
+        if (sweepFailing) log.info("The flow states are swept again");
+        sweepFailing = false;
+        return records;
+      },
+      onSwept: (records) =>
+        log.warn(
+          `recorded ${records} closed sockets whose close and destroy the kernel ran no program for (close_seen_by sweep)`,
+        ),
+      onError: (error) => {
+        if (!sweepFailing) log.warn(`${error.message} (the next sweep tries again)`);
+        sweepFailing = true;
+      },
+    });
     await stopped;
   }
   const shipped = await shipper.close(v.shutdownDeadline);
@@ -514,8 +534,8 @@ export async function run(v: Config): Promise<number> {
         ? ` (and ${unreported} since the last batch, for the next start to report)`
         : ""
     }, ` +
-      `recursion misses ${end.recursionMisses}, recovered at destroy ${metrics.flowsRecovered.get()} ` +
-      `(${end.unfollowedAtDestroy} of them nobody followed), ` +
+      `recursion misses ${end.recursionMisses}, recovered at destroy or by the sweep ${metrics.flowsRecovered.get()} ` +
+      `(${end.unfollowedAtDestroy} of them nobody followed, ${end.swept} swept), ` +
       `batches sent ${shipped.batchesSent}, spooled unsent ${shipped.spoolFiles}, ` +
       // Records that came after the last drain: the pinned ring keeps them for the next start.
       `left in the ring ${end.ring.waiting})`,

@@ -40,7 +40,7 @@
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 5
+#define FE_ABI_VERSION 6
 
 /*
  * The record layout lib/decode.ts reads. A change here fails the build until
@@ -60,8 +60,10 @@
 FE_FLOW_FIELDS(FE_ASSERT_OFFSET)
 _Static_assert(sizeof(struct fe_flow) == 264,
 	       "struct fe_flow changed: bump FE_FLOW_VERSION and update lib/decode.ts");
-_Static_assert(FE_FLOW_VERSION == 3, "update lib/decode.ts with the record version");
+_Static_assert(FE_FLOW_VERSION == 4, "update lib/decode.ts with the record version");
 _Static_assert(sizeof(struct fe_port_key) == 8, "struct fe_port_key is a pinned-map contract");
+_Static_assert(sizeof(struct fe_sock_state) == 192,
+	       "struct fe_sock_state is a pinned-map contract: bump FE_STATE_VERSION");
 _Static_assert(sizeof(struct fe_workload) == FE_WORKLOAD_ID_LEN,
 	       "struct fe_workload is a pinned-map contract");
 
@@ -89,6 +91,8 @@ enum fe_stat {
 	FE_STAT_STATE_TRACEPOINT, /* 1 while the state tracepoint is attached (closes sock_ops misses) */
 	FE_STAT_UNFOLLOWED,	  /* open sockets sock_ops does not follow at the last check, or -1 */
 	FE_STAT_UNFOLLOWED_AT_DESTROY, /* sockets nobody followed, recorded at their destroy */
+	FE_STAT_SWEPT,		  /* sockets whose close no program saw, recorded by the sweep */
+	FE_STAT_SWEPT_STALE,	  /* states of freed sockets whose destroy no program saw, deleted */
 	FE_STAT_COUNT,
 };
 
@@ -372,6 +376,8 @@ static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_na
  * sockets nobody asked them for (bpf_sock_from_file, 5.11).
  */
 #define FE_PROBE_SOCKOPS_FOLLOW (1u << 6)
+/* A map iterator may walk a map (bpf_for_each_map_elem, 5.13): the sweep. */
+#define FE_PROBE_SWEEP (1u << 7)
 
 static uint32_t probe(const struct btf *vmlinux)
 {
@@ -396,6 +402,9 @@ static uint32_t probe(const struct btf *vmlinux)
 	    kernel_has_type(vmlinux, "bpf_iter__task_file", BTF_KIND_STRUCT) &&
 	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_sock_from_file"))
 		p |= FE_PROBE_SOCKOPS_FOLLOW;
+	if (kernel_has_type(vmlinux, "bpf_iter__bpf_map", BTF_KIND_STRUCT) &&
+	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_for_each_map_elem"))
+		p |= FE_PROBE_SWEEP;
 	return p;
 }
 
@@ -523,6 +532,8 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 	bpf_program__set_autoload(a->skel->progs.on_sockops, a->sockops);
 	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
 	bpf_program__set_autoload(a->skel->progs.snapshot_flows, a->iter_tcp);
+	/* The sweep writes to the ring only. */
+	bpf_program__set_autoload(a->skel->progs.sweep_flows, (probed & FE_PROBE_SWEEP) && !perf);
 	bpf_program__set_autoload(a->skel->progs.count_unfollowed, a->follow_seeded);
 	/* Pinned maps outlive the process: the next agent reuses them, and what they hold. */
 	if (!(options & FE_OPT_NO_PIN)) {
@@ -1072,6 +1083,30 @@ FE_API int64_t fe_follow_check(struct fe_agent *a)
 	return follow_check(a);
 }
 
+/*
+ * Runs a sweep pass (sweep_flows): the sockets whose close and destroy no
+ * program saw are recorded into the ring from the states they left in
+ * `flows`. The agent calls it now and then. Returns the records it made, or
+ * -errno: -EOPNOTSUPP without a sweep (perf buffer, or no map iterator).
+ */
+FE_API int64_t fe_sweep(struct fe_agent *a)
+{
+	struct bpf_map_info info = {};
+	uint32_t len = sizeof(info);
+	uint64_t before = a->skel->bss->swept;
+	int err;
+
+	if (!bpf_program__autoload(a->skel->progs.sweep_flows))
+		return -EOPNOTSUPP;
+	if (bpf_obj_get_info_by_fd(bpf_map__fd(a->skel->maps.flows), &info, &len))
+		return fail(-errno, "sweep the flow states: map info");
+	a->skel->bss->flows_map_id = info.id;
+	err = run_iterator(a->skel->progs.sweep_flows);
+	if (err < 0)
+		return fail(err, "sweep the flow states");
+	return (int64_t)(a->skel->bss->swept - before);
+}
+
 /* Fills out[0..n) with FE_STAT_* values; returns how many it filled. */
 FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 {
@@ -1097,6 +1132,8 @@ FE_API int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
 	s[FE_STAT_STATE_TRACEPOINT] = a->skel->links.on_state_btf ? 1 : 0;
 	s[FE_STAT_UNFOLLOWED] = (uint64_t)a->unfollowed;
 	s[FE_STAT_UNFOLLOWED_AT_DESTROY] = a->skel->bss->unfollowed_at_destroy;
+	s[FE_STAT_SWEPT] = a->skel->bss->swept;
+	s[FE_STAT_SWEPT_STALE] = a->skel->bss->swept_stale;
 	if (n > FE_STAT_COUNT)
 		n = FE_STAT_COUNT;
 	memcpy(out, s, n * sizeof(*out));

@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -52,6 +52,8 @@ export const SYMBOLS = {
   // int64_t fe_follow_check(struct fe_agent *a)  [blocks: walks every task's descriptors, about
   //   7 ms per 10 000 sockets (docs/benchmarks.md)]
   fe_follow_check: { parameters: ["pointer"], result: "i64", nonblocking: true },
+  // int64_t fe_sweep(struct fe_agent *a)  [blocks: walks the flow states]
+  fe_sweep: { parameters: ["pointer"], result: "i64", nonblocking: true },
   // int fe_stats(struct fe_agent *a, uint64_t *out, uint32_t n)
   fe_stats: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // int fe_map_fd(struct fe_agent *a, const char *name)
@@ -139,7 +141,9 @@ export const Stat = {
   stateTracepoint: 13,
   unfollowed: 14,
   unfollowedAtDestroy: 15,
-  count: 16,
+  swept: 16,
+  sweptStale: 17,
+  count: 18,
 } as const;
 
 /** fe_retiring_stats() indices. */
@@ -160,6 +164,7 @@ export const Probe = {
   iterTcp: 1 << 4,
   sockops: 1 << 5,
   sockopsFollow: 1 << 6,
+  sweep: 1 << 7,
 } as const;
 
 /** Raised when the shared object cannot be found, loaded or is of another ABI. */

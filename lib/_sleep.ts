@@ -1,8 +1,17 @@
 /**
- * Timers that an AbortSignal can cut short.
+ * Timers that an AbortSignal can cut short, and timers that return what cancels them.
  *
  * @module
  */
+
+/** Runs `fn` after `ms`, and returns what cancels it (tests pass their own, to fire at will). */
+export type SetTimer = (fn: () => void, ms: number) => () => void;
+
+/** {@linkcode SetTimer} on `setTimeout`. */
+export function setTimer(fn: () => void, ms: number): () => void {
+  const timer = setTimeout(fn, ms);
+  return () => clearTimeout(timer);
+}
 
 /**
  * Waits `ms`, or less if `signal` aborts first.

@@ -20,7 +20,7 @@ import {
 export const RECORD_SIZE = 264;
 
 /** `FE_FLOW_VERSION` of the layout below; the agent refuses a library of another version. */
-export const RECORD_VERSION = 3;
+export const RECORD_VERSION = 4;
 
 /**
  * Byte offsets of `struct fe_flow` (host byte order: little endian on x86_64 and aarch64), in
@@ -66,6 +66,11 @@ export const FLAG_SOCKOPS = 2;
  * `close_state` the socket's state then; the counters are cumulative. Its final record follows.
  */
 export const FLAG_INTERIM = 4;
+/**
+ * No program saw the close or the destroy: the sweep found the socket gone. `t_end_ns` is when the
+ * agent last saw it open; the counters are zero when the kernel had reused its memory.
+ */
+export const FLAG_SWEPT = 8;
 
 const ECONNRESET = 104;
 const ETIMEDOUT = 110;
@@ -120,6 +125,7 @@ export function recordEnd(flags: number, closeState: string, error: number): Flo
 export function recordCloseSeenBy(flags: number, closeState: string): CloseSeenBy | undefined {
   if ((flags & FLAG_INTERIM) !== 0) return undefined;
   if ((flags & FLAG_SOCKOPS) !== 0) return "sock_ops";
+  if ((flags & FLAG_SWEPT) !== 0) return "sweep";
   return closeState === "UNKNOWN" ? "destroy" : "tracepoint";
 }
 

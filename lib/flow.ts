@@ -86,12 +86,14 @@ export type RecordKind = typeof RECORD_KINDS[number];
 /**
  * Which kernel program saw the close: `sock_ops` (the primary path, never skipped), `tracepoint`
  * (sockets sock_ops does not follow: seeded ones, or all of them without cgroup v2), `destroy`
- * (no program saw the close; the record was made when the socket was destroyed).
+ * (no program saw the close; the record was made when the socket was destroyed), `sweep` (no
+ * program saw the close or the destroy; the agent's sweep found the socket gone, and the record
+ * ends when the agent last saw it open).
  */
 export type CloseSeenBy = typeof CLOSE_SEEN_BY[number];
 
 /** The values of {@linkcode CloseSeenBy}. */
-export const CLOSE_SEEN_BY = ["sock_ops", "tracepoint", "destroy"] as const;
+export const CLOSE_SEEN_BY = ["sock_ops", "tracepoint", "destroy", "sweep"] as const;
 
 /**
  * One TCP socket: closed (a `final` record) or still open (an `interim` one). Times are

@@ -58,7 +58,7 @@ export const FLOW_FIELDS: readonly FlowField[] = [
     wire: true,
     column: "t_end_ns",
     meaning:
-      "wall clock of the close, ns since the Unix epoch; of the snapshot, for an interim record",
+      "wall clock of the close, ns since the Unix epoch; of the snapshot, for an interim record; when the agent last saw the socket open, for a record its sweep made (`close_seen_by` `sweep`)",
   },
   {
     name: "duration_ms",
@@ -160,7 +160,7 @@ export const FLOW_FIELDS: readonly FlowField[] = [
     record: ["flags", "close_state"],
     wire: false,
     meaning:
-      "the program that saw the close: `sock_ops` (the primary path), `tracepoint` (open before the agent and not followed by sock_ops, or no cgroup v2), `destroy` (made at destroy: no program saw the close)",
+      "the program that saw the close: `sock_ops` (the primary path), `tracepoint` (open before the agent and not followed by sock_ops, or no cgroup v2), `destroy` (made at destroy: no program saw the close), `sweep` (no program saw the close or the destroy: the agent's sweep found the socket gone; `t_end_ns` is when the agent last saw it open, and the counters are zero when the kernel had reused the socket's memory)",
   },
   {
     name: "bytes_sent",

@@ -304,6 +304,7 @@ export interface AgentMetrics {
   flowsRecovered: Counter;
   /** Of those, sockets nobody followed (orphans open since before the capture). */
   unfollowedAtDestroy: Counter;
+  flowsSwept: Counter;
   /** Interim records: snapshots of open sockets at window ends. */
   interimRecords: Counter;
   /** Duration of the latest interim pass, seconds. */
@@ -358,7 +359,7 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
   );
   const flowsRecovered = counter(
     "flows_recovered_total",
-    "Flow records made when the socket was destroyed: the kernel skipped its close run, or nobody followed the socket.",
+    "Flow records made when the socket was destroyed (the kernel skipped its close run, or nobody followed the socket) or by the sweep.",
   );
   const recordsByIdentitySource = counter(
     "records_by_identity_source_total",
@@ -376,6 +377,10 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     unfollowedAtDestroy: counter(
       "unfollowed_at_destroy_total",
       "Sockets nobody followed (orphans open since before the capture) recorded at their destroy.",
+    ),
+    flowsSwept: counter(
+      "flows_swept_total",
+      "Flow records the sweep made: sockets whose close and destroy the kernel ran no program for.",
     ),
     interimRecords: counter(
       "interim_records_total",

@@ -22,6 +22,8 @@
  * @module
  */
 
+import { type SetTimer, setTimer } from "./_sleep.ts";
+
 /** Options of {@linkcode UnfollowedWatch}. */
 export interface UnfollowedWatchOptions {
   /** The capture: whether the tracepoint is attached, the last count, and a new count. */
@@ -38,12 +40,7 @@ export interface UnfollowedWatchOptions {
   /** The longest delay between counts, ms (default an hour). */
   maxDelayMs?: number;
   /** Runs `fn` after `ms`, and returns what cancels it (default `setTimeout`; tests pass theirs). */
-  setTimer?: (fn: () => void, ms: number) => () => void;
-}
-
-function setTimer(fn: () => void, ms: number): () => void {
-  const timer = setTimeout(fn, ms);
-  return () => clearTimeout(timer);
+  setTimer?: SetTimer;
 }
 
 /** Counts the unfollowed sockets again, less and less often, until none is left. */

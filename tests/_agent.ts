@@ -27,7 +27,8 @@ export function canFollowSeeded(): boolean {
 
 /**
  * The counters of a stopped agent's stop line: records, kernel drops, recursion misses, records
- * made at destroy, and how many of those were of sockets nobody followed.
+ * made at destroy or by the sweep, and how many of those were of sockets nobody followed, and
+ * swept.
  */
 export function stopLine(agent: AgentProcess): {
   records: number;
@@ -35,14 +36,15 @@ export function stopLine(agent: AgentProcess): {
   misses: number;
   recovered: number;
   unfollowed: number;
+  swept: number;
 } {
   const text = agent.stderrLines.join("\n");
   const m =
-    /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+), recovered at destroy (\d+) \((\d+) of them nobody followed\)/
+    /stopped \(records (\d+), kernel drops (\d+), recursion misses (\d+), recovered at destroy or by the sweep (\d+) \((\d+) of them nobody followed, (\d+) swept\)/
       .exec(text);
   if (!m) throw new Error(`No stop line with records, drops, misses and recoveries:\n${text}`);
-  const [records, drops, misses, recovered, unfollowed] = m.slice(1).map(Number);
-  return { records, drops, misses, recovered, unfollowed };
+  const [records, drops, misses, recovered, unfollowed, swept] = m.slice(1).map(Number);
+  return { records, drops, misses, recovered, unfollowed, swept };
 }
 
 /** A running agent and the records it printed so far. */
@@ -237,6 +239,11 @@ export async function setIp(pinDir: string, ip: string, workload: string): Promi
 /** Resolves after `ms` milliseconds. */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The capture directory an agent of this build pins under `pinDir`. */
+export function captureDir(pinDir: string): string {
+  return `${pinDir}/capture-v${openNative().fe_state_version()}`;
 }
 
 /** Matches the record of the local socket with this local and remote port. */

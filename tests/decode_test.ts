@@ -7,6 +7,7 @@ import {
   FLAG_INTERIM,
   FLAG_SEEDED,
   FLAG_SOCKOPS,
+  FLAG_SWEPT,
   flowEnd,
   RECORD_OFFSETS,
   RECORD_SIZE,
@@ -46,6 +47,7 @@ Deno.test("the decoder's flag bits and record version are the shared header's", 
     SEEDED: FLAG_SEEDED,
     SOCKOPS: FLAG_SOCKOPS,
     INTERIM: FLAG_INTERIM,
+    SWEPT: FLAG_SWEPT,
   });
   assert.equal(headerDefines("FE_FLOW_").VERSION, RECORD_VERSION);
 });
@@ -206,4 +208,5 @@ Deno.test("decodeFlow() names the program that saw the close", () => {
   assert.equal(seenBy({ flags: 3 }), "sock_ops");
   assert.equal(seenBy({ closeState: 0 }), "destroy");
   assert.equal(seenBy({ closeState: 7 }), "tracepoint");
+  assert.equal(seenBy({ flags: 8 }), "sweep");
 });

@@ -94,7 +94,7 @@ Deno.test("runDoctor() passes a healthy host and says it is ready", async () => 
   );
   assert.equal(
     lines.at(-1),
-    "flowexporter doctor: ready (19 passed, 0 warnings, 0 failed, 0 skipped)",
+    "flowexporter doctor: ready (20 passed, 0 warnings, 0 failed, 0 skipped)",
   );
 });
 
@@ -153,6 +153,7 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
     sock_ops: ["warn", /^no cgroup v2 mounted: tracepoints alone capture/],
     seeding: ["warn", /^cannot tell \(the native library .*\): sockets already open/],
     interim: ["warn", /^cannot tell \(the native library .*\): long-lived connections get no/],
+    sweep: ["warn", /^cannot tell \(the native library .*\): a close and destroy the kernel runs/],
     tracefs: [
       "warn",
       /the agent mounts it at start \(or run: mount -t tracefs nodev \/sys\/kernel\/tracing\)/,
@@ -175,7 +176,7 @@ Deno.test("runDoctor() fails a host that cannot run the agent, saying what to do
   }
   assert.match(
     lines.at(-1)!,
-    /^flowexporter doctor: not ready \(\d+ passed, 9 warnings, 6 failed, 1 skipped\)$/,
+    /^flowexporter doctor: not ready \(\d+ passed, 10 warnings, 6 failed, 1 skipped\)$/,
   );
 });
 
@@ -204,6 +205,7 @@ Deno.test("runDoctor() reports what the shim's probe found, as the agent would a
     assert.equal(code, 0);
     assert.equal(r.get("ringbuf")?.status, "warn");
     assert.match(r.get("ringbuf")!.detail, /^no BPF ring buffer \(Linux 5\.8\+\): the agent falls/);
+    assert.match(r.get("sweep")!.detail, /^no sweep with the perf buffer/);
   });
   await t.step("no bpf_ktime_get_boot_ns: CLOCK_MONOTONIC", async () => {
     const { report: r } = await report({ probe: probeWithout(Probe.bootNs) });
@@ -214,6 +216,14 @@ Deno.test("runDoctor() reports what the shim's probe found, as the agent would a
     assert.match(r.get("seeding")!.detail, /^no TCP socket iterator \(Linux 5\.9\+\)/);
     assert.equal(r.get("interim")?.status, "warn");
     assert.match(r.get("interim")!.detail, /^no TCP socket iterator \(Linux 5\.9\+\): long-lived/);
+  });
+  await t.step("no map walk from an iterator: no sweep", async () => {
+    const { report: r } = await report({ probe: probeWithout(Probe.sweep) });
+    assert.equal(r.get("sweep")?.status, "warn");
+    assert.match(
+      r.get("sweep")!.detail,
+      /^no map walk from an iterator \(Linux 5\.13\+\): a close/,
+    );
   });
   await t.step("no kernel BTF: nothing can be told, and BTF itself fails", async () => {
     const { code, report: r } = await report({

@@ -7,9 +7,15 @@
  */
 import assert from "node:assert/strict";
 import { Agent } from "../ffi/agent.ts";
-import { openNative } from "../ffi/symbols.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { AgentProcess, canFollowSeeded, kernelTest, socketRecord, stopLine } from "./_agent.ts";
+import {
+  AgentProcess,
+  canFollowSeeded,
+  captureDir,
+  kernelTest,
+  socketRecord,
+  stopLine,
+} from "./_agent.ts";
 
 /**
  * Holds a loopback connection in its network namespace: prints "ready", connects at the first
@@ -238,7 +244,7 @@ kernelTest(
       }
       if (!agent.stats().stateTracepoint) {
         assert.equal(await agent.followCheck(), 0, "once detached, it stays so");
-        const capture = `${pinDir}/capture-v${openNative().fe_state_version()}`;
+        const capture = captureDir(pinDir);
         const link = await Deno.stat(`${capture}/link_state`).catch(() => undefined);
         assert.equal(link, undefined, "its pinned link is gone");
       }

@@ -1,0 +1,127 @@
+/**
+ * Sweeps against a fake sweep and timers of the test's own: a pass at start, then one per
+ * interval; a failed pass does not stop the next; a kernel without a sweep stops them; disposal
+ * waits for a pass under way, runs a last one, and schedules no more.
+ */
+import assert from "node:assert/strict";
+import { SWEEP_INTERVAL_MS, Sweeps } from "../lib/sweeps.ts";
+
+/** Timers that fire when the test says: the delays asked for, and the callback pending. */
+function manualTimers() {
+  const delays: number[] = [];
+  let pending: (() => void) | undefined;
+  return {
+    setTimer: (fn: () => void, ms: number) => {
+      delays.push(ms);
+      pending = fn;
+      return () => pending = undefined;
+    },
+    delays,
+    /** Fires the pending timer, then lets the pass it starts settle. */
+    fire: async () => {
+      const fn = pending;
+      pending = undefined;
+      assert.ok(fn, "a pass is scheduled");
+      fn();
+      await settle();
+    },
+    pending: () => pending !== undefined,
+  };
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+}
+
+/** A sweep whose passes resolve (or throw) in turn; counts its calls. */
+function fakeSweep(...results: (number | Error)[]) {
+  let calls = 0;
+  return {
+    calls: () => calls,
+    sweep: () => {
+      const r = results[calls++];
+      return r instanceof Error ? Promise.reject(r) : Promise.resolve(r);
+    },
+  };
+}
+
+Deno.test("sweeps at start, then once per interval, reporting the passes that recorded", async () => {
+  const fake = fakeSweep(0, 3, 0, 2, 0);
+  const clock = manualTimers();
+  const swept: number[] = [];
+  await using _sweeps = new Sweeps({
+    sweep: fake.sweep,
+    onSwept: (n) => swept.push(n),
+    onError: (error) => assert.fail(error.message),
+    setTimer: clock.setTimer,
+  });
+  await settle();
+  assert.equal(fake.calls(), 1, "the first pass runs at start");
+  for (let i = 0; i < 3; i++) await clock.fire();
+  assert.equal(fake.calls(), 4);
+  assert.deepEqual(swept, [3, 2], "only passes that recorded are reported");
+  assert.deepEqual(clock.delays, Array(4).fill(SWEEP_INTERVAL_MS));
+});
+
+Deno.test("a failed pass is reported and the next one runs all the same", async () => {
+  const fake = fakeSweep(new Error("Cannot sweep the flow states: boom"), 1, 0);
+  const clock = manualTimers();
+  const errors: string[] = [];
+  const swept: number[] = [];
+  await using _sweeps = new Sweeps({
+    sweep: fake.sweep,
+    onSwept: (n) => swept.push(n),
+    onError: (error) => errors.push(error.message),
+    setTimer: clock.setTimer,
+    intervalMs: 250,
+  });
+  await settle();
+  assert.deepEqual(errors, ["Cannot sweep the flow states: boom"]);
+  await clock.fire();
+  assert.deepEqual(swept, [1]);
+  assert.deepEqual(clock.delays, [250, 250]);
+});
+
+Deno.test("a kernel without a sweep stops the passes", async () => {
+  const fake = fakeSweep(-1);
+  const clock = manualTimers();
+  await using _sweeps = new Sweeps({
+    sweep: fake.sweep,
+    onSwept: () => assert.fail("nothing swept"),
+    onError: (error) => assert.fail(error.message),
+    setTimer: clock.setTimer,
+  });
+  await settle();
+  assert.equal(fake.calls(), 1);
+  assert.equal(clock.pending(), false, "no pass scheduled");
+  await _sweeps[Symbol.asyncDispose]();
+  assert.equal(fake.calls(), 1, "no last pass either");
+});
+
+Deno.test("disposal waits for the pass under way, runs a last one, and schedules no more", async () => {
+  let finish = (_n: number) => {};
+  let calls = 0;
+  const swept: number[] = [];
+  const clock = manualTimers();
+  const sweeps = new Sweeps({
+    sweep: () => {
+      calls++;
+      return new Promise((resolve) => finish = resolve);
+    },
+    onSwept: (n) => swept.push(n),
+    onError: (error) => assert.fail(error.message),
+    setTimer: clock.setTimer,
+  });
+  let disposed = false;
+  const disposing = sweeps[Symbol.asyncDispose]().then(() => disposed = true);
+  await settle();
+  assert.equal(disposed, false, "waits for the pass");
+  finish(0);
+  await settle();
+  assert.equal(calls, 2, "the last pass runs once the one under way ended");
+  assert.equal(disposed, false, "waits for the last pass");
+  finish(2);
+  await disposing;
+  assert.deepEqual(swept, [2], "the last pass reports what it recorded");
+  assert.equal(clock.pending(), false, "no pass scheduled after disposal");
+});
