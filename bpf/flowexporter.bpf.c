@@ -780,20 +780,19 @@ int snapshot_flows(struct bpf_iter__tcp *ctx)
 	return 0;
 }
 
-/* The counters of a record whose socket could not be read: unknown, so zero. */
+/*
+ * The counters of a record whose socket could not be read: unknown, so zero.
+ * They are two runs of the layout (bytes_sent up to the cookie, segs_out up
+ * to the padding after lost) and the error.
+ */
 static __always_inline void clear_stats(struct fe_flow *rec)
 {
-	rec->bytes_sent = 0;
-	rec->bytes_acked = 0;
-	rec->bytes_received = 0;
-	rec->bytes_retrans = 0;
-	rec->segs_out = 0;
-	rec->segs_in = 0;
-	rec->total_retrans = 0;
-	rec->srtt_us = 0;
-	rec->min_rtt_us = 0;
-	rec->delivered = 0;
-	rec->lost = 0;
+	__builtin_memset(&rec->bytes_sent, 0,
+			 __builtin_offsetof(struct fe_flow, cookie) -
+				 __builtin_offsetof(struct fe_flow, bytes_sent));
+	__builtin_memset(&rec->segs_out, 0,
+			 __builtin_offsetof(struct fe_flow, _pad0) -
+				 __builtin_offsetof(struct fe_flow, segs_out));
 	rec->error = 0;
 }
 

@@ -238,6 +238,20 @@ function cannotTell(offer: { unknown: string }): string {
   return `cannot tell (${offer.unknown})`;
 }
 
+/** The warning for what the kernel lacks (`missing`) or what cannot be told, and what follows. */
+function lacking(
+  name: string,
+  offer: Exclude<Offer, true>,
+  missing: string,
+  consequence: string,
+): CheckResult {
+  return {
+    name,
+    status: "warn",
+    detail: `${offer === false ? missing : cannotTell(offer)}: ${consequence}`,
+  };
+}
+
 /** The checks in report order; later ones reuse what earlier ones read. */
 function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
   const v = config.values;
@@ -358,13 +372,12 @@ function checkClock(bootNs: Offer): CheckResult {
       detail: "flow times from CLOCK_BOOTTIME (correct across suspend)",
     };
   }
-  return {
+  return lacking(
     name,
-    status: "warn",
-    detail: `${
-      bootNs === false ? "no bpf_ktime_get_boot_ns (Linux 5.8+)" : cannotTell(bootNs)
-    }: flow times use CLOCK_MONOTONIC and shift by the time the host spent suspended`,
-  };
+    bootNs,
+    "no bpf_ktime_get_boot_ns (Linux 5.8+)",
+    "flow times use CLOCK_MONOTONIC and shift by the time the host spent suspended",
+  );
 }
 
 function checkTracepoint(tpBtf: Offer): CheckResult {
@@ -401,13 +414,7 @@ function checkSockops(v: Config, p: DoctorProbes, sockops: Offer): CheckResult {
     };
   }
   if (sockops !== true) {
-    return {
-      name,
-      status: "warn",
-      detail: `${
-        sockops === false ? "no bpf_skc_to_tcp_sock for sock_ops (Linux 5.9+)" : cannotTell(sockops)
-      }: ${fallback}`,
-    };
+    return lacking(name, sockops, "no bpf_skc_to_tcp_sock for sock_ops (Linux 5.9+)", fallback);
   }
   return {
     name,
@@ -429,13 +436,12 @@ function checkSeeding(v: Config, iterTcp: Offer, sockopsFollow: Offer): CheckRes
       detail: `sockets open at start are seeded (TCP socket iterator)${followed}`,
     };
   }
-  return {
+  return lacking(
     name,
-    status: "warn",
-    detail: `${
-      iterTcp === false ? "no TCP socket iterator (Linux 5.9+)" : cannotTell(iterTcp)
-    }: sockets already open when the agent starts are not seeded`,
-  };
+    iterTcp,
+    "no TCP socket iterator (Linux 5.9+)",
+    "sockets already open when the agent starts are not seeded",
+  );
 }
 
 function checkInterim(v: Config, iterTcp: Offer): CheckResult {
@@ -451,13 +457,12 @@ function checkInterim(v: Config, iterTcp: Offer): CheckResult {
       } get an interim record at each window end (TCP socket iterator)`,
     };
   }
-  return {
+  return lacking(
     name,
-    status: "warn",
-    detail: `${
-      iterTcp === false ? "no TCP socket iterator (Linux 5.9+)" : cannotTell(iterTcp)
-    }: long-lived connections get no interim records, only their record at close`,
-  };
+    iterTcp,
+    "no TCP socket iterator (Linux 5.9+)",
+    "long-lived connections get no interim records, only their record at close",
+  );
 }
 
 function checkSweep(v: Config, sweep: Offer, ringbuf: Offer): CheckResult {
@@ -478,13 +483,12 @@ function checkSweep(v: Config, sweep: Offer, ringbuf: Offer): CheckResult {
         "a socket whose close and destroy the kernel ran no program for is recorded by the sweep (map iterator)",
     };
   }
-  return {
+  return lacking(
     name,
-    status: "warn",
-    detail: `${
-      sweep === false ? "no map walk from an iterator (Linux 5.13+)" : cannotTell(sweep)
-    }: a close and destroy the kernel runs no program for loses its record`,
-  };
+    sweep,
+    "no map walk from an iterator (Linux 5.13+)",
+    "a close and destroy the kernel runs no program for loses its record",
+  );
 }
 
 function checkMount(p: DoctorProbes, type: string, target: string, why: string): CheckResult {

@@ -245,6 +245,7 @@ function wireMetrics(capture: Capture, shipper: Shipper): {
     metrics.stateTracepointAttached.set(s.stateTracepoint ? 1 : 0);
     metrics.unfollowedAtDestroy.setTotal(Number(s.unfollowedAtDestroy));
     metrics.flowsSwept.setTotal(Number(s.swept));
+    metrics.staleStatesSwept.setTotal(Number(s.sweptStale));
     const ship = shipper.stats();
     metrics.batchesSent.setTotal(ship.batchesSent);
     metrics.batchesFailed.setTotal(ship.batchesFailed);

@@ -158,13 +158,18 @@ export function pinnedCaptures(pinDir: string = MAPS_PIN_DIR): string[] {
   }
 }
 
+/** The directory under `pinDir` where an agent of this build pins its capture. */
+export function ownCapture(pinDir: string = MAPS_PIN_DIR): string {
+  return `${pinDir}/capture-v${openNative().fe_state_version()}`;
+}
+
 /**
  * Captures under `pinDir` that agents of another state version left pinned (an upgrade across
  * `FE_STATE_VERSION`): this agent cannot take them over, so it retires them
  * ({@linkcode RetiringCapture}).
  */
 export function otherVersionCaptures(pinDir: string = MAPS_PIN_DIR): string[] {
-  const own = `${pinDir}/capture-v${openNative().fe_state_version()}`;
+  const own = ownCapture(pinDir);
   return pinnedCaptures(pinDir).filter((dir) => dir !== own);
 }
 
@@ -477,7 +482,7 @@ export class Agent implements Disposable {
    * blocking thread pool, so the event loop goes on meanwhile. Do not close the agent before the
    * promise settles.
    *
-   * @returns the records made; -1 where there is no sweep (perf buffer, or before Linux 5.9)
+   * @returns the records made; -1 where there is no sweep (perf buffer, or before Linux 5.13)
    * @throws {AgentLoadError} when the kernel side fails
    */
   async sweep(): Promise<number> {

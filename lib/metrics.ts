@@ -305,6 +305,7 @@ export interface AgentMetrics {
   /** Of those, sockets nobody followed (orphans open since before the capture). */
   unfollowedAtDestroy: Counter;
   flowsSwept: Counter;
+  staleStatesSwept: Counter;
   /** Interim records: snapshots of open sockets at window ends. */
   interimRecords: Counter;
   /** Duration of the latest interim pass, seconds. */
@@ -381,6 +382,10 @@ export function agentMetrics(registry: MetricsRegistry): AgentMetrics {
     flowsSwept: counter(
       "flows_swept_total",
       "Flow records the sweep made: sockets whose close and destroy the kernel ran no program for.",
+    ),
+    staleStatesSwept: counter(
+      "stale_states_swept_total",
+      "Per-socket states the sweep deleted: sockets freed, record out, whose destroy no program saw.",
     ),
     interimRecords: counter(
       "interim_records_total",

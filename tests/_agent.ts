@@ -241,11 +241,6 @@ export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** The capture directory an agent of this build pins under `pinDir`. */
-export function captureDir(pinDir: string): string {
-  return `${pinDir}/capture-v${openNative().fe_state_version()}`;
-}
-
 /** Matches the record of the local socket with this local and remote port. */
 export function socketRecord(localPort: number, remotePort: number): (r: FlowJson) => boolean {
   return (r) => r.local_port === localPort && r.remote_port === remotePort;

@@ -474,3 +474,49 @@ export function cpuHog(): AsyncDisposable & { pid: number } {
     },
   };
 }
+
+/** One loopback connection held open, and the payload each side has read so far. */
+export class HeldConnection {
+  clientRead = 0;
+  serverRead = 0;
+
+  private constructor(
+    readonly client: Deno.Conn,
+    readonly server: Deno.Conn,
+    readonly beforeNs: bigint,
+    readonly establishedNs: bigint,
+  ) {}
+
+  static async open(listener: Deno.Listener, host: string): Promise<HeldConnection> {
+    const beforeNs = lowerBoundNs();
+    const port = (listener.addr as Deno.NetAddr).port;
+    const [client, server] = await Promise.all([
+      Deno.connect({ hostname: host, port }),
+      listener.accept(),
+    ]);
+    return new HeldConnection(client, server, beforeNs, upperBoundNs());
+  }
+
+  get clientPort(): number {
+    return (this.client.localAddr as Deno.NetAddr).port;
+  }
+
+  get serverPort(): number {
+    return (this.server.localAddr as Deno.NetAddr).port;
+  }
+
+  /** Sends `up` bytes to the server and `down` back; resolves once each side read them. */
+  async talk(up: number, down: number): Promise<void> {
+    await Promise.all([writeAll(this.client, up), readExactly(this.server, up)]);
+    this.serverRead += up;
+    await Promise.all([writeAll(this.server, down), readExactly(this.client, down)]);
+    this.clientRead += down;
+  }
+
+  /** The client closes first; resolves once both sides closed. */
+  async close(): Promise<void> {
+    this.client.close();
+    await readEof(this.server);
+    this.server.close();
+  }
+}

@@ -6,16 +6,9 @@
  * the socket from its connect; each test observes that rather than assumes it.
  */
 import assert from "node:assert/strict";
-import { Agent } from "../ffi/agent.ts";
+import { Agent, ownCapture } from "../ffi/agent.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
-import {
-  AgentProcess,
-  canFollowSeeded,
-  captureDir,
-  kernelTest,
-  socketRecord,
-  stopLine,
-} from "./_agent.ts";
+import { AgentProcess, canFollowSeeded, kernelTest, socketRecord, stopLine } from "./_agent.ts";
 
 /**
  * Holds a loopback connection in its network namespace: prints "ready", connects at the first
@@ -244,7 +237,7 @@ kernelTest(
       }
       if (!agent.stats().stateTracepoint) {
         assert.equal(await agent.followCheck(), 0, "once detached, it stays so");
-        const capture = captureDir(pinDir);
+        const capture = ownCapture(pinDir);
         const link = await Deno.stat(`${capture}/link_state`).catch(() => undefined);
         assert.equal(link, undefined, "its pinned link is gone");
       }

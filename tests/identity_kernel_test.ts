@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import type { FlowJson } from "../lib/json_lines.ts";
-import { AgentProcess, captureDir, delay, kernelTest } from "./_agent.ts";
+import { ownCapture } from "../ffi/agent.ts";
+import { AgentProcess, delay, kernelTest } from "./_agent.ts";
 import { makeCertificate } from "./_certs.ts";
 import { namedServerPort, uniqueLoopbackAddress } from "./_traffic.ts";
 
@@ -75,7 +76,7 @@ function byPorts(local: number, remote: number): (r: FlowJson) => boolean {
 /** The host's workload ID as the BPF program reads it: the agent's pinned host_workload map. */
 async function hostWorkloadInKernel(pinDir: string): Promise<string> {
   const out = await new Deno.Command("bpftool", {
-    args: ["-j", "map", "dump", "pinned", `${captureDir(pinDir)}/host_workload`],
+    args: ["-j", "map", "dump", "pinned", `${ownCapture(pinDir)}/host_workload`],
   }).output();
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
   const [entry] = JSON.parse(new TextDecoder().decode(out.stdout)) as { value: string[] }[];

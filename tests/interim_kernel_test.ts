@@ -9,14 +9,7 @@ import { Agent } from "../ffi/agent.ts";
 import { decodeFlows, FLAG_INTERIM, RECORD_OFFSETS, RECORD_SIZE } from "../lib/decode.ts";
 import type { FlowRecord } from "../lib/flow.ts";
 import { kernelTest } from "./_agent.ts";
-import {
-  lowerBoundNs,
-  readEof,
-  readExactly,
-  uniqueLoopbackAddress,
-  upperBoundNs,
-  writeAll,
-} from "./_traffic.ts";
+import { HeldConnection, lowerBoundNs, uniqueLoopbackAddress, upperBoundNs } from "./_traffic.ts";
 
 const BOOT_ID = new Uint8Array(16);
 const DEADLINE_MS = 30_000;
@@ -37,52 +30,6 @@ function decodeWithFlags(bytes: Uint8Array, clockOffsetNs: bigint): Seen[] {
 
 function dotted(ip: Uint8Array): string {
   return ip.join(".");
-}
-
-/** One loopback connection held open, and the payload each side has read so far. */
-class HeldConnection {
-  clientRead = 0;
-  serverRead = 0;
-
-  private constructor(
-    readonly client: Deno.Conn,
-    readonly server: Deno.Conn,
-    readonly beforeNs: bigint,
-    readonly establishedNs: bigint,
-  ) {}
-
-  static async open(listener: Deno.Listener, host: string): Promise<HeldConnection> {
-    const beforeNs = lowerBoundNs();
-    const port = (listener.addr as Deno.NetAddr).port;
-    const [client, server] = await Promise.all([
-      Deno.connect({ hostname: host, port }),
-      listener.accept(),
-    ]);
-    return new HeldConnection(client, server, beforeNs, upperBoundNs());
-  }
-
-  get clientPort(): number {
-    return (this.client.localAddr as Deno.NetAddr).port;
-  }
-
-  get serverPort(): number {
-    return (this.server.localAddr as Deno.NetAddr).port;
-  }
-
-  /** Sends `up` bytes to the server and `down` back; resolves once each side read them. */
-  async talk(up: number, down: number): Promise<void> {
-    await Promise.all([writeAll(this.client, up), readExactly(this.server, up)]);
-    this.serverRead += up;
-    await Promise.all([writeAll(this.server, down), readExactly(this.client, down)]);
-    this.clientRead += down;
-  }
-
-  /** The client closes first; resolves once both sides closed. */
-  async close(): Promise<void> {
-    this.client.close();
-    await readEof(this.server);
-    this.server.close();
-  }
 }
 
 /** What a record of one end must say, from that end's point of view. */

@@ -115,6 +115,7 @@ Deno.test("agentMetrics() registers every agent metric, with all identity source
       "flows_recovered_total",
       "unfollowed_at_destroy_total",
       "flows_swept_total",
+      "stale_states_swept_total",
       "interim_records_total",
       "interim_pass_seconds",
       "state_tracepoint_attached",

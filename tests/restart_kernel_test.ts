@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { decodeSpooledBatch, isSpooledBatch, spooledSockets } from "./_spool_files.ts";
-import { AgentProcess, captureDir, kernelTest, socketRecord } from "./_agent.ts";
+import { ownCapture } from "../ffi/agent.ts";
+import { AgentProcess, kernelTest, socketRecord } from "./_agent.ts";
 import { type ChurnResult, gridSocket, type GridTally, runChurn, tally } from "./_traffic.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -106,7 +107,7 @@ kernelTest(
       assert.deepEqual(
         [...Deno.readDirSync(first.pinDir)].filter((e) => e.name.startsWith("capture-"))
           .map((e) => e.name),
-        [captureDir(first.pinDir).split("/").at(-1)],
+        [ownCapture(first.pinDir).split("/").at(-1)],
         "the old capture is unpinned",
       );
       // The kernel frees a released link's program once nothing holds it: shortly after.
@@ -240,7 +241,7 @@ kernelTest("detach leaves no pinned object and no attached program", async (t) =
         stderr: "piped",
       }).output();
     const text = (b: Uint8Array) => new TextDecoder().decode(b);
-    const capture = captureDir(agent.pinDir);
+    const capture = ownCapture(agent.pinDir);
 
     await t.step("detach refuses while the agent runs", async () => {
       const out = await cli("detach");

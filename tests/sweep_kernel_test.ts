@@ -7,67 +7,25 @@
  * capture follows their sockets too: only this test's sockets are counted.
  */
 import assert from "node:assert/strict";
-import { Agent, RetiringCapture } from "../ffi/agent.ts";
+import { Agent, ownCapture, RetiringCapture } from "../ffi/agent.ts";
 import { decodeFlows, RECORD_SIZE } from "../lib/decode.ts";
 import type { FlowRecord } from "../lib/flow.ts";
-import { captureDir, kernelTest, setIp } from "./_agent.ts";
-import {
-  lowerBoundNs,
-  readEof,
-  readExactly,
-  uniqueLoopbackAddress,
-  upperBoundNs,
-  writeAll,
-} from "./_traffic.ts";
+import { kernelTest, setIp } from "./_agent.ts";
+import { HeldConnection, uniqueLoopbackAddress } from "./_traffic.ts";
 
 const BOOT_ID = new Uint8Array(16);
 const DEADLINE_MS = 30_000;
 const WORKLOAD = "spiffe://test/sweep-server";
 
-/** A loopback connection held open after the client sent `up` bytes and the server `down`. */
-interface Held {
-  client: Deno.Conn;
-  server: Deno.Conn;
-  clientPort: number;
-  serverPort: number;
-  up: number;
-  down: number;
-  beforeNs: bigint;
-  afterNs: bigint;
-}
-
-async function openHeld(listener: Deno.Listener, host: string, i: number): Promise<Held> {
-  const beforeNs = lowerBoundNs();
-  const port = (listener.addr as Deno.NetAddr).port;
-  const [client, server] = await Promise.all([
-    Deno.connect({ hostname: host, port }),
-    listener.accept(),
-  ]);
-  const up = 1000 + i;
-  const down = 3000 + i;
-  await Promise.all([writeAll(client, up), readExactly(server, up)]);
-  await Promise.all([writeAll(server, down), readExactly(client, down)]);
-  return {
-    client,
-    server,
-    clientPort: (client.localAddr as Deno.NetAddr).port,
-    serverPort: (server.localAddr as Deno.NetAddr).port,
-    up,
-    down,
-    beforeNs,
-    afterNs: upperBoundNs(),
-  };
-}
-
-/** The client closes first; resolves once both sides closed. */
-async function closeHeld(held: Held): Promise<void> {
-  held.client.close();
-  await readEof(held.server);
-  held.server.close();
+/** Opens a connection on `listener` and has each side send the other a payload of its own. */
+async function openHeld(listener: Deno.Listener, host: string, i: number): Promise<HeldConnection> {
+  const held = await HeldConnection.open(listener, host);
+  await held.talk(1000 + i, 3000 + i);
+  return held;
 }
 
 /** The records of `held`'s two ends among `records`: client's, then server's. */
-function endsOf(records: FlowRecord[], held: Held): [FlowRecord[], FlowRecord[]] {
+function endsOf(records: FlowRecord[], held: HeldConnection): [FlowRecord[], FlowRecord[]] {
   const end = (local: number, remote: number) =>
     records.filter((r) => r.localPort === local && r.remotePort === remote);
   return [end(held.clientPort, held.serverPort), end(held.serverPort, held.clientPort)];
@@ -97,7 +55,7 @@ async function readRing(
  * unpinned, and the kernel has released them when this returns (as an upgrade retires a capture).
  */
 function detachPrograms(pinDir: string): void {
-  const capture = captureDir(pinDir);
+  const capture = ownCapture(pinDir);
   RetiringCapture.open(capture).close();
   assert.deepEqual(
     [...Deno.readDirSync(capture)].filter((e) => e.name.startsWith("link_")),
@@ -108,7 +66,7 @@ function detachPrograms(pinDir: string): void {
 
 function assertSwept(
   seen: FlowRecord[],
-  held: Held,
+  held: HeldConnection,
   side: "client" | "server",
   workload: string,
 ): void {
@@ -121,11 +79,13 @@ function assertSwept(
   assert.equal(r.end, "unknown", what);
   assert.equal(r.direction, side === "client" ? "outbound" : "inbound", what);
   assert.equal(r.localWorkloadId, workload, what);
-  assert.ok(r.tStartNs >= held.beforeNs && r.tStartNs <= held.afterNs, `${what}: its start`);
+  assert.ok(r.tStartNs >= held.beforeNs && r.tStartNs <= held.establishedNs, `${what}: its start`);
   // The agent's first pass: it never saw the socket open after its start.
   assert.equal(r.tEndNs, r.tStartNs, `${what}: ends when last seen open`);
   // Counters are read from the socket's memory if the kernel has not reused it yet, else zero.
-  const [sent, received] = side === "client" ? [held.up, held.down] : [held.down, held.up];
+  const [sent, received] = side === "client"
+    ? [held.serverRead, held.clientRead]
+    : [held.clientRead, held.serverRead];
   if (r.segsIn === 0) {
     assert.deepEqual(
       [r.bytesSent, r.bytesAcked, r.bytesReceived, r.segsOut, r.srttUs],
@@ -143,7 +103,7 @@ kernelTest("the sweep records, once, each socket whose close no program saw", as
   const host = uniqueLoopbackAddress();
   const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
   const listener = Deno.listen({ hostname: host, port: 0 });
-  const held: Held[] = [];
+  const held: HeldConnection[] = [];
   try {
     const first = Agent.open({ pinDir, noSeed: true });
     try {
@@ -151,7 +111,7 @@ kernelTest("the sweep records, once, each socket whose close no program saw", as
       for (let i = 0; i < 5; i++) held.push(await openHeld(listener, host, i));
       await first.sweep();
       // A close seen by sock_ops: its record comes from there, and the sweep leaves it alone.
-      await closeHeld(held[0]);
+      await held[0].close();
       await first.sweep();
       const seen = await readRing(
         first,
@@ -173,10 +133,10 @@ kernelTest("the sweep records, once, each socket whose close no program saw", as
 
     // Closes no program sees: the pinned maps keep the states, and nothing records them.
     detachPrograms(pinDir);
-    await closeHeld(held[1]);
-    await closeHeld(held[2]);
+    await held[1].close();
+    await held[2].close();
     // Short connections meanwhile let the kernel reuse the closed sockets' memory, or not.
-    for (let i = 0; i < 50; i++) await closeHeld(await openHeld(listener, host, i));
+    for (let i = 0; i < 50; i++) await (await openHeld(listener, host, i)).close();
 
     const second = Agent.open({ pinDir, noSeed: true });
     try {
@@ -199,8 +159,8 @@ kernelTest("the sweep records, once, each socket whose close no program saw", as
         assert.deepEqual(endsOf(swept, h), [[], []], "open sockets are not swept");
       }
       // Still followed across the restart: their closes are seen.
-      await closeHeld(held[3]);
-      await closeHeld(held[4]);
+      await held[3].close();
+      await held[4].close();
       const later = await readRing(
         second,
         (rs) => held.slice(3).every((h) => endsOf(rs, h).every((end) => end.length === 1)),

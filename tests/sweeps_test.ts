@@ -5,33 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { SWEEP_INTERVAL_MS, Sweeps } from "../lib/sweeps.ts";
-
-/** Timers that fire when the test says: the delays asked for, and the callback pending. */
-function manualTimers() {
-  const delays: number[] = [];
-  let pending: (() => void) | undefined;
-  return {
-    setTimer: (fn: () => void, ms: number) => {
-      delays.push(ms);
-      pending = fn;
-      return () => pending = undefined;
-    },
-    delays,
-    /** Fires the pending timer, then lets the pass it starts settle. */
-    fire: async () => {
-      const fn = pending;
-      pending = undefined;
-      assert.ok(fn, "a pass is scheduled");
-      fn();
-      await settle();
-    },
-    pending: () => pending !== undefined,
-  };
-}
-
-async function settle(): Promise<void> {
-  for (let i = 0; i < 5; i++) await Promise.resolve();
-}
+import { manualTimers, settle } from "./_manual_timers.ts";
 
 /** A sweep whose passes resolve (or throw) in turn; counts its calls. */
 function fakeSweep(...results: (number | Error)[]) {

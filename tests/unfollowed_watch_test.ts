@@ -4,7 +4,8 @@
  * when there is nothing to wait for; and its disposal waits for a count under way.
  */
 import assert from "node:assert/strict";
-import { UnfollowedWatch, type UnfollowedWatchOptions } from "../lib/unfollowed_watch.ts";
+import { UnfollowedWatch } from "../lib/unfollowed_watch.ts";
+import { manualTimers } from "./_manual_timers.ts";
 
 /** A capture whose counts resolve to `counts` in turn; unfollowed starts at `first`. */
 function fakeAgent(first: number, counts: (() => Promise<number>)[]) {
@@ -22,32 +23,6 @@ function fakeAgent(first: number, counts: (() => Promise<number>)[]) {
   };
 }
 
-/** Timers that fire when the test says: the delays asked for, and the callback pending. */
-function manualTimers() {
-  const delays: number[] = [];
-  let pending: (() => void) | undefined;
-  const timers: Pick<UnfollowedWatchOptions, "setTimer"> = {
-    setTimer: (fn, ms) => {
-      delays.push(ms);
-      pending = fn;
-      return () => pending = undefined;
-    },
-  };
-  return {
-    timers,
-    delays,
-    /** Fires the pending timer, then lets the count it starts settle. */
-    fire: async () => {
-      const fn = pending;
-      pending = undefined;
-      assert.ok(fn, "a count is scheduled");
-      fn();
-      for (let i = 0; i < 5; i++) await Promise.resolve();
-    },
-    pending: () => pending !== undefined,
-  };
-}
-
 const counts = (...ns: number[]) => ns.map((n) => () => Promise.resolve(n));
 
 Deno.test("counts again, twice as long apart each time up to the maximum, until none is left", async () => {
@@ -60,7 +35,7 @@ Deno.test("counts again, twice as long apart each time up to the maximum, until 
     onError: (error) => assert.fail(error.message),
     firstDelayMs: 60_000,
     maxDelayMs: 300_000,
-    ...clock.timers,
+    setTimer: clock.setTimer,
   });
   for (let i = 0; i < 5; i++) await clock.fire();
   assert.equal(calls(), 5);
@@ -76,7 +51,7 @@ Deno.test("a minute first, an hour at most, by default", async () => {
     agent,
     onDetached: () => assert.fail("not detached"),
     onError: (error) => assert.fail(error.message),
-    ...clock.timers,
+    setTimer: clock.setTimer,
   });
   for (let i = 0; i < 7; i++) await clock.fire();
   assert.deepEqual(
@@ -93,7 +68,7 @@ Deno.test("a failed count ends the watch: the tracepoint stays", async () => {
     agent,
     onDetached: () => assert.fail("not detached"),
     onError: (error) => errors.push(error.message),
-    ...clock.timers,
+    setTimer: clock.setTimer,
   });
   await clock.fire();
   assert.deepEqual(errors, ["Cannot count"]);
@@ -108,7 +83,7 @@ Deno.test("nothing to wait for: detached already, or no count can tell", async (
       agent: fakeAgent(first, []).agent,
       onDetached: () => assert.fail("no count"),
       onError: (error) => assert.fail(error.message),
-      ...clock.timers,
+      setTimer: clock.setTimer,
     });
     assert.equal(clock.pending(), false, `unfollowed ${first}: no count scheduled`);
   }
@@ -122,7 +97,7 @@ Deno.test("disposal waits for the count under way, and no count follows it", asy
     agent,
     onDetached: () => assert.fail("not detached"),
     onError: (error) => assert.fail(error.message),
-    ...clock.timers,
+    setTimer: clock.setTimer,
   });
   await clock.fire();
   assert.equal(calls(), 1);
