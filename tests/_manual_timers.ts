@@ -1,9 +1,8 @@
 /**
- * Timers that fire when a test says, for what takes a {@linkcode SetTimer}: the delays asked
- * for, and the callback pending.
+ * Timers that fire when a test says, for what takes a `setTimer` option (lib/unfollowed_watch.ts,
+ * lib/sweeps.ts): the delays asked for, and the callback pending.
  */
 import assert from "node:assert/strict";
-import type { SetTimer } from "../lib/_sleep.ts";
 
 /** Lets the promises a fired callback started settle. */
 export async function settle(): Promise<void> {
@@ -13,7 +12,7 @@ export async function settle(): Promise<void> {
 export function manualTimers() {
   const delays: number[] = [];
   let pending: (() => void) | undefined;
-  const setTimer: SetTimer = (fn, ms) => {
+  const setTimer = (fn: () => void, ms: number) => {
     delays.push(ms);
     pending = fn;
     return () => pending = undefined;
