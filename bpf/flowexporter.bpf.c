@@ -76,9 +76,6 @@ __u64 snapshot_min_age_ns = 0;
 /* Records sweep_flows made, and states of gone sockets whose record was out that it deleted. */
 __u64 swept = 0;
 __u64 swept_stale = 0;
-/* When sweep_flows' last pass and the one before began (0: none). */
-__u64 sweep_started_ns = 0;
-__u64 sweep_previous_ns = 0;
 /* The kernel ID of `flows`, set by the shim: sweep_flows finds the map by it. */
 __u32 flows_map_id = 0;
 
@@ -160,6 +157,18 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } reported_drops SEC(".maps");
+
+/*
+ * When the last sweep pass began (now_ns(); 0: none yet), written by each
+ * pass. It lives with the pinned capture, so the next agent's first pass
+ * knows when the sockets still open then were last seen open.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_sweep SEC(".maps");
 
 /*
  * A field of a kernel object. `direct`: the verifier knows the pointer's type
@@ -810,9 +819,9 @@ static __always_inline __u64 cookie_at(const struct sock *sk)
  * holds it in TCP_CLOSE: a close's programs mark `emitted` before the kernel
  * stores the state, so TCP_CLOSE without the mark is a close no program saw.
  *
- * Its record (FE_FLAG_SWEPT, close state unknown) ends when the agent last
- * saw the socket open: the previous pass, which found it open, or its start
- * if later. The counters are read when the address still holds the socket
+ * Its record (FE_FLAG_SWEPT, close state unknown) ends when the socket was
+ * last seen open: the previous pass (last_sweep, of this agent or the one
+ * before), which found it open, or its start if later. The counters are read when the address still holds the socket
  * (checked again after reading them), else left zero. The state goes: the
  * delete is the claim, so that a destroy running now emits instead, not as
  * well. A socket still there keeps a mark for its destroy to delete.
@@ -822,7 +831,7 @@ static __always_inline __u64 cookie_at(const struct sock *sk)
  * size.
  */
 static long sweep_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_state *st,
-		       void *unused)
+		       const __u64 *seen_open_ns)
 {
 	struct fe_sock_state copy;
 	const struct sock *sk;
@@ -854,7 +863,7 @@ static long sweep_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_sta
 	}
 	if (intact && !copy.resolved)
 		read_endpoints(sk, &copy.ends, false);
-	rec->t_end_ns = copy.t_start_ns > sweep_previous_ns ? copy.t_start_ns : sweep_previous_ns;
+	rec->t_end_ns = copy.t_start_ns > *seen_open_ns ? copy.t_start_ns : *seen_open_ns;
 	fill_flow(rec, cookie, &copy, &copy.ends, FE_STATE_UNKNOWN, FE_FLAG_SWEPT);
 	if (intact)
 		fill_stats(rec, sk, false);
@@ -882,12 +891,17 @@ SEC("iter/bpf_map")
 int sweep_flows(struct bpf_iter__bpf_map *ctx)
 {
 	struct bpf_map *map = ctx->map;
+	__u64 *last, seen_open_ns;
+	__u32 zero = 0;
 
 	if (!map || map->id != flows_map_id)
 		return 0;
-	sweep_previous_ns = sweep_started_ns;
-	sweep_started_ns = now_ns();
-	bpf_for_each_map_elem(&flows, sweep_flow, NULL, 0);
+	last = bpf_map_lookup_elem(&last_sweep, &zero);
+	if (!last)
+		return 0;
+	seen_open_ns = *last;
+	*last = now_ns();
+	bpf_for_each_map_elem(&flows, sweep_flow, &seen_open_ns, 0);
 	return 0;
 }
 

@@ -506,7 +506,8 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 		     bool seed)
 {
 	struct bpf_map *pinned[] = { a->skel->maps.flows, a->skel->maps.events, a->skel->maps.drops,
-				     a->skel->maps.reported_drops, a->skel->maps.host_workload };
+				     a->skel->maps.reported_drops, a->skel->maps.host_workload,
+				     a->skel->maps.last_sweep };
 	char path[PATH_MAX];
 	size_t i;
 	int err;
