@@ -76,7 +76,7 @@ __u64 snapshot_min_age_ns = 0;
 /* Records sweep_flows made, and states of gone sockets whose record was out that it deleted. */
 __u64 swept = 0;
 __u64 swept_stale = 0;
-/* The kernel ID of `flows`, set by the shim: sweep_flows finds the map by it. */
+/* The kernel ID of `flows`, set by the shim after the load: sweep_flows finds the map by it. */
 __u32 flows_map_id = 0;
 
 struct {
@@ -821,10 +821,11 @@ static __always_inline __u64 cookie_at(const struct sock *sk)
  *
  * Its record (FE_FLAG_SWEPT, close state unknown) ends when the socket was
  * last seen open: the previous pass (last_sweep, of this agent or the one
- * before), which found it open, or its start if later. The counters are read when the address still holds the socket
- * (checked again after reading them), else left zero. The state goes: the
- * delete is the claim, so that a destroy running now emits instead, not as
- * well. A socket still there keeps a mark for its destroy to delete.
+ * before), which found it open, or its start if later. The counters are read
+ * when the address still holds the socket (checked again after reading
+ * them), else left zero. The state goes: the delete is the claim, so that a
+ * destroy running now emits instead, not as well. A socket still there keeps
+ * a mark for its destroy to delete.
  *
  * A state whose record is out and whose socket is freed lost its destroy: it
  * is deleted too. Nothing else deletes it in an LRU map that stays under its

@@ -81,9 +81,10 @@ enum fe_identity_source {
 /*
  * No program saw the socket's close or destroy: the sweep (sweep_flows)
  * found its state with the socket gone. close_state is FE_STATE_UNKNOWN;
- * t_end_ns is when the agent last saw it open (its start, or the sweep
- * before); endpoints are the state's; counters and error are read from the
- * socket's memory when the kernel has not reused it yet, else zero.
+ * t_end_ns is when it was last seen open (its start, or the pass before,
+ * whose time the pinned last_sweep keeps); endpoints are the state's;
+ * counters and error are read from the socket's memory when the kernel has
+ * not reused it yet, else zero.
  */
 #define FE_FLAG_SWEPT (1 << 3)
 

@@ -841,6 +841,17 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 				     : "load the BPF program%s", a->resumed ? capdir : "");
 		goto cleanup;
 	}
+	if (bpf_program__autoload(a->skel->progs.sweep_flows)) {
+		/* sweep_flows finds `flows` among every map by its ID. */
+		struct bpf_map_info info = {};
+		uint32_t len = sizeof(info);
+
+		if (bpf_obj_get_info_by_fd(bpf_map__fd(a->skel->maps.flows), &info, &len)) {
+			err = fail(-errno, "read the ID of the flow state map");
+			goto cleanup;
+		}
+		a->skel->bss->flows_map_id = info.id;
+	}
 	err = attach_all(a, pin ? capdir : NULL, cgroup_path);
 	if (err)
 		goto cleanup;
@@ -1092,16 +1103,11 @@ FE_API int64_t fe_follow_check(struct fe_agent *a)
  */
 FE_API int64_t fe_sweep(struct fe_agent *a)
 {
-	struct bpf_map_info info = {};
-	uint32_t len = sizeof(info);
 	uint64_t before = a->skel->bss->swept;
 	int err;
 
 	if (!bpf_program__autoload(a->skel->progs.sweep_flows))
 		return -EOPNOTSUPP;
-	if (bpf_obj_get_info_by_fd(bpf_map__fd(a->skel->maps.flows), &info, &len))
-		return fail(-errno, "sweep the flow states: map info");
-	a->skel->bss->flows_map_id = info.id;
 	err = run_iterator(a->skel->progs.sweep_flows);
 	if (err < 0)
 		return fail(err, "sweep the flow states");

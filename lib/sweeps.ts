@@ -22,7 +22,7 @@ import { type SetTimer, setTimer } from "./_sleep.ts";
 
 /**
  * Time between sweep passes. A pass checks every flow state's socket (docs/benchmarks.md has its
- * cost); a swept record's end is at most this much before the socket's close.
+ * cost); while agents run, a swept record's end is at most this much before the socket's close.
  */
 export const SWEEP_INTERVAL_MS = 10_000;
 

@@ -4,14 +4,15 @@
  * left its state in the pinned `flows` map. The next agent's sweep records it once, from that
  * state: its ports, direction, start and workload, ending when it was last seen open (by the first
  * agent's last pass: its time is pinned with the capture). Sockets still open, and sockets whose
- * close was seen, are never swept. Tests run side by side, and the capture follows their sockets
- * too: only this test's sockets are counted.
+ * close was seen, are never swept. The agent process sweeps at its start, so such a close while
+ * no agent ran is recorded by the next one. Tests run side by side, and the capture follows their
+ * sockets too: only this test's sockets are counted.
  */
 import assert from "node:assert/strict";
 import { Agent, ownCapture, RetiringCapture } from "../ffi/agent.ts";
 import { decodeFlows, RECORD_SIZE } from "../lib/decode.ts";
 import type { FlowRecord } from "../lib/flow.ts";
-import { kernelTest, setIp } from "./_agent.ts";
+import { AgentProcess, kernelTest, setIp, socketRecord, stopLine } from "./_agent.ts";
 import { HeldConnection, lowerBoundNs, uniqueLoopbackAddress, upperBoundNs } from "./_traffic.ts";
 
 const BOOT_ID = new Uint8Array(16);
@@ -209,3 +210,40 @@ kernelTest("the sweep records, once, each socket whose close no program saw", as
     await Deno.remove(pinDir, { recursive: true }).catch(() => {});
   }
 });
+
+kernelTest(
+  "the agent sweeps at start: a close no program saw while it was away is recorded",
+  async () => {
+    const host = uniqueLoopbackAddress();
+    const listener = Deno.listen({ hostname: host, port: 0 });
+    const first = await AgentProcess.start();
+    let second: AgentProcess | undefined;
+    try {
+      const held = await openHeld(listener, host, 0);
+      assert.equal(await first.stop({ keep: true }), 0);
+      detachPrograms(first.pinDir);
+      await held.close();
+      second = await first.restart();
+      const ends = [
+        socketRecord(held.clientPort, held.serverPort),
+        socketRecord(held.serverPort, held.clientPort),
+      ];
+      const swept = await second.waitForRecords((r) => ends.some((end) => end(r)), 2);
+      assert.equal(swept.length, 2, "one record of each end");
+      for (const r of swept) {
+        assert.equal(r.close_seen_by, "sweep");
+        assert.equal(r.end, "unknown");
+      }
+      assert.match(
+        second.stderrLines.join("\n"),
+        /recorded \d+ closed sockets whose close and destroy/,
+      );
+      assert.equal(await second.stop(), 0);
+      assert.ok(stopLine(second).swept >= 2, `${stopLine(second).swept} swept`);
+    } finally {
+      listener.close();
+      await first.stop();
+      await second?.stop();
+    }
+  },
+);

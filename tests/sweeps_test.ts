@@ -4,7 +4,7 @@
  * waits for a pass under way, runs a last one, and schedules no more.
  */
 import assert from "node:assert/strict";
-import { SWEEP_INTERVAL_MS, Sweeps } from "../lib/sweeps.ts";
+import { SWEEP_INTERVAL_MS, Sweeps, type SweepsOptions } from "../lib/sweeps.ts";
 import { manualTimers, settle } from "./_manual_timers.ts";
 
 /** A sweep whose passes resolve (or throw) in turn; counts its calls. */
@@ -19,36 +19,44 @@ function fakeSweep(...results: (number | Error)[]) {
   };
 }
 
-Deno.test("sweeps at start, then once per interval, reporting the passes that recorded", async () => {
-  const fake = fakeSweep(0, 3, 0, 2, 0);
+/**
+ * Sweeps on `sweep` and the test's timers, noting what each pass recorded and each error;
+ * `options` replaces any of that.
+ */
+function sweepsOn(
+  sweep: () => Promise<number>,
+  options: Partial<SweepsOptions> = {},
+) {
   const clock = manualTimers();
   const swept: number[] = [];
-  await using _sweeps = new Sweeps({
-    sweep: fake.sweep,
+  const errors: string[] = [];
+  const sweeps = new Sweeps({
+    sweep,
     onSwept: (n) => swept.push(n),
-    onError: (error) => assert.fail(error.message),
+    onError: (error) => errors.push(error.message),
     setTimer: clock.setTimer,
+    ...options,
   });
+  return { sweeps, clock, swept, errors };
+}
+
+Deno.test("sweeps at start, then once per interval, reporting the passes that recorded", async () => {
+  const fake = fakeSweep(0, 3, 0, 2, 0);
+  const { sweeps, clock, swept, errors } = sweepsOn(fake.sweep);
+  await using _sweeps = sweeps;
   await settle();
   assert.equal(fake.calls(), 1, "the first pass runs at start");
   for (let i = 0; i < 3; i++) await clock.fire();
   assert.equal(fake.calls(), 4);
   assert.deepEqual(swept, [3, 2], "only passes that recorded are reported");
   assert.deepEqual(clock.delays, Array(4).fill(SWEEP_INTERVAL_MS));
+  assert.deepEqual(errors, []);
 });
 
 Deno.test("a failed pass is reported and the next one runs all the same", async () => {
   const fake = fakeSweep(new Error("Cannot sweep the flow states: boom"), 1, 0);
-  const clock = manualTimers();
-  const errors: string[] = [];
-  const swept: number[] = [];
-  await using _sweeps = new Sweeps({
-    sweep: fake.sweep,
-    onSwept: (n) => swept.push(n),
-    onError: (error) => errors.push(error.message),
-    setTimer: clock.setTimer,
-    intervalMs: 250,
-  });
+  const { sweeps, clock, swept, errors } = sweepsOn(fake.sweep, { intervalMs: 250 });
+  await using _sweeps = sweeps;
   await settle();
   assert.deepEqual(errors, ["Cannot sweep the flow states: boom"]);
   await clock.fire();
@@ -58,33 +66,21 @@ Deno.test("a failed pass is reported and the next one runs all the same", async 
 
 Deno.test("a kernel without a sweep stops the passes", async () => {
   const fake = fakeSweep(-1);
-  const clock = manualTimers();
-  await using _sweeps = new Sweeps({
-    sweep: fake.sweep,
-    onSwept: () => assert.fail("nothing swept"),
-    onError: (error) => assert.fail(error.message),
-    setTimer: clock.setTimer,
-  });
+  const { sweeps, clock, swept, errors } = sweepsOn(fake.sweep);
   await settle();
   assert.equal(fake.calls(), 1);
   assert.equal(clock.pending(), false, "no pass scheduled");
-  await _sweeps[Symbol.asyncDispose]();
+  await sweeps[Symbol.asyncDispose]();
   assert.equal(fake.calls(), 1, "no last pass either");
+  assert.deepEqual([swept, errors], [[], []]);
 });
 
 Deno.test("disposal waits for the pass under way, runs a last one, and schedules no more", async () => {
   let finish = (_n: number) => {};
   let calls = 0;
-  const swept: number[] = [];
-  const clock = manualTimers();
-  const sweeps = new Sweeps({
-    sweep: () => {
-      calls++;
-      return new Promise((resolve) => finish = resolve);
-    },
-    onSwept: (n) => swept.push(n),
-    onError: (error) => assert.fail(error.message),
-    setTimer: clock.setTimer,
+  const { sweeps, clock, swept, errors } = sweepsOn(() => {
+    calls++;
+    return new Promise((resolve) => finish = resolve);
   });
   let disposed = false;
   const disposing = sweeps[Symbol.asyncDispose]().then(() => disposed = true);
@@ -98,4 +94,5 @@ Deno.test("disposal waits for the pass under way, runs a last one, and schedules
   await disposing;
   assert.deepEqual(swept, [2], "the last pass reports what it recorded");
   assert.equal(clock.pending(), false, "no pass scheduled after disposal");
+  assert.deepEqual(errors, []);
 });
