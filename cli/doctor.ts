@@ -37,9 +37,9 @@ import {
   type IdRule,
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
-import { DEFAULT_BODY_CODING } from "../lib/body_coding.ts";
 import { showDuration } from "../lib/option_kinds.ts";
 import { Sender } from "../lib/sender.ts";
+import type { HttpTransport } from "../lib/http_client.ts";
 import { type Config, type EffectiveConfig, loadConfig, OPTIONS_HELP } from "./config.ts";
 import { ConfigError, type ReadTextFile } from "../lib/options.ts";
 import { inspectInstanceLock, type LockState } from "./instance_lock.ts";
@@ -101,8 +101,11 @@ export interface DoctorProbes {
   otherVersionCaptures(pinDir: string): string[];
   /** Reads the identity certificate (identity/host_identity.ts). */
   readCertificate(path: string, rule: IdRule, now: Date): Promise<CertificateIdentity>;
-  /** `fetch` for the collector check. */
-  fetch: typeof fetch;
+  /**
+   * The collector check's HTTP client (default: the agent's own, with the configured TLS
+   * files).
+   */
+  collectorTransport?: HttpTransport;
   /** Whether the agent could write to (or create) a directory. */
   dirState(path: string): Promise<DirState>;
   now(): Date;
@@ -159,7 +162,6 @@ export function hostProbes(): DoctorProbes {
     pinnedCaptures,
     otherVersionCaptures,
     readCertificate: (path, rule, now) => readCertificateIdentity(path, { rule, now }),
-    fetch: (input, init) => fetch(input, init),
     dirState,
     now: () => new Date(),
     print: (line) => console.log(line),
@@ -674,8 +676,8 @@ async function checkCollector(p: DoctorProbes, v: Config): Promise<CheckResult> 
   }
   let sender: Sender;
   try {
-    // The shipping path's own client: same TLS files, token and timeout handling. Its fetch is
-    // turned into a HEAD without a body, so nothing is ingested.
+    // The shipping path's own client: same TLS files, token and timeout handling. Its probe is
+    // a HEAD without a body, so nothing is ingested.
     sender = await Sender.create({
       url,
       tokenFile: v.tokenFile,
@@ -685,13 +687,13 @@ async function checkCollector(p: DoctorProbes, v: Config): Promise<CheckResult> 
       timeoutMs: COLLECTOR_TIMEOUT_MS,
       maxAttempts: 1,
       userAgent: "flowexporter-doctor",
-      fetch: (input, init) => p.fetch(input, { ...init, method: "HEAD", body: undefined }),
+      transport: p.collectorTransport,
     });
   } catch (error) {
     return { name, status: "fail", detail: errorText(error) };
   }
   try {
-    const result = await sender.send(new Uint8Array(0), DEFAULT_BODY_CODING, "doctor:0");
+    const result = await sender.probe();
     if (result.outcome === "delivered") {
       return { name, status: "pass", detail: `${url} answered HTTP ${result.status}` };
     }

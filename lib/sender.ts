@@ -2,10 +2,11 @@
  * Delivers compressed batches to the collector over HTTP(S), with retries.
  *
  * One `send` POSTs a batch with `Content-Type: application/cbor`, `Content-Encoding: zstd` (or
- * `gzip`) and
- * `Idempotency-Key: <host>:<sequence>`, and classifies the answer: 2xx is delivered; 4xx other
- * than 408 and 429 is a permanent rejection; 408, 429, 5xx, timeouts and network errors are
- * retried with exponential backoff and full jitter, a bounded number of times.
+ * `gzip`) and `Idempotency-Key: <host>:<sequence>`, and classifies the answer: 2xx is delivered;
+ * 4xx other than 408 and 429 is a permanent rejection; 408, 429, 5xx, timeouts and network errors
+ * are retried with exponential backoff and full jitter, a bounded number of times. Requests go
+ * through the agent's own HTTP/1.1 client, or `fetch` behind a proxy
+ * ({@linkcode collectorTransport}).
  *
  * @module
  */
@@ -16,6 +17,12 @@ import { sleep } from "./_sleep.ts";
 import { CBOR_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER } from "./wire.ts";
 import { errorText } from "./error_text.ts";
 import { printable } from "./printable.ts";
+import {
+  collectorTransport,
+  type HttpRequest,
+  type HttpTransport,
+  type StreamedBody,
+} from "./http_client.ts";
 
 /** Options of {@linkcode Sender.create}. */
 export interface SenderOptions {
@@ -41,8 +48,8 @@ export interface SenderOptions {
   userAgent?: string;
   /** Where to report retries and failures. */
   logger?: Logger;
-  /** Replaces the global `fetch` (tests). */
-  fetch?: typeof fetch;
+  /** Replaces the HTTP client (tests). */
+  transport?: HttpTransport;
   /** Replaces `Math.random` for the jitter (tests). */
   random?: () => number;
 }
@@ -68,18 +75,12 @@ export class SenderConfigError extends Error {
 
 /**
  * A batch body to send: its bytes, or the file that holds them (a spooled batch). A file is
- * read anew for each attempt and streamed in chunks: a body handed to fetch whole stays in
- * memory, in V8's heap and again in the HTTP client, until a garbage collection.
+ * opened anew for each attempt and sent in pieces as it is read, never held whole.
  */
 export type BatchBody = Uint8Array | { readonly path: string };
 
-/** Bytes read from a batch file per chunk of its upload. */
-const UPLOAD_CHUNK_BYTES = 64 * 1024;
-
 const RETRYABLE_4XX = new Set([408, 429]);
 const SNIPPET_CHARS = 200;
-/** Most bytes of a response body read for its snippet. */
-const MAX_RESPONSE_BYTES = 16 * 1024;
 
 /**
  * POSTs batches to one collector.
@@ -95,17 +96,17 @@ const MAX_RESPONSE_BYTES = 16 * 1024;
 export class Sender {
   readonly #url: URL;
   readonly #options: SenderOptions;
-  readonly #client: Deno.HttpClient | undefined;
-  readonly #fetch: typeof fetch;
+  readonly #transport: HttpTransport;
+  /** Aborted by close(): ends the requests in flight. */
+  readonly #closed = new AbortController();
   readonly #random: () => number;
   readonly #log: Logger;
   #token: { mtimeMs: number; size: number; value: string } | undefined;
 
-  private constructor(url: URL, options: SenderOptions, client: Deno.HttpClient | undefined) {
+  private constructor(url: URL, options: SenderOptions, transport: HttpTransport) {
     this.#url = url;
     this.#options = options;
-    this.#client = client;
-    this.#fetch = options.fetch ?? fetch;
+    this.#transport = transport;
     this.#random = options.random ?? Math.random;
     this.#log = options.logger ?? silentLogger;
   }
@@ -115,8 +116,8 @@ export class Sender {
    *
    * @param options collector URL, credentials, timeouts and retry bounds
    * @returns a sender; close it when done
-   * @throws {SenderConfigError} for a bad URL, an unreadable TLS file, or a certificate
-   *   without its key
+   * @throws {SenderConfigError} for a bad URL (credentials in it included), an unreadable TLS
+   *   file, or a certificate without its key
    */
   static async create(options: SenderOptions): Promise<Sender> {
     let url: URL;
@@ -135,21 +136,32 @@ export class Sender {
         `Unsupported collector URL scheme ${url.protocol} in ${options.url} (use http:// or https://)`,
       );
     }
+    if (url.username !== "" || url.password !== "") {
+      throw new SenderConfigError(
+        `Cannot use credentials in the collector URL ${url.host}${url.pathname} (give a bearer token file instead)`,
+      );
+    }
     if ((options.certFile === undefined) !== (options.keyFile === undefined)) {
       throw new SenderConfigError(
         "Cannot use a client certificate without its key (give both the certificate and the key file)",
       );
     }
-    const clientOptions: Deno.CreateHttpClientOptions & { cert?: string; key?: string } = {};
-    if (options.caFile) clientOptions.caCerts = [await readPem(options.caFile, "CA certificate")];
-    if (options.certFile && options.keyFile) {
-      clientOptions.cert = await readPem(options.certFile, "client certificate");
-      clientOptions.key = await readPem(options.keyFile, "client key");
-    }
-    const client = Object.keys(clientOptions).length > 0
-      ? Deno.createHttpClient(clientOptions as Deno.CreateHttpClientOptions)
+    const caCerts = options.caFile ? [await readPem(options.caFile, "CA certificate")] : undefined;
+    const clientCertificate = options.certFile && options.keyFile
+      ? {
+        cert: await readPem(options.certFile, "client certificate"),
+        key: await readPem(options.keyFile, "client key"),
+      }
       : undefined;
-    return new Sender(url, options, client);
+    if (options.transport) return new Sender(url, options, options.transport);
+    const { transport, proxyVariable } = collectorTransport(url, { caCerts, clientCertificate });
+    if (proxyVariable) {
+      options.logger?.(
+        "info",
+        `Collector ${url.host}: ${proxyVariable} is set, so batches go through fetch, which applies it (and NO_PROXY)`,
+      );
+    }
+    return new Sender(url, options, transport);
   }
 
   /** The collector URL. */
@@ -166,57 +178,81 @@ export class Sender {
    * @param signal aborts the request in flight and any backoff
    * @returns delivered, rejected (do not retry), failed (retry later) or aborted
    */
-  async send(
+  send(
     body: BatchBody,
     coding: BodyCoding,
     key: string,
     signal?: AbortSignal,
   ): Promise<SendResult> {
+    const headers = new Headers({
+      "Content-Type": CBOR_MEDIA_TYPE,
+      "Content-Encoding": BODY_CODINGS[coding].contentEncoding,
+      [IDEMPOTENCY_KEY_HEADER]: key,
+    });
+    return this.#exchange("POST", headers, body, `batch ${key}`, signal);
+  }
+
+  /**
+   * Asks the collector for the batch URL's headers (a HEAD, with the credentials a batch would
+   * carry), retried like a batch: whether it is reachable and takes the credentials, with
+   * nothing ingested.
+   *
+   * @param signal aborts the request in flight and any backoff
+   * @returns delivered (any 2xx), rejected, failed or aborted, as for {@linkcode send}
+   */
+  probe(signal?: AbortSignal): Promise<SendResult> {
+    return this.#exchange("HEAD", new Headers(), undefined, "a probe", signal);
+  }
+
+  async #exchange(
+    method: HttpRequest["method"],
+    headers: Headers,
+    body: BatchBody | undefined,
+    what: string,
+    signal?: AbortSignal,
+  ): Promise<SendResult> {
     const maxAttempts = this.#options.maxAttempts ?? 5;
     const timeoutMs = this.#options.timeoutMs ?? 30_000;
+    if (this.#options.userAgent) headers.set("User-Agent", this.#options.userAgent);
     let reason = "aborted before the first attempt";
     for (let attempt = 1; attempt <= maxAttempts; attempt++) {
       if (signal?.aborted) return { outcome: "aborted", attempts: attempt - 1, reason };
       let retryAfterMs = 0;
       try {
-        const headers = new Headers({
-          "Content-Type": CBOR_MEDIA_TYPE,
-          "Content-Encoding": BODY_CODINGS[coding].contentEncoding,
-          [IDEMPOTENCY_KEY_HEADER]: key,
-        });
-        if (this.#options.userAgent) headers.set("User-Agent", this.#options.userAgent);
         if (this.#options.tokenFile) {
           headers.set("Authorization", `Bearer ${await this.#readToken()}`);
         }
         const timeout = AbortSignal.timeout(timeoutMs);
-        using upload = await openBody(body);
-        const response = await this.#fetch(this.#url, {
-          method: "POST",
+        using upload = body === undefined ? undefined : await openBody(body);
+        const answer = await this.#transport({
+          method,
+          url: this.#url,
           headers,
-          body: upload.body,
-          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-          client: this.#client,
-        } as RequestInit);
-        const snippet = await responseSnippet(response);
-        if (response.ok) {
-          return { outcome: "delivered", status: response.status, attempts: attempt };
+          body: upload?.body,
+          signal: AbortSignal.any([this.#closed.signal, timeout, ...(signal ? [signal] : [])]),
+        });
+        if (answer.status >= 200 && answer.status < 300) {
+          return { outcome: "delivered", status: answer.status, attempts: attempt };
         }
-        reason = `HTTP ${response.status}${snippet ? `: ${snippet}` : ""}`;
-        if (response.status < 500 && !RETRYABLE_4XX.has(response.status)) {
-          return { outcome: "rejected", status: response.status, attempts: attempt, reason };
+        const snippet = responseSnippet(answer.body);
+        reason = `HTTP ${answer.status}${snippet ? `: ${snippet}` : ""}`;
+        if (answer.status < 500 && !RETRYABLE_4XX.has(answer.status)) {
+          return { outcome: "rejected", status: answer.status, attempts: attempt, reason };
         }
-        retryAfterMs = parseRetryAfter(response.headers.get("Retry-After"));
+        retryAfterMs = parseRetryAfter(answer.headers.get("Retry-After"));
       } catch (error) {
-        if (signal?.aborted) return { outcome: "aborted", attempts: attempt, reason: "aborted" };
+        if (signal?.aborted || this.#closed.signal.aborted) {
+          return { outcome: "aborted", attempts: attempt, reason: "aborted" };
+        }
         reason = error instanceof DOMException && error.name === "TimeoutError"
           ? `no answer within ${timeoutMs} ms`
-          : describeError(error);
+          : errorText(error);
       }
       if (attempt === maxAttempts) break;
       const delay = this.#backoff(attempt, retryAfterMs);
       this.#log(
         "debug",
-        `Cannot deliver batch ${key} to ${this.#url.href} (attempt ${attempt} of ${maxAttempts}): ${reason}; retrying in ${delay} ms`,
+        `Cannot deliver ${what} to ${this.#url.href} (attempt ${attempt} of ${maxAttempts}): ${reason}; retrying in ${delay} ms`,
       );
       if (!(await sleep(delay, signal))) return { outcome: "aborted", attempts: attempt, reason };
     }
@@ -236,13 +272,9 @@ export class Sender {
     return this.#backoff(attempt, retryAfterMs);
   }
 
-  /** Releases the TLS client, if any. Safe to call twice. */
+  /** Ends the requests in flight (they end as aborted). Safe to call twice. */
   close(): void {
-    try {
-      this.#client?.close();
-    } catch {
-      // already closed
-    }
+    this.#closed.abort();
   }
 
   /** Same as {@linkcode close}. */
@@ -280,35 +312,24 @@ export class Sender {
 }
 
 /**
- * The request body of one attempt. A file's is a stream (sent chunked, as it has no length
- * fetch knows); disposing of it closes the file, once, whether or not the upload read it all.
+ * The request body of one attempt: the bytes, or the file opened, its length taken, and read
+ * as the request goes out. Disposing of it closes the file, once, whether or not it was read.
  */
 async function openBody(
   body: BatchBody,
-): Promise<{ body: Uint8Array | ReadableStream<Uint8Array> } & Disposable> {
+): Promise<{ body: Uint8Array | StreamedBody } & Disposable> {
   if (body instanceof Uint8Array) return { body, [Symbol.dispose]() {} };
   const file = await Deno.open(body.path);
-  let open = true;
-  const close = () => {
-    if (open) {
-      open = false;
-      file.close();
-    }
-  };
-  const stream = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const chunk = new Uint8Array(UPLOAD_CHUNK_BYTES);
-      const n = await file.read(chunk);
-      if (n === null) {
-        close();
-        controller.close();
-      } else {
-        controller.enqueue(chunk.subarray(0, n));
-      }
-    },
-    cancel: close,
-  });
-  return { body: stream, [Symbol.dispose]: close };
+  try {
+    const { size } = await file.stat();
+    return {
+      body: { length: size, read: (into) => file.read(into) },
+      [Symbol.dispose]: () => file.close(),
+    };
+  } catch (error) {
+    file.close();
+    throw error;
+  }
 }
 
 /** Why reading a file failed, for a one-line error. */
@@ -330,45 +351,13 @@ async function readPem(path: string, what: string): Promise<string> {
 
 /**
  * The start of a response body for log lines, on one line and with control characters escaped
- * (the collector's text must not forge or split the agent's log lines). Reads at most
- * {@linkcode MAX_RESPONSE_BYTES}: a body that short is consumed whole, so the connection is
- * reused; a longer one is cut off.
+ * (the collector's text must not forge or split the agent's log lines). The transport keeps at
+ * most {@linkcode import("./http_client.ts").DEFAULT_MAX_BODY_BYTES} of it.
  */
-async function responseSnippet(response: Response): Promise<string> {
-  try {
-    const reader = response.body?.getReader();
-    if (!reader) return "";
-    const chunks: Uint8Array[] = [];
-    let total = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      total += value.length;
-      if (total >= MAX_RESPONSE_BYTES) {
-        await reader.cancel();
-        break;
-      }
-    }
-    const decoder = new TextDecoder();
-    const text = chunks.map((chunk, i) => decoder.decode(chunk, { stream: i < chunks.length - 1 }))
-      .join("");
-    const line = printable(text.replace(/\s+/g, " ").trim());
-    return line.length > SNIPPET_CHARS ? `${line.slice(0, SNIPPET_CHARS)}…` : line;
-  } catch {
-    return "";
-  }
-}
-
-/** An error's message; fetch's generic TypeError is followed by its causes (TLS, socket). */
-function describeError(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const parts = [error.message];
-  for (let e = error; e instanceof TypeError && e.cause !== undefined && parts.length < 4;) {
-    e = e.cause as Error;
-    parts.push(errorText(e));
-  }
-  return parts.join(": ");
+function responseSnippet(body: Uint8Array): string {
+  const text = new TextDecoder().decode(body);
+  const line = printable(text.replace(/\s+/g, " ").trim());
+  return line.length > SNIPPET_CHARS ? `${line.slice(0, SNIPPET_CHARS)}…` : line;
 }
 
 /** Retry-After in ms: delta-seconds or an HTTP date; 0 when absent or unreadable. */

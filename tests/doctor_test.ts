@@ -67,7 +67,8 @@ function healthyHost(lines: string[]): Partial<DoctorProbes> {
     pinnedCaptures: () => [],
     otherVersionCaptures: () => [],
     readCertificate: () => Promise.resolve(identity(new Date(NOW.getTime() + 90 * DAY_MS))),
-    fetch: () => Promise.resolve(new Response(null, { status: 405 })),
+    collectorTransport: () =>
+      Promise.resolve({ status: 405, headers: new Headers(), body: new Uint8Array(0) }),
     dirState: () => Promise.resolve({ state: "writable" }),
     now: () => NOW,
     print: (line) => lines.push(line),
@@ -385,7 +386,7 @@ Deno.test("runDoctor() checks a real collector on loopback: reachable, refusing,
     await Deno.writeTextFile(`${dir}/token`, "s3cret\n");
     const run = async (...args: string[]) => {
       const lines: string[] = [];
-      const { fetch: _, ...probes } = healthyHost(lines);
+      const { collectorTransport: _, ...probes } = healthyHost(lines);
       const code = await runDoctor(["--collector-url", url, ...args], probes);
       return { code, collector: parseReport(lines).get("collector")! };
     };
@@ -413,7 +414,7 @@ Deno.test("runDoctor() checks a real collector on loopback: reachable, refusing,
     await t.step("a port nobody listens on is unreachable", async () => {
       const { host, port } = unreachableEndpoint();
       const lines: string[] = [];
-      const { fetch: _, ...probes } = healthyHost(lines);
+      const { collectorTransport: _, ...probes } = healthyHost(lines);
       const code = await runDoctor(["--collector-url", `http://${host}:${port}/`], probes);
       assert.equal(code, 1);
       assert.equal(

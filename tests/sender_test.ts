@@ -345,3 +345,54 @@ Deno.test("send() streams a batch file, read anew for each attempt and closed af
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a proxy named in the environment is used (through fetch), and NO_PROXY is honoured", async () => {
+  // The agent's own client has no proxy support: with HTTP_PROXY set, batches go through fetch.
+  // A subprocess, so that the environment of the other tests stays as it is.
+  const proxied: string[] = [];
+  const proxy = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (r) => {
+    proxied.push(`${r.method} ${r.url} ${new Uint8Array(await r.arrayBuffer()).length}`);
+    return new Response(null, { status: 202 });
+  });
+  try {
+    await withCollector(async (r) => {
+      await r.arrayBuffer();
+      return new Response(null, { status: 200 });
+    }, async (url) => {
+      const send = async (env: Record<string, string>) => {
+        const script = `
+          import { Sender } from ${
+          JSON.stringify(new URL("../lib/sender.ts", import.meta.url).href)
+        };
+          const logs = [];
+          const sender = await Sender.create({ url: ${JSON.stringify(url)}, maxAttempts: 1,
+            logger: (level, message) => logs.push(level + ": " + message) });
+          const result = await sender.send(new Uint8Array(1000), "zstd", "node-1:9");
+          console.log(JSON.stringify({ result, logs }));`;
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: ["eval", "--no-config", script],
+          env: { HTTPS_PROXY: "", ALL_PROXY: "", NO_PROXY: "", ...env },
+          stderr: "inherit",
+        }).output();
+        assert.ok(out.success);
+        return JSON.parse(new TextDecoder().decode(out.stdout));
+      };
+      const viaProxy = await send({ HTTP_PROXY: `http://127.0.0.1:${proxy.addr.port}` });
+      assert.deepEqual(viaProxy.result, { outcome: "delivered", status: 202, attempts: 1 });
+      assert.deepEqual(viaProxy.logs, [
+        `info: Collector ${
+          new URL(url).host
+        }: HTTP_PROXY is set, so batches go through fetch, which applies it (and NO_PROXY)`,
+      ]);
+      assert.deepEqual(proxied, [`POST ${url} 1000`]);
+      const direct = await send({
+        HTTP_PROXY: `http://127.0.0.1:${proxy.addr.port}`,
+        NO_PROXY: "127.0.0.1",
+      });
+      assert.deepEqual(direct.result, { outcome: "delivered", status: 200, attempts: 1 });
+      assert.equal(proxied.length, 1, "NO_PROXY: straight to the collector");
+    });
+  } finally {
+    await proxy.shutdown();
+  }
+});
