@@ -232,6 +232,25 @@ export class Tracer implements AsyncDisposable {
 }
 
 /**
+ * Transpiles an agent's modules into Deno's cache. The first `deno run` of a tree does it in the
+ * agent's own process, which kept 12 MiB more RSS, idle: it must not be the first measurement.
+ *
+ * @param main the agent's entry point (default: this checkout's)
+ */
+export async function cacheModules(main: string = MAIN): Promise<void> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["cache", "--quiet", main],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(
+      `Cannot cache ${main}'s modules: ${new TextDecoder().decode(out.stderr).trim()}`,
+    );
+  }
+}
+
+/**
  * Ends the capture a stopped agent left pinned under `pinDir`: removing the directory unpins
  * the programs' links, the maps and the ring buffer, and the kernel detaches and frees them
  * (what `flowexporter detach` does, without starting Deno again).

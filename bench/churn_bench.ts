@@ -36,7 +36,7 @@ import {
   tallyJsonRecords,
   tallySpool,
 } from "./_records.ts";
-import { endCapture, prepareBpftrace, prepareTcplife, Tracer } from "./_tracers.ts";
+import { cacheModules, endCapture, prepareBpftrace, prepareTcplife, Tracer } from "./_tracers.ts";
 import { errorText } from "../lib/error_text.ts";
 import { BPF_STATS_SYSCTL } from "../ffi/kernel_prereqs.ts";
 import { untilGridClosed } from "../tests/_traffic.ts";
@@ -943,6 +943,10 @@ async function main(): Promise<number> {
   const cpus = navigator.hardwareConcurrency;
   const machine = `${cpus} CPUs (${cpuModel()}), kernel ${Deno.osRelease()}`;
   log(`${machine}; ${setup}`);
+  if (names.some((n) => VARIANTS[n].tracer === "agent")) {
+    await cacheModules();
+    if (o.refMain) await cacheModules(o.refMain);
+  }
   if (o.warmup > 0) await runChurn(o, o.warmup);
 
   const results: Measurement[] = [];

@@ -291,6 +291,11 @@ Deno.test("Sender.create() explains a bad URL or TLS file", async () => {
     name: "SenderConfigError",
     message: "Unsupported collector URL scheme ftp: in ftp://collector/ (use http:// or https://)",
   });
+  await assert.rejects(() => Sender.create({ url: "https://agent:s3cret@collector:8443/v1" }), {
+    name: "SenderConfigError",
+    message:
+      "Cannot use credentials in the collector URL collector:8443/v1 (give a bearer token file instead)",
+  });
   await assert.rejects(
     () => Sender.create({ url: "http://127.0.0.1:1/", caFile: "/nonexistent/ca.pem" }),
     {
