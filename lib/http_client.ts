@@ -3,12 +3,11 @@
  * `Deno.connectTls`, for the few exchanges the agent has with its collector.
  *
  * Deno's `fetch` cost a busy agent about 3.5 MiB of its peak RSS (its HTTP stack's code and
- * buffers; docs/benchmarks.md), a tenth of what issue 13 allows the agent beyond the runtime.
- * This client writes a request head and a body of known length, reads one response (its head
- * bounded, its body cut at a limit), and closes the connection. It speaks to one configured
- * collector, so it has no connection pool, redirects, cookies or HTTP/2. A collector behind a
- * proxy (`HTTPS_PROXY` and the like in the environment) is reached through `fetch`, which
- * implements proxies: {@linkcode collectorTransport} picks.
+ * buffers; docs/benchmarks.md, 2026-12-02). This client writes a request head and a body of
+ * known length, reads one response (its head bounded, its body cut at a limit), and closes the
+ * connection. It speaks to one configured collector, so it has no connection pool, redirects,
+ * cookies or HTTP/2. A collector behind a proxy (`HTTPS_PROXY` and the like in the environment)
+ * is reached through `fetch`, which implements proxies: {@linkcode collectorTransport} picks.
  *
  * @example
  * ```ts
