@@ -97,38 +97,42 @@ const PROXY_VARIABLES: Record<string, string[]> = {
 };
 
 /**
- * The transport for a collector: {@linkcode fetchTransport} when the environment names a proxy
- * for its scheme (`fetch` then also honours `NO_PROXY`), else {@linkcode httpTransport}.
+ * The transport for a collector: one on Deno's `fetch` when the environment names a proxy for
+ * its scheme (`fetch` then also honours `NO_PROXY`; about 3.5 MiB more at a busy agent's peak),
+ * else {@linkcode httpTransport}.
  *
  * @param url the collector's URL
  * @param options TLS settings and the body limit
  * @param env reads an environment variable (default: `Deno.env.get`)
- * @returns the transport, and the proxy variable that chose fetch, if one did
+ * @returns the transport, what releases it (fetch's TLS client; call it once, when done), and
+ *   the proxy variable that chose fetch, if one did
  */
 export function collectorTransport(
   url: URL,
   options: HttpTransportOptions = {},
   env: (name: string) => string | undefined = (name) => Deno.env.get(name),
-): { transport: HttpTransport; proxyVariable?: string } {
+): { transport: HttpTransport; close: () => void; proxyVariable?: string } {
   const proxyVariable = PROXY_VARIABLES[url.protocol]?.find((name) => env(name));
   return proxyVariable === undefined
-    ? { transport: httpTransport(options) }
-    : { transport: fetchTransport(options), proxyVariable };
+    ? { transport: httpTransport(options), close: () => {} }
+    : { ...fetchTransport(options), proxyVariable };
 }
 
 /**
- * The same exchanges through Deno's `fetch`, for a collector behind a proxy: it costs a busy
- * agent about 3.5 MiB more than {@linkcode httpTransport}. A body read in pieces goes chunked.
+ * The same exchanges through Deno's `fetch`, for a collector behind a proxy. A body read in
+ * pieces goes chunked.
  *
  * @param options extra CA certificates, a client certificate, the body limit
- * @returns a function sending one request
+ * @returns a function sending one request, and what closes its TLS client
  */
-export function fetchTransport(options: HttpTransportOptions = {}): HttpTransport {
+function fetchTransport(
+  options: HttpTransportOptions,
+): { transport: HttpTransport; close: () => void } {
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const client = options.caCerts || options.clientCertificate
     ? Deno.createHttpClient({ caCerts: options.caCerts, ...options.clientCertificate })
     : undefined;
-  return async ({ method, url, headers, body, signal }) => {
+  const transport: HttpTransport = async ({ method, url, headers, body, signal }) => {
     let response: Response;
     try {
       response = await fetch(url, {
@@ -145,6 +149,7 @@ export function fetchTransport(options: HttpTransportOptions = {}): HttpTranspor
     const start = await bodyStart(response, maxBodyBytes);
     return { status: response.status, headers: response.headers, body: start };
   };
+  return { transport, close: () => client?.close() };
 }
 
 /** fetch's generic "fetch failed" followed by its causes (the proxy, TLS, the socket). */

@@ -304,7 +304,9 @@ export interface AgentMetrics {
   flowsRecovered: Counter;
   /** Of those, sockets nobody followed (orphans open since before the capture). */
   unfollowedAtDestroy: Counter;
+  /** Records the sweep made: sockets whose close and destroy no program ran for. */
   flowsSwept: Counter;
+  /** States of freed sockets, record out, whose destroy no program saw: deleted by the sweep. */
   staleStatesSwept: Counter;
   /** Interim records: snapshots of open sockets at window ends. */
   interimRecords: Counter;

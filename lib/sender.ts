@@ -97,16 +97,24 @@ export class Sender {
   readonly #url: URL;
   readonly #options: SenderOptions;
   readonly #transport: HttpTransport;
+  /** Releases the transport the sender made (not one passed in its options). */
+  readonly #closeTransport: () => void;
   /** Aborted by close(): ends the requests in flight. */
   readonly #closed = new AbortController();
   readonly #random: () => number;
   readonly #log: Logger;
   #token: { mtimeMs: number; size: number; value: string } | undefined;
 
-  private constructor(url: URL, options: SenderOptions, transport: HttpTransport) {
+  private constructor(
+    url: URL,
+    options: SenderOptions,
+    transport: HttpTransport,
+    closeTransport: () => void,
+  ) {
     this.#url = url;
     this.#options = options;
     this.#transport = transport;
+    this.#closeTransport = closeTransport;
     this.#random = options.random ?? Math.random;
     this.#log = options.logger ?? silentLogger;
   }
@@ -153,15 +161,18 @@ export class Sender {
         key: await readPem(options.keyFile, "client key"),
       }
       : undefined;
-    if (options.transport) return new Sender(url, options, options.transport);
-    const { transport, proxyVariable } = collectorTransport(url, { caCerts, clientCertificate });
+    if (options.transport) return new Sender(url, options, options.transport, () => {});
+    const { transport, close, proxyVariable } = collectorTransport(url, {
+      caCerts,
+      clientCertificate,
+    });
     if (proxyVariable) {
       options.logger?.(
         "info",
         `Collector ${url.host}: ${proxyVariable} is set, so batches go through fetch, which applies it (and NO_PROXY)`,
       );
     }
-    return new Sender(url, options, transport);
+    return new Sender(url, options, transport, close);
   }
 
   /** The collector URL. */
@@ -272,9 +283,11 @@ export class Sender {
     return this.#backoff(attempt, retryAfterMs);
   }
 
-  /** Ends the requests in flight (they end as aborted). Safe to call twice. */
+  /** Ends the requests in flight (they end as aborted) and releases the client. Safe to call twice. */
   close(): void {
+    if (this.#closed.signal.aborted) return;
     this.#closed.abort();
+    this.#closeTransport();
   }
 
   /** Same as {@linkcode close}. */

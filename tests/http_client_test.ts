@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { certificateAndKeyPem } from "./_certs.ts";
 import {
+  collectorTransport,
   type HttpAnswer,
   HttpProtocolError,
   type HttpRequest,
@@ -413,4 +414,37 @@ Deno.test("httpTransport() presents a client certificate for mutual TLS", async 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("collectorTransport() takes fetch for a proxy named for the URL's scheme, and releases its client", async () => {
+  const { cert } = await certificateAndKeyPem({ cn: "ca" });
+  const env = (vars: Record<string, string>) => (name: string) => vars[name];
+  const https = new URL("https://collector:8443/v1/batches");
+  const http = new URL("http://collector:8080/v1/batches");
+  assert.equal(
+    collectorTransport(https, {}, env({ HTTP_PROXY: "http://p:3128" })).proxyVariable,
+    undefined,
+  );
+  assert.equal(
+    collectorTransport(http, {}, env({ HTTP_PROXY: "http://p:3128" })).proxyVariable,
+    "HTTP_PROXY",
+  );
+  assert.equal(
+    collectorTransport(https, {}, env({ all_proxy: "http://p:3128" })).proxyVariable,
+    "all_proxy",
+  );
+  assert.equal(collectorTransport(https, {}, env({ HTTPS_PROXY: "" })).proxyVariable, undefined);
+  // With a CA, fetch needs a TLS client of its own, which close() releases: a request after it
+  // fails at once on the closed client.
+  const proxied = collectorTransport(
+    https,
+    { caCerts: [cert] },
+    env({ https_proxy: "http://p:3128" }),
+  );
+  assert.equal(proxied.proxyVariable, "https_proxy");
+  proxied.close();
+  await assert.rejects(
+    proxied.transport({ ...post(https.href), signal: AbortSignal.timeout(5_000) }),
+    /Bad resource ID/,
+  );
 });
