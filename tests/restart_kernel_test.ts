@@ -230,7 +230,9 @@ async function pinnedLinks(agent: AgentProcess, dir: string): Promise<string[]> 
 }
 
 kernelTest("detach leaves no pinned object and no attached program", async (t) => {
-  const agent = await AgentProcess.start();
+  // Versioned, as the default pin directory is (…/flowexporter/v1): detach takes its folder too.
+  const pinRoot = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+  const agent = await AgentProcess.start(["--pin-dir", `${pinRoot}/v1`]);
   try {
     const lock = `${agent.workDir}/lock`;
     const cli = (...args: string[]) =>
@@ -273,6 +275,8 @@ kernelTest("detach leaves no pinned object and no attached program", async (t) =
       const out = await cli("detach");
       assert.equal(out.code, 0, text(out.stderr));
       assert.throws(() => Deno.statSync(agent.pinDir), Deno.errors.NotFound);
+      assert.throws(() => Deno.statSync(pinRoot), Deno.errors.NotFound, "its folder goes too");
+      assert.match(text(out.stderr), new RegExp(`removed .*${pinRoot}/v1, ${pinRoot}\\)`));
       // The kernel frees programs and maps after an RCU grace period: wait for it.
       const gone = async () => {
         for (const l of links) {
@@ -290,6 +294,7 @@ kernelTest("detach leaves no pinned object and no attached program", async (t) =
     });
   } finally {
     await agent.stop();
+    await Deno.remove(pinRoot, { recursive: true }).catch(() => {});
   }
 });
 
