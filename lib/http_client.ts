@@ -138,7 +138,9 @@ function fetchTransport(
       response = await fetch(url, {
         method,
         headers,
-        body: body === undefined || body instanceof Uint8Array ? body : streamOf(body),
+        body: body === undefined || body instanceof Uint8Array
+          ? body
+          : ReadableStream.from(piecesOf(body)),
         signal,
         client,
       } as RequestInit);
@@ -162,23 +164,22 @@ function withCauses(error: unknown): string {
   return parts.join(": ");
 }
 
-function streamOf(body: StreamedBody): ReadableStream<Uint8Array> {
-  let left = body.length;
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const piece = new Uint8Array(Math.min(BODY_PIECE_BYTES, left));
-      const n = left === 0 ? null : await body.read(piece);
-      if (n === null) {
-        if (left > 0) {
-          throw new Error(`The body ended ${left} bytes short of its length ${body.length}`);
-        }
-        controller.close();
-      } else {
-        left -= n;
-        controller.enqueue(piece.subarray(0, n));
-      }
-    },
-  });
+/**
+ * The pieces of a streamed body, read into `piece` (reused: each is to be used before the next
+ * is read) or, without one, each into an array of its own.
+ *
+ * @throws {Error} when the body ends short of its length
+ */
+async function* piecesOf(body: StreamedBody, piece?: Uint8Array): AsyncGenerator<Uint8Array> {
+  for (let left = body.length; left > 0;) {
+    const into = piece ?? new Uint8Array(Math.min(BODY_PIECE_BYTES, left));
+    const n = await body.read(into.subarray(0, Math.min(into.length, left)));
+    if (n === null) {
+      throw new Error(`The body ended ${left} bytes short of its length ${body.length}`);
+    }
+    left -= n;
+    yield into.subarray(0, n);
+  }
 }
 
 /** Up to `max` bytes of a response's body; the rest is not read. */
@@ -315,15 +316,7 @@ async function writeRequest(conn: Deno.Conn, request: HttpRequest): Promise<void
     await writeAll(conn, body);
   } else if (body !== undefined) {
     const piece = new Uint8Array(Math.min(BODY_PIECE_BYTES, Math.max(body.length, 1)));
-    let left = body.length;
-    while (left > 0) {
-      const n = await body.read(piece.subarray(0, Math.min(piece.length, left)));
-      if (n === null) {
-        throw new Error(`The body ended ${left} bytes short of its length ${body.length}`);
-      }
-      await writeAll(conn, piece.subarray(0, n));
-      left -= n;
-    }
+    for await (const bytes of piecesOf(body, piece)) await writeAll(conn, bytes);
   }
 }
 

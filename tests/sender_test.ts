@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { compress, decompress } from "../lib/compression.ts";
 import { syntheticFlow } from "./_synthetic_flows.ts";
 import { Sender, SenderConfigError, type SenderOptions } from "../lib/sender.ts";
+import { BODY_PIECE_BYTES } from "../lib/http_client.ts";
 import {
   decodeBatch,
   encodeBatchParts,
@@ -354,6 +355,7 @@ Deno.test("send() streams a batch file, read anew for each attempt and closed af
 Deno.test("a proxy named in the environment is used (through fetch), and NO_PROXY is honoured", async () => {
   // The agent's own client has no proxy support: with HTTP_PROXY set, batches go through fetch.
   // A subprocess, so that the environment of the other tests stays as it is.
+  const BODY_BYTES = 3 * BODY_PIECE_BYTES + 1000; // several pieces, the last one short
   const proxied: string[] = [];
   const proxy = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (r) => {
     proxied.push(`${r.method} ${r.url} ${new Uint8Array(await r.arrayBuffer()).length}`);
@@ -372,7 +374,11 @@ Deno.test("a proxy named in the environment is used (through fetch), and NO_PROX
           const logs = [];
           const sender = await Sender.create({ url: ${JSON.stringify(url)}, maxAttempts: 1,
             logger: (level, message) => logs.push(level + ": " + message) });
-          const result = await sender.send(new Uint8Array(1000), "zstd", "node-1:9");
+          // A spooled batch, as the shipper sends: read in pieces, streamed to fetch.
+          const batch = Deno.makeTempFileSync();
+          Deno.writeFileSync(batch, new Uint8Array(${BODY_BYTES}));
+          const result = await sender.send({ path: batch }, "zstd", "node-1:9");
+          Deno.removeSync(batch);
           console.log(JSON.stringify({ result, logs }));`;
         const out = await new Deno.Command(Deno.execPath(), {
           args: ["eval", "--no-config", script],
@@ -389,7 +395,7 @@ Deno.test("a proxy named in the environment is used (through fetch), and NO_PROX
           new URL(url).host
         }: HTTP_PROXY is set, so batches go through fetch, which applies it (and NO_PROXY)`,
       ]);
-      assert.deepEqual(proxied, [`POST ${url} 1000`]);
+      assert.deepEqual(proxied, [`POST ${url} ${BODY_BYTES}`]);
       const direct = await send({
         HTTP_PROXY: `http://127.0.0.1:${proxy.addr.port}`,
         NO_PROXY: "127.0.0.1",
