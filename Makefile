@@ -100,15 +100,18 @@ $(BUILD)/vmlinux.h: | $(BUILD)/.apt-stamp
 	$(Q)test -r /sys/kernel/btf/vmlinux || { echo "make: no kernel BTF at /sys/kernel/btf/vmlinux to generate vmlinux.h" >&2; exit 1; }
 	$(Q)bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
+BPF_BUILD = clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_$(BPF_TARGET_ARCH_$(ARCH)) \
+	-I$(BUILD) -Ibpf -I$(DEPS)/include -c $< -o $@ && llvm-strip -g $@
+# The skeleton of $< (a BPF object) named $(1).
+SKEL_BUILD = bpftool gen skeleton $< name $(1) > $@.tmp && mv $@.tmp $@
+
 $(BUILD)/flowexporter.bpf.o: bpf/flowexporter.bpf.c bpf/flowexporter.h $(BUILD)/vmlinux.h $(DEPS)/.stamp
 	$(msg) BPF $@
-	$(Q)clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_$(BPF_TARGET_ARCH_$(ARCH)) \
-		-I$(BUILD) -Ibpf -I$(DEPS)/include -c $< -o $@
-	$(Q)llvm-strip -g $@
+	$(Q)$(BPF_BUILD)
 
 $(BUILD)/flowexporter.skel.h: $(BUILD)/flowexporter.bpf.o
 	$(msg) SKEL $@
-	$(Q)bpftool gen skeleton $< name flowexporter_bpf > $@.tmp && mv $@.tmp $@
+	$(Q)$(call SKEL_BUILD,flowexporter_bpf)
 
 SHIM_BUILD = $(SHIM_CC) -O2 -g -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden \
 	-I$(BUILD) -Ibpf -I$(DEPS)/include $< -o $@ \
@@ -157,7 +160,22 @@ $(BUILD)/churn: bench/churn.c | $(BUILD)/.apt-stamp
 	$(msg) CC $@
 	$(Q)gcc -O2 -Wall -Wextra -pthread $< -o $@
 
-bench: build $(BUILD)/churn
+# The benchmark's tool `sockops`: a sock_ops program that only counts closes, and its loader
+# (libbpf linked in as in the shim): the floor of following every close through sock_ops.
+$(BUILD)/sockops_counter.bpf.o: bench/sockops_counter.bpf.c $(BUILD)/vmlinux.h $(DEPS)/.stamp
+	$(msg) BPF $@
+	$(Q)$(BPF_BUILD)
+
+$(BUILD)/sockops_counter.skel.h: $(BUILD)/sockops_counter.bpf.o
+	$(msg) SKEL $@
+	$(Q)$(call SKEL_BUILD,sockops_counter_bpf)
+
+$(BUILD)/sockops_counter: bench/sockops_counter.c $(BUILD)/sockops_counter.skel.h $(DEPS)/.stamp
+	$(msg) CC $@
+	$(Q)gcc -O2 -Wall -Wextra -Werror -I$(BUILD) -I$(DEPS)/include $< -o $@ \
+		$(DEPS)/lib/libbpf.a $(DEPS)/lib/libelf.a $(DEPS)/lib/libz.a $(DEPS)/lib/libzstd.a
+
+bench: build $(BUILD)/churn $(BUILD)/sockops_counter
 	$(Q)$(DENO) run $(DENO_RUN_FLAGS) bench/churn_bench.ts $(ARGS)
 
 $(BUILD)/hold_connections: bench/hold_connections.c | $(BUILD)/.apt-stamp

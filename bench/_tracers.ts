@@ -1,7 +1,8 @@
 /**
  * The tracers the benchmark compares, run as child processes whose stdout
  * goes straight to a file on tmpfs (the benchmark spends no CPU reading it
- * while the churn runs): the agent (`main.ts run`) and Debian's tcplife-bpfcc.
+ * while the churn runs): the agent (`main.ts run`), Debian's tcplife-bpfcc, and
+ * two counters of closed sockets (bpftrace's, and build/sockops_counter's).
  *
  * A stopped agent leaves its BPF programs attached and its capture pinned
  * under its pin directory, for the next start to take over:
@@ -10,6 +11,7 @@
  * @module
  */
 import { packagedEnvironment } from "../tests/_packaging.ts";
+import { cgroup2Root } from "../ffi/kernel_prereqs.ts";
 import { countFds, cpuTicks, delay, executable } from "./_proc.ts";
 import type { RecordFormat } from "./_records.ts";
 
@@ -129,9 +131,23 @@ export class Tracer implements AsyncDisposable {
   }
 
   /** Starts a bpftrace counter of closed TCP sockets; resolves once it attached. */
-  static async startBareCounter(command: string, outputPath: string): Promise<Tracer> {
-    // SIGINT: bpftrace prints its maps and exits.
-    const t = new Tracer("bpftrace", "count", [command, "-e", BARE_COUNTER], outputPath, "SIGINT");
+  static startBareCounter(command: string, outputPath: string): Promise<Tracer> {
+    return Tracer.#startCounter("bpftrace", [command, "-e", BARE_COUNTER], outputPath);
+  }
+
+  /**
+   * Starts build/sockops_counter (closes counted by sock_ops) on the cgroup v2 root; resolves once
+   * it attached.
+   */
+  static startSockopsCounter(command: string, outputPath: string): Promise<Tracer> {
+    const root = cgroup2Root();
+    if (root === undefined) throw new Error("Cannot attach sock_ops: no cgroup v2 is mounted");
+    return Tracer.#startCounter("sockops_counter", [command, root], outputPath);
+  }
+
+  /** A counter that prints "Attaching" once it runs, and "@closes: N" at SIGINT, then exits. */
+  static async #startCounter(name: string, command: string[], outputPath: string) {
+    const t = new Tracer(name, "count", command, outputPath, "SIGINT");
     await t.#waitFor(() => Deno.readTextFileSync(outputPath).includes("Attaching"), 60_000);
     await delay(300);
     return t;
@@ -366,6 +382,23 @@ export async function prepareTcplife(
     // Single-directory header packages have no -common part.
   }
   return { command };
+}
+
+/**
+ * The sock_ops close counter `make bench` builds (bench/sockops_counter.c).
+ *
+ * @returns the command to run, or the reason it cannot run
+ */
+export function prepareSockopsCounter(): Promise<{ command: string } | { reason: string }> {
+  const command = new URL("../build/sockops_counter", import.meta.url).pathname;
+  let reason: string | undefined;
+  try {
+    Deno.statSync(command);
+  } catch {
+    reason = `${command} is not built (make build/sockops_counter)`;
+  }
+  if (cgroup2Root() === undefined) reason = "no cgroup v2 is mounted for sock_ops";
+  return Promise.resolve(reason === undefined ? { command } : { reason });
 }
 
 /**

@@ -2,12 +2,13 @@
  * Capture benchmark: how much connection churn survives tracing, and whether
  * every closed TCP socket becomes a record. Each repetition runs, in rotating
  * order, the churn generator (build/churn) under the agent (JSON output, and
- * --output none), under Debian's tcplife-bpfcc and under a bare bpftrace
- * counter, each between two untraced runs; the agent with --perf-buffer runs
- * once. The restart scenarios run the churn at a fixed rate while the agent is
- * stopped (SIGTERM, or SIGKILL) in the middle and started again at once on the
- * same pinned capture, spool and lock: the two agents' records together must
- * hold every flow once. With --hog a busy loop pinned to one CPU runs during
+ * --output none), under Debian's tcplife-bpfcc, under a bare bpftrace
+ * counter and under a sock_ops program that only counts closes (the floor of
+ * the agent's design), each between two untraced runs; the agent with
+ * --perf-buffer runs once. The restart scenarios run the churn at a fixed rate
+ * while the agent is stopped (SIGTERM, or SIGKILL) in the middle and started
+ * again at once on the same pinned capture, spool and lock: the two agents'
+ * records together must hold every flow once. With --hog a busy loop pinned to one CPU runs during
  * every measurement. Prints a table of figures and ratios.
  *
  * Run as root: `make bench` (or `deno task bench`); `--help` lists the flags.
@@ -36,7 +37,14 @@ import {
   tallyJsonRecords,
   tallySpool,
 } from "./_records.ts";
-import { cacheModules, endCapture, prepareBpftrace, prepareTcplife, Tracer } from "./_tracers.ts";
+import {
+  cacheModules,
+  endCapture,
+  prepareBpftrace,
+  prepareSockopsCounter,
+  prepareTcplife,
+  Tracer,
+} from "./_tracers.ts";
 import { errorText } from "../lib/error_text.ts";
 import { BPF_STATS_SYSCTL } from "../ffi/kernel_prereqs.ts";
 import { untilGridClosed } from "../tests/_traffic.ts";
@@ -65,7 +73,7 @@ Options:
   --concurrency N    connections in flight per client thread (default 64)
   --port-base P      first churn listening port (default 20000)
   --tools LIST       comma list of agent,agent-none,agent-collector,agent-perf,agent-restart,
-                     agent-kill,tcplife,bare (default all)
+                     agent-kill,tcplife,bare,sockops (default all)
   --agent-args=ARGS  extra arguments for every agent run, e.g. --agent-args="--poll-ms 10"
   --hog              a busy loop pinned to one CPU during every measurement, untraced too
   --hog-cpu N        the CPU the busy loop runs on (default 0)
@@ -166,7 +174,7 @@ interface Measurement {
 
 interface Variant {
   label: string;
-  tracer: "none" | "agent" | "tcplife" | "bare";
+  tracer: "none" | "agent" | "tcplife" | "bare" | "sockops";
   agentArgs?: string[];
   /** Runs in the last repetition only. */
   once?: boolean;
@@ -212,6 +220,9 @@ const VARIANTS: Record<string, Variant> = {
   },
   tcplife: { label: "tcplife-bpfcc", tracer: "tcplife" },
   bare: { label: "bare BPF counter (bpftrace)", tracer: "bare" },
+  // The floor of the agent's design: the sock_ops hook asked for the same state callbacks,
+  // counting closes and nothing more.
+  sockops: { label: "sock_ops close counter (C)", tracer: "sockops" },
 };
 const TOOLS = Object.keys(VARIANTS).filter((n) => n !== "baseline");
 /** With --ref-main, these variants run twice: as `ref-<name>` with the reference agent too. */
@@ -402,6 +413,8 @@ function startTracer(
       );
     case "tcplife":
       return Tracer.startTcplife(ctx.commands.get(name)!, outputPath);
+    case "sockops":
+      return Tracer.startSockopsCounter(ctx.commands.get(name)!, outputPath);
     default:
       return Tracer.startBareCounter(ctx.commands.get(name)!, outputPath);
   }
@@ -897,7 +910,11 @@ async function main(): Promise<number> {
   }
   const skipped = new Map<string, string>();
   const commands = new Map<string, string>();
-  const helpers = { tcplife: prepareTcplife, bare: prepareBpftrace };
+  const helpers = {
+    tcplife: prepareTcplife,
+    bare: prepareBpftrace,
+    sockops: prepareSockopsCounter,
+  };
   for (const [name, prepare] of Object.entries(helpers)) {
     if (!o.tools.includes(name)) continue;
     const prepared = await prepare(o.install, log);
@@ -996,7 +1013,7 @@ async function main(): Promise<number> {
         ? "BPF = run time of the agent's BPF programs (kernel.bpf_stats_enabled) per flow, " +
           "spent in the churn's context, not in the CPU column. "
         : "") +
-      "* = the tracer's own host-wide count (--output none and the bare counter write no records). " +
+      "* = the tracer's own host-wide count (--output none and the two counters write no records). " +
       (o.hog
         ? `Busy loop: pinned to CPU ${o.hogCpu} from before the tracer starts until it stopped, ` +
           "in untraced runs too. "
