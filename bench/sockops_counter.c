@@ -2,10 +2,10 @@
 /*
  * sockops_counter CGROUP: loads bench/sockops_counter.bpf.c (embedded through
  * its skeleton) and attaches it to the cgroup v2 directory CGROUP (the root,
- * for every process's sockets). Prints "Attaching ..." once
- * attached; at SIGINT or SIGTERM, prints "@closes: N" (the line bpftrace's
- * count() prints, which the benchmark reads) and exits. The attachment is a
- * BPF link held by this process: it goes when the process does, killed or not.
+ * for every process's sockets). Prints "Attaching ..." once attached; at
+ * SIGINT or SIGTERM, prints "@closes: N" (the line bpftrace's count() prints,
+ * which the benchmark reads) and exits. The attachment is a BPF link held by
+ * this process: it goes when the process does, killed or not.
  *
  * Build: make build/sockops_counter
  */
