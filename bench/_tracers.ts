@@ -136,13 +136,11 @@ export class Tracer implements AsyncDisposable {
   }
 
   /**
-   * Starts build/sockops_counter (closes counted by sock_ops) on the cgroup v2 root; resolves once
-   * it attached.
+   * Starts build/sockops_counter (closes counted by sock_ops) on the cgroup v2 root, which
+   * {@linkcode prepareSockopsCounter} found; resolves once it attached.
    */
   static startSockopsCounter(command: string, outputPath: string): Promise<Tracer> {
-    const root = cgroup2Root();
-    if (root === undefined) throw new Error("Cannot attach sock_ops: no cgroup v2 is mounted");
-    return Tracer.#startCounter("sockops_counter", [command, root], outputPath);
+    return Tracer.#startCounter("sockops_counter", [command, cgroup2Root()!], outputPath);
   }
 
   /** A counter that prints "Attaching" once it runs, and "@closes: N" at SIGINT, then exits. */
