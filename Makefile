@@ -191,6 +191,7 @@ check: tools
 
 clean:
 	rm -rf $(BUILD)/*.o $(BUILD)/*.so $(BUILD)/*.skel.h $(BUILD)/vmlinux.h $(BUILD)/amd64 $(BUILD)/arm64 \
+		$(BUILD)/other-state $(BUILD)/churn $(BUILD)/sockops_counter $(BUILD)/hold_connections \
 		dist $(BUILD)/dist-check $(BUILD)/image
 
 include mk/dist.mk

@@ -77,8 +77,11 @@ Options:
   --agent-args=ARGS  extra arguments for every agent run, e.g. --agent-args="--poll-ms 10"
   --hog              a busy loop pinned to one CPU during every measurement, untraced too
   --hog-cpu N        the CPU the busy loop runs on (default 0)
-  --ref-main PATH    also run agent and agent-none from another built checkout's main.ts
-                     (e.g. the previous commit), side by side in the same rotation
+  --ref-main [NAME=]PATH
+                     also run agent, agent-none and agent-collector (those selected) from
+                     another built checkout's main.ts (e.g. the previous commit), side by side
+                     in the same rotation, marked [NAME] (default ref); give it once per
+                     checkout to compare several
   --bpf-stats        turn on kernel.bpf_stats_enabled for the run (restored after) and report
                      the agent's BPF programs' run time per flow, and each program's runs and
                      time per run (the counting adds two clock reads to every program run, in
@@ -180,8 +183,10 @@ interface Variant {
   once?: boolean;
   /** Restart scenario: the signal that stops the first agent mid-churn (at --restart-rate). */
   restart?: "SIGTERM" | "SIGKILL";
-  /** Runs the reference agent (--ref-main) instead of this checkout's. */
-  ref?: boolean;
+  /** The default configuration: a collector configured (the sink's URL, set once it listens). */
+  collector?: boolean;
+  /** The main.ts of another checkout (--ref-main) to run instead of this checkout's. */
+  main?: string;
 }
 
 const VARIANTS: Record<string, Variant> = {
@@ -199,6 +204,7 @@ const VARIANTS: Record<string, Variant> = {
     label: "flowexporter, collector configured",
     tracer: "agent",
     agentArgs: [], // set once the sink listens
+    collector: true,
   },
   "agent-perf": {
     label: "flowexporter --perf-buffer",
@@ -225,14 +231,16 @@ const VARIANTS: Record<string, Variant> = {
   sockops: { label: "sock_ops close counter (C)", tracer: "sockops" },
 };
 const TOOLS = Object.keys(VARIANTS).filter((n) => n !== "baseline");
-/** With --ref-main, these variants run twice: as `ref-<name>` with the reference agent too. */
+/**
+ * With --ref-main NAME=PATH, these variants (those selected) also run as `NAME-<variant>`, with
+ * the agent of PATH.
+ */
 const REF_TWINS = ["agent", "agent-none", "agent-collector"];
-for (const name of REF_TWINS) {
-  VARIANTS[`ref-${name}`] = {
-    ...VARIANTS[name],
-    label: `${VARIANTS[name].label} [ref]`,
-    ref: true,
-  };
+
+/** A checkout given with --ref-main: the name that marks its rows, and its main.ts. */
+interface Reference {
+  name: string;
+  main: string;
 }
 
 /**
@@ -263,7 +271,7 @@ function parseOptions() {
       "agent-args": { type: "string", default: "" },
       hog: { type: "boolean", default: false },
       "hog-cpu": { type: "string", default: "0" },
-      "ref-main": { type: "string", default: "" },
+      "ref-main": { type: "string", multiple: true, default: [] },
       "no-install": { type: "boolean", default: false },
       "bpf-stats": { type: "boolean", default: false },
       "tmp-dir": { type: "string", default: "/dev/shm" },
@@ -314,25 +322,40 @@ function parseOptions() {
     agentArgs: values["agent-args"].split(/\s+/).filter((a) => a !== ""),
     hog: values.hog,
     hogCpu,
-    refMain: values["ref-main"] === "" ? undefined : refMain(values["ref-main"]),
+    refs: references(values["ref-main"]),
     install: !values["no-install"],
     bpfStats: values["bpf-stats"],
     tmpDir: values["tmp-dir"],
   };
 }
 
-/** The reference agent's main.ts, resolved; its checkout must be built (build/libflowexporter.so). */
-function refMain(path: string): string {
-  try {
-    const main = Deno.realPathSync(path);
-    Deno.statSync(new URL("build/libflowexporter.so", `file://${main}`).pathname);
-    return main;
-  } catch {
-    throw new Error(
-      `Invalid --ref-main ${JSON.stringify(path)}: expected the main.ts of a built checkout ` +
-        "(with build/libflowexporter.so beside it)",
-    );
+/**
+ * The checkouts of the --ref-main flags (`[NAME=]PATH`, NAME `ref` by default), each main.ts
+ * resolved; a checkout must be built (build/libflowexporter.so).
+ */
+function references(flags: string[]): Reference[] {
+  const refs: Reference[] = [];
+  for (const flag of flags) {
+    const named = /^([a-z][a-z0-9]*)=(.+)$/.exec(flag);
+    const [name, path] = named ? [named[1], named[2]] : ["ref", flag];
+    if (refs.some((r) => r.name === name)) {
+      throw new Error(
+        `Invalid --ref-main ${JSON.stringify(flag)}: the name ${name} is taken; ` +
+          "name each checkout (--ref-main NAME=PATH)",
+      );
+    }
+    try {
+      const main = Deno.realPathSync(path);
+      Deno.statSync(new URL("build/libflowexporter.so", `file://${main}`).pathname);
+      refs.push({ name, main });
+    } catch {
+      throw new Error(
+        `Invalid --ref-main ${JSON.stringify(flag)}: expected [NAME=]PATH, PATH the main.ts of ` +
+          "a built checkout (with build/libflowexporter.so beside it), NAME in lower case",
+      );
+    }
   }
+  return refs;
 }
 
 type Options = ReturnType<typeof parseOptions>;
@@ -409,7 +432,7 @@ function startTracer(
         outputPath,
         pinDir,
         workDir,
-        v.ref ? o.refMain : undefined,
+        v.main,
       );
     case "tcplife":
       return Tracer.startTcplife(ctx.commands.get(name)!, outputPath);
@@ -924,6 +947,13 @@ async function main(): Promise<number> {
     } else commands.set(name, prepared.command);
   }
   const names = ["baseline", ...TOOLS.filter((n) => o.tools.includes(n))];
+  for (const ref of o.refs) {
+    for (const twin of REF_TWINS.filter((n) => o.tools.includes(n))) {
+      const v = VARIANTS[twin];
+      VARIANTS[`${ref.name}-${twin}`] = { ...v, label: `${v.label} [${ref.name}]`, main: ref.main };
+      names.push(`${ref.name}-${twin}`);
+    }
+  }
   if (names.includes("agent-collector")) {
     const sink = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (r) => {
       await r.arrayBuffer();
@@ -931,12 +961,9 @@ async function main(): Promise<number> {
     });
     live.add(() => sink.shutdown());
     const url = `http://127.0.0.1:${sink.addr.port}/v1/batches`;
-    for (const name of ["agent-collector", "ref-agent-collector"]) {
+    for (const name of names.filter((n) => VARIANTS[n].collector)) {
       VARIANTS[name].agentArgs = ["--output", "none", "--collector-url", url];
     }
-  }
-  if (o.refMain) {
-    names.push(...REF_TWINS.filter((n) => o.tools.includes(n)).map((n) => `ref-${n}`));
   }
   const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "flowexporter-bench-" });
   live.add(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
@@ -962,7 +989,7 @@ async function main(): Promise<number> {
   log(`${machine}; ${setup}`);
   if (names.some((n) => VARIANTS[n].tracer === "agent")) {
     await cacheModules();
-    if (o.refMain) await cacheModules(o.refMain);
+    for (const ref of o.refs) await cacheModules(ref.main);
   }
   if (o.warmup > 0) await runChurn(o, o.warmup);
 
@@ -1047,7 +1074,9 @@ async function main(): Promise<number> {
     }
   }
   if (o.agentArgs.length) console.log(`Agent runs had extra arguments: ${o.agentArgs.join(" ")}`);
-  if (o.refMain) console.log(`[ref] = the reference agent ${o.refMain}, in the same rotation.`);
+  for (const ref of o.refs) {
+    console.log(`[${ref.name}] = the agent of ${ref.main}, in the same rotation.`);
+  }
   return 0;
 }
 
