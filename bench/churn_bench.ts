@@ -351,7 +351,7 @@ function references(flags: string[]): Reference[] {
     } catch {
       throw new Error(
         `Invalid --ref-main ${JSON.stringify(flag)}: expected [NAME=]PATH, PATH the main.ts of ` +
-          "a built checkout (with build/libflowexporter.so beside it), NAME in lower case",
+          "a built checkout (with build/libflowexporter.so beside it), NAME lower-case letters and digits",
       );
     }
   }
