@@ -13,35 +13,17 @@
 #
 # Usage: bench/decompose.sh [bench arguments, e.g. --reps 8 --duration 4 --no-install]
 #   DECOMPOSE_DIR  where the builds go (default /tmp/flowexporter-decompose; replaced)
-# Needs root (as `make bench`) and a built checkout (`make build`).
+# Needs root (as `make bench`) and a built checkout (`make build`). Each build is made by
+# bench/ref_checkout.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 out=${DECOMPOSE_DIR:-/tmp/flowexporter-decompose}
 
-if [[ ! -e build/libflowexporter.so ]]; then
-  echo "decompose: build this checkout first (make build)" >&2
-  exit 1
-fi
 rm -rf "$out"
 refs=()
 for patch in bench/decompose/*.patch; do
   name=$(basename "$patch" .patch)
-  if ! git apply --check "$patch" 2>/dev/null; then
-    echo "decompose: $patch no longer applies to this checkout: update it (git apply --check $patch)" >&2
-    exit 1
-  fi
-  tree=$out/$name
-  mkdir -p "$tree/build"
-  # The checkout as it is (uncommitted changes too), without its build, then the patch.
-  git ls-files -z --cached --others --exclude-standard |
-    tar --null --files-from=- --ignore-failed-read -c 2>/dev/null | tar -x -C "$tree"
-  (cd "$tree" && git apply "$root/$patch")
-  # The tools and dependencies are this checkout's: only the BPF object and the shim are built.
-  for f in tools deps vmlinux.h .apt-stamp; do ln -s "$root/build/$f" "$tree/build/$f"; done
-  ln -s "$root/node_modules" "$tree/node_modules"
-  echo "  BUILD    $name ($tree)" >&2
-  make -C "$tree" --no-print-directory build >/dev/null
-  refs+=("--ref-main $name=$tree/main.ts")
+  bench/ref_checkout.sh --patch "$patch" "$out/$name"
+  refs+=("--ref-main $name=$out/$name/main.ts")
 done
 exec make --no-print-directory bench ARGS="--tools agent-none,sockops ${refs[*]} $*"
