@@ -232,7 +232,11 @@ async function pinnedLinks(agent: AgentProcess, dir: string): Promise<string[]> 
 kernelTest("detach leaves no pinned object and no attached program", async (t) => {
   // Versioned, as the default pin directory is (…/flowexporter/v1): detach takes its folder too.
   const pinRoot = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
-  const agent = await AgentProcess.start(["--pin-dir", `${pinRoot}/v1`]);
+  // The folder goes even when the agent fails to start (it may have made it by then).
+  const agent = await AgentProcess.start(["--pin-dir", `${pinRoot}/v1`]).catch(async (error) => {
+    await Deno.remove(pinRoot, { recursive: true }).catch(() => {});
+    throw error;
+  });
   try {
     const lock = `${agent.workDir}/lock`;
     const cli = (...args: string[]) =>
