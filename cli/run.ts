@@ -343,6 +343,8 @@ export async function run(v: Config): Promise<number> {
     () => CaptureJournal.open(`${v.spoolDir}/${JOURNAL_DIR}`),
   );
   checkShippingFiles(v);
+  // bpffs mounted first: on a host that has not mounted it, /sys/fs/bpf is a plain sysfs folder.
+  Agent.prepareHost();
   withPath(
     PATHS.pinDir,
     v.pinDir,

@@ -307,14 +307,25 @@ export class Agent implements Disposable {
   }
 
   /**
-   * Checks the host, loads, attaches and seeds the BPF side.
+   * Checks the host's privileges and BTF, and mounts tracefs and bpffs where they are missing:
+   * before this, a pin directory under /sys/fs/bpf cannot be made on a host that has not mounted
+   * bpffs. {@linkcode open} does it too.
+   *
+   * @throws {PrereqError} when the host lacks something (privileges, BTF, mounts)
+   */
+  static prepareHost(): void {
+    prepareKernel(openNative());
+  }
+
+  /**
+   * Checks the host ({@linkcode prepareHost}), loads, attaches and seeds the BPF side.
    *
    * @throws {PrereqError} when the host lacks something (privileges, BTF, mounts)
    * @throws {AgentLoadError} when libbpf or the verifier refuses
    */
   static open(options: AgentOptions = {}): Agent {
+    Agent.prepareHost();
     const native = openNative();
-    prepareKernel(native);
     const pinDir = options.pinDir ?? MAPS_PIN_DIR;
     Deno.mkdirSync(pinDir, { recursive: true, mode: 0o700 });
     // mkdir's mode is masked by umask and leaves existing directories alone.

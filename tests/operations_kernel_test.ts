@@ -212,3 +212,41 @@ kernelTest("output auto writes JSON lines only when no collector is set", async 
     assert.equal(agent.records.length > 0, lines, `JSON lines ${what}: ${agent.records.length}`);
   }
 });
+
+kernelTest("run mounts bpffs before it makes its pin directory, on a host without it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flowexporter-no-bpffs-" });
+  const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+  // A mount namespace of the agent's own, with /sys/fs/bpf unmounted: there it is a plain sysfs
+  // folder, as on a host that never mounted bpffs. What the agent pins goes with the namespace.
+  const withoutBpffs =
+    'if mountpoint -q /sys/fs/bpf; then umount /sys/fs/bpf || exit 90; fi; exec "$@"';
+  try {
+    const child = new Deno.Command("unshare", {
+      args: [
+        ...["--mount", "--propagation", "private", "sh", "-c", withoutBpffs, "sh"],
+        ...[Deno.execPath(), "run", "--allow-all", MAIN, "run", "--output", "none"],
+        ...["--pin-dir", pinDir, "--lock-file", `${dir}/lock`, "--spool-dir", `${dir}/spool`],
+        ...["--cert-path", `${dir}/none.pem`],
+      ],
+      stdout: "null",
+      stderr: "piped",
+      env: { FLOWEXPORTER_CONFIG: "", NO_COLOR: "1" },
+    }).spawn();
+    const stderr = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    let log = "";
+    while (!log.includes("capturing TCP flows")) {
+      const { value, done } = await stderr.read();
+      if (done) {
+        await child.status;
+        assert.fail(`the agent exited before it captured:\n${log}`);
+      }
+      log += value;
+    }
+    child.kill("SIGINT");
+    const status = await child.status;
+    for (let r = await stderr.read(); !r.done; r = await stderr.read()) log += r.value;
+    assert.equal(status.code, 0, log);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
