@@ -30,6 +30,14 @@ export function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]); // fields 14 and 15 of proc(5)
 }
 
+/**
+ * Bytes a process has handed to write(2) and its kin, to files, pipes and sockets alike
+ * (`wchar` of /proc/PID/io): what its disk writes can be at most.
+ */
+export function writtenBytes(pid: number): number {
+  return Number(/^wchar: (\d+)$/m.exec(Deno.readTextFileSync(`/proc/${pid}/io`))?.[1]);
+}
+
 /** Peak resident set size (VmHWM) of a process, KiB. */
 export function peakRssKiB(pid: number): number {
   return statusKiB(pid, "VmHWM");

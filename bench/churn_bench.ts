@@ -27,6 +27,7 @@ import {
   rssKiB,
   threadCount,
   waitUntilIdle,
+  writtenBytes,
 } from "./_proc.ts";
 import {
   churnGrid,
@@ -106,6 +107,8 @@ interface ChurnResult {
 
 interface TracerFigures {
   cpuMs: number;
+  /** Bytes written (files, pipes, sockets) during the measurement; none across a restart. */
+  written?: number;
   peakRssKiB: number;
   /** RSS (VmRSS) once started and idle, before any churn; none for the restart scenarios. */
   idleRssKiB?: number;
@@ -513,10 +516,12 @@ async function measureTracer(
     const settled = await settle(o);
     await waitUntilIdle(tracer.pid);
     const cpu0 = cpuTicks(tracer.pid);
+    const written0 = writtenBytes(tracer.pid);
     const bpf0 = o.bpfStats && v.tracer === "agent" ? bpfProgramStats(tracer.pid) : undefined;
     const churn = await runChurn(o, o.duration);
     await waitUntilIdle(tracer.pid);
     const cpuMs = (cpuTicks(tracer.pid) - cpu0) * 1000 / ctx.hz;
+    const written = writtenBytes(tracer.pid) - written0;
     const bpfPrograms = bpf0 === undefined
       ? undefined
       : bpfSince(bpf0, bpfProgramStats(tracer.pid));
@@ -560,6 +565,7 @@ async function measureTracer(
       churn,
       tracer: {
         cpuMs,
+        written,
         peakRssKiB: rss,
         idleRssKiB: idleRss,
         threads,
@@ -796,6 +802,7 @@ const HEADER = [
   "Recursion misses",
   "CPU ms/1000 flows (median)",
   "CPU ms/1000 flows (worst)",
+  "Written B/flow (median)",
   "Peak RSS MiB (worst)",
   "Idle RSS MiB (worst)",
   "BPF ns/flow (median)",
@@ -826,6 +833,8 @@ function tableRow(name: string, ms: Measurement[]): string[] {
   const idle = ms.map((m) => m.tracer!.idleRssKiB).filter((kib) => kib !== undefined);
   const idleRssMiB = idle.length ? Math.max(...idle) / 1024 : undefined;
   const bpf = ms.map(bpfNsPerFlow).filter((ns) => ns !== undefined);
+  const written = ms.filter((m) => m.tracer!.written !== undefined)
+    .map((m) => m.tracer!.written! / m.churn.sockets_closed);
   const sum = (f: (t: TracerFigures) => number | undefined) =>
     ms.some((m) => f(m.tracer!) !== undefined)
       ? int(ms.reduce((n, m) => n + (f(m.tracer!) ?? 0), 0))
@@ -851,6 +860,7 @@ function tableRow(name: string, ms: Measurement[]): string[] {
     sum((t) => t.recursionMisses),
     cpu.toFixed(2),
     Math.max(...ms.map(cpuPer1000)).toFixed(2),
+    written.length ? median(written).toFixed(0) : "",
     peakRssMiB.toFixed(0),
     idleRssMiB === undefined ? "" : idleRssMiB.toFixed(0),
     bpf.length ? median(bpf).toFixed(0) : "",

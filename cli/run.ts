@@ -425,7 +425,9 @@ export async function run(v: Config): Promise<number> {
   if (replayed.records > 0 || replayed.unreadable > 0 || journal.torn > 0) {
     log.info(
       `Capture journal: ${replayed.records} flows an earlier run captured are shipped now${
-        replayed.unreadable ? `; ${replayed.unreadable} of another agent version are lost` : ""
+        replayed.unreadable
+          ? `; ${replayed.unreadable} journaled in a form this version cannot read (another version's, or damaged) are lost`
+          : ""
       }`,
     );
   }

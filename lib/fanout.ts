@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { JournalChunk } from "./capture_journal.ts";
+import type { RecordsChunk } from "./capture_journal.ts";
 import { toWallNs } from "./clock.ts";
 import {
   DecodeError,
@@ -43,7 +43,7 @@ export interface RecordTally {
 }
 
 /** One poll's kernel records, with what they need to be read: what the intake returns. */
-export type RecordChunk = Pick<JournalChunk, "records" | "clockOffsetNs" | "bootId">;
+export type RecordChunk = Pick<RecordsChunk, "records" | "clockOffsetNs" | "bootId">;
 
 /** Counts a poll's kernel records in one pass, reading them where they lie. */
 export function tallyRecords(chunk: RecordChunk): RecordTally {

@@ -6,10 +6,11 @@
  *
  * @module
  */
-import type { CaptureJournal, JournalChunk } from "./capture_journal.ts";
+import type { CaptureJournal, JournalChunk, RecordsChunk, RingSpan } from "./capture_journal.ts";
 import type { RecordChunk } from "./fanout.ts";
-import { DecodeError, RECORD_OFFSETS, RECORD_SIZE } from "./decode.ts";
-import { type FlowWriter, RecordWriter } from "./wire.ts";
+import { RECORD_OFFSETS, RECORD_SIZE } from "./decode.ts";
+import { type EncodedFlows, encodeRecords, FlowBuffer, splitFlows } from "./encoded_flows.ts";
+import { SCHEMA_VERSION } from "./wire.ts";
 
 /** Where records come from: the kernel side's ring buffer, as the agent sees it. */
 export interface RingSource {
@@ -43,8 +44,12 @@ export interface IntakeOptions {
   clockOffsetNs: () => bigint;
   ring: RingSource;
   journal: Pick<CaptureJournal, "append" | "left" | "dropLeft">;
-  /** The batch pipeline: windows numbered from 0, and where flows go. */
-  shipper: { readonly openWindow: number; addFlow(flow: FlowWriter): void };
+  /** The batch pipeline: windows numbered from 0, where flows go, and what counts bad ones. */
+  shipper: {
+    readonly openWindow: number;
+    addEncoded(flows: EncodedFlows): void;
+    dropInvalid(error: unknown): boolean;
+  };
 }
 
 /** What {@linkcode Intake.replay} found in the journal. */
@@ -53,7 +58,10 @@ export interface ReplayResult {
   records: number;
   /** True when the ring was moved past what the journal already held. */
   resumedRing: boolean;
-  /** Records of another layout (journaled by another version of the agent): lost, and counted. */
+  /**
+   * Flows another version of the agent journaled in a form this one cannot read (another record
+   * layout or wire schema), or that are damaged: lost, and counted.
+   */
   unreadable: number;
 }
 
@@ -70,6 +78,8 @@ export interface ReplayResult {
  */
 export class Intake {
   readonly #options: IntakeOptions;
+  /** One chunk's flows as they are encoded, shipped and journaled. */
+  readonly #buffer = new FlowBuffer();
   /** Per ring ID: the position up to which the journal holds this boot's records. */
   readonly #journaled = new Map<number, bigint>();
   /**
@@ -92,11 +102,14 @@ export class Intake {
     let records = 0;
     let unreadable = 0;
     for (const chunk of journal.left) {
-      if (chunk.recordSize !== RECORD_SIZE) {
-        unreadable += chunk.records.length / chunk.recordSize;
+      const flows = this.#journaledFlows(chunk);
+      if (flows === undefined) {
+        unreadable += chunk.kind === "flows"
+          ? chunk.count
+          : chunk.records.length / chunk.recordSize;
         continue;
       }
-      records += this.#ship(chunk);
+      records += this.#ship(chunk, flows);
       if (chunk.ringId !== 0 && sameBytes(chunk.bootId, bootId)) {
         const journaled = this.#journaled.get(chunk.ringId) ?? -1n;
         if (chunk.position > journaled) this.#journaled.set(chunk.ringId, chunk.position);
@@ -117,7 +130,7 @@ export class Intake {
    *   metrics), a view valid only during the call
    * @returns the records shipped
    */
-  retire(old: RetiringRing, overlapEnd: bigint, take: (chunk: JournalChunk) => void): number {
+  retire(old: RetiringRing, overlapEnd: bigint, take: (chunk: RecordsChunk) => void): number {
     const { bootId, clockOffsetNs } = this.#options;
     this.#resume(old);
     const cookies = this.#overlap?.cookies ?? new Set<bigint>();
@@ -129,7 +142,8 @@ export class Intake {
       for (let at = 0; at + RECORD_SIZE <= bytes.length; at += RECORD_SIZE) {
         cookies.add(cookieAt(view, at));
       }
-      const chunk = {
+      const chunk: RecordsChunk = {
+        kind: "records",
         bootId,
         ringId: old.ringId,
         position,
@@ -137,7 +151,7 @@ export class Intake {
         recordSize: old.recordSize,
         records: bytes,
       };
-      records += this.#ship(chunk);
+      records += this.#ship(chunk, this.#encode(chunk));
       old.commit(position);
       take(chunk);
     }
@@ -159,16 +173,18 @@ export class Intake {
    *
    * @param bytes whole raw records
    * @param position ring position after them (0 with the perf buffer)
-   * @returns them as a journal chunk (boot ID and clock offset included), for stdout and metrics
+   * @returns them as a chunk of records (boot ID and clock offset included), for stdout and
+   *   metrics
    */
-  receive(bytes: Uint8Array, position: bigint): JournalChunk {
+  receive(bytes: Uint8Array, position: bigint): RecordsChunk {
     const { bootId, ring } = this.#options;
     const overlap = this.#overlap;
     if (overlap !== undefined) {
       bytes = withoutCookies(bytes, overlap.cookies);
       if (position >= overlap.until || overlap.cookies.size === 0) this.#overlap = undefined;
     }
-    const chunk = {
+    const chunk: RecordsChunk = {
+      kind: "records",
       bootId,
       ringId: ring.ringId,
       position,
@@ -176,7 +192,7 @@ export class Intake {
       recordSize: ring.recordSize,
       records: bytes,
     };
-    this.#ship(chunk);
+    this.#ship(chunk, this.#encode(chunk));
     if (position !== 0n) ring.commit(position);
     return chunk;
   }
@@ -195,37 +211,44 @@ export class Intake {
       clockOffsetNs: this.#options.clockOffsetNs(),
       records: bytes,
     };
-    this.#encode(chunk);
+    this.#options.shipper.addEncoded(this.#encode(chunk));
     return chunk;
   }
 
   /**
-   * Adds a chunk's flows to the open window, then journals the chunk under the window open
-   * after them: a window that closes on a cap mid-chunk is spooled before the later one, so
-   * the journal of the later one lets go last (a crash in between replays that chunk whole).
+   * Adds a chunk's flows to the open window, then journals them under the window open after
+   * them: a window that closes on a cap mid-chunk is spooled before the later one, so the journal
+   * of the later one lets go last (a crash in between replays that chunk whole).
+   *
+   * @returns how many flows
    */
-  #ship(chunk: JournalChunk): number {
-    const records = this.#encode(chunk);
+  #ship(span: RingSpan, flows: EncodedFlows): number {
     const { shipper, journal } = this.#options;
-    journal.append(shipper.openWindow, chunk);
-    return records;
+    shipper.addEncoded(flows);
+    journal.append(shipper.openWindow, span, flows);
+    return flows.ends.length;
   }
 
-  /** Encodes a chunk's records into the open window; returns how many. */
-  #encode(chunk: RecordChunk): number {
-    const bytes = chunk.records;
-    if (bytes.length % RECORD_SIZE !== 0) {
-      throw new DecodeError(
-        `Cannot take ${bytes.length} bytes of flow records: not a multiple of ${RECORD_SIZE}`,
-      );
+  /**
+   * Encodes a chunk's records (an invalid one is dropped, and counted by the shipper).
+   *
+   * @returns the flows, in the intake's buffer: valid until the next call
+   */
+  #encode(chunk: RecordChunk): EncodedFlows {
+    return encodeRecords(this.#buffer, chunk, (error) => this.#options.shipper.dropInvalid(error));
+  }
+
+  /**
+   * A journaled chunk's flows, as this version ships them: an earlier version's records encoded
+   * now, this version's flows as they are. Undefined when this version cannot read them.
+   */
+  #journaledFlows(chunk: JournalChunk): EncodedFlows | undefined {
+    if (chunk.kind === "records") {
+      return chunk.recordSize === RECORD_SIZE ? this.#encode(chunk) : undefined;
     }
-    // Each record is encoded where it lies: no record object on the way to the batch.
-    const writer = new RecordWriter(bytes, chunk.clockOffsetNs, chunk.bootId);
-    for (let at = 0; at < bytes.length; at += RECORD_SIZE) {
-      writer.at = at;
-      this.#options.shipper.addFlow(writer);
-    }
-    return bytes.length / RECORD_SIZE;
+    if (chunk.schemaVersion !== SCHEMA_VERSION) return undefined;
+    const flows = splitFlows(chunk.flows);
+    return flows?.ends.length === chunk.count ? flows : undefined;
   }
 }
 

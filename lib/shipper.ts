@@ -27,14 +27,13 @@ import {
 import { type Logger, silentLogger } from "./logger.ts";
 import { sleep } from "./_sleep.ts";
 import { Batcher, type ClosedWindow } from "./batcher.ts";
+import type { EncodedFlows } from "./encoded_flows.ts";
 import { Sender, type SenderOptions, type SendResult } from "./sender.ts";
 import { Spool, type SpoolEntry } from "./spool.ts";
 import {
   type BatchHeader,
   type BatchHost,
   encodeBatchHead,
-  type FlowWriter,
-  flowWriterOf,
   idempotencyKey,
   MAX_BATCH_BYTES,
   SCHEMA_VERSION,
@@ -261,25 +260,40 @@ export class Shipper {
    * @throws {Error} after `close()` was called: stop the producers first
    */
   add(record: FlowRecord): void {
-    this.addFlow(flowWriterOf(record));
+    if (this.#closing) throw new Error("Cannot add a flow: the shipper is closed");
+    try {
+      this.#batcher.add(record);
+      this.#stats.recordsAdded++;
+    } catch (error) {
+      if (!this.dropInvalid(error)) throw error;
+    }
   }
 
   /**
-   * Like {@linkcode add}, for a flow that writes its own encoding: a kernel record in place
-   * (lib/wire.ts's RecordWriter), with no record object on the way.
+   * Like {@linkcode add} for each of `flows`, encoded already (one poll's kernel records, encoded
+   * where they lie by lib/intake.ts), into the window open now.
+   *
+   * @throws {Error} after `close()` was called: stop the producers first
    */
-  addFlow(flow: FlowWriter): void {
-    if (this.#closing) throw new Error("Cannot add a flow: the shipper is closed");
-    try {
-      this.#batcher.addFlow(flow);
-      this.#stats.recordsAdded++;
-    } catch (error) {
-      if (!(error instanceof WireFormatError) && !(error instanceof DecodeError)) throw error;
-      const n = ++this.#stats.recordsInvalid;
-      if (n === 1 || n % 1000 === 0) {
-        this.#log("warn", `Dropped an invalid flow (${n} so far): ${error.message}`);
-      }
+  addEncoded(flows: EncodedFlows): void {
+    if (this.#closing) throw new Error("Cannot add flows: the shipper is closed");
+    this.#batcher.addEncoded(flows);
+    this.#stats.recordsAdded += flows.ends.length;
+  }
+
+  /**
+   * Counts and logs a flow that could not be encoded, for a caller that encodes flows itself
+   * ({@linkcode addEncoded}).
+   *
+   * @returns false, counting nothing, when `error` is not about the flow's content
+   */
+  dropInvalid(error: unknown): boolean {
+    if (!(error instanceof WireFormatError) && !(error instanceof DecodeError)) return false;
+    const n = ++this.#stats.recordsInvalid;
+    if (n === 1 || n % 1000 === 0) {
+      this.#log("warn", `Dropped an invalid flow (${n} so far): ${error.message}`);
     }
+    return true;
   }
 
   /**

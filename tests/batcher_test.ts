@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { syntheticFlow } from "./_synthetic_flows.ts";
-import { Batcher, type BatcherOptions, type ClosedWindow } from "../lib/batcher.ts";
-import { decodeBatch, encodeBatch, SCHEMA_VERSION } from "../lib/wire.ts";
+import { Batcher, type BatcherOptions, type ClosedWindow, MIN_BYTE_CAP } from "../lib/batcher.ts";
+import { concatBytes } from "../lib/bytes.ts";
+import {
+  decodeBatch,
+  encodeBatch,
+  encodeFlow,
+  type FlowWriter,
+  SCHEMA_VERSION,
+} from "../lib/wire.ts";
 import { compressFrame, decompress } from "../lib/compression.ts";
 
 const T0 = Date.UTC(2026, 0, 1, 12, 0, 0); // a minute boundary, ms
@@ -204,3 +212,53 @@ Deno.test("a released window's buffer serves a later window; one not released is
   assert.deepEqual(flowsOf(third), Array.from({ length: 300 }, (_, i) => syntheticFlow(600 + i)));
   assert.deepEqual(flowsOf(second), Array.from({ length: 300 }, (_, i) => syntheticFlow(300 + i)));
 });
+
+Deno.test("addEncoded() makes the windows addFlow() makes, one flow at a time", () => {
+  // Enough flows for the 256 KiB chunk to fill and start over several times.
+  const encodings = Array.from({ length: 3000 }, (_, i) => encodeFlow(syntheticFlow(i)).slice());
+  const ends = new Uint32Array(encodings.length);
+  encodings.reduce((end, e, i) => (ends[i] = end + e.length), 0);
+  const bytes = new Uint8Array(ends.at(-1)!);
+  encodings.forEach((e, i) => bytes.set(e, i === 0 ? 0 : ends[i - 1]));
+  /** What a window holds, its frames joined (the default compress copies). */
+  const summary = (w: ClosedWindow) => ({
+    reason: w.reason,
+    recordCount: w.recordCount,
+    byteLength: w.byteLength,
+    bytes: concatBytes(w.frames),
+  });
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 5, max: 3000 }),
+      fc.integer({ min: MIN_BYTE_CAP, max: 400_000 }),
+      fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 30 }),
+      (maxRecords, maxBytes, polls) => {
+        const one = harness({ maxRecords, maxBytes });
+        for (const flow of encodings) one.batcher.addFlow(copyOf(flow));
+        one.batcher.flush();
+        const many = harness({ maxRecords, maxBytes });
+        let first = 0;
+        for (let p = 0; first < ends.length; p = (p + 1) % polls.length) {
+          const last = Math.min(first + polls[p], ends.length);
+          const start = first === 0 ? 0 : ends[first - 1];
+          many.batcher.addEncoded({
+            bytes: bytes.subarray(start, ends[last - 1]),
+            ends: ends.subarray(first, last).map((end) => end - start),
+          });
+          first = last;
+        }
+        many.batcher.flush();
+        assert.deepEqual(many.windows.map(summary), one.windows.map(summary));
+      },
+    ),
+    { numRuns: 25 },
+  );
+});
+
+/** A flow that writes bytes encoded already. */
+function copyOf(encoding: Uint8Array): FlowWriter {
+  return {
+    room: encoding.length,
+    write: (target, offset) => (target.set(encoding, offset), offset + encoding.length),
+  };
+}

@@ -3,10 +3,18 @@
  * journal in a temporary directory.
  */
 import assert from "node:assert/strict";
-import { CaptureJournal, type JournalChunk, readChunks } from "../lib/capture_journal.ts";
-import { RECORD_SIZE } from "../lib/decode.ts";
+import {
+  CaptureJournal,
+  readChunks,
+  type RecordsChunk,
+  type RingSpan,
+} from "../lib/capture_journal.ts";
+import { concatBytes } from "../lib/bytes.ts";
+import { RECORD_OFFSETS, RECORD_SIZE } from "../lib/decode.ts";
+import type { FlowRecord } from "../lib/flow.ts";
+import { type EncodedFlows, encodeRecords, FlowBuffer, splitFlows } from "../lib/encoded_flows.ts";
 import { Intake, type RetiringRing, type RingSource } from "../lib/intake.ts";
-import { decodeBatch, encodeBatch, type FlowWriter, SCHEMA_VERSION } from "../lib/wire.ts";
+import { decodeBatch, encodeBatch, SCHEMA_VERSION, WireFormatError } from "../lib/wire.ts";
 import { rawRecords } from "./_raw_records.ts";
 
 const BOOT = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
@@ -29,10 +37,8 @@ class FakeRing implements RingSource {
   }
 }
 
-/** The cookie of the flow a writer writes, read back from its encoding. */
-function cookieOf(flow: FlowWriter): bigint {
-  const target = new Uint8Array(flow.room);
-  const end = flow.write(target, 0);
+/** Encoded flows read back, through a batch that holds them. */
+function decoded(flows: Uint8Array): FlowRecord[] {
   const body = encodeBatch({
     schemaVersion: SCHEMA_VERSION,
     exporterVersion: "test",
@@ -40,39 +46,76 @@ function cookieOf(flow: FlowWriter): bigint {
     sequence: 1,
     windowStartNs: 0n,
     windowEndNs: 0n,
-    recordCount: 1,
+    recordCount: splitFlows(flows)!.ends.length,
     clockOffsetNs: 0n,
     loss: { kernelDrops: 0n, recursionMisses: 0n, spoolEvictions: 0 },
-  }, [target.subarray(0, end)]);
-  return decodeBatch(body).flows[0].cookie;
+  }, [flows]);
+  return decodeBatch(body).flows;
 }
 
-/** A shipper whose windows close every `perWindow` flows, on the flow that fills them. */
+/**
+ * A shipper whose windows close every `perWindow` flows, on the flow that fills them; it counts
+ * the flows it is told are invalid.
+ */
 class FakeShipper {
   readonly windows: bigint[][] = [[]];
+  invalid = 0;
   constructor(readonly perWindow: number, readonly events: string[]) {}
   get openWindow(): number {
     return this.windows.length - 1;
   }
-  addFlow(flow: FlowWriter): void {
-    const cookie = cookieOf(flow);
-    this.windows.at(-1)!.push(cookie);
-    this.events.push(`add ${cookie}`);
-    if (this.windows.at(-1)!.length === this.perWindow) this.windows.push([]);
+  addEncoded({ bytes, ends }: EncodedFlows): void {
+    ends.forEach((end, i) => {
+      const [{ cookie }] = decoded(bytes.subarray(i === 0 ? 0 : ends[i - 1], end));
+      this.windows.at(-1)!.push(cookie);
+      this.events.push(`add ${cookie}`);
+      if (this.windows.at(-1)!.length === this.perWindow) this.windows.push([]);
+    });
+  }
+  dropInvalid(error: unknown): boolean {
+    if (!(error instanceof WireFormatError)) return false;
+    this.invalid++;
+    return true;
   }
 }
 
-/** A journal chunk of one record from ring 7 of this boot; `fields` change what a test needs. */
-function chunk(fields: Partial<JournalChunk> = {}): JournalChunk {
-  return {
-    bootId: BOOT,
-    ringId: 7,
-    position: 264n,
-    clockOffsetNs: 0n,
-    recordSize: RECORD_SIZE,
-    records: rawRecords(1),
-    ...fields,
-  };
+/** Where a test's chunk was read: ring 7 of this boot, unless `fields` say otherwise. */
+function span(fields: Partial<RingSpan> = {}): RingSpan {
+  return { bootId: BOOT, ringId: 7, position: 264n, ...fields };
+}
+
+/** Raw records encoded as the intake encodes them. */
+function flowsOf(records: Uint8Array): EncodedFlows {
+  return encodeRecords(
+    new FlowBuffer(),
+    { records, clockOffsetNs: 0n, bootId: BOOT },
+    () => false,
+  );
+}
+
+/**
+ * A journal file as agents before the encoded journal wrote it (magic `FEJ1`): raw records, each
+ * chunk with its record size (this version's unless given) and clock offset (0 unless given), read
+ * from ring 7 of this boot.
+ */
+function writeRecordsJournal(
+  path: string,
+  chunks: (Pick<RecordsChunk, "position" | "records"> & Partial<RecordsChunk>)[],
+): void {
+  const parts: Uint8Array[] = [];
+  for (const c of chunks) {
+    const header = new Uint8Array(48);
+    const view = new DataView(header.buffer);
+    header.set(new TextEncoder().encode("FEJ1"), 0);
+    view.setUint32(4, c.records.length, true);
+    header.set(BOOT, 8);
+    view.setUint32(24, 7, true);
+    view.setUint32(28, c.recordSize ?? RECORD_SIZE, true);
+    view.setBigUint64(32, c.position, true);
+    view.setBigInt64(40, c.clockOffsetNs ?? 0n, true);
+    parts.push(header, c.records);
+  }
+  Deno.writeFileSync(path, concatBytes(parts));
 }
 
 /** An intake of this boot whose clock offset is `clockOffsetNs`. */
@@ -103,9 +146,9 @@ function loggingJournal(journal: CaptureJournal, events: string[]) {
       return journal.left;
     },
     dropLeft: () => journal.dropLeft(),
-    append(window: number, chunk: JournalChunk) {
-      events.push(`journal ${chunk.records.length / RECORD_SIZE} in window ${window}`);
-      journal.append(window, chunk);
+    append(window: number, span: RingSpan, flows: EncodedFlows) {
+      events.push(`journal ${flows.ends.length} in window ${window}`);
+      journal.append(window, span, flows);
     },
   };
 }
@@ -118,11 +161,17 @@ Deno.test(
     const ring = new FakeRing(7, events);
     const shipper = new FakeShipper(100, events);
     const intake = intakeOf(ring, loggingJournal(journal, events), shipper, 10n);
-    const received = intake.receive(rawRecords(2, 1n), 528n);
-    assert.equal(received.records.length, 2 * RECORD_SIZE);
+    const records = rawRecords(3, 1n);
+    // The second record ends before it starts: the wire refuses it, and the shipper counts it.
+    const second = new DataView(records.buffer, RECORD_SIZE);
+    const start = second.getBigUint64(RECORD_OFFSETS.t_start_ns, true);
+    second.setBigUint64(RECORD_OFFSETS.t_end_ns, start - 1n, true);
+    const received = intake.receive(records, 792n);
+    assert.equal(received.records.length, 3 * RECORD_SIZE, "stdout and metrics get all three");
     assert.equal(received.bootId, BOOT, "records carry this boot's ID");
     assert.equal(received.clockOffsetNs, 10n);
-    assert.deepEqual(events, ["add 1", "add 2", "journal 2 in window 0", "commit 528"]);
+    assert.equal(shipper.invalid, 1);
+    assert.deepEqual(events, ["add 1", "add 3", "journal 2 in window 0", "commit 792"]);
   }),
 );
 
@@ -193,6 +242,7 @@ Deno.test(
     ring.committed = 528n; // the crash came before the second commit
     const shipper = new FakeShipper(100, events);
     const intake = intakeOf(ring, journal, shipper, 99n);
+    const earlier = journal.left.map((c) => c.kind === "flows" && c.flows.slice());
     const result = intake.replay();
     assert.deepEqual(result, { records: 3, resumedRing: true, unreadable: 0 });
     assert.deepEqual(shipper.windows[0], [1n, 2n, 3n]);
@@ -201,7 +251,11 @@ Deno.test(
     const files = [...Deno.readDirSync(dir)].map((e) => e.name);
     assert.equal(files.length, 1);
     const { chunks } = readChunks(Deno.readFileSync(`${dir}/${files[0]}`));
-    assert.deepEqual(chunks.map((c) => c.clockOffsetNs), [5n, 5n], "each keeps its clock offset");
+    assert.deepEqual(
+      chunks.map((c) => c.kind === "flows" && c.flows),
+      earlier,
+      "the flows as the earlier run encoded them (its clock offset, not this run's)",
+    );
   }),
 );
 
@@ -211,7 +265,7 @@ Deno.test(
     {
       using journal = CaptureJournal.open(dir);
       for (const [bootId, ringId] of [[OTHER_BOOT, 7], [BOOT, 8]] as const) {
-        journal.append(0, chunk({ bootId, ringId, position: 5000n }));
+        journal.append(0, span({ bootId, ringId, position: 5000n }), flowsOf(rawRecords(1)));
       }
     }
     using journal = CaptureJournal.open(dir);
@@ -224,17 +278,59 @@ Deno.test(
 );
 
 Deno.test(
-  "replay() counts, and skips, records of another record layout",
+  "replay() ships the raw records an earlier version journaled (FEJ1), and journals them anew",
   withJournal((dir) => {
+    writeRecordsJournal(`${dir}/000000001abcdefg-0.journal`, [
+      { position: 528n, clockOffsetNs: 5n, records: rawRecords(2, 1n) },
+      { position: 792n, clockOffsetNs: 5n, records: rawRecords(1, 3n) },
+    ]);
+    using journal = CaptureJournal.open(dir);
+    const ring = new FakeRing(7, []);
+    const shipper = new FakeShipper(100, []);
+    const intake = intakeOf(ring, journal, shipper, 99n);
+    assert.deepEqual(intake.replay(), { records: 3, resumedRing: true, unreadable: 0 });
+    assert.deepEqual(shipper.windows[0], [1n, 2n, 3n]);
+    assert.equal(ring.committed, 792n);
+    const [file] = [...Deno.readDirSync(dir)].map((e) => e.name);
+    const { chunks } = readChunks(Deno.readFileSync(`${dir}/${file}`));
+    assert.deepEqual(
+      chunks.map((c) => c.kind),
+      ["flows", "flows"],
+      "journaled in this version's form",
+    );
+    // Encoded with the clock offset they were read with (5 ns), not this run's (99 ns).
+    const replayed = chunks[0].kind === "flows" ? decoded(chunks[0].flows) : [];
+    const atOffsetZero = decoded(flowsOf(rawRecords(2, 1n)).bytes);
+    assert.deepEqual(
+      replayed.map((f) => f.tStartNs),
+      atOffsetZero.map((f) => f.tStartNs + 5n),
+    );
+  }),
+);
+
+Deno.test(
+  "replay() counts, and skips, records of another layout, flows of another schema, and damaged flows",
+  withJournal((dir) => {
+    // Version 1 of the record: 248 bytes.
+    writeRecordsJournal(`${dir}/000000001abcdefg-0.journal`, [
+      { position: 0n, recordSize: 248, records: new Uint8Array(2 * 248) },
+    ]);
     {
       using journal = CaptureJournal.open(dir);
-      // Version 1 of the record: 248 bytes.
-      journal.append(0, chunk({ recordSize: 248, records: new Uint8Array(2 * 248) }));
+      journal.append(0, span(), flowsOf(rawRecords(3)));
+      journal.append(0, span(), flowsOf(rawRecords(4)));
     }
+    const [, file] = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    const bytes = Deno.readFileSync(`${dir}/${file}`);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(40, SCHEMA_VERSION + 1, true); // the first chunk: a later wire schema
+    const second = 44 + view.getUint32(4, true);
+    bytes[second + 44] = 0xff; // the second chunk: its first flow is no CBOR map
+    Deno.writeFileSync(`${dir}/${file}`, bytes);
     using journal = CaptureJournal.open(dir);
     const shipper = new FakeShipper(100, []);
     const intake = intakeOf(new FakeRing(7, []), journal, shipper);
-    assert.deepEqual(intake.replay(), { records: 0, resumedRing: false, unreadable: 2 });
+    assert.deepEqual(intake.replay(), { records: 0, resumedRing: false, unreadable: 2 + 3 + 4 });
     assert.deepEqual(shipper.windows, [[]]);
   }),
 );
@@ -245,7 +341,7 @@ Deno.test(
     {
       using journal = CaptureJournal.open(dir);
       for (const position of [264n, 528n]) {
-        journal.append(3, chunk({ position }));
+        journal.append(3, span({ position }), flowsOf(rawRecords(1)));
       }
     }
     const [name] = [...Deno.readDirSync(dir)].map((e) => e.name);
@@ -261,12 +357,12 @@ Deno.test(
   "sealed() removes the journal of a window and of every earlier one, not of later ones",
   withJournal((dir) => {
     using journal = CaptureJournal.open(dir);
-    for (const window of [0, 1, 2]) journal.append(window, chunk());
+    for (const window of [0, 1, 2]) journal.append(window, span(), flowsOf(rawRecords(1)));
     journal.sealed(1);
     const left = [...Deno.readDirSync(dir)].map((e) => e.name);
     assert.equal(left.length, 1);
     assert.match(left[0], /-2\.journal$/);
-    journal.append(2, chunk()); // the open window's file is still usable
+    journal.append(2, span(), flowsOf(rawRecords(1))); // the open window's file is still usable
     journal.sealed(2);
     assert.deepEqual([...Deno.readDirSync(dir)], []);
   }),
@@ -299,7 +395,7 @@ Deno.test(
       [rawRecords(2, 50n), 528n],
       [rawRecords(1, 52n), 792n],
     ]);
-    const taken: JournalChunk[] = [];
+    const taken: RecordsChunk[] = [];
     assert.equal(intake.retire(old, 0n, (c) => taken.push(c)), 3);
     assert.deepEqual(events, [
       "add 50",

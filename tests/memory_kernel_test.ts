@@ -11,12 +11,19 @@ import { DEFAULT_RING_BYTES } from "../lib/capture_sizes.ts";
 import { CHUNK_BYTES } from "../lib/batcher.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
 import { POLL_RECORDS } from "../ffi/flow_source.ts";
+import { flowBufferBound } from "../lib/encoded_flows.ts";
+import { RecordWriter } from "../lib/wire.ts";
 
 const MiB = 1024 * 1024;
 /** The window's byte cap for this test: windows close on it every few seconds at this rate. */
 const BATCH_MAX_BYTES = 4 * MiB;
 /** Bytes one poll drains into. */
 const POLL_BUFFER = POLL_RECORDS * RECORD_SIZE;
+/** The intake's buffer of one poll's flows, encoded. */
+const FLOW_BUFFER = flowBufferBound(
+  POLL_RECORDS,
+  new RecordWriter(new Uint8Array(RECORD_SIZE), 0n, new Uint8Array(16)).room,
+);
 /**
  * V8's young generation at its defaults on 64-bit hosts: two semi-spaces of at most 16 MiB
  * each, filled by the short-lived objects of each poll before a scavenge empties them.
@@ -44,8 +51,10 @@ kernelTest("30 s at 20 000 flows/s: peak RSS stays under the design's bound", as
     // At start the runtime, the modules and the whole ring buffer (mapped in at once) are in.
     const idle = status(agent.pid, "VmRSS");
     // The open window and the one being sealed hold at most the byte cap each (compressed, so
-    // less), plus the poll buffer, the encoding chunk and V8's young generation.
-    const bound = idle + 2 * BATCH_MAX_BYTES + POLL_BUFFER + CHUNK_BYTES + YOUNG_GENERATION;
+    // less), plus the poll buffer, the poll's encoded flows, the encoding chunk and V8's young
+    // generation.
+    const bound = idle + 2 * BATCH_MAX_BYTES + POLL_BUFFER + FLOW_BUFFER + CHUNK_BYTES +
+      YOUNG_GENERATION;
     const churn = await runChurn(GRID, { seconds: 30, rate: 10_000 }); // 2 sockets each
     const peak = status(agent.pid, "VmHWM");
     assert.equal(await agent.stop({ keep: true }), 0);
