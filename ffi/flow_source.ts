@@ -30,8 +30,9 @@ export interface FlowSourceOptions {
 /**
  * Records drained per poll unless `bufferBytes` says otherwise. A poll's records and their
  * encodings are held at once (this buffer, and the intake's, lib/encoded_flows.ts): 1024 records
- * (264 KiB) keep both small, and at 100 000 flows/s that is 100 polls a second. Flat out, the
- * agent's C heap peaked about 2 MiB higher with 2048 and 3.5 MiB with 4096 (docs/benchmarks.md).
+ * (264 KiB) keep both small, and at 100 000 flows/s that is 100 polls a second. Flat out, polls
+ * of 2048 and 4096 records left the agent's C heap about 2 and 3.5 MiB above that of the agent
+ * whose journal held the kernel's records (docs/benchmarks.md); 1024, within noise of it.
  */
 export const POLL_RECORDS = 1024;
 
