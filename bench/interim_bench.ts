@@ -29,7 +29,7 @@ import { Agent } from "../ffi/agent.ts";
 import { Batcher, MAX_BYTE_CAP } from "../lib/batcher.ts";
 import { compressFrame } from "../lib/compression.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
-import { RecordWriter } from "../lib/wire.ts";
+import { encodeRecords, FlowBuffer } from "../lib/encoded_flows.ts";
 
 const HOLDER = new URL("../build/hold_connections", import.meta.url).pathname;
 const NEVER = 2n ** 64n - 1n;
@@ -124,6 +124,7 @@ async function measurePass(
     const t0 = performance.now();
     let bytes = 0;
     // One window takes the whole pass, as a minute's window would at the agent's byte cap.
+    const flowBuffer = new FlowBuffer();
     const batcher = kind === "ship"
       ? new Batcher({
         onWindow: () => {},
@@ -140,11 +141,8 @@ async function measurePass(
       : await agent.snapshot(kind === "walk" ? NEVER : 0n, buffer, (chunk) => {
         bytes += chunk.length;
         if (batcher === undefined) return;
-        const writer = new RecordWriter(chunk, 0n, BOOT_ID);
-        for (let at = 0; at < chunk.length; at += RECORD_SIZE) {
-          writer.at = at;
-          batcher.addFlow(writer);
-        }
+        const poll = { records: chunk, clockOffsetNs: 0n, bootId: BOOT_ID };
+        batcher.addEncoded(encodeRecords(flowBuffer, poll, () => false));
       });
     batcher?.flush();
     const wallMs = performance.now() - t0;

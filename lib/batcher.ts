@@ -1,6 +1,6 @@
 /**
- * Groups flows into time windows, CBOR-encoding each flow as it arrives into one reused chunk,
- * and compressing each chunk as it fills: a window holds compressed bytes, never objects, so
+ * Groups flows into time windows, copying their CBOR encodings as they arrive (a poll's at a
+ * time) into one reused chunk, and compressing each chunk as it fills: a window holds compressed bytes, never objects, so
  * memory stays bounded by the byte cap (divided by the compression ratio) whatever the flow
  * rate, and no fresh pages are touched per flow.
  *
@@ -9,7 +9,7 @@
 
 import type { FlowRecord } from "./flow.ts";
 import type { EncodedFlows } from "./encoded_flows.ts";
-import { type FlowWriter, flowWriterOf, MAX_BATCH_BYTES } from "./wire.ts";
+import { encodeFlow, MAX_BATCH_BYTES } from "./wire.ts";
 
 /** Why a window closed. */
 export type CloseReason = "interval" | "records" | "bytes" | "flush";
@@ -111,7 +111,7 @@ export class Batcher {
   /** A released buffer, the largest, for the next window. */
   #spare: Uint8Array | undefined;
   /**
-   * Flows are encoded straight into this, reused once its content is compressed; the open
+   * Flows are copied into this, reused once its content is compressed; the open
    * window's part starts at #chunkStart.
    */
   #chunk = new Uint8Array(CHUNK_BYTES);
@@ -179,33 +179,13 @@ export class Batcher {
    * @throws {import("./wire.ts").WireFormatError} when the record is invalid (nothing is added)
    */
   add(record: FlowRecord): void {
-    this.addFlow(flowWriterOf(record));
+    const bytes = encodeFlow(record);
+    this.addEncoded({ bytes, ends: Uint32Array.of(bytes.length) });
   }
 
   /**
-   * Like {@linkcode add}, for a flow that writes its own encoding (a kernel record in place).
-   *
-   * @param flow what writes the flow's CBOR, in at most `flow.room` bytes
-   * @throws {import("./wire.ts").WireFormatError} when the flow is invalid (nothing is added)
-   */
-  addFlow(flow: FlowWriter): void {
-    this.tick();
-    const room = flow.room;
-    if (this.#chunkUsed + room > this.#chunk.length) this.#emptyChunk(room);
-    const start = this.#chunkUsed;
-    const size = flow.write(this.#chunk, start) - start;
-    // The flow's bytes stay past #chunkUsed, where the next window starts.
-    if (this.#records > 0 && this.#bytes + size > this.#maxBytes) this.#close("bytes");
-    this.#chunkUsed += size;
-    this.#bytes += size;
-    this.#records++;
-    if (this.#records >= this.#maxRecords) this.#close("records");
-    else if (this.#bytes >= this.#maxBytes) this.#close("bytes");
-  }
-
-  /**
-   * Like {@linkcode addFlow} for each of `flows` in turn, for flows encoded already (one poll's):
-   * each run of them that fits the chunk and the window is copied at once. The clock is read
+   * Like {@linkcode add} for each of `flows` in turn, for flows encoded already (one poll's): each
+   * run of them that fits the chunk and the window is copied at once. The clock is read
    * once, when the call starts: a poll's flows land in the window open then (or, past a cap, in
    * the next).
    *
@@ -221,7 +201,7 @@ export class Batcher {
       if (this.#chunkUsed + size > this.#chunk.length) this.#emptyChunk(size);
       if (this.#records > 0 && this.#bytes + size > this.#maxBytes) this.#close("bytes");
       // The run: the first flow, then each next one that neither fills the window nor overflows
-      // the chunk or the byte cap (addFlow would close the window, or empty the chunk, there).
+      // the chunk or the byte cap (the window closes, or the chunk starts over, there).
       let last = first;
       let records = this.#records + 1;
       let total = this.#bytes + size;

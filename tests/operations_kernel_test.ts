@@ -158,27 +158,12 @@ kernelTest("a closed stdout stops the agent cleanly, with every record in the sp
   const dir = await Deno.makeTempDir({ prefix: "flowexporter-stdout-" });
   const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
   try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        ...["run", "--allow-all", MAIN, "run", "--pin-dir", pinDir, "--lock-file", `${dir}/lock`],
-        ...["--spool-dir", `${dir}/spool`, "--cert-path", `${dir}/none.pem`],
-      ],
-      stdout: "piped",
-      stderr: "piped",
-      env: { FLOWEXPORTER_CONFIG: "", NO_COLOR: "1" },
-    }).spawn();
-    const stderr = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-    let log = "";
-    while (!log.includes("capturing TCP flows")) {
-      const { value, done } = await stderr.read();
-      assert.ok(!done, `the agent exited early:\n${log}`);
-      log += value;
-    }
+    const { child, log: started, restOfLog } = await startRun(dir, pinDir, [], []);
     // The reader goes away, as `flowexporter run | head -1` does once head has its line.
     await child.stdout.cancel();
     await churn("127.0.0.1", 20);
     const status = await child.status;
-    for (let r = await stderr.read(); !r.done; r = await stderr.read()) log += r.value;
+    const log = started + await restOfLog();
     assert.equal(status.code, 1, `exit 1 for a supervisor to see:\n${log}`);
     assert.match(log, /Cannot write flow records to stdout: .*; stopping/);
     const records = Number(/stopped \(records (\d+),/.exec(log)?.[1]);
@@ -221,32 +206,54 @@ kernelTest("run mounts bpffs before it makes its pin directory, on a host withou
   const withoutBpffs =
     'if mountpoint -q /sys/fs/bpf; then umount /sys/fs/bpf || exit 90; fi; exec "$@"';
   try {
-    const child = new Deno.Command("unshare", {
-      args: [
-        ...["--mount", "--propagation", "private", "sh", "-c", withoutBpffs, "sh"],
-        ...[Deno.execPath(), "run", "--allow-all", MAIN, "run", "--output", "none"],
-        ...["--pin-dir", pinDir, "--lock-file", `${dir}/lock`, "--spool-dir", `${dir}/spool`],
-        ...["--cert-path", `${dir}/none.pem`],
-      ],
-      stdout: "null",
-      stderr: "piped",
-      env: { FLOWEXPORTER_CONFIG: "", NO_COLOR: "1" },
-    }).spawn();
-    const stderr = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-    let log = "";
-    while (!log.includes("capturing TCP flows")) {
-      const { value, done } = await stderr.read();
-      if (done) {
-        await child.status;
-        assert.fail(`the agent exited before it captured:\n${log}`);
-      }
-      log += value;
-    }
+    const { child, log, restOfLog } = await startRun(
+      dir,
+      pinDir,
+      ["--output", "none"],
+      ["unshare", "--mount", "--propagation", "private", "sh", "-c", withoutBpffs, "sh"],
+    );
     child.kill("SIGINT");
     const status = await child.status;
-    for (let r = await stderr.read(); !r.done; r = await stderr.read()) log += r.value;
-    assert.equal(status.code, 0, log);
+    await child.stdout.cancel(); // --output none: nothing there
+    const rest = await restOfLog();
+    assert.equal(status.code, 0, log + rest);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/**
+ * `flowexporter run` with `flags` and its paths in `dir`, started through `wrapper` (a command
+ * that runs the rest, or none); resolves once the agent captures, with what it logged so far and
+ * a function that reads the rest of its log, to its exit.
+ */
+async function startRun(dir: string, pinDir: string, flags: string[], wrapper: string[]) {
+  const [program, ...wrapped] = [...wrapper, Deno.execPath()];
+  const child = new Deno.Command(program, {
+    args: [
+      ...[...wrapped, "run", "--allow-all", MAIN, "run", ...flags, "--pin-dir", pinDir],
+      ...["--lock-file", `${dir}/lock`, "--spool-dir", `${dir}/spool`],
+      ...["--cert-path", `${dir}/none.pem`],
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { FLOWEXPORTER_CONFIG: "", NO_COLOR: "1" },
+  }).spawn();
+  const stderr = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let log = "";
+  while (!log.includes("capturing TCP flows")) {
+    const { value, done } = await stderr.read();
+    if (done) {
+      await child.stdout.cancel();
+      await child.status;
+      assert.fail(`the agent exited before it captured:\n${log}`);
+    }
+    log += value;
+  }
+  const restOfLog = async () => {
+    let rest = "";
+    for (let r = await stderr.read(); !r.done; r = await stderr.read()) rest += r.value;
+    return rest;
+  };
+  return { child, log, restOfLog };
+}
