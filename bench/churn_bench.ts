@@ -488,6 +488,55 @@ function agentDirs(ctx: Context, name: string, rep: number) {
   return { workDir, pinDir };
 }
 
+/** How long after a window's end the agent has surely sealed and spooled it, ms. */
+const SEAL_MARGIN_MS = 5_000;
+
+/**
+ * RSS (VmRSS, KiB) of each agent once it has sealed its first window, idle: what an agent on a
+ * quiet host holds, as opposed to one just started (the `Idle RSS` column). The agents run side
+ * by side, each on a pin directory of its own; a second of slow churn on the settling grid gives
+ * their window a few flows, and each is read once idle after the next one-minute window boundary
+ * (the default `--batch-interval`). Restart scenarios are left out.
+ */
+async function measureSettledIdle(
+  o: Options,
+  names: string[],
+  ctx: Context,
+): Promise<Map<string, number>> {
+  const tracers: { name: string; tracer: Tracer; pinDir: string; workDir: string }[] = [];
+  const cleanup = async () => {
+    for (const { tracer, pinDir, workDir } of tracers) {
+      await tracer.stop();
+      await endCapture(pinDir);
+      await Deno.remove(workDir, { recursive: true }).catch(() => {});
+    }
+  };
+  live.add(cleanup);
+  try {
+    for (const name of names) {
+      const { workDir, pinDir } = agentDirs(ctx, name, 0);
+      tracers.push({
+        name,
+        tracer: await startTracer(name, o, ctx, workDir, pinDir),
+        pinDir,
+        workDir,
+      });
+    }
+    await runChurn(o, 1, 200, SETTLE_FIRST_ADDR);
+    const minute = 60_000;
+    await delay(minute - Date.now() % minute + SEAL_MARGIN_MS);
+    const rss = new Map<string, number>();
+    for (const { name, tracer } of tracers) {
+      await waitUntilIdle(tracer.pid);
+      rss.set(name, rssKiB(tracer.pid));
+    }
+    return rss;
+  } finally {
+    live.delete(cleanup);
+    await cleanup();
+  }
+}
+
 /** Start the tracer, churn, let the tracer catch up, stop it, count its records. */
 async function measureTracer(
   o: Options,
@@ -805,6 +854,7 @@ const HEADER = [
   "Written B/flow (median)",
   "Peak RSS MiB (worst)",
   "Idle RSS MiB (worst)",
+  "Idle after a window MiB",
   "BPF ns/flow (median)",
   "Meets aims",
 ];
@@ -813,7 +863,7 @@ function ratioOf(m: Measurement): number {
   return m.churn.rate / (m.untracedRate ?? m.churn.rate);
 }
 
-function tableRow(name: string, ms: Measurement[]): string[] {
+function tableRow(name: string, ms: Measurement[], settledKiB?: number): string[] {
   const v = VARIANTS[name];
   const ratio = median(ms.map(ratioOf));
   const row = [
@@ -832,6 +882,7 @@ function tableRow(name: string, ms: Measurement[]): string[] {
   const peakRssMiB = Math.max(...ms.map((m) => m.tracer!.peakRssKiB)) / 1024;
   const idle = ms.map((m) => m.tracer!.idleRssKiB).filter((kib) => kib !== undefined);
   const idleRssMiB = idle.length ? Math.max(...idle) / 1024 : undefined;
+  const settledMiB = settledKiB === undefined ? undefined : settledKiB / 1024;
   const bpf = ms.map(bpfNsPerFlow).filter((ns) => ns !== undefined);
   const written = ms.filter((m) => m.tracer!.written !== undefined)
     .map((m) => m.tracer!.written! / m.churn.sockets_closed);
@@ -849,7 +900,8 @@ function tableRow(name: string, ms: Measurement[]): string[] {
   const meets = v.restart
     ? worst >= AIM.completeness && (v.restart === "SIGKILL" || duplicates === "0")
     : worst >= AIM.completeness && ratio >= AIM.ratio && cpu <= AIM.cpuMsPer1000 &&
-      peakRssMiB <= AIM.peakRssMiB && (idleRssMiB === undefined || idleRssMiB <= AIM.idleRssMiB);
+      peakRssMiB <= AIM.peakRssMiB && (idleRssMiB === undefined || idleRssMiB <= AIM.idleRssMiB) &&
+      (settledMiB === undefined || settledMiB <= AIM.idleRssMiB);
   return [
     ...row,
     pct(median(ms.map(completeness))) + star,
@@ -863,16 +915,22 @@ function tableRow(name: string, ms: Measurement[]): string[] {
     written.length ? median(written).toFixed(0) : "",
     peakRssMiB.toFixed(0),
     idleRssMiB === undefined ? "" : idleRssMiB.toFixed(0),
+    settledMiB === undefined ? "" : settledMiB.toFixed(0),
     bpf.length ? median(bpf).toFixed(0) : "",
     v.tracer === "agent" ? (meets ? "yes" : "no") : "",
   ];
 }
 
-function table(results: Measurement[], names: string[], skipped: Map<string, string>): string {
+function table(
+  results: Measurement[],
+  names: string[],
+  skipped: Map<string, string>,
+  settled: Map<string, number>,
+): string {
   const rows = [HEADER];
   for (const name of names) {
     const ms = results.filter((m) => m.variant === name);
-    if (ms.length > 0) rows.push(tableRow(name, ms));
+    if (ms.length > 0) rows.push(tableRow(name, ms, settled.get(name)));
     if (skipped.has(name)) {
       const note = `${VARIANTS[name].label}: skipped, ${skipped.get(name)}`;
       rows.push([note, ...HEADER.slice(1).map(() => "")]);
@@ -1033,12 +1091,22 @@ async function main(): Promise<number> {
     for (const m of repResults) log(describe(m));
     results.push(...repResults);
   }
+  const idleAgents = names.filter((n) =>
+    VARIANTS[n].tracer === "agent" && !VARIANTS[n].restart && !skipped.has(n)
+  );
+  let settled = new Map<string, number>();
+  if (o.agentArgs.some((a) => a.startsWith("--batch-interval"))) {
+    log("idle after a window: not measured, the agents' windows are not one minute long");
+  } else if (idleAgents.length > 0) {
+    log(`idle after a window: ${idleAgents.length} agents, until the next minute's end`);
+    settled = await measureSettledIdle(o, idleAgents, ctx);
+  }
 
   const title = o.hog
     ? `Churn ${load}, ${o.reps} x ${o.duration} s, WITH a busy loop on CPU ${o.hogCpu} (--hog)`
     : `Churn ${load}, ${o.reps} x ${o.duration} s, no busy loop`;
   console.log(`${title}, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC\n`);
-  console.log(table(results, names, skipped));
+  console.log(table(results, names, skipped, settled));
   console.log(`\n${machine}; ${setup}, order rotated per rep.`);
   console.log(
     "Flows = local TCP sockets closed by the churn (2 per connection). " +
@@ -1046,6 +1114,10 @@ async function main(): Promise<number> {
       "Ratio = conn/s / the mean of the untraced runs just before and after it. " +
       "CPU = utime+stime of the tracer process (all threads) over the churn and its catch-up. " +
       "Drops: agent kernel drops, tcplife perf samples lost. " +
+      "Idle RSS = each agent once started, before any churn; idle after a window = once idle " +
+      `${
+        SEAL_MARGIN_MS / 1000
+      } s after its first one-minute window with flows ended (side by side, once per agent). ` +
       (o.bpfStats
         ? "BPF = run time of the agent's BPF programs (kernel.bpf_stats_enabled) per flow, " +
           "spent in the churn's context, not in the CPU column. "
@@ -1056,7 +1128,7 @@ async function main(): Promise<number> {
           "in untraced runs too. "
         : "") +
       `Aims: ${pct(AIM.completeness)} complete, ratio >= ${AIM.ratio}, ` +
-      `<= ${AIM.cpuMsPer1000} ms CPU/1000 flows (median), <= ${AIM.peakRssMiB} MiB peak RSS and <= ${AIM.idleRssMiB} MiB idle RSS (worst).`,
+      `<= ${AIM.cpuMsPer1000} ms CPU/1000 flows (median), <= ${AIM.peakRssMiB} MiB peak RSS and <= ${AIM.idleRssMiB} MiB idle RSS (worst, both idle columns).`,
   );
   if (names.some((n) => VARIANTS[n].restart)) {
     console.log(

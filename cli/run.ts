@@ -5,7 +5,13 @@
  *
  * @module
  */
-import { Agent, type AgentStats, otherVersionCaptures, RetiringCapture } from "../ffi/agent.ts";
+import {
+  Agent,
+  type AgentStats,
+  otherVersionCaptures,
+  releaseIdleMemory,
+  RetiringCapture,
+} from "../ffi/agent.ts";
 import type { FdMap } from "../ffi/bpf_map.ts";
 import { FlowSource } from "../ffi/flow_source.ts";
 import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
@@ -387,6 +393,9 @@ export async function run(v: Config): Promise<number> {
     keyFile: v.clientKey,
     logger: log.logger,
     lossReported: { kernelDrops: reportedDrops, recursionMisses: 0n },
+    // What sealing and shipping the window freed goes back to the system, and the compressor's
+    // tables with it, or a quiet agent keeps them (about 2.5 MiB).
+    onQuiet: () => releaseIdleMemory(),
     onSpooled: (window, reported) => {
       reportedDrops = reported.kernelDrops;
       try {

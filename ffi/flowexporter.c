@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <linux/bpf.h>
 #include <linux/perf_event.h>
 #include <stddef.h>
@@ -40,7 +41,7 @@
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 6
+#define FE_ABI_VERSION 7
 
 /*
  * The record layout lib/decode.ts reads. A change here fails the build until
@@ -1591,6 +1592,13 @@ FE_API int fe_mount(const char *fstype, const char *target)
  * node:zlib; tests/frame_compressor_test.ts holds the two together.
  */
 
+/*
+ * The calling thread's compression context (the agent compresses on its main thread): its tables,
+ * about 0.6 MiB at level 1, are allocated once rather than for every 256 KiB piece, and given back
+ * by fe_release_idle_memory() while the agent is quiet.
+ */
+static __thread ZSTD_CCtx *zstd_cctx;
+
 /* Largest frame fe_zstd_frame() writes for len bytes. */
 FE_API uint64_t fe_zstd_bound(uint64_t len)
 {
@@ -1604,11 +1612,10 @@ FE_API uint64_t fe_zstd_bound(uint64_t len)
 FE_API int64_t fe_zstd_frame(const uint8_t *src, uint64_t len, uint8_t *dst, uint64_t cap,
 			     int32_t level)
 {
-	/* Kept per thread: its tables are allocated once, not for every 256 KiB piece. */
-	static __thread ZSTD_CCtx *cctx;
+	ZSTD_CCtx *cctx = zstd_cctx;
 	size_t n;
 
-	if (!cctx && !(cctx = ZSTD_createCCtx()))
+	if (!cctx && !(cctx = zstd_cctx = ZSTD_createCCtx()))
 		return -ENOMEM;
 	ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
 	if (ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)) ||
@@ -1656,4 +1663,23 @@ FE_API int64_t fe_gzip_member(const uint8_t *src, uint64_t len, uint8_t *dst, ui
 	ret = deflate(&z, Z_FINISH);
 	deflateEnd(&z);
 	return ret == Z_STREAM_END ? (int64_t)z.total_out : -ENOSPC;
+}
+
+/*
+ * Gives back what a quiet agent does not need: the calling thread's compression context (the
+ * next window makes it again) and the C heap's free memory. glibc returns only the heap's top,
+ * and only above a threshold that rises with the largest block freed, so what sealing and
+ * shipping a window allocated and freed stayed in a quiet agent's RSS: about 2 MiB. The agent
+ * calls it after a window closed on its interval is shipped, once a minute by default.
+ * Returns 1 when heap memory went back, 0 when none did or the C library has no malloc_trim().
+ */
+FE_API int fe_release_idle_memory(void)
+{
+	ZSTD_freeCCtx(zstd_cctx);
+	zstd_cctx = NULL;
+#ifdef __GLIBC__
+	return malloc_trim(0);
+#else
+	return 0;
+#endif
 }

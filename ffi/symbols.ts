@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 6;
+export const ABI_VERSION = 7;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -100,6 +100,8 @@ export const SYMBOLS = {
   fe_map_count: { parameters: ["i32", "u32"], result: "i32" },
   // int fe_mount(const char *fstype, const char *target)
   fe_mount: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int fe_release_idle_memory(void)
+  fe_release_idle_memory: { parameters: [], result: "i32" },
   // int fe_fd_close(int fd)
   fe_fd_close: { parameters: ["i32"], result: "i32" },
   // uint64_t fe_zstd_bound(uint64_t len)

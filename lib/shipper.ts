@@ -103,6 +103,14 @@ export interface ShipperOptions extends Omit<SenderOptions, "url"> {
    * `lossReported` holds the loss counters reported so far, for the next run's `lossReported`.
    */
   onSpooled?: (window: number, lossReported: KernelLossCounters) => void;
+  /**
+   * Called when the shipper goes quiet after a window that closed on its interval: the window
+   * is spooled and, with a collector, nothing more waits to be sent. What the work allocated and
+   * freed can be given back then (cli/run.ts gives back the C heap's free memory and the
+   * compressor's tables). Not after a window closed on its caps: a busy host's windows close
+   * every second or so, and memory given back would be taken again at once.
+   */
+  onQuiet?: () => void;
 }
 
 /** Counters for metrics, since the shipper was created. */
@@ -186,6 +194,8 @@ export class Shipper {
   #sealing: Promise<void> = Promise.resolve();
   #sendLoop: Promise<void> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** A window closed on its interval was spooled since `onQuiet` was last called. */
+  #quietDue = false;
   #wake: (() => void) | undefined;
   /** Aborted when `close()` starts draining: cuts a retry pause short for a last round. */
   readonly #drain = new AbortController();
@@ -380,6 +390,13 @@ export class Shipper {
     }, Math.max(10, this.#batcher.msUntilClose()));
   }
 
+  /** Calls `onQuiet` once for the windows closed on their interval since it was last called. */
+  #announceQuiet(): void {
+    if (!this.#quietDue) return;
+    this.#quietDue = false;
+    this.#options.onQuiet?.();
+  }
+
   async #seal(window: ClosedWindow, number: number): Promise<void> {
     let sequence: number | undefined;
     try {
@@ -419,6 +436,9 @@ export class Shipper {
       }
       this.#wake?.();
       this.#options.onSpooled?.(number, current);
+      if (window.reason === "interval") this.#quietDue = true;
+      // With a collector, the send loop is quiet once it has sent this batch.
+      if (!this.#sender) this.#announceQuiet();
     } catch (error) {
       this.#stats.batchesLost++;
       const first = this.#unspooled === undefined;
@@ -494,6 +514,7 @@ export class Shipper {
       const entry = spool.oldest();
       if (!entry) {
         if (this.#drain.signal.aborted) return;
+        this.#announceQuiet();
         await new Promise<void>((resolve) => (this.#wake = resolve));
         this.#wake = undefined;
         continue;

@@ -4,6 +4,7 @@
  * together: what the shim writes is what node:zlib's side of the wire format reads.
  */
 import assert from "node:assert/strict";
+import { releaseIdleMemory } from "../ffi/agent.ts";
 import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
 import { BODY_CODINGS, type BodyCoding, DEFAULT_GZIP_LEVEL, hasMagic } from "../lib/body_coding.ts";
 import { checkZstdFrames, compressFrame, decompress } from "../lib/compression.ts";
@@ -25,6 +26,15 @@ Deno.test("node:zlib reads each frame the shim writes, for every coding", async 
       assert.deepEqual(await decompress(frame, coding, piece.length), piece, coding);
     }
   }
+});
+
+Deno.test("the shim compresses the same after a quiet agent gave its compression context back", async () => {
+  const before = native(flows, "zstd", DEFAULT_GZIP_LEVEL);
+  releaseIdleMemory();
+  releaseIdleMemory(); // twice in a row: nothing is freed twice
+  const after = native(flows, "zstd", DEFAULT_GZIP_LEVEL);
+  assert.deepEqual(after, before, "the context made again writes the same frame");
+  assert.deepEqual(await decompress(after, "zstd", flows.length), flows);
 });
 
 Deno.test("the shim's zstd frames declare their content size, which sizes the decoder's output", () => {

@@ -321,6 +321,50 @@ Deno.test("kernel drops counted elsewhere go into the next batch, and not into w
   });
 });
 
+Deno.test("the shipper goes quiet after a window closed on its interval: spooled, and with a collector, sent", async () => {
+  // The agent gives the C heap's free memory back then, so when it is said decides what a quiet
+  // agent keeps, and what a busy one pays for.
+  const run = async (dir: string, collectorUrl: string | undefined, sent: () => number) => {
+    let now = TEST_NOW_MS;
+    const events: string[] = [];
+    const shipper = new Shipper(options(dir, {
+      now: () => now,
+      collectorUrl,
+      maxRecords: 2,
+      onSpooled: (window) => events.push(`spooled ${window}`),
+      onQuiet: () => events.push(`quiet, ${sent()} sent`),
+    }));
+    await shipper.start();
+    for (let i = 0; i < 4; i++) shipper.add(syntheticFlow(i)); // two windows full
+    await until(() => shipper.stats().batchesSpooled === 2, "the full windows spooled");
+    shipper.add(syntheticFlow(4));
+    now += 60_000; // past the window's end: the next flow closes it on its interval
+    shipper.add(syntheticFlow(5));
+    await until(() => events.includes("spooled 2") && events.at(-1)!.startsWith("quiet"), "quiet");
+    await new Promise((resolve) => setTimeout(resolve, 100)); // nothing more comes
+    await shipper.close(2000);
+    return events;
+  };
+  await withSpoolDir(async (dir) => {
+    assert.deepEqual(await run(dir, undefined, () => 0), [
+      "spooled 0",
+      "spooled 1",
+      "spooled 2",
+      "quiet, 0 sent",
+      "spooled 3", // the last flow, flushed at close: not a window closed on its interval
+    ]);
+  });
+  await withSpoolDir(async (dir) => {
+    const up = collector();
+    try {
+      const events = await run(dir, up.url, () => up.batches.length);
+      assert.deepEqual(events.filter((e) => e.startsWith("quiet")), ["quiet, 3 sent"]);
+    } finally {
+      await up.server.shutdown();
+    }
+  });
+});
+
 Deno.test("a batch the collector refuses is set aside, not retried", async () => {
   await withSpoolDir(async (dir) => {
     const logs: string[] = [];
