@@ -1,8 +1,8 @@
 /**
  * Groups flows into time windows, copying their CBOR encodings as they arrive (a poll's at a
- * time) into one reused chunk, and compressing each chunk as it fills: a window holds compressed bytes, never objects, so
- * memory stays bounded by the byte cap (divided by the compression ratio) whatever the flow
- * rate, and no fresh pages are touched per flow.
+ * time) into one reused chunk, and compressing each chunk as it fills: a window holds compressed
+ * bytes, never objects, so memory stays bounded by the byte cap (divided by the compression
+ * ratio) whatever the flow rate, and no fresh pages are touched per flow.
  *
  * @module
  */
