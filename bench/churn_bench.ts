@@ -492,6 +492,12 @@ function agentDirs(ctx: Context, name: string, rep: number) {
 const SEAL_MARGIN_MS = 5_000;
 
 /**
+ * How long after it logs that it captures the agent has surely started, ms: its reader, interim
+ * passes and watchers start after that line, and half a second later it holds 1.5-2 MiB more.
+ */
+const START_MARGIN_MS = 2_000;
+
+/**
  * RSS (VmRSS, KiB) of each agent once it has sealed its first window, idle: what an agent on a
  * quiet host holds, as opposed to one just started (the `Idle RSS` column). The agents run side
  * by side, each on a pin directory of its own; a second of slow churn on the settling grid gives
@@ -560,6 +566,7 @@ async function measureTracer(
   live.add(cleanup);
   try {
     tracer = await startTracer(name, o, ctx, workDir, pinDir);
+    await delay(START_MARGIN_MS);
     await waitUntilIdle(tracer.pid);
     const idleRss = rssKiB(tracer.pid);
     const settled = await settle(o);
@@ -1114,7 +1121,9 @@ async function main(): Promise<number> {
       "Ratio = conn/s / the mean of the untraced runs just before and after it. " +
       "CPU = utime+stime of the tracer process (all threads) over the churn and its catch-up. " +
       "Drops: agent kernel drops, tcplife perf samples lost. " +
-      "Idle RSS = each agent once started, before any churn; idle after a window = once idle " +
+      `Idle RSS = each agent ${
+        START_MARGIN_MS / 1000
+      } s after it started capturing, once idle, before any churn; idle after a window = once idle ` +
       `${
         SEAL_MARGIN_MS / 1000
       } s after its first one-minute window with flows ended (side by side, once per agent). ` +
