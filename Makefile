@@ -11,8 +11,10 @@ DEPS := $(BUILD)/deps/$(ARCH)
 DENO := $(BUILD)/tools/node_modules/.bin/deno
 # FFI grants everything anyway, and Deno opens /proc, /sys and bpffs only with --allow-all.
 DENO_RUN_FLAGS := --allow-all
-# The agent's environment as packaged (the systemd unit's Environment= line), for `make run`.
+# The agent's environment as packaged (the systemd unit's Environment= lines), for `make run`.
 AGENT_ENV := $(shell sed -n 's/^Environment=//p' packaging/flowexporter.service)
+# A compiled binary reads no DENO_V8_FLAGS: deno compile bakes the unit's V8 flags into it.
+AGENT_V8_FLAGS := $(patsubst DENO_V8_FLAGS=%,--v8-flags=%,$(filter DENO_V8_FLAGS=%,$(AGENT_ENV)))
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc make pkg-config dpkg-dev \
 	openssl iproute2 util-linux
 TEST_APT_PACKAGES := chromium

@@ -25,7 +25,7 @@ dist-shims: tools
 
 dist: dist-shims
 	$(Q)scripts/dist.sh --deno $(DENO) --deno-version $(DENO_VERSION) --out $(DIST_DIR) \
-		--flags "$(DENO_RUN_FLAGS)" $(DIST_ARCHES)
+		--flags "$(DENO_RUN_FLAGS) $(AGENT_V8_FLAGS)" $(DIST_ARCHES)
 
 image: build
 	$(Q)scripts/image_test.sh --build-only

@@ -3,8 +3,10 @@
 # loads on its architecture, then compile one executable per architecture with the shared object
 # embedded. make builds build/<arch>/libflowexporter.so before calling this (mk/dist.mk).
 #
-#   scripts/dist.sh --deno DENO --deno-version X.Y.Z --out DIR --flags "PERMISSION FLAGS" ARCH...
+#   scripts/dist.sh --deno DENO --deno-version X.Y.Z --out DIR --flags "COMPILE FLAGS" ARCH...
 #
+# COMPILE FLAGS: the permissions and the V8 flags of flowexporter.service's DENO_V8_FLAGS, which a
+# compiled binary does not read at run time (mk/dist.mk).
 # ARCH is amd64 or arm64. For the architectures this machine does not run natively, the checks
 # run under qemu-user (Debian's qemu-user-static, installed when missing).
 #
@@ -218,7 +220,7 @@ for arch in "${arches[@]}"; do
   # The shim and its checksum are loaded by path, so they are named, and so is the collector's
   # page (collector/web.ts reads its files, cytoscape's among them). Deno embeds every
   # node_modules directory it finds: the npm-installed Deno in build/tools (95 MB) is not ours.
-  # shellcheck disable=SC2086 # the permission flags are separate words
+  # shellcheck disable=SC2086 # the compile flags are separate words
   if ! "${base[@]}" "$deno" compile --quiet --target "$target" --output "$exe" $flags \
     --include collector/web --include node_modules/cytoscape/dist/cytoscape.esm.min.mjs \
     --include "build/$arch/libflowexporter.so" --include "build/$arch/libflowexporter.so.sha256" \

@@ -21,6 +21,9 @@ function stageEnvironments(text: string): Map<string, Record<string, string>> {
   return stages;
 }
 
+/** Read by `deno run` only: a compiled binary has the V8 flags it was compiled with. */
+const V8_FLAGS = "DENO_V8_FLAGS";
+
 Deno.test("every image variant sets the unit's environment", () => {
   const unit = packagedEnvironment();
   assert.ok(Object.keys(unit).length > 0, "the unit sets no Environment=");
@@ -28,7 +31,26 @@ Deno.test("every image variant sets the unit's environment", () => {
   assert.deepEqual([...stages.keys()].sort(), ["compiled", "source"]);
   for (const [stage, env] of stages) {
     for (const [name, value] of Object.entries(unit)) {
-      assert.equal(env[name], value, `stage ${stage}: ${name}`);
+      if (stage === "compiled" && name === V8_FLAGS) {
+        assert.equal(env[name], undefined, `stage ${stage}: ${name} is ignored by the binary`);
+      } else {
+        assert.equal(env[name], value, `stage ${stage}: ${name}`);
+      }
     }
   }
+});
+
+Deno.test("make dist compiles the unit's V8 flags into the binary", async () => {
+  const flags = packagedEnvironment()[V8_FLAGS];
+  assert.ok(flags, `the unit sets no ${V8_FLAGS}`);
+  // -n prints the command; -o keeps the shims from being built for it.
+  const { code, stdout, stderr } = await new Deno.Command("make", {
+    args: ["-n", "-o", "dist-shims", "dist"],
+    cwd: new URL("..", import.meta.url),
+  }).output();
+  assert.equal(code, 0, new TextDecoder().decode(stderr));
+  const command = new TextDecoder().decode(stdout).replace(/\\\n\s*/g, " ");
+  const compileFlags = /--flags "([^"]*)"/.exec(command)?.[1];
+  assert.ok(compileFlags, `no --flags in: ${command}`);
+  assert.ok(compileFlags.split(" ").includes(`--v8-flags=${flags}`), compileFlags);
 });
