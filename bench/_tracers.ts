@@ -87,7 +87,8 @@ export class Tracer implements AsyncDisposable {
    * Starts the agent with `args` after `run`, stdout to `outputPath`, and its
    * own pin directory, lock file, spool and (absent) certificate under
    * `workDir`; resolves once it captures. `main` is the agent's entry point: this
-   * checkout's `main.ts`, or another build's (a reference to compare with).
+   * checkout's `main.ts`, or another build's (a reference to compare with). `deno` is the
+   * executable it runs from (see {@linkcode privateDeno}).
    */
   static async startAgent(
     name: string,
@@ -96,8 +97,9 @@ export class Tracer implements AsyncDisposable {
     pinDir: string,
     workDir: string,
     main: string = MAIN,
+    deno: string = Deno.execPath(),
   ): Promise<Tracer> {
-    const command = [Deno.execPath(), "run", "--allow-all", main, "run", ...args];
+    const command = [deno, "run", "--allow-all", main, "run", ...args];
     command.push("--pin-dir", pinDir, "--lock-file", `${workDir}/lock`);
     // The certificate's directory is watched: one of its own, as on a host, so that the agent's
     // stdout and spool beside it do not wake the watcher with every write.
@@ -111,8 +113,7 @@ export class Tracer implements AsyncDisposable {
     const t = new Tracer(name, "json", command, outputPath, "SIGTERM", env);
     await t.#waitFor(() => t.log.some((l) => l.includes("capturing TCP flows")), 60_000);
     const exe = executable(t.pid);
-    const deno = Deno.realPathSync(Deno.execPath());
-    if (exe !== deno) {
+    if (exe !== Deno.realPathSync(deno)) {
       await t.stop();
       throw new Error(`Cannot measure the agent: pid ${t.pid} runs ${exe}, not ${deno}`);
     }
@@ -243,6 +244,19 @@ export class Tracer implements AsyncDisposable {
     }
     if (rest) this.log.push(rest);
   }
+}
+
+/**
+ * A copy of this deno in `dir`, for one agent variant to run from. On a host the agent is the one
+ * process that maps its executable, so it can give back what only starting read of it
+ * (releaseExecutablePages): pages another process maps stay. Run from this deno, each agent would
+ * share its pages with the benchmark itself and with the other agents. `dir` must be on a disk's
+ * file system: a tmpfs copy is shared memory, not page cache.
+ */
+export function privateDeno(dir: string, name: string): string {
+  const path = `${dir}/deno-${name}`;
+  Deno.copyFileSync(Deno.execPath(), path);
+  return path;
 }
 
 /**

@@ -44,6 +44,7 @@ import {
   prepareBpftrace,
   prepareSockopsCounter,
   prepareTcplife,
+  privateDeno,
   Tracer,
 } from "./_tracers.ts";
 import { errorText } from "../lib/error_text.ts";
@@ -51,6 +52,7 @@ import { BPF_STATS_SYSCTL } from "../ffi/kernel_prereqs.ts";
 import { untilGridClosed } from "../tests/_traffic.ts";
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
+const BUILD_DIR = new URL("../build", import.meta.url).pathname;
 const FIRST_ADDR = "127.77.0.1";
 /** The settling churn's grid: another /24, so that no record of it is counted as the churn's. */
 const SETTLE_FIRST_ADDR = "127.78.0.1";
@@ -369,6 +371,8 @@ interface Context {
   hz: number;
   /** Commands of the comparison tools, by variant name. */
   commands: Map<string, string>;
+  /** The deno each agent variant runs from, a copy of its own ({@linkcode privateDeno}). */
+  denos: Map<string, string>;
 }
 
 function log(line: string): void {
@@ -436,6 +440,7 @@ function startTracer(
         pinDir,
         workDir,
         v.main,
+        ctx.denos.get(name),
       );
     case "tcplife":
       return Tracer.startTcplife(ctx.commands.get(name)!, outputPath);
@@ -672,7 +677,15 @@ async function measureRestart(
   };
   live.add(cleanup);
   try {
-    const first = await Tracer.startAgent(name, args, outputs[0], pinDir, workDir);
+    const first = await Tracer.startAgent(
+      name,
+      args,
+      outputs[0],
+      pinDir,
+      workDir,
+      undefined,
+      ctx.denos.get(name),
+    );
     agents.push(first);
     const cpu0First = cpuTicks(first.pid);
     const churning = runChurn(o, o.duration, o.restartRate);
@@ -690,7 +703,15 @@ async function measureRestart(
         `The first agent exited with ${stopFirst.exitCode} on ${signal}; its log:\n${tail}`,
       );
     }
-    const second = await Tracer.startAgent(name, args, outputs[1], pinDir, workDir);
+    const second = await Tracer.startAgent(
+      name,
+      args,
+      outputs[1],
+      pinDir,
+      workDir,
+      undefined,
+      ctx.denos.get(name),
+    );
     agents.push(second);
     const capturing = performance.now();
     const cpu0Second = cpuTicks(second.pid);
@@ -1042,11 +1063,17 @@ async function main(): Promise<number> {
   }
   const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "flowexporter-bench-" });
   live.add(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
+  // The agents' executables: copies on the checkout's disk (the work directory is a tmpfs).
+  const denoDir = await Deno.makeTempDir({ dir: BUILD_DIR, prefix: "bench-deno-" });
+  live.add(() => Deno.remove(denoDir, { recursive: true }).catch(() => {}));
   const ctx: Context = {
     dir,
     grid: churnGrid(FIRST_ADDR, ADDRS, o.portBase, PORTS),
     hz: await clockTicksPerSecond(),
     commands,
+    denos: new Map(
+      names.filter((n) => VARIANTS[n].tracer === "agent").map((n) => [n, privateDeno(denoDir, n)]),
+    ),
   };
 
   const load = o.rate > 0 ? `target ${o.rate} conn/s` : "flat out";

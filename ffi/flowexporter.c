@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
@@ -41,7 +42,7 @@
 #define FE_API __attribute__((visibility("default")))
 
 /* Bump when a signature below or an FE_STAT_* index changes. */
-#define FE_ABI_VERSION 7
+#define FE_ABI_VERSION 8
 
 /*
  * The record layout lib/decode.ts reads. A change here fails the build until
@@ -1682,4 +1683,51 @@ FE_API int fe_release_idle_memory(void)
 #else
 	return 0;
 #endif
+}
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21 /* Linux 5.4; older C libraries lack the name */
+#endif
+
+/*
+ * Gives back the pages of the process's own executable that only starting it read: the deno
+ * executable (or the compiled binary) is over 90 MiB, and starting the agent (Deno's CLI, module
+ * loading, the transpiler, the startup snapshot) reads about 36 MiB of it, of which an idle agent
+ * runs in about 7 and a busy one in about 25. MADV_PAGEOUT reclaims the clean pages only this
+ * process maps: they leave its RSS and the page cache, and its cgroup is no longer charged for
+ * them (pages another process maps, such as a `deno task` parent's, stay). A page needed again is
+ * read back on its next use. Writable mappings are left alone: their private copies are anonymous
+ * memory, which paging out would push to swap. The agent calls it once, when it has started.
+ * Returns the bytes of the mappings advised, or -errno (-EINVAL before Linux 5.4).
+ */
+FE_API int64_t fe_release_executable_pages(void)
+{
+	unsigned long start, end, offset, inode;
+	unsigned int major, minor;
+	char perms[5], *line = NULL;
+	size_t line_cap = 0;
+	int64_t advised = 0;
+	struct stat exe;
+	FILE *maps;
+
+	if (stat("/proc/self/exe", &exe))
+		return -errno;
+	maps = fopen("/proc/self/maps", "re");
+	if (!maps)
+		return -errno;
+	while (getline(&line, &line_cap, maps) > 0) {
+		if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu", &start, &end, perms, &offset, &major,
+			   &minor, &inode) != 7)
+			continue;
+		if (inode != exe.st_ino || makedev(major, minor) != exe.st_dev || perms[1] == 'w')
+			continue;
+		if (madvise((void *)start, end - start, MADV_PAGEOUT)) {
+			advised = -errno;
+			break;
+		}
+		advised += (int64_t)(end - start);
+	}
+	free(line);
+	fclose(maps);
+	return advised;
 }

@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 7;
+export const ABI_VERSION = 8;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -102,6 +102,8 @@ export const SYMBOLS = {
   fe_mount: { parameters: ["buffer", "buffer"], result: "i32" },
   // int fe_release_idle_memory(void)
   fe_release_idle_memory: { parameters: [], result: "i32" },
+  // int64_t fe_release_executable_pages(void)
+  fe_release_executable_pages: { parameters: [], result: "i64" },
   // int fe_fd_close(int fd)
   fe_fd_close: { parameters: ["i32"], result: "i32" },
   // uint64_t fe_zstd_bound(uint64_t len)
