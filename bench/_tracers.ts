@@ -96,8 +96,7 @@ export class Tracer implements AsyncDisposable {
     outputPath: string,
     pinDir: string,
     workDir: string,
-    main: string = MAIN,
-    deno: string = Deno.execPath(),
+    { main = MAIN, deno = Deno.execPath() }: { main?: string; deno?: string } = {},
   ): Promise<Tracer> {
     const command = [deno, "run", "--allow-all", main, "run", ...args];
     command.push("--pin-dir", pinDir, "--lock-file", `${workDir}/lock`);

@@ -439,8 +439,7 @@ function startTracer(
         outputPath,
         pinDir,
         workDir,
-        v.main,
-        ctx.denos.get(name),
+        { main: v.main, deno: ctx.denos.get(name) },
       );
     case "tcplife":
       return Tracer.startTcplife(ctx.commands.get(name)!, outputPath);
@@ -675,17 +674,11 @@ async function measureRestart(
       await Deno.remove(workDir, { recursive: true }).catch(() => {});
     }
   };
+  const startAgent = (output: string) =>
+    Tracer.startAgent(name, args, output, pinDir, workDir, { deno: ctx.denos.get(name) });
   live.add(cleanup);
   try {
-    const first = await Tracer.startAgent(
-      name,
-      args,
-      outputs[0],
-      pinDir,
-      workDir,
-      undefined,
-      ctx.denos.get(name),
-    );
+    const first = await startAgent(outputs[0]);
     agents.push(first);
     const cpu0First = cpuTicks(first.pid);
     const churning = runChurn(o, o.duration, o.restartRate);
@@ -703,15 +696,7 @@ async function measureRestart(
         `The first agent exited with ${stopFirst.exitCode} on ${signal}; its log:\n${tail}`,
       );
     }
-    const second = await Tracer.startAgent(
-      name,
-      args,
-      outputs[1],
-      pinDir,
-      workDir,
-      undefined,
-      ctx.denos.get(name),
-    );
+    const second = await startAgent(outputs[1]);
     agents.push(second);
     const capturing = performance.now();
     const cpu0Second = cpuTicks(second.pid);

@@ -1702,7 +1702,7 @@ FE_API int fe_release_idle_memory(void)
  */
 FE_API int64_t fe_release_executable_pages(void)
 {
-	unsigned long start, end, offset, inode;
+	unsigned long start, end, inode;
 	unsigned int major, minor;
 	char perms[5], *line = NULL;
 	size_t line_cap = 0;
@@ -1716,8 +1716,8 @@ FE_API int64_t fe_release_executable_pages(void)
 	if (!maps)
 		return -errno;
 	while (getline(&line, &line_cap, maps) > 0) {
-		if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu", &start, &end, perms, &offset, &major,
-			   &minor, &inode) != 7)
+		if (sscanf(line, "%lx-%lx %4s %*x %x:%x %lu", &start, &end, perms, &major, &minor,
+			   &inode) != 6)
 			continue;
 		if (inode != exe.st_ino || makedev(major, minor) != exe.st_dev || perms[1] == 'w')
 			continue;

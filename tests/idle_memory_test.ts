@@ -6,6 +6,7 @@
  * shipped.
  */
 import assert from "node:assert/strict";
+import { AgentProcess, kernelTest } from "./_agent.ts";
 
 Deno.test("fe_release_idle_memory gives freed C heap back to the system", async () => {
   // A process of its own, to measure its RSS alone: it mallocs 400 blocks of 50 KiB (under
@@ -88,5 +89,20 @@ Deno.test("fe_release_executable_pages gives back what starting read of the exec
     );
   } finally {
     Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+kernelTest("a started agent pages out its executable, once", async () => {
+  const agent = await AgentProcess.start(["--output", "none", "--log-level", "debug"]);
+  try {
+    // The release follows the capturing line, once the reader, passes and watchers run; a failed
+    // one logs "Cannot page out the executable" instead.
+    const line = await agent.waitForLog(/executable/);
+    const advisedMiB = Number(/Paged out the executable's (\d+) MiB/.exec(line)?.[1]);
+    assert.ok(advisedMiB > 0, line);
+    assert.equal(await agent.stop(), 0);
+    assert.equal(agent.stderrLines.filter((l) => l.includes("executable")).length, 1);
+  } finally {
+    await agent.stop();
   }
 });
