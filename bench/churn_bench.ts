@@ -49,7 +49,7 @@ import {
 } from "./_tracers.ts";
 import { errorText } from "../lib/error_text.ts";
 import { BPF_STATS_SYSCTL } from "../ffi/kernel_prereqs.ts";
-import { untilGridClosed } from "../tests/_traffic.ts";
+import { gridSockets, untilGridClosed } from "../tests/_traffic.ts";
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
 const BUILD_DIR = new URL("../build", import.meta.url).pathname;
@@ -385,6 +385,7 @@ async function runChurn(
   rate = o.rate,
   firstAddr = FIRST_ADDR,
 ): Promise<ChurnResult> {
+  const before = await gridSockets(firstAddr);
   const child = new Deno.Command(CHURN, {
     args: [
       `--duration=${seconds}`,
@@ -418,7 +419,7 @@ async function runChurn(
   }
   const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
   // A record still to come (a close waiting on a retransmitted FIN) is not a missing one.
-  await untilGridClosed(firstAddr);
+  await untilGridClosed(firstAddr, before);
   return JSON.parse(lines[lines.length - 1]) as ChurnResult;
 }
 

@@ -396,6 +396,7 @@ export async function runChurn(
   grid: ChurnGrid,
   { seconds, rate }: { seconds: number; rate: number },
 ): Promise<ChurnResult> {
+  const before = await gridSockets(grid.firstAddr);
   const out = await new Deno.Command(CHURN, {
     args: [
       `--duration=${seconds}`,
@@ -412,32 +413,48 @@ export async function runChurn(
   });
   if (!out.success) throw new Error(`${CHURN} failed (exit ${out.code})`);
   const result: ChurnResult = JSON.parse(new TextDecoder().decode(out.stdout));
-  await untilGridClosed(grid.firstAddr);
+  await untilGridClosed(grid.firstAddr, before);
   return result;
 }
 
 /**
- * Waits until no socket to or from the /24 of `firstAddr` (a churn grid's) is in a state that
- * a close still ends: then the record of every socket the generator counted is out. That can
- * take the kernel's FIN timeout: a server socket in FIN_WAIT2 (a full one, when the ACK of its
- * FIN came while its lock was held: its record is still to come) waits for the client's FIN,
- * which a busy host sometimes loses, until the timeout ends it.
+ * The sockets to or from the /24 of `firstAddr` (a churn grid's) in a state that a close still
+ * ends, each as "local peer".
  */
-export async function untilGridClosed(firstAddr: string): Promise<void> {
-  const finTimeoutS = Number(Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_fin_timeout"));
-  const timeoutMs = (finTimeoutS + 15) * 1000;
+export async function gridSockets(firstAddr: string): Promise<Set<string>> {
   const net = `${firstAddr.slice(0, firstAddr.lastIndexOf("."))}.0/24`;
   const args = ["-Htan", ...CLOSING_STATES.flatMap((s) => ["state", s])];
   args.push(`( src ${net} or dst ${net} )`);
+  const out = await new Deno.Command("ss", { args, stdout: "piped", stderr: "inherit" }).output();
+  if (!out.success) throw new Error(`ss ${args.join(" ")} failed (exit ${out.code})`);
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean);
+  // State (when more than one is asked for), Recv-Q, Send-Q, local, peer: the endpoints name it.
+  return new Set(lines.map((line) => line.trim().split(/\s+/).slice(-2).join(" ")));
+}
+
+/**
+ * Waits until no socket to or from the /24 of `firstAddr` (a churn grid's) is in a state that
+ * a close still ends, but those of `before` (what was open there before the churn began): then
+ * the record of every socket the generator counted is out. That can take the kernel's FIN
+ * timeout: a server socket in FIN_WAIT2 (a full one, when the ACK of its FIN came while its lock
+ * was held: its record is still to come) waits for the client's FIN, which a busy host sometimes
+ * loses, until the timeout ends it. A socket of `before` is no socket of this churn: one an
+ * earlier run left stuck, as the kernel's TCP iterator bug did once on this machine (kernel
+ * 6.18.44, CVE-2026-74714 in docs/operations.md: a CLOSE_WAIT socket with no owner, for good).
+ */
+export async function untilGridClosed(
+  firstAddr: string,
+  before: Set<string> = new Set(),
+): Promise<void> {
+  const finTimeoutS = Number(Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_fin_timeout"));
+  const timeoutMs = (finTimeoutS + 15) * 1000;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const out = await new Deno.Command("ss", { args, stdout: "piped", stderr: "inherit" }).output();
-    if (!out.success) throw new Error(`ss ${args.join(" ")} failed (exit ${out.code})`);
-    const open = new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean);
+    const open = [...await gridSockets(firstAddr)].filter((socket) => !before.has(socket));
     if (open.length === 0) return;
     if (Date.now() > deadline) {
       throw new Error(
-        `${open.length} sockets of the churn on ${net} still open after ${timeoutMs} ms: ${
+        `${open.length} sockets of the churn on the grid of ${firstAddr} still open after ${timeoutMs} ms: ${
           open.slice(0, 3).join("; ")
         }`,
       );
