@@ -148,7 +148,7 @@ dev: build
 
 # The README's test command. Deno prints its own summary; CI reads it. Tests never touch the
 # host's real agent state: the default spool, pin directory and lock must be as they were.
-test: build $(BUILD)/churn $(OTHER_STATE_LIB) $(BUILD)/.apt-test-stamp $(BUILD)/.cluster-apt-stamp
+test: build $(BUILD)/churn $(BUILD)/hold_connections $(OTHER_STATE_LIB) $(BUILD)/.apt-test-stamp $(BUILD)/.cluster-apt-stamp
 	$(Q)scripts/host_state.sh > $(BUILD)/host-state.before
 	$(Q)$(DENO) test $(DENO_RUN_FLAGS) --parallel tests/ $(TEST_ARGS)
 	$(Q)scripts/host_state.sh | diff -u $(BUILD)/host-state.before - >&2 || \

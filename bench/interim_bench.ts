@@ -30,8 +30,8 @@ import { Batcher, MAX_BYTE_CAP } from "../lib/batcher.ts";
 import { compressFrame } from "../lib/compression.ts";
 import { RECORD_SIZE } from "../lib/decode.ts";
 import { encodeRecords, FlowBuffer } from "../lib/encoded_flows.ts";
+import { ConnectionHolder, HOLDER } from "../tests/_traffic.ts";
 
-const HOLDER = new URL("../build/hold_connections", import.meta.url).pathname;
 const NEVER = 2n ** 64n - 1n;
 const BOOT_ID = new Uint8Array(16).fill(1);
 
@@ -53,48 +53,6 @@ interface Pass {
   cpuMs: number;
   sysMs: number;
   stallMs: number;
-}
-
-/** A running build/hold_connections and the connections it holds. */
-class Holder implements AsyncDisposable {
-  private constructor(readonly child: Deno.ChildProcess) {}
-
-  static async start(addr: string, ports: number, connections: number): Promise<Holder> {
-    const child = new Deno.Command(HOLDER, {
-      args: ["--addr", addr, "--ports", String(ports), "--connections", String(connections)],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn();
-    const reader = child.stdout.getReader();
-    const decoder = new TextDecoder();
-    let line = "";
-    try {
-      while (!line.includes("\n")) {
-        const { value, done } = await reader.read();
-        if (done) {
-          throw new Error(`hold_connections exited before it held ${connections} connections`);
-        }
-        line += decoder.decode(value, { stream: true });
-      }
-    } catch (error) {
-      child.kill("SIGKILL");
-      await child.status;
-      throw error;
-    }
-    // It prints nothing more.
-    await reader.cancel();
-    const held = (JSON.parse(line) as { connections: number }).connections;
-    if (held !== connections) throw new Error(`hold_connections held ${held} of ${connections}`);
-    return new Holder(child);
-  }
-
-  /** Closes the connections (stdin's end tells the holder to) and waits for it to exit. */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.child.stdin.close().catch(() => this.child.kill("SIGKILL"));
-    const status = await this.child.status;
-    if (!status.success) console.error(`hold_connections exited with ${status.code}`);
-  }
 }
 
 function cpuMicros(): { user: number; system: number } {
@@ -184,13 +142,13 @@ async function hardFileLimit(): Promise<number> {
 async function holdConnections(
   connections: number,
   options: { ports: number; addr: string },
-  holders: Holder[],
+  holders: ConnectionHolder[],
 ): Promise<void> {
   const perHolder = Math.floor((await hardFileLimit() - options.ports - 64) / 2);
   const count = Math.ceil(connections / perHolder);
   for (let i = 0; i < count; i++) {
     const share = Math.floor(connections / count) + (i < connections % count ? 1 : 0);
-    holders.push(await Holder.start(options.addr, options.ports, share));
+    holders.push(await ConnectionHolder.start(options.addr, options.ports, share));
   }
 }
 
@@ -203,7 +161,7 @@ async function runSize(
   // before it is full).
   const flowsMax = Math.max(131072, 2 ** Math.ceil(Math.log2(4 * connections)));
   const passes: Pass[] = [];
-  const holders: Holder[] = [];
+  const holders: ConnectionHolder[] = [];
   let agent: Agent | undefined;
   try {
     agent = Agent.open({ pinDir, noPin: true, noSeed: true, flowsMax });

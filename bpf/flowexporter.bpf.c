@@ -24,9 +24,9 @@
  *     with follow_seeded their state callbacks asked for.
  *   - count_unfollowed, a task file iterator: open TCP sockets that have a
  *     file, in any network namespace, whose state callbacks nobody asked for.
- *   - snapshot_flows, a TCP socket iterator the agent runs when it wants
- *     interim records: one per open socket it tracks, written to the
- *     iterator's file (never to the ring), off the per-event path.
+ *   - snapshot_flows, a map iterator the agent runs when it wants interim
+ *     records: one per open socket it tracks, written to snapshot_out
+ *     (never to the ring), off the per-event path.
  *   - sweep_flows, a map iterator the agent runs now and then, which walks
  *     `flows`: a socket whose close and destroy no program saw (the kernel
  *     skipped them) left its state behind; the sweep finds the socket gone
@@ -73,6 +73,11 @@ bool state_tracepoint_detached = false;
 __u64 unfollowed_at_destroy = 0;
 /* snapshot_flows skips sockets younger than this; the shim sets it before each pass. */
 __u64 snapshot_min_age_ns = 0;
+/* Set by the shim for the first run of a pass (see snapshot_flows). */
+bool snapshot_first = false;
+/* Set by snapshot_flows: records in snapshot_out, and whether states it has not visited remain. */
+__u32 snapshot_written = 0;
+bool snapshot_more = false;
 /* Records sweep_flows made, and states of gone sockets whose record was out that it deleted. */
 __u64 swept = 0;
 __u64 swept_stale = 0;
@@ -757,39 +762,6 @@ int count_unfollowed(struct bpf_iter__task_file *ctx)
 }
 
 /*
- * Interim records (FE_FLAG_INTERIM): one per open socket of the agent's netns
- * that the agent tracks (a state in `flows` whose record is not out) and that
- * is at least snapshot_min_age_ns old, written to the iterator's file. The
- * cookie is read, not assigned: a socket without one is not tracked.
- */
-SEC("iter/tcp")
-int snapshot_flows(struct bpf_iter__tcp *ctx)
-{
-	struct sock_common *skc = ctx->sk_common;
-	struct fe_sock_state *st;
-	struct fe_flow rec = {};
-	struct tcp_sock *tp;
-	__u64 cookie, now;
-	__u8 state;
-
-	tp = open_tcp_sock(skc, &state);
-	if (!tp)
-		return 0;
-	cookie = skc->skc_cookie.counter;
-	if (!cookie)
-		return 0;
-	st = bpf_map_lookup_elem(&flows, &cookie);
-	if (!st || st->emitted)
-		return 0;
-	now = now_ns();
-	if (now < st->t_start_ns || now - st->t_start_ns < snapshot_min_age_ns)
-		return 0;
-	fill_record(&rec, (const struct sock *)tp, cookie, st, state, FE_FLAG_INTERIM, true);
-	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
-	return 0;
-}
-
-/*
  * The counters of a record whose socket could not be read: unknown, so zero.
  * They are two runs of the layout (bytes_sent up to the cookie, segs_out up
  * to the padding after lost) and the error.
@@ -903,6 +875,100 @@ int sweep_flows(struct bpf_iter__bpf_map *ctx)
 	seen_open_ns = *last;
 	*last = now_ns();
 	bpf_for_each_map_elem(&flows, sweep_flow, &seen_open_ns, 0);
+	return 0;
+}
+
+/*
+ * A run's records, which the shim copies out (batch lookups: mapped, the
+ * whole array would count in the agent's resident memory). Each run walks
+ * again the states the runs before it visited, so a pass over n states
+ * costs about n / max_entries walks of half the map: with 16384 records
+ * (4.3 MiB of kernel memory) a pass over 200 000 sockets costs 1.3 to 1.5
+ * times the TCP iterator's, one over 20 000 the same (docs/benchmarks.md).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct fe_flow);
+} snapshot_out SEC(".maps");
+
+struct snapshot_run {
+	__u64 now;
+	__u32 written;
+	bool first;
+	bool more;
+};
+
+static long snapshot_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_state *st,
+			  struct snapshot_run *run)
+{
+	const struct sock *sk;
+	struct fe_flow *rec;
+	__u32 i = run->written;
+	__u64 cookie = *key;
+	__u8 state;
+
+	if (!run->first && st->snapshot_mark)
+		return 0;
+	/* NULL once snapshot_out is full: this state and those after it are the next run's. */
+	rec = bpf_map_lookup_elem(&snapshot_out, &i);
+	if (!rec) {
+		run->more = true;
+		if (!run->first)
+			return 1;
+		st->snapshot_mark = 0;
+		return 0;
+	}
+	st->snapshot_mark = 1;
+	if (st->emitted || !st->sk || run->now < st->t_start_ns ||
+	    run->now - st->t_start_ns < snapshot_min_age_ns)
+		return 0;
+	sk = (const struct sock *)st->sk;
+	if (cookie_at(sk) != cookie)
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (!is_connection_state(state))
+		return 0;
+	fill_record(rec, sk, cookie, st, state, FE_FLAG_INTERIM, false);
+	/* The address now holds another socket: what was read is not all this one's. */
+	if (cookie_at(sk) != cookie)
+		return 0;
+	run->written = i + 1;
+	return 0;
+}
+
+/*
+ * Interim records (FE_FLAG_INTERIM), one per open socket the capture tracks:
+ * a state in `flows` whose record is not out, whose socket still holds its
+ * cookie in a connection state, and that is at least snapshot_min_age_ns
+ * old. Every network namespace's sockets are covered, as at close.
+ *
+ * A pass walks `flows`, reading each socket through the address its state
+ * keeps, as the sweep does; not the TCP sockets: the kernel's TCP socket
+ * iterator takes a reference on a connection request still being set up
+ * on most kernels (CVE-2026-74714, docs/operations.md), and a pass runs at
+ * every window's end.
+ *
+ * A run writes records into snapshot_out until it is full; the shim copies
+ * them out and runs the iterator again (snapshot_more) until a run finds no
+ * state left. A run marks each state it visits (snapshot_mark) and
+ * skips those marked, so no socket gets two records in a pass. The first run
+ * of a pass walks every state: it marks those it visits before snapshot_out
+ * fills and clears the marks after, which an earlier pass, perhaps an
+ * earlier agent's that stopped halfway, may have left.
+ */
+SEC("iter/bpf_map")
+int snapshot_flows(struct bpf_iter__bpf_map *ctx)
+{
+	struct snapshot_run run = { .now = now_ns(), .first = snapshot_first };
+	struct bpf_map *map = ctx->map;
+
+	if (!map || map->id != flows_map_id)
+		return 0;
+	bpf_for_each_map_elem(&flows, snapshot_flow, &run, 0);
+	snapshot_written = run.written;
+	snapshot_more = run.more;
 	return 0;
 }
 

@@ -173,7 +173,12 @@ struct fe_sock_state {
 	__u8 identity_source;
 	__u8 resolved;
 	__u8 emitted;
-	__u8 _pad;
+	/*
+	 * Scratch of the interim pass (snapshot_flows): set on the states a
+	 * run has visited. Any value is valid at any time (each pass clears
+	 * it), so it took the place of padding without a new state version.
+	 */
+	__u8 snapshot_mark;
 	__u16 connection;
 	/*
 	 * The socket's kernel address and its endpoints: the sweep finds a

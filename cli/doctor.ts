@@ -38,6 +38,7 @@ import {
   readCertificateIdentity,
 } from "../identity/host_identity.ts";
 import { showDuration } from "../lib/option_kinds.ts";
+import { tcpIteratorBugFixedIn, tcpIteratorBugWarning } from "../lib/tcp_iterator_bug.ts";
 import { Sender } from "../lib/sender.ts";
 import type { HttpTransport } from "../lib/http_client.ts";
 import { type Config, type EffectiveConfig, loadConfig, OPTIONS_HELP } from "./config.ts";
@@ -289,9 +290,9 @@ function checks(config: EffectiveConfig, p: DoctorProbes): Check[] {
     () => checkClock(offers(Probe.bootNs)),
     () => checkTracepoint(offers(Probe.tpBtf)),
     () => checkSockops(v, p, offers(Probe.sockops)),
-    () => checkSeeding(v, offers(Probe.iterTcp), offers(Probe.sockopsFollow)),
-    () => checkInterim(v, offers(Probe.iterTcp)),
-    () => checkSweep(v, offers(Probe.sweep), offers(Probe.ringbuf)),
+    () => checkSeeding(v, offers(Probe.iterTcp), offers(Probe.sockopsFollow), p.osRelease()),
+    () => checkInterim(v, offers(Probe.mapWalk)),
+    () => checkSweep(v, offers(Probe.mapWalk), offers(Probe.ringbuf)),
     () => checkMount(p, "tracefs", TRACEFS_PATH, "the classic destroy tracepoint needs it"),
     () => checkMount(p, "bpf", BPFFS_PATH, `the identity maps are pinned under ${v.pinDir}`),
     () => checkPrivileges(p),
@@ -425,9 +426,18 @@ function checkSockops(v: Config, p: DoctorProbes, sockops: Offer): CheckResult {
   };
 }
 
-function checkSeeding(v: Config, iterTcp: Offer, sockopsFollow: Offer): CheckResult {
+function checkSeeding(
+  v: Config,
+  iterTcp: Offer,
+  sockopsFollow: Offer,
+  release: string,
+): CheckResult {
   const name = "seeding";
   if (v.noSeed) return { name, status: "skip", detail: "turned off by no_seed" };
+  const fixedIn = iterTcp === true ? tcpIteratorBugFixedIn(release) : undefined;
+  if (fixedIn) {
+    return { name, status: "warn", detail: tcpIteratorBugWarning(release, fixedIn) };
+  }
   if (iterTcp === true) {
     // The seeded sockets' closes then reach sock_ops: the state tracepoint is detached once no
     // socket is left that sock_ops does not follow.
@@ -446,23 +456,23 @@ function checkSeeding(v: Config, iterTcp: Offer, sockopsFollow: Offer): CheckRes
   );
 }
 
-function checkInterim(v: Config, iterTcp: Offer): CheckResult {
+function checkInterim(v: Config, mapWalk: Offer): CheckResult {
   const name = "interim";
   const minAgeMs = v.interimInterval ?? v.batchInterval;
   if (minAgeMs === 0) return { name, status: "skip", detail: "turned off by interim_interval 0" };
-  if (iterTcp === true) {
+  if (mapWalk === true) {
     return {
       name,
       status: "pass",
       detail: `sockets open longer than ${
         showDuration(minAgeMs)
-      } get an interim record at each window end (TCP socket iterator)`,
+      } get an interim record at each window end (map iterator)`,
     };
   }
   return lacking(
     name,
-    iterTcp,
-    "no TCP socket iterator (Linux 5.9+)",
+    mapWalk,
+    "no map walk from an iterator (Linux 5.13+)",
     "long-lived connections get no interim records, only their record at close",
   );
 }

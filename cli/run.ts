@@ -40,6 +40,7 @@ import { errorText } from "../lib/error_text.ts";
 import { pathUse } from "../lib/options.ts";
 import { SenderConfigError } from "../lib/sender.ts";
 import { unusablePath, withPath } from "../lib/unusable_path.ts";
+import { tcpIteratorBugFixedIn, tcpIteratorBugWarning } from "../lib/tcp_iterator_bug.ts";
 
 /** `flowexporter run --help`. */
 export const RUN_HELP = `Usage: flowexporter run [options]
@@ -461,6 +462,8 @@ export async function run(v: Config): Promise<number> {
       "sock_ops is not attached (no cgroup v2, no CAP_NET_ADMIN, or an empty cgroup_path): tracepoints alone capture, and a close the kernel skips on a busy CPU is recovered at destroy or counted as a recursion miss",
     );
   }
+  const fixedIn = stats.seeded >= 0 ? tcpIteratorBugFixedIn(Deno.osRelease()) : undefined;
+  if (fixedIn) log.warn(tcpIteratorBugWarning(Deno.osRelease(), fixedIn));
   log.info(
     `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
       stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`

@@ -404,9 +404,9 @@ export class Agent implements Disposable {
 
   /**
    * Takes one snapshot pass: interim records (`FLAG_INTERIM`, lib/decode.ts) of the open TCP
-   * sockets of this agent's network namespace that the capture tracks and that opened at least
+   * sockets, of every network namespace, that the capture tracks and that opened at least
    * `minAgeNs` ago, with their cumulative counters; `t_end_ns` is the snapshot time. The kernel
-   * walks the sockets on Deno's blocking thread pool (about 2 ms of CPU per 1000 sockets), so the
+   * walks the sockets' states on Deno's blocking thread pool (docs/benchmarks.md), so the
    * event loop goes on meanwhile; each chunk of whole raw records goes to `onRecords` as a view
    * of `buffer`, valid only during the call (copy what you keep). One pass at a time. A throw
    * from `onRecords` ends the pass and rejects; so does closing the agent from `onRecords`.
@@ -424,8 +424,8 @@ export class Agent implements Disposable {
    *   {@linkcode Agent.recordSize} fills best
    * @param onRecords called with each chunk of whole records
    * @returns the number of records the pass handed over
-   * @throws {AgentLoadError} when a pass cannot start (one is running, or the kernel has no TCP
-   *   socket iterator) or the kernel side fails during it
+   * @throws {AgentLoadError} when a pass cannot start (one is running, or the kernel's map
+   *   iterator cannot walk a map) or the kernel side fails during it
    */
   async snapshot(
     minAgeNs: bigint,

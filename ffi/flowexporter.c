@@ -127,14 +127,15 @@ struct fe_ring {
 };
 
 /*
- * A snapshot pass (fe_snapshot_begin .. fe_snapshot_read returning 0): the
- * iterator's link and file, and the start of a record a read() cut off.
+ * A snapshot pass (fe_snapshot_begin .. fe_snapshot_read returning 0): runs
+ * of snapshot_flows, each of which leaves up to snapshot_out's size records
+ * there for fe_snapshot_read() to copy out.
  */
 struct fe_snapshot {
-	struct bpf_link *link;
-	int fd; /* -1: no pass running */
-	uint32_t part_len;
-	uint8_t part[sizeof(struct fe_flow)];
+	uint32_t written; /* records the last run left in snapshot_out */
+	uint32_t next;	  /* the first of them not yet copied */
+	bool running;
+	bool more; /* states the last run did not visit remain: run again */
 };
 
 struct fe_agent {
@@ -159,7 +160,6 @@ struct fe_agent {
 	bool boot_clock;
 	bool sockops;
 	bool resumed;
-	bool iter_tcp;
 	bool follow_seeded; /* seeding asks for the seeded sockets' sock_ops callbacks */
 };
 
@@ -378,8 +378,8 @@ static bool kernel_has_enum_value(const struct btf *vmlinux, const char *enum_na
  * sockets nobody asked them for (bpf_sock_from_file, 5.11).
  */
 #define FE_PROBE_SOCKOPS_FOLLOW (1u << 6)
-/* A map iterator may walk a map (bpf_for_each_map_elem, 5.13): the sweep. */
-#define FE_PROBE_SWEEP (1u << 7)
+/* A map iterator may walk a map (bpf_for_each_map_elem, 5.13): the sweep and interim records. */
+#define FE_PROBE_MAP_WALK (1u << 7)
 
 static uint32_t probe(const struct btf *vmlinux)
 {
@@ -406,7 +406,7 @@ static uint32_t probe(const struct btf *vmlinux)
 		p |= FE_PROBE_SOCKOPS_FOLLOW;
 	if (kernel_has_type(vmlinux, "bpf_iter__bpf_map", BTF_KIND_STRUCT) &&
 	    kernel_has_enum_value(vmlinux, "bpf_func_id", "BPF_FUNC_for_each_map_elem"))
-		p |= FE_PROBE_SWEEP;
+		p |= FE_PROBE_MAP_WALK;
 	return p;
 }
 
@@ -534,9 +534,12 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 		return fail(-EOPNOTSUPP, "find tp_btf/inet_sock_set_state in this kernel (Linux 5.5+)");
 	bpf_program__set_autoload(a->skel->progs.on_sockops, a->sockops);
 	bpf_program__set_autoload(a->skel->progs.seed_flows, seed);
-	bpf_program__set_autoload(a->skel->progs.snapshot_flows, a->iter_tcp);
-	/* The sweep writes to the ring only. */
-	bpf_program__set_autoload(a->skel->progs.sweep_flows, (probed & FE_PROBE_SWEEP) && !perf);
+	/* Both walk `flows` from a map iterator; the sweep writes to the ring only. */
+	bpf_program__set_autoload(a->skel->progs.snapshot_flows, probed & FE_PROBE_MAP_WALK);
+	/* Without the program, the smallest buffer: no kernel memory for what nothing writes. */
+	if (!(probed & FE_PROBE_MAP_WALK))
+		bpf_map__set_max_entries(a->skel->maps.snapshot_out, 1);
+	bpf_program__set_autoload(a->skel->progs.sweep_flows, (probed & FE_PROBE_MAP_WALK) && !perf);
 	bpf_program__set_autoload(a->skel->progs.count_unfollowed, a->follow_seeded);
 	/* Pinned maps outlive the process: the next agent reuses them, and what they hold. */
 	if (!(options & FE_OPT_NO_PIN)) {
@@ -781,7 +784,6 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	if (!a)
 		return fail(-ENOMEM, "allocate the agent");
 	a->ring.epoll_fd = -1;
-	a->snapshot.fd = -1;
 	/* Step 0 (probe): what the kernel offers decides the rest. */
 	vmlinux = btf__load_vmlinux_btf();
 	if (!vmlinux) {
@@ -818,8 +820,7 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	}
 	a->boot_clock = probed & FE_PROBE_BOOT_NS;
 	a->sockops = cgroup_path && cgroup_path[0] && (probed & FE_PROBE_SOCKOPS);
-	a->iter_tcp = probed & FE_PROBE_ITER_TCP;
-	seed = !(options & FE_OPT_NO_SEED) && a->iter_tcp;
+	seed = !(options & FE_OPT_NO_SEED) && (probed & FE_PROBE_ITER_TCP);
 	a->seeded = seed ? 0 : -1;
 	a->unfollowed = -1;
 	a->follow_seeded = a->sockops && seed && (probed & FE_PROBE_SOCKOPS_FOLLOW);
@@ -843,8 +844,8 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 				     : "load the BPF program%s", a->resumed ? capdir : "");
 		goto cleanup;
 	}
-	if (bpf_program__autoload(a->skel->progs.sweep_flows)) {
-		/* sweep_flows finds `flows` among every map by its ID. */
+	if (bpf_program__autoload(a->skel->progs.snapshot_flows)) {
+		/* snapshot_flows and sweep_flows find `flows` among every map by its ID. */
 		struct bpf_map_info info = {};
 		uint32_t len = sizeof(info);
 
@@ -1163,47 +1164,67 @@ FE_API int fe_map_fd(struct fe_agent *a, const char *name)
 
 /*
  * Starts a snapshot pass: interim records (FE_FLAG_INTERIM) of the open
- * sockets the capture tracks that are at least min_age_ns old, in the
- * agent's network namespace. Read them with fe_snapshot_read(). One pass at
- * a time: -EBUSY while one runs; -EOPNOTSUPP without the TCP iterator.
+ * sockets the capture tracks that are at least min_age_ns old, in every
+ * network namespace. Read them with fe_snapshot_read(). One pass at a time:
+ * -EBUSY while one runs; -EOPNOTSUPP without a map iterator.
  */
 FE_API int fe_snapshot_begin(struct fe_agent *a, uint64_t min_age_ns)
 {
 	struct fe_snapshot *s = &a->snapshot;
-	int err;
 
 	error_buf[0] = 0;
-	if (s->fd >= 0)
+	if (s->running)
 		return fail(-EBUSY, "start a snapshot pass: one is running");
-	if (!a->iter_tcp)
-		return fail(-EOPNOTSUPP, "start a snapshot pass: this kernel has no TCP socket iterator (Linux 5.9+)");
+	if (!bpf_program__autoload(a->skel->progs.snapshot_flows))
+		return fail(-EOPNOTSUPP, "start a snapshot pass: this kernel has no map iterator that can walk a map (Linux 5.13+)");
 	a->skel->bss->snapshot_min_age_ns = min_age_ns;
-	s->link = bpf_program__attach_iter(a->skel->progs.snapshot_flows, NULL);
-	if (!s->link)
-		return fail(-errno, "start a snapshot pass: attach iter/tcp");
-	s->fd = bpf_iter_create(bpf_link__fd(s->link));
-	if (s->fd < 0) {
-		err = s->fd;
-		s->fd = -1;
-		bpf_link__destroy(s->link);
-		s->link = NULL;
-		return fail(err, "start a snapshot pass: create the iterator");
-	}
-	s->part_len = 0;
+	a->skel->bss->snapshot_first = true;
+	s->written = 0;
+	s->next = 0;
+	s->more = true;
+	s->running = true;
 	return 0;
 }
 
 /* Ends the running pass, if any (safe to call when none runs). */
 FE_API void fe_snapshot_end(struct fe_agent *a)
 {
-	struct fe_snapshot *s = &a->snapshot;
+	a->snapshot.running = false;
+}
 
-	if (s->fd >= 0)
-		close(s->fd);
-	s->fd = -1;
-	bpf_link__destroy(s->link);
-	s->link = NULL;
-	s->part_len = 0;
+/* One run of snapshot_flows: its records are in snapshot_out, s->more says whether to run again. */
+static int snapshot_run(struct fe_agent *a)
+{
+	struct fe_snapshot *s = &a->snapshot;
+	int err;
+
+	a->skel->bss->snapshot_written = 0;
+	a->skel->bss->snapshot_more = false;
+	err = run_iterator(a->skel->progs.snapshot_flows);
+	if (err < 0)
+		return fail(err, "walk the flow states for interim records");
+	a->skel->bss->snapshot_first = false;
+	s->written = a->skel->bss->snapshot_written;
+	s->next = 0;
+	s->more = a->skel->bss->snapshot_more;
+	return 0;
+}
+
+/* Records copied per syscall: the keys the batch lookup returns alongside take the stack. */
+#define SNAPSHOT_COPY_BATCH 1024
+
+/* Copies records [first, first + n) of snapshot_out to dst (n <= SNAPSHOT_COPY_BATCH). */
+static int copy_run_records(struct fe_agent *a, uint32_t first, uint32_t n, uint8_t *dst)
+{
+	uint32_t keys[SNAPSHOT_COPY_BATCH], before = first - 1, last, count = n;
+	int err;
+
+	/* A batch starts after the key it is given: none for the first record. */
+	err = bpf_map_lookup_batch(bpf_map__fd(a->skel->maps.snapshot_out), first ? &before : NULL,
+				   &last, keys, dst, &count, NULL);
+	if (err && err != -ENOENT)
+		return fail(err, "copy the interim records out");
+	return count == n ? 0 : fail(-EIO, "copy the interim records out: %u of %u", count, n);
 }
 
 /*
@@ -1211,52 +1232,52 @@ FE_API void fe_snapshot_end(struct fe_agent *a)
  * whole records written (cap rounded down to a multiple of fe_record_size(),
  * filled unless the pass ends first), 0 once the pass is over (it is then
  * ended), or -errno (the pass is then ended too). Blocks while the kernel
- * walks the sockets.
+ * walks the states.
  */
 FE_API int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)
 {
 	struct fe_snapshot *s = &a->snapshot;
 	const size_t size = sizeof(struct fe_flow);
-	size_t want = cap - cap % size, len = s->part_len, whole;
-	ssize_t n = 1;
+	size_t want = cap - cap % size, len = 0, n;
+	int err;
 
-	if (s->fd < 0)
+	if (!s->running)
 		return -EBADF;
 	if (want == 0 || want > INT_MAX)
 		return -EINVAL;
-	memcpy(buf, s->part, s->part_len);
-	/* The kernel hands over whole records unless a read's size cuts one: keep that part. */
 	while (len < want) {
-		n = read(s->fd, buf + len, want - len);
-		/* EAGAIN: the kernel walked a million sockets without a record; it resumes from there. */
-		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		if (s->next == s->written) {
+			if (!s->more)
+				break;
+			err = snapshot_run(a);
+			if (err) {
+				fe_snapshot_end(a);
+				return err;
+			}
 			continue;
-		if (n <= 0)
-			break;
-		len += n;
+		}
+		n = s->written - s->next;
+		if (n > (want - len) / size)
+			n = (want - len) / size;
+		if (n > SNAPSHOT_COPY_BATCH)
+			n = SNAPSHOT_COPY_BATCH;
+		err = copy_run_records(a, s->next, (uint32_t)n, buf + len);
+		if (err) {
+			fe_snapshot_end(a);
+			return err;
+		}
+		s->next += n;
+		len += n * size;
 	}
-	if (n < 0) {
-		n = -errno;
+	if (len == 0)
 		fe_snapshot_end(a);
-		return (int)n;
-	}
-	whole = len - len % size;
-	s->part_len = len - whole;
-	memcpy(s->part, buf + whole, s->part_len);
-	if (n == 0 && s->part_len) {
-		fe_snapshot_end(a);
-		return -EIO; /* the iterator's file ended inside a record */
-	}
-	if (whole == 0)
-		fe_snapshot_end(a);
-	return (int)whole;
+	return (int)len;
 }
 
 FE_API void fe_close(struct fe_agent *a)
 {
 	if (!a)
 		return;
-	fe_snapshot_end(a);
 	close_ring(&a->ring);
 	perf_buffer__free(a->pb);
 	flowexporter_bpf__destroy(a->skel);

@@ -168,7 +168,7 @@ export const Probe = {
   iterTcp: 1 << 4,
   sockops: 1 << 5,
   sockopsFollow: 1 << 6,
-  sweep: 1 << 7,
+  mapWalk: 1 << 7,
 } as const;
 
 /** Raised when the shared object cannot be found, loaded or is of another ABI. */

@@ -537,3 +537,51 @@ export class HeldConnection {
     this.server.close();
   }
 }
+
+/** build/hold_connections (bench/hold_connections.c): many idle loopback connections, held. */
+export const HOLDER = new URL("../build/hold_connections", import.meta.url).pathname;
+
+/**
+ * A running build/hold_connections and the connections it holds, in a process of its own: its
+ * descriptors count against its own RLIMIT_NOFILE, not the caller's.
+ */
+export class ConnectionHolder implements AsyncDisposable {
+  private constructor(readonly child: Deno.ChildProcess) {}
+
+  static async start(addr: string, ports: number, connections: number): Promise<ConnectionHolder> {
+    const child = new Deno.Command(HOLDER, {
+      args: ["--addr", addr, "--ports", String(ports), "--connections", String(connections)],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const reader = child.stdout.getReader();
+    const decoder = new TextDecoder();
+    let line = "";
+    try {
+      while (!line.includes("\n")) {
+        const { value, done } = await reader.read();
+        if (done) {
+          throw new Error(`hold_connections exited before it held ${connections} connections`);
+        }
+        line += decoder.decode(value, { stream: true });
+      }
+    } catch (error) {
+      child.kill("SIGKILL");
+      await child.status;
+      throw error;
+    }
+    // It prints nothing more.
+    await reader.cancel();
+    const held = (JSON.parse(line) as { connections: number }).connections;
+    if (held !== connections) throw new Error(`hold_connections held ${held} of ${connections}`);
+    return new ConnectionHolder(child);
+  }
+
+  /** Closes the connections (stdin's end tells the holder to) and waits for it to exit. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.child.stdin.close().catch(() => this.child.kill("SIGKILL"));
+    const status = await this.child.status;
+    if (!status.success) console.error(`hold_connections exited with ${status.code}`);
+  }
+}

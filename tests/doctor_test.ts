@@ -49,7 +49,7 @@ function healthyHost(lines: string[]): Partial<DoctorProbes> {
   return {
     env: {},
     readConfigFile: noConfigFile,
-    osRelease: () => "6.8.0-generic",
+    osRelease: () => "6.18.45-generic",
     readBtf: () => new Uint8Array(5 << 20),
     probe: () => ALL_PROBES,
     exists: () => true,
@@ -212,14 +212,29 @@ Deno.test("runDoctor() reports what the shim's probe found, as the agent would a
     const { report: r } = await report({ probe: probeWithout(Probe.bootNs) });
     assert.match(r.get("clock")!.detail, /^no bpf_ktime_get_boot_ns \(Linux 5\.8\+\): flow times/);
   });
-  await t.step("no TCP iterator: no seeding, no interim records", async () => {
+  await t.step("a kernel whose TCP iterator has CVE-2026-74714: seeding warns", async () => {
+    const { code, report: r } = await report({ osRelease: () => "6.18.44-1-amd64" });
+    assert.equal(code, 0);
+    assert.equal(r.get("seeding")?.status, "warn");
+    assert.match(
+      r.get("seeding")!.detail,
+      /^Linux 6\.18\.44-1-amd64 has CVE-2026-74714: .* \(fixed in 6\.18\.45 and later\): update the kernel, or set no_seed/,
+    );
+    const off = await report({ osRelease: () => "6.18.44", env: { FLOWEXPORTER_NO_SEED: "1" } });
+    assert.equal(off.report.get("seeding")?.status, "skip");
+  });
+  await t.step("no TCP iterator: no seeding", async () => {
     const { report: r } = await report({ probe: probeWithout(Probe.iterTcp) });
     assert.match(r.get("seeding")!.detail, /^no TCP socket iterator \(Linux 5\.9\+\)/);
-    assert.equal(r.get("interim")?.status, "warn");
-    assert.match(r.get("interim")!.detail, /^no TCP socket iterator \(Linux 5\.9\+\): long-lived/);
+    assert.equal(r.get("interim")?.status, "pass");
   });
-  await t.step("no map walk from an iterator: no sweep", async () => {
-    const { report: r } = await report({ probe: probeWithout(Probe.sweep) });
+  await t.step("no map walk from an iterator: no sweep, no interim records", async () => {
+    const { report: r } = await report({ probe: probeWithout(Probe.mapWalk) });
+    assert.equal(r.get("interim")?.status, "warn");
+    assert.match(
+      r.get("interim")!.detail,
+      /^no map walk from an iterator \(Linux 5\.13\+\): long-lived/,
+    );
     assert.equal(r.get("sweep")?.status, "warn");
     assert.match(
       r.get("sweep")!.detail,

@@ -9,86 +9,7 @@ import assert from "node:assert/strict";
 import { Agent, ownCapture } from "../ffi/agent.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { AgentProcess, canFollowSeeded, kernelTest, socketRecord, stopLine } from "./_agent.ts";
-
-/**
- * Holds a loopback connection in its network namespace: prints "ready", connects at the first
- * line on stdin and prints its client and server ports, closes everything at the second line.
- */
-const HOLDER = `
-const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
-console.log("ready");
-await lines.read();
-const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-const server = await listener.accept();
-console.log(client.localAddr.port, listener.addr.port);
-await lines.read();
-client.close();
-server.close();
-listener.close();
-`;
-
-async function run(command: string, ...args: string[]): Promise<string> {
-  const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  assert.ok(out.success, `${command} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-  return text;
-}
-
-/** A network namespace of the test's own, loopback up; deleted at the end. */
-async function testNamespace(): Promise<{ name: string } & AsyncDisposable> {
-  const name = `flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
-  await run("ip", "netns", "add", name);
-  await run("ip", "-n", name, "link", "set", "lo", "up");
-  return { name, [Symbol.asyncDispose]: () => run("ip", "netns", "del", name).then(() => {}) };
-}
-
-/** A holder (HOLDER) running in namespace `ns`. */
-class Holder implements AsyncDisposable {
-  readonly #child: Deno.ChildProcess;
-  readonly #lines: ReadableStreamDefaultReader<string>;
-  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
-
-  constructor(ns: string) {
-    this.#child = new Deno.Command("ip", {
-      args: ["netns", "exec", ns, Deno.execPath(), "eval", HOLDER],
-      stdin: "piped",
-      stdout: "piped",
-    }).spawn();
-    this.#lines = this.#child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    this.#stdin = this.#child.stdin.getWriter();
-  }
-
-  async #line(): Promise<string> {
-    const { value } = await this.#lines.read();
-    return (value ?? "").trim();
-  }
-
-  /** Connects once the holder runs; resolves to the client's and the server's ports. */
-  async connect(): Promise<[number, number]> {
-    assert.equal(await this.#line(), "ready");
-    await this.#stdin.write(new Uint8Array([10]));
-    const ports = await this.#line();
-    const [client, server] = ports.split(" ").map(Number);
-    assert.ok(client > 0 && server > 0, `the holder's ports: ${ports}`);
-    return [client, server];
-  }
-
-  /** Closes the connection and waits for the holder to exit. */
-  async close(): Promise<void> {
-    await this.#stdin.write(new Uint8Array([10]));
-    await this.#stdin.close();
-    assert.ok((await this.#child.status).success, "the holder exits cleanly");
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#lines.cancel().catch(() => {});
-    try {
-      this.#child.kill();
-    } catch { /* exited */ }
-    await this.#child.status;
-  }
-}
+import { NamespaceHolder, run, testNamespace } from "./_netns.ts";
 
 /** IDs of the sock_ops programs attached anywhere in the cgroup v2 tree (other agents'). */
 async function sockOpsPrograms(): Promise<number[]> {
@@ -108,7 +29,7 @@ async function sockOpsPrograms(): Promise<number[]> {
 type Followed = "yes" | "no" | "unsure";
 
 async function connectObserved(
-  holder: Holder,
+  holder: NamespaceHolder,
 ): Promise<{ ports: [number, number]; followed: Followed }> {
   const before = await sockOpsPrograms();
   const ports = await holder.connect();
@@ -156,7 +77,7 @@ kernelTest(
     // The seeding iterator sees only the agent's namespace. Unfollowed sockets with a file keep
     // the state tracepoint attached, and it records their closes.
     await using ns = await testNamespace();
-    await using holder = new Holder(ns.name);
+    await using holder = new NamespaceHolder(ns.name);
     const { ports: [clientPort, serverPort], followed } = await connectObserved(holder);
     await using agent = await AgentProcess.start();
     const started = agent.stderrLines.join("\n");
@@ -186,7 +107,7 @@ kernelTest(
       sysctls.push("net.ipv4.tcp_rto_max_ms=1000");
     }
     await run("ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", ...sysctls);
-    await using holder = new Holder(ns.name);
+    await using holder = new NamespaceHolder(ns.name);
     const { ports: [clientPort, serverPort], followed } = await connectObserved(holder);
     await run("ip", "-n", ns.name, "link", "set", "lo", "down");
     await holder.close();
@@ -212,7 +133,7 @@ kernelTest(
   "the state tracepoint is detached once no socket of another namespace is left unfollowed",
   async () => {
     await using ns = await testNamespace();
-    await using holder = new Holder(ns.name);
+    await using holder = new NamespaceHolder(ns.name);
     const { followed } = await connectObserved(holder);
     const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
     try {

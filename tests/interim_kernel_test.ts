@@ -9,7 +9,15 @@ import { Agent } from "../ffi/agent.ts";
 import { decodeFlows, FLAG_INTERIM, RECORD_OFFSETS, RECORD_SIZE } from "../lib/decode.ts";
 import type { FlowRecord } from "../lib/flow.ts";
 import { kernelTest } from "./_agent.ts";
-import { HeldConnection, lowerBoundNs, uniqueLoopbackAddress, upperBoundNs } from "./_traffic.ts";
+import { bpfMaxEntries } from "./_c_source.ts";
+import { NamespaceHolder, testNamespace } from "./_netns.ts";
+import {
+  ConnectionHolder,
+  HeldConnection,
+  lowerBoundNs,
+  uniqueLoopbackAddress,
+  upperBoundNs,
+} from "./_traffic.ts";
 
 const BOOT_ID = new Uint8Array(16);
 const DEADLINE_MS = 30_000;
@@ -340,4 +348,94 @@ kernelTest(
 kernelTest(
   "with the tracepoints alone (no sock_ops) snapshot() yields the same interim records",
   (t) => interimScenario(t, ""),
+);
+
+/** Records one run of the pass's walk holds. */
+const RUN_RECORDS = bpfMaxEntries("snapshot_out");
+/** More connections than that: each is two tracked sockets. */
+const MANY_CONNECTIONS = Math.ceil(RUN_RECORDS / 2) + 100;
+
+kernelTest(
+  "a pass over more sockets than one run of the walk holds yields each socket once, beside churn",
+  async () => {
+    const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+    const host = uniqueLoopbackAddress();
+    const churnHost = uniqueLoopbackAddress();
+    using churnListener = Deno.listen({ hostname: churnHost, port: 0 });
+    try {
+      using agent = Agent.open({ pinDir, cgroupPath: "auto", noPin: true, noSeed: true });
+      const clockOffsetNs = agent.clockReading().offsetNs;
+      // Another process holds them: their descriptors would crowd the test runner's.
+      await using _held = await ConnectionHolder.start(host, 4, MANY_CONNECTIONS);
+      // A pass given up after its first piece leaves its marks behind, as an agent stopped
+      // halfway would: the next pass must not take them for its own.
+      await assert.rejects(
+        agent.snapshot(0n, new Uint8Array(1000 * RECORD_SIZE), () => {
+          throw new Error("given up");
+        }),
+        /given up/,
+      );
+      // Sockets come and go while the pass walks: states are added and deleted between its runs.
+      let churning = true;
+      const churn = (async () => {
+        const churnPort = (churnListener.addr as Deno.NetAddr).port;
+        while (churning) {
+          const [client, server] = await Promise.all([
+            Deno.connect({ hostname: churnHost, port: churnPort }),
+            churnListener.accept(),
+          ]);
+          client.close();
+          server.close();
+        }
+      })();
+      // 1000 records a read: the pass is read in many pieces while the churn goes on.
+      const pass = await snapshot(agent, 0n, clockOffsetNs, new Uint8Array(1000 * RECORD_SIZE));
+      churning = false;
+      await churn;
+
+      const ends = [...onHost(pass.records, host).values()];
+      assert.equal(ends.length, 2 * MANY_CONNECTIONS, "a record of every socket end");
+      assert.ok(ends.every((seen) => seen.length === 1), "one record of each socket end");
+      assert.ok(pass.count > RUN_RECORDS, `more records (${pass.count}) than one run holds`);
+      const cookies = new Set(pass.records.map((r) => r.flow.cookie));
+      assert.equal(cookies.size, pass.records.length, "no socket twice in the pass");
+    } finally {
+      await Deno.remove(pinDir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+kernelTest(
+  "a connection of another network namespace gets its interim records too",
+  async () => {
+    const pinDir = `/sys/fs/bpf/flowexporter-test-${crypto.randomUUID().slice(0, 8)}`;
+    try {
+      using agent = Agent.open({ pinDir, cgroupPath: "auto", noPin: true, noSeed: true });
+      const clockOffsetNs = agent.clockReading().offsetNs;
+      await using ns = await testNamespace();
+      await using holder = new NamespaceHolder(ns.name);
+      // Connected after the agent started: sock_ops follows both ends from their handshake.
+      const [client, server] = await holder.connect();
+      const pass = await snapshot(agent, 0n, clockOffsetNs);
+      for (
+        const [local, remote, direction] of [[client, server, "outbound"], [
+          server,
+          client,
+          "inbound",
+        ]] as const
+      ) {
+        const mine = pass.records.filter((r) =>
+          r.flow.localPort === local && r.flow.remotePort === remote &&
+          dotted(r.flow.localIp) === "127.0.0.1"
+        );
+        assert.equal(mine.length, 1, `one interim record of ${local} -> ${remote} in ${ns.name}`);
+        assert.ok((mine[0].flags & FLAG_INTERIM) !== 0);
+        assert.equal(mine[0].flow.direction, direction);
+        assert.equal(mine[0].flow.closeState, "ESTABLISHED");
+      }
+      await holder.close();
+    } finally {
+      await Deno.remove(pinDir, { recursive: true }).catch(() => {});
+    }
+  },
 );
