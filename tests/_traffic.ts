@@ -8,6 +8,7 @@
  */
 import net from "node:net";
 import type { FlowJson } from "../lib/json_lines.ts";
+import { testNamespace } from "./_netns.ts";
 
 /** Endpoints of one test connection and the wall clock before it began. */
 export interface Exchange {
@@ -391,14 +392,23 @@ const CLOSING_STATES = [
  * The generator exits when its last client has closed, but a client's close ends only when the
  * server's ACK of its FIN arrives: on a busy host (a retransmit after a dropped loopback packet)
  * that is a retransmission timeout later, after an agent stopped right away would have drained.
+ *
+ * It runs in a network namespace of its own (the agents capture every namespace): the TCP socket
+ * iterator the agents of other tests seed with at start walks only theirs, so it never meets
+ * the churn's connection requests, which most kernels' iterator can take a reference on while
+ * the kernel sets them up (CVE-2026-74714 in docs/operations.md).
  */
 export async function runChurn(
   grid: ChurnGrid,
   { seconds, rate }: { seconds: number; rate: number },
 ): Promise<ChurnResult> {
-  const before = await gridSockets(grid.firstAddr);
-  const out = await new Deno.Command(CHURN, {
+  await using ns = await testNamespace();
+  const out = await new Deno.Command("ip", {
     args: [
+      "netns",
+      "exec",
+      ns.name,
+      CHURN,
       `--duration=${seconds}`,
       `--rate=${rate}`,
       `--first-addr=${grid.firstAddr}`,
@@ -413,19 +423,24 @@ export async function runChurn(
   });
   if (!out.success) throw new Error(`${CHURN} failed (exit ${out.code})`);
   const result: ChurnResult = JSON.parse(new TextDecoder().decode(out.stdout));
-  await untilGridClosed(grid.firstAddr, before);
+  await untilGridClosed(grid.firstAddr, new Set(), ns.name);
   return result;
 }
 
 /**
  * The sockets to or from the /24 of `firstAddr` (a churn grid's) in a state that a close still
- * ends, each as "local peer".
+ * ends, each as "local peer", in network namespace `netns` (the caller's when undefined).
  */
-export async function gridSockets(firstAddr: string): Promise<Set<string>> {
+export async function gridSockets(firstAddr: string, netns?: string): Promise<Set<string>> {
   const net = `${firstAddr.slice(0, firstAddr.lastIndexOf("."))}.0/24`;
   const args = ["-Htan", ...CLOSING_STATES.flatMap((s) => ["state", s])];
   args.push(`( src ${net} or dst ${net} )`);
-  const out = await new Deno.Command("ss", { args, stdout: "piped", stderr: "inherit" }).output();
+  const [command, ...prefix] = netns ? ["ip", "netns", "exec", netns, "ss"] : ["ss"];
+  const out = await new Deno.Command(command, {
+    args: [...prefix, ...args],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
   if (!out.success) throw new Error(`ss ${args.join(" ")} failed (exit ${out.code})`);
   const lines = new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean);
   // State (when more than one is asked for), Recv-Q, Send-Q, local, peer: the endpoints name it.
@@ -433,8 +448,9 @@ export async function gridSockets(firstAddr: string): Promise<Set<string>> {
 }
 
 /**
- * Waits until no socket to or from the /24 of `firstAddr` (a churn grid's) is in a state that
- * a close still ends, but those of `before` (what was open there before the churn began): then
+ * Waits until no socket to or from the /24 of `firstAddr` (a churn grid's), in network namespace
+ * `netns` (the caller's when undefined), is in a state that a close still ends, but those of
+ * `before` (what was open there before the churn began): then
  * the record of every socket the generator counted is out. That can take the kernel's FIN
  * timeout: a server socket in FIN_WAIT2 (a full one, when the ACK of its FIN came while its lock
  * was held: its record is still to come) waits for the client's FIN, which a busy host sometimes
@@ -445,12 +461,13 @@ export async function gridSockets(firstAddr: string): Promise<Set<string>> {
 export async function untilGridClosed(
   firstAddr: string,
   before: Set<string> = new Set(),
+  netns?: string,
 ): Promise<void> {
   const finTimeoutS = Number(Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_fin_timeout"));
   const timeoutMs = (finTimeoutS + 15) * 1000;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const open = [...await gridSockets(firstAddr)].filter((socket) => !before.has(socket));
+    const open = [...await gridSockets(firstAddr, netns)].filter((socket) => !before.has(socket));
     if (open.length === 0) return;
     if (Date.now() > deadline) {
       throw new Error(
