@@ -284,6 +284,14 @@ function watchMapFill(maps: FdMap[], log: Log): Disposable {
   return { [Symbol.dispose]: () => clearInterval(timer) };
 }
 
+/** Whether the sockets open at start were seeded, for the start line. */
+function seedingText(stats: AgentStats, noSeed: boolean): string {
+  if (stats.seeded >= 0) return `${stats.seeded} open sockets seeded`;
+  // Its programs followed every socket opened since its first agent seeded.
+  if (stats.resumed) return "not seeded again";
+  return noSeed ? "not seeded (no_seed)" : "no socket iterator";
+}
+
 /** Which sockets sock_ops follows, for the start line. */
 function followedText(stats: AgentStats): string {
   if (stats.attach !== "sock_ops") return "";
@@ -465,9 +473,9 @@ export async function run(v: Config): Promise<number> {
   const fixedIn = stats.seeded >= 0 ? tcpIteratorBugFixedIn(Deno.osRelease()) : undefined;
   if (fixedIn) log.warn(tcpIteratorBugWarning(Deno.osRelease(), fixedIn));
   log.info(
-    `capturing TCP flows (${stats.attach}, ${stats.transport}, ${
-      stats.seeded < 0 ? "no socket iterator" : `${stats.seeded} open sockets seeded`
-    }${followedText(stats)}${stats.resumed ? ", resumed the pinned capture" : ""})`,
+    `capturing TCP flows (${stats.attach}, ${stats.transport}, ${seedingText(stats, v.noSeed)}${
+      followedText(stats)
+    }${stats.resumed ? ", resumed the pinned capture" : ""})`,
   );
   await using _unfollowed = new UnfollowedWatch({
     agent,

@@ -72,7 +72,10 @@ export interface AgentStats {
   ring: { id: number; consumed: bigint; produced: bigint; waiting: number };
   /** Kernel clock of record timestamps: 0 CLOCK_BOOTTIME, 1 CLOCK_MONOTONIC. */
   clock: 0 | 1;
-  /** Sockets seeded at start; -1 when the kernel has no TCP iterator. */
+  /**
+   * Sockets seeded at start; -1 when not seeded: no TCP iterator, `noSeed`, or a resumed capture
+   * (its programs followed every socket opened since it was seeded).
+   */
   seeded: number;
   /**
    * True while the state tracepoint is attached: it catches the closes of sockets sock_ops does

@@ -84,7 +84,7 @@ enum fe_stat {
 	FE_STAT_TRANSPORT,	  /* 0 ring buffer, 1 perf buffer */
 	FE_STAT_SOCKOPS,	  /* 1 when sock_ops follows sockets (the primary path) */
 	FE_STAT_CLOCK,		  /* 0 CLOCK_BOOTTIME, 1 CLOCK_MONOTONIC */
-	FE_STAT_SEEDED,		  /* sockets seeded at start, or -1 when seeding was unavailable */
+	FE_STAT_SEEDED,		  /* sockets seeded at start, or -1: none (no iterator, no_seed, resumed) */
 	FE_STAT_RESUMED,	  /* 1 when a pinned capture was taken over (restart or upgrade) */
 	FE_STAT_RING_ID,	  /* kernel ID of the ring buffer map (0: perf buffer) */
 	FE_STAT_RING_CONSUMED,	  /* ring position committed as consumed */
@@ -160,7 +160,8 @@ struct fe_agent {
 	bool boot_clock;
 	bool sockops;
 	bool resumed;
-	bool follow_seeded; /* seeding asks for the seeded sockets' sock_ops callbacks */
+	/* seeding asks for the seeded sockets' sock_ops callbacks (now, or the resumed capture's first agent) */
+	bool follow_seeded;
 };
 
 /* The last part of libbpf's log (the verifier's last lines matter most). */
@@ -662,8 +663,9 @@ static bool in_initial_pid_namespace(void)
 
 /*
  * The state tracepoint catches the closes of sockets sock_ops does not
- * follow. Once the seeding has asked for the state callbacks of every socket
- * it saw (the agent's network namespace), and no open socket with a file, in
+ * follow. Once the seeding (this agent's, or the first one's of a resumed
+ * capture) has asked for the state callbacks of every socket it saw (the
+ * agent's network namespace), and no open socket with a file, in
  * any namespace, is left unfollowed, it has nothing to catch but orphans of
  * namespaces the seeding could not reach: on_destroy_btf records those
  * (state_tracepoint_detached), and the tracepoint is detached. It ran 10
@@ -677,7 +679,7 @@ static int64_t follow_check(struct fe_agent *a)
 
 	if (!a->skel->links.on_state_btf)
 		return 0;
-	if (!a->follow_seeded || a->seeded < 0 || a->skel->bss->seeded_unfollowed ||
+	if (!a->follow_seeded || (a->seeded < 0 && !a->resumed) || a->skel->bss->seeded_unfollowed ||
 	    !in_initial_pid_namespace())
 		return -EOPNOTSUPP;
 	a->skel->bss->unfollowed = 0;
@@ -820,10 +822,15 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 	}
 	a->boot_clock = probed & FE_PROBE_BOOT_NS;
 	a->sockops = cgroup_path && cgroup_path[0] && (probed & FE_PROBE_SOCKOPS);
-	seed = !(options & FE_OPT_NO_SEED) && (probed & FE_PROBE_ITER_TCP);
+	/*
+	 * A resumed capture is not seeded again: its programs have followed every socket opened
+	 * since its first agent seeded, and the walk is the TCP iterator (CVE-2026-74714 on most
+	 * kernels: docs/operations.md).
+	 */
+	seed = !(options & FE_OPT_NO_SEED) && (probed & FE_PROBE_ITER_TCP) && !a->resumed;
 	a->seeded = seed ? 0 : -1;
 	a->unfollowed = -1;
-	a->follow_seeded = a->sockops && seed && (probed & FE_PROBE_SOCKOPS_FOLLOW);
+	a->follow_seeded = a->sockops && (seed || a->resumed) && (probed & FE_PROBE_SOCKOPS_FOLLOW);
 	if (pin)
 		snprintf(a->capdir, sizeof(a->capdir), "%s", capdir);
 
@@ -862,8 +869,9 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 		/* Seeding is best effort: an unseeded socket still yields a record at close. */
 		a->seeded = run_iterator(a->skel->progs.seed_flows) < 0 ? -1
 									: (int64_t)a->skel->bss->seeded;
-		follow_check(a);
 	}
+	if (seed || a->resumed)
+		follow_check(a);
 
 	if (perf) {
 		struct perf_event_attr attr = {

@@ -1,8 +1,8 @@
 /**
  * The kernels whose TCP socket iterator can free a socket in use (CVE-2026-74714): it takes a
  * reference on a connection request the kernel has published but not yet counted. The agent runs
- * that iterator once, at start, to seed the sockets already open; `flowexporter doctor` and the
- * agent's start warn on these kernels. The fix is upstream commit e5fd3f5 ("bpf: tcp: Fix
+ * that iterator once when a capture starts, to seed the sockets already open; `flowexporter doctor`
+ * and the agent's start warn on these kernels. The fix is upstream commit e5fd3f5 ("bpf: tcp: Fix
  * use-after-free in bpf_iter_tcp_established_batch()"), first affected 5.15.
  *
  * @example
@@ -44,7 +44,7 @@ export function tcpIteratorBugFixedIn(release: string): string | undefined {
 
 /** What doctor and the agent's start say on an affected kernel: the risk, the fix, the way out. */
 export function tcpIteratorBugWarning(release: string, fixedIn: string): string {
-  return `Linux ${release} has ${TCP_ITERATOR_BUG}: the TCP socket iterator that seeds the open sockets at start can free a socket in use (fixed in ${fixedIn} and later): update the kernel, or set no_seed (those sockets' records then start at their close)`;
+  return `Linux ${release} has ${TCP_ITERATOR_BUG}: the TCP socket iterator that seeds the open sockets when a capture starts can free a socket in use (fixed in ${fixedIn} and later): update the kernel, or set no_seed (those sockets' records then start at their close)`;
 }
 
 /** [major, minor, patch] of "6.18.44-1-amd64" (patch 0 when absent), or undefined. */
