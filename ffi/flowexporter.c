@@ -160,7 +160,10 @@ struct fe_agent {
 	bool boot_clock;
 	bool sockops;
 	bool resumed;
-	/* seeding asks for the seeded sockets' sock_ops callbacks (now, or the resumed capture's first agent) */
+	/*
+	 * The seeding asks for the seeded sockets' sock_ops callbacks (this agent's seeding, or its
+	 * resumed capture's first agent's).
+	 */
 	bool follow_seeded;
 };
 

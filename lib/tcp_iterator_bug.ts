@@ -2,8 +2,8 @@
  * The kernels whose TCP socket iterator can free a socket in use (CVE-2026-74714): it takes a
  * reference on a connection request the kernel has published but not yet counted. The agent runs
  * that iterator once when a capture starts, to seed the sockets already open; `flowexporter doctor`
- * and the agent's start warn on these kernels. The fix is upstream commit e5fd3f5 ("bpf: tcp: Fix
- * use-after-free in bpf_iter_tcp_established_batch()"), first affected 5.15.
+ * warns on these kernels, and so does the agent when it seeds. The bug came with 5.15; the fix is
+ * upstream commit e5fd3f5 ("bpf: tcp: Fix use-after-free in bpf_iter_tcp_established_batch()").
  *
  * @example
  * ```ts
@@ -15,7 +15,7 @@
  */
 
 /** The advisory's name, for messages. */
-export const TCP_ITERATOR_BUG = "CVE-2026-74714";
+const TCP_ITERATOR_BUG = "CVE-2026-74714";
 
 /** Affected releases: from the first series through the last, up to the first fixed release. */
 const AFFECTED: readonly { first: string; last: string; fixed: string }[] = [
