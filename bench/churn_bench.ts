@@ -419,7 +419,7 @@ async function runChurn(
   }
   const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
   // A record still to come (a close waiting on a retransmitted FIN) is not a missing one.
-  await untilGridClosed(firstAddr, before);
+  await untilGridClosed(firstAddr, { before });
   return JSON.parse(lines[lines.length - 1]) as ChurnResult;
 }
 

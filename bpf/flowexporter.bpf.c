@@ -783,6 +783,12 @@ static __always_inline __u64 cookie_at(const struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 }
 
+/* A map iterator's map is `flows` (found by the ID the shim set). */
+static __always_inline bool is_flows(const struct bpf_map *map)
+{
+	return map && map->id == flows_map_id;
+}
+
 /*
  * The sweep: a state whose record is not out, whose socket is gone, had its
  * close and destroy skipped by the kernel (no program ran for them). The
@@ -867,7 +873,7 @@ int sweep_flows(struct bpf_iter__bpf_map *ctx)
 	__u64 *last, seen_open_ns;
 	__u32 zero = 0;
 
-	if (!map || map->id != flows_map_id)
+	if (!is_flows(map))
 		return 0;
 	last = bpf_map_lookup_elem(&last_sweep, &zero);
 	if (!last)
@@ -964,7 +970,7 @@ int snapshot_flows(struct bpf_iter__bpf_map *ctx)
 	struct snapshot_run run = { .now = now_ns(), .first = snapshot_first };
 	struct bpf_map *map = ctx->map;
 
-	if (!map || map->id != flows_map_id)
+	if (!is_flows(map))
 		return 0;
 	bpf_for_each_map_elem(&flows, snapshot_flow, &run, 0);
 	snapshot_written = run.written;

@@ -129,13 +129,12 @@ struct fe_ring {
 /*
  * A snapshot pass (fe_snapshot_begin .. fe_snapshot_read returning 0): runs
  * of snapshot_flows, each of which leaves up to snapshot_out's size records
- * there for fe_snapshot_read() to copy out.
+ * there (how many: snapshot_written in the program's globals, with
+ * snapshot_more when another run is due) for fe_snapshot_read() to copy out.
  */
 struct fe_snapshot {
-	uint32_t written; /* records the last run left in snapshot_out */
-	uint32_t next;	  /* the first of them not yet copied */
+	uint32_t next; /* the first record of the last run not yet copied */
 	bool running;
-	bool more; /* states the last run did not visit remain: run again */
 };
 
 struct fe_agent {
@@ -873,8 +872,8 @@ FE_API int fe_open(const char *pin_dir, const char *cgroup_path, uint32_t option
 		a->seeded = run_iterator(a->skel->progs.seed_flows) < 0 ? -1
 									: (int64_t)a->skel->bss->seeded;
 	}
-	if (seed || a->resumed)
-		follow_check(a);
+	/* Where it cannot prove every open socket followed, the state tracepoint stays. */
+	follow_check(a);
 
 	if (perf) {
 		struct perf_event_attr attr = {
@@ -1189,10 +1188,11 @@ FE_API int fe_snapshot_begin(struct fe_agent *a, uint64_t min_age_ns)
 	if (!bpf_program__autoload(a->skel->progs.snapshot_flows))
 		return fail(-EOPNOTSUPP, "start a snapshot pass: this kernel has no map iterator that can walk a map (Linux 5.13+)");
 	a->skel->bss->snapshot_min_age_ns = min_age_ns;
+	/* No run yet, and one due. */
 	a->skel->bss->snapshot_first = true;
-	s->written = 0;
+	a->skel->bss->snapshot_written = 0;
+	a->skel->bss->snapshot_more = true;
 	s->next = 0;
-	s->more = true;
 	s->running = true;
 	return 0;
 }
@@ -1203,10 +1203,9 @@ FE_API void fe_snapshot_end(struct fe_agent *a)
 	a->snapshot.running = false;
 }
 
-/* One run of snapshot_flows: its records are in snapshot_out, s->more says whether to run again. */
+/* One run of snapshot_flows: it leaves its records in snapshot_out, and says whether another is due. */
 static int snapshot_run(struct fe_agent *a)
 {
-	struct fe_snapshot *s = &a->snapshot;
 	int err;
 
 	a->skel->bss->snapshot_written = 0;
@@ -1215,9 +1214,7 @@ static int snapshot_run(struct fe_agent *a)
 	if (err < 0)
 		return fail(err, "walk the flow states for interim records");
 	a->skel->bss->snapshot_first = false;
-	s->written = a->skel->bss->snapshot_written;
-	s->next = 0;
-	s->more = a->skel->bss->snapshot_more;
+	a->snapshot.next = 0;
 	return 0;
 }
 
@@ -1250,6 +1247,7 @@ FE_API int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)
 	struct fe_snapshot *s = &a->snapshot;
 	const size_t size = sizeof(struct fe_flow);
 	size_t want = cap - cap % size, len = 0, n;
+	uint32_t written;
 	int err;
 
 	if (!s->running)
@@ -1257,8 +1255,9 @@ FE_API int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)
 	if (want == 0 || want > INT_MAX)
 		return -EINVAL;
 	while (len < want) {
-		if (s->next == s->written) {
-			if (!s->more)
+		written = a->skel->bss->snapshot_written;
+		if (s->next == written) {
+			if (!a->skel->bss->snapshot_more)
 				break;
 			err = snapshot_run(a);
 			if (err) {
@@ -1267,7 +1266,7 @@ FE_API int fe_snapshot_read(struct fe_agent *a, uint8_t *buf, uint32_t cap)
 			}
 			continue;
 		}
-		n = s->written - s->next;
+		n = written - s->next;
 		if (n > (want - len) / size)
 			n = (want - len) / size;
 		if (n > SNAPSHOT_COPY_BATCH)

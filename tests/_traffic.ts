@@ -423,7 +423,7 @@ export async function runChurn(
   });
   if (!out.success) throw new Error(`${CHURN} failed (exit ${out.code})`);
   const result: ChurnResult = JSON.parse(new TextDecoder().decode(out.stdout));
-  await untilGridClosed(grid.firstAddr, new Set(), ns.name);
+  await untilGridClosed(grid.firstAddr, { netns: ns.name });
   return result;
 }
 
@@ -460,8 +460,7 @@ export async function gridSockets(firstAddr: string, netns?: string): Promise<Se
  */
 export async function untilGridClosed(
   firstAddr: string,
-  before: Set<string> = new Set(),
-  netns?: string,
+  { before = new Set(), netns }: { before?: Set<string>; netns?: string } = {},
 ): Promise<void> {
   const finTimeoutS = Number(Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_fin_timeout"));
   const timeoutMs = (finTimeoutS + 15) * 1000;
