@@ -16,6 +16,7 @@ import {
 import type { FdMap } from "../ffi/bpf_map.ts";
 import { FlowSource } from "../ffi/flow_source.ts";
 import { nativeFrameCompressor } from "../ffi/frame_compressor.ts";
+import { nativeRunEncoder } from "../ffi/record_encoder.ts";
 import { type HostIdentity, HostIdentityWatcher } from "../identity/host_identity.ts";
 import { encodeWorkload, IP_WORKLOAD_MAP, PORT_WORKLOAD_MAP } from "../lib/map_layout.ts";
 import { CaptureJournal, JOURNAL_DIR } from "../lib/capture_journal.ts";
@@ -433,6 +434,7 @@ export async function run(v: Config): Promise<number> {
     clockOffsetNs: () => clock.offsetNs(),
     journal,
     shipper,
+    encodeRun: nativeRunEncoder(),
     ring: {
       ringId: agent.stats().ring.id,
       recordSize: agent.recordSize,

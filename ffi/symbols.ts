@@ -13,7 +13,7 @@ import { errorText } from "../lib/error_text.ts";
 import { embeddedLibrary } from "./embedded.ts";
 
 /** ABI version this binding speaks; the library must report the same. */
-export const ABI_VERSION = 8;
+export const ABI_VERSION = 9;
 
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
@@ -110,6 +110,30 @@ export const SYMBOLS = {
   fe_zstd_bound: { parameters: ["u64"], result: "u64" },
   // int64_t fe_zstd_frame(const uint8_t *src, uint64_t len, uint8_t *dst, uint64_t cap, int32_t level)
   fe_zstd_frame: { parameters: ["buffer", "u64", "buffer", "u64", "i32"], result: "i64" },
+  // uint32_t fe_encode_flows(const uint8_t *records, uint32_t count, const uint8_t *boot_id,
+  //   int64_t clock_offset_ns, const uint8_t *end_codes, uint32_t states, uint32_t sources,
+  //   uint32_t directions, uint32_t open_end, uint32_t interim_kind, uint8_t *out, uint32_t used,
+  //   uint32_t cap, uint32_t room, uint32_t *ends)
+  fe_encode_flows: {
+    parameters: [
+      "buffer",
+      "u32",
+      "buffer",
+      "i64",
+      "buffer",
+      "u32",
+      "u32",
+      "u32",
+      "u32",
+      "u32",
+      "buffer",
+      "u32",
+      "u32",
+      "u32",
+      "buffer",
+    ],
+    result: "u32",
+  },
   // uint64_t fe_gzip_bound(uint64_t len, int32_t level)
   fe_gzip_bound: { parameters: ["u64", "i32"], result: "u64" },
   // int64_t fe_gzip_member(const uint8_t *src, uint64_t len, uint8_t *dst, uint64_t cap, int32_t level)

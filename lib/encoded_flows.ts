@@ -65,20 +65,55 @@ export class FlowBuffer {
    *   it was
    */
   append(flow: FlowWriter): void {
-    const room = flow.room;
-    if (this.#used + room > this.#bytes.length) {
-      const bytes = new Uint8Array(Math.max(2 * this.#bytes.length, this.#used + room));
-      bytes.set(this.#bytes.subarray(0, this.#used));
-      this.#bytes = bytes;
-    }
+    this.#grow(flow.room, 1);
     const end = flow.write(this.#bytes, this.#used);
-    if (this.#count === this.#ends.length) {
-      const ends = new Uint32Array(2 * this.#ends.length);
-      ends.set(this.#ends);
-      this.#ends = ends;
-    }
     this.#ends[this.#count++] = end;
     this.#used = end;
+  }
+
+  /**
+   * Room for an encoder that writes in place (ffi/record_encoder.ts): the buffer grown, as
+   * {@linkcode append} grows it, to hold `bytes` more bytes and `flows` more flows.
+   *
+   * @returns the buffer, the ends, and where the next flow and its end go; valid until the next
+   *   call of a method
+   */
+  spare(bytes: number, flows: number): {
+    bytes: Uint8Array;
+    ends: Uint32Array;
+    used: number;
+    count: number;
+  } {
+    this.#grow(bytes, flows);
+    return { bytes: this.#bytes, ends: this.#ends, used: this.#used, count: this.#count };
+  }
+
+  /**
+   * Takes the `flows` flows an encoder wrote in place after {@linkcode spare}, their ends
+   * included.
+   */
+  commit(flows: number): void {
+    if (flows === 0) return;
+    this.#count += flows;
+    this.#used = this.#ends[this.#count - 1];
+  }
+
+  /** Whether `bytes` more bytes fit without growing. */
+  fits(bytes: number): boolean {
+    return this.#used + bytes <= this.#bytes.length;
+  }
+
+  #grow(bytes: number, flows: number): void {
+    if (this.#used + bytes > this.#bytes.length) {
+      const grown = new Uint8Array(Math.max(2 * this.#bytes.length, this.#used + bytes));
+      grown.set(this.#bytes.subarray(0, this.#used));
+      this.#bytes = grown;
+    }
+    if (this.#count + flows > this.#ends.length) {
+      const ends = new Uint32Array(Math.max(2 * this.#ends.length, this.#count + flows));
+      ends.set(this.#ends.subarray(0, this.#count));
+      this.#ends = ends;
+    }
   }
 
   /** The flows appended since the last clear(): views of the buffer. */
@@ -91,11 +126,31 @@ export class FlowBuffer {
 }
 
 /**
+ * Encodes a run of kernel records into `out` from offset `used`, byte for byte as
+ * {@linkcode RecordWriter} does, each flow's end offset into `ends`: the shim's encoder
+ * (ffi/record_encoder.ts). It stops before a record RecordWriter's direct path would not take,
+ * or when fewer than `RECORD_ENCODING.room` bytes are left.
+ *
+ * @param records whole records, the run's first at 0
+ * @param chunk the boot ID and clock offset they were captured with
+ * @returns how many records it encoded
+ */
+export type RunEncoder = (
+  records: Uint8Array,
+  chunk: Pick<RecordChunk, "clockOffsetNs" | "bootId">,
+  out: Uint8Array,
+  used: number,
+  ends: Uint32Array,
+) => number;
+
+/**
  * Encodes raw kernel records where they lie (no record object on the way) into `buffer`, which
  * is cleared first: how one poll's records enter the pipeline.
  *
  * @param dropInvalid takes the error of a record that cannot be encoded (it is left out), and
  *   returns false for an error it does not take, which is then thrown
+ * @param encodeRun encodes the records it can in runs (the agent's, in the shim); each record it
+ *   declines goes through {@linkcode RecordWriter}, so the outcome, errors included, is the same
  * @returns the flows, views of `buffer`
  * @throws {DecodeError} when the bytes are not whole records
  */
@@ -103,6 +158,7 @@ export function encodeRecords(
   buffer: FlowBuffer,
   chunk: RecordChunk,
   dropInvalid: (error: unknown) => boolean,
+  encodeRun?: RunEncoder,
 ): EncodedFlows {
   const bytes = chunk.records;
   if (bytes.length % RECORD_SIZE !== 0) {
@@ -112,13 +168,29 @@ export function encodeRecords(
   }
   const writer = new RecordWriter(bytes, chunk.clockOffsetNs, chunk.bootId);
   buffer.clear();
-  for (let at = 0; at < bytes.length; at += RECORD_SIZE) {
+  let at = 0;
+  while (at < bytes.length) {
+    if (encodeRun !== undefined) {
+      const spare = buffer.spare(writer.room, (bytes.length - at) / RECORD_SIZE);
+      const taken = encodeRun(
+        bytes.subarray(at),
+        chunk,
+        spare.bytes,
+        spare.used,
+        spare.ends.subarray(spare.count),
+      );
+      buffer.commit(taken);
+      at += taken * RECORD_SIZE;
+      // Stopped short of room: the next spare() grows the buffer.
+      if (at === bytes.length || !buffer.fits(writer.room)) continue;
+    }
     writer.at = at;
     try {
       buffer.append(writer);
     } catch (error) {
       if (!dropInvalid(error)) throw error;
     }
+    at += RECORD_SIZE;
   }
   return buffer.flows;
 }

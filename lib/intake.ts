@@ -9,7 +9,13 @@
 import type { CaptureJournal, JournalChunk, RecordsChunk, RingSpan } from "./capture_journal.ts";
 import type { RecordChunk } from "./fanout.ts";
 import { RECORD_OFFSETS, RECORD_SIZE } from "./decode.ts";
-import { type EncodedFlows, encodeRecords, FlowBuffer, splitFlows } from "./encoded_flows.ts";
+import {
+  type EncodedFlows,
+  encodeRecords,
+  FlowBuffer,
+  type RunEncoder,
+  splitFlows,
+} from "./encoded_flows.ts";
 import { SCHEMA_VERSION } from "./wire.ts";
 
 /** Where records come from: the kernel side's ring buffer, as the agent sees it. */
@@ -50,6 +56,8 @@ export interface IntakeOptions {
     addEncoded(flows: EncodedFlows): void;
     dropInvalid(error: unknown): boolean;
   };
+  /** Encodes records in runs (the shim's encoder); default: each through lib/wire.ts. */
+  encodeRun?: RunEncoder;
 }
 
 /** What {@linkcode Intake.replay} found in the journal. */
@@ -235,7 +243,12 @@ export class Intake {
    * @returns the flows, in the intake's buffer: valid until the next call
    */
   #encode(chunk: RecordChunk): EncodedFlows {
-    return encodeRecords(this.#buffer, chunk, (error) => this.#options.shipper.dropInvalid(error));
+    return encodeRecords(
+      this.#buffer,
+      chunk,
+      (error) => this.#options.shipper.dropInvalid(error),
+      this.#options.encodeRun,
+    );
   }
 
   /**

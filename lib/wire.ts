@@ -850,10 +850,43 @@ const RECORD_COUNTERS_32 = [
   RECORD_OFFSETS.delivered,
   RECORD_OFFSETS.lost,
 ] as const;
-/** Wire code of the flow end of a clean close (error 0) from each TCP state code. */
-const END_CODE_BY_STATE = TCP_STATES.map((state) => FLOW_END_CODES.get(flowEnd(state, 0))!);
 const OPEN_END_CODE = FLOW_END_CODES.get("open")!;
 const INTERIM_CODE = RECORD_KIND_CODES.get("interim")!;
+/** Kernel socket errors are one byte (`struct fe_flow`'s `error`). */
+const ERRORS = 256;
+
+/**
+ * What an encoder of kernel records needs besides the records to write what
+ * {@linkcode RecordWriter} writes: the shim's (ffi/record_encoder.ts) takes it from here.
+ */
+export interface RecordEncoding {
+  /** The most bytes one flow takes. */
+  readonly room: number;
+  /** Counts of TCP states, identity sources and directions: a code below its count is written as it is, another as 0. */
+  readonly tcpStates: number;
+  readonly identitySources: number;
+  readonly directions: number;
+  /** Wire code of the flow end of an interim record. */
+  readonly openEndCode: number;
+  /** Wire code of the record kind of an interim record (a final one's is 0). */
+  readonly interimCode: number;
+  /** Wire code of the flow end of a final record, at `closeState * 256 + error`. */
+  readonly endCodes: Uint8Array;
+}
+
+/** {@linkcode RecordEncoding} of this schema version. */
+export const RECORD_ENCODING: RecordEncoding = {
+  room: FLOW_FIXED_ROOM + textRoom(WORKLOAD_ID_LEN) + textRoom(0),
+  tcpStates: TCP_STATES.length,
+  identitySources: IDENTITY_SOURCES.length,
+  directions: DIRECTIONS.length,
+  openEndCode: OPEN_END_CODE,
+  interimCode: INTERIM_CODE,
+  endCodes: Uint8Array.from(
+    { length: TCP_STATES.length * ERRORS },
+    (_, i) => FLOW_END_CODES.get(flowEnd(TCP_STATES[Math.floor(i / ERRORS)], i % ERRORS))!,
+  ),
+};
 
 /**
  * Encodes kernel records (`struct fe_flow`, lib/decode.ts) straight into their wire form, byte
@@ -873,7 +906,7 @@ const INTERIM_CODE = RECORD_KIND_CODES.get("interim")!;
  * ```
  */
 export class RecordWriter extends RecordCursor implements FlowWriter {
-  readonly room = FLOW_FIXED_ROOM + textRoom(WORKLOAD_ID_LEN) + textRoom(0);
+  readonly room = RECORD_ENCODING.room;
 
   /** Encodes the record at {@linkcode RecordCursor.at} into `target` at `offset`. */
   write(target: Uint8Array, offset: number): number {
@@ -931,13 +964,7 @@ export class RecordWriter extends RecordCursor implements FlowWriter {
     w.tiny(11);
     w.tiny(state);
     w.tiny(12);
-    w.tiny(
-      interim
-        ? OPEN_END_CODE
-        : error === 0
-        ? END_CODE_BY_STATE[state]
-        : FLOW_END_CODES.get(flowEnd(TCP_STATES[state], error))!,
-    );
+    w.tiny(interim ? OPEN_END_CODE : RECORD_ENCODING.endCodes[state * ERRORS + error]);
     w.tiny(13);
     w.head(0, error);
     for (let i = 0; i < RECORD_COUNTERS_64.length; i++) {
