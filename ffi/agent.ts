@@ -391,8 +391,10 @@ export class Agent implements Disposable {
 
   /**
    * Waits up to `timeoutMs` for the kernel to wake the reader, then copies the records waiting
-   * into `buffer`, without committing them. Runs on Deno's blocking thread pool: the event loop
-   * goes on meanwhile. Do not touch `buffer`, or close the agent, before the promise settles.
+   * into `buffer`, without committing them. A wait runs on Deno's blocking thread pool: the
+   * event loop goes on meanwhile. With `timeoutMs` 0 (draining on after a full buffer, the usual
+   * case under load) nothing waits, so it runs on this thread and settles at once. Do not touch
+   * `buffer`, or close the agent, before the promise settles.
    *
    * @returns the bytes written (whole records) and the ring position after them (0 with the
    *   perf buffer)
@@ -400,7 +402,9 @@ export class Agent implements Disposable {
    */
   async poll(buffer: Uint8Array, timeoutMs: number): Promise<{ bytes: number; position: bigint }> {
     const position = this.#position;
-    const n = await this.#native.fe_poll(this.#live(), timeoutMs, buffer, buffer.length, position);
+    const n = timeoutMs === 0
+      ? this.#native.fe_poll_now(this.#live(), 0, buffer, buffer.length, position)
+      : await this.#native.fe_poll(this.#live(), timeoutMs, buffer, buffer.length, position);
     if (n < 0) throw new AgentLoadError(`Cannot poll the flow buffer: errno ${-n}`);
     return { bytes: n, position: position[0] };
   }

@@ -1,8 +1,9 @@
 /**
  * The poll loop: drains raw records from an open {@linkcode Agent} and hands each batch to a
- * callback, on the main thread. The one blocking call, `fe_poll`, is a nonblocking FFI symbol:
- * it waits on Deno's blocking thread pool and resolves a promise, so no Worker (and no second
- * V8 isolate, with its heap and message copies) is needed.
+ * callback, on the main thread. The one blocking call, `fe_poll` waiting for the kernel, is a
+ * nonblocking FFI symbol: it waits on Deno's blocking thread pool and resolves a promise, so no
+ * Worker (and no second V8 isolate, with its heap and message copies) is needed. The polls that
+ * drain on without waiting run on the main thread (`Agent.poll`).
  *
  * @module
  */

@@ -15,6 +15,12 @@ import { embeddedLibrary } from "./embedded.ts";
 /** ABI version this binding speaks; the library must report the same. */
 export const ABI_VERSION = 9;
 
+/** `fe_poll`, declared twice below: waiting on Deno's blocking pool, and not waiting. */
+const FE_POLL = {
+  parameters: ["pointer", "i32", "buffer", "u32", "buffer"],
+  result: "i32",
+} as const;
+
 /** The library's symbol table, with each function's C prototype. */
 export const SYMBOLS = {
   // uint32_t fe_abi_version(void)
@@ -41,12 +47,11 @@ export const SYMBOLS = {
     result: "i32",
   },
   // int fe_poll(struct fe_agent *a, int timeout_ms, uint8_t *buf, uint32_t cap,
-  //             uint64_t *pos)  [blocks]
-  fe_poll: {
-    parameters: ["pointer", "i32", "buffer", "u32", "buffer"],
-    result: "i32",
-    nonblocking: true,
-  },
+  //             uint64_t *pos)  [blocks up to timeout_ms]
+  fe_poll: { ...FE_POLL, nonblocking: true },
+  // fe_poll with a timeout of 0, which does not wait: called on the caller's thread, since a hop
+  // to the blocking pool and back costs two thread switches and does nothing else
+  fe_poll_now: { ...FE_POLL, name: "fe_poll" },
   // int fe_commit(struct fe_agent *a, uint64_t pos)
   fe_commit: { parameters: ["pointer", "u64"], result: "i32" },
   // int64_t fe_follow_check(struct fe_agent *a)  [blocks: walks every task's descriptors, about
