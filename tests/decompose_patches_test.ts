@@ -13,7 +13,12 @@ const patches = [...Deno.readDirSync(`${root}${dir}`)]
   .sort();
 
 Deno.test("bench/decompose has its patches", () => {
-  assert.deepEqual(patches, ["noattribution.patch", "norecord.patch", "noshipping.patch"]);
+  assert.deepEqual(patches, [
+    "noattribution.patch",
+    "norecord.patch",
+    "noshipping.patch",
+    "nostate.patch",
+  ]);
 });
 
 for (const name of patches) {
