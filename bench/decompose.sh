@@ -7,7 +7,7 @@
 #                  state tracking alone (and nothing for the agent's process to do)
 #   noattribution  no identity map looked up: every flow unattributed
 #   noshipping     the records read and given back to the ring, not journaled, encoded or spooled
-#   nostate        no socket followed in flows (no state inserted, looked up, marked or deleted):
+#   nostate        no socket followed (no state inserted, looked up, marked or deleted):
 #                  what the per-socket state costs, each record attributed at its close
 # then runs `make bench` with this checkout's agent (--output none), each build's
 # (`--ref-main NAME=...`, rows marked [NAME]) and the sock_ops close counter (the floor), so the

@@ -28,12 +28,12 @@
  *     records: one per open socket it tracks, written to snapshot_out
  *     (never to the ring), off the per-event path.
  *   - sweep_flows, a map iterator the agent runs now and then, which walks
- *     `flows`: a socket whose close and destroy no program saw (the kernel
+ *     the states: a socket whose close and destroy no program saw (the kernel
  *     skipped them) left its state behind; the sweep finds the socket gone
  *     and records it from its state (FE_FLAG_SWEPT).
  *
- * Per-socket state lives in `flows`, keyed by the socket cookie (never
- * reused within a boot). The maps, the buffer and the attachments are
+ * Per-socket state lives in `slots`, or in `flows` when its slot is held,
+ * keyed by the socket cookie (never reused within a boot). The maps, the buffer and the attachments are
  * pinned by the shim, so capture goes on while the agent restarts.
  */
 #include "vmlinux.h"
@@ -83,6 +83,10 @@ __u64 swept = 0;
 __u64 swept_stale = 0;
 /* The kernel ID of `flows`, set by the shim after the load: sweep_flows finds the map by it. */
 __u32 flows_map_id = 0;
+/* The states live in `slots` first (the kernel has BPF atomics, 5.12+); set by the shim. */
+const volatile bool use_slots = false;
+/* Size of `slots` minus one (a power of two); set by the shim. */
+const volatile __u32 slots_mask = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -90,6 +94,17 @@ struct {
 	__type(key, __u64); /* socket cookie */
 	__type(value, struct fe_sock_state);
 } flows SEC(".maps");
+
+/*
+ * The states of most sockets (struct fe_slot), `flows` taking those whose
+ * slot is held: a socket is followed without a lock (see state_insert).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536); /* resized by the shim */
+	__type(key, __u32);
+	__type(value, struct fe_slot);
+} slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -199,6 +214,88 @@ static __always_inline void count_drop(__u32 reason)
 		*n += 1;
 }
 
+/*
+ * The per-socket state store: `slots`, then `flows`. The hash's inserts and
+ * deletes take a bucket lock and an LRU list lock with interrupts off, the
+ * costliest part of following a socket (docs/benchmarks.md, 2026-12-03); a
+ * slot is claimed and given back with compare-and-swap instead.
+ */
+static __always_inline struct fe_slot *slot_of(__u64 cookie)
+{
+	__u32 i = cookie & slots_mask;
+
+	return use_slots ? bpf_map_lookup_elem(&slots, &i) : NULL;
+}
+
+/* The state of the socket with this cookie, or NULL (also while another path writes it). */
+static __always_inline struct fe_sock_state *state_of(__u64 cookie)
+{
+	struct fe_slot *s = slot_of(cookie);
+
+	if (s) {
+		if (s->cookie == cookie)
+			return s->ready ? &s->st : NULL;
+		if (!s->spilled)
+			return NULL;
+	}
+	return bpf_map_lookup_elem(&flows, &cookie);
+}
+
+/*
+ * Gives the socket this state unless it has one: 0 when it did. Two paths
+ * starting one socket at once (the seeding and sock_ops) meet at the claim:
+ * the one that loses finds the cookie in the slot.
+ */
+static __always_inline long state_insert(__u64 cookie, const struct fe_sock_state *fresh)
+{
+	struct fe_slot *s = slot_of(cookie);
+	long err;
+
+	if (!s)
+		return bpf_map_update_elem(&flows, &cookie, fresh, BPF_NOEXIST);
+	if (s->cookie == cookie || (s->spilled && bpf_map_lookup_elem(&flows, &cookie)))
+		return 1;
+	if (!s->cookie) {
+		__u64 held = __sync_val_compare_and_swap(&s->cookie, 0, cookie);
+
+		if (!held) {
+			__builtin_memcpy(&s->st, fresh, sizeof(*fresh));
+			/* An atomic operation orders the state's writes before it. */
+			__sync_val_compare_and_swap(&s->ready, 0, 1);
+			return 0;
+		}
+		if (held == cookie)
+			return 1;
+	}
+	/* Counted first, so that no lookup misses the state on its way in. */
+	__sync_fetch_and_add(&s->spilled, 1);
+	err = bpf_map_update_elem(&flows, &cookie, fresh, BPF_NOEXIST);
+	if (err)
+		__sync_fetch_and_add(&s->spilled, -1);
+	return err;
+}
+
+/*
+ * Removes the socket's state: true when this call did, so that of two paths
+ * (a destroy and the sweep) only one takes it.
+ */
+static __always_inline bool state_delete(__u64 cookie)
+{
+	struct fe_slot *s = slot_of(cookie);
+
+	if (s && s->cookie == cookie) {
+		if (!s->ready || __sync_val_compare_and_swap(&s->ready, 1, 0) != 1)
+			return false;
+		__sync_val_compare_and_swap(&s->cookie, cookie, 0);
+		return true;
+	}
+	if (bpf_map_delete_elem(&flows, &cookie))
+		return false;
+	if (s)
+		__sync_fetch_and_add(&s->spilled, -1);
+	return true;
+}
+
 static __always_inline bool is_v4_mapped(const __u8 *a)
 {
 	const __u32 *w = (const __u32 *)a;
@@ -304,10 +401,10 @@ static __always_inline void start_flow(const struct sock *sk, __u64 cookie, __u8
 		resolve_flow(sk, &fresh);
 	else
 		read_endpoints(sk, &fresh.ends, true);
-	/* BPF_NOEXIST: the other path, or the program being replaced, may have started it. */
-	if (!bpf_map_update_elem(&flows, &cookie, &fresh, BPF_NOEXIST))
+	/* Unless it has a state: the other path, or the program being replaced, may have started it. */
+	if (!state_insert(cookie, &fresh))
 		return;
-	st = bpf_map_lookup_elem(&flows, &cookie);
+	st = state_of(cookie);
 	if (!st)
 		return;
 	if (st->emitted) {
@@ -330,7 +427,7 @@ static __always_inline void start_flow(const struct sock *sk, __u64 cookie, __u8
  */
 static __always_inline void establish_flow(const struct sock *sk, __u64 cookie, __u8 direction)
 {
-	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
+	struct fe_sock_state *st = state_of(cookie);
 
 	if (!st)
 		start_flow(sk, cookie, direction, FE_FLAG_SEEDED, true);
@@ -463,7 +560,7 @@ static __always_inline void submit_record(struct fe_flow *rec)
 static __always_inline void emit_flow(void *ctx, const struct sock *sk, __u64 cookie, int oldstate,
 				      __u8 path_flags, bool direct)
 {
-	struct fe_sock_state *st = bpf_map_lookup_elem(&flows, &cookie);
+	struct fe_sock_state *st = state_of(cookie);
 	struct fe_flow *rec;
 	__u32 *depth = NULL;
 	__u32 zero = 0, level;
@@ -499,7 +596,7 @@ mark:
 	} else {
 		struct fe_sock_state mark = { .emitted = 1, .sk = (__u64)sk };
 
-		bpf_map_update_elem(&flows, &cookie, &mark, BPF_NOEXIST);
+		state_insert(cookie, &mark);
 	}
 }
 
@@ -576,7 +673,7 @@ static __always_inline int handle_destroy(void *ctx, const struct sock *sk, bool
 	struct fe_sock_state *st = NULL;
 
 	if (cookie)
-		st = bpf_map_lookup_elem(&flows, &cookie);
+		st = state_of(cookie);
 	if (!st) {
 		/*
 		 * A socket sock_ops follows had its close recorded (the state may be
@@ -596,7 +693,7 @@ static __always_inline int handle_destroy(void *ctx, const struct sock *sk, bool
 	}
 	emit_flow(ctx, sk, cookie, FE_STATE_UNKNOWN, 0, direct);
 forget:
-	bpf_map_delete_elem(&flows, &cookie);
+	state_delete(cookie);
 	return 0;
 }
 
@@ -715,8 +812,8 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 		resolve_flow((const struct sock *)tp, &st);
 	else
 		read_endpoints((const struct sock *)tp, &st.ends, true);
-	/* BPF_NOEXIST: the tracepoint may already have seen this socket. */
-	if (!bpf_map_update_elem(&flows, &cookie, &st, BPF_NOEXIST))
+	/* Unless it has a state: the tracepoint may already have seen this socket. */
+	if (!state_insert(cookie, &st))
 		__sync_fetch_and_add(&seeded, 1);
 	if (follow_seeded) {
 		/* The iterator holds the socket's lock, as bpf_setsockopt() requires. */
@@ -809,40 +906,38 @@ static __always_inline bool is_flows(const struct bpf_map *map)
  * is deleted too. Nothing else deletes it in an LRU map that stays under its
  * size.
  */
-static long sweep_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_state *st,
-		       const __u64 *seen_open_ns)
+static __always_inline void sweep_state(__u64 cookie, struct fe_sock_state *st,
+					__u64 seen_open_ns)
 {
 	struct fe_sock_state copy;
 	const struct sock *sk;
 	struct fe_flow *rec;
-	__u64 cookie;
 	bool intact;
 
 	if (!st->sk)
-		return 0;
-	cookie = *key;
+		return;
 	sk = (const struct sock *)st->sk;
 	intact = cookie_at(sk) == cookie;
 	if (intact && BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_CLOSE)
-		return 0;
+		return;
 	/* Copied after the socket was read: see the mark above. */
 	__builtin_memcpy(&copy, st, sizeof(copy));
 	if (copy.emitted) {
-		if (!intact && !bpf_map_delete_elem(&flows, &cookie))
+		if (!intact && state_delete(cookie))
 			__sync_fetch_and_add(&swept_stale, 1);
-		return 0;
+		return;
 	}
 	/* The ring is full: the state stays for the next pass. */
 	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
 	if (!rec)
-		return 0;
-	if (bpf_map_delete_elem(&flows, &cookie)) {
+		return;
+	if (!state_delete(cookie)) {
 		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-		return 0;
+		return;
 	}
 	if (intact && !copy.resolved)
 		read_endpoints(sk, &copy.ends, false);
-	rec->t_end_ns = copy.t_start_ns > *seen_open_ns ? copy.t_start_ns : *seen_open_ns;
+	rec->t_end_ns = copy.t_start_ns > seen_open_ns ? copy.t_start_ns : seen_open_ns;
 	fill_flow(rec, cookie, &copy, &copy.ends, FE_STATE_UNKNOWN, FE_FLAG_SWEPT);
 	if (intact)
 		fill_stats(rec, sk, false);
@@ -857,8 +952,25 @@ static long sweep_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_sta
 			.sk = copy.sk,
 		};
 
-		bpf_map_update_elem(&flows, &cookie, &mark, BPF_NOEXIST);
+		state_insert(cookie, &mark);
 	}
+}
+
+static long sweep_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_state *st,
+		       const __u64 *seen_open_ns)
+{
+	sweep_state(*key, st, *seen_open_ns);
+	return 0;
+}
+
+/* A slot being claimed or given back is in use: nothing to sweep. */
+static long sweep_slot(struct bpf_map *map, const __u32 *index, struct fe_slot *slot,
+		       const __u64 *seen_open_ns)
+{
+	__u64 cookie = slot->cookie;
+
+	if (cookie && slot->ready)
+		sweep_state(cookie, &slot->st, *seen_open_ns);
 	return 0;
 }
 
@@ -880,6 +992,8 @@ int sweep_flows(struct bpf_iter__bpf_map *ctx)
 		return 0;
 	seen_open_ns = *last;
 	*last = now_ns();
+	if (use_slots)
+		bpf_for_each_map_elem(&slots, sweep_slot, &seen_open_ns, 0);
 	bpf_for_each_map_elem(&flows, sweep_flow, &seen_open_ns, 0);
 	return 0;
 }
@@ -906,13 +1020,17 @@ struct snapshot_run {
 	bool more;
 };
 
-static long snapshot_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_state *st,
-			  struct snapshot_run *run)
+/*
+ * One state's interim record; 1 ends the walk. `owner`: the slot's cookie
+ * word, read again at the end (the slot may have gone to another socket),
+ * or NULL for a state in `flows`.
+ */
+static __always_inline long snapshot_state(__u64 cookie, struct fe_sock_state *st,
+					   const __u64 *owner, struct snapshot_run *run)
 {
 	const struct sock *sk;
 	struct fe_flow *rec;
 	__u32 i = run->written;
-	__u64 cookie = *key;
 	__u8 state;
 
 	if (!run->first && st->snapshot_mark)
@@ -938,19 +1056,33 @@ static long snapshot_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_
 		return 0;
 	fill_record(rec, sk, cookie, st, state, FE_FLAG_INTERIM, false);
 	/* The address now holds another socket: what was read is not all this one's. */
-	if (cookie_at(sk) != cookie)
+	if (cookie_at(sk) != cookie || (owner && *owner != cookie))
 		return 0;
 	run->written = i + 1;
 	return 0;
 }
 
+static long snapshot_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_state *st,
+			  struct snapshot_run *run)
+{
+	return snapshot_state(*key, st, NULL, run);
+}
+
+static long snapshot_slot(struct bpf_map *map, const __u32 *index, struct fe_slot *slot,
+			  struct snapshot_run *run)
+{
+	__u64 cookie = slot->cookie;
+
+	return cookie && slot->ready ? snapshot_state(cookie, &slot->st, &slot->cookie, run) : 0;
+}
+
 /*
  * Interim records (FE_FLAG_INTERIM), one per open socket the capture tracks:
- * a state in `flows` whose record is not out, whose socket still holds its
+ * a state (in `slots` or `flows`) whose record is not out, whose socket still holds its
  * cookie in a connection state, and that is at least snapshot_min_age_ns
  * old. Every network namespace's sockets are covered, as at close.
  *
- * A pass walks `flows`, reading each socket through the address its state
+ * A pass walks `slots` and `flows`, reading each socket through the address its state
  * keeps, as the sweep does; not the TCP sockets: the kernel's TCP socket
  * iterator takes a reference on a connection request still being set up
  * on most kernels (CVE-2026-74714, docs/operations.md), and a pass runs at
@@ -972,6 +1104,8 @@ int snapshot_flows(struct bpf_iter__bpf_map *ctx)
 
 	if (!is_flows(map))
 		return 0;
+	if (use_slots)
+		bpf_for_each_map_elem(&slots, snapshot_slot, &run, 0);
 	bpf_for_each_map_elem(&flows, snapshot_flow, &run, 0);
 	snapshot_written = run.written;
 	snapshot_more = run.more;

@@ -10,8 +10,8 @@
  *     FE_FLOW_VERSION when its layout or the meaning of a field or flag
  *     changes.
  *   - struct fe_sock_state: what the kernel side keeps per open socket in
- *     the pinned `flows` map, which outlives the agent process so that a
- *     restart or upgrade loses nothing. Bump FE_STATE_VERSION when it, the
+ *     the pinned `slots` (struct fe_slot) or `flows` map, which outlive the
+ *     agent process so that a restart or upgrade loses nothing. Bump FE_STATE_VERSION when it, the
  *     record or any other pinned capture map changes: the capture pin
  *     directory carries it in its name, and an agent reuses only its own.
  *   - the pinned identity maps' keys and values (struct fe_ip_key,
@@ -32,7 +32,7 @@
  * upgraded from.
  */
 #ifndef FE_STATE_VERSION
-#define FE_STATE_VERSION 2
+#define FE_STATE_VERSION 3
 #endif
 
 /*
@@ -156,7 +156,8 @@ struct fe_endpoints {
 };
 
 /*
- * Value of the pinned `flows` map (key: socket cookie). `emitted` marks a
+ * A socket's state: in a slot of `slots`, or the value of `flows` (key:
+ * socket cookie) when its slot was held. `emitted` marks a
  * socket whose record is out: the other capture path, or an overlapping
  * program during an upgrade, sees it and does not emit again. The entry
  * goes when the socket is destroyed or, when no program saw that, at the
@@ -188,6 +189,23 @@ struct fe_sock_state {
 	__u64 sk;
 	struct fe_endpoints ends;
 	struct fe_workload workload;
+};
+
+/*
+ * Value of the pinned `slots` map (key: the cookie's low bits): the states
+ * of most sockets, held without a lock. A slot is claimed by a
+ * compare-and-swap of `cookie` from 0, and `ready` is set once its state is
+ * written; it is given back by clearing `ready`, then swapping `cookie` back
+ * to 0. A socket whose slot is held goes to `flows`, and `spilled` counts
+ * the sockets of this slot there: only when it is not 0 does a lookup go
+ * to `flows`. A cookie is in one of the two at most.
+ */
+struct fe_slot {
+	__u64 cookie;
+	__u64 ready; /* 64 bits: compare-and-swap on 32 needs a BPF v3 build */
+	__u32 spilled;
+	__u32 _pad;
+	struct fe_sock_state st;
 };
 
 #endif /* __FLOWEXPORTER_H */

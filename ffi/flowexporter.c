@@ -66,6 +66,8 @@ _Static_assert(FE_FLOW_VERSION == 4, "update lib/decode.ts with the record versi
 _Static_assert(sizeof(struct fe_port_key) == 8, "struct fe_port_key is a pinned-map contract");
 _Static_assert(sizeof(struct fe_sock_state) == 192,
 	       "struct fe_sock_state is a pinned-map contract: bump FE_STATE_VERSION");
+_Static_assert(sizeof(struct fe_slot) == 24 + sizeof(struct fe_sock_state),
+	       "struct fe_slot is a pinned-map contract: bump FE_STATE_VERSION");
 _Static_assert(sizeof(struct fe_workload) == FE_WORKLOAD_ID_LEN,
 	       "struct fe_workload is a pinned-map contract");
 
@@ -505,12 +507,22 @@ static int pin_path(char *out, size_t cap, const char *dir, const char *name)
 	return n > 0 && (size_t)n < cap ? 0 : -ENAMETOOLONG;
 }
 
+/* Slots for a capture that tracks up to flows_max sockets: the largest power of two up to half. */
+static uint32_t slot_count(uint32_t flows_max)
+{
+	uint32_t n = 1;
+
+	while (n <= flows_max / 4)
+		n <<= 1;
+	return n;
+}
+
 /* Step 1 (configure): rodata, map sizes and types, which programs load, where maps pin. */
 static int configure(struct fe_agent *a, const char *capdir, uint32_t options, uint32_t probed,
 		     uint32_t ring_bytes, uint32_t flows_max, uint32_t wakeup_bytes, bool perf,
 		     bool seed)
 {
-	struct bpf_map *pinned[] = { a->skel->maps.flows, a->skel->maps.events, a->skel->maps.drops,
+	struct bpf_map *pinned[] = { a->skel->maps.flows, a->skel->maps.slots, a->skel->maps.events, a->skel->maps.drops,
 				     a->skel->maps.reported_drops, a->skel->maps.host_workload,
 				     a->skel->maps.last_sweep };
 	char path[PATH_MAX];
@@ -524,6 +536,14 @@ static int configure(struct fe_agent *a, const char *capdir, uint32_t options, u
 	/* A threshold the ring can never reach would leave draining to the timer alone. */
 	a->skel->rodata->wakeup_bytes = wakeup_bytes < ring_bytes / 4 ? wakeup_bytes : ring_bytes / 4;
 	bpf_map__set_max_entries(a->skel->maps.flows, flows_max);
+	/*
+	 * The states go to slots first where a map iterator can walk them for
+	 * the sweep (5.13), which also means BPF atomics (5.12): half as many
+	 * as flows_max, a power of two. Without, the smallest table.
+	 */
+	a->skel->rodata->use_slots = probed & FE_PROBE_MAP_WALK;
+	a->skel->rodata->slots_mask = a->skel->rodata->use_slots ? slot_count(flows_max) - 1 : 0;
+	bpf_map__set_max_entries(a->skel->maps.slots, a->skel->rodata->slots_mask + 1);
 	if (perf) {
 		/* max_entries 0: libbpf sizes a perf event array to the CPU count. */
 		bpf_map__set_type(a->skel->maps.events, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
