@@ -33,8 +33,9 @@
  *     and records it from its state (FE_FLAG_SWEPT).
  *
  * Per-socket state lives in `slots`, or in `flows` when its slot is held,
- * keyed by the socket cookie (never reused within a boot). The maps, the buffer and the attachments are
- * pinned by the shim, so capture goes on while the agent restarts.
+ * keyed by the socket cookie (never reused within a boot). The maps, the
+ * buffer and the attachments are pinned by the shim, so capture goes on
+ * while the agent restarts.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -233,9 +234,11 @@ static __always_inline struct fe_sock_state *state_of(__u64 cookie)
 	struct fe_slot *s = slot_of(cookie);
 
 	if (s) {
-		if (s->cookie == cookie)
-			return s->ready ? &s->st : NULL;
-		if (!s->spilled)
+		__u64 held = s->cookie;
+
+		if (held == cookie)
+			return &s->st;
+		if (held == (cookie | FE_SLOT_BUSY) || !s->spilled)
 			return NULL;
 	}
 	return bpf_map_lookup_elem(&flows, &cookie);
@@ -249,22 +252,23 @@ static __always_inline struct fe_sock_state *state_of(__u64 cookie)
 static __always_inline long state_insert(__u64 cookie, const struct fe_sock_state *fresh)
 {
 	struct fe_slot *s = slot_of(cookie);
+	__u64 held;
 	long err;
 
 	if (!s)
 		return bpf_map_update_elem(&flows, &cookie, fresh, BPF_NOEXIST);
-	if (s->cookie == cookie || (s->spilled && bpf_map_lookup_elem(&flows, &cookie)))
+	held = s->cookie;
+	if ((held & ~FE_SLOT_BUSY) == cookie || (s->spilled && bpf_map_lookup_elem(&flows, &cookie)))
 		return 1;
-	if (!s->cookie) {
-		__u64 held = __sync_val_compare_and_swap(&s->cookie, 0, cookie);
-
+	if (!held) {
+		held = __sync_val_compare_and_swap(&s->cookie, 0, cookie | FE_SLOT_BUSY);
 		if (!held) {
 			__builtin_memcpy(&s->st, fresh, sizeof(*fresh));
-			/* An atomic operation orders the state's writes before it. */
-			__sync_val_compare_and_swap(&s->ready, 0, 1);
+			/* Atomic, so the state's writes come before it for every reader. */
+			__sync_val_compare_and_swap(&s->cookie, cookie | FE_SLOT_BUSY, cookie);
 			return 0;
 		}
-		if (held == cookie)
+		if ((held & ~FE_SLOT_BUSY) == cookie)
 			return 1;
 	}
 	/* Counted first, so that no lookup misses the state on its way in. */
@@ -283,12 +287,8 @@ static __always_inline bool state_delete(__u64 cookie)
 {
 	struct fe_slot *s = slot_of(cookie);
 
-	if (s && s->cookie == cookie) {
-		if (!s->ready || __sync_val_compare_and_swap(&s->ready, 1, 0) != 1)
-			return false;
-		__sync_val_compare_and_swap(&s->cookie, cookie, 0);
-		return true;
-	}
+	if (s && (s->cookie & ~FE_SLOT_BUSY) == cookie)
+		return __sync_val_compare_and_swap(&s->cookie, cookie, 0) == cookie;
 	if (bpf_map_delete_elem(&flows, &cookie))
 		return false;
 	if (s)
@@ -969,7 +969,7 @@ static long sweep_slot(struct bpf_map *map, const __u32 *index, struct fe_slot *
 {
 	__u64 cookie = slot->cookie;
 
-	if (cookie && slot->ready)
+	if (cookie && !(cookie & FE_SLOT_BUSY))
 		sweep_state(cookie, &slot->st, *seen_open_ns);
 	return 0;
 }
@@ -1073,13 +1073,15 @@ static long snapshot_slot(struct bpf_map *map, const __u32 *index, struct fe_slo
 {
 	__u64 cookie = slot->cookie;
 
-	return cookie && slot->ready ? snapshot_state(cookie, &slot->st, &slot->cookie, run) : 0;
+	if (!cookie || cookie & FE_SLOT_BUSY)
+		return 0;
+	return snapshot_state(cookie, &slot->st, &slot->cookie, run);
 }
 
 /*
  * Interim records (FE_FLAG_INTERIM), one per open socket the capture tracks:
- * a state (in `slots` or `flows`) whose record is not out, whose socket still holds its
- * cookie in a connection state, and that is at least snapshot_min_age_ns
+ * a state (in `slots` or `flows`) whose record is not out, whose socket
+ * still holds its cookie in a connection state, and that is at least snapshot_min_age_ns
  * old. Every network namespace's sockets are covered, as at close.
  *
  * A pass walks `slots` and `flows`, reading each socket through the address its state

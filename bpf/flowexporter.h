@@ -193,16 +193,19 @@ struct fe_sock_state {
 
 /*
  * Value of the pinned `slots` map (key: the cookie's low bits): the states
- * of most sockets, held without a lock. A slot is claimed by a
- * compare-and-swap of `cookie` from 0, and `ready` is set once its state is
- * written; it is given back by clearing `ready`, then swapping `cookie` back
- * to 0. A socket whose slot is held goes to `flows`, and `spilled` counts
- * the sockets of this slot there: only when it is not 0 does a lookup go
- * to `flows`. A cookie is in one of the two at most.
+ * of most sockets, held without a lock. `cookie` is 0 when the slot is free;
+ * a claimer swaps in the socket's cookie with FE_SLOT_BUSY set, writes the
+ * state, then clears the bit; the slot is given back by swapping the cookie
+ * to 0. One word says both whose the slot is and whether its state is whole,
+ * so each step is one compare-and-swap. A socket whose slot is held goes to
+ * `flows`, and `spilled` counts the sockets of this slot there: only when it
+ * is not 0 does a lookup go to `flows`. A cookie is in one of the two at
+ * most. (Cookies count up from 1: none has the top bit.)
  */
+#define FE_SLOT_BUSY (1ULL << 63)
+
 struct fe_slot {
 	__u64 cookie;
-	__u64 ready; /* 64 bits: compare-and-swap on 32 needs a BPF v3 build */
 	__u32 spilled;
 	__u32 _pad;
 	struct fe_sock_state st;

@@ -66,7 +66,7 @@ _Static_assert(FE_FLOW_VERSION == 4, "update lib/decode.ts with the record versi
 _Static_assert(sizeof(struct fe_port_key) == 8, "struct fe_port_key is a pinned-map contract");
 _Static_assert(sizeof(struct fe_sock_state) == 192,
 	       "struct fe_sock_state is a pinned-map contract: bump FE_STATE_VERSION");
-_Static_assert(sizeof(struct fe_slot) == 24 + sizeof(struct fe_sock_state),
+_Static_assert(sizeof(struct fe_slot) == 16 + sizeof(struct fe_sock_state),
 	       "struct fe_slot is a pinned-map contract: bump FE_STATE_VERSION");
 _Static_assert(sizeof(struct fe_workload) == FE_WORKLOAD_ID_LEN,
 	       "struct fe_workload is a pinned-map contract");

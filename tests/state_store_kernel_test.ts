@@ -19,7 +19,7 @@ const BOOT_ID = new Uint8Array(16);
 const DEADLINE_MS = 30_000;
 /** Offsets in struct fe_slot (bpf/flowexporter.h). */
 const SLOT_COOKIE = 0;
-const SLOT_SPILLED = 16;
+const SLOT_SPILLED = 8;
 
 function dotted(ip: Uint8Array): string {
   return ip.join(".");
