@@ -9,9 +9,12 @@ const BPF_SOURCE = new URL("../bpf/flowexporter.bpf.c", import.meta.url);
 const SHIM_SOURCE = new URL("../ffi/flowexporter.c", import.meta.url);
 const BPF_HEADER = new URL("../bpf/flowexporter.h", import.meta.url);
 
-/** The value of a C constant expression of the forms the sources use: `131072`, `8 << 20`, `(1u << 3)`. */
+/**
+ * The value of a C constant expression of the forms the sources use: `131072`, `8 << 20`,
+ * `(1u << 3)`, `(1ULL << 63)` (exact: a power of two is a double's).
+ */
 function constant(expr: string): number {
-  const m = /^\(?\s*(\d+)u?\s*(?:<<\s*(\d+))?\s*\)?$/.exec(expr.trim());
+  const m = /^\(?\s*(\d+)(?:u|ull)?\s*(?:<<\s*(\d+))?\s*\)?$/i.exec(expr.trim());
   if (!m) throw new Error(`Cannot evaluate the C expression ${JSON.stringify(expr)}`);
   return Number(m[1]) * 2 ** Number(m[2] ?? 0);
 }

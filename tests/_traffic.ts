@@ -564,9 +564,20 @@ export const HOLDER = new URL("../build/hold_connections", import.meta.url).path
 export class ConnectionHolder implements AsyncDisposable {
   private constructor(readonly child: Deno.ChildProcess) {}
 
-  static async start(addr: string, ports: number, connections: number): Promise<ConnectionHolder> {
-    const child = new Deno.Command(HOLDER, {
-      args: ["--addr", addr, "--ports", String(ports), "--connections", String(connections)],
+  /** `cgroup`: a cgroup v2 directory the holder joins before its first socket. */
+  static async start(
+    addr: string,
+    ports: number,
+    connections: number,
+    cgroup?: string,
+  ): Promise<ConnectionHolder> {
+    const args = ["--addr", addr, "--ports", String(ports), "--connections", String(connections)];
+    // Through a shell that joins the cgroup first, so that every socket of the holder is in it.
+    const [program, argv] = cgroup
+      ? ["sh", ["-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, HOLDER, ...args]]
+      : [HOLDER, args];
+    const child = new Deno.Command(program, {
+      args: argv,
       stdin: "piped",
       stdout: "piped",
       stderr: "inherit",
