@@ -280,6 +280,30 @@ static __always_inline long state_insert(__u64 cookie, const struct fe_sock_stat
 }
 
 /*
+ * Whose the slot is, for a reader that is not the socket's own path (the
+ * sweep, the interim pass): a compare-and-swap that changes nothing, since
+ * it orders the reads of the state after it on every CPU (arm64 would let a
+ * plain load of the cookie pass them, and pair a new cookie with the last
+ * socket's state). The socket's own paths are ordered by its lock.
+ */
+static __always_inline __u64 slot_owner(struct fe_slot *slot)
+{
+	return __sync_val_compare_and_swap(&slot->cookie, 0, 0);
+}
+
+/* The cookie of a slot whose state is whole, for a walk; 0 when free or being written. */
+static __always_inline __u64 walked_slot(struct fe_slot *slot)
+{
+	__u64 cookie;
+
+	/* Most slots are free: a plain read skips them without writing their line. */
+	if (!slot->cookie)
+		return 0;
+	cookie = slot_owner(slot);
+	return cookie & FE_SLOT_BUSY ? 0 : cookie;
+}
+
+/*
  * Removes the socket's state: true when this call did, so that of two paths
  * (a destroy and the sweep) only one takes it.
  */
@@ -963,13 +987,13 @@ static long sweep_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_sta
 	return 0;
 }
 
-/* A slot being claimed or given back is in use: nothing to sweep. */
+/* A slot being claimed is skipped: its socket is just starting. */
 static long sweep_slot(struct bpf_map *map, const __u32 *index, struct fe_slot *slot,
 		       const __u64 *seen_open_ns)
 {
-	__u64 cookie = slot->cookie;
+	__u64 cookie = walked_slot(slot);
 
-	if (cookie && !(cookie & FE_SLOT_BUSY))
+	if (cookie)
 		sweep_state(cookie, &slot->st, *seen_open_ns);
 	return 0;
 }
@@ -1021,12 +1045,12 @@ struct snapshot_run {
 };
 
 /*
- * One state's interim record; 1 ends the walk. `owner`: the slot's cookie
- * word, read again at the end (the slot may have gone to another socket),
- * or NULL for a state in `flows`.
+ * One state's interim record; 1 ends the walk. `owner`: the state's slot,
+ * whose cookie is read again at the end (the slot may have gone to another
+ * socket), or NULL for a state in `flows`.
  */
 static __always_inline long snapshot_state(__u64 cookie, struct fe_sock_state *st,
-					   const __u64 *owner, struct snapshot_run *run)
+					   struct fe_slot *owner, struct snapshot_run *run)
 {
 	const struct sock *sk;
 	struct fe_flow *rec;
@@ -1056,7 +1080,7 @@ static __always_inline long snapshot_state(__u64 cookie, struct fe_sock_state *s
 		return 0;
 	fill_record(rec, sk, cookie, st, state, FE_FLAG_INTERIM, false);
 	/* The address now holds another socket: what was read is not all this one's. */
-	if (cookie_at(sk) != cookie || (owner && *owner != cookie))
+	if (cookie_at(sk) != cookie || (owner && slot_owner(owner) != cookie))
 		return 0;
 	run->written = i + 1;
 	return 0;
@@ -1071,11 +1095,9 @@ static long snapshot_flow(struct bpf_map *map, const __u64 *key, struct fe_sock_
 static long snapshot_slot(struct bpf_map *map, const __u32 *index, struct fe_slot *slot,
 			  struct snapshot_run *run)
 {
-	__u64 cookie = slot->cookie;
+	__u64 cookie = walked_slot(slot);
 
-	if (!cookie || cookie & FE_SLOT_BUSY)
-		return 0;
-	return snapshot_state(cookie, &slot->st, &slot->cookie, run);
+	return cookie ? snapshot_state(cookie, &slot->st, slot, run) : 0;
 }
 
 /*
