@@ -228,6 +228,24 @@ static __always_inline struct fe_slot *slot_of(__u64 cookie)
 	return use_slots ? bpf_map_lookup_elem(&slots, &i) : NULL;
 }
 
+/*
+ * Clears the busy bit of a slot this path claimed and wrote: readers that see
+ * the cookie without it must see the whole state. While the bit is set, no
+ * other path writes the cookie (every other write is a compare-and-swap from
+ * 0 or from the bare cookie), so a plain store is enough where the CPU keeps
+ * stores in order (x86); only the compiler must not move it before the
+ * state's. Elsewhere (arm64), a compare-and-swap orders them.
+ */
+static __always_inline void slot_publish(struct fe_slot *s, __u64 cookie)
+{
+#if defined(__TARGET_ARCH_x86)
+	asm volatile("" ::: "memory");
+	*(volatile __u64 *)&s->cookie = cookie;
+#else
+	__sync_val_compare_and_swap(&s->cookie, cookie | FE_SLOT_BUSY, cookie);
+#endif
+}
+
 /* The state of the socket with this cookie, or NULL (also while another path writes it). */
 static __always_inline struct fe_sock_state *state_of(__u64 cookie)
 {
@@ -264,8 +282,7 @@ static __always_inline long state_insert(__u64 cookie, const struct fe_sock_stat
 		held = __sync_val_compare_and_swap(&s->cookie, 0, cookie | FE_SLOT_BUSY);
 		if (!held) {
 			__builtin_memcpy(&s->st, fresh, sizeof(*fresh));
-			/* Atomic, so the state's writes come before it for every reader. */
-			__sync_val_compare_and_swap(&s->cookie, cookie | FE_SLOT_BUSY, cookie);
+			slot_publish(s, cookie);
 			return 0;
 		}
 		if ((held & ~FE_SLOT_BUSY) == cookie)
@@ -737,6 +754,15 @@ int on_destroy_tp(struct trace_event_raw_tcp_event_sk *args)
 	return handle_destroy(args, BPF_CORE_READ(args, skaddr), false, false);
 }
 
+/* Asks for the socket's state callbacks, its close among them; a helper call only when not asked yet. */
+static __always_inline void follow_state_changes(struct bpf_sock_ops *skops)
+{
+	__u32 flags = skops->bpf_sock_ops_cb_flags;
+
+	if (!(flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+		bpf_sock_ops_cb_flags_set(skops, flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 /*
  * The primary path. sock_ops runs for sockets of processes in the cgroup it
  * is attached to (the v2 root: all of them), and the kernel never skips it.
@@ -768,20 +794,17 @@ int on_sockops(struct bpf_sock_ops *skops)
 	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		start_flow((const struct sock *)tp, cookie, FE_DIR_OUTBOUND, 0, false);
-		bpf_sock_ops_cb_flags_set(skops,
-					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		follow_state_changes(skops);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		establish_flow((const struct sock *)tp, cookie, FE_DIR_OUTBOUND);
 		/* Already asked for at connect, unless the connect came before the attach. */
-		bpf_sock_ops_cb_flags_set(skops,
-					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		follow_state_changes(skops);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		/* The accepted socket was born in this handshake: never seeded. */
 		start_flow((const struct sock *)tp, cookie, FE_DIR_INBOUND, 0, true);
-		bpf_sock_ops_cb_flags_set(skops,
-					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		follow_state_changes(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[0] != BPF_TCP_LISTEN)
