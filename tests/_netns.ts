@@ -5,6 +5,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { run } from "./_run.ts";
 
 /**
  * Holds a loopback connection in its network namespace: prints "ready", connects at the first
@@ -23,14 +24,6 @@ client.close();
 server.close();
 listener.close();
 `;
-
-/** Runs a command; resolves to its stdout, fails the test when it fails. */
-export async function run(command: string, ...args: string[]): Promise<string> {
-  const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  assert.ok(out.success, `${command} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-  return text;
-}
 
 /** A network namespace of the test's own, loopback up; deleted at the end. */
 export async function testNamespace(): Promise<{ name: string } & AsyncDisposable> {

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { run } from "./_run.ts";
 
 /** True when this process can mount a tmpfs (checked once, by mounting one). */
 export const CAN_MOUNT_TMPFS: boolean = await probe();
@@ -20,7 +21,7 @@ export async function withTinyFs(bytes: number, fn: (dir: string) => Promise<voi
     try {
       await fn(dir);
     } finally {
-      await run("umount", [dir]);
+      await run("umount", dir);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -37,7 +38,7 @@ export async function withReadOnlyFs(
 ): Promise<void> {
   await withTinyFs(1024 * 1024, async (dir) => {
     await prepare(dir);
-    await run("mount", ["-o", "remount,ro", dir]);
+    await run("mount", "-o", "remount,ro", dir);
     await fn(dir);
   });
 }
@@ -62,19 +63,7 @@ export async function fillUp(dir: string, leave: number): Promise<string> {
 }
 
 async function mount(dir: string, bytes: number): Promise<void> {
-  await run("mount", ["-t", "tmpfs", "-o", `size=${bytes},mode=0700`, "tmpfs", dir]);
-}
-
-async function run(command: string, args: string[]): Promise<void> {
-  const { code, stderr } = await new Deno.Command(command, {
-    args,
-    stdout: "null",
-    stderr: "piped",
-  })
-    .output();
-  if (code !== 0) {
-    throw new Error(`${command} ${args.join(" ")}: ${new TextDecoder().decode(stderr).trim()}`);
-  }
+  await run("mount", "-t", "tmpfs", "-o", `size=${bytes},mode=0700`, "tmpfs", dir);
 }
 
 async function probe(): Promise<boolean> {
@@ -82,7 +71,7 @@ async function probe(): Promise<boolean> {
   const dir = await Deno.makeTempDir({ prefix: "tiny_fs_probe_" });
   try {
     await mount(dir, 64 * 1024);
-    await run("umount", [dir]);
+    await run("umount", dir);
     return true;
   } catch {
     return false;

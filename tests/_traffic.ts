@@ -9,6 +9,7 @@
 import net from "node:net";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { testNamespace } from "./_netns.ts";
+import { run } from "./_run.ts";
 
 /** Endpoints of one test connection and the wall clock before it began. */
 export interface Exchange {
@@ -436,13 +437,7 @@ export async function gridSockets(firstAddr: string, netns?: string): Promise<Se
   const args = ["-Htan", ...CLOSING_STATES.flatMap((s) => ["state", s])];
   args.push(`( src ${net} or dst ${net} )`);
   const [command, ...prefix] = netns ? ["ip", "netns", "exec", netns, "ss"] : ["ss"];
-  const out = await new Deno.Command(command, {
-    args: [...prefix, ...args],
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error(`ss ${args.join(" ")} failed (exit ${out.code})`);
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean);
+  const lines = (await run(command, ...prefix, ...args)).trim().split("\n").filter(Boolean);
   // State (when more than one is asked for), Recv-Q, Send-Q, local, peer: the endpoints name it.
   return new Set(lines.map((line) => line.trim().split(/\s+/).slice(-2).join(" ")));
 }

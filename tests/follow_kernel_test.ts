@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { Agent, ownCapture } from "../ffi/agent.ts";
 import type { FlowJson } from "../lib/json_lines.ts";
 import { AgentProcess, canFollowSeeded, kernelTest, socketRecord, stopLine } from "./_agent.ts";
-import { NamespaceHolder, run, testNamespace } from "./_netns.ts";
+import { NamespaceHolder, testNamespace } from "./_netns.ts";
+import { run } from "./_run.ts";
 
 /** IDs of the sock_ops programs attached anywhere in the cgroup v2 tree (other agents'). */
 async function sockOpsPrograms(): Promise<number[]> {
