@@ -85,10 +85,11 @@ export class Tracer implements AsyncDisposable {
 
   /**
    * Starts the agent with `args` after `run`, stdout to `outputPath`, and its
-   * own pin directory, lock file, spool and (absent) certificate under
-   * `workDir`; resolves once it captures. `main` is the agent's entry point: this
-   * checkout's `main.ts`, or another build's (a reference to compare with). `deno` is the
-   * executable it runs from (see {@linkcode privateDeno}).
+   * own pin directory, lock file, spool and certificate under `workDir`; resolves once it
+   * captures. The certificate is `certificate` (PEM), the host's identity then, or absent.
+   * `main` is the agent's entry point: this checkout's `main.ts`, or another build's (a
+   * reference to compare with). `deno` is the executable it runs from (see
+   * {@linkcode privateDeno}).
    */
   static async startAgent(
     name: string,
@@ -96,7 +97,11 @@ export class Tracer implements AsyncDisposable {
     outputPath: string,
     pinDir: string,
     workDir: string,
-    { main = MAIN, deno = Deno.execPath() }: { main?: string; deno?: string } = {},
+    { main = MAIN, deno = Deno.execPath(), certificate }: {
+      main?: string;
+      deno?: string;
+      certificate?: string;
+    } = {},
   ): Promise<Tracer> {
     const command = [deno, "run", "--allow-all", main, "run", ...args];
     command.push("--pin-dir", pinDir, "--lock-file", `${workDir}/lock`);
@@ -104,13 +109,19 @@ export class Tracer implements AsyncDisposable {
     // stdout and spool beside it do not wake the watcher with every write.
     const certDir = `${workDir}/identity`;
     await Deno.mkdir(certDir, { recursive: true });
-    command.push("--spool-dir", `${workDir}/spool`, "--cert-path", `${certDir}/no-identity.pem`);
+    const certPath = `${certDir}/${certificate === undefined ? "no-identity" : "identity"}.pem`;
+    if (certificate !== undefined) await Deno.writeTextFile(certPath, certificate);
+    command.push("--spool-dir", `${workDir}/spool`, "--cert-path", certPath);
     // The environment its build's unit gives the agent; no config file from the host: the flags
     // are the whole configuration.
     const unit = Deno.readTextFileSync(new URL("packaging/flowexporter.service", `file://${main}`));
     const env = { ...packagedEnvironment(unit), FLOWEXPORTER_CONFIG: "" };
     const t = new Tracer(name, "json", command, outputPath, "SIGTERM", env);
     await t.#waitFor(() => t.log.some((l) => l.includes("capturing TCP flows")), 60_000);
+    if (certificate !== undefined && !t.log.some((l) => l.includes("Host identity is "))) {
+      await t.stop();
+      throw new Error(`Cannot measure the agent with a host identity: it did not take ${certPath}`);
+    }
     const exe = executable(t.pid);
     if (exe !== Deno.realPathSync(deno)) {
       await t.stop();

@@ -49,6 +49,7 @@ import {
 } from "./_tracers.ts";
 import { errorText } from "../lib/error_text.ts";
 import { BPF_STATS_SYSCTL } from "../ffi/kernel_prereqs.ts";
+import { certificatePem } from "../tests/_certs.ts";
 import { gridSockets, untilGridClosed } from "../tests/_traffic.ts";
 
 const CHURN = new URL("../build/churn", import.meta.url).pathname;
@@ -58,6 +59,8 @@ const FIRST_ADDR = "127.77.0.1";
 const SETTLE_FIRST_ADDR = "127.78.0.1";
 const ADDRS = 8;
 const PORTS = 4;
+/** The host identity of `agent-identity`: a SPIFFE ID as long as a fleet's are. */
+const BENCH_HOST_IDENTITY = "spiffe://fleet.example.com/region/eu-west-1/host/i-0123456789abcdef0";
 
 const HELP = `Usage: deno run --allow-all bench/churn_bench.ts [options]
 
@@ -75,16 +78,16 @@ Options:
   --servers N        churn server threads (default 2)
   --concurrency N    connections in flight per client thread (default 64)
   --port-base P      first churn listening port (default 20000)
-  --tools LIST       comma list of agent,agent-none,agent-collector,agent-perf,agent-restart,
-                     agent-kill,tcplife,bare,sockops (default all)
+  --tools LIST       comma list of agent,agent-none,agent-collector,agent-identity,agent-perf,
+                     agent-restart,agent-kill,tcplife,bare,sockops (default all)
   --agent-args=ARGS  extra arguments for every agent run, e.g. --agent-args="--poll-ms 10"
   --hog              a busy loop pinned to one CPU during every measurement, untraced too
   --hog-cpu N        the CPU the busy loop runs on (default 0)
   --ref-main [NAME=]PATH
-                     also run agent, agent-none and agent-collector (those selected) from
-                     another built checkout's main.ts (e.g. the previous commit), side by side
-                     in the same rotation, marked [NAME] (default ref); give it once per
-                     checkout to compare several
+                     also run agent, agent-none, agent-collector and agent-identity (those
+                     selected) from another built checkout's main.ts (e.g. the previous
+                     commit), side by side in the same rotation, marked [NAME] (default ref);
+                     give it once per checkout to compare several
   --bpf-stats        turn on kernel.bpf_stats_enabled for the run (restored after) and report
                      the agent's BPF programs' run time per flow, and each program's runs and
                      time per run (the counting adds two clock reads to every program run, in
@@ -190,6 +193,8 @@ interface Variant {
   restart?: "SIGTERM" | "SIGKILL";
   /** The default configuration: a collector configured (the sink's URL, set once it listens). */
   collector?: boolean;
+  /** A host certificate: every flow carries the host's workload ID, as on the EC2 path. */
+  identity?: boolean;
   /** The main.ts of another checkout (--ref-main) to run instead of this checkout's. */
   main?: string;
 }
@@ -210,6 +215,15 @@ const VARIANTS: Record<string, Variant> = {
     tracer: "agent",
     agentArgs: [], // set once the sink listens
     collector: true,
+  },
+  // A host as the EC2 path has it: a collector and a host certificate, so that every flow is
+  // attributed, its workload ID carried in its per-socket state and in its record.
+  "agent-identity": {
+    label: "flowexporter, collector and host identity",
+    tracer: "agent",
+    agentArgs: [], // set once the sink listens
+    collector: true,
+    identity: true,
   },
   "agent-perf": {
     label: "flowexporter --perf-buffer",
@@ -240,7 +254,7 @@ const TOOLS = Object.keys(VARIANTS).filter((n) => n !== "baseline");
  * With --ref-main NAME=PATH, these variants (those selected) also run as `NAME-<variant>`, with
  * the agent of PATH.
  */
-const REF_TWINS = ["agent", "agent-none", "agent-collector"];
+const REF_TWINS = ["agent", "agent-none", "agent-collector", "agent-identity"];
 
 /** A checkout given with --ref-main: the name that marks its rows, and its main.ts. */
 interface Reference {
@@ -373,6 +387,8 @@ interface Context {
   commands: Map<string, string>;
   /** The deno each agent variant runs from, a copy of its own ({@linkcode privateDeno}). */
   denos: Map<string, string>;
+  /** The host certificate (PEM) of the variants with `identity`. */
+  certificate?: string;
 }
 
 function log(line: string): void {
@@ -440,7 +456,11 @@ function startTracer(
         outputPath,
         pinDir,
         workDir,
-        { main: v.main, deno: ctx.denos.get(name) },
+        {
+          main: v.main,
+          deno: ctx.denos.get(name),
+          certificate: v.identity ? ctx.certificate : undefined,
+        },
       );
     case "tcplife":
       return Tracer.startTcplife(ctx.commands.get(name)!, outputPath);
@@ -1036,7 +1056,7 @@ async function main(): Promise<number> {
       names.push(`${ref.name}-${twin}`);
     }
   }
-  if (names.includes("agent-collector")) {
+  if (names.some((n) => VARIANTS[n].collector)) {
     const sink = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (r) => {
       await r.arrayBuffer();
       return new Response(null, { status: 200 });
@@ -1060,6 +1080,9 @@ async function main(): Promise<number> {
     denos: new Map(
       names.filter((n) => VARIANTS[n].tracer === "agent").map((n) => [n, privateDeno(denoDir, n)]),
     ),
+    certificate: names.some((n) => VARIANTS[n].identity)
+      ? await certificatePem({ uri: BENCH_HOST_IDENTITY })
+      : undefined,
   };
 
   const load = o.rate > 0 ? `target ${o.rate} conn/s` : "flat out";
