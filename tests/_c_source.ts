@@ -66,3 +66,25 @@ export function shimEnum(name: string): string[] {
   if (!body) throw new Error(`No enum ${name} in ${SHIM_SOURCE.pathname}`);
   return [...body.replace(/\/\*[^]*?\*\//g, "").matchAll(/(\w+)\s*,/g)].map((m) => m[1]);
 }
+
+/**
+ * Byte offsets of the leading `__u8`…`__u64` members of the shared header's `struct <name>`, by
+ * member name, each at its natural alignment as the C compilers place it; the first member of
+ * another type ends them.
+ */
+export function headerStructOffsets(name: string): Record<string, number> {
+  const text = Deno.readTextFileSync(BPF_HEADER);
+  const body = new RegExp(`^struct ${name} \\{([^}]*)\\};`, "m").exec(text)?.[1];
+  if (!body) throw new Error(`No struct ${name} in ${BPF_HEADER.pathname}`);
+  const offsets: Record<string, number> = {};
+  let at = 0;
+  for (const line of body.replace(/\/\*[^]*?\*\//g, "").split(";")) {
+    const m = /^\s*__u(8|16|32|64)\s+(\w+)\s*$/.exec(line);
+    if (!m) break;
+    const size = Number(m[1]) / 8;
+    at = Math.ceil(at / size) * size;
+    offsets[m[2]] = at;
+    at += size;
+  }
+  return offsets;
+}
