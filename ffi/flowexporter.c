@@ -664,6 +664,7 @@ static int attach_all(struct fe_agent *a, const char *capdir, const char *cgroup
 	 * The classic destroy program runs beside the BTF one as a second net: it
 	 * is skipped under a different recursion guard (bpf_prog_active, not the
 	 * program's own), so a destroy that nests on a CPU reaches one of the two.
+	 * It goes with the state tracepoint (follow_check()).
 	 */
 	if (!err)
 		err = attach_pinned(skel->progs.on_destroy_tp, capdir, FE_LINK_DESTROY_TP, -1,
@@ -683,6 +684,17 @@ static bool in_initial_pid_namespace(void)
 	return !stat("/proc/self/ns/pid", &st) && st.st_ino == 0xEFFFFFFCu;
 }
 
+/* Detaches a program attached by attach_pinned() and removes its pin. */
+static void detach_pinned(struct fe_agent *a, const char *name, struct bpf_link **link)
+{
+	char path[PATH_MAX];
+
+	if (a->capdir[0] && !pin_path(path, sizeof(path), a->capdir, name))
+		unlink(path);
+	bpf_link__destroy(*link);
+	*link = NULL;
+}
+
 /*
  * The state tracepoint catches the closes of sockets sock_ops does not
  * follow. Once the seeding (this agent's, or the first one's of a resumed
@@ -691,12 +703,21 @@ static bool in_initial_pid_namespace(void)
  * any namespace, is left unfollowed, it has nothing to catch but orphans of
  * namespaces the seeding could not reach: on_destroy_btf records those
  * (state_tracepoint_detached), and the tracepoint is detached. It ran 10
- * times a connection. Returns the unfollowed sockets counted (0: detached,
- * now or before), or -EOPNOTSUPP where the check cannot prove it.
+ * times a connection.
+ *
+ * The classic destroy program goes too. It could only record a socket it
+ * finds state for, whose close no program saw, when the BTF one was skipped
+ * on its CPU: with every socket followed by sock_ops, which the kernel never
+ * skips, a close goes unseen only when no program runs at all, and the
+ * sweep records that. What it still did, two runs a connection, was give
+ * back the state of a socket whose BTF destroy was skipped; the sweep does
+ * that too (stale states).
+ *
+ * Returns the unfollowed sockets counted (0: detached, now or before), or
+ * -EOPNOTSUPP where the check cannot prove it.
  */
 static int64_t follow_check(struct fe_agent *a)
 {
-	char path[PATH_MAX];
 	int err;
 
 	if (!a->skel->links.on_state_btf)
@@ -713,10 +734,8 @@ static int64_t follow_check(struct fe_agent *a)
 		return a->unfollowed;
 	/* Destroy takes over the unfollowed orphans before the tracepoint goes. */
 	a->skel->bss->state_tracepoint_detached = true;
-	if (a->capdir[0] && !pin_path(path, sizeof(path), a->capdir, FE_LINK_STATE))
-		unlink(path);
-	bpf_link__destroy(a->skel->links.on_state_btf);
-	a->skel->links.on_state_btf = NULL;
+	detach_pinned(a, FE_LINK_STATE, &a->skel->links.on_state_btf);
+	detach_pinned(a, FE_LINK_DESTROY_TP, &a->skel->links.on_destroy_tp);
 	return 0;
 }
 

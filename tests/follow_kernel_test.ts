@@ -170,8 +170,13 @@ kernelTest(
       if (!agent.stats().stateTracepoint) {
         assert.equal(await agent.followCheck(), 0, "once detached, it stays so");
         const capture = ownCapture(pinDir);
-        const link = await Deno.stat(`${capture}/link_state`).catch(() => undefined);
-        assert.equal(link, undefined, "its pinned link is gone");
+        for (const name of ["link_state", "link_destroy_tp"]) {
+          const link = await Deno.stat(`${capture}/${name}`).catch(() => undefined);
+          assert.equal(link, undefined, `${name}: the classic destroy goes with the tracepoint`);
+        }
+      } else {
+        const link = await Deno.stat(`${ownCapture(pinDir)}/link_destroy_tp`);
+        assert.ok(link.isFile, "the classic destroy stays while the tracepoint does");
       }
     } finally {
       await Deno.remove(pinDir, { recursive: true }).catch(() => {});

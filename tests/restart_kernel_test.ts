@@ -226,14 +226,18 @@ async function bpftool(...args: string[]): Promise<Record<string, unknown> | und
 }
 
 /**
- * The links an agent's capture in `dir` pins. The state tracepoint's goes once sock_ops follows
- * every open socket: it must be gone when the agent said so at its start.
+ * The links an agent's capture in `dir` pins. The state tracepoint's and the classic destroy
+ * program's go together once sock_ops follows every open socket: they must be gone when the agent
+ * said so at its start.
  */
 async function pinnedLinks(agent: AgentProcess, dir: string): Promise<string[]> {
   const followed = agent.stderrLines.some((l) => l.includes("all followed by sock_ops"));
   const state = await bpftool("link", "show", "pinned", `${dir}/link_state`);
+  const destroyTp = await bpftool("link", "show", "pinned", `${dir}/link_destroy_tp`);
   if (followed) assert.equal(state, undefined, "the state tracepoint is detached");
-  return ["link_sockops", ...(state ? ["link_state"] : []), "link_destroy_btf", "link_destroy_tp"];
+  assert.equal(destroyTp === undefined, state === undefined, "the classic destroy goes with it");
+  const tracepoints = state ? ["link_state", "link_destroy_tp"] : [];
+  return ["link_sockops", "link_destroy_btf", ...tracepoints];
 }
 
 kernelTest("detach leaves no pinned object and no attached program", async (t) => {
