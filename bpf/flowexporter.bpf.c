@@ -413,7 +413,12 @@ static __always_inline __u8 resolve_workload(const struct fe_endpoints *ep, stru
 	return source;
 }
 
-/* Local port and address are final at ESTABLISHED: attribute the flow once, then. */
+/*
+ * Attributes the flow, once its local address and port are final: at
+ * ESTABLISHED, or already in sock_ops's TCP_CONNECT_CB, which connect() calls
+ * once it has picked the route and bound the port (the state tracepoint's
+ * SYN_SENT comes before the port).
+ */
 static __always_inline void resolve_flow(const struct sock *sk, struct fe_sock_state *st)
 {
 	read_endpoints(sk, &st->ends, true);
@@ -423,9 +428,9 @@ static __always_inline void resolve_flow(const struct sock *sk, struct fe_sock_s
 
 /*
  * Starts following a socket: its address and endpoints are kept for the
- * sweep. With `resolve` (the socket is established), the flow is attributed
- * too, before its state is inserted: one map operation, not an insert and a
- * lookup.
+ * sweep. With `resolve` (its endpoints are final: resolve_flow()), the flow
+ * is attributed too, before its state is inserted: one map operation, not an
+ * insert and a lookup.
  */
 static __always_inline void start_flow(const struct sock *sk, __u64 cookie, __u8 direction,
 				       __u8 flags, bool resolve)
@@ -783,6 +788,15 @@ int on_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != BPF_TCP_CLOSE)
 		return 1;
+	/*
+	 * A connection whose state callbacks were asked for already (at its
+	 * connect, or by the seeding) was attributed then: nothing to do at
+	 * ESTABLISHED. (Started by an earlier agent's program, which attributed
+	 * at ESTABLISHED, it is attributed at its close.)
+	 */
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	    (skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+		return 1;
 	bsk = skops->sk;
 	if (!bsk)
 		return 1;
@@ -793,12 +807,12 @@ int on_sockops(struct bpf_sock_ops *skops)
 
 	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		start_flow((const struct sock *)tp, cookie, FE_DIR_OUTBOUND, 0, false);
+		start_flow((const struct sock *)tp, cookie, FE_DIR_OUTBOUND, 0, true);
 		follow_state_changes(skops);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		/* Its connect came before the attach. */
 		establish_flow((const struct sock *)tp, cookie, FE_DIR_OUTBOUND);
-		/* Already asked for at connect, unless the connect came before the attach. */
 		follow_state_changes(skops);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
@@ -855,7 +869,8 @@ int seed_flows(struct bpf_iter__tcp *ctx)
 	st.flags = FE_FLAG_SEEDED;
 	st.direction = state == TCP_SYN_SENT ? FE_DIR_OUTBOUND : FE_DIR_UNKNOWN;
 	st.sk = (__u64)tp;
-	if (state != TCP_SYN_SENT && state != TCP_SYN_RECV)
+	/* A socket in SYN_SENT is in the table, so its port is bound: only SYN_RECV waits. */
+	if (state != TCP_SYN_RECV)
 		resolve_flow((const struct sock *)tp, &st);
 	else
 		read_endpoints((const struct sock *)tp, &st.ends, true);

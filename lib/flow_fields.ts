@@ -107,7 +107,7 @@ export const FLOW_FIELDS: readonly FlowField[] = [
     wire: true,
     column: "local_workload_id",
     meaning:
-      'workload owning the local side when the connection was established (or at close, for connects that failed); `""` when unknown',
+      'workload owning the local side when the connection started (its connect() or its accepted handshake; docs/identity.md); `""` when unknown',
   },
   {
     name: "identity_source",

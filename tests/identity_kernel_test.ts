@@ -9,6 +9,8 @@ import type { FlowJson } from "../lib/json_lines.ts";
 import { ownCapture } from "../ffi/agent.ts";
 import { AgentProcess, delay, kernelTest } from "./_agent.ts";
 import { makeCertificate } from "./_certs.ts";
+import { testNamespace } from "./_netns.ts";
+import { run } from "./_run.ts";
 import { namedServerPort, uniqueLoopbackAddress } from "./_traffic.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -68,6 +70,21 @@ async function openConnection(
     },
   };
 }
+
+/**
+ * In a network namespace: listens on every address, prints the port, connects to 192.0.2.2 on it,
+ * prints the client's port once the listener has the connection, and closes both.
+ */
+const LATE_CONNECT_SOURCE = `
+const listener = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+console.log(listener.addr.port);
+const client = await Deno.connect({ hostname: "192.0.2.2", port: listener.addr.port });
+const server = await listener.accept();
+console.log(client.localAddr.port);
+client.close();
+server.close();
+listener.close();
+`;
 
 function byPorts(local: number, remote: number): (r: FlowJson) => boolean {
   return (r) => r.local_port === local && r.remote_port === remote;
@@ -168,6 +185,56 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
     await later.close();
     const [next] = await agent.waitForRecords(byPorts(later.clientPort, later.serverPort), 1);
     assert.equal(next.local_workload_id, "owner-after");
+  });
+
+  await t.step("sock_ops attributes an outbound connection at its connect()", async () => {
+    // The connect's SYN goes out of a veth whose peer is down, and is lost, so the socket waits in
+    // SYN_SENT. (A permanent neighbour entry sends it at once: one waiting for ARP would hold the
+    // retransmission back, then fail the connect.) The owner changes then, and the destination
+    // is added to loopback: the SYN's retransmission, a second later, finds the listener.
+    await using ns = await testNamespace();
+    const ip = (...args: string[]) => run("ip", "-n", ns.name, ...args);
+    await ip("link", "add", "fe0", "type", "veth", "peer", "name", "fe1");
+    await ip("addr", "add", "192.0.2.1/24", "dev", "fe0");
+    await ip("link", "set", "fe0", "up");
+    await ip(
+      "neigh",
+      "add",
+      "192.0.2.2",
+      "lladdr",
+      "02:00:00:00:00:01",
+      "dev",
+      "fe0",
+      "nud",
+      "permanent",
+    );
+    await mustIdentity(pin, "set-ip", "192.0.2.1", "owner-at-connect");
+    const child = new Deno.Command("ip", {
+      args: ["netns", "exec", ns.name, Deno.execPath(), "eval", LATE_CONNECT_SOURCE],
+      stdout: "piped",
+    }).spawn();
+    const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      const serverPort = Number((await lines.read()).value);
+      const deadline = Date.now() + 10_000;
+      while (!(await run("ip", "netns", "exec", ns.name, "ss", "-Htn", "state", "syn-sent"))) {
+        assert.ok(Date.now() < deadline, "the connect waits in SYN_SENT within 10 s");
+        await delay(20);
+      }
+      await mustIdentity(pin, "set-ip", "192.0.2.1", "owner-at-established");
+      await ip("addr", "add", "192.0.2.2/32", "dev", "lo");
+      const clientPort = Number((await lines.read()).value);
+      assert.ok((await child.status).success, "the connection was made and closed");
+      const [rec] = await agent.waitForRecords(byPorts(clientPort, serverPort), 1);
+      assert.equal(rec.local_ip, "192.0.2.1");
+      assert.equal(rec.identity_source, "ip-map");
+      // The state tracepoint alone (no cgroup v2) learns the port at ESTABLISHED, so attributes then.
+      const atConnect = rec.close_seen_by === "sock_ops";
+      assert.equal(rec.local_workload_id, atConnect ? "owner-at-connect" : "owner-at-established");
+    } finally {
+      await lines.cancel().catch(() => {});
+      await mustIdentity(pin, "delete-ip", "192.0.2.1");
+    }
   });
 
   await t.step("an entry written with bpftool map update pinned is honoured", async () => {
