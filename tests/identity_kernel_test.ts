@@ -233,6 +233,10 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
       assert.equal(rec.local_workload_id, atConnect ? "owner-at-connect" : "owner-at-established");
     } finally {
       await lines.cancel().catch(() => {});
+      try {
+        child.kill();
+      } catch { /* exited */ }
+      await child.status;
       await mustIdentity(pin, "delete-ip", "192.0.2.1");
     }
   });
