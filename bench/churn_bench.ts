@@ -897,6 +897,52 @@ function ratioOf(m: Measurement): number {
   return m.churn.rate / (m.untracedRate ?? m.churn.rate);
 }
 
+/**
+ * Each `--ref-main` twin against the same variant of this checkout, repetition by repetition: the
+ * median of the differences (this checkout's figure minus the twin's, measured in the same
+ * repetition) and in how many repetitions this checkout's was lower. A repetition's conditions
+ * move the figures more than most changes do; a pair shares them.
+ */
+function pairedLines(results: Measurement[], names: string[], refs: Reference[]): string[] {
+  const figures: [string, (m: Measurement) => number | undefined, number, string][] = [
+    ["ratio", ratioOf, 2, ""],
+    ["CPU", cpuPer1000, 2, " ms/1000 flows"],
+    ["BPF", bpfNsPerFlow, 0, " ns/flow"],
+  ];
+  const lines: string[] = [];
+  for (const ref of refs) {
+    for (const twin of REF_TWINS.filter((n) => names.includes(`${ref.name}-${n}`))) {
+      const pairs = results.filter((m) => m.variant === twin).flatMap((mine) => {
+        const theirs = results.find((m) =>
+          m.variant === `${ref.name}-${twin}` && m.rep === mine.rep
+        );
+        return theirs ? [[mine, theirs]] : [];
+      });
+      const parts = figures.flatMap(([label, figure, digits, unit]) => {
+        const diffs = pairs.flatMap(([mine, theirs]) => {
+          const [a, b] = [figure(mine), figure(theirs)];
+          return a === undefined || b === undefined ? [] : [a - b];
+        });
+        if (diffs.length === 0) return [];
+        const d = median(diffs);
+        const lower = diffs.filter((x) => x < 0).length;
+        return [
+          `${label} ${d < 0 ? "" : "+"}${
+            d.toFixed(digits)
+          }${unit} (lower in ${lower} of ${diffs.length})`,
+        ];
+      });
+      if (parts.length === 0) continue;
+      lines.push(
+        `${
+          VARIANTS[twin].label
+        } against [${ref.name}], the medians of the repetitions' differences: ${parts.join(", ")}.`,
+      );
+    }
+  }
+  return lines;
+}
+
 function tableRow(name: string, ms: Measurement[], settledKiB?: number): string[] {
   const v = VARIANTS[name];
   const ratio = median(ms.map(ratioOf));
@@ -1204,6 +1250,7 @@ async function main(): Promise<number> {
   for (const ref of o.refs) {
     console.log(`[${ref.name}] = the agent of ${ref.main}, in the same rotation.`);
   }
+  for (const line of pairedLines(results, names, o.refs)) console.log(line);
   return 0;
 }
 
