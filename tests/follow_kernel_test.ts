@@ -53,6 +53,31 @@ async function newestLink(): Promise<number> {
   return Math.max(0, ...links.map((l) => l.id));
 }
 
+/**
+ * The ID of the BPF program `name` of the agent this process opened (Agent.open), found among
+ * this process's descriptors.
+ */
+async function ownProgramId(name: string): Promise<number> {
+  for (const { name: fd } of Deno.readDirSync("/proc/self/fd")) {
+    const target = await Deno.readLink(`/proc/self/fd/${fd}`).catch(() => "");
+    if (target !== "anon_inode:bpf-prog") continue;
+    const info = await Deno.readTextFile(`/proc/self/fdinfo/${fd}`).catch(() => "");
+    const id = /^prog_id:\s*(\d+)/m.exec(info)?.[1];
+    if (!id) continue;
+    const prog = JSON.parse(await run("bpftool", "-j", "prog", "show", "id", id)) as {
+      name: string;
+    };
+    if (prog.name === name) return Number(id);
+  }
+  throw new Error(`No BPF program ${name} among this process's descriptors`);
+}
+
+/** How many BPF links run the program `id`: 0 once it is detached. */
+async function linksOf(id: number): Promise<number> {
+  const links = JSON.parse(await run("bpftool", "-j", "link", "show")) as { prog_id: number }[];
+  return links.filter((l) => l.prog_id === id).length;
+}
+
 /** The programs that may report the close: sock_ops if it followed, else `unfollowedPath`. */
 function closePaths(followed: Followed, unfollowedPath: string): string[] {
   return {
@@ -174,9 +199,13 @@ kernelTest(
           const link = await Deno.stat(`${capture}/${name}`).catch(() => undefined);
           assert.equal(link, undefined, `${name}: the classic destroy goes with the tracepoint`);
         }
+        for (const name of ["on_state_btf", "on_destroy_tp"]) {
+          assert.equal(await linksOf(await ownProgramId(name)), 0, `${name} no longer runs`);
+        }
       } else {
         const link = await Deno.stat(`${ownCapture(pinDir)}/link_destroy_tp`);
         assert.ok(link.isFile, "the classic destroy stays while the tracepoint does");
+        assert.equal(await linksOf(await ownProgramId("on_destroy_tp")), 1, "and runs");
       }
     } finally {
       await Deno.remove(pinDir, { recursive: true }).catch(() => {});

@@ -228,9 +228,8 @@ kernelTest("flows are attributed to workloads in the kernel at capture time", as
       const [rec] = await agent.waitForRecords(byPorts(clientPort, serverPort), 1);
       assert.equal(rec.local_ip, "192.0.2.1");
       assert.equal(rec.identity_source, "ip-map");
-      // The state tracepoint alone (no cgroup v2) learns the port at ESTABLISHED, so attributes then.
-      const atConnect = rec.close_seen_by === "sock_ops";
-      assert.equal(rec.local_workload_id, atConnect ? "owner-at-connect" : "owner-at-established");
+      assert.equal(rec.close_seen_by, "sock_ops", "sock_ops followed the connection");
+      assert.equal(rec.local_workload_id, "owner-at-connect");
     } finally {
       await lines.cancel().catch(() => {});
       try {
